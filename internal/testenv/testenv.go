@@ -1,0 +1,93 @@
+// Package testenv is what the tests share about their environment: root,
+// peer programs, and the rule that under CI=true a test that cannot run
+// fails instead of skipping.
+package testenv
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// CI reports whether the tests run under CI (CI=true), where skipping for a
+// missing privilege or peer is a failure.
+func CI() bool { return os.Getenv("CI") == "true" }
+
+// Unavailable skips t loudly with reason, or fails it under CI.
+func Unavailable(t testing.TB, reason string) {
+	t.Helper()
+	if CI() {
+		t.Fatalf("%s, and CI=true: failing instead of skipping (./scripts/test.sh provides it)", reason)
+	}
+	t.Skipf("SKIPPING: %s (run ./scripts/test.sh as root)", reason)
+}
+
+// NeedRoot makes t need root, for why (a TUN device, network namespaces...).
+func NeedRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		Unavailable(t, "needs root ("+why+")")
+	}
+}
+
+// NeedTool returns the path of a peer program, looking in PATH and the sbin
+// directories, or makes t unavailable naming the Debian package to install.
+func NeedTool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin"} {
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	Unavailable(t, name+" is not installed (Debian package "+pkg+")")
+	return ""
+}
+
+// Buffer is a bytes.Buffer safe for a process's or goroutine's writes while
+// a test reads it.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TCPPair returns the two ends of a loopback TCP connection, closed when
+// the test ends.
+func TCPPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		c.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
