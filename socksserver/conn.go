@@ -1,0 +1,318 @@
+package socksserver
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/tunsocks/tunsocks/socks"
+)
+
+// conn is one client connection.
+type conn struct {
+	srv   *Server
+	nc    net.Conn
+	ctx   context.Context // the Serve context, for log records
+	start time.Time
+	// active is set (under srv.mu) once a request has been read; Shutdown
+	// closes connections that are not active yet.
+	active bool
+
+	// for the request's log line
+	version byte
+	cmd     socks.Command
+	target  string
+	user    string
+}
+
+// closeIfHandshaking is called by Shutdown with srv.mu held.
+func (c *conn) closeIfHandshaking() {
+	if !c.active {
+		c.nc.Close()
+	}
+}
+
+// activate marks the connection as serving a request; false means the
+// server is shutting down and the request must not start.
+func (c *conn) activate() bool {
+	c.srv.mu.Lock()
+	defer c.srv.mu.Unlock()
+	if c.srv.shutdown {
+		return false
+	}
+	c.active = true
+	return true
+}
+
+func (c *conn) client() netip.AddrPort { return addrPortOf(c.nc.RemoteAddr()) }
+
+// serve runs the whole life of the connection and closes it.
+func (c *conn) serve(ctx context.Context) {
+	defer c.nc.Close()
+	c.ctx = ctx
+	c.nc.SetDeadline(time.Now().Add(c.srv.cfg.HandshakeTimeout))
+	var ver [1]byte
+	if _, err := io.ReadFull(c.nc, ver[:]); err != nil {
+		c.debug("no request", err)
+		return
+	}
+	c.version = ver[0]
+	r := io.MultiReader(bytes.NewReader(ver[:]), c.nc)
+	switch ver[0] {
+	case socks.Version5:
+		c.serve5(ctx, r)
+	case socks.Version4:
+		c.serve4(ctx, r)
+	default:
+		// No reply exists for a version the server does not speak.
+		c.srv.log.Debug("unsupported SOCKS version; closing", "client", c.client().String(), "version", fmt.Sprintf("0x%02x", ver[0]))
+	}
+}
+
+func (c *conn) debug(msg string, err error) {
+	c.srv.log.Debug(msg, "client", c.client().String(), "err", err)
+}
+
+// serve5 negotiates the method, authenticates and runs one request.
+func (c *conn) serve5(ctx context.Context, r io.Reader) {
+	methods, err := socks.ReadGreeting(r)
+	if err != nil {
+		c.debug("bad SOCKS5 greeting; closing", err)
+		return
+	}
+	want := socks.MethodNoAuth
+	if len(c.srv.cfg.Users) > 0 {
+		want = socks.MethodUserPass
+	}
+	chosen := socks.MethodNoAcceptable
+	for _, m := range methods {
+		if m == want {
+			chosen = want
+			break
+		}
+	}
+	if _, err := c.nc.Write([]byte{socks.Version5, byte(chosen)}); err != nil {
+		c.debug("write method selection", err)
+		return
+	}
+	if chosen == socks.MethodNoAcceptable {
+		c.srv.log.Info("no acceptable authentication method", "client", c.client().String(), "offered", fmt.Sprint(methods), "want", byte(want))
+		c.lingerClose()
+		return
+	}
+	if chosen == socks.MethodUserPass {
+		user, pass, err := socks.ReadUserPass(c.nc)
+		if err != nil {
+			c.debug("bad username/password request; closing", err)
+			return
+		}
+		ok := c.srv.checkPassword(user, pass)
+		status := socks.UserPassSuccess
+		if !ok {
+			status = socks.UserPassFailure
+		}
+		if _, err := c.nc.Write([]byte{socks.UserPassVersion, status}); err != nil {
+			c.debug("write authentication status", err)
+			return
+		}
+		if !ok {
+			c.srv.log.Warn("authentication failed", "client", c.client().String(), "user", user)
+			c.lingerClose()
+			return
+		}
+		c.user = user
+	}
+
+	req, err := socks.ReadRequest(c.nc)
+	c.cmd = req.Command
+	if req.Addr.Name != "" || req.Addr.IP.IsValid() {
+		c.target = req.Addr.String()
+	}
+	if err != nil {
+		if truncated(err) {
+			c.debug("SOCKS5 request cut short; closing", err)
+			return
+		}
+		// Unknown command 0x07, unknown ATYP 0x08, anything else malformed
+		// (an empty domain) 0x01: socks.ReplyForError knows the causes.
+		c.fail(socks.ReplyForError(err), err)
+		return
+	}
+	if !c.activate() {
+		return
+	}
+	switch req.Command {
+	case socks.CmdConnect:
+		c.connect(ctx, req.Addr)
+	case socks.CmdBind:
+		c.bind(ctx, req.Addr)
+	case socks.CmdUDPAssociate:
+		c.udpAssociate(ctx, req.Addr)
+	}
+}
+
+// serve4 runs one SOCKS4 or SOCKS4a request.
+func (c *conn) serve4(ctx context.Context, r io.Reader) {
+	req, err := socks.ReadRequest4(r)
+	c.cmd = req.Command
+	if req.Addr.Name != "" || req.Addr.IP.IsValid() {
+		c.target = req.Addr.String()
+	}
+	if err != nil {
+		if truncated(err) {
+			c.debug("SOCKS4 request cut short; closing", err)
+			return
+		}
+		// SOCKS4 has one failure reply, 0x5B, whatever the cause (an
+		// unknown command, an oversize USERID or domain, an empty domain).
+		c.fail(socks.ReplyForError(err), err)
+		return
+	}
+	c.user = req.UserID
+	if len(c.srv.cfg.Users) > 0 {
+		_, known := c.srv.cfg.Users[req.UserID]
+		if !c.srv.cfg.Socks4UserMustMatch || !known {
+			why := "SOCKS4 carries no password and the server requires authentication"
+			if c.srv.cfg.Socks4UserMustMatch {
+				why = "SOCKS4 USERID does not name a user"
+			}
+			c.fail(socks.NotAllowed, errors.New(why))
+			return
+		}
+	}
+	if !c.activate() {
+		return
+	}
+	switch req.Command {
+	case socks.CmdConnect:
+		c.connect(ctx, req.Addr)
+	case socks.CmdBind:
+		c.bind(ctx, req.Addr)
+	}
+}
+
+// checkPassword compares in constant time, and takes the same time whether
+// or not the user exists: both sides are hashed first so neither the
+// length nor the content of the password leaks through timing.
+func (s *Server) checkPassword(user, pass string) bool {
+	want, known := s.cfg.Users[user]
+	if !known {
+		want = "\x00unknown user"
+	}
+	a, b := sha256.Sum256([]byte(pass)), sha256.Sum256([]byte(want))
+	return subtle.ConstantTimeCompare(a[:], b[:]) == 1 && known
+}
+
+// reply sends a success or failure reply in the connection's protocol
+// version with bound as BND.ADDR/BND.PORT.
+func (c *conn) reply(rep socks.Reply, bound netip.AddrPort) error {
+	var b []byte
+	if c.version == socks.Version4 {
+		b = socks.AppendReply4(nil, rep.Reply4(), bound)
+	} else {
+		var a socks.Addr
+		if bound.IsValid() {
+			a = socks.AddrFromAddrPort(bound)
+		}
+		var err error
+		if b, err = socks.AppendReply(nil, rep, a); err != nil {
+			return err
+		}
+	}
+	_, err := c.nc.Write(b)
+	return err
+}
+
+// fail sends a failure reply, logs the request and closes within
+// FailureCloseDelay.
+func (c *conn) fail(rep socks.Reply, cause error) {
+	c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.FailureCloseDelay))
+	if err := c.reply(rep, netip.AddrPort{}); err != nil {
+		c.debug("write failure reply", err)
+	}
+	c.logRequest(rep, cause, 0, 0)
+	c.lingerClose()
+}
+
+// lingerClose ends the connection after a failure reply: it sends a FIN so
+// the client reads the reply and then EOF, drains what the client still
+// sends (a close with unread data would reset the connection and could
+// destroy the reply in flight), and closes when the client closes or
+// FailureCloseDelay has passed, whichever is first.
+func (c *conn) lingerClose() {
+	deadline := time.Now().Add(c.srv.cfg.FailureCloseDelay)
+	c.nc.SetDeadline(deadline)
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+		var buf [512]byte
+		for time.Now().Before(deadline) {
+			if _, err := c.nc.Read(buf[:]); err != nil {
+				break
+			}
+		}
+	}
+	c.nc.Close()
+}
+
+// logRequest writes the request's one log line.
+func (c *conn) logRequest(rep socks.Reply, cause error, up, down int64, extra ...any) {
+	level := slog.LevelInfo
+	if rep == socks.NotAllowed {
+		level = slog.LevelWarn
+	}
+	version := "socks5"
+	switch {
+	case c.version == socks.Version4 && c.target != "" && c.targetIsName():
+		version = "socks4a"
+	case c.version == socks.Version4:
+		version = "socks4"
+	}
+	args := []any{
+		"client", c.client().String(),
+		"version", version,
+		"command", c.cmd.String(),
+		"target", c.target,
+		"reply", rep.String(),
+		"up", up,
+		"down", down,
+		"duration", time.Since(c.start).Round(time.Millisecond),
+	}
+	if c.user != "" {
+		args = append(args, "user", c.user)
+	}
+	args = append(args, extra...)
+	if cause != nil && !ordinary(cause) {
+		args = append(args, "err", cause)
+	}
+	c.srv.log.Log(c.ctx, level, "request", args...)
+}
+
+func (c *conn) targetIsName() bool {
+	a, err := socks.ParseAddr(c.target)
+	return err == nil && a.Name != ""
+}
+
+// ordinary reports whether err is how a connection normally ends.
+func ordinary(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, context.Canceled)
+}
+
+// truncated reports whether a read ended before the message did: the
+// client went away or was too slow, and nobody is left to read a reply.
+func truncated(err error) bool {
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || isTimeout(err) || errors.Is(err, net.ErrClosed)
+}
+
+// isTimeout reports a deadline error.
+func isTimeout(err error) bool {
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded)
+}

@@ -1,0 +1,51 @@
+package socksserver
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/socks"
+)
+
+// connect serves CONNECT: check the rules, dial through the Dialer, reply
+// with the outbound connection's local address and relay.
+func (c *conn) connect(ctx context.Context, target socks.Addr) {
+	if why := c.srv.denied(ctx, target); why != "" {
+		c.fail(socks.NotAllowed, fmt.Errorf("%w: %s", socks.ErrNotAllowed, why))
+		return
+	}
+	// The dial is bounded by the handshake deadline too: a client that has
+	// waited that long for its reply has given up.
+	dctx, cancel := context.WithDeadline(ctx, c.start.Add(c.srv.cfg.HandshakeTimeout))
+	out, err := c.srv.cfg.Dialer.DialContext(dctx, "tcp", target.String())
+	cancel()
+	if err != nil {
+		c.fail(socks.ReplyForError(err), err)
+		return
+	}
+	if err := c.reply(socks.Succeeded, addrPortOf(out.LocalAddr())); err != nil {
+		out.Close()
+		c.logRequest(socks.GeneralFailure, fmt.Errorf("write reply: %w", err), 0, 0)
+		return
+	}
+	c.nc.SetDeadline(time.Time{})
+	c.relay(ctx, out, "bound", out.LocalAddr().String())
+}
+
+// relay runs the stream relay between the client and out and logs the
+// request when it ends.
+func (c *conn) relay(ctx context.Context, out net.Conn, extra ...any) {
+	idle := c.srv.cfg.IdleTimeout
+	if idle < 0 {
+		idle = 0
+	}
+	up, down, err := relay.Stream(ctx, c.nc, out, relay.StreamOptions{Idle: idle})
+	if err == relay.ErrIdle {
+		extra = append(extra, "end", "idle")
+		err = nil
+	}
+	c.logRequest(socks.Succeeded, err, up, down, extra...)
+}

@@ -1,0 +1,249 @@
+package socksserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/socks"
+)
+
+// udpAssociate serves UDP ASSOCIATE: a relay socket for the client on the
+// control connection's local address, an outbound socket through the
+// Dialer's PacketListener capability, and the packet relay between them
+// until the control connection closes or the association is idle.
+func (c *conn) udpAssociate(ctx context.Context, req socks.Addr) {
+	local := addrPortOf(c.nc.LocalAddr())
+	// The client-facing socket is a server socket like the TCP listener: it
+	// is opened beside it (Config.ClientPacketListener), not through the
+	// Dialer.
+	cpc, err := c.srv.clientPackets.ListenPacket(ctx, "udp", netip.AddrPortFrom(local.Addr(), 0).String())
+	if err != nil {
+		c.fail(socks.ReplyForError(err), fmt.Errorf("UDP relay socket: %w", err))
+		return
+	}
+	defer cpc.Close()
+	opc, err := c.srv.packetListener.ListenPacket(ctx, "udp", ":0")
+	if err != nil {
+		c.fail(socks.ReplyForError(err), fmt.Errorf("UDP outbound socket: %w", err))
+		return
+	}
+	defer opc.Close()
+
+	relayAddr := addrPortOf(cpc.LocalAddr())
+	report := relayAddr.Addr()
+	if c.srv.cfg.ExternalAddr.IsValid() {
+		report = c.srv.cfg.ExternalAddr
+	}
+	if err := c.reply(socks.Succeeded, netip.AddrPortFrom(report, relayAddr.Port())); err != nil {
+		c.logRequest(socks.GeneralFailure, fmt.Errorf("write reply: %w", err), 0, 0)
+		return
+	}
+	c.nc.SetDeadline(time.Time{})
+
+	a := &association{
+		srv:      c.srv,
+		ctx:      ctx,
+		client:   c.client().Addr(),
+		clientPC: cpc,
+		outPC:    opc,
+		reasm: socks.Reassembler{
+			Timeout: c.srv.cfg.UDPReassemblyTimeout,
+			MaxSize: c.srv.cfg.UDPMaxReassembly,
+		},
+		names: map[string]nameEntry{},
+	}
+	if req.Port != 0 {
+		a.clientPort.Store(uint32(req.Port))
+	}
+
+	// The association lives as long as its control connection: read it to
+	// EOF (anything the client sends there is meaningless and discarded).
+	actx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	controlDone := make(chan struct{})
+	go func() {
+		defer close(controlDone)
+		io.Copy(io.Discard, c.nc)
+		cancel()
+	}()
+	idle := c.srv.cfg.UDPIdleTimeout
+	if idle < 0 {
+		idle = 0
+	}
+	var closeOnce sync.Once
+	up, down, err := relay.Packets(actx, relay.PacketOptions{Idle: idle}, a.up, a.down, func() {
+		closeOnce.Do(func() {
+			cpc.Close()
+			opc.Close()
+			c.nc.Close()
+		})
+	})
+	<-controlDone
+	extra := []any{"relay", relayAddr.String(), "dropped_foreign", a.foreign.Load(), "dropped", a.dropped.Load()}
+	if err == relay.ErrIdle {
+		extra = append(extra, "end", "idle")
+		err = nil
+	}
+	c.logRequest(socks.Succeeded, err, up, down, extra...)
+}
+
+// association is one UDP ASSOCIATE.
+type association struct {
+	srv        *Server
+	ctx        context.Context
+	client     netip.Addr    // the control connection's remote IP
+	clientPort atomic.Uint32 // 0 until known: from the request, or the first datagram
+	clientPC   net.PacketConn
+	outPC      net.PacketConn
+
+	reasm socks.Reassembler    // used by up only
+	names map[string]nameEntry // used by up only
+
+	foreign, dropped atomic.Int64
+}
+
+type nameEntry struct {
+	ip      netip.Addr
+	expires time.Time
+}
+
+const (
+	nameTTL      = 30 * time.Second
+	maxNames     = 256
+	resolveLimit = 5 * time.Second
+)
+
+// up moves one datagram client -> destination. Datagrams from any source
+// but the client, malformed ones and denied destinations are dropped.
+func (a *association) up(buf []byte) (int, error) {
+	n, from, err := a.clientPC.ReadFrom(buf)
+	if err != nil {
+		return 0, err
+	}
+	src := addrPortOf(from)
+	if src.Addr() != a.client {
+		a.foreign.Add(1)
+		a.srv.log.Debug("UDP: datagram from a foreign source dropped", "from", src.String(), "client", a.client.String())
+		return 0, nil
+	}
+	if want := a.clientPort.Load(); want != 0 && uint32(src.Port()) != want {
+		a.foreign.Add(1)
+		a.srv.log.Debug("UDP: datagram from a foreign port dropped", "from", src.String(), "client_port", want)
+		return 0, nil
+	}
+	frag, dst, payload, err := socks.ParseUDP(buf[:n])
+	if err != nil {
+		a.drop("malformed datagram", err)
+		return 0, nil
+	}
+	// The first well-formed datagram from the client's IP fixes the port
+	// when the request did not name one.
+	a.clientPort.CompareAndSwap(0, uint32(src.Port()))
+	payload, dst, ok := a.reasm.Add(frag, dst, payload)
+	if !ok {
+		return 0, nil
+	}
+	ip, err := a.resolve(dst)
+	if err != nil {
+		a.drop("cannot resolve destination", err)
+		return 0, nil
+	}
+	if why := a.srv.deniedIP(ip, dst.Port); why != "" {
+		a.drop("destination denied", errors.New(why))
+		return 0, nil
+	}
+	to := &net.UDPAddr{IP: ip.AsSlice(), Port: int(dst.Port)}
+	if _, err := a.outPC.WriteTo(payload, to); err != nil {
+		if errors.Is(err, net.ErrClosed) {
+			return 0, err
+		}
+		// ICMP errors surface here as ECONNREFUSED and friends: a single
+		// datagram was lost, not the association.
+		a.drop("send failed", err)
+		return 0, nil
+	}
+	return len(payload), nil
+}
+
+// down moves one datagram destination -> client, with the sender's address
+// in the header.
+func (a *association) down(buf []byte) (int, error) {
+	// Leave room at the front for the largest header (IPv6: 22 bytes).
+	const room = 3 + 1 + 16 + 2
+	n, from, err := a.outPC.ReadFrom(buf[room:])
+	if err != nil {
+		return 0, err
+	}
+	port := a.clientPort.Load()
+	if port == 0 {
+		a.drop("reply before the client's first datagram", nil)
+		return 0, nil
+	}
+	src := addrPortOf(from)
+	if !src.IsValid() {
+		a.drop("reply from an address that is not IP", nil)
+		return 0, nil
+	}
+	hdr, err := socks.AppendUDPHeader(nil, 0, socks.AddrFromAddrPort(src))
+	if err != nil {
+		a.drop("reply header", err)
+		return 0, nil
+	}
+	start := room - len(hdr)
+	copy(buf[start:], hdr)
+	to := &net.UDPAddr{IP: a.client.AsSlice(), Port: int(port)}
+	if _, err := a.clientPC.WriteTo(buf[start:room+n], to); err != nil {
+		if errors.Is(err, net.ErrClosed) {
+			return 0, err
+		}
+		a.drop("send to client failed", err)
+		return 0, nil
+	}
+	return n, nil
+}
+
+func (a *association) drop(why string, err error) {
+	a.dropped.Add(1)
+	a.srv.log.Debug("UDP: datagram dropped", "why", why, "client", a.client.String(), "err", err)
+}
+
+// resolve returns the address to send to: the IP itself, or the domain's
+// first IPv4 address (else its first address), cached for nameTTL.
+func (a *association) resolve(dst socks.Addr) (netip.Addr, error) {
+	if dst.Name == "" {
+		return dst.IP.Unmap(), nil
+	}
+	now := time.Now()
+	if e, ok := a.names[dst.Name]; ok && now.Before(e.expires) {
+		return e.ip, nil
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, resolveLimit)
+	defer cancel()
+	ips, err := a.srv.cfg.LookupNetIP(ctx, "ip", dst.Name)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	if len(ips) == 0 {
+		return netip.Addr{}, fmt.Errorf("%s has no addresses", dst.Name)
+	}
+	ip := ips[0].Unmap()
+	for _, c := range ips {
+		if c.Unmap().Is4() {
+			ip = c.Unmap()
+			break
+		}
+	}
+	if len(a.names) >= maxNames {
+		clear(a.names)
+	}
+	a.names[dst.Name] = nameEntry{ip: ip, expires: now.Add(nameTTL)}
+	return ip, nil
+}
