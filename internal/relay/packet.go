@@ -1,0 +1,94 @@
+package relay
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Pump moves one datagram from one side of a packet relay to the other: it
+// blocks for the next datagram, forwards it (translating addresses and
+// headers as its owner needs) and returns the payload bytes forwarded. A
+// datagram it chooses to drop returns 0 and a nil error. Once its side is
+// closed it must return an error.
+type Pump func(buf []byte) (int, error)
+
+// PacketOptions tunes Packets.
+type PacketOptions struct {
+	// Idle ends the relay when no datagram has moved either way for this
+	// long. Zero disables it.
+	Idle time.Duration
+	// Up and Down, when not nil, count the bytes each pump forwards.
+	Up, Down *atomic.Int64
+	// BufSize is each pump's buffer; 0 means 65535.
+	BufSize int
+}
+
+// Packets runs up and down until either fails, the relay is idle for
+// opts.Idle, or ctx is done; then it calls closeAll, which must unblock both
+// pumps, and waits for them. It returns the bytes each pump forwarded and
+// ErrIdle when the idle timer ended it, nil when ctx did, or the first pump
+// error otherwise.
+func Packets(ctx context.Context, opts PacketOptions, up, down Pump, closeAll func()) (upBytes, downBytes int64, err error) {
+	var (
+		once   sync.Once
+		last   atomic.Int64
+		reason error
+		mu     sync.Mutex
+	)
+	stopWith := func(why error) {
+		once.Do(func() {
+			mu.Lock()
+			reason = why
+			mu.Unlock()
+			closeAll()
+		})
+	}
+	stopCtx := context.AfterFunc(ctx, func() { stopWith(nil) })
+	defer stopCtx()
+	last.Store(time.Now().UnixNano())
+
+	if opts.Idle > 0 {
+		var t *time.Timer
+		t = time.AfterFunc(opts.Idle, func() {
+			since := time.Since(time.Unix(0, last.Load()))
+			if since >= opts.Idle {
+				stopWith(ErrIdle)
+				return
+			}
+			t.Reset(opts.Idle - since)
+		})
+		defer t.Stop()
+	}
+	size := opts.BufSize
+	if size <= 0 {
+		size = 65535
+	}
+	run := func(p Pump, total *int64, count *atomic.Int64, done chan<- struct{}) {
+		defer close(done)
+		buf := make([]byte, size)
+		for {
+			n, err := p(buf)
+			if err != nil {
+				stopWith(err)
+				return
+			}
+			if n > 0 {
+				last.Store(time.Now().UnixNano())
+				*total += int64(n)
+				if count != nil {
+					count.Add(int64(n))
+				}
+			}
+		}
+	}
+	upDone, downDone := make(chan struct{}), make(chan struct{})
+	go run(up, &upBytes, opts.Up, upDone)
+	go run(down, &downBytes, opts.Down, downDone)
+	<-upDone
+	<-downDone
+	mu.Lock()
+	defer mu.Unlock()
+	return upBytes, downBytes, reason
+}

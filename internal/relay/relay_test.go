@@ -1,0 +1,211 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// pipePair is a non-TCP pair (net.Pipe has no CloseWrite and no ReadFrom).
+type pipeHalf struct{ net.Conn }
+
+// relayed builds app <-> [a | relay | b] <-> remote over TCP and runs Stream.
+func relayed(t *testing.T, opts StreamOptions) (app, remote *net.TCPConn, done <-chan [3]any, cancel func()) {
+	t.Helper()
+	app, a := testenv.TCPPair(t)
+	b, remote := testenv.TCPPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan [3]any, 1)
+	go func() {
+		up, down, err := Stream(ctx, a, b, opts)
+		ch <- [3]any{up, down, err}
+	}()
+	t.Cleanup(cancel)
+	return app, remote, ch, cancel
+}
+
+func TestStreamHalfCloseBothWays(t *testing.T) {
+	var upCount, downCount atomic.Int64
+	app, remote, done, _ := relayed(t, StreamOptions{Up: &upCount, Down: &downCount})
+	data := make([]byte, 3<<20)
+	rand.Read(data)
+
+	// app sends everything and half-closes; remote must see EOF, and can
+	// still answer afterwards.
+	go func() { app.Write(data); app.CloseWrite() }()
+	got, err := io.ReadAll(remote)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("remote read %d bytes, err %v", len(got), err)
+	}
+	if _, err := remote.Write([]byte("reply after FIN")); err != nil {
+		t.Fatal(err)
+	}
+	remote.CloseWrite()
+	back, err := io.ReadAll(app)
+	if err != nil || string(back) != "reply after FIN" {
+		t.Fatalf("app read %q, %v", back, err)
+	}
+	r := <-done
+	if r[0].(int64) != int64(len(data)) || r[1].(int64) != 15 || r[2] != nil {
+		t.Fatalf("Stream = %v", r)
+	}
+	if upCount.Load() != int64(len(data)) || downCount.Load() != 15 {
+		t.Fatalf("counters up=%d down=%d", upCount.Load(), downCount.Load())
+	}
+}
+
+func TestStreamNonTCPHalfClose(t *testing.T) {
+	// One side without CloseWrite (net.Pipe): the relay closes it at EOF
+	// instead, and the other direction still drains.
+	app, a := testenv.TCPPair(t)
+	p1, p2 := net.Pipe()
+	done := make(chan error, 1)
+	go func() { _, _, err := Stream(context.Background(), a, pipeHalf{p1}, StreamOptions{}); done <- err }()
+	go func() { app.Write([]byte("hello")); app.CloseWrite() }()
+	got, _ := io.ReadAll(p2)
+	if string(got) != "hello" {
+		t.Fatalf("pipe side read %q", got)
+	}
+	p2.Close()
+	if _, err := io.ReadAll(app); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStreamIdle(t *testing.T) {
+	app, remote, done, _ := relayed(t, StreamOptions{Idle: 150 * time.Millisecond})
+	// Activity in one direction keeps the pair alive past several idle periods.
+	for i := 0; i < 5; i++ {
+		if _, err := app.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 1)
+		if _, err := io.ReadFull(remote, buf); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		time.Sleep(60 * time.Millisecond)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("relay ended while active: %v", r)
+	default:
+	}
+	r := <-done // then idleness ends it
+	if !errors.Is(r[2].(error), ErrIdle) {
+		t.Fatalf("Stream error = %v, want ErrIdle", r[2])
+	}
+	if _, err := app.Read(make([]byte, 1)); err == nil {
+		t.Fatal("app conn still open after idle close")
+	}
+}
+
+func TestStreamCancel(t *testing.T) {
+	_, _, done, cancel := relayed(t, StreamOptions{})
+	cancel()
+	if r := <-done; r[2] != nil {
+		t.Fatalf("cancelled Stream error = %v, want nil", r[2])
+	}
+}
+
+func TestStreamResetEndsBoth(t *testing.T) {
+	app, remote, done, _ := relayed(t, StreamOptions{})
+	remote.SetLinger(0)
+	remote.Close() // RST toward the relay
+	<-done
+	app.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := app.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("app read after remote reset: %v", err)
+	}
+}
+
+func TestPackets(t *testing.T) {
+	in := make(chan []byte, 4)
+	out := make(chan []byte, 4)
+	closed := make(chan struct{})
+	up := func(buf []byte) (int, error) {
+		select {
+		case p := <-in:
+			out <- p
+			return len(p), nil
+		case <-closed:
+			return 0, net.ErrClosed
+		}
+	}
+	down := func(buf []byte) (int, error) { <-closed; return 0, net.ErrClosed }
+	var upCount atomic.Int64
+	done := make(chan [3]any, 1)
+	go func() {
+		u, d, err := Packets(context.Background(), PacketOptions{Idle: 100 * time.Millisecond, Up: &upCount}, up, down, func() { close(closed) })
+		done <- [3]any{u, d, err}
+	}()
+	for i := 0; i < 4; i++ {
+		in <- []byte("ping")
+		<-out
+		time.Sleep(40 * time.Millisecond)
+	}
+	r := <-done
+	if r[0].(int64) != 16 || upCount.Load() != 16 || !errors.Is(r[2].(error), ErrIdle) {
+		t.Fatalf("Packets = %v (counter %d)", r, upCount.Load())
+	}
+}
+
+func TestPacketsCancel(t *testing.T) {
+	closed := make(chan struct{})
+	wait := func([]byte) (int, error) { <-closed; return 0, net.ErrClosed }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := Packets(ctx, PacketOptions{}, wait, wait, func() { close(closed) })
+		done <- err
+	}()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("cancelled Packets error = %v", err)
+	}
+}
+
+// BenchmarkStreamTCP measures the relay between two loopback TCP pairs (the
+// splice path). Run: go test -bench StreamTCP ./internal/relay/
+func BenchmarkStreamTCP(b *testing.B) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	pair := func() (net.Conn, net.Conn) {
+		c, _ := net.Dial("tcp", ln.Addr().String())
+		s, _ := ln.Accept()
+		return c, s
+	}
+	app, a := pair()
+	bb, remote := pair()
+	go Stream(context.Background(), a, bb, StreamOptions{})
+	buf := make([]byte, 256<<10)
+	b.SetBytes(int64(len(buf)))
+	go func() {
+		for i := 0; i < b.N; i++ {
+			app.Write(buf)
+		}
+		app.(*net.TCPConn).CloseWrite()
+	}()
+	b.ResetTimer()
+	n, _ := io.Copy(io.Discard, remote)
+	if n != int64(b.N*len(buf)) {
+		b.Fatalf("copied %d", n)
+	}
+	app.Close()
+	remote.Close()
+}

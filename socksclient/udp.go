@@ -1,0 +1,257 @@
+package socksclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tunsocks/tunsocks/socks"
+)
+
+// DomainAddr is a UDP address given by name. UDPConn.WriteTo takes one (as a
+// value or a pointer) to send to a name the server resolves, and ReadFrom
+// returns a *DomainAddr when the server reports a sender by name.
+type DomainAddr struct {
+	Host string
+	Port uint16
+}
+
+// Network returns "udp".
+func (a DomainAddr) Network() string { return "udp" }
+
+// String returns "host:port".
+func (a DomainAddr) String() string { return net.JoinHostPort(a.Host, strconv.Itoa(int(a.Port))) }
+
+// ListenPacket opens a UDP association (the SOCKS5 UDP ASSOCIATE command).
+// The association lives as long as its control connection: when the server
+// closes that, reads and writes on the UDPConn fail with an error wrapping
+// net.ErrClosed. ctx bounds only the setup.
+//
+// It fails with an error wrapping ErrUDPUnsupported for SOCKS4, for a Client
+// that reaches its server through another Client (a chain), and when the
+// server answers "command not supported".
+func (c *Client) ListenPacket(ctx context.Context) (*UDPConn, error) {
+	const op = "socks udp associate"
+	if _, ok := c.forward.(*Client); ok {
+		return nil, c.opError(op, "udp", "", fmt.Errorf("%w through a chain of SOCKS servers: the last server's UDP relay cannot be reached through the earlier ones", ErrUDPUnsupported))
+	}
+	if c.version != socks.Version5 {
+		return nil, c.opError(op, "udp", "", fmt.Errorf("%w: SOCKS4 has no UDP; use a socks5:// proxy URL", ErrUDPUnsupported))
+	}
+	// The client's own UDP address is not known before the relay is (the
+	// socket is connected to it), so the request carries 0.0.0.0:0, which
+	// RFC 1928 allows: the server takes the first datagram's source.
+	ctrl, bound, err := c.request(ctx, "udp", socks.CmdUDPAssociate, socks.Addr{IP: netip.IPv4Unspecified()})
+	if err != nil {
+		var re *socks.ReplyError
+		var oe *net.OpError
+		if errors.As(err, &re) && re.Code == socks.CommandNotSupported && errors.As(err, &oe) {
+			oe.Err = fmt.Errorf("%w: %w", ErrUDPUnsupported, oe.Err)
+		}
+		return nil, err
+	}
+	if bound.Port == 0 {
+		ctrl.Close()
+		return nil, c.opError(op, "udp", "", fmt.Errorf("socks5: server gave UDP relay address %s with port 0", bound))
+	}
+	relay := c.boundAddr(ctrl, bound)
+	pc, err := c.forward.DialContext(ctx, "udp", relay)
+	if err != nil {
+		ctrl.Close()
+		return nil, c.opError("dial", "udp", relay, fmt.Errorf("UDP relay: %w", err))
+	}
+	u := &UDPConn{
+		ctrl:     ctrl,
+		pc:       pc,
+		relay:    netAddr("udp", relay),
+		frag:     c.UDPFragmentSize,
+		ctrlDone: make(chan struct{}),
+		rbuf:     make([]byte, 65535),
+		reasm:    socks.Reassembler{Timeout: c.UDPReassemblyTimeout},
+	}
+	go u.watch()
+	return u, nil
+}
+
+// UDPConn is a UDP association: a net.PacketConn whose datagrams travel
+// through the server's UDP relay. ReadFrom returns the sender's address (a
+// *net.UDPAddr, or a *DomainAddr if the server names the sender); WriteTo
+// takes a *net.UDPAddr, a DomainAddr or *DomainAddr, or any net.Addr whose
+// String is "host:port" (a name in it is sent as a name, never resolved).
+type UDPConn struct {
+	ctrl  net.Conn // the TCP control connection
+	pc    net.Conn // UDP socket connected to the relay
+	relay net.Addr
+	frag  int
+
+	ctrlDone  chan struct{} // closed when watch has returned
+	ctrlEnded atomic.Bool   // the control connection has ended
+	closing   atomic.Bool   // Close was called
+	once      sync.Once
+
+	rmu   sync.Mutex // serialises ReadFrom: rbuf and the reassembler
+	rbuf  []byte
+	reasm socks.Reassembler
+
+	wmu  sync.Mutex
+	wbuf []byte
+}
+
+// errAssocEnded is the cause of reads and writes after the server closed the
+// control connection.
+var errAssocEnded = fmt.Errorf("socks5: UDP association ended: the server closed the control connection: %w", net.ErrClosed)
+
+// watch waits for the control connection to end (the server sends nothing
+// on it) and then closes the UDP socket, which wakes a blocked ReadFrom.
+func (u *UDPConn) watch() {
+	defer close(u.ctrlDone)
+	var b [512]byte
+	for {
+		if _, err := u.ctrl.Read(b[:]); err != nil {
+			break
+		}
+	}
+	u.ctrlEnded.Store(true)
+	u.pc.Close()
+}
+
+func (u *UDPConn) ioError(op string, addr net.Addr, err error) error {
+	if !u.closing.Load() && u.ctrlEnded.Load() {
+		err = errAssocEnded
+	}
+	return &net.OpError{Op: op, Net: "udp", Source: u.pc.LocalAddr(), Addr: addr, Err: err}
+}
+
+// ReadFrom reads one datagram's payload into b and returns its sender.
+// Fragmented datagrams are reassembled; malformed ones are dropped. A
+// payload longer than b is truncated, as on a plain UDP socket.
+func (u *UDPConn) ReadFrom(b []byte) (int, net.Addr, error) {
+	u.rmu.Lock()
+	defer u.rmu.Unlock()
+	// Each round blocks in Read, so the loop is bounded in time by the read
+	// deadline; it only goes round again for a dropped or partial datagram.
+	for {
+		n, err := u.pc.Read(u.rbuf)
+		if err != nil {
+			return 0, nil, u.ioError("read", u.relay, err)
+		}
+		frag, from, payload, err := socks.ParseUDP(u.rbuf[:n])
+		if err != nil {
+			continue
+		}
+		full, from, ok := u.reasm.Add(frag, from, payload)
+		if !ok {
+			continue
+		}
+		return copy(b, full), udpAddr(from), nil
+	}
+}
+
+func udpAddr(a socks.Addr) net.Addr {
+	if ap, ok := a.AddrPort(); ok {
+		return net.UDPAddrFromAddrPort(ap)
+	}
+	return &DomainAddr{Host: a.Name, Port: a.Port}
+}
+
+// WriteTo sends p to addr through the relay, split into fragments when the
+// Client's UDPFragmentSize asks for it.
+func (u *UDPConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+	dst, err := socksAddr(addr)
+	if err != nil {
+		return 0, &net.OpError{Op: "write", Net: "udp", Source: u.pc.LocalAddr(), Addr: addr, Err: err}
+	}
+	if u.frag > 0 && len(p) > u.frag {
+		dgrams, err := socks.Fragment(dst, p, u.frag)
+		if err != nil {
+			return 0, &net.OpError{Op: "write", Net: "udp", Source: u.pc.LocalAddr(), Addr: addr, Err: err}
+		}
+		for _, d := range dgrams {
+			if _, err := u.pc.Write(d); err != nil {
+				return 0, u.ioError("write", addr, err)
+			}
+		}
+		return len(p), nil
+	}
+	u.wmu.Lock()
+	defer u.wmu.Unlock()
+	u.wbuf, err = socks.AppendUDPHeader(u.wbuf[:0], 0, dst)
+	if err != nil {
+		return 0, &net.OpError{Op: "write", Net: "udp", Source: u.pc.LocalAddr(), Addr: addr, Err: err}
+	}
+	u.wbuf = append(u.wbuf, p...)
+	if _, err := u.pc.Write(u.wbuf); err != nil {
+		return 0, u.ioError("write", addr, err)
+	}
+	return len(p), nil
+}
+
+// socksAddr converts a destination for WriteTo without resolving names.
+func socksAddr(addr net.Addr) (socks.Addr, error) {
+	switch a := addr.(type) {
+	case nil:
+		return socks.Addr{}, errors.New("socksclient: nil destination address")
+	case *net.UDPAddr:
+		if a == nil {
+			return socks.Addr{}, errors.New("socksclient: nil destination address")
+		}
+		if a.Zone != "" {
+			return socks.Addr{}, fmt.Errorf("socksclient: zoned IPv6 address %s cannot be sent over SOCKS", a)
+		}
+		ap := a.AddrPort()
+		if !ap.Addr().IsValid() {
+			return socks.Addr{}, fmt.Errorf("socksclient: destination %s has no IP", a)
+		}
+		return socks.AddrFromAddrPort(ap), nil
+	case *DomainAddr:
+		if a == nil {
+			return socks.Addr{}, errors.New("socksclient: nil destination address")
+		}
+		return socks.ParseAddr(a.String())
+	}
+	return socks.ParseAddr(addr.String())
+}
+
+// Close ends the association: it closes the UDP socket and the control
+// connection.
+func (u *UDPConn) Close() error {
+	err := net.ErrClosed
+	u.once.Do(func() {
+		u.closing.Store(true)
+		err = u.pc.Close()
+		if errors.Is(err, net.ErrClosed) {
+			err = nil // already closed by watch
+		}
+		if e := u.ctrl.Close(); err == nil {
+			err = e
+		}
+		<-u.ctrlDone
+	})
+	if err != nil {
+		return &net.OpError{Op: "close", Net: "udp", Source: u.pc.LocalAddr(), Addr: u.relay, Err: err}
+	}
+	return nil
+}
+
+// LocalAddr returns the local address of the UDP socket.
+func (u *UDPConn) LocalAddr() net.Addr { return u.pc.LocalAddr() }
+
+// RelayAddr returns the server's UDP relay address the datagrams go to.
+func (u *UDPConn) RelayAddr() net.Addr { return u.relay }
+
+// SetDeadline sets the read and write deadlines.
+func (u *UDPConn) SetDeadline(t time.Time) error { return u.pc.SetDeadline(t) }
+
+// SetReadDeadline sets the read deadline.
+func (u *UDPConn) SetReadDeadline(t time.Time) error { return u.pc.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the write deadline.
+func (u *UDPConn) SetWriteDeadline(t time.Time) error { return u.pc.SetWriteDeadline(t) }
+
+var _ net.PacketConn = (*UDPConn)(nil)
