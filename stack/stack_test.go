@@ -1,0 +1,575 @@
+package stack_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tunsocks/tunsocks/stack"
+	"github.com/tunsocks/tunsocks/stack/stacktest"
+	"github.com/tunsocks/tunsocks/tun/tuntest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var (
+	appV4 = netip.MustParsePrefix("10.0.0.2/24")
+	appV6 = netip.MustParsePrefix("fd00::2/64")
+)
+
+// handlerFuncs adapts two functions to stack.Handler.
+type handlerFuncs struct {
+	tcp func(ctx context.Context, r *stack.TCPRequest)
+	udp func(ctx context.Context, f *stack.UDPFlow)
+}
+
+func (h handlerFuncs) HandleTCP(ctx context.Context, r *stack.TCPRequest) {
+	if h.tcp == nil {
+		r.Reject()
+		return
+	}
+	h.tcp(ctx, r)
+}
+
+func (h handlerFuncs) HandleUDP(ctx context.Context, f *stack.UDPFlow) {
+	if h.udp == nil {
+		f.Close()
+		return
+	}
+	h.udp(ctx, f)
+}
+
+type env struct {
+	s    *stack.Stack
+	app  *stacktest.App
+	peer *tuntest.Peer
+	ctx  context.Context
+}
+
+// setup starts a stack over a tuntest pipe and an app stack on its far side.
+// ctx bounds the whole test so a broken stack fails instead of hanging.
+func setup(t testing.TB, h stack.Handler, tweak func(*stack.Config)) *env {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	dev, peer := tuntest.NewPipe(1500)
+	cfg := stack.Config{Device: dev, Handler: h}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	s, err := stack.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := stacktest.NewApp(peer, appV4, appV6)
+	if err != nil {
+		s.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("stack Close: %v", err)
+		}
+		app.Close()
+	})
+	return &env{s: s, app: app, peer: peer, ctx: ctx}
+}
+
+// memEcho stands in for an upstream server reached over an in-memory
+// connection with half-close: it echoes everything and closes its write side
+// after the client's CloseWrite.
+func memEcho() *halfPipe {
+	upR, upW := io.Pipe()
+	downR, downW := io.Pipe()
+	go func() {
+		io.Copy(downW, upR)
+		downW.Close()
+	}()
+	return &halfPipe{r: downR, w: upW}
+}
+
+type halfPipe struct {
+	r *io.PipeReader
+	w *io.PipeWriter
+}
+
+func (h *halfPipe) Read(p []byte) (int, error)  { return h.r.Read(p) }
+func (h *halfPipe) Write(p []byte) (int, error) { return h.w.Write(p) }
+func (h *halfPipe) CloseWrite() error           { return h.w.Close() }
+func (h *halfPipe) Close() error                { h.w.Close(); return h.r.Close() }
+
+// relay copies both ways, propagating half-close, and returns when both
+// directions are done.
+func relay(a stack.Conn, b *halfPipe) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		io.Copy(b, a)
+		b.CloseWrite()
+	}()
+	go func() {
+		defer wg.Done()
+		io.Copy(a, b)
+		a.CloseWrite()
+	}()
+	wg.Wait()
+	a.Close()
+	b.Close()
+}
+
+func echoHandler(t testing.TB, seen chan<- [2]netip.AddrPort) handlerFuncs {
+	return handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
+		if seen != nil {
+			seen <- [2]netip.AddrPort{r.Src(), r.Dst()}
+		}
+		up := memEcho() // "dial" first, then complete the app's handshake
+		c, err := r.Accept()
+		if err != nil {
+			t.Errorf("Accept: %v", err)
+			up.Close()
+			return
+		}
+		relay(c, up)
+	}}
+}
+
+func TestTCPEcho(t *testing.T) {
+	for _, dst := range []string{"198.18.0.1:80", "[2001:db8::1]:443"} {
+		t.Run(dst, func(t *testing.T) {
+			seen := make(chan [2]netip.AddrPort, 1)
+			e := setup(t, echoHandler(t, seen), nil)
+			d := netip.MustParseAddrPort(dst)
+			c, err := e.app.DialTCP(e.ctx, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			got := <-seen
+			if got[1] != d {
+				t.Errorf("Dst = %v, want %v", got[1], d)
+			}
+			wantSrc := appV4.Addr()
+			if d.Addr().Is6() {
+				wantSrc = appV6.Addr()
+			}
+			if got[0].Addr() != wantSrc || got[0].Port() == 0 {
+				t.Errorf("Src = %v, want %v:<port>", got[0], wantSrc)
+			}
+			if la := c.LocalAddr().(*net.TCPAddr).AddrPort(); la != got[0] {
+				t.Errorf("handler Src %v != app's local address %v", got[0], la)
+			}
+			msg := bytes.Repeat([]byte("hello through the stack "), 10000) // > many segments
+			go func() {
+				c.Write(msg)
+				c.CloseWrite()
+			}()
+			back, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(back, msg) {
+				t.Fatalf("echo returned %d bytes, want %d identical", len(back), len(msg))
+			}
+			if st := e.s.Stats(); st.BytesUp < uint64(len(msg)) || st.BytesDown < uint64(len(msg)) || st.TCPTotal != 1 {
+				t.Errorf("stats %+v", st)
+			}
+		})
+	}
+}
+
+func TestTCPRejectIsConnectionRefused(t *testing.T) {
+	h := handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
+		if r.Dst().Port() == 81 {
+			return // contract broken: neither Accept nor Reject
+		}
+		r.Reject()
+		if _, err := r.Accept(); err == nil {
+			t.Error("Accept after Reject succeeded")
+		}
+	}}
+	e := setup(t, h, nil)
+	for _, dst := range []string{"198.18.0.1:80", "198.18.0.1:81", "[2001:db8::1]:80"} {
+		_, err := e.app.DialTCP(e.ctx, netip.MustParseAddrPort(dst))
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("dial %s: err = %v, want connection refused", dst, err)
+		}
+	}
+	if st := e.s.Stats(); st.TCPRejected != 3 || st.TCPOpen != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+func TestTCPHalfCloseBothWays(t *testing.T) {
+	done := make(chan error, 1)
+	h := handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		// App -> handler: app sends then FINs; we must see data then EOF
+		// while our direction stays open.
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "question" {
+			done <- errors.New("handler read " + string(got) + ": " + errString(err))
+			return
+		}
+		// Handler -> app, after the app's FIN.
+		if _, err := c.Write([]byte("answer")); err != nil {
+			done <- err
+			return
+		}
+		done <- c.CloseWrite()
+	}}
+	e := setup(t, h, nil)
+	c, err := e.app.DialTCP(e.ctx, netip.MustParseAddrPort("198.18.0.1:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("question")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(c)
+	if err != nil || string(got) != "answer" {
+		t.Fatalf("app read %q, %v; want \"answer\" then EOF", got, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	return err.Error()
+}
+
+func TestUDPFullCone(t *testing.T) {
+	for _, fam := range []struct{ name, a, b, local string }{
+		{"v4", "198.18.0.10:53", "203.0.113.7:9999", "10.0.0.2:5000"},
+		{"v6", "[2001:db8::10]:53", "[2001:db8:ffff::7]:9999", "[fd00::2]:5000"},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			a, b := netip.MustParseAddrPort(fam.a), netip.MustParseAddrPort(fam.b)
+			flows := make(chan *stack.UDPFlow, 4)
+			h := handlerFuncs{udp: func(ctx context.Context, f *stack.UDPFlow) {
+				flows <- f
+				<-ctx.Done()
+			}}
+			e := setup(t, h, nil)
+			pc, err := e.app.ListenUDP(netip.MustParseAddrPort(fam.local))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			if _, err := pc.WriteTo([]byte("to A"), net.UDPAddrFromAddrPort(a)); err != nil {
+				t.Fatal(err)
+			}
+			f := <-flows
+			if f.Src() != netip.MustParseAddrPort(fam.local) {
+				t.Fatalf("flow Src = %v", f.Src())
+			}
+			buf := make([]byte, 2048)
+			n, dst, err := f.ReadFrom(buf)
+			if err != nil || string(buf[:n]) != "to A" || dst != a {
+				t.Fatalf("ReadFrom = %q, %v, %v; want \"to A\" from %v", buf[:n], dst, err, a)
+			}
+			// A reply from B, which the app never contacted.
+			if _, err := f.WriteTo([]byte("from B"), b); err != nil {
+				t.Fatal(err)
+			}
+			pc.SetReadDeadline(time.Now().Add(30 * time.Second))
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil || string(buf[:n]) != "from B" {
+				t.Fatalf("app ReadFrom = %q, %v", buf[:n], err)
+			}
+			if got := from.(*net.UDPAddr).AddrPort(); got != b {
+				t.Fatalf("reply source = %v, want %v", got, b)
+			}
+			// Same app socket to B: still the same flow.
+			if _, err := pc.WriteTo([]byte("to B"), net.UDPAddrFromAddrPort(b)); err != nil {
+				t.Fatal(err)
+			}
+			n, dst, err = f.ReadFrom(buf)
+			if err != nil || string(buf[:n]) != "to B" || dst != b {
+				t.Fatalf("second ReadFrom = %q, %v, %v", buf[:n], dst, err)
+			}
+			select {
+			case f2 := <-flows:
+				t.Fatalf("second flow %v for the same source", f2.Src())
+			default:
+			}
+			if st := e.s.Stats(); st.UDPOpen != 1 || st.UDPTotal != 1 {
+				t.Errorf("stats %+v", st)
+			}
+		})
+	}
+}
+
+func TestUDPFragmentedReply(t *testing.T) {
+	flows := make(chan *stack.UDPFlow, 1)
+	e := setup(t, handlerFuncs{udp: func(ctx context.Context, f *stack.UDPFlow) { flows <- f; <-ctx.Done() }}, nil)
+	pc, err := e.app.ListenUDP(netip.MustParseAddrPort("10.0.0.2:5001"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	remote := netip.MustParseAddrPort("198.18.0.10:4000")
+	pc.WriteTo([]byte("x"), net.UDPAddrFromAddrPort(remote))
+	f := <-flows
+	big := make([]byte, 9000)
+	for i := range big {
+		big[i] = byte(i)
+	}
+	if _, err := f.WriteTo(big, remote); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 20000)
+	pc.SetReadDeadline(time.Now().Add(30 * time.Second))
+	n, _, err := pc.ReadFrom(buf)
+	if err != nil || !bytes.Equal(buf[:n], big) {
+		t.Fatalf("app got %d bytes, %v; want the 9000-byte datagram", n, err)
+	}
+	if _, err := f.WriteTo(make([]byte, 70000), remote); err == nil {
+		t.Fatal("WriteTo of 70000 bytes succeeded")
+	}
+	if _, err := f.WriteTo([]byte("x"), netip.MustParseAddrPort("[2001:db8::1]:53")); err == nil {
+		t.Fatal("WriteTo from an IPv6 source to an IPv4 app succeeded")
+	}
+}
+
+func TestUDPIdleExpiry(t *testing.T) {
+	flows := make(chan *stack.UDPFlow, 4)
+	results := make(chan error, 4)
+	h := handlerFuncs{udp: func(ctx context.Context, f *stack.UDPFlow) {
+		flows <- f
+		buf := make([]byte, 100)
+		if _, _, err := f.ReadFrom(buf); err != nil {
+			results <- err
+			return
+		}
+		// Nothing more arrives: the flow expires and ReadFrom fails.
+		_, _, err := f.ReadFrom(buf)
+		results <- err
+	}}
+	e := setup(t, h, func(c *stack.Config) { c.UDPIdle = 100 * time.Millisecond })
+	pc, err := e.app.ListenUDP(netip.MustParseAddrPort("10.0.0.2:5002"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.0.10:53"))
+	pc.WriteTo([]byte("one"), dst)
+	f1 := <-flows
+	if err := <-results; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("ReadFrom on idle flow = %v, want net.ErrClosed", err)
+	}
+	if _, err := f1.WriteTo([]byte("late"), netip.MustParseAddrPort("198.18.0.10:53")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("WriteTo on expired flow = %v", err)
+	}
+	// The same source again: a fresh flow.
+	pc.WriteTo([]byte("two"), dst)
+	f2 := <-flows
+	if f2 == f1 || f2.Src() != f1.Src() {
+		t.Fatalf("new flow %p (%v), old %p", f2, f2.Src(), f1)
+	}
+	if err := <-results; !errors.Is(err, net.ErrClosed) {
+		t.Fatal(err)
+	}
+}
+
+func TestUDPReadDeadlineAndClose(t *testing.T) {
+	flows := make(chan *stack.UDPFlow, 1)
+	e := setup(t, handlerFuncs{udp: func(ctx context.Context, f *stack.UDPFlow) { flows <- f; <-ctx.Done() }}, nil)
+	pc, err := e.app.ListenUDP(netip.MustParseAddrPort("10.0.0.2:5003"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pc.WriteTo([]byte("0123456789"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.0.10:53")))
+	f := <-flows
+	small := make([]byte, 4)
+	n, _, err := f.ReadFrom(small)
+	if n != 4 || !errors.Is(err, io.ErrShortBuffer) {
+		t.Fatalf("short read = %d, %v", n, err)
+	}
+	f.SetReadDeadline(time.Now().Add(-time.Second))
+	if _, _, err := f.ReadFrom(small); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("ReadFrom past deadline = %v", err)
+	}
+	f.SetReadDeadline(time.Time{})
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := f.ReadFrom(small)
+		errc <- err
+	}()
+	f.Close()
+	if err := <-errc; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("ReadFrom after Close = %v", err)
+	}
+}
+
+func TestManyConcurrentConnections(t *testing.T) {
+	const n = 200
+	e := setup(t, echoHandler(t, nil), nil)
+	var wg sync.WaitGroup
+	errc := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dst := netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i / 250), byte(1 + i%250)}), uint16(1000+i))
+			c, err := e.app.DialTCP(e.ctx, dst)
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer c.Close()
+			msg := bytes.Repeat([]byte{byte(i)}, 3000+i)
+			go func() {
+				c.Write(msg)
+				c.CloseWrite()
+			}()
+			back, err := io.ReadAll(c)
+			if err != nil {
+				errc <- err
+				return
+			}
+			if !bytes.Equal(back, msg) {
+				errc <- errors.New("echo mismatch")
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
+	}
+	if st := e.s.Stats(); st.TCPTotal != n {
+		t.Errorf("TCPTotal = %d, want %d", st.TCPTotal, n)
+	}
+}
+
+func TestCloseEndsFlowsAndHandlers(t *testing.T) {
+	ended := make(chan string, 2)
+	h := handlerFuncs{
+		tcp: func(ctx context.Context, r *stack.TCPRequest) {
+			c, err := r.Accept()
+			if err != nil {
+				ended <- "tcp accept failed"
+				return
+			}
+			// Block reading until the stack closes the connection.
+			_, err = c.Read(make([]byte, 10))
+			ended <- "tcp " + errString(err)
+		},
+		udp: func(ctx context.Context, f *stack.UDPFlow) {
+			buf := make([]byte, 100)
+			f.ReadFrom(buf)
+			_, _, err := f.ReadFrom(buf)
+			ended <- "udp " + errString(err)
+		},
+	}
+	dev, peer := tuntest.NewPipe(1500)
+	s, err := stack.New(context.Background(), stack.Config{Device: dev, Handler: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := stacktest.NewApp(peer, appV4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := app.DialTCP(ctx, netip.MustParseAddrPort("198.18.0.1:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pc, err := app.ListenUDP(netip.MustParseAddrPort("10.0.0.2:6000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	pc.WriteTo([]byte("x"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.0.9:53")))
+	// Wait until both flows are open.
+	for s.Stats().TCPOpen != 1 || s.Stats().UDPOpen != 1 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("flows never opened: %+v", s.Stats())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Close waited for the handlers, so both have reported already.
+	for range 2 {
+		select {
+		case msg := <-ended:
+			t.Log(msg)
+		default:
+			t.Fatal("a handler was still running after Close returned")
+		}
+	}
+	if st := s.Stats(); st.TCPOpen != 0 || st.UDPOpen != 0 {
+		t.Errorf("open flows after Close: %+v", st)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := dev.Write([][]byte{make([]byte, 40)}, 16); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("device still open after Close: %v", err)
+	}
+}
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	dev, _ := tuntest.NewPipe(1500)
+	defer dev.Close()
+	h := handlerFuncs{}
+	for name, cfg := range map[string]stack.Config{
+		"no device":  {Handler: h},
+		"no handler": {Device: dev},
+		"tiny MTU":   {Device: dev, Handler: h, MTU: 500},
+		"bad cc":     {Device: dev, Handler: h, TCP: stack.TCPOptions{CongestionControl: "bbr9"}},
+		"tiny buf":   {Device: dev, Handler: h, TCP: stack.TCPOptions{SendBuf: 10}},
+		"neg idle":   {Device: dev, Handler: h, UDPIdle: -time.Second},
+	} {
+		if s, err := stack.New(context.Background(), cfg); err == nil {
+			s.Close()
+			t.Errorf("%s: New succeeded", name)
+		}
+	}
+}
+
+func TestTCPDropSendsNothing(t *testing.T) {
+	h := handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) { r.Drop() }}
+	e := setup(t, h, nil)
+	ctx, cancel := context.WithTimeout(e.ctx, 1500*time.Millisecond)
+	defer cancel()
+	_, err := e.app.DialTCP(ctx, netip.MustParseAddrPort("198.18.0.1:80"))
+	if err == nil || errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial a dropped SYN: %v, want a timeout (no RST)", err)
+	}
+	if st := e.s.Stats(); st.TCPRejected == 0 || st.TCPOpen != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}

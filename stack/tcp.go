@@ -1,0 +1,179 @@
+package stack
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// Conn is an accepted TCP connection from the app. Read returns io.EOF after
+// the app's FIN; CloseWrite sends our FIN while reading continues.
+type Conn interface {
+	net.Conn
+	CloseWrite() error
+}
+
+// TCPRequest is an app's connection attempt whose handshake is on hold until
+// the Handler calls Accept or Reject.
+type TCPRequest struct {
+	s        *Stack
+	fr       *tcp.ForwarderRequest
+	src, dst netip.AddrPort
+
+	mu      sync.Mutex
+	decided bool
+}
+
+// Src is the app's address and port.
+func (r *TCPRequest) Src() netip.AddrPort { return r.src }
+
+// Dst is the address and port the app connects to.
+func (r *TCPRequest) Dst() netip.AddrPort { return r.dst }
+
+func (r *TCPRequest) decide() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.decided {
+		return false
+	}
+	r.decided = true
+	return true
+}
+
+// Accept completes the app's handshake and returns the connection. It blocks
+// until the app acknowledges our SYN-ACK (or gives up). A second call, or a
+// call after Reject, returns an error.
+func (r *TCPRequest) Accept() (Conn, error) {
+	if !r.decide() {
+		return nil, errAlreadyDecided
+	}
+	var wq waiter.Queue
+	ep, terr := r.fr.CreateEndpoint(&wq)
+	if terr != nil {
+		r.fr.Complete(true)
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Source: net.TCPAddrFromAddrPort(r.dst),
+			Addr: net.TCPAddrFromAddrPort(r.src), Err: convertError(terr)}
+	}
+	r.fr.Complete(false)
+
+	o := r.s.cfg.TCP
+	if o.KeepAliveIdle > 0 {
+		idle := tcpip.KeepaliveIdleOption(o.KeepAliveIdle)
+		intvl := tcpip.KeepaliveIntervalOption(o.KeepAliveInterval)
+		_ = ep.SetSockOpt(&idle)
+		_ = ep.SetSockOpt(&intvl)
+		_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, o.KeepAliveCount)
+		ep.SocketOptions().SetKeepAlive(true)
+	}
+
+	c := &tcpConn{TCPConn: gonet.NewTCPConn(&wq, ep), s: r.s}
+	s := r.s
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ep.Abort()
+		return nil, errStackClosed
+	}
+	s.tcpConns[c] = struct{}{}
+	s.mu.Unlock()
+	s.tcpOpen.Add(1)
+	return c, nil
+}
+
+// Reject answers the app's SYN with a RST at once ("connection refused").
+// It does nothing after Accept or a previous Reject.
+func (r *TCPRequest) Reject() {
+	if !r.decide() {
+		return
+	}
+	r.s.tcpRejected.Add(1)
+	r.fr.Complete(true)
+}
+
+// Drop discards the app's SYN without any answer (REJECT-DROP): the app
+// sees a connect timeout, as if the destination did not exist.
+func (r *TCPRequest) Drop() {
+	if !r.decide() {
+		return
+	}
+	r.s.tcpRejected.Add(1)
+	r.fr.Complete(false)
+}
+
+// forwardTCP is gVisor's forwarder callback. gVisor already runs it on a new
+// goroutine per SYN; the Handler runs right here so that goroutine is the
+// handler's own and is tracked for Close.
+func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
+	id := fr.ID()
+	r := &TCPRequest{
+		s:   s,
+		fr:  fr,
+		src: netip.AddrPortFrom(addrFromTCPIP(id.RemoteAddress), id.RemotePort),
+		dst: netip.AddrPortFrom(addrFromTCPIP(id.LocalAddress), id.LocalPort),
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		r.Reject()
+		return
+	}
+	s.handlers.Add(1)
+	s.mu.Unlock()
+	defer s.handlers.Done()
+	s.tcpTotal.Add(1)
+	s.handler.HandleTCP(s.ctx, r)
+	if r.decide() {
+		// The handler broke its contract; never leave the app hanging.
+		s.handlerUndecided.Add(1)
+		s.tcpRejected.Add(1)
+		fr.Complete(true)
+		s.log.Warn("TCP handler returned without Accept or Reject; sent RST", "src", r.src, "dst", r.dst)
+	}
+}
+
+// tcpConn counts payload bytes and unregisters itself on Close.
+type tcpConn struct {
+	*gonet.TCPConn
+	s         *Stack
+	closeOnce sync.Once
+}
+
+func (c *tcpConn) Read(p []byte) (int, error) {
+	n, err := c.TCPConn.Read(p)
+	c.s.bytesUp.Add(uint64(n))
+	return n, err
+}
+
+func (c *tcpConn) Write(p []byte) (int, error) {
+	n, err := c.TCPConn.Write(p)
+	c.s.bytesDown.Add(uint64(n))
+	return n, err
+}
+
+func (c *tcpConn) Close() error {
+	err := c.TCPConn.Close()
+	c.closeOnce.Do(func() {
+		c.s.mu.Lock()
+		delete(c.s.tcpConns, c)
+		c.s.mu.Unlock()
+		c.s.tcpOpen.Add(-1)
+	})
+	if err != nil {
+		return fmt.Errorf("stack: close: %w", err)
+	}
+	return nil
+}
+
+// SetDeadline and friends are promoted from gonet.TCPConn; listed here so
+// the wrapper's method set is obvious.
+var _ interface {
+	SetDeadline(time.Time) error
+	CloseWrite() error
+} = (*tcpConn)(nil)

@@ -1,0 +1,138 @@
+package tun
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
+)
+
+// Pcap writes packets to a pcap file with link type RAW (IPv4/IPv6 without a
+// link header), the format Wireshark and tcpdump read for TUN captures. It is
+// safe for concurrent use.
+type Pcap struct {
+	mu      sync.Mutex
+	w       io.Writer
+	buf     *bufio.Writer
+	pw      *pcapgo.Writer
+	snaplen int
+	closed  bool
+	err     error // first write error; later writes are skipped
+}
+
+// NewPcap writes the pcap file header to w and returns a writer for packets.
+// snaplen limits how many bytes of each packet are stored; 0 means 65535.
+// Output is buffered: call Flush or Close. Close closes w if it is an
+// io.Closer.
+func NewPcap(w io.Writer, snaplen int) (*Pcap, error) {
+	if w == nil {
+		return nil, errors.New("tun: pcap: nil writer")
+	}
+	if snaplen == 0 {
+		snaplen = 65535
+	}
+	if snaplen < 0 || snaplen > 262144 {
+		return nil, fmt.Errorf("tun: pcap: snaplen %d out of range 1..262144", snaplen)
+	}
+	buf := bufio.NewWriterSize(w, 64<<10)
+	pw := pcapgo.NewWriter(buf)
+	if err := pw.WriteFileHeader(uint32(snaplen), layers.LinkTypeRaw); err != nil {
+		return nil, fmt.Errorf("tun: pcap header: %w", err)
+	}
+	return &Pcap{w: w, buf: buf, pw: pw, snaplen: snaplen}, nil
+}
+
+// WritePacket records one packet seen at time t. After the first write error
+// every later call returns that error.
+func (p *Pcap) WritePacket(t time.Time, pkt []byte) error {
+	capLen := min(len(pkt), p.snaplen)
+	ci := gopacket.CaptureInfo{Timestamp: t, CaptureLength: capLen, Length: len(pkt)}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return fmt.Errorf("tun: pcap: %w", io.ErrClosedPipe)
+	}
+	if p.err != nil {
+		return p.err
+	}
+	if err := p.pw.WritePacket(ci, pkt[:capLen]); err != nil {
+		p.err = fmt.Errorf("tun: pcap write: %w", err)
+		return p.err
+	}
+	return nil
+}
+
+// Flush writes buffered packets to the underlying writer.
+func (p *Pcap) Flush() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	if err := p.buf.Flush(); err != nil {
+		return errors.Join(p.err, fmt.Errorf("tun: pcap flush: %w", err))
+	}
+	return p.err
+}
+
+// Close flushes and closes the underlying writer when it is an io.Closer.
+// Later writes fail; Close is idempotent.
+func (p *Pcap) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	p.closed = true
+	err := p.err
+	if ferr := p.buf.Flush(); ferr != nil {
+		err = errors.Join(err, fmt.Errorf("tun: pcap flush: %w", ferr))
+	}
+	if c, ok := p.w.(io.Closer); ok {
+		if cerr := c.Close(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("tun: pcap close: %w", cerr))
+		}
+	}
+	return err
+}
+
+// Capture wraps dev so every packet read from it and written to it is
+// recorded in p. Written packets are recorded before the device sees them
+// (the Linux device coalesces them in place). Recording errors never fail
+// the packet path; the first one is reported by p's Flush and Close.
+// Closing the returned device closes dev but not p.
+func Capture(dev BatchDevice, p *Pcap) BatchDevice {
+	return &captureDevice{BatchDevice: dev, p: p}
+}
+
+type captureDevice struct {
+	BatchDevice
+	p *Pcap
+}
+
+func (c *captureDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := c.BatchDevice.Read(bufs, sizes, offset)
+	if n > 0 {
+		now := time.Now()
+		for i := range n {
+			_ = c.p.WritePacket(now, bufs[i][offset:offset+sizes[i]])
+		}
+	}
+	return n, err
+}
+
+func (c *captureDevice) Write(bufs [][]byte, offset int) (int, error) {
+	now := time.Now()
+	for _, b := range bufs {
+		if offset <= len(b) {
+			_ = c.p.WritePacket(now, b[offset:])
+		}
+	}
+	return c.BatchDevice.Write(bufs, offset)
+}

@@ -1,0 +1,147 @@
+// Package tun opens and configures the operating system's TUN device and
+// exposes it as a batched packet device.
+//
+// The device is golang.zx2c4.com/wireguard/tun underneath. On Linux it
+// negotiates IFF_VNET_HDR with the kernel and performs TSO splitting on Read
+// and GRO coalescing on Write itself, so one Read may return many packets and
+// one Write may turn many packets into a few large kernel writes.
+package tun
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	wgtun "golang.zx2c4.com/wireguard/tun"
+)
+
+// Headroom is the number of bytes a caller must reserve in front of every
+// packet passed to Device.Read and Device.Write, i.e. the minimum offset.
+//
+// wireguard's Linux TUN with IFF_VNET_HDR writes a 10-byte virtio_net_hdr in
+// front of every packet it hands to the kernel (Write returns "invalid
+// offset" when offset < 10), and its GRO code clears and fills those bytes in
+// place. Read does not strictly need the headroom (it copies out of its own
+// buffer) but using the same offset for both directions keeps buffers
+// interchangeable. 16 keeps the packet start 8-byte aligned.
+const Headroom = 16
+
+// BatchDevice is a packet device that moves several packets per call.
+//
+// Read fills bufs[i][offset:] with packets and sizes[i] with their lengths and
+// returns how many it filled; len(sizes) must be >= len(bufs) and len(bufs)
+// should be BatchSize(). Write sends bufs[i][offset:] for every i. Both may
+// modify the bytes in front of offset. Packets are raw IPv4 or IPv6 without
+// a link header.
+type BatchDevice interface {
+	Read(bufs [][]byte, sizes []int, offset int) (int, error)
+	Write(bufs [][]byte, offset int) (int, error)
+	BatchSize() int
+	MTU() (int, error)
+	Close() error
+}
+
+// Config says which TUN device to open and how to configure it.
+type Config struct {
+	// Name of the device to create or attach to. Empty lets the kernel
+	// choose (tunN). Ignored when FD >= 0.
+	Name string
+	// FD, when >= 0, is an already open TUN descriptor to adopt (Android
+	// VpnService, --tun-fd N). The device is then used as it is: its
+	// addresses, routes, MTU and up-state are not touched, and Close closes
+	// the descriptor but never deletes the interface. Set FD to NoFD (-1) to
+	// create or attach by Name. Open takes ownership of the descriptor.
+	FD int
+	// Addrs are assigned to the device (IPv6 ones with nodad, so they are
+	// usable at once). Existing addresses are kept.
+	Addrs []netip.Prefix
+	// MTU of the device; 0 means DefaultMTU.
+	MTU int
+	// Offload enables IFF_VNET_HDR (TSO on Read, GRO on Write, batches of
+	// up to 128 packets). Without it every call moves one packet.
+	// Ignored when FD >= 0: an adopted descriptor keeps the flags it was
+	// opened with.
+	Offload bool
+	// Logger receives debug and warning lines; nil discards them.
+	Logger *slog.Logger
+}
+
+// NoFD is the Config.FD value that means "create or attach by name".
+const NoFD = -1
+
+// DefaultMTU is used when Config.MTU is 0.
+const DefaultMTU = 1500
+
+// ErrUnsupported is returned by Open on systems where configuring a TUN
+// device is not implemented.
+var ErrUnsupported = errors.New("tun: not supported on this GOOS")
+
+// Device is an open TUN device. It satisfies BatchDevice; Read and Write need
+// an offset of at least Headroom.
+type Device struct {
+	dev     wgtun.Device
+	name    string
+	index   int
+	created bool // we created the interface, so Close must make it disappear
+	adopted bool // FD adoption: never touch the interface
+	log     *slog.Logger
+
+	closeOnce sync.Once
+	closeErr  error
+	closeHook func() error // OS specific cleanup after the descriptor is closed
+}
+
+// Read reads up to len(bufs) packets into bufs[i][offset:]; see BatchDevice.
+func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	return d.dev.Read(bufs, sizes, offset)
+}
+
+// Write writes the packets bufs[i][offset:]; offset must be >= Headroom. The
+// bytes before offset and the slices in bufs may be modified (GRO coalesces
+// packets in place, so buffers with spare capacity coalesce better).
+func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
+	return d.dev.Write(bufs, offset)
+}
+
+// BatchSize is the largest number of packets one Read returns and the
+// preferred number of packets per Write. It does not change.
+func (d *Device) BatchSize() int { return d.dev.BatchSize() }
+
+// MTU reports the device's current MTU.
+func (d *Device) MTU() (int, error) { return d.dev.MTU() }
+
+// Name is the interface name.
+func (d *Device) Name() string { return d.name }
+
+// Index is the interface index.
+func (d *Device) Index() int { return d.index }
+
+// Created reports whether Open created the interface (and Close removes it).
+func (d *Device) Created() bool { return d.created }
+
+// Close closes the device. An interface Open created is removed; an adopted
+// descriptor is closed but the interface is left alone. Close is idempotent.
+func (d *Device) Close() error {
+	d.closeOnce.Do(func() {
+		err := d.dev.Close()
+		if err != nil {
+			err = fmt.Errorf("tun: close %s: %w", d.name, err)
+		}
+		if d.closeHook != nil {
+			err = errors.Join(err, d.closeHook())
+		}
+		d.closeErr = err
+	})
+	return d.closeErr
+}
+
+var _ BatchDevice = (*Device)(nil)
+
+func discardIfNil(l *slog.Logger) *slog.Logger {
+	if l == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return l
+}

@@ -1,0 +1,207 @@
+package tun
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	wgtun "golang.zx2c4.com/wireguard/tun"
+)
+
+// Open opens the TUN device described by cfg. With cfg.FD >= 0 it adopts the
+// descriptor and changes nothing about the interface; otherwise it creates
+// (or attaches to) cfg.Name, then sets MTU, addresses and link-up through
+// netlink. ctx bounds nothing long today but is checked before each step.
+func Open(ctx context.Context, cfg Config) (*Device, error) {
+	log := discardIfNil(cfg.Logger)
+	if cfg.FD >= 0 {
+		return adopt(ctx, cfg, log)
+	}
+	if cfg.FD != NoFD {
+		return nil, fmt.Errorf("tun: invalid descriptor %d (use -1 to create by name)", cfg.FD)
+	}
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = DefaultMTU
+	}
+	if mtu < 68 || mtu > 65535 {
+		return nil, fmt.Errorf("tun: MTU %d out of range 68..65535", mtu)
+	}
+	if len(cfg.Name) >= unix.IFNAMSIZ {
+		return nil, fmt.Errorf("tun: name %q longer than %d bytes", cfg.Name, unix.IFNAMSIZ-1)
+	}
+	for _, p := range cfg.Addrs {
+		if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
+			return nil, fmt.Errorf("tun: invalid address prefix %v", p)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("tun: netlink: %w", err)
+	}
+	defer nl.Close()
+
+	existed := false
+	if cfg.Name != "" {
+		if _, err := nl.LinkByName(cfg.Name); err == nil {
+			existed = true
+		}
+	}
+
+	var dev wgtun.Device
+	if cfg.Offload {
+		// CreateTUN opens /dev/net/tun with IFF_TUN|IFF_NO_PI|IFF_VNET_HDR
+		// and turns on TSO/checksum offload (and USO when the kernel has it).
+		dev, err = wgtun.CreateTUN(cfg.Name, mtu)
+	} else {
+		dev, err = createPlain(cfg.Name, mtu)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tun: create %q: %w", cfg.Name, err)
+	}
+	name, err := dev.Name()
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("tun: device name: %w", err)
+	}
+	d := &Device{dev: dev, name: name, created: !existed, log: log}
+	if err := d.configure(ctx, nl, cfg.Addrs, mtu); err != nil {
+		d.Close()
+		return nil, err
+	}
+	if d.created {
+		d.closeHook = func() error { return removeIfStillThere(name, d.index) }
+	}
+	log.Debug("tun opened", "name", name, "index", d.index, "created", d.created, "mtu", mtu,
+		"batch", dev.BatchSize(), "addrs", cfg.Addrs)
+	return d, nil
+}
+
+// createPlain is wgtun.CreateTUN without IFF_VNET_HDR: one packet per call,
+// no offloads.
+func createPlain(name string, mtu int) (wgtun.Device, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TUNSETIFF: %w", err)
+	}
+	// Non-blocking before os.NewFile so the descriptor joins the netpoller
+	// and Close unblocks a pending Read.
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return wgtun.CreateTUNFromFile(os.NewFile(uintptr(fd), "/dev/net/tun"), mtu)
+}
+
+func (d *Device) configure(ctx context.Context, nl *netlink.Handle, addrs []netip.Prefix, mtu int) error {
+	link, err := nl.LinkByName(d.name)
+	if err != nil {
+		return fmt.Errorf("tun: find link %s: %w", d.name, err)
+	}
+	d.index = link.Attrs().Index
+	if link.Attrs().MTU != mtu {
+		if err := nl.LinkSetMTU(link, mtu); err != nil {
+			return fmt.Errorf("tun: set MTU %d on %s: %w", mtu, d.name, err)
+		}
+	}
+	for _, p := range addrs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		a := &netlink.Addr{IPNet: prefixToIPNet(p)}
+		if p.Addr().Is6() {
+			// Without nodad the address stays "tentative" for about a second
+			// and the kernel refuses to use it as a source.
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := nl.AddrReplace(link, a); err != nil {
+			return fmt.Errorf("tun: add address %v to %s: %w", p, d.name, err)
+		}
+	}
+	if err := nl.LinkSetUp(link); err != nil {
+		return fmt.Errorf("tun: set %s up: %w", d.name, err)
+	}
+	return nil
+}
+
+// removeIfStillThere runs after the descriptor is closed. A non-persistent
+// TUN disappears with its last descriptor; if ours somehow survived (someone
+// made it persistent) delete it, so "created by us" really means "gone after
+// Close".
+func removeIfStillThere(name string, index int) error {
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("tun: netlink: %w", err)
+	}
+	defer nl.Close()
+	link, err := nl.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("tun: look up %s after close: %w", name, err)
+	}
+	if link.Attrs().Index != index {
+		return nil // a different interface took the name meanwhile
+	}
+	if err := nl.LinkDel(link); err != nil {
+		return fmt.Errorf("tun: delete %s: %w", name, err)
+	}
+	return nil
+}
+
+// adopt wraps an open TUN descriptor without changing the interface.
+func adopt(ctx context.Context, cfg Config, log *slog.Logger) (*Device, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// Check it really is a TUN before wireguard sets O_NONBLOCK on it and
+	// wraps it in an *os.File (which would close it on garbage collection).
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.IoctlIfreq(cfg.FD, unix.TUNGETIFF, ifr); err != nil {
+		return nil, fmt.Errorf("tun: descriptor %d is not a TUN device: %w", cfg.FD, err)
+	}
+	if flags := ifr.Uint16(); flags&unix.IFF_TUN == 0 {
+		return nil, fmt.Errorf("tun: descriptor %d is a TAP device, need TUN", cfg.FD)
+	}
+	// The unmonitored variant does not set the MTU (CreateTUNFromFile does)
+	// and starts no netlink listener: an adopted device is left as it is.
+	dev, name, err := wgtun.CreateUnmonitoredTUNFromFD(cfg.FD)
+	if err != nil {
+		return nil, fmt.Errorf("tun: adopt descriptor %d: %w", cfg.FD, err)
+	}
+	d := &Device{dev: dev, name: name, adopted: true, log: log}
+	if iface, err := net.InterfaceByName(name); err == nil {
+		d.index = iface.Index
+	}
+	log.Debug("tun adopted", "fd", cfg.FD, "name", name, "batch", dev.BatchSize())
+	return d, nil
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

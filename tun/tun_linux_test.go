@@ -1,0 +1,278 @@
+package tun
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
+)
+
+// inNetns runs fn on a locked OS thread inside a new, unnamed network
+// namespace; the namespace disappears when fn returns (nothing refers to it
+// any more). The thread is only returned to the scheduler if switching back
+// to the original namespace worked; otherwise it dies with the goroutine.
+// fn reports failures with t.Error (not Fatal: it is not the test goroutine).
+func inNetns(t *testing.T, fn func(nl *netlink.Handle)) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			t.Errorf("get netns: %v", err)
+			return
+		}
+		defer orig.Close()
+		ns, err := netns.New() // unshare(CLONE_NEWNET) for this thread
+		if err != nil {
+			t.Errorf("new netns: %v", err)
+			return
+		}
+		defer func() {
+			ns.Close()
+			if err := netns.Set(orig); err != nil {
+				t.Errorf("restore netns: %v", err)
+				return // keep the thread locked: it exits with the goroutine
+			}
+			runtime.UnlockOSThread()
+		}()
+		nl, err := netlink.NewHandleAt(ns)
+		if err != nil {
+			t.Errorf("netlink handle: %v", err)
+			return
+		}
+		defer nl.Close()
+		fn(nl)
+	}()
+	<-done
+}
+
+func addrsOf(t *testing.T, nl *netlink.Handle, link netlink.Link) map[netip.Prefix]int {
+	t.Helper()
+	got := map[netip.Prefix]int{}
+	list, err := nl.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Errorf("addr list: %v", err)
+		return got
+	}
+	for _, a := range list {
+		ip, _ := netip.AddrFromSlice(a.IP)
+		ones, _ := a.Mask.Size()
+		if ip.Is6() && ip.IsLinkLocalUnicast() {
+			continue
+		}
+		got[netip.PrefixFrom(ip.Unmap(), ones)] = a.Flags
+	}
+	return got
+}
+
+func TestOpenCreatesConfiguresAndRemoves(t *testing.T) {
+	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
+	for _, offload := range []bool{true, false} {
+		inNetns(t, func(nl *netlink.Handle) {
+			v4 := netip.MustParsePrefix("10.9.0.1/24")
+			v6 := netip.MustParsePrefix("fd09::1/64")
+			dev, err := Open(context.Background(), Config{Name: "tstest0", FD: NoFD, Addrs: []netip.Prefix{v4, v6}, MTU: 1400, Offload: offload})
+			if err != nil {
+				t.Errorf("Open: %v", err)
+				return
+			}
+			defer dev.Close()
+			if dev.Name() != "tstest0" || !dev.Created() {
+				t.Errorf("name %q created %v", dev.Name(), dev.Created())
+			}
+			if offload && dev.BatchSize() < 2 {
+				t.Errorf("offload on but BatchSize %d", dev.BatchSize())
+			}
+			if !offload && dev.BatchSize() != 1 {
+				t.Errorf("offload off but BatchSize %d", dev.BatchSize())
+			}
+			link, err := nl.LinkByName("tstest0")
+			if err != nil {
+				t.Errorf("link: %v", err)
+				return
+			}
+			if link.Attrs().MTU != 1400 {
+				t.Errorf("MTU %d, want 1400", link.Attrs().MTU)
+			}
+			if link.Attrs().Flags&net.FlagUp == 0 {
+				t.Errorf("link not up: %v", link.Attrs().Flags)
+			}
+			if m, err := dev.MTU(); err != nil || m != 1400 {
+				t.Errorf("dev.MTU() = %d, %v", m, err)
+			}
+			addrs := addrsOf(t, nl, link)
+			if _, ok := addrs[v4]; !ok {
+				t.Errorf("addresses %v lack %v", addrs, v4)
+			}
+			if flags, ok := addrs[v6]; !ok {
+				t.Errorf("addresses %v lack %v", addrs, v6)
+			} else if flags&unix.IFA_F_NODAD == 0 || flags&unix.IFA_F_TENTATIVE != 0 {
+				t.Errorf("%v flags %#x: want nodad, not tentative", v6, flags)
+			}
+
+			// The kernel routes a datagram for the subnet into the TUN and
+			// Read returns it with the offset honoured.
+			sock, err := net.Dial("udp", "10.9.0.2:9")
+			if err != nil {
+				t.Errorf("dial: %v", err)
+				return
+			}
+			defer sock.Close()
+			bufs := make([][]byte, max(dev.BatchSize(), 1))
+			for i := range bufs {
+				bufs[i] = make([]byte, Headroom+65535)
+			}
+			sizes := make([]int, len(bufs))
+			found := false
+			deadline := time.Now().Add(10 * time.Second)
+			for i := 0; i < 100 && !found && time.Now().Before(deadline); i++ {
+				sock.Write([]byte("probe"))
+				n, err := readWithTimeout(dev, bufs, sizes, time.Second)
+				if err != nil {
+					continue
+				}
+				for j := range n {
+					pkt := bufs[j][Headroom : Headroom+sizes[j]]
+					if len(pkt) >= 28 && pkt[0]>>4 == 4 && pkt[9] == unix.IPPROTO_UDP && string(pkt[28:]) == "probe" {
+						found = true
+					}
+				}
+			}
+			if !found {
+				t.Error("the probe datagram never came out of the TUN")
+			}
+
+			if err := dev.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			var nf netlink.LinkNotFoundError
+			if _, err := nl.LinkByName("tstest0"); !errors.As(err, &nf) {
+				t.Errorf("link still there after Close: %v", err)
+			}
+		})
+	}
+}
+
+// readWithTimeout closes nothing; it just stops waiting. The pending Read
+// returns when the next packet arrives (or the device closes).
+func readWithTimeout(dev *Device, bufs [][]byte, sizes []int, d time.Duration) (int, error) {
+	type res struct {
+		n   int
+		err error
+	}
+	c := make(chan res, 1)
+	go func() {
+		n, err := dev.Read(bufs, sizes, Headroom)
+		c <- res{n, err}
+	}()
+	select {
+	case r := <-c:
+		return r.n, r.err
+	case <-time.After(d):
+		// Let the Read finish before anyone reuses bufs.
+		r := <-c
+		return r.n, r.err
+	}
+}
+
+func TestOpenAdoptsDescriptorWithoutTouchingIt(t *testing.T) {
+	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
+	inNetns(t, func(nl *netlink.Handle) {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Errorf("open /dev/net/tun: %v", err)
+			return
+		}
+		ifr, _ := unix.NewIfreq("tsadopt0")
+		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+			unix.Close(fd)
+			t.Errorf("TUNSETIFF: %v", err)
+			return
+		}
+		keep, err := unix.Dup(fd) // keeps the interface alive after the device closes fd
+		if err != nil {
+			unix.Close(fd)
+			t.Errorf("dup: %v", err)
+			return
+		}
+		defer unix.Close(keep)
+		link, err := nl.LinkByName("tsadopt0")
+		if err != nil {
+			t.Errorf("link: %v", err)
+			return
+		}
+		orig := netip.MustParsePrefix("10.8.0.1/24")
+		if err := nl.AddrAdd(link, &netlink.Addr{IPNet: prefixToIPNet(orig)}); err != nil {
+			t.Errorf("addr add: %v", err)
+		}
+		if err := nl.LinkSetMTU(link, 1280); err != nil {
+			t.Errorf("set mtu: %v", err)
+		}
+
+		dev, err := Open(context.Background(), Config{
+			FD: fd, Name: "ignored", MTU: 9000, Offload: true,
+			Addrs: []netip.Prefix{netip.MustParsePrefix("10.7.0.1/24"), netip.MustParsePrefix("fd07::1/64")},
+		})
+		if err != nil {
+			unix.Close(fd)
+			t.Errorf("Open adopt: %v", err)
+			return
+		}
+		if dev.Name() != "tsadopt0" || dev.Created() {
+			t.Errorf("name %q created %v", dev.Name(), dev.Created())
+		}
+		if dev.BatchSize() != 1 {
+			t.Errorf("adopted non-vnet descriptor has BatchSize %d", dev.BatchSize())
+		}
+		link, _ = nl.LinkByName("tsadopt0")
+		got := addrsOf(t, nl, link)
+		if _, ok := got[orig]; !ok || len(got) != 1 {
+			t.Errorf("addresses changed: %v, want only %v", got, orig)
+		}
+		if link.Attrs().MTU != 1280 {
+			t.Errorf("MTU changed to %d", link.Attrs().MTU)
+		}
+		if link.Attrs().Flags&net.FlagUp != 0 {
+			t.Error("adopted link was set up")
+		}
+		if err := dev.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if _, err := nl.LinkByName("tsadopt0"); err != nil {
+			t.Errorf("adopted interface deleted by Close: %v", err)
+		}
+	})
+}
+
+func TestOpenRejectsNonTUNDescriptor(t *testing.T) {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := Open(context.Background(), Config{FD: int(f.Fd())}); err == nil {
+		t.Fatal("Open adopted /dev/null")
+	}
+	if _, err := f.Stat(); err != nil {
+		t.Fatalf("descriptor damaged: %v", err)
+	}
+	if _, err := Open(context.Background(), Config{FD: -5}); err == nil {
+		t.Fatal("Open accepted fd -5")
+	}
+	if _, err := Open(context.Background(), Config{FD: NoFD, MTU: 10}); err == nil {
+		t.Fatal("Open accepted MTU 10")
+	}
+}

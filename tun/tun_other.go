@@ -1,0 +1,14 @@
+//go:build !linux
+
+package tun
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+)
+
+// Open is only implemented on Linux; elsewhere it returns ErrUnsupported.
+func Open(ctx context.Context, cfg Config) (*Device, error) {
+	return nil, fmt.Errorf("%w (%s): configuring a TUN device is implemented for linux only", ErrUnsupported, runtime.GOOS)
+}
