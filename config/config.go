@@ -1,0 +1,218 @@
+// Package config is the typed configuration of `tunsocks run`: a YAML file
+// decoded once, at start-up, into netip, time and url types, and checked as a
+// whole (proxy names, chains, rules) before anything starts.
+//
+// Every flag of `tunsocks run` has a key; the CLI overrides the file's values
+// with the flags the user set explicitly. Errors name the file and line and
+// say what would be right:
+//
+//	tunsocks.yaml:12: unknown key "proxie"; did you mean "proxies"?
+//	tunsocks.yaml:7: tcp-idle "5x": want a duration like 30s or 5m
+//	tunsocks.yaml:20: proxy "corp": scheme "sock5" is not supported; want socks5, socks4, socks4a or http
+//
+// The package is pure apart from reading the config file and the RULE-SET
+// files its rules name.
+package config
+
+import (
+	"net/netip"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/tunsocks/tunsocks/rules"
+)
+
+// Config is everything `tunsocks run` can be told. Parse and Load fill in
+// the defaults (the same as the flags' defaults) for keys the file leaves
+// out; Default returns them alone.
+type Config struct {
+	// Proxy is the default outbound: "direct", a proxy URL
+	// (socks5://[user:pass@]host:port, socks5h://, socks4://, socks4a://,
+	// http://), or the name of an entry in Proxies. "" when not set.
+	Proxy string `yaml:"proxy"`
+
+	Tun TunConfig `yaml:"tun"`
+
+	TCPIdle         time.Duration `yaml:"tcp-idle"`         // close TCP flows idle this long (> 0)
+	UDPIdle         time.Duration `yaml:"udp-idle"`         // expire UDP flows idle this long (> 0)
+	DNSIdle         time.Duration `yaml:"dns-idle"`         // expire UDP flows to port 53 idle this long (> 0)
+	DialTimeout     time.Duration `yaml:"dial-timeout"`     // time to reach the upstream (> 0)
+	SummaryInterval time.Duration `yaml:"summary-interval"` // one-line summary period; 0: never
+
+	Fwmark       uint32 `yaml:"fwmark"`        // SO_MARK of tunsocks' own sockets; 0: none
+	OutInterface string `yaml:"out-interface"` // SO_BINDTODEVICE of tunsocks' own sockets; "": none
+
+	TCP TCPConfig `yaml:",inline"`
+
+	// Proxies are the named upstreams rules can send flows to.
+	Proxies []Proxy `yaml:"proxies"`
+
+	// Rules are the lines of `rules:`, each with its own file and line.
+	Rules []rules.Line `yaml:"rules"`
+
+	DNS DNSConfig `yaml:"dns"`
+
+	// Path is the file the config came from ("" when built in code). It
+	// names the file in errors and is the base of relative RULE-SET paths.
+	Path string `yaml:"-"`
+
+	// Ruleset is Rules parsed by Validate; nil before a successful Validate.
+	Ruleset *rules.Ruleset `yaml:"-"`
+
+	// lines maps a key path ("tun.mtu", "dns.nameserver.2") to the line
+	// that set it, for Validate's messages.
+	lines map[string]int
+}
+
+// TunConfig is the `tun:` section.
+type TunConfig struct {
+	Name    string         `yaml:"name"`    // device to create or attach to
+	FD      int            `yaml:"fd"`      // adopt this open descriptor; -1: none
+	Addrs   []netip.Prefix `yaml:"addrs"`   // addresses of the device
+	MTU     int            `yaml:"mtu"`     // 576..65535
+	Offload bool           `yaml:"offload"` // TSO/GRO offload on Linux
+	Pcap    string         `yaml:"pcap"`    // write every packet to this pcap file; "": none
+}
+
+// TCPConfig is the netstack's TCP tuning (top-level keys tcp-sack,
+// tcp-moderate-rcvbuf, tcp-buf and tcp-cc).
+type TCPConfig struct {
+	SACK           *bool  `yaml:"tcp-sack"`            // nil: the netstack's default
+	ModerateRcvbuf *bool  `yaml:"tcp-moderate-rcvbuf"` // nil: the netstack's default
+	Buf            int    `yaml:"tcp-buf"`             // max send/receive buffer per flow, bytes; 0: default
+	CC             string `yaml:"tcp-cc"`              // "cubic" or "reno"; "": default
+}
+
+// Proxy is one named upstream: either a URL or a chain of other proxies.
+type Proxy struct {
+	Name string `yaml:"name"`
+	// URL is socks5://, socks5h://, socks4://, socks4a:// or http://, with
+	// optional user:pass. Nil for a chain.
+	URL *url.URL `yaml:"url"`
+	// Chain names other proxies: [a, b] reaches b through a. Mutually
+	// exclusive with URL.
+	Chain []string `yaml:"chain"`
+	// Line is where the entry starts in the config file; 0 when unknown.
+	Line int `yaml:"-"`
+
+	urlLine    int   // line of the url, when known
+	decodeErr  bool  // url or chain did not decode (already reported)
+	chainLines []int // line of each Chain member, when known
+}
+
+// DNSConfig is the `dns:` section: the fake-IP responder.
+type DNSConfig struct {
+	// Enable turns the DNS responder on or off; nil leaves the choice to
+	// the CLI.
+	Enable *bool `yaml:"enable"`
+	// Listen is an optional extra UDP listener, e.g. 127.0.0.1:5353.
+	Listen string `yaml:"listen"`
+	// FakeIPRange is the IPv4 fake-IP range (default 198.18.0.0/15).
+	FakeIPRange netip.Prefix `yaml:"fake-ip-range"`
+	// FakeIPRange6 is the IPv6 fake-IP range (default fc00::/18); the zero
+	// Prefix (written "" in the file) disables IPv6 fake addresses.
+	FakeIPRange6 netip.Prefix `yaml:"fake-ip-range6"`
+	// FakeIPFilter are domain patterns that get real answers instead of
+	// fake IPs: example.com, *.example.com, .example.com, +.example.com.
+	FakeIPFilter []string `yaml:"fake-ip-filter"`
+	// Nameservers are upstream resolvers: "10.0.0.53", "10.0.0.53:53",
+	// "udp://1.1.1.1", "tcp://1.1.1.1:53", "[2606:4700::1111]:53".
+	Nameservers []string `yaml:"nameserver"`
+	// Hijack answers every query to port 53, whatever its destination.
+	Hijack bool `yaml:"dns-hijack"`
+	// CacheFile persists the fake-IP mappings across restarts; "": none.
+	CacheFile string `yaml:"cache-file"`
+	// FakeIPTTL is the TTL of fake answers, 1s..1h (default 10s).
+	FakeIPTTL time.Duration `yaml:"fake-ip-ttl"`
+}
+
+// Defaults, the same as the flags of `tunsocks run`.
+const (
+	DefaultTunName         = "tunsocks0"
+	DefaultMTU             = 1500
+	DefaultTCPIdle         = 10 * time.Minute
+	DefaultUDPIdle         = 60 * time.Second
+	DefaultDNSIdle         = 10 * time.Second
+	DefaultDialTimeout     = 10 * time.Second
+	DefaultSummaryInterval = 5 * time.Second
+	DefaultTCPBuf          = 4 << 20
+	DefaultTCPCC           = "cubic"
+	DefaultFakeIPRange     = "198.18.0.0/15"
+	DefaultFakeIPRange6    = "fc00::/18"
+	DefaultFakeIPTTL       = 10 * time.Second
+)
+
+// Limits checked by Validate.
+const (
+	MinMTU       = 576
+	MaxMTU       = 65535
+	MinTCPBuf    = 64 << 10
+	MaxTCPBuf    = 64 << 20
+	MinFakeIPTTL = time.Second
+	MaxFakeIPTTL = time.Hour
+	maxFileSize  = 16 << 20 // largest config file Load reads
+	maxErrors    = 20       // errors collected before giving up
+	maxChain     = 32       // hops in one flattened chain
+)
+
+// Default returns a Config holding only the defaults.
+func Default() *Config {
+	sack, mod := true, true
+	return &Config{
+		Tun: TunConfig{
+			Name:    DefaultTunName,
+			FD:      -1,
+			Addrs:   []netip.Prefix{netip.MustParsePrefix("198.18.0.1/15"), netip.MustParsePrefix("fc00::1/18")},
+			MTU:     DefaultMTU,
+			Offload: true,
+		},
+		TCPIdle:         DefaultTCPIdle,
+		UDPIdle:         DefaultUDPIdle,
+		DNSIdle:         DefaultDNSIdle,
+		DialTimeout:     DefaultDialTimeout,
+		SummaryInterval: DefaultSummaryInterval,
+		TCP:             TCPConfig{SACK: &sack, ModerateRcvbuf: &mod, Buf: DefaultTCPBuf, CC: DefaultTCPCC},
+		DNS: DNSConfig{
+			FakeIPRange:  netip.MustParsePrefix(DefaultFakeIPRange),
+			FakeIPRange6: netip.MustParsePrefix(DefaultFakeIPRange6),
+			FakeIPTTL:    DefaultFakeIPTTL,
+		},
+	}
+}
+
+// Error is one problem with a config, at a place in its file.
+type Error struct {
+	File string // "" when the config was built in code
+	Line int    // 0 when unknown
+	Msg  string // what is wrong and what would be right
+	Err  error  // the cause, if any
+}
+
+func (e *Error) Error() string {
+	var s string
+	switch {
+	case e.File != "" && e.Line > 0:
+		s = e.File + ":" + strconv.Itoa(e.Line) + ": "
+	case e.File != "":
+		s = e.File + ": "
+	case e.Line > 0:
+		s = "config:" + strconv.Itoa(e.Line) + ": "
+	default:
+		s = "config: "
+	}
+	return s + e.Msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Line returns the line of the file that set key (a path such as "tun.mtu",
+// "tcp-idle" or "dns.nameserver.0"), or 0 when the file did not set it.
+func (c *Config) Line(key string) int { return c.lines[key] }
+
+func (c *Config) setLine(key string, line int) {
+	if c.lines == nil {
+		c.lines = map[string]int{}
+	}
+	c.lines[key] = line
+}

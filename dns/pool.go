@@ -1,0 +1,432 @@
+package dns
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Default fake-IP ranges, as Clash and most of its descendants use them.
+const (
+	DefaultIPv4Range = "198.18.0.0/15"
+	DefaultIPv6Range = "fc00::/18"
+)
+
+// Pool limits and defaults.
+const (
+	// MaxPoolSize caps the number of live mappings per address family.
+	MaxPoolSize = 65535
+	// DefaultPoolTTL is the TTL of fake answers when PoolOptions.TTL is 0.
+	DefaultPoolTTL = 10 * time.Second
+	// MaxPoolTTL is the largest accepted PoolOptions.TTL.
+	MaxPoolTTL = time.Hour
+)
+
+// Errors a lookup can fail with. Pool.Lookup reports both as an invalid
+// address; the Server tells them apart.
+var (
+	errPoolExhausted = errors.New("dns: fake-ip pool exhausted: every address was used within the last TTL")
+	errInvalidHost   = errors.New("dns: not a valid host name")
+	errFamilyOff     = errors.New("dns: fake-ip pool has no range for this address family")
+)
+
+// PoolOptions tune a Pool. The zero value is usable.
+type PoolOptions struct {
+	// Size is the maximum number of live mappings per address family.
+	// 0 means every usable address of the range, capped at MaxPoolSize.
+	Size int
+	// TTL is the TTL of fake answers (whole seconds, 1s..1h; 0 means
+	// DefaultPoolTTL). A mapping used (Lookup or Reverse) within the last
+	// TTL is never evicted, because a client may still hold it in a cache.
+	TTL time.Duration
+	// CacheFile persists the mappings across restarts: NewPool loads it when
+	// it exists and Save writes it. "" means no persistence.
+	CacheFile string
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Logger receives warnings (corrupt cache entries, exhaustion); nil
+	// discards them.
+	Logger *slog.Logger
+}
+
+// Pool maps domain names to fake addresses and back. It is bounded (at most
+// Size mappings per family; the least recently used mapping is reused when
+// full), TTL-aware (a mapping used within the last TTL is never reused) and
+// safe for concurrent use.
+//
+// The first three addresses of each range are reserved: the network
+// address, the gateway (network+1), which tunsocks gives the TUN device, and
+// the DNS address (network+2), where apps send their queries. The DNS
+// address cannot be the TUN's own: the kernel would answer a packet to its
+// own address itself and never hand it to the TUN. In an IPv4 range the
+// broadcast address is not used either.
+type Pool struct {
+	v4, v6    *family // v6 is nil when disabled
+	ttl       time.Duration
+	cacheFile string
+	now       func() time.Time
+	log       *slog.Logger
+
+	mu       sync.Mutex // guards the families and lastWarn
+	lastWarn time.Time
+	saveMu   sync.Mutex // serialises Save
+}
+
+// family is the pool of one address family.
+type family struct {
+	prefix  netip.Prefix
+	gateway netip.Addr
+	dns     netip.Addr // network+2
+	first   netip.Addr // first allocatable address (network+3)
+	last    netip.Addr // last allocatable address (first+size-1)
+	size    int
+	next    int // offsets below next have been handed out or loaded
+	byHost  map[string]*entry
+	byAddr  map[netip.Addr]*entry
+	lru     entry // sentinel: lru.next is the most recently used
+}
+
+// entry is one mapping; it sits in its family's LRU list.
+type entry struct {
+	host       string
+	addr       netip.Addr
+	used       time.Time
+	prev, next *entry
+}
+
+// NewPool returns a pool over v4 and v6. An invalid (zero) v4 means
+// DefaultIPv4Range; an invalid (zero) v6 disables IPv6 fake addresses.
+// When opts.CacheFile exists its mappings are loaded; entries that do not
+// parse or no longer fit the ranges are skipped and reported to the logger.
+// A cache file that exists but cannot be read is an error.
+func NewPool(v4, v6 netip.Prefix, opts PoolOptions) (*Pool, error) {
+	if !v4.IsValid() {
+		v4 = netip.MustParsePrefix(DefaultIPv4Range)
+	}
+	if !v4.Addr().Is4() {
+		return nil, fmt.Errorf("dns: fake-ip IPv4 range %s is not an IPv4 prefix", v4)
+	}
+	if opts.Size < 0 || opts.Size > MaxPoolSize {
+		return nil, fmt.Errorf("dns: fake-ip pool size %d out of range 0..%d", opts.Size, MaxPoolSize)
+	}
+	ttl := opts.TTL
+	if ttl == 0 {
+		ttl = DefaultPoolTTL
+	}
+	if ttl < time.Second || ttl > MaxPoolTTL {
+		return nil, fmt.Errorf("dns: fake-ip TTL %s out of range 1s..%s", opts.TTL, MaxPoolTTL)
+	}
+	p := &Pool{
+		ttl:       ttl.Truncate(time.Second),
+		cacheFile: opts.CacheFile,
+		now:       opts.Now,
+		log:       opts.Logger,
+	}
+	if p.now == nil {
+		p.now = time.Now
+	}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	var err error
+	if p.v4, err = newFamily(v4, opts.Size); err != nil {
+		return nil, err
+	}
+	if v6.IsValid() {
+		if !v6.Addr().Is6() || v6.Addr().Is4In6() {
+			return nil, fmt.Errorf("dns: fake-ip IPv6 range %s is not an IPv6 prefix", v6)
+		}
+		if p.v6, err = newFamily(v6, opts.Size); err != nil {
+			return nil, err
+		}
+	}
+	if p.cacheFile != "" {
+		if err := p.load(); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+func newFamily(pfx netip.Prefix, size int) (*family, error) {
+	pfx = pfx.Masked()
+	hostBits := pfx.Addr().BitLen() - pfx.Bits()
+	usable := MaxPoolSize
+	if hostBits < 17 { // 2^16 - reserved < MaxPoolSize
+		usable = 1<<hostBits - 3 // network, gateway and DNS
+		if pfx.Addr().Is4() {
+			usable-- // broadcast
+		}
+	}
+	if usable < 1 {
+		return nil, fmt.Errorf("dns: fake-ip range %s is too small: no address left after the network, gateway and DNS addresses", pfx)
+	}
+	if size == 0 {
+		size = usable
+	}
+	if size > usable {
+		return nil, fmt.Errorf("dns: fake-ip pool size %d exceeds the %d usable addresses of %s", size, usable, pfx)
+	}
+	f := &family{
+		prefix:  pfx,
+		gateway: pfx.Addr().Next(),
+		size:    size,
+		byHost:  make(map[string]*entry),
+		byAddr:  make(map[netip.Addr]*entry),
+	}
+	f.dns = f.gateway.Next()
+	f.first = f.dns.Next()
+	f.last = addOffset(f.first, uint64(size-1))
+	f.lru.next, f.lru.prev = &f.lru, &f.lru
+	return f, nil
+}
+
+// addOffset returns a+off, wrapping silently (callers stay inside a prefix).
+func addOffset(a netip.Addr, off uint64) netip.Addr {
+	if a.Is4() {
+		b := a.As4()
+		v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+		v += uint32(off)
+		return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+	}
+	b := a.As16()
+	for i := 15; i >= 0 && off != 0; i-- {
+		s := uint64(b[i]) + off&0xff
+		b[i] = byte(s)
+		off = off>>8 + s>>8
+	}
+	return netip.AddrFrom16(b)
+}
+
+// Gateway returns the reserved second address of the IPv4 range, which
+// tunsocks gives the TUN device.
+func (p *Pool) Gateway() netip.Addr { return p.v4.gateway }
+
+// DNSAddr returns the reserved third address of the IPv4 range, where the
+// DNS responder answers (point resolv.conf at it).
+func (p *Pool) DNSAddr() netip.Addr { return p.v4.dns }
+
+// DNSAddr6 is DNSAddr for the IPv6 range; invalid when IPv6 is disabled.
+func (p *Pool) DNSAddr6() netip.Addr {
+	if p.v6 == nil {
+		return netip.Addr{}
+	}
+	return p.v6.dns
+}
+
+// Gateway6 is Gateway for the IPv6 range; invalid when IPv6 is disabled.
+func (p *Pool) Gateway6() netip.Addr {
+	if p.v6 == nil {
+		return netip.Addr{}
+	}
+	return p.v6.gateway
+}
+
+// Prefixes returns the pool's ranges; v6 is invalid when IPv6 is disabled.
+func (p *Pool) Prefixes() (v4, v6 netip.Prefix) {
+	if p.v6 != nil {
+		v6 = p.v6.prefix
+	}
+	return p.v4.prefix, v6
+}
+
+// TTL returns the TTL of fake answers.
+func (p *Pool) TTL() time.Duration { return p.ttl }
+
+// Contains reports whether a lies in one of the pool's ranges (whether or
+// not it is mapped at the moment). IPv4-mapped IPv6 addresses count as IPv4.
+func (p *Pool) Contains(a netip.Addr) bool {
+	a = a.Unmap()
+	if a.Is4() {
+		return p.v4.prefix.Contains(a)
+	}
+	return p.v6 != nil && p.v6.prefix.Contains(a)
+}
+
+// Lookup returns the fake address of host (IPv6 when ipv6 is set),
+// allocating one when host has none. Host names are compared without case and
+// without a trailing dot. Lookup returns an invalid address when host is not a
+// valid name, when IPv6 is disabled and ipv6 is set, or when the pool is full
+// of mappings used within the last TTL.
+func (p *Pool) Lookup(host string, ipv6 bool) netip.Addr {
+	a, _ := p.lookup(host, ipv6)
+	return a
+}
+
+// lookup is Lookup with the reason for a failure.
+func (p *Pool) lookup(host string, ipv6 bool) (netip.Addr, error) {
+	f := p.v4
+	if ipv6 {
+		if f = p.v6; f == nil {
+			return netip.Addr{}, errFamilyOff
+		}
+	}
+	key, ok := canonicalHost(host)
+	if !ok {
+		return netip.Addr{}, errInvalidHost
+	}
+	now := p.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e := f.byHost[key]; e != nil {
+		f.touch(e, now)
+		return e.addr, nil
+	}
+	e, err := f.allocate(key, now, p.ttl)
+	if err != nil {
+		if now.Sub(p.lastWarn) >= time.Minute {
+			p.lastWarn = now
+			p.log.Warn("fake-ip pool exhausted; consider a larger range or a shorter TTL",
+				"range", f.prefix, "size", f.size, "ttl", p.ttl)
+		}
+		return netip.Addr{}, err
+	}
+	return e.addr, nil
+}
+
+// Reverse returns the name mapped to the fake address a, and marks the
+// mapping used.
+func (p *Pool) Reverse(a netip.Addr) (host string, ok bool) {
+	a = a.Unmap()
+	f := p.v4
+	if a.Is6() {
+		f = p.v6
+	}
+	if f == nil || !f.prefix.Contains(a) {
+		return "", false
+	}
+	now := p.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := f.byAddr[a]
+	if e == nil {
+		return "", false
+	}
+	f.touch(e, now)
+	return e.host, true
+}
+
+// Len returns the number of live mappings per family.
+func (p *Pool) Len() (v4, v6 int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.v6 != nil {
+		v6 = len(p.v6.byAddr)
+	}
+	return len(p.v4.byAddr), v6
+}
+
+// touch marks e used at now and moves it to the front of the LRU list.
+func (f *family) touch(e *entry, now time.Time) {
+	if now.After(e.used) {
+		e.used = now
+	}
+	f.unlink(e)
+	f.pushFront(e)
+}
+
+func (f *family) unlink(e *entry) {
+	e.prev.next = e.next
+	e.next.prev = e.prev
+	e.prev, e.next = nil, nil
+}
+
+func (f *family) pushFront(e *entry) {
+	e.prev = &f.lru
+	e.next = f.lru.next
+	f.lru.next.prev = e
+	f.lru.next = e
+}
+
+// allocate maps key to a fresh address: the next never-used one while there
+// is one, then the least recently used mapping's, if that was not used within
+// ttl.
+func (f *family) allocate(key string, now time.Time, ttl time.Duration) (*entry, error) {
+	// Skip addresses a cache file gave out of order; bounded by size.
+	for f.next < f.size {
+		a := addOffset(f.first, uint64(f.next))
+		f.next++
+		if f.byAddr[a] == nil {
+			e := &entry{host: key, addr: a, used: now}
+			f.byHost[key] = e
+			f.byAddr[a] = e
+			f.pushFront(e)
+			return e, nil
+		}
+	}
+	old := f.lru.prev
+	if old == &f.lru || now.Sub(old.used) < ttl {
+		return nil, errPoolExhausted
+	}
+	delete(f.byHost, old.host)
+	old.host = key
+	old.used = now
+	f.byHost[key] = old
+	f.unlink(old)
+	f.pushFront(old)
+	return old, nil
+}
+
+// canonicalHost returns host in lower case without a trailing dot, and
+// whether it is a name the pool accepts: 1..253 bytes of printable ASCII other
+// than space, in dot-separated labels of 1..63 bytes. It does not allocate
+// when host is already canonical.
+func canonicalHost(host string) (string, bool) {
+	host = trimDot(host)
+	if !validHost(host) {
+		return "", false
+	}
+	if isLowerCanonical(host) {
+		return host, true
+	}
+	b := []byte(host)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b), true
+}
+
+func trimDot(s string) string {
+	if len(s) > 1 && s[len(s)-1] == '.' {
+		return s[:len(s)-1]
+	}
+	return s
+}
+
+func isLowerCanonical(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; 'A' <= c && c <= 'Z' {
+			return false
+		}
+	}
+	return true
+}
+
+func validHost(s string) bool {
+	if len(s) == 0 || len(s) > 253 {
+		return false
+	}
+	label := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == '.':
+			if label == 0 {
+				return false
+			}
+			label = 0
+		case c <= ' ' || c >= 0x7f:
+			return false
+		default:
+			if label++; label > 63 {
+				return false
+			}
+		}
+	}
+	return label > 0
+}

@@ -1,0 +1,235 @@
+package rules
+
+import (
+	"net/netip"
+	"regexp"
+	"strings"
+)
+
+// kind is a condition's rule type.
+type kind uint8
+
+const (
+	kDomain kind = iota
+	kSuffix
+	kWildcard // "*.example.com" in a RULE-SET file: exactly one more label
+	kKeyword
+	kRegex
+	kIPCIDR
+	kSrcIPCIDR
+	kDstPort
+	kSrcPort
+	kNetwork
+	kProcName
+	kProcPath
+	kUID
+	kAnd
+	kOr
+	kNot
+	kMatch
+	kRuleSet
+)
+
+// ruleTypes maps the (upper-case) rule type as written to its kind, in the
+// order listed in errors.
+var ruleTypeNames = []string{
+	"DOMAIN", "DOMAIN-SUFFIX", "DOMAIN-KEYWORD", "DOMAIN-REGEX",
+	"IP-CIDR", "IP-CIDR6", "SRC-IP-CIDR", "DST-PORT", "SRC-PORT", "NETWORK",
+	"PROCESS-NAME", "PROCESS-PATH", "UID", "AND", "OR", "NOT", "RULE-SET", "MATCH",
+}
+
+func ruleKind(name string) (kind, bool) {
+	switch name {
+	case "DOMAIN":
+		return kDomain, true
+	case "DOMAIN-SUFFIX":
+		return kSuffix, true
+	case "DOMAIN-KEYWORD":
+		return kKeyword, true
+	case "DOMAIN-REGEX":
+		return kRegex, true
+	case "IP-CIDR", "IP-CIDR6":
+		return kIPCIDR, true
+	case "SRC-IP-CIDR":
+		return kSrcIPCIDR, true
+	case "DST-PORT":
+		return kDstPort, true
+	case "SRC-PORT":
+		return kSrcPort, true
+	case "NETWORK":
+		return kNetwork, true
+	case "PROCESS-NAME":
+		return kProcName, true
+	case "PROCESS-PATH":
+		return kProcPath, true
+	case "UID":
+		return kUID, true
+	case "AND":
+		return kAnd, true
+	case "OR":
+		return kOr, true
+	case "NOT":
+		return kNot, true
+	case "RULE-SET":
+		return kRuleSet, true
+	case "MATCH", "FINAL":
+		return kMatch, true
+	}
+	return 0, false
+}
+
+// numRange is an inclusive range of ports or uids.
+type numRange struct{ lo, hi uint32 }
+
+// cond is one parsed condition: a rule without its target.
+type cond struct {
+	kind   kind
+	str    string // domain (normalised), keyword, process name or path, network
+	re     *regexp.Regexp
+	pfx    netip.Prefix
+	ranges []numRange
+	subs   []*cond
+}
+
+// walk calls f for c and every nested condition.
+func (c *cond) walk(f func(*cond)) {
+	f(c)
+	for _, s := range c.subs {
+		s.walk(f)
+	}
+}
+
+// mctx is the state of one Match call.
+type mctx struct {
+	m      *Metadata
+	host   string // normalised m.Host
+	lookup ProcessLookup
+	looked bool
+}
+
+// resolveProcess fills m.Process and m.UID from the lookup, at most once.
+func (x *mctx) resolveProcess() {
+	if x.looked || x.lookup == nil {
+		return
+	}
+	x.looked = true
+	path, uid, ok := x.lookup(x.m)
+	if !ok {
+		return
+	}
+	if x.m.Process == "" {
+		x.m.Process = path
+	}
+	if x.m.UID < 0 {
+		x.m.UID = uid
+	}
+}
+
+func (x *mctx) process() string {
+	if x.m.Process == "" {
+		x.resolveProcess()
+	}
+	return x.m.Process
+}
+
+func (x *mctx) uid() int {
+	if x.m.UID < 0 {
+		x.resolveProcess()
+	}
+	return x.m.UID
+}
+
+func (c *cond) match(x *mctx) bool {
+	switch c.kind {
+	case kDomain:
+		return x.host != "" && x.host == c.str
+	case kSuffix:
+		return hasDomainSuffix(x.host, c.str)
+	case kWildcard:
+		i := strings.IndexByte(x.host, '.')
+		return i > 0 && x.host[i+1:] == c.str
+	case kKeyword:
+		return x.host != "" && strings.Contains(x.host, c.str)
+	case kRegex:
+		return x.host != "" && c.re.MatchString(x.host)
+	case kIPCIDR:
+		a := x.m.Dst.Addr()
+		return x.m.Host == "" && a.IsValid() && c.pfx.Contains(a.Unmap())
+	case kSrcIPCIDR:
+		a := x.m.Src.Addr()
+		return a.IsValid() && c.pfx.Contains(a.Unmap())
+	case kDstPort:
+		// The port is known even for a domain request, whose address is unset.
+		return inRanges(c.ranges, uint32(x.m.Dst.Port()))
+	case kSrcPort:
+		return inRanges(c.ranges, uint32(x.m.Src.Port()))
+	case kNetwork:
+		return strings.EqualFold(x.m.Network, c.str)
+	case kProcName:
+		p := x.process()
+		return p != "" && baseName(p) == c.str
+	case kProcPath:
+		p := x.process()
+		return p != "" && p == c.str
+	case kUID:
+		u := x.uid()
+		return u >= 0 && inRanges(c.ranges, uint32(u))
+	case kAnd:
+		for _, s := range c.subs {
+			if !s.match(x) {
+				return false
+			}
+		}
+		return true
+	case kOr:
+		for _, s := range c.subs {
+			if s.match(x) {
+				return true
+			}
+		}
+		return false
+	case kNot:
+		return !c.subs[0].match(x)
+	case kMatch:
+		return true
+	}
+	return false
+}
+
+func inRanges(rs []numRange, v uint32) bool {
+	for _, r := range rs {
+		if v >= r.lo && v <= r.hi {
+			return true
+		}
+	}
+	return false
+}
+
+// hasDomainSuffix reports whether host is suffix or a subdomain of it.
+func hasDomainSuffix(host, suffix string) bool {
+	if !strings.HasSuffix(host, suffix) {
+		return false
+	}
+	n := len(host) - len(suffix)
+	return n == 0 || host[n-1] == '.'
+}
+
+// baseName is the last element of an executable path, for either slash.
+func baseName(p string) string {
+	if i := strings.LastIndexAny(p, `/\`); i >= 0 {
+		return p[i+1:]
+	}
+	return p
+}
+
+// normHost lower-cases a domain and drops one trailing dot. It does not
+// allocate when the host is already lower case.
+func normHost(h string) string {
+	h = strings.TrimSuffix(h, ".")
+	for i := 0; i < len(h); i++ {
+		if c := h[i]; c >= 'A' && c <= 'Z' || c >= 0x80 {
+			return strings.ToLower(h)
+		}
+	}
+	return h
+}
