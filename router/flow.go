@@ -1,0 +1,278 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/stack"
+)
+
+// tcpRequest is what the router needs of a stack.TCPRequest; an interface so
+// the dispatch logic can be tested without a netstack.
+type tcpRequest interface {
+	Src() netip.AddrPort
+	Dst() netip.AddrPort
+	Accept() (stack.Conn, error)
+	Reject()
+}
+
+// dropper is implemented by requests that can be dropped without any answer.
+type dropper interface{ Drop() }
+
+// unreacher is implemented by flows that can tell the app a destination
+// refuses its datagrams (ICMP port unreachable).
+type unreacher interface {
+	Unreachable(dst netip.AddrPort) error
+}
+
+// udpFlow is what the router needs of a stack.UDPFlow.
+type udpFlow interface {
+	Src() netip.AddrPort
+	ReadFrom(p []byte) (n int, dst netip.AddrPort, err error)
+	WriteTo(p []byte, from netip.AddrPort) (int, error)
+	Close() error
+}
+
+// HandleTCP implements stack.Handler.
+func (r *Router) HandleTCP(ctx context.Context, req *stack.TCPRequest) { r.handleTCP(ctx, req) }
+
+// HandleUDP implements stack.Handler.
+func (r *Router) HandleUDP(ctx context.Context, f *stack.UDPFlow) { r.handleUDP(ctx, f) }
+
+func (r *Router) handleTCP(ctx context.Context, req tcpRequest) {
+	m, dst := r.metadata("tcp", req.Src(), req.Dst())
+	d := r.decide(m)
+	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
+	r.stats.TCPTotal.Add(1)
+	switch {
+	case d.Action == RejectDrop:
+		if dr, ok := req.(dropper); ok {
+			dr.Drop()
+		} else {
+			req.Reject()
+		}
+		r.stats.Rejected.Add(1)
+		r.finish(rec)
+		return
+	case d.Action == Reject || d.Outbound == nil:
+		req.Reject()
+		r.stats.Rejected.Add(1)
+		r.finish(rec)
+		return
+	}
+	dctx, cancel := context.WithTimeout(ctx, r.cfg.DialTimeout)
+	up, err := d.Outbound.DialContext(dctx, "tcp", dst)
+	cancel()
+	if err != nil {
+		req.Reject()
+		r.stats.Failed.Add(1)
+		rec.Err = err
+		r.finish(rec)
+		return
+	}
+	app, err := req.Accept()
+	if err != nil {
+		up.Close()
+		r.stats.Failed.Add(1)
+		rec.Err = err
+		r.finish(rec)
+		return
+	}
+	r.stats.TCPOpen.Add(1)
+	rec.Up, rec.Down, rec.Err = relay.Stream(ctx, app, up, relay.StreamOptions{
+		Idle: r.cfg.TCPIdle, Up: &r.stats.Up, Down: &r.stats.Down,
+	})
+	r.stats.TCPOpen.Add(-1)
+	r.finish(rec)
+}
+
+// handleUDP serves one app socket (full cone: one flow per app address and
+// port, whatever it sends to). The first datagram decides the outbound of
+// the flow and opens its UDP session; later datagrams whose rule names
+// another outbound are dropped (logged at debug), rejected ones always are.
+func (r *Router) handleUDP(ctx context.Context, f udpFlow) {
+	r.stats.UDPTotal.Add(1)
+	r.stats.UDPOpen.Add(1)
+	defer r.stats.UDPOpen.Add(-1)
+
+	buf := make([]byte, 65535)
+	n, dst, err := f.ReadFrom(buf)
+	if err != nil {
+		f.Close()
+		return
+	}
+	s := &udpSession{r: r, f: f, closed: make(chan struct{}), ready: make(chan struct{})}
+	rec := FlowRecord{Network: "udp", Src: f.Src(), Dst: dst, Start: time.Now()}
+	idle := r.cfg.UDPIdle
+	if dst.Port() == 53 {
+		idle = r.cfg.DNSIdle
+	}
+	first := s.route(ctx, buf[:n], dst)
+	rec.Outbound, rec.Rule, rec.Host = first.name, first.rule, first.host
+	if first.err != nil {
+		rec.Err = first.err
+		s.closeAll()
+		r.finish(rec)
+		return
+	}
+	up := func(p []byte) (int, error) {
+		n, dst, err := f.ReadFrom(p)
+		if err != nil {
+			return 0, err
+		}
+		if res := s.route(ctx, p[:n], dst); !res.sent {
+			return 0, nil
+		}
+		return n, nil
+	}
+	var pc PacketConn // the down pump's own copy of s.pc
+	down := func(p []byte) (int, error) {
+		if pc == nil {
+			select {
+			case <-s.ready:
+				pc = s.session()
+			case <-s.closed:
+				return 0, net.ErrClosed
+			}
+		}
+		n, from, err := pc.Recv(p)
+		if err != nil {
+			return 0, err
+		}
+		if !from.IsValid() {
+			return 0, nil // a reply the app cannot be shown a source for
+		}
+		if _, err := f.WriteTo(p[:n], from); err != nil {
+			return 0, err
+		}
+		return n, nil
+	}
+	var u, d int64
+	u, d, err = relay.Packets(ctx, relay.PacketOptions{Idle: idle, Up: &r.stats.Up, Down: &r.stats.Down}, up, down, s.closeAll)
+	rec.Up, rec.Down = u+int64(first.n), d+s.dnsDown
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		rec.Err = err
+	}
+	r.finish(rec)
+}
+
+type udpSession struct {
+	r      *Router
+	f      udpFlow
+	out    Outbound      // the flow's outbound, set with pc; up pump only
+	closed chan struct{} // closed by closeAll
+	ready  chan struct{} // closed once pc is set
+	once   sync.Once
+
+	mu       sync.Mutex
+	pc       PacketConn // nil until a datagram is proxied
+	isClosed bool
+	// dnsDown counts answers written by the in-process DNS handler; only the
+	// up pump's goroutine touches it.
+	dnsDown int64
+}
+
+type routeResult struct {
+	sent       bool
+	n          int
+	name, rule string
+	host       string
+	err        error
+}
+
+// route sends one datagram the way its decision says. Only the up pump's
+// goroutine calls it (and handleUDP before the pumps start).
+func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) routeResult {
+	r := s.r
+	if r.cfg.DNS != nil && r.cfg.DNS.Intercept(dst) {
+		resp, err := r.cfg.DNS.Handle(ctx, p)
+		if err == nil && resp != nil {
+			if _, err := s.f.WriteTo(resp, dst); err == nil {
+				s.dnsDown += int64(len(resp))
+			}
+		}
+		return routeResult{sent: true, n: len(p), name: "DNS", rule: "dns"}
+	}
+	m, target := r.metadata("udp", s.f.Src(), dst)
+	d := r.decide(m)
+	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host}
+	if d.Action != Proxy || d.Outbound == nil {
+		r.stats.Rejected.Add(1)
+		if u, ok := s.f.(unreacher); ok && d.Action == Reject {
+			if err := u.Unreachable(dst); err != nil {
+				r.log.Debug("icmp unreachable not sent", "dst", dst, "err", err)
+			}
+		}
+		if s.out == nil {
+			res.err = errRejected
+		}
+		return res
+	}
+	if s.out == nil {
+		pc, err := d.Outbound.ListenPacket(ctx)
+		if err != nil {
+			if errors.Is(err, ErrUDPUnsupported) {
+				if _, seen := r.udpWarnOnce.LoadOrStore(d.Outbound.Name(), struct{}{}); !seen {
+					r.log.Warn("outbound cannot carry UDP; its UDP flows are dropped", "outbound", d.Outbound.Name(), "err", err)
+				}
+			}
+			r.stats.Failed.Add(1)
+			res.err = err
+			return res
+		}
+		if !s.setSession(pc) {
+			pc.Close()
+			res.err = net.ErrClosed
+			return res
+		}
+		s.out = d.Outbound
+	} else if d.Outbound != s.out {
+		r.log.Debug("udp datagram for another outbound than its flow's dropped", "src", s.f.Src(), "dst", dst,
+			"flow", s.out.Name(), "wanted", d.Outbound.Name())
+		return res
+	}
+	if err := s.session().Send(p, target); err != nil {
+		r.log.Debug("udp send failed", "dst", target, "err", err)
+		return res
+	}
+	res.sent, res.n = true, len(p)
+	return res
+}
+
+var errRejected = errors.New("rejected by rule")
+
+func (s *udpSession) session() PacketConn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pc
+}
+
+// setSession installs pc unless the session is already closed.
+func (s *udpSession) setSession(pc PacketConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.isClosed {
+		return false
+	}
+	s.pc = pc
+	close(s.ready)
+	return true
+}
+
+func (s *udpSession) closeAll() {
+	s.once.Do(func() {
+		close(s.closed)
+		s.f.Close()
+		s.mu.Lock()
+		s.isClosed = true
+		if s.pc != nil {
+			s.pc.Close()
+		}
+		s.mu.Unlock()
+	})
+}

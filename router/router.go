@@ -1,0 +1,255 @@
+// Package router is where a flow meets an outbound. It turns a flow from the
+// netstack (or a request from the SOCKS server's front door) into metadata,
+// asks the decider (rules) which outbound carries it, dials, and relays.
+//
+// TCP is decided and dialed before the app's handshake completes: a refused
+// or rejected flow gets a RST at once, never accept-then-close.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/rules"
+	"github.com/tunsocks/tunsocks/socks"
+)
+
+// Outbound carries flows somewhere: DIRECT, a SOCKS upstream, a chain.
+type Outbound interface {
+	// Name is the outbound's name in logs and rules ("DIRECT", "corp").
+	Name() string
+	// DialContext opens a TCP connection to address ("host:port"; the host is
+	// a domain when the flow's destination was a fake IP).
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+	// ListenPacket opens a UDP session. It returns an error wrapping
+	// ErrUDPUnsupported when the outbound cannot carry UDP.
+	ListenPacket(ctx context.Context) (PacketConn, error)
+}
+
+// PacketConn is one UDP session of an outbound (for SOCKS, one association).
+type PacketConn interface {
+	// Send sends p to address ("host:port", host may be a domain).
+	Send(p []byte, address string) error
+	// Recv returns the next datagram and the address it came from.
+	Recv(p []byte) (n int, from netip.AddrPort, err error)
+	Close() error
+}
+
+// ErrUDPUnsupported is wrapped by outbounds that cannot carry UDP.
+var ErrUDPUnsupported = errors.New("outbound does not support UDP")
+
+// Action is what a decision does with a flow.
+type Action int
+
+// Actions.
+const (
+	Proxy      Action = iota // carry it through Decision.Outbound
+	Reject                   // refuse at once: TCP RST, UDP dropped (ICMP unreachable where the stack can)
+	RejectDrop               // drop silently
+)
+
+// Decision is the decider's answer for one flow.
+type Decision struct {
+	Action   Action
+	Outbound Outbound // for Proxy
+	Rule     string   // the rule that matched, for logs and explain
+}
+
+// Decider picks the outbound for a flow. It must be safe for concurrent use.
+type Decider func(m *rules.Metadata) Decision
+
+// Static returns a Decider that sends every flow through out.
+func Static(out Outbound) Decider {
+	return func(*rules.Metadata) Decision { return Decision{Action: Proxy, Outbound: out, Rule: "default"} }
+}
+
+// FlowRecord describes one finished flow.
+type FlowRecord struct {
+	Network  string
+	Src, Dst netip.AddrPort
+	Host     string // domain, when known
+	Outbound string // outbound name, or REJECT / REJECT-DROP
+	Rule     string
+	Up, Down int64
+	Start    time.Time
+	Duration time.Duration
+	Err      error // why it failed or ended abnormally; nil for a clean end
+}
+
+// Config builds a Router. Decide is required.
+type Config struct {
+	Decide Decider
+	// ReverseHost maps a fake IP back to its domain; nil disables it. The
+	// outbound is then given the domain, so the upstream resolves it.
+	ReverseHost func(netip.Addr) (string, bool)
+	// RealHost names a real address that DNS answered for a name (a DIRECT
+	// or filtered name); nil disables it. The name is used for rules only:
+	// the outbound still dials the address the app chose.
+	RealHost func(netip.Addr) (string, bool)
+	// DNS, when set, answers UDP datagrams to port 53 that it claims
+	// (Intercept reports true) in-process instead of routing them.
+	DNS DNSHandler
+	// DialTimeout bounds dialing an outbound before the app's SYN is answered
+	// with a RST; 0 means 10 s.
+	DialTimeout time.Duration
+	// TCPIdle reaps TCP flows idle this long; 0 means 10 minutes... of
+	// silence in both directions.
+	TCPIdle time.Duration
+	// UDPIdle and DNSIdle expire UDP flows; 0 means 60 s and 10 s.
+	UDPIdle, DNSIdle time.Duration
+	Logger           *slog.Logger
+	// OnFlow, when set, is called once for every finished flow.
+	OnFlow func(FlowRecord)
+}
+
+// DNSHandler answers DNS queries the router intercepts.
+type DNSHandler interface {
+	// Intercept reports whether a UDP datagram to dst is a query to answer locally.
+	Intercept(dst netip.AddrPort) bool
+	// Handle answers one query; a nil response means drop.
+	Handle(ctx context.Context, query []byte) ([]byte, error)
+}
+
+// Router dispatches flows. It implements stack.Handler and, through
+// DialContext, the socksserver.Dialer, so both front doors obey the same rules.
+type Router struct {
+	cfg   Config
+	log   *slog.Logger
+	stats Stats
+
+	udpWarnOnce sync.Map // outbound name -> struct{}: "no UDP" logged once
+}
+
+// Stats are live counters, safe to read at any time.
+type Stats struct {
+	TCPOpen, UDPOpen   atomic.Int64
+	TCPTotal, UDPTotal atomic.Int64
+	Rejected, Failed   atomic.Int64
+	Up, Down           atomic.Int64
+}
+
+// New builds a Router.
+func New(cfg Config) (*Router, error) {
+	if cfg.Decide == nil {
+		return nil, errors.New("router: Config.Decide is required")
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.TCPIdle <= 0 {
+		cfg.TCPIdle = 10 * time.Minute
+	}
+	if cfg.UDPIdle <= 0 {
+		cfg.UDPIdle = 60 * time.Second
+	}
+	if cfg.DNSIdle <= 0 {
+		cfg.DNSIdle = 10 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Router{cfg: cfg, log: log}, nil
+}
+
+// Stats returns the router's live counters.
+func (r *Router) Stats() *Stats { return &r.stats }
+
+// metadata builds the rules' view of a flow, and the address its outbound
+// dials: the domain when the destination was a fake IP (so the upstream
+// resolves it), else the IP the app chose.
+func (r *Router) metadata(network string, src, dst netip.AddrPort) (m *rules.Metadata, target string) {
+	m = &rules.Metadata{Network: network, Src: src, Dst: dst, UID: -1}
+	target = dst.String()
+	if r.cfg.ReverseHost != nil {
+		if host, ok := r.cfg.ReverseHost(dst.Addr()); ok {
+			m.Host = host
+			return m, net.JoinHostPort(host, strconv.Itoa(int(dst.Port())))
+		}
+	}
+	if r.cfg.RealHost != nil {
+		if host, ok := r.cfg.RealHost(dst.Addr()); ok {
+			m.Host = host
+		}
+	}
+	return m, target
+}
+
+func (r *Router) decide(m *rules.Metadata) Decision {
+	d := r.cfg.Decide(m)
+	if r.log.Enabled(context.Background(), slog.LevelDebug) {
+		r.log.Debug("decision", "net", m.Network, "src", m.Src, "dst", m.Dst, "host", m.Host,
+			"outbound", d.name(), "rule", d.Rule)
+	}
+	return d
+}
+
+func (d Decision) name() string {
+	switch d.Action {
+	case Reject:
+		return "REJECT"
+	case RejectDrop:
+		return "REJECT-DROP"
+	}
+	if d.Outbound == nil {
+		return "<nil>"
+	}
+	return d.Outbound.Name()
+}
+
+func (r *Router) finish(rec FlowRecord) {
+	rec.Duration = time.Since(rec.Start)
+	attrs := []any{"net", rec.Network, "src", rec.Src, "dst", rec.Dst, "outbound", rec.Outbound,
+		"up", rec.Up, "down", rec.Down, "dur", rec.Duration.Round(time.Millisecond)}
+	if rec.Host != "" {
+		attrs = append(attrs, "host", rec.Host)
+	}
+	if rec.Err != nil && !errors.Is(rec.Err, relay.ErrIdle) {
+		r.log.Info("flow failed", append(attrs, "err", rec.Err)...)
+	} else {
+		r.log.Debug("flow", attrs...)
+	}
+	if r.cfg.OnFlow != nil {
+		r.cfg.OnFlow(rec)
+	}
+}
+
+// DialContext lets the SOCKS server's front door use the same rules: the
+// address is decided and dialed like a captured flow. A rejected destination
+// fails with an error wrapping socks.ErrNotAllowed (reply 0x02).
+func (r *Router) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	m := &rules.Metadata{Network: "tcp", UID: -1}
+	if host, port, err := net.SplitHostPort(address); err == nil {
+		p, _ := strconv.ParseUint(port, 10, 16)
+		if ip, err := netip.ParseAddr(host); err == nil {
+			m.Dst = netip.AddrPortFrom(ip.Unmap(), uint16(p))
+			if h, ok := r.reverse(ip); ok {
+				m.Host = h
+			}
+		} else {
+			m.Host = host
+			m.Dst = netip.AddrPortFrom(netip.Addr{}, uint16(p))
+		}
+	}
+	d := r.decide(m)
+	if d.Action != Proxy || d.Outbound == nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: fmt.Errorf("%s by rule %q: %w", address, d.Rule, socks.ErrNotAllowed)}
+	}
+	return d.Outbound.DialContext(ctx, network, address)
+}
+
+func (r *Router) reverse(ip netip.Addr) (string, bool) {
+	if r.cfg.ReverseHost == nil {
+		return "", false
+	}
+	return r.cfg.ReverseHost(ip)
+}

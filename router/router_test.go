@@ -1,0 +1,313 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
+
+	"github.com/tunsocks/tunsocks/rules"
+	"github.com/tunsocks/tunsocks/socks"
+	"github.com/tunsocks/tunsocks/stack"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeOutbound records dials and serves them with in-memory pipes.
+type fakeOutbound struct {
+	name   string
+	mu     sync.Mutex
+	dialed []string
+	dial   func(address string) (net.Conn, error)
+	listen func() (PacketConn, error)
+}
+
+func (o *fakeOutbound) Name() string { return o.name }
+func (o *fakeOutbound) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	o.mu.Lock()
+	o.dialed = append(o.dialed, address)
+	o.mu.Unlock()
+	return o.dial(address)
+}
+func (o *fakeOutbound) ListenPacket(ctx context.Context) (PacketConn, error) {
+	if o.listen == nil {
+		return nil, ErrUDPUnsupported
+	}
+	return o.listen()
+}
+
+// fakeReq is a tcpRequest whose app side is one end of a TCP loopback pair
+// (so CloseWrite works).
+type fakeReq struct {
+	src, dst netip.AddrPort
+	app      stack.Conn // handed out by Accept
+	accepted chan struct{}
+	rejected chan struct{}
+}
+
+func newFakeReq(dst string) *fakeReq {
+	return &fakeReq{src: netip.MustParseAddrPort("198.18.0.1:40000"), dst: netip.MustParseAddrPort(dst),
+		accepted: make(chan struct{}), rejected: make(chan struct{})}
+}
+func (r *fakeReq) Src() netip.AddrPort { return r.src }
+func (r *fakeReq) Dst() netip.AddrPort { return r.dst }
+func (r *fakeReq) Accept() (stack.Conn, error) {
+	close(r.accepted)
+	return r.app, nil
+}
+func (r *fakeReq) Reject() { close(r.rejected) }
+
+func newRouter(t *testing.T, decide Decider, mod func(*Config)) (*Router, chan FlowRecord) {
+	t.Helper()
+	flows := make(chan FlowRecord, 16)
+	cfg := Config{Decide: decide, OnFlow: func(r FlowRecord) { flows <- r }, UDPIdle: time.Second, DNSIdle: time.Second}
+	if mod != nil {
+		mod(&cfg)
+	}
+	r, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, flows
+}
+
+func TestTCPRelayAndFakeIP(t *testing.T) {
+	appLocal, appRemote := testenv.TCPPair(t) // appRemote plays the app
+	upLocal, upRemote := testenv.TCPPair(t)   // upRemote plays the destination
+	out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { return upLocal, nil }}
+	r, flows := newRouter(t, Static(out), func(c *Config) {
+		c.ReverseHost = func(a netip.Addr) (string, bool) {
+			return "example.com", a == netip.MustParseAddr("198.18.0.9")
+		}
+	})
+	req := newFakeReq("198.18.0.9:443")
+	req.app = appLocal
+	done := make(chan struct{})
+	go func() { r.handleTCP(context.Background(), req); close(done) }()
+	<-req.accepted
+	if got := out.dialed; len(got) != 1 || got[0] != "example.com:443" {
+		t.Fatalf("dialed %v, want the fake IP's domain example.com:443", got)
+	}
+	appRemote.Write([]byte("hello"))
+	appRemote.CloseWrite()
+	b, _ := io.ReadAll(upRemote)
+	if string(b) != "hello" {
+		t.Fatalf("destination got %q", b)
+	}
+	upRemote.Write([]byte("world"))
+	upRemote.CloseWrite()
+	b, _ = io.ReadAll(appRemote)
+	if string(b) != "world" {
+		t.Fatalf("app got %q", b)
+	}
+	<-done
+	rec := <-flows
+	if rec.Up != 5 || rec.Down != 5 || rec.Host != "example.com" || rec.Outbound != "up" || rec.Err != nil {
+		t.Fatalf("flow record %+v", rec)
+	}
+	if r.Stats().TCPOpen.Load() != 0 || r.Stats().TCPTotal.Load() != 1 {
+		t.Fatal("stats not updated")
+	}
+}
+
+func TestTCPDialFailureRejects(t *testing.T) {
+	refused := &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}
+	out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { return nil, refused }}
+	r, flows := newRouter(t, Static(out), nil)
+	req := newFakeReq("10.0.0.1:80")
+	r.handleTCP(context.Background(), req)
+	select {
+	case <-req.rejected:
+	default:
+		t.Fatal("a failed dial did not reset the app's connection")
+	}
+	if rec := <-flows; !errors.Is(rec.Err, syscall.ECONNREFUSED) {
+		t.Fatalf("flow error %v", rec.Err)
+	}
+}
+
+func TestTCPRejectRuleNeverDials(t *testing.T) {
+	out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { t.Error("dialed"); return nil, errors.New("x") }}
+	r, _ := newRouter(t, func(*rules.Metadata) Decision { return Decision{Action: Reject, Rule: "IP-CIDR,10.0.0.0/8,REJECT"} }, nil)
+	_ = out
+	req := newFakeReq("10.0.0.1:80")
+	r.handleTCP(context.Background(), req)
+	select {
+	case <-req.rejected:
+	default:
+		t.Fatal("REJECT did not reset")
+	}
+	if r.Stats().Rejected.Load() != 1 {
+		t.Fatal("rejected not counted")
+	}
+}
+
+func TestDialContextFrontDoor(t *testing.T) {
+	r, _ := newRouter(t, func(m *rules.Metadata) Decision {
+		if m.Host == "blocked.test" {
+			return Decision{Action: Reject, Rule: "DOMAIN,blocked.test,REJECT"}
+		}
+		return Decision{Action: Proxy, Outbound: &fakeOutbound{name: "x", dial: func(a string) (net.Conn, error) {
+			return nil, errors.New("dialed " + a)
+		}}}
+	}, nil)
+	_, err := r.DialContext(context.Background(), "tcp", "blocked.test:80")
+	if !errors.Is(err, socks.ErrNotAllowed) || socks.ReplyForError(err) != socks.NotAllowed {
+		t.Fatalf("rejected front-door dial: %v", err)
+	}
+	_, err = r.DialContext(context.Background(), "tcp", "ok.test:80")
+	if err == nil || err.Error() != "dialed ok.test:80" {
+		t.Fatalf("allowed front-door dial: %v", err)
+	}
+}
+
+// fakeFlow is an app UDP socket: datagrams in from the test, out to the test.
+type fakeFlow struct {
+	src    netip.AddrPort
+	in     chan dgram
+	out    chan dgram
+	closed chan struct{}
+	once   sync.Once
+}
+
+type dgram struct {
+	b    []byte
+	addr netip.AddrPort
+}
+
+func newFakeFlow() *fakeFlow {
+	return &fakeFlow{src: netip.MustParseAddrPort("198.18.0.1:5353"), in: make(chan dgram, 8), out: make(chan dgram, 8), closed: make(chan struct{})}
+}
+func (f *fakeFlow) Src() netip.AddrPort { return f.src }
+func (f *fakeFlow) ReadFrom(p []byte) (int, netip.AddrPort, error) {
+	select {
+	case d := <-f.in:
+		return copy(p, d.b), d.addr, nil
+	case <-f.closed:
+		return 0, netip.AddrPort{}, net.ErrClosed
+	}
+}
+func (f *fakeFlow) WriteTo(p []byte, from netip.AddrPort) (int, error) {
+	f.out <- dgram{append([]byte(nil), p...), from}
+	return len(p), nil
+}
+func (f *fakeFlow) Close() error { f.once.Do(func() { close(f.closed) }); return nil }
+
+// fakePC answers every datagram sent to X with "re:"+payload from X and also
+// from a second address (full cone).
+type fakePC struct {
+	replies chan dgram
+	closed  chan struct{}
+	once    sync.Once
+	sent    chan string
+}
+
+func (p *fakePC) Send(b []byte, address string) error {
+	p.sent <- address
+	ap := netip.MustParseAddrPort(address)
+	p.replies <- dgram{append([]byte("re:"), b...), ap}
+	p.replies <- dgram{[]byte("other"), netip.MustParseAddrPort("192.0.2.99:9999")}
+	return nil
+}
+func (p *fakePC) Recv(b []byte) (int, netip.AddrPort, error) {
+	select {
+	case d := <-p.replies:
+		return copy(b, d.b), d.addr, nil
+	case <-p.closed:
+		return 0, netip.AddrPort{}, net.ErrClosed
+	}
+}
+func (p *fakePC) Close() error { p.once.Do(func() { close(p.closed) }); return nil }
+
+func TestUDPFullConeAndIdle(t *testing.T) {
+	pc := &fakePC{replies: make(chan dgram, 8), closed: make(chan struct{}), sent: make(chan string, 8)}
+	out := &fakeOutbound{name: "up", listen: func() (PacketConn, error) { return pc, nil }}
+	r, flows := newRouter(t, Static(out), func(c *Config) { c.UDPIdle = 200 * time.Millisecond })
+	f := newFakeFlow()
+	done := make(chan struct{})
+	go func() { r.handleUDP(context.Background(), f); close(done) }()
+	f.in <- dgram{[]byte("q"), netip.MustParseAddrPort("192.0.2.1:7")}
+	if a := <-pc.sent; a != "192.0.2.1:7" {
+		t.Fatalf("sent to %s", a)
+	}
+	if d := <-f.out; string(d.b) != "re:q" || d.addr != netip.MustParseAddrPort("192.0.2.1:7") {
+		t.Fatalf("reply %q from %v", d.b, d.addr)
+	}
+	if d := <-f.out; string(d.b) != "other" || d.addr != netip.MustParseAddrPort("192.0.2.99:9999") {
+		t.Fatalf("full-cone reply %q from %v", d.b, d.addr)
+	}
+	<-done // idle expiry ends the flow
+	rec := <-flows
+	if rec.Up != 1 || rec.Down != 9 || !errorsIsIdle(rec.Err) {
+		t.Fatalf("flow record %+v", rec)
+	}
+	select {
+	case <-pc.closed:
+	default:
+		t.Fatal("UDP session not closed after idle")
+	}
+}
+
+func errorsIsIdle(err error) bool { return err != nil && err.Error() == "relay: idle timeout" }
+
+type fakeDNS struct{}
+
+func (fakeDNS) Intercept(dst netip.AddrPort) bool { return dst.Port() == 53 }
+func (fakeDNS) Handle(ctx context.Context, q []byte) ([]byte, error) {
+	return append([]byte("answer:"), q...), nil
+}
+
+func TestUDPDNSInterceptAndNoUDP(t *testing.T) {
+	out := &fakeOutbound{name: "tcp-only"} // no UDP
+	r, flows := newRouter(t, Static(out), func(c *Config) { c.DNS = fakeDNS{}; c.DNSIdle = 100 * time.Millisecond })
+	f := newFakeFlow()
+	go r.handleUDP(context.Background(), f)
+	f.in <- dgram{[]byte("q1"), netip.MustParseAddrPort("198.18.0.2:53")}
+	if d := <-f.out; string(d.b) != "answer:q1" || d.addr.Port() != 53 {
+		t.Fatalf("DNS answer %q from %v", d.b, d.addr)
+	}
+	<-flows
+
+	// An outbound without UDP: the flow ends at once with ErrUDPUnsupported.
+	f2 := newFakeFlow()
+	f2.in <- dgram{[]byte("x"), netip.MustParseAddrPort("192.0.2.1:7")}
+	r.handleUDP(context.Background(), f2)
+	if rec := <-flows; !errors.Is(rec.Err, ErrUDPUnsupported) {
+		t.Fatalf("flow without UDP: %+v", rec)
+	}
+}
+
+type dropReq struct {
+	*fakeReq
+	dropped chan struct{}
+}
+
+func (d dropReq) Drop() { close(d.dropped) }
+
+func TestTCPRejectDropDropsSilently(t *testing.T) {
+	r, flows := newRouter(t, func(*rules.Metadata) Decision { return Decision{Action: RejectDrop, Rule: "x"} }, nil)
+	req := dropReq{newFakeReq("10.0.0.1:80"), make(chan struct{})}
+	r.handleTCP(context.Background(), req)
+	select {
+	case <-req.dropped:
+	default:
+		t.Fatal("REJECT-DROP did not drop")
+	}
+	select {
+	case <-req.rejected:
+		t.Fatal("REJECT-DROP sent a reset")
+	default:
+	}
+	if rec := <-flows; rec.Outbound != "REJECT-DROP" {
+		t.Fatalf("flow record %+v", rec)
+	}
+}
