@@ -1,0 +1,125 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/tunsocks/tunsocks/config"
+	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/router"
+	"github.com/tunsocks/tunsocks/rules"
+)
+
+func explainCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "explain",
+		Usage:     "show which rule and outbound a flow to HOST:PORT would take",
+		ArgsUsage: "HOST:PORT",
+		Description: "Reads the config like 'tunsocks run' does and prints the rule that matches a flow to\n" +
+			"HOST:PORT, why, and the outbound (and chain) that would carry it. Nothing is dialed.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file", Required: true, EnvVars: []string{"TUNSOCKS_CONFIG"}},
+			&cli.StringFlag{Name: "network", Value: "tcp", Usage: "tcp or udp"},
+			&cli.StringFlag{Name: "process", Usage: "pretend the flow comes from this executable (name or path)"},
+			&cli.IntFlag{Name: "uid", Value: -1, Usage: "pretend the flow comes from this user id"},
+			&cli.StringFlag{Name: "src", Value: "198.18.0.1:40000", Usage: "source address:port of the flow"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() != 1 {
+				return usagef("explain takes one HOST:PORT, like example.com:443 or 10.0.0.1:22")
+			}
+			cfg, err := config.Load(c.String("config"))
+			if err != nil {
+				return usageError{err}
+			}
+			network := c.String("network")
+			if network != "tcp" && network != "udp" {
+				return usagef("--network %q: want tcp or udp", network)
+			}
+			src, err := netip.ParseAddrPort(c.String("src"))
+			if err != nil {
+				return usagef("--src %q: want an address:port like 192.168.1.5:40000", c.String("src"))
+			}
+			m, err := explainMetadata(c.Args().First(), network, src)
+			if err != nil {
+				return err
+			}
+			m.UID = c.Int("uid")
+			if p := c.String("process"); p != "" {
+				m.Process = p
+			}
+			w, err := wire(c.Context, cfg, &direct.Dialer{}, discardLogger())
+			if err != nil {
+				return err
+			}
+			if w.finder != nil && m.Process == "" {
+				w.finder = nil // explain describes a hypothetical flow: no socket to look up
+			}
+			d, mt := w.match(m)
+			out := c.App.Writer
+			fmt.Fprintf(out, "flow:     %s %s -> %s", network, m.Src, c.Args().First())
+			if m.Process != "" {
+				fmt.Fprintf(out, " from %s", m.Process)
+			}
+			fmt.Fprintln(out)
+			if w.hasRules() {
+				fmt.Fprintf(out, "rule:     %s\n", mt)
+			} else {
+				fmt.Fprintf(out, "rule:     none configured; every flow takes the default proxy\n")
+			}
+			fmt.Fprintf(out, "outbound: %s\n", describe(cfg, d))
+			return nil
+		},
+	}
+}
+
+// explainMetadata turns HOST:PORT into the rules' view of a flow.
+func explainMetadata(target, network string, src netip.AddrPort) (*rules.Metadata, error) {
+	host, portStr, err := net.SplitHostPort(target)
+	if err != nil {
+		return nil, usagef("%q: want HOST:PORT, like example.com:443 or [2001:db8::1]:22", target)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return nil, usagef("%q: port must be 0 to 65535", target)
+	}
+	m := &rules.Metadata{Network: network, Src: src, UID: -1}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		m.Dst = netip.AddrPortFrom(ip.Unmap(), uint16(port))
+	} else {
+		m.Host = strings.ToLower(strings.TrimSuffix(host, "."))
+		m.Dst = netip.AddrPortFrom(netip.Addr{}, uint16(port))
+	}
+	return m, nil
+}
+
+// describe names the outbound of a decision, with a chain's hops.
+func describe(cfg *config.Config, d router.Decision) string {
+	switch d.Action {
+	case router.Reject:
+		return "REJECT (the app gets a TCP reset at once; UDP is dropped)"
+	case router.RejectDrop:
+		return "REJECT-DROP (dropped silently)"
+	}
+	name := d.Outbound.Name()
+	if name == "DIRECT" {
+		return "DIRECT (dialed from this host, bypassing the TUN)"
+	}
+	hops, err := cfg.Hops(name)
+	if err != nil || len(hops) == 0 {
+		return name
+	}
+	parts := make([]string, len(hops))
+	for i, u := range hops {
+		parts[i] = u.Redacted()
+	}
+	if len(hops) == 1 {
+		return fmt.Sprintf("%s (%s)", name, parts[0])
+	}
+	return fmt.Sprintf("%s (chain: %s)", name, strings.Join(parts, " -> "))
+}

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/tunsocks/tunsocks/config"
+	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/router"
+	"github.com/tunsocks/tunsocks/stack"
+	"github.com/tunsocks/tunsocks/tun"
+)
+
+func runFlags() []cli.Flag {
+	env := func(name string) []string {
+		return []string{"TUNSOCKS_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
+	}
+	d := config.Default()
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file (proxies, rules, dns and every flag below); flags override it", EnvVars: env("config")},
+		&cli.BoolFlag{Name: "print-example-config", Usage: "print a commented example config and exit"},
+		&cli.StringFlag{Name: "proxy", Usage: "default upstream: socks5://[user:pass@]host:port, socks4://, socks4a://, http://, a proxy name from the config, or 'direct'", EnvVars: env("proxy")},
+		&cli.StringFlag{Name: "tun", Value: d.Tun.Name, Usage: "TUN device to create (or attach to)", EnvVars: env("tun")},
+		&cli.IntFlag{Name: "tun-fd", Value: -1, Usage: "adopt an already open TUN descriptor (Android VpnService); addresses and routes are left alone", EnvVars: env("tun-fd")},
+		&cli.StringSliceFlag{Name: "tun-addr", Value: cli.NewStringSlice("198.18.0.1/15", "fc00::1/18"), Usage: "address of the TUN device, CIDR (repeatable)", EnvVars: env("tun-addr")},
+		&cli.IntFlag{Name: "mtu", Value: d.Tun.MTU, Usage: "MTU of the TUN device (576..65535)", EnvVars: env("mtu")},
+		&cli.BoolFlag{Name: "offload", Value: true, Usage: "use the TUN's TSO/GRO offload (virtio-net header) on Linux", EnvVars: env("offload")},
+		&cli.StringFlag{Name: "pcap", Usage: "write every packet crossing the TUN to this pcap file", EnvVars: env("pcap")},
+		&cli.DurationFlag{Name: "tcp-idle", Value: d.TCPIdle, Usage: "close TCP flows idle this long", EnvVars: env("tcp-idle")},
+		&cli.DurationFlag{Name: "udp-idle", Value: d.UDPIdle, Usage: "expire UDP flows idle this long", EnvVars: env("udp-idle")},
+		&cli.DurationFlag{Name: "dns-idle", Value: d.DNSIdle, Usage: "expire UDP flows to port 53 idle this long", EnvVars: env("dns-idle")},
+		&cli.DurationFlag{Name: "dial-timeout", Value: d.DialTimeout, Usage: "time to reach the upstream before the app's SYN gets a RST", EnvVars: env("dial-timeout")},
+		&cli.DurationFlag{Name: "summary-interval", Value: d.SummaryInterval, Usage: "log a one-line summary this often (0: never)", EnvVars: env("summary-interval")},
+		&cli.UintFlag{Name: "fwmark", Usage: "SO_MARK for tunsocks' own sockets, so policy routing can keep them off the TUN", EnvVars: env("fwmark")},
+		&cli.StringFlag{Name: "out-interface", Usage: "bind tunsocks' own sockets to this interface (SO_BINDTODEVICE)", EnvVars: env("out-interface")},
+		&cli.BoolFlag{Name: "tcp-sack", Value: true, Usage: "TCP selective acknowledgements in the netstack", EnvVars: env("tcp-sack")},
+		&cli.BoolFlag{Name: "tcp-moderate-rcvbuf", Value: true, Usage: "let the netstack grow receive buffers as throughput needs", EnvVars: env("tcp-moderate-rcvbuf")},
+		&cli.IntFlag{Name: "tcp-buf", Value: d.TCP.Buf, Usage: "maximum TCP send and receive buffer per flow in the netstack, bytes", EnvVars: env("tcp-buf")},
+		&cli.StringFlag{Name: "tcp-cc", Value: d.TCP.CC, Usage: "netstack congestion control: cubic or reno", EnvVars: env("tcp-cc")},
+		&cli.BoolFlag{Name: "dns", Usage: "answer DNS on the TUN with fake IPs (default: on when a rule needs a domain)", EnvVars: env("dns")},
+		&cli.BoolFlag{Name: "dns-hijack", Usage: "answer every DNS query to port 53, whatever its address", EnvVars: env("dns-hijack")},
+		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
+	}
+}
+
+// loadRunConfig reads --config (or starts from the defaults), lets the flags
+// the user set override it, and validates the result as a whole.
+func loadRunConfig(c *cli.Context) (*config.Config, error) {
+	cfg := config.Default()
+	if path := c.String("config"); path != "" {
+		var err error
+		if cfg, err = config.Load(path); err != nil {
+			return nil, usageError{err}
+		}
+	}
+	set := c.IsSet
+	if set("proxy") {
+		cfg.Proxy = c.String("proxy")
+	}
+	if set("tun") {
+		cfg.Tun.Name = c.String("tun")
+	}
+	if set("tun-fd") {
+		cfg.Tun.FD = c.Int("tun-fd")
+	}
+	if set("tun-addr") || len(cfg.Tun.Addrs) == 0 {
+		cfg.Tun.Addrs = nil
+		for _, s := range c.StringSlice("tun-addr") {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, usagef("--tun-addr %q: want an address with prefix length, like 198.18.0.1/15 or fc00::1/18", s)
+			}
+			cfg.Tun.Addrs = append(cfg.Tun.Addrs, p)
+		}
+	}
+	if set("mtu") {
+		cfg.Tun.MTU = c.Int("mtu")
+	}
+	if set("offload") {
+		cfg.Tun.Offload = c.Bool("offload")
+	}
+	if set("pcap") {
+		cfg.Tun.Pcap = c.String("pcap")
+	}
+	for name, dst := range map[string]*time.Duration{"tcp-idle": &cfg.TCPIdle, "udp-idle": &cfg.UDPIdle, "dns-idle": &cfg.DNSIdle,
+		"dial-timeout": &cfg.DialTimeout, "summary-interval": &cfg.SummaryInterval} {
+		if set(name) {
+			*dst = c.Duration(name)
+		}
+	}
+	if set("fwmark") {
+		m := c.Uint("fwmark")
+		if m > 0xffffffff {
+			return nil, usagef("--fwmark %d: want a 32-bit mark", m)
+		}
+		cfg.Fwmark = uint32(m)
+	}
+	if set("out-interface") {
+		cfg.OutInterface = c.String("out-interface")
+	}
+	if set("tcp-sack") {
+		v := c.Bool("tcp-sack")
+		cfg.TCP.SACK = &v
+	}
+	if set("tcp-moderate-rcvbuf") {
+		v := c.Bool("tcp-moderate-rcvbuf")
+		cfg.TCP.ModerateRcvbuf = &v
+	}
+	if set("tcp-buf") {
+		cfg.TCP.Buf = c.Int("tcp-buf")
+	}
+	if set("tcp-cc") {
+		cfg.TCP.CC = c.String("tcp-cc")
+	}
+	if set("dns") {
+		v := c.Bool("dns")
+		cfg.DNS.Enable = &v
+	}
+	if set("dns-hijack") {
+		cfg.DNS.Hijack = c.Bool("dns-hijack")
+	}
+	if set("nameserver") {
+		cfg.DNS.Nameservers = c.StringSlice("nameserver")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, usageError{err}
+	}
+	if cfg.Proxy == "" && len(cfg.Rules) == 0 {
+		return nil, usagef("nothing says where flows go: give --proxy socks5://host:port (or --proxy direct), or a --config with proxy: or rules:")
+	}
+	return cfg, nil
+}
+
+func runCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "run",
+		Usage: "capture traffic on a TUN device and carry it through a SOCKS upstream",
+		Description: "Creates (or adopts) a TUN device and proxies every TCP and UDP flow that reaches it.\n" +
+			"Point routes at the device yourself (tunsocks does not change routes yet), e.g. in a namespace:\n" +
+			"  ip route add default dev tunsocks0\n" +
+			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device it created.",
+		Flags: runFlags(),
+		Action: func(c *cli.Context) error {
+			if c.Bool("print-example-config") {
+				fmt.Fprint(c.App.Writer, config.Example())
+				return nil
+			}
+			log, err := newLogger(c)
+			if err != nil {
+				return err
+			}
+			cfg, err := loadRunConfig(c)
+			if err != nil {
+				return err
+			}
+			return runPipeline(c.Context, cfg, log, pipelineHooks{})
+		},
+	}
+}
+
+// pipelineHooks let the demo run the pipeline inside a lab namespace.
+type pipelineHooks struct {
+	// inNetns wraps work that must happen in the TUN's namespace (opening
+	// and configuring the device); nil runs it here.
+	inNetns func(func() error) error
+	netns   string // the namespace for tunsocks' own sockets
+	// started is called once the device is up, with its name.
+	started func(dev string)
+	onFlow  func(router.FlowRecord)
+}
+
+// runPipeline is 'tunsocks run': device -> stack -> router -> outbound.
+func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) error {
+	d := &direct.Dialer{Mark: cfg.Fwmark, Interface: cfg.OutInterface, Netns: hooks.netns, Timeout: cfg.DialTimeout}
+	w, err := wire(ctx, cfg, d, log)
+	if err != nil {
+		return err
+	}
+	defer w.close(log)
+	rt, err := router.New(router.Config{
+		Decide: w.decide, ReverseHost: w.reverse, RealHost: w.realHost, DNS: w.dnsHandler, DialTimeout: cfg.DialTimeout,
+		TCPIdle: cfg.TCPIdle, UDPIdle: cfg.UDPIdle, DNSIdle: cfg.DNSIdle,
+		Logger: log, OnFlow: hooks.onFlow,
+	})
+	if err != nil {
+		return err
+	}
+
+	var dev *tun.Device
+	open := func() error {
+		var err error
+		dev, err = tun.Open(ctx, tun.Config{Name: cfg.Tun.Name, FD: cfg.Tun.FD, Addrs: cfg.Tun.Addrs, MTU: cfg.Tun.MTU, Offload: cfg.Tun.Offload, Logger: log})
+		return err
+	}
+	if hooks.inNetns != nil {
+		err = hooks.inNetns(open)
+	} else {
+		err = open()
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return fmt.Errorf("%w (creating a TUN device needs root or CAP_NET_ADMIN)", err)
+		}
+		return err
+	}
+	defer dev.Close()
+
+	var bd tun.BatchDevice = dev
+	if cfg.Tun.Pcap != "" {
+		f, err := os.Create(cfg.Tun.Pcap)
+		if err != nil {
+			return fmt.Errorf("pcap: %w", err)
+		}
+		p, err := tun.NewPcap(f, 0)
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("pcap: %w", err)
+		}
+		defer func() {
+			if err := p.Close(); err != nil {
+				log.Warn("pcap not fully written", "file", cfg.Tun.Pcap, "err", err)
+			}
+			f.Close()
+		}()
+		bd = tun.Capture(dev, p)
+	}
+
+	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC}
+	if cfg.TCP.SACK != nil {
+		tcp.DisableSACK = !*cfg.TCP.SACK
+	}
+	if cfg.TCP.ModerateRcvbuf != nil {
+		tcp.DisableModerateReceiveBuffer = !*cfg.TCP.ModerateRcvbuf
+	}
+	st, err := stack.New(ctx, stack.Config{Device: bd, MTU: cfg.Tun.MTU, Handler: rt, Logger: log, TCP: tcp, UDPIdle: cfg.UDPIdle})
+	if err != nil {
+		return err
+	}
+	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "outbound", w.summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
+	if hooks.started != nil {
+		hooks.started(dev.Name())
+	}
+	if err := w.serveExtraDNS(ctx, log); err != nil {
+		st.Close()
+		return err
+	}
+
+	start := time.Now()
+	var tick <-chan time.Time
+	if cfg.SummaryInterval > 0 {
+		t := time.NewTicker(cfg.SummaryInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	summary := func(msg string) {
+		s := rt.Stats()
+		log.Info(msg, "tcp_open", s.TCPOpen.Load(), "udp_open", s.UDPOpen.Load(),
+			"tcp_total", s.TCPTotal.Load(), "udp_total", s.UDPTotal.Load(),
+			"rejected", s.Rejected.Load(), "failed", s.Failed.Load(),
+			"up", s.Up.Load(), "down", s.Down.Load(), "uptime", time.Since(start).Round(time.Second))
+	}
+	for done := false; !done; {
+		select {
+		case <-tick:
+			summary("summary")
+		case <-ctx.Done():
+			done = true
+		}
+	}
+	err = st.Close()
+	summary("final summary")
+	return err
+}

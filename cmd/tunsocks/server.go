@@ -1,0 +1,250 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/socksserver"
+)
+
+// serverConfig is everything 'tunsocks server' needs, parsed and validated.
+type serverConfig struct {
+	Listen string
+	Grace  time.Duration
+	Server socksserver.Config
+}
+
+func serverFlags() []cli.Flag {
+	env := func(name string) []string {
+		return []string{"TUNSOCKS_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
+	}
+	return []cli.Flag{
+		&cli.StringFlag{Name: "listen", Value: "127.0.0.1:1080", Usage: "address to listen on, host:port; a non-loopback address needs --user/--users or --open", EnvVars: env("listen")},
+		&cli.StringSliceFlag{Name: "user", Usage: "require SOCKS5 username/password auth; NAME:PASSWORD (repeatable; in the env var, comma-separated)", EnvVars: env("user")},
+		&cli.StringFlag{Name: "users", Usage: "file of NAME:PASSWORD lines (# comments) to require SOCKS5 username/password auth", EnvVars: env("users")},
+		&cli.BoolFlag{Name: "open", Usage: "allow listening on a non-loopback address without authentication", EnvVars: env("open")},
+		&cli.BoolFlag{Name: "socks4-userid-must-match", Usage: "serve SOCKS4 when auth is on, if the USERID names a user (SOCKS4 carries no password)", EnvVars: env("socks4-userid-must-match")},
+		&cli.StringSliceFlag{Name: "allow-client", Usage: "serve only clients in this network, CIDR or IP (repeatable; default all)", EnvVars: env("allow-client")},
+		&cli.StringSliceFlag{Name: "deny-dest", Usage: "refuse destinations in this network, CIDR or IP (repeatable)", EnvVars: env("deny-dest")},
+		&cli.StringSliceFlag{Name: "deny-port", Usage: "refuse destination port N or range N-M (repeatable)", EnvVars: env("deny-port")},
+		&cli.StringFlag{Name: "external-addr", Usage: "IP address to report in BIND and UDP ASSOCIATE replies (behind NAT)", EnvVars: env("external-addr")},
+		&cli.DurationFlag{Name: "handshake-timeout", Value: socksserver.DefaultHandshakeTimeout, Usage: "drop clients that have not completed their request in this time", EnvVars: env("handshake-timeout")},
+		&cli.DurationFlag{Name: "idle-timeout", Value: socksserver.DefaultIdleTimeout, Usage: "close TCP relays idle this long (0: never)", EnvVars: env("idle-timeout")},
+		&cli.DurationFlag{Name: "bind-timeout", Value: socksserver.DefaultBindTimeout, Usage: "how long a BIND waits for its incoming connection", EnvVars: env("bind-timeout")},
+		&cli.DurationFlag{Name: "udp-idle-timeout", Value: socksserver.DefaultUDPIdleTimeout, Usage: "end UDP associations idle this long (0: only when the control connection closes)", EnvVars: env("udp-idle-timeout")},
+		&cli.IntFlag{Name: "max-conns", Usage: "serve at most this many connections at once (0: unlimited)", EnvVars: env("max-conns")},
+		&cli.DurationFlag{Name: "grace", Value: 10 * time.Second, Usage: "on SIGINT/SIGTERM, let open relays finish for this long", EnvVars: env("grace")},
+	}
+}
+
+func parseServerConfig(c *cli.Context) (*serverConfig, error) {
+	sc := &serverConfig{Listen: c.String("listen"), Grace: c.Duration("grace")}
+	cfg := &sc.Server
+
+	host, port, err := net.SplitHostPort(sc.Listen)
+	if err != nil || port == "" {
+		return nil, usagef("--listen %q: want host:port, like 127.0.0.1:1080 or [::1]:1080", sc.Listen)
+	}
+
+	users := map[string]string{}
+	if path := c.String("users"); path != "" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, usagef("--users: %v", err)
+		}
+		users, err = socksserver.LoadUsers(f, path)
+		f.Close()
+		if err != nil {
+			return nil, usagef("--users: %v", err)
+		}
+	}
+	for _, s := range c.StringSlice("user") {
+		name, pass, ok := strings.Cut(s, ":")
+		if !ok || name == "" || pass == "" || len(name) > 255 || len(pass) > 255 {
+			return nil, usagef("--user %q: want NAME:PASSWORD, each 1 to 255 bytes", redactUser(s))
+		}
+		if _, dup := users[name]; dup {
+			return nil, usagef("--user: user %q is given twice", name)
+		}
+		users[name] = pass
+	}
+	if len(users) > 0 {
+		cfg.Users = users
+	}
+	cfg.Socks4UserMustMatch = c.Bool("socks4-userid-must-match")
+	if cfg.Socks4UserMustMatch && len(users) == 0 {
+		return nil, usagef("--socks4-userid-must-match needs users (--user or --users)")
+	}
+
+	if !listenIsLoopback(host) && len(users) == 0 && !c.Bool("open") {
+		where := "a non-loopback address"
+		if a, err := netip.ParseAddr(host); host == "" || (err == nil && a.IsUnspecified()) {
+			where = "every interface"
+		}
+		return nil, usagef("refusing to listen on %s (%s) without authentication: anyone who can reach it could use this proxy. "+
+			"Add --user NAME:PASSWORD or --users FILE, or --open if an open proxy is intended (--allow-client can narrow who may use it)", sc.Listen, where)
+	}
+
+	prefixes := func(flag string) ([]netip.Prefix, error) {
+		var out []netip.Prefix
+		for _, s := range c.StringSlice(flag) {
+			p, err := socksserver.ParsePrefix(s)
+			if err != nil {
+				return nil, usagef("--%s: %v", flag, err)
+			}
+			out = append(out, p)
+		}
+		return out, nil
+	}
+	if cfg.AllowClients, err = prefixes("allow-client"); err != nil {
+		return nil, err
+	}
+	if cfg.DenyDest, err = prefixes("deny-dest"); err != nil {
+		return nil, err
+	}
+	for _, s := range c.StringSlice("deny-port") {
+		r, err := socksserver.ParsePortRange(s)
+		if err != nil {
+			return nil, usagef("--deny-port: %v", err)
+		}
+		cfg.DenyPorts = append(cfg.DenyPorts, r)
+	}
+	if s := c.String("external-addr"); s != "" {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return nil, usagef("--external-addr %q: want an IP address like 203.0.113.7", s)
+		}
+		cfg.ExternalAddr = a.Unmap()
+	}
+
+	positive := func(name string) (time.Duration, error) {
+		d := c.Duration(name)
+		if d <= 0 {
+			return 0, usagef("--%s %v: want a positive duration like 30s", name, d)
+		}
+		return d, nil
+	}
+	// 0 disables an idle timer on the command line; the library spells
+	// that as a negative duration (its 0 means "default").
+	optional := func(name string) (time.Duration, error) {
+		d := c.Duration(name)
+		if d < 0 {
+			return 0, usagef("--%s %v: want a duration like 5m, or 0 to disable", name, d)
+		}
+		if d == 0 {
+			return -1, nil
+		}
+		return d, nil
+	}
+	if cfg.HandshakeTimeout, err = positive("handshake-timeout"); err != nil {
+		return nil, err
+	}
+	if cfg.BindTimeout, err = positive("bind-timeout"); err != nil {
+		return nil, err
+	}
+	if cfg.IdleTimeout, err = optional("idle-timeout"); err != nil {
+		return nil, err
+	}
+	if cfg.UDPIdleTimeout, err = optional("udp-idle-timeout"); err != nil {
+		return nil, err
+	}
+	if cfg.MaxConns = c.Int("max-conns"); cfg.MaxConns < 0 {
+		return nil, usagef("--max-conns %d: want 0 (unlimited) or a positive number", cfg.MaxConns)
+	}
+	if sc.Grace < 0 {
+		return nil, usagef("--grace %v: want a duration like 10s, or 0 to close relays at once", sc.Grace)
+	}
+	return sc, nil
+}
+
+// redactUser hides the password of a NAME:PASSWORD flag value.
+func redactUser(s string) string {
+	if name, _, ok := strings.Cut(s, ":"); ok {
+		return name + ":***"
+	}
+	return s
+}
+
+// listenIsLoopback reports whether a listen host is reachable only from
+// this machine. An empty host (every interface) and names other than
+// "localhost" count as reachable from elsewhere.
+func listenIsLoopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
+}
+
+func serverCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "server",
+		Usage: "run a SOCKS4/4a/5 server",
+		Description: "Serves SOCKS4, SOCKS4a and SOCKS5 (CONNECT, BIND, UDP ASSOCIATE) with optional\n" +
+			"username/password authentication, dialing directly from this host.\n" +
+			"Runs until SIGINT or SIGTERM, then stops accepting and lets open relays finish within --grace.",
+		Flags: serverFlags(),
+		Action: func(c *cli.Context) error {
+			log, err := newLogger(c)
+			if err != nil {
+				return err
+			}
+			sc, err := parseServerConfig(c)
+			if err != nil {
+				return err
+			}
+			return runServer(c.Context, sc, log)
+		},
+	}
+}
+
+// runServer serves until ctx is done, then shuts down gracefully.
+func runServer(ctx context.Context, sc *serverConfig, log *slog.Logger) error {
+	cfg := sc.Server
+	cfg.Dialer = &direct.Dialer{}
+	cfg.Logger = log
+	srv, err := socksserver.New(cfg)
+	if err != nil {
+		return usageError{err}
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", sc.Listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	log.Info("SOCKS server listening", "addr", ln.Addr().String(), "auth", len(cfg.Users) > 0, "users", len(cfg.Users))
+
+	// Serve outlives the signal: after it, relays get the grace period.
+	serveCtx, cancelServe := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelServe()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(serveCtx, ln) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "grace", sc.Grace, "open", srv.Active())
+	gctx, cancel := context.WithTimeout(serveCtx, sc.Grace)
+	err = srv.Shutdown(gctx)
+	cancel()
+	if errors.Is(err, context.DeadlineExceeded) {
+		log.Info("grace period over; remaining connections closed")
+	}
+	cancelServe()
+	if err := <-served; err != nil {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}

@@ -1,0 +1,281 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
+	"github.com/tunsocks/tunsocks/lab"
+)
+
+var (
+	remote4 = lab.Remote4.Addr()
+	remote6 = lab.Remote6.Addr()
+)
+
+func TestPipelineOurServer(t *testing.T) { suite(t, ourServer) }
+func TestPipelineDante(t *testing.T)     { suite(t, dante) }
+
+func suite(t *testing.T, kind upstreamKind) {
+	e := newEnv(t, kind)
+	t.Run("curl-http-ipv4", func(t *testing.T) { e.curl(t, "http://"+remote4.String()+"/") })
+	t.Run("curl-http-ipv6", func(t *testing.T) { e.curl(t, "http://["+remote6.String()+"]/") })
+	t.Run("ipv6-target-through-socks5", func(t *testing.T) { e.echoTCP(t, netip.AddrPortFrom(remote6, echoPort)) })
+	t.Run("udp-echo-ipv4", func(t *testing.T) { e.udpEcho(t, netip.AddrPortFrom(remote4, echoPort)) })
+	t.Run("udp-echo-ipv6", func(t *testing.T) { e.udpEcho(t, netip.AddrPortFrom(remote6, echoPort)) })
+	t.Run("dns-over-udp", func(t *testing.T) { e.dig(t) })
+	t.Run("ping", func(t *testing.T) { e.ping(t) })
+	t.Run("refused", func(t *testing.T) { e.refused(t) })
+	t.Run("transfer-256MiB-each-way", func(t *testing.T) { e.transfer(t, 256<<20) })
+	t.Run("500-concurrent", func(t *testing.T) { e.concurrent(t, 500) })
+	t.Run("upstream-killed-and-back", func(t *testing.T) { e.upstreamKilled(t, kind) })
+}
+
+func (e *env) curl(t *testing.T, url string) {
+	testenv.NeedTool(t, "curl", "curl")
+	out, err := e.inApp(20*time.Second, "curl", "-sS", "--max-time", "10", url)
+	if err != nil || !strings.Contains(out, "hello from remote") {
+		t.Fatalf("curl %s: %v\n%s", url, err, out)
+	}
+	// The remote host sees the SOCKS server (proxy host), never the app.
+	if !strings.Contains(out, lab.ProxyUp4.Addr().String()) && !strings.Contains(out, lab.ProxyUp6.Addr().String()) {
+		t.Fatalf("remote saw %q, want the proxy host's address", out)
+	}
+}
+
+func (e *env) echoTCP(t *testing.T, dst netip.AddrPort) {
+	c, err := e.app.DialContext(e.ctx, "tcp", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprintf(c, "hello %s\n", dst)
+	c.(*net.TCPConn).CloseWrite() // half-close travels through, the echo still comes back
+	b, err := io.ReadAll(c)
+	if err != nil || string(b) != fmt.Sprintf("hello %s\n", dst) {
+		t.Fatalf("echo via %s: %q, %v", dst, b, err)
+	}
+}
+
+func (e *env) udpEcho(t *testing.T, dst netip.AddrPort) {
+	c, err := e.app.DialContext(e.ctx, "udp", dst.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 2048)
+	for try := 0; try < 5; try++ {
+		msg := fmt.Sprintf("datagram %d to %s", try, dst)
+		c.Write([]byte(msg))
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := c.Read(buf)
+		if err == nil {
+			if string(buf[:n]) != msg {
+				t.Fatalf("echo %q, want %q", buf[:n], msg)
+			}
+			// The reply's source is the remote, not the proxy's relay.
+			if got := c.RemoteAddr().String(); got != dst.String() {
+				t.Fatalf("reply source %s", got)
+			}
+			return
+		}
+	}
+	t.Fatalf("no UDP echo from %s after 5 tries", dst)
+}
+
+func (e *env) dig(t *testing.T) {
+	dnsmasq := testenv.NeedTool(t, "dnsmasq", "dnsmasq-base")
+	testenv.NeedTool(t, "dig", "dnsutils")
+	log := filepath.Join(t.TempDir(), "dnsmasq.log")
+	p := e.start(e.lab.Remote, dnsmasq, "--no-daemon", "--port=53", "--listen-address="+remote4.String(), "--bind-interfaces",
+		"--no-resolv", "--no-hosts", "--address=/example.lab/"+remote4.String(), "--log-queries", "--log-facility="+log,
+		"--pid-file=", "--user=root")
+	defer p.stop()
+	var out string
+	var err error
+	for try := 0; try < 20; try++ { // dnsmasq needs a moment to bind
+		out, err = e.inApp(10*time.Second, "dig", "+short", "+tries=1", "+time=2", "@"+remote4.String(), "www.example.lab", "A")
+		if err == nil && strings.TrimSpace(out) == remote4.String() {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("dig through the TUN: %v\n%s\ndnsmasq: %s", err, out, p.out.String())
+}
+
+func (e *env) ping(t *testing.T) {
+	testenv.NeedTool(t, "ping", "iputils-ping")
+	out, err := e.inApp(15*time.Second, "ping", "-c", "2", "-W", "2", remote4.String())
+	if err != nil || !strings.Contains(out, " 0% packet loss") {
+		t.Fatalf("ping through the TUN: %v\n%s", err, out)
+	}
+}
+
+func (e *env) refused(t *testing.T) {
+	start := time.Now()
+	c, err := e.app.DialContext(e.ctx, "tcp", netip.AddrPortFrom(remote4, closedPort).String())
+	if err == nil {
+		c.Close()
+		t.Fatal("connected to a port nobody listens on")
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial a closed port through tunsocks: %v, want connection refused", err)
+	}
+	t.Logf("refused after %v", time.Since(start))
+}
+
+// transfer sends n bytes up (the remote answers their SHA-256) and pulls n
+// bytes down (checked against the same deterministic stream), concurrently.
+func (e *env) transfer(t *testing.T, n int64) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		c, err := e.app.DialContext(e.ctx, "tcp", netip.AddrPortFrom(remote4, sinkPort).String())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Minute))
+		h := newHash()
+		if _, err := io.Copy(c, io.TeeReader(io.LimitReader(newStream(), n), h)); err != nil {
+			t.Errorf("upload: %v", err)
+			return
+		}
+		c.(*net.TCPConn).CloseWrite()
+		line, err := bufio.NewReader(c).ReadString('\n')
+		if want := fmt.Sprintf("%x\n", h.Sum(nil)); err != nil || line != want {
+			t.Errorf("upload of %d bytes: remote SHA-256 %q (%v), want %q", n, line, err, want)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		c, err := e.app.DialContext(e.ctx, "tcp", netip.AddrPortFrom(remote4, sourcePort).String())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Minute))
+		fmt.Fprintf(c, "%d\n", n)
+		got, want := newHash(), newHash()
+		m, err := io.Copy(got, c)
+		io.Copy(want, io.LimitReader(newStream(), n))
+		if err != nil || m != n || string(got.Sum(nil)) != string(want.Sum(nil)) {
+			t.Errorf("download: %d of %d bytes, %v, hash match %v", m, n, err, string(got.Sum(nil)) == string(want.Sum(nil)))
+		}
+	}()
+	wg.Wait()
+}
+
+func (e *env) concurrent(t *testing.T, n int) {
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(e.ctx, 60*time.Second)
+			defer cancel()
+			c, err := e.app.DialContext(ctx, "tcp", netip.AddrPortFrom(remote4, echoPort).String())
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(60 * time.Second))
+			msg := "conn " + strconv.Itoa(i) + "\n"
+			if _, err := io.WriteString(c, msg); err != nil {
+				errs <- err
+				return
+			}
+			got, err := bufio.NewReader(c).ReadString('\n')
+			if err != nil || got != msg {
+				errs <- fmt.Errorf("conn %d: %q %v", i, got, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	failed := 0
+	for err := range errs {
+		if failed < 5 {
+			t.Error(err)
+		}
+		failed++
+	}
+	if failed > 0 {
+		t.Fatalf("%d of %d concurrent connections failed", failed, n)
+	}
+}
+
+// upstreamKilled: a flow in the middle of a transfer fails promptly when the
+// SOCKS server dies, and new flows work as soon as it is back.
+func (e *env) upstreamKilled(t *testing.T, kind upstreamKind) {
+	c, err := e.app.DialContext(e.ctx, "tcp", netip.AddrPortFrom(remote4, sourcePort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "%d\n", int64(1)<<40) // endless for this test
+	buf := make([]byte, 64<<10)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		t.Fatalf("transfer did not start: %v", err)
+	}
+	e.mu.Lock()
+	up := e.upstream
+	e.mu.Unlock()
+	up.kill()
+	c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	for {
+		_, err := c.Read(buf)
+		if err == nil {
+			continue
+		}
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatal("the flow kept hanging after its upstream died")
+		}
+		break // EOF or reset: it failed, as it must
+	}
+	// A new flow while the upstream is down is refused at once.
+	if c2, err := e.app.DialContext(e.ctx, "tcp", netip.AddrPortFrom(remote4, echoPort).String()); err == nil {
+		c2.Close()
+		t.Fatal("a new flow succeeded with the upstream down")
+	}
+	e.startUpstream(kind)
+	e.echoTCP(t, netip.AddrPortFrom(remote4, echoPort))
+}
+
+func TestPcap(t *testing.T) {
+	tshark := testenv.NeedTool(t, "tshark", "tshark")
+	pcap := filepath.Join(t.TempDir(), "flows.pcap")
+	e := newEnv(t, ourServer, "--pcap", pcap)
+	e.echoTCP(t, netip.AddrPortFrom(remote4, echoPort))
+	e.udpEcho(t, netip.AddrPortFrom(remote4, echoPort))
+	e.mu.Lock()
+	e.tunsocks.stop() // flushes the pcap on exit
+	e.mu.Unlock()
+	out, err := exec.Command(tshark, "-r", pcap, "-T", "fields", "-e", "ip.dst", "-e", "tcp.dstport", "-e", "udp.dstport").CombinedOutput()
+	if err != nil {
+		t.Fatalf("tshark: %v\n%s", err, out)
+	}
+	s := string(out)
+	if !strings.Contains(s, remote4.String()+"\t7\t") || !strings.Contains(s, remote4.String()+"\t\t7") {
+		t.Fatalf("tshark did not find the TCP and UDP flows to %s:7 in the pcap:\n%s", remote4, s)
+	}
+}

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Performance benchmark of tunsocks: builds tunsocks and scripts/benchtool,
+# then measures, in a throwaway lab of network namespaces
+# (app ── proxy ── remote), three ways from the app host to the remote host:
+#   kernel      plain IP forwarding through the proxy host, no proxy at all
+#   socks-only  the client speaks SOCKS to `tunsocks server` itself, no TUN
+#   tunsocks    the app's default route is the TUN of `tunsocks run`
+# and prints one markdown table (iperf3 TCP throughput up/down, 1 and 4
+# streams, MTU 1500 and 9000; connection rate; 1-byte latency p50/p99;
+# tunsocks RSS idle and with 1,000 open connections), then the ratios
+# tunsocks/socks-only against the issue's targets (MET / NOT MET).
+# A benchmark, not a test: it exits 0 whatever the numbers are.
+#
+# Usage: ./scripts/bench.sh [benchtool flags, e.g. -t 10s -mtus 1500]
+# Needs root (re-runs itself under sudo); installs iperf3 and proxychains4
+# with apt-get when missing. Takes about 3 to 4 minutes. Nothing outside the
+# lab's namespaces is touched, and they are removed on exit and on Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+if [ "$(id -u)" != 0 ]; then
+	if command -v sudo >/dev/null; then
+		exec sudo --preserve-env=GOPATH,GOCACHE,GOMODCACHE,GOFLAGS,GOPROXY env "PATH=$PATH" "$0" "$@"
+	fi
+	echo "scripts/bench.sh: needs root (TUN devices, network namespaces, apt-get); run it as root or install sudo" >&2
+	exit 1
+fi
+
+missing=()
+for p in iperf3:iperf3 proxychains4:proxychains4 ip:iproute2; do
+	command -v "${p%%:*}" >/dev/null 2>&1 || missing+=("${p#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+	echo "installing ${missing[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+bin=$(mktemp -d /tmp/tunsocks-bench.XXXXXX)
+trap 'rm -rf "$bin"' EXIT
+echo "building tunsocks and benchtool ($(git describe --always --dirty 2>/dev/null || echo unknown))" >&2
+go build -o "$bin/tunsocks" ./cmd/tunsocks
+go build -o "$bin/benchtool" ./scripts/benchtool
+# Not exec: the trap removes the binaries afterwards. benchtool handles
+# SIGINT itself and removes its lab before exiting.
+"$bin/benchtool" -tunsocks "$bin/tunsocks" "$@"

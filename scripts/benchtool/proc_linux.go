@@ -1,0 +1,158 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// proc is a long-running process started inside a lab namespace with
+// `ip netns exec`, its output kept (the last 64 KiB) for diagnosis.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *tail
+	done chan struct{}
+}
+
+// startIn starts name with args inside namespace ns. The process gets
+// SIGKILL if benchtool dies, so nothing outlives a crashed run.
+func startIn(ns, name string, args ...string) (*proc, error) {
+	p := &proc{name: name, out: &tail{max: 64 << 10}, done: make(chan struct{})}
+	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s in %s: %w", name, ns, err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM and waits up to 5 s, then kills.
+func (p *proc) stop() {
+	if p.exited() {
+		return
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// pid is the process' own pid. `ip netns exec` execs the command in place,
+// so it is the pid started; should an iproute2 fork instead, its only child
+// is taken.
+func (p *proc) pid() (int, error) {
+	pid := p.cmd.Process.Pid
+	for range 50 {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", p.name, err)
+		}
+		if strings.TrimSpace(string(comm)) != "ip" {
+			return pid, nil
+		}
+		children, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+		if f := strings.Fields(string(children)); len(f) == 1 {
+			if c, err := strconv.Atoi(f[0]); err == nil {
+				return c, nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return 0, fmt.Errorf("%s: could not find the process behind 'ip netns exec' (pid %d)", p.name, pid)
+}
+
+// rss reads VmRSS of a process, in bytes.
+func rss(pid int) (float64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		v, ok := strings.CutPrefix(s.Text(), "VmRSS:")
+		if !ok {
+			continue
+		}
+		fields := strings.Fields(v)
+		if len(fields) != 2 || fields[1] != "kB" {
+			return 0, fmt.Errorf("pid %d: unexpected VmRSS line %q", pid, s.Text())
+		}
+		kb, err := strconv.ParseFloat(fields[0], 64)
+		if err != nil {
+			return 0, fmt.Errorf("pid %d: VmRSS: %w", pid, err)
+		}
+		return kb * 1024, nil
+	}
+	if err := s.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("pid %d: no VmRSS in /proc status", pid)
+}
+
+// runIn runs a command to completion inside namespace ns, bounded by
+// timeout, and returns its standard output (stderr is appended to errors).
+func runIn(ctx context.Context, timeout time.Duration, ns, name string, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.WaitDelay = 2 * time.Second
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		err = errors.Join(fmt.Errorf("%s did not finish within %v", name, timeout), ctx.Err())
+	}
+	if err != nil {
+		return stdout.Bytes(), fmt.Errorf("%s: %w: %s", name, err, truncate(strings.TrimSpace(stderr.String()+" "+stdout.String()), 400))
+	}
+	return stdout.Bytes(), nil
+}
+
+// tail keeps the last max bytes written to it.
+type tail struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (t *tail) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if over := len(t.b) - t.max; over > 0 {
+		t.b = append(t.b[:0], t.b[over:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tail) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.b)
+}

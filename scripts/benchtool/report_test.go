@@ -1,0 +1,83 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseIperf(t *testing.T) {
+	got, err := parseIperf([]byte(`chatter {"end":{"sum_sent":{"bits_per_second":2e9},"sum_received":{"bits_per_second":1.5e9}}}`))
+	if err != nil || got != 1.5e9 {
+		t.Fatalf("parseIperf = %v, %v; want the receiver's 1.5e9", got, err)
+	}
+	for _, bad := range []string{
+		``,
+		`iperf3: error - unable to connect`,
+		`{"error":"unable to connect to server: Connection refused"}`,
+		`{"end":{}}`,
+		`{"end":`,
+	} {
+		if v, err := parseIperf([]byte(bad)); err == nil {
+			t.Errorf("parseIperf(%q) = %v, want an error", bad, v)
+		}
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	d := make([]time.Duration, 0, 100)
+	for i := 100; i >= 1; i-- {
+		d = append(d, time.Duration(i))
+	}
+	for q, want := range map[float64]time.Duration{0.5: 50, 0.99: 99, 1: 100, 0.001: 1} {
+		if got, err := percentile(d, q); err != nil || got != want {
+			t.Errorf("percentile(1..100, %v) = %v, %v; want %v", q, got, err, want)
+		}
+	}
+	if _, err := percentile(nil, 0.5); err == nil {
+		t.Error("percentile of no samples: want an error")
+	}
+	if _, err := percentile(d, 0); err == nil {
+		t.Error("quantile 0: want an error")
+	}
+}
+
+func TestTableVerdicts(t *testing.T) {
+	tab := &table{}
+	met := tab.declare("met", throughput, 0.3)
+	met.set(socksPath, 10e9, nil)
+	met.set(tunPath, 4e9, nil)
+	notMet := tab.declare("not met", rate, 0.7)
+	notMet.set(socksPath, 1000, nil)
+	notMet.set(tunPath, 500, nil)
+	missing := tab.declare("missing", throughput, 0.3)
+	missing.set(socksPath, 1e9, nil)
+	missing.set(tunPath, 0, errors.New("boom"))
+	mem := tab.declare("rss", memory, 0)
+	mem.set(tunPath, 20<<20, nil)
+	if tab.declare("met", throughput, 0) != met {
+		t.Fatal("declaring a row twice made a second row")
+	}
+
+	var out bytes.Buffer
+	tab.write(&out)
+	s := out.String()
+	for _, want := range []string{
+		"| met | Gbit/s | – | 10.00 | 4.00 |",
+		"| met | 0.400x | >= 0.3x | MET |",
+		"| not met | 0.500x | >= 0.7x | NOT MET |",
+		"| missing | n/a | >= 0.3x | NOT MEASURED |",
+		"| missing | Gbit/s | – | 1.00 | error[1] |",
+		"[1] missing, tunsocks: boom",
+		"| rss | MiB | – | – | 20.0 |",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("table lacks %q:\n%s", want, s)
+		}
+	}
+	if strings.Contains(s, "| rss | n/a") {
+		t.Errorf("memory rows must not get a ratio:\n%s", s)
+	}
+}
