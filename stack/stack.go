@@ -36,6 +36,16 @@ type Device interface {
 	Close() error
 }
 
+// GSODevice is implemented by a Device that also accepts TCP segments
+// longer than the MTU, each preceded by a Linux virtio_net_hdr (tun.Device
+// on Linux when opened with IFF_VNET_HDR). GSOMaxSize is the largest IP
+// packet it takes, 0 if it cannot take any; WriteGSO writes one packet, b
+// being the 10-byte header followed by the IP packet.
+type GSODevice interface {
+	GSOMaxSize() int
+	WriteGSO(b []byte) error
+}
+
 // Handler receives the flows the stack terminates. Both methods run on a
 // goroutine of their own; the context is cancelled when the stack closes.
 type Handler interface {
@@ -76,6 +86,10 @@ type TCPOptions struct {
 	KeepAliveIdle     time.Duration
 	KeepAliveInterval time.Duration
 	KeepAliveCount    int
+	// DisableGSO keeps TCP segments toward the app at the MTU even when
+	// the device takes segmentation-offloaded packets (see GSODevice).
+	// For comparisons and for kernels that misbehave; default off.
+	DisableGSO bool
 	// MaxInFlight bounds handshakes waiting for the Handler's decision;
 	// SYNs beyond it are ignored (the app retransmits). Default 1024.
 	MaxInFlight int
@@ -212,7 +226,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		tcpConns: make(map[*tcpConn]struct{}),
 		udpFlows: make(map[flowKey]*UDPFlow),
 	}
-	s.link = newLinkEndpoint(cfg.Device, uint32(cfg.MTU), readBufSize, cfg.TxQueue, log)
+	s.link = newLinkEndpoint(cfg.Device, uint32(cfg.MTU), readBufSize, cfg.TxQueue, !cfg.TCP.DisableGSO, log)
 
 	fail := func(what string, terr tcpip.Error) (*Stack, error) {
 		cancel()

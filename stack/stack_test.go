@@ -53,6 +53,7 @@ type env struct {
 	s    *stack.Stack
 	app  *stacktest.App
 	peer *tuntest.Peer
+	dev  *tuntest.Device
 	ctx  context.Context
 }
 
@@ -82,7 +83,7 @@ func setup(t testing.TB, h stack.Handler, tweak func(*stack.Config)) *env {
 		}
 		app.Close()
 	})
-	return &env{s: s, app: app, peer: peer, ctx: ctx}
+	return &env{s: s, app: app, peer: peer, dev: dev, ctx: ctx}
 }
 
 // memEcho stands in for an upstream server reached over an in-memory

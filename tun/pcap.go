@@ -136,3 +136,38 @@ func (c *captureDevice) Write(bufs [][]byte, offset int) (int, error) {
 	}
 	return c.BatchDevice.Write(bufs, offset)
 }
+
+// GSODevice is implemented by devices that accept segmentation-offloaded
+// packets (*Device on Linux with IFF_VNET_HDR).
+type GSODevice interface {
+	GSOMaxSize() int
+	WriteGSO(b []byte) error
+}
+
+// GSOMaxSize passes through the wrapped device's GSOMaxSize (0 if it has
+// none).
+func (c *captureDevice) GSOMaxSize() int {
+	if g, ok := c.BatchDevice.(GSODevice); ok {
+		return g.GSOMaxSize()
+	}
+	return 0
+}
+
+// WriteGSO records the packet behind the virtio header, as a capture on a
+// NIC with TSO would show it (one large segment, checksum left to the
+// kernel), then writes it.
+func (c *captureDevice) WriteGSO(b []byte) error {
+	g, ok := c.BatchDevice.(GSODevice)
+	if !ok {
+		return errors.New("tun: WriteGSO on a device without segmentation offload")
+	}
+	if len(b) > VnetHdrLen {
+		_ = c.p.WritePacket(time.Now(), b[VnetHdrLen:])
+	}
+	return g.WriteGSO(b)
+}
+
+var (
+	_ GSODevice = (*Device)(nil)
+	_ GSODevice = (*captureDevice)(nil)
+)

@@ -10,6 +10,7 @@ package tun
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"sync"
@@ -91,6 +92,47 @@ type Device struct {
 	closeOnce sync.Once
 	closeErr  error
 	closeHook func() error // OS specific cleanup after the descriptor is closed
+
+	// vnet is the descriptor when it was opened with IFF_VNET_HDR, so
+	// WriteGSO can hand the kernel segmentation-offloaded packets; nil
+	// otherwise.
+	vnet io.Writer
+}
+
+// VnetHdrLen is the size of the virtio_net_hdr (Linux ABI, native byte
+// order) that precedes every packet given to WriteGSO.
+const VnetHdrLen = 10
+
+// GSOMaxSize is the largest IP packet WriteGSO takes: the IPv4 total length
+// is 16 bits, and the margin leaves room for TCP options.
+const GSOMaxSize = 65000
+
+// GSOMaxSize reports the largest packet WriteGSO accepts, or 0 when the
+// device cannot take segmentation-offloaded packets (opened without
+// IFF_VNET_HDR, or not on Linux).
+func (d *Device) GSOMaxSize() int {
+	if d.vnet == nil {
+		return 0
+	}
+	return GSOMaxSize
+}
+
+// WriteGSO writes one packet preceded by its virtio_net_hdr: b[:VnetHdrLen]
+// is the header, b[VnetHdrLen:] the IP packet, which may be a TCP segment up
+// to GSOMaxSize bytes with gso_type TCPV4/TCPV6 and a partial checksum. The
+// kernel then treats it like a packet from a NIC with segmentation and
+// checksum offload: delivered locally as one large segment, never checksummed
+// in software. It bypasses Write's GRO; callers keep per-flow order by
+// writing in sequence.
+func (d *Device) WriteGSO(b []byte) error {
+	if d.vnet == nil {
+		return errors.New("tun: WriteGSO on a device without IFF_VNET_HDR")
+	}
+	if len(b) <= VnetHdrLen || len(b)-VnetHdrLen > GSOMaxSize {
+		return fmt.Errorf("tun: WriteGSO of %d bytes (header %d, packet at most %d)", len(b), VnetHdrLen, GSOMaxSize)
+	}
+	_, err := d.vnet.Write(b)
+	return err
 }
 
 // Read reads up to len(bufs) packets into bufs[i][offset:]; see BatchDevice.

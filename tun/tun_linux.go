@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -75,6 +76,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("tun: device name: %w", err)
 	}
 	d := &Device{dev: dev, name: name, created: !existed, log: log}
+	d.vnet = vnetWriter(dev)
 	if err := d.configure(ctx, nl, cfg.Addrs, mtu); err != nil {
 		d.Close()
 		return nil, err
@@ -195,6 +197,7 @@ func adopt(ctx context.Context, cfg Config, log *slog.Logger) (*Device, error) {
 		return nil, fmt.Errorf("tun: adopt descriptor %d: %w", cfg.FD, err)
 	}
 	d := &Device{dev: dev, name: name, adopted: true, log: log}
+	d.vnet = vnetWriter(dev)
 	if iface, err := net.InterfaceByName(name); err == nil {
 		d.index = iface.Index
 	}
@@ -204,4 +207,49 @@ func adopt(ctx context.Context, cfg Config, log *slog.Logger) (*Device, error) {
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// vnetWriter returns the device's descriptor as a writer for WriteGSO when
+// it was opened with IFF_VNET_HDR (wireguard-go's CreateTUN, or an adopted
+// descriptor opened that way), nil otherwise.
+func vnetWriter(dev wgtun.Device) io.Writer {
+	fd, ok := dev.(interface{ File() *os.File })
+	if !ok {
+		return nil
+	}
+	f := fd.File()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	var flags uint16
+	var ioErr error
+	if err := rc.Control(func(fd uintptr) {
+		ifr, err := unix.NewIfreq("")
+		if err != nil {
+			ioErr = err
+			return
+		}
+		if ioErr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr); ioErr == nil {
+			flags = ifr.Uint16()
+		}
+	}); err != nil || ioErr != nil {
+		return nil
+	}
+	if flags&unix.IFF_VNET_HDR == 0 {
+		return nil
+	}
+	return vnetFile{f}
+}
+
+// vnetFile reports a descriptor whose interface is gone (EBADFD) as closed,
+// as wireguard-go's Write does.
+type vnetFile struct{ f *os.File }
+
+func (v vnetFile) Write(b []byte) (int, error) {
+	n, err := v.f.Write(b)
+	if errors.Is(err, unix.EBADFD) {
+		return n, os.ErrClosed
+	}
+	return n, err
 }

@@ -35,6 +35,9 @@ type Device struct {
 
 	readPkts, writePkts atomic.Uint64
 	readDrops           atomic.Uint64
+
+	gsoMax                int // SetGSO; 0: WriteGSO refused
+	gsoPkts, gsoSegmented atomic.Uint64
 }
 
 // Peer is the kernel side of the pipe.
