@@ -29,6 +29,8 @@ type config struct {
 	rateTime  time.Duration // connection-rate duration
 	rtts      int           // round trips for the latency percentiles
 	idle      int           // idle connections held open for the RSS row
+	skipIperf bool          // no iperf3 rows
+	runArgs   string        // extra arguments for tunsocks run
 }
 
 // Targets from the issue: tunsocks against our SOCKS server used directly.
@@ -66,6 +68,9 @@ func (b *bench) run(ctx context.Context) error {
 	// Declare rows up front so the table keeps a stable order.
 	for i, mtu := range b.cfg.mtus {
 		for _, streams := range []int{1, 4} {
+			if b.cfg.skipIperf {
+				break
+			}
 			for _, reverse := range []bool{false, true} {
 				target := 0.0
 				if mtu == 1500 && streams == 1 {
@@ -187,8 +192,10 @@ func (b *bench) runLab(ctx context.Context, mtu int, full bool) (err error) {
 	if err := routeDel(l.App, lab.Remote4.Masked(), lab.ProxyDown4.Addr()); err != nil {
 		return err
 	}
-	ts, err := start(l.App, b.cfg.tunsocks, "run", "--proxy", "socks5://"+socksAddr.String(),
-		"--tun", "tsk0", "--mtu", strconv.Itoa(mtu), "--summary-interval", "0")
+	args := []string{"run", "--proxy", "socks5://" + socksAddr.String(),
+		"--tun", "tsk0", "--mtu", strconv.Itoa(mtu), "--summary-interval", "0"}
+	args = append(args, strings.Fields(b.cfg.runArgs)...)
+	ts, err := start(l.App, b.cfg.tunsocks, args...)
 	if err != nil {
 		return err
 	}
@@ -244,6 +251,9 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 		return fmt.Errorf("%v path does not work: %w", p, err)
 	}
 	for _, streams := range []int{1, 4} {
+		if b.cfg.skipIperf {
+			break
+		}
 		for _, reverse := range []bool{false, true} {
 			r := b.tab.declare(iperfRow(mtu, streams, reverse), throughput, 0)
 			v, err := b.iperf(ctx, l, p, streams, reverse)

@@ -42,6 +42,8 @@ func run(ctx context.Context, args []string) int {
 	fs.DurationVar(&cfg.rateTime, "rate-time", 3*time.Second, "duration of the connection-rate run (100ms..60s)")
 	fs.IntVar(&cfg.rtts, "rtts", 2000, "1-byte round trips for the latency percentiles (100..100000)")
 	fs.IntVar(&cfg.idle, "idle-conns", 1000, "idle connections held through tunsocks for the memory row (1..20000)")
+	fs.BoolVar(&cfg.skipIperf, "skip-iperf", false, "skip the iperf3 rows (for working on the connection and latency rows)")
+	fs.StringVar(&cfg.runArgs, "run-args", "", "extra arguments for `tunsocks run`, space separated (e.g. \"--cpuprofile /tmp/run.prof\")")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
