@@ -25,12 +25,13 @@ type config struct {
 	tunsocks  string        // the tunsocks binary
 	mtus      []int         // one lab per MTU; the first also gets the connection rows
 	iperfTime time.Duration // each iperf3 run
-	workers   int           // connection-rate workers
+	workers   []int         // connection-rate worker counts, one row each
 	rateTime  time.Duration // connection-rate duration
 	rtts      int           // round trips for the latency percentiles
 	idle      int           // idle connections held open for the RSS row
 	skipIperf bool          // no iperf3 rows
 	runArgs   string        // extra arguments for tunsocks run
+	runEnv    string        // extra environment for tunsocks run
 }
 
 // Targets from the issue: tunsocks against our SOCKS server used directly.
@@ -44,6 +45,7 @@ type bench struct {
 	log             io.Writer // progress, one line per measurement
 	tab             *table
 	proxychainsConf string
+	tunPid          int // tunsocks run, once started
 }
 
 // run measures every row in one lab per MTU. Each lab is removed before the
@@ -80,7 +82,11 @@ func (b *bench) run(ctx context.Context) error {
 			}
 		}
 		if i == 0 {
-			b.tab.declare(connRateRow(b.cfg), rate, targetConnRate)
+			for _, w := range b.cfg.workers {
+				b.tab.declare(connRateRow(b.cfg, w), rate, 0)
+			}
+			b.tab.declare(connRateBestRow(b.cfg), rate, targetConnRate)
+			b.tab.declare(cpuRow(b.cfg), latency, 0)
 			b.tab.declare(rttRow(b.cfg, 50), latency, 0)
 			b.tab.declare(rttRow(b.cfg, 99), latency, 0)
 			b.tab.declare(rssIdleRow(mtu), memory, 0)
@@ -108,8 +114,23 @@ func iperfRow(mtu, streams int, reverse bool) string {
 	return fmt.Sprintf("iperf3 TCP %s, %d %s, MTU %d", dir, streams, s, mtu)
 }
 
-func connRateRow(c config) string {
-	return fmt.Sprintf("connections/s (connect, 1-byte echo, close; %d workers, %v)", c.workers, c.rateTime)
+func cpuRow(c config) string {
+	return fmt.Sprintf("tunsocks CPU time per connection (%d workers)", c.workers[len(c.workers)-1])
+}
+
+func connRateRow(c config, workers int) string {
+	return fmt.Sprintf("connections/s (connect, 1-byte echo, close; %d workers, %v)", workers, c.rateTime)
+}
+
+// connRateBestRow is each path's highest rate over the worker counts: the
+// rate a path sustains once enough connections are in flight to hide its
+// latency (which the request/response rows report on their own).
+func connRateBestRow(c config) string {
+	ws := make([]string, len(c.workers))
+	for i, w := range c.workers {
+		ws[i] = strconv.Itoa(w)
+	}
+	return fmt.Sprintf("connections/s, best of %s workers", strings.Join(ws, "/"))
 }
 
 func rttRow(c config, pct int) string {
@@ -148,7 +169,11 @@ func (b *bench) runLab(ctx context.Context, mtu int, full bool) (err error) {
 		}
 	}()
 	start := func(ns, name string, args ...string) (*proc, error) {
-		p, err := startIn(ns, name, args...)
+		var env []string
+		if name == b.cfg.tunsocks && len(args) > 0 && args[0] == "run" {
+			env = strings.Fields(b.cfg.runEnv)
+		}
+		p, err := startInEnv(ns, env, name, args...)
 		if err != nil {
 			return nil, err
 		}
@@ -206,6 +231,7 @@ func (b *bench) runLab(ctx context.Context, mtu int, full bool) (err error) {
 	if err != nil {
 		return err
 	}
+	b.tunPid = pid
 	if err := b.probe(ctx, l, tunPath); err != nil {
 		return fmt.Errorf("tunsocks path does not work: %w\ntunsocks output:\n%s", err, ts.out.String())
 	}
@@ -270,11 +296,42 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 	if err != nil {
 		return err
 	}
-	v, err := connRate(ctx, l, dial, b.cfg.workers, b.cfg.rateTime)
-	if ctx.Err() != nil {
-		return ctx.Err()
+	best, bestErr := 0.0, error(nil)
+	for i, w := range b.cfg.workers {
+		var cpu0 time.Duration
+		if p == tunPath {
+			cpu0, _ = cpuTime(b.tunPid)
+		}
+		v, err := connRate(ctx, l, dial, w, b.cfg.rateTime)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		b.record(b.tab.declare(connRateRow(b.cfg, w), rate, 0), p, v, err)
+		if p == tunPath && i == len(b.cfg.workers)-1 {
+			// CPU per connection, from the process's own accounting
+			// (softirq work the kernel does on its behalf included).
+			cpu1, cerr := cpuTime(b.tunPid)
+			r := b.tab.declare(cpuRow(b.cfg), latency, 0)
+			switch {
+			case err != nil:
+				b.record(r, p, 0, err)
+			case cerr != nil:
+				b.record(r, p, 0, cerr)
+			default:
+				n := v * b.cfg.rateTime.Seconds()
+				b.record(r, p, (cpu1-cpu0).Seconds()/n, nil)
+			}
+		}
+		if err != nil {
+			bestErr = err
+		} else if v > best {
+			best = v
+		}
 	}
-	b.record(b.tab.declare(connRateRow(b.cfg), rate, 0), p, v, err)
+	if best > 0 {
+		bestErr = nil
+	}
+	b.record(b.tab.declare(connRateBestRow(b.cfg), rate, 0), p, best, bestErr)
 	p50, p99, err := rtt(ctx, l, dial, b.cfg.rtts)
 	if ctx.Err() != nil {
 		return ctx.Err()

@@ -38,16 +38,18 @@ func run(ctx context.Context, args []string) int {
 	fs.StringVar(&cfg.tunsocks, "tunsocks", "", "path of the tunsocks binary (required)")
 	fs.StringVar(&mtus, "mtus", "1500,9000", "comma-separated link MTUs, one lab each; the first also gets the connection, latency and memory rows")
 	fs.DurationVar(&cfg.iperfTime, "t", 5*time.Second, "duration of each iperf3 run (whole seconds, 1s..60s)")
-	fs.IntVar(&cfg.workers, "workers", 8, "parallel workers for the connection rate (1..256)")
+	var workers string
+	fs.StringVar(&workers, "workers", "8,64", "comma-separated parallel worker counts for the connection rate, one row each plus the best (1..256)")
 	fs.DurationVar(&cfg.rateTime, "rate-time", 3*time.Second, "duration of the connection-rate run (100ms..60s)")
 	fs.IntVar(&cfg.rtts, "rtts", 2000, "1-byte round trips for the latency percentiles (100..100000)")
 	fs.IntVar(&cfg.idle, "idle-conns", 1000, "idle connections held through tunsocks for the memory row (1..20000)")
 	fs.BoolVar(&cfg.skipIperf, "skip-iperf", false, "skip the iperf3 rows (for working on the connection and latency rows)")
 	fs.StringVar(&cfg.runArgs, "run-args", "", "extra arguments for `tunsocks run`, space separated (e.g. \"--cpuprofile /tmp/run.prof\")")
+	fs.StringVar(&cfg.runEnv, "run-env", "", "extra environment for `tunsocks run`, space separated K=V (e.g. \"GOGC=200\")")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if err := cfg.parse(mtus); err != nil {
+	if err := cfg.parse(mtus, workers); err != nil {
 		fmt.Fprintln(os.Stderr, "benchtool:", err)
 		return 2
 	}
@@ -77,7 +79,7 @@ func run(ctx context.Context, args []string) int {
 	return 0
 }
 
-func (c *config) parse(mtus string) error {
+func (c *config) parse(mtus, workers string) error {
 	if c.tunsocks == "" {
 		return fmt.Errorf("-tunsocks: the path of the tunsocks binary is required")
 	}
@@ -94,11 +96,19 @@ func (c *config) parse(mtus string) error {
 	if len(c.mtus) > 4 {
 		return fmt.Errorf("-mtus %q: at most 4 labs", mtus)
 	}
+	for _, s := range strings.Split(workers, ",") {
+		w, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || w < 1 || w > 256 {
+			return fmt.Errorf("-workers %q: want worker counts from 1 to 256, like 8,64", workers)
+		}
+		c.workers = append(c.workers, w)
+	}
+	if len(c.workers) > 4 {
+		return fmt.Errorf("-workers %q: at most 4 counts", workers)
+	}
 	switch {
 	case c.iperfTime < time.Second || c.iperfTime > time.Minute || c.iperfTime%time.Second != 0:
 		return fmt.Errorf("-t %v: want whole seconds from 1s to 60s", c.iperfTime)
-	case c.workers < 1 || c.workers > 256:
-		return fmt.Errorf("-workers %d: want 1 to 256", c.workers)
 	case c.rateTime < 100*time.Millisecond || c.rateTime > time.Minute:
 		return fmt.Errorf("-rate-time %v: want 100ms to 60s", c.rateTime)
 	case c.rtts < 100 || c.rtts > 100000:

@@ -27,8 +27,16 @@ type proc struct {
 // startIn starts name with args inside namespace ns. The process gets
 // SIGKILL if benchtool dies, so nothing outlives a crashed run.
 func startIn(ns, name string, args ...string) (*proc, error) {
+	return startInEnv(ns, nil, name, args...)
+}
+
+// startInEnv is startIn with extra environment variables ("K=V").
+func startInEnv(ns string, env []string, name string, args ...string) (*proc, error) {
 	p := &proc{name: name, out: &tail{max: 64 << 10}, done: make(chan struct{})}
 	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
@@ -155,4 +163,29 @@ func (t *tail) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.b)
+}
+
+// cpuTime is the user plus system CPU time pid has used so far.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; fields after its ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("pid %d: unexpected /proc stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("pid %d: short /proc stat", pid)
+	}
+	// utime and stime are fields 14 and 15 of stat, in clock ticks
+	// (USER_HZ, 100 on Linux).
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("pid %d: bad utime/stime in /proc stat", pid)
+	}
+	return time.Duration(ut+st) * (time.Second / 100), nil
 }
