@@ -41,6 +41,7 @@ func run(ctx context.Context, args []string) int {
 	var workers string
 	fs.StringVar(&workers, "workers", "8,64", "comma-separated parallel worker counts for the connection rate, one row each plus the best (1..256)")
 	fs.DurationVar(&cfg.rateTime, "rate-time", 3*time.Second, "duration of the connection-rate run (100ms..60s)")
+	fs.IntVar(&cfg.rateReps, "rate-reps", 3, "connection-rate runs per cell; the median is reported (1..9)")
 	fs.IntVar(&cfg.rtts, "rtts", 2000, "1-byte round trips for the latency percentiles (100..100000)")
 	fs.IntVar(&cfg.idle, "idle-conns", 1000, "idle connections held through tunsocks for the memory row (1..20000)")
 	fs.BoolVar(&cfg.skipIperf, "skip-iperf", false, "skip the iperf3 rows (for working on the connection and latency rows)")
@@ -111,6 +112,8 @@ func (c *config) parse(mtus, workers string) error {
 		return fmt.Errorf("-t %v: want whole seconds from 1s to 60s", c.iperfTime)
 	case c.rateTime < 100*time.Millisecond || c.rateTime > time.Minute:
 		return fmt.Errorf("-rate-time %v: want 100ms to 60s", c.rateTime)
+	case c.rateReps < 1 || c.rateReps > 9:
+		return fmt.Errorf("-rate-reps %d: want 1 to 9", c.rateReps)
 	case c.rtts < 100 || c.rtts > 100000:
 		return fmt.Errorf("-rtts %d: want 100 to 100000", c.rtts)
 	case c.idle < 1 || c.idle > 20000:
