@@ -11,8 +11,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
-
-	"github.com/tunsocks/tunsocks/internal/goroutine"
 )
 
 // Conn is an accepted TCP connection from the app. Read returns io.EOF after
@@ -113,7 +111,6 @@ func (r *TCPRequest) Drop() {
 // goroutine per SYN; the Handler runs right here so that goroutine is the
 // handler's own and is tracked for Close.
 func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
-	goroutine.GrowStack()
 	id := fr.ID()
 	r := &TCPRequest{
 		s:   s,

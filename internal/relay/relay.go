@@ -16,8 +16,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/tunsocks/tunsocks/internal/goroutine"
 )
 
 // bufSize is the copy buffer of one direction: big enough for a TSO-sized
@@ -73,12 +71,10 @@ func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down in
 	}
 	upc, downc := make(chan result, 1), make(chan result, 1)
 	go func() {
-		goroutine.GrowStack()
 		n, err := copyHalf(b, a, opts.Up, touch, &last, opts.Idle)
 		upc <- result{n, err}
 	}()
 	go func() {
-		goroutine.GrowStack()
 		n, err := copyHalf(a, b, opts.Down, touch, &last, opts.Idle)
 		downc <- result{n, err}
 	}()
