@@ -24,13 +24,9 @@ type proc struct {
 	done chan struct{}
 }
 
-// startIn starts name with args inside namespace ns. The process gets
+// startInEnv starts name with args inside namespace ns, with extra
+// environment variables ("K=V") when env is not empty. The process gets
 // SIGKILL if benchtool dies, so nothing outlives a crashed run.
-func startIn(ns, name string, args ...string) (*proc, error) {
-	return startInEnv(ns, nil, name, args...)
-}
-
-// startInEnv is startIn with extra environment variables ("K=V").
 func startInEnv(ns string, env []string, name string, args ...string) (*proc, error) {
 	p := &proc{name: name, out: &tail{max: 64 << 10}, done: make(chan struct{})}
 	p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
