@@ -279,3 +279,27 @@ func TestPcap(t *testing.T) {
 		t.Fatalf("tshark did not find the TCP and UDP flows to %s:7 in the pcap:\n%s", remote4, s)
 	}
 }
+
+// TestTunDeletedUnderRun: someone deletes tunsocks' TUN interface; tunsocks
+// says so and exits 1 instead of running on with no device.
+func TestTunDeletedUnderRun(t *testing.T) {
+	e := newEnv(t, ourServer)
+	e.echoTCP(t, netip.AddrPortFrom(remote4, echoPort))
+	if out, err := exec.Command("ip", "-n", e.lab.App, "link", "del", "tsk0").CombinedOutput(); err != nil {
+		t.Fatalf("ip link del: %v\n%s", err, out)
+	}
+	e.mu.Lock()
+	p := e.tunsocks
+	e.mu.Unlock()
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("tunsocks still running 15 s after its TUN was deleted:\n%s", p.out.String())
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 1 {
+		t.Errorf("exit code %d, want 1", code)
+	}
+	if out := p.out.String(); !strings.Contains(out, "TUN device tsk0 stopped working") {
+		t.Errorf("no clear message about the lost device in:\n%s", out)
+	}
+}

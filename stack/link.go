@@ -75,6 +75,9 @@ type linkEndpoint struct {
 	closed bool
 
 	done      chan struct{} // closed by Close: stop both loops
+	closing   atomic.Bool   // the stack is closing the device: a closed read is expected
+	failed    chan struct{} // closed when the read loop stops on its own
+	failErr   error         // why; set before failed is closed
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 
@@ -100,6 +103,7 @@ func newLinkEndpoint(dev Device, mtu uint32, readBufSize int, queueLen int, useG
 		qlimit: queueLen,
 		qready: make(chan struct{}, 1),
 		done:   make(chan struct{}),
+		failed: make(chan struct{}),
 	}
 	if g, ok := dev.(GSODevice); ok && useGSO {
 		if m := g.GSOMaxSize(); m > int(mtu) {
@@ -141,13 +145,19 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 			consecutiveErrs = 0
 			continue
 		}
-		if isClosedErr(err) {
+		if e.closing.Load() {
 			return
 		}
 		select {
 		case <-e.done:
 			return
 		default:
+		}
+		if isClosedErr(err) {
+			// Nobody asked: the interface was deleted, or the
+			// descriptor closed, under us.
+			e.fail(fmt.Errorf("the device was closed or removed: %w", err))
+			return
 		}
 		// Per-packet trouble (a malformed offload header, more segments
 		// than buffers) is not fatal: the packet is lost and counted. A
@@ -159,7 +169,7 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 			e.log.Debug("tun read", "err", err, "consecutive", consecutiveErrs)
 		}
 		if consecutiveErrs >= maxConsecutiveReadErrors {
-			e.log.Error("tun read keeps failing, stopping the packet loop", "err", err)
+			e.fail(fmt.Errorf("%d reads in a row failed, the last with: %w", consecutiveErrs, err))
 			return
 		}
 		select {
@@ -171,6 +181,13 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 }
 
 const maxConsecutiveReadErrors = 1000
+
+// fail records why the read loop stopped on its own and signals it.
+func (e *linkEndpoint) fail(err error) {
+	e.failErr = err
+	e.log.Error("tun: packet loop stopped", "err", err)
+	close(e.failed)
+}
 
 func (e *linkEndpoint) deliver(pkt []byte) {
 	if len(pkt) == 0 {

@@ -375,6 +375,22 @@ func (s *Stack) Stats() Stats {
 	}
 }
 
+// Failed is closed when the stack stops moving packets on its own: the
+// device was closed or its interface deleted under the stack, or reads
+// keep failing. Flows cannot work any more; the caller should report Err
+// and Close the stack. It is never closed by Close.
+func (s *Stack) Failed() <-chan struct{} { return s.link.failed }
+
+// Err says why Failed was closed; nil before that.
+func (s *Stack) Err() error {
+	select {
+	case <-s.link.failed:
+		return fmt.Errorf("stack: %w", s.link.failErr)
+	default:
+		return nil
+	}
+}
+
 // Close stops the stack: no new flows, every open flow closed, handler
 // contexts cancelled, the device closed, packet loops and gVisor's workers
 // stopped. It waits up to Config.CloseTimeout for handler goroutines to
@@ -405,6 +421,7 @@ func (s *Stack) close() error {
 		f.closeWith(errStackClosed)
 	}
 
+	s.link.closing.Store(true)
 	devErr := s.dev.Close()
 	if devErr != nil {
 		devErr = fmt.Errorf("stack: close device: %w", devErr)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -572,5 +573,46 @@ func TestTCPDropSendsNothing(t *testing.T) {
 	}
 	if st := e.s.Stats(); st.TCPRejected == 0 || st.TCPOpen != 0 {
 		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestDeviceGoneIsReported: when the device is closed under the stack (its
+// interface deleted), Failed fires with the reason; a Close by the owner
+// never does.
+func TestDeviceGoneIsReported(t *testing.T) {
+	e := setup(t, echoHandler(t, nil), nil)
+	select {
+	case <-e.s.Failed():
+		t.Fatal("Failed before anything went wrong")
+	default:
+	}
+	if err := e.s.Err(); err != nil {
+		t.Fatalf("Err before failure: %v", err)
+	}
+	e.dev.Close()
+	select {
+	case <-e.s.Failed():
+	case <-time.After(10 * time.Second):
+		t.Fatal("closing the device under the stack was not reported")
+	}
+	if err := e.s.Err(); err == nil || !strings.Contains(err.Error(), "closed or removed") {
+		t.Fatalf("Err = %v, want the device closed or removed", err)
+	}
+}
+
+func TestCloseIsNotAFailure(t *testing.T) {
+	dev, _ := tuntest.NewPipe(1500)
+	s, err := stack.New(context.Background(), stack.Config{Device: dev, Handler: handlerFuncs{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Close waits for the packet loops, so a wrong report would be there.
+	select {
+	case <-s.Failed():
+		t.Fatalf("Close was reported as a failure: %v", s.Err())
+	default:
 	}
 }

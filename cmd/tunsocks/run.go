@@ -276,17 +276,24 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			"rejected", s.Rejected.Load(), "failed", s.Failed.Load(),
 			"up", s.Up.Load(), "down", s.Down.Load(), "uptime", time.Since(start).Round(time.Second))
 	}
+	var failed error
 	for done := false; !done; {
 		select {
 		case <-tick:
 			summary("summary")
 		case <-ctx.Done():
 			done = true
+		case <-st.Failed():
+			// The TUN went away under us (deleted, or its descriptor
+			// closed): nothing can flow any more, so say so and exit
+			// non-zero instead of sitting there.
+			failed = fmt.Errorf("TUN device %s stopped working: %w", dev.Name(), st.Err())
+			done = true
 		}
 	}
 	err = st.Close()
 	summary("final summary")
-	return err
+	return errors.Join(failed, err)
 }
 
 // startCPUProfile profiles until the returned stop is called.
