@@ -190,8 +190,14 @@ type routeResult struct {
 func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) routeResult {
 	r := s.r
 	if r.cfg.DNS != nil && r.cfg.DNS.Intercept(dst) {
+		// An error comes with a response to send all the same when the
+		// query deserves one (SERVFAIL when every nameserver failed), so
+		// the app fails fast instead of timing out.
 		resp, err := r.cfg.DNS.Handle(ctx, p)
-		if err == nil && resp != nil {
+		if err != nil {
+			r.log.Debug("dns", "src", s.f.Src(), "err", err)
+		}
+		if resp != nil {
 			if _, err := s.f.WriteTo(resp, dst); err == nil {
 				s.dnsDown += int64(len(resp))
 			}

@@ -115,7 +115,9 @@ type Config struct {
 type DNSHandler interface {
 	// Intercept reports whether a UDP datagram to dst is a query to answer locally.
 	Intercept(dst netip.AddrPort) bool
-	// Handle answers one query; a nil response means drop.
+	// Handle answers one query; a nil response means drop. A response
+	// that comes with an error (SERVFAIL when forwarding failed) is sent;
+	// the error is only logged.
 	Handle(ctx context.Context, query []byte) ([]byte, error)
 }
 

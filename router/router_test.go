@@ -263,6 +263,9 @@ type fakeDNS struct{}
 
 func (fakeDNS) Intercept(dst netip.AddrPort) bool { return dst.Port() == 53 }
 func (fakeDNS) Handle(ctx context.Context, q []byte) ([]byte, error) {
+	if string(q) == "upstream-down" {
+		return []byte("servfail"), errors.New("every nameserver failed")
+	}
 	return append([]byte("answer:"), q...), nil
 }
 
@@ -274,6 +277,12 @@ func TestUDPDNSInterceptAndNoUDP(t *testing.T) {
 	f.in <- dgram{[]byte("q1"), netip.MustParseAddrPort("198.18.0.2:53")}
 	if d := <-f.out; string(d.b) != "answer:q1" || d.addr.Port() != 53 {
 		t.Fatalf("DNS answer %q from %v", d.b, d.addr)
+	}
+	// A failure that comes with an answer (SERVFAIL) is still answered,
+	// so the app does not wait for its timeout.
+	f.in <- dgram{[]byte("upstream-down"), netip.MustParseAddrPort("198.18.0.2:53")}
+	if d := <-f.out; string(d.b) != "servfail" {
+		t.Fatalf("DNS answer %q, want the SERVFAIL sent along with the error", d.b)
 	}
 	<-flows
 
