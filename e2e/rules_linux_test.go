@@ -52,7 +52,9 @@ func TestRulesAndDNS(t *testing.T) {
 		addrs = append(addrs, "--address=/"+n+"/"+remote4.String())
 	}
 	// The resolver tunsocks forwards real queries to, on the remote host:
-	// its log must never show a proxied name.
+	// its log must never show a proxied name. It is the second nameserver
+	// of the config; nothing answers on the first (port 5353), so every
+	// real answer below also proves the fallback to the next nameserver.
 	localLog := filepath.Join(dir, "local-dns.log")
 	local := e.start(l.Remote, dnsmasq, append([]string{"--no-daemon", "--port=53", "--listen-address=" + remote4.String(), "--bind-interfaces",
 		"--no-resolv", "--no-hosts", "--log-queries", "--log-facility=" + localLog, "--pid-file=", "--user=root"}, addrs...)...)
@@ -93,8 +95,8 @@ rules:
   - MATCH,a
 dns:
   fake-ip-filter: [filtered.lab]
-  nameserver: [%s]
-`, mark, remote4)), 0o644)
+  nameserver: [%s:5353, %s]
+`, mark, remote4, remote4)), 0o644)
 	ts := e.start(l.App, binary, "--log-level", "debug", "run", "--config", cfg, "--summary-interval", "0")
 	if err := l.RouteDefaultVia("tsk0", 15*time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, ts.out.String())

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
@@ -212,30 +213,49 @@ func (w *wiring) wireDNS(ctx context.Context, d *direct.Dialer) error {
 	}
 	var directRes, proxyRes dns.Resolver
 	if len(w.cfg.DNS.Nameservers) > 0 {
-		network, addr, err := config.ParseNameserver(w.cfg.DNS.Nameservers[0])
-		if err != nil {
-			return usageError{fmt.Errorf("dns nameserver %q: %w", w.cfg.DNS.Nameservers[0], err)}
+		type nameserver struct {
+			network string
+			addr    netip.AddrPort
 		}
-		if network == "tcp" {
-			directRes = dns.NewTCPResolver(addr.String(), d.DialContext, 5*time.Second)
-		} else {
-			directRes = dns.NewUDPResolver(addr.String(), d.DialContext, 5*time.Second)
+		var nss []nameserver
+		var direct, proxied []dns.Resolver
+		for _, s := range w.cfg.DNS.Nameservers {
+			network, addr, err := config.ParseNameserver(s)
+			if err != nil {
+				return usageError{fmt.Errorf("dns nameserver %q: %w", s, err)}
+			}
+			nss = append(nss, nameserver{network, addr})
+			if network == "tcp" {
+				direct = append(direct, dns.NewTCPResolver(addr.String(), d.DialContext, 5*time.Second))
+			} else {
+				direct = append(direct, dns.NewUDPResolver(addr.String(), d.DialContext, 5*time.Second))
+			}
+			// Real answers for proxied names travel as DNS over TCP
+			// through the proxy that carries the resolver's own address
+			// (or the default outbound): the query never leaves the host
+			// in the clear.
+			if via := w.outboundFor(addr); via != nil && via != router.Outbound(w.direct) {
+				proxied = append(proxied, dns.NewTCPResolver(addr.String(), via.DialContext, 10*time.Second))
+			}
+		}
+		// Several nameservers: each query tries them in turn, starting
+		// with the one that answered last.
+		directRes = dns.NewFallback(direct...)
+		if len(proxied) > 0 {
+			proxyRes = dns.NewFallback(proxied...)
 		}
 		// DIRECT flows known only by name (a fake IP whose flow a port or
-		// process rule sent DIRECT) resolve through the same nameserver,
-		// never through the system's resolver, which may point at us.
+		// process rule sent DIRECT) resolve through the same nameservers,
+		// never through the system's resolver, which may point at us. Go's
+		// resolver dials again for each retry; each dial takes the next
+		// nameserver, so a dead one costs one attempt.
+		var next atomic.Uint32
 		res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return d.DialContext(ctx, network, addr.String())
+			ns := nss[int(next.Add(1)-1)%len(nss)]
+			return d.DialContext(ctx, ns.network, ns.addr.String())
 		}}
 		w.direct.Resolver = res
 		d.Resolver = res
-		// Real answers for proxied names travel as DNS over TCP through the
-		// proxy that carries the resolver's own address (or the default
-		// outbound): the query never leaves the host in the clear.
-		via := w.outboundFor(addr)
-		if via != nil && via != router.Outbound(w.direct) {
-			proxyRes = dns.NewTCPResolver(addr.String(), via.DialContext, 10*time.Second)
-		}
 	} else {
 		directRes = failingResolver{}
 	}
@@ -294,7 +314,7 @@ func (h *dnsIntercept) Intercept(dst netip.AddrPort) bool {
 
 func (h *dnsIntercept) Handle(ctx context.Context, q []byte) ([]byte, error) {
 	resp, err := h.srv.Handle(ctx, q)
-	if err == nil && resp != nil {
+	if err == nil && resp != nil { // not for a SERVFAIL that comes with an error
 		// A real address answered for a name (DIRECT or filtered) is
 		// remembered, so a flow to it is still known by its name and the
 		// name's rule applies, as it does for fake IPs.
