@@ -135,6 +135,51 @@ func TestTCPDialFailureRejects(t *testing.T) {
 	}
 }
 
+// hangingOutbound dials until its context ends, like an upstream that never
+// answers the SYN.
+type hangingOutbound struct{ fakeOutbound }
+
+func (o *hangingOutbound) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	<-ctx.Done()
+	return nil, &net.OpError{Op: "dial", Net: network, Err: ctx.Err()}
+}
+
+// TestTCPHangingDialRejectsAfterDialTimeout: an upstream that never answers
+// costs the app a RST after DialTimeout, not a connection left hanging; and
+// a cancelled handler context (the stack closing) ends the dial at once.
+func TestTCPHangingDialRejectsAfterDialTimeout(t *testing.T) {
+	out := &hangingOutbound{fakeOutbound{name: "hangs"}}
+	r, flows := newRouter(t, Static(out), func(c *Config) { c.DialTimeout = 50 * time.Millisecond })
+	req := newFakeReq("10.0.0.1:80")
+	r.handleTCP(context.Background(), req)
+	select {
+	case <-req.rejected:
+	default:
+		t.Fatal("a dial that timed out did not reset the app's connection")
+	}
+	if rec := <-flows; !errors.Is(rec.Err, context.DeadlineExceeded) {
+		t.Fatalf("flow error %v, want the dial deadline", rec.Err)
+	}
+
+	r2, flows2 := newRouter(t, Static(out), nil) // default DialTimeout: 10 s
+	ctx, cancel := context.WithCancel(context.Background())
+	req2 := newFakeReq("10.0.0.1:80")
+	done := make(chan struct{})
+	go func() { r2.handleTCP(ctx, req2); close(done) }()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("cancelling the handler's context did not end a hanging dial")
+	}
+	select {
+	case <-req2.rejected:
+	default:
+		t.Fatal("the app was not reset after the cancelled dial")
+	}
+	<-flows2
+}
+
 func TestTCPRejectRuleNeverDials(t *testing.T) {
 	out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { t.Error("dialed"); return nil, errors.New("x") }}
 	r, _ := newRouter(t, func(*rules.Metadata) Decision { return Decision{Action: Reject, Rule: "IP-CIDR,10.0.0.0/8,REJECT"} }, nil)
