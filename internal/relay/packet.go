@@ -23,6 +23,10 @@ type PacketOptions struct {
 	Up, Down *atomic.Int64
 	// BufSize is each pump's buffer; 0 means 65535.
 	BufSize int
+	// Activity, when not nil, is the relay's last-activity clock
+	// (time.UnixNano). Callers that move datagrams outside the two pumps
+	// store time.Now().UnixNano() in it, so the idle timer counts them.
+	Activity *atomic.Int64
 }
 
 // Packets runs up and down until either fails, the relay is idle for
@@ -33,10 +37,14 @@ type PacketOptions struct {
 func Packets(ctx context.Context, opts PacketOptions, up, down Pump, closeAll func()) (upBytes, downBytes int64, err error) {
 	var (
 		once   sync.Once
-		last   atomic.Int64
+		own    atomic.Int64
 		reason error
 		mu     sync.Mutex
 	)
+	last := &own
+	if opts.Activity != nil {
+		last = opts.Activity
+	}
 	stopWith := func(why error) {
 		once.Do(func() {
 			mu.Lock()
@@ -50,16 +58,28 @@ func Packets(ctx context.Context, opts PacketOptions, up, down Pump, closeAll fu
 	last.Store(time.Now().UnixNano())
 
 	if opts.Idle > 0 {
-		var t *time.Timer
+		// tmu orders the assignment of t before the callback's use of it.
+		var (
+			tmu sync.Mutex
+			t   *time.Timer
+		)
+		tmu.Lock()
 		t = time.AfterFunc(opts.Idle, func() {
 			since := time.Since(time.Unix(0, last.Load()))
 			if since >= opts.Idle {
 				stopWith(ErrIdle)
 				return
 			}
+			tmu.Lock()
 			t.Reset(opts.Idle - since)
+			tmu.Unlock()
 		})
-		defer t.Stop()
+		tmu.Unlock()
+		defer func() {
+			tmu.Lock()
+			t.Stop()
+			tmu.Unlock()
+		}()
 	}
 	size := opts.BufSize
 	if size <= 0 {

@@ -165,6 +165,31 @@ func TestPackets(t *testing.T) {
 	}
 }
 
+// TestPacketsActivityClock: datagrams moved outside the two pumps, noted
+// on the Activity clock, keep an idle relay alive.
+func TestPacketsActivityClock(t *testing.T) {
+	closed := make(chan struct{})
+	wait := func([]byte) (int, error) { <-closed; return 0, net.ErrClosed }
+	var clock atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := Packets(context.Background(), PacketOptions{Idle: 100 * time.Millisecond, Activity: &clock}, wait, wait, func() { close(closed) })
+		done <- err
+	}()
+	// Six idle periods' worth of outside activity.
+	for range 20 {
+		clock.Store(time.Now().UnixNano())
+		select {
+		case err := <-done:
+			t.Fatalf("relay ended (%v) while the activity clock moved", err)
+		case <-time.After(30 * time.Millisecond):
+		}
+	}
+	if err := <-done; !errors.Is(err, ErrIdle) {
+		t.Fatalf("after the activity stopped: %v, want ErrIdle", err)
+	}
+}
+
 func TestPacketsCancel(t *testing.T) {
 	closed := make(chan struct{})
 	wait := func([]byte) (int, error) { <-closed; return 0, net.ErrClosed }
