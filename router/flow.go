@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/relay"
@@ -107,6 +108,7 @@ func (r *Router) handleUDP(ctx context.Context, f udpFlow) {
 		return
 	}
 	s := &udpSession{r: r, f: f, closed: make(chan struct{}), ready: make(chan struct{})}
+	s.activity.Store(time.Now().UnixNano())
 	rec := FlowRecord{Network: "udp", Src: f.Src(), Dst: dst, Start: time.Now()}
 	idle := r.cfg.UDPIdle
 	if dst.Port() == 53 {
@@ -153,8 +155,9 @@ func (r *Router) handleUDP(ctx context.Context, f udpFlow) {
 		return n, nil
 	}
 	var u, d int64
-	u, d, err = relay.Packets(ctx, relay.PacketOptions{Idle: idle, Up: &r.stats.Up, Down: &r.stats.Down}, up, down, s.closeAll)
-	rec.Up, rec.Down = u+int64(first.n), d+s.dnsDown
+	u, d, err = relay.Packets(ctx, relay.PacketOptions{Idle: idle, Up: &r.stats.Up, Down: &r.stats.Down, Activity: &s.activity}, up, down, s.closeAll)
+	s.extraWG.Wait()
+	rec.Up, rec.Down = u+int64(first.n), d+s.dnsDown+s.extraDown.Load()
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		rec.Err = err
 	}
@@ -172,6 +175,13 @@ type udpSession struct {
 	mu       sync.Mutex
 	pc       PacketConn // nil until a datagram is proxied
 	isClosed bool
+	// extra holds one association per further outbound that datagrams of
+	// this flow were routed to (an app socket talking to several
+	// destinations whose rules differ); each has its own reader.
+	extra     map[Outbound]PacketConn
+	extraWG   sync.WaitGroup
+	extraDown atomic.Int64
+	activity  atomic.Int64 // the relay's idle clock, see relay.PacketOptions
 	// dnsDown counts answers written by the in-process DNS handler; only the
 	// up pump's goroutine touches it.
 	dnsDown int64
@@ -237,12 +247,17 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 			return res
 		}
 		s.out = d.Outbound
-	} else if d.Outbound != s.out {
-		r.log.Debug("udp datagram for another outbound than its flow's dropped", "src", s.f.Src(), "dst", dst,
-			"flow", s.out.Name(), "wanted", d.Outbound.Name())
-		return res
 	}
-	if err := s.session().Send(p, target); err != nil {
+	pc := s.session()
+	if d.Outbound != s.out {
+		var err error
+		if pc, err = s.extraSession(ctx, d.Outbound); err != nil {
+			r.log.Debug("udp: no association for a further outbound of the flow", "src", s.f.Src(), "dst", dst,
+				"outbound", d.Outbound.Name(), "err", err)
+			return res
+		}
+	}
+	if err := pc.Send(p, target); err != nil {
 		r.log.Debug("udp send failed", "dst", target, "err", err)
 		return res
 	}
@@ -251,6 +266,66 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 }
 
 var errRejected = errors.New("rejected by rule")
+
+// extraSession returns the flow's association through out, opening it (and
+// its reader, which hands replies to the app) on first use. Only the up
+// pump's goroutine calls it. A reader that ends (its association failed)
+// removes its entry, so the next datagram opens a new one.
+func (s *udpSession) extraSession(ctx context.Context, out Outbound) (PacketConn, error) {
+	s.mu.Lock()
+	pc := s.extra[out]
+	s.mu.Unlock()
+	if pc != nil {
+		return pc, nil
+	}
+	pc, err := out.ListenPacket(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	if s.isClosed {
+		s.mu.Unlock()
+		pc.Close()
+		return nil, net.ErrClosed
+	}
+	if s.extra == nil {
+		s.extra = make(map[Outbound]PacketConn)
+	}
+	s.extra[out] = pc
+	s.extraWG.Add(1)
+	s.mu.Unlock()
+	s.r.log.Debug("udp flow uses a further outbound", "src", s.f.Src(), "outbound", out.Name())
+	go s.readExtra(out, pc)
+	return pc, nil
+}
+
+func (s *udpSession) readExtra(out Outbound, pc PacketConn) {
+	defer s.extraWG.Done()
+	defer func() {
+		s.mu.Lock()
+		if s.extra[out] == pc {
+			delete(s.extra, out)
+		}
+		s.mu.Unlock()
+		pc.Close()
+	}()
+	buf := make([]byte, 65535)
+	for {
+		n, from, err := pc.Recv(buf)
+		if err != nil {
+			return
+		}
+		if !from.IsValid() {
+			continue
+		}
+		if _, err := s.f.WriteTo(buf[:n], from); err != nil {
+			return
+		}
+		s.activity.Store(time.Now().UnixNano())
+		s.extraDown.Add(int64(n))
+		s.r.stats.Down.Add(int64(n))
+	}
+}
 
 func (s *udpSession) session() PacketConn {
 	s.mu.Lock()
@@ -278,6 +353,9 @@ func (s *udpSession) closeAll() {
 		s.isClosed = true
 		if s.pc != nil {
 			s.pc.Close()
+		}
+		for _, pc := range s.extra {
+			pc.Close()
 		}
 		s.mu.Unlock()
 	})

@@ -302,6 +302,73 @@ func TestUDPFullConeAndIdle(t *testing.T) {
 	}
 }
 
+// TestUDPFlowAcrossOutbounds: one app socket sends to two destinations
+// whose rules name different outbounds; each datagram leaves through its
+// own outbound's association, replies from both reach the app with their
+// sources, and both associations close with the flow.
+func TestUDPFlowAcrossOutbounds(t *testing.T) {
+	newPC := func() *fakePC {
+		return &fakePC{replies: make(chan dgram, 8), closed: make(chan struct{}), sent: make(chan string, 8)}
+	}
+	pcA, pcB := newPC(), newPC()
+	a := &fakeOutbound{name: "a", listen: func() (PacketConn, error) { return pcA, nil }}
+	b := &fakeOutbound{name: "b", listen: func() (PacketConn, error) { return pcB, nil }}
+	decide := func(m *rules.Metadata) Decision {
+		if m.Dst.Port() == 2 {
+			return Decision{Action: Proxy, Outbound: b, Rule: "DST-PORT,2,b"}
+		}
+		return Decision{Action: Proxy, Outbound: a, Rule: "MATCH,a"}
+	}
+	r, flows := newRouter(t, decide, func(c *Config) { c.UDPIdle = 300 * time.Millisecond })
+	f := newFakeFlow()
+	done := make(chan struct{})
+	go func() { r.handleUDP(context.Background(), f); close(done) }()
+
+	f.in <- dgram{[]byte("x"), netip.MustParseAddrPort("192.0.2.1:1")}
+	if got := <-pcA.sent; got != "192.0.2.1:1" {
+		t.Fatalf("a sent to %s", got)
+	}
+	f.in <- dgram{[]byte("y"), netip.MustParseAddrPort("192.0.2.2:2")}
+	select {
+	case got := <-pcB.sent:
+		if got != "192.0.2.2:2" {
+			t.Fatalf("b sent to %s", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the datagram whose rule names b never left through b")
+	}
+	want := map[string]netip.AddrPort{
+		"re:x":  netip.MustParseAddrPort("192.0.2.1:1"),
+		"re:y":  netip.MustParseAddrPort("192.0.2.2:2"),
+		"other": netip.MustParseAddrPort("192.0.2.99:9999"),
+	}
+	for range 4 { // re:x, other, re:y, other, in some order
+		d := <-f.out
+		if w, ok := want[string(d.b)]; !ok || w != d.addr {
+			t.Fatalf("reply %q from %v", d.b, d.addr)
+		}
+	}
+	<-done // idle expiry ends the flow
+	rec := <-flows
+	if rec.Outbound != "a" || rec.Up != 2 || rec.Down != 2*(4+5) || !errorsIsIdle(rec.Err) {
+		t.Fatalf("flow record %+v", rec)
+	}
+	for name, pc := range map[string]*fakePC{"a": pcA, "b": pcB} {
+		select {
+		case <-pc.closed:
+		default:
+			t.Errorf("association through %s not closed with the flow", name)
+		}
+	}
+	select {
+	case <-pcA.sent:
+		t.Error("a datagram for b went through a")
+	case <-pcB.sent:
+		t.Error("a datagram for a went through b")
+	default:
+	}
+}
+
 func errorsIsIdle(err error) bool { return err != nil && err.Error() == "relay: idle timeout" }
 
 type fakeDNS struct{}
