@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"sync"
 
 	wgtun "golang.zx2c4.com/wireguard/tun"
@@ -93,6 +94,10 @@ type Device struct {
 	closeErr  error
 	closeHook func() error // OS specific cleanup after the descriptor is closed
 
+	// gone, when set, reports whether the descriptor no longer has an
+	// interface (deleted under us); Read asks it when a read fails.
+	gone func() bool
+
 	// vnet is the descriptor when it was opened with IFF_VNET_HDR, so
 	// WriteGSO can hand the kernel segmentation-offloaded packets; nil
 	// otherwise.
@@ -137,7 +142,15 @@ func (d *Device) WriteGSO(b []byte) error {
 
 // Read reads up to len(bufs) packets into bufs[i][offset:]; see BatchDevice.
 func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	return d.dev.Read(bufs, sizes, offset)
+	n, err := d.dev.Read(bufs, sizes, offset)
+	if err != nil && !errors.Is(err, os.ErrClosed) && d.gone != nil && d.gone() {
+		// The interface was deleted under us. Depending on where the
+		// read was, the descriptor reports that as EBADFD (which
+		// wireguard-go turns into os.ErrClosed) or as "not pollable";
+		// callers get os.ErrClosed either way.
+		return n, fmt.Errorf("tun: %s: interface gone (%v): %w", d.name, err, os.ErrClosed)
+	}
+	return n, err
 }
 
 // Write writes the packets bufs[i][offset:]; offset must be >= Headroom. The

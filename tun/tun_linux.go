@@ -77,6 +77,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	}
 	d := &Device{dev: dev, name: name, created: !existed, log: log}
 	d.vnet = vnetWriter(dev)
+	d.gone = goneProbe(dev)
 	if err := d.configure(ctx, nl, cfg.Addrs, mtu); err != nil {
 		d.Close()
 		return nil, err
@@ -198,6 +199,7 @@ func adopt(ctx context.Context, cfg Config, log *slog.Logger) (*Device, error) {
 	}
 	d := &Device{dev: dev, name: name, adopted: true, log: log}
 	d.vnet = vnetWriter(dev)
+	d.gone = goneProbe(dev)
 	if iface, err := net.InterfaceByName(name); err == nil {
 		d.index = iface.Index
 	}
@@ -207,6 +209,34 @@ func adopt(ctx context.Context, cfg Config, log *slog.Logger) (*Device, error) {
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// goneProbe returns a check that the descriptor still has an interface:
+// TUNGETIFF fails (EBADFD) once the interface was deleted. nil when the
+// device has no descriptor to ask.
+func goneProbe(dev wgtun.Device) func() bool {
+	fd, ok := dev.(interface{ File() *os.File })
+	if !ok {
+		return nil
+	}
+	f := fd.File()
+	return func() bool {
+		rc, err := f.SyscallConn()
+		if err != nil {
+			return true
+		}
+		var ioErr error
+		if err := rc.Control(func(fd uintptr) {
+			ifr, err := unix.NewIfreq("")
+			if err != nil {
+				return
+			}
+			ioErr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr)
+		}); err != nil {
+			return true
+		}
+		return ioErr != nil
+	}
 }
 
 // vnetWriter returns the device's descriptor as a writer for WriteGSO when

@@ -276,3 +276,64 @@ func TestOpenRejectsNonTUNDescriptor(t *testing.T) {
 		t.Fatal("Open accepted MTU 10")
 	}
 }
+
+// TestReadReportsDeletedInterface: deleting the interface under a blocked
+// Read (and under the next one) ends it with os.ErrClosed, whatever the
+// descriptor itself says (EBADFD or "not pollable"), so the stack reports
+// the device as gone instead of retrying.
+func TestReadReportsDeletedInterface(t *testing.T) {
+	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
+	for _, offload := range []bool{true, false} {
+		inNetns(t, func(nl *netlink.Handle) {
+			dev, err := Open(context.Background(), Config{Name: "tsgone0", FD: NoFD, MTU: 1500, Offload: offload})
+			if err != nil {
+				t.Errorf("Open: %v", err)
+				return
+			}
+			defer dev.Close()
+			bufs := [][]byte{make([]byte, Headroom+65535)}
+			if dev.BatchSize() > 1 {
+				bufs = make([][]byte, dev.BatchSize())
+				for i := range bufs {
+					bufs[i] = make([]byte, Headroom+65535)
+				}
+			}
+			sizes := make([]int, len(bufs))
+			errc := make(chan error, 1)
+			go func() {
+				// The kernel may send the odd packet of its own (IPv6
+				// MLD, router solicitation); read until the error.
+				for {
+					if _, err := dev.Read(bufs, sizes, Headroom); err != nil {
+						errc <- err
+						return
+					}
+				}
+			}()
+			time.Sleep(50 * time.Millisecond) // let it block
+			link, err := nl.LinkByName("tsgone0")
+			if err != nil {
+				t.Errorf("find link: %v", err)
+				return
+			}
+			if err := nl.LinkDel(link); err != nil {
+				t.Errorf("delete link: %v", err)
+				return
+			}
+			select {
+			case err := <-errc:
+				if !errors.Is(err, os.ErrClosed) {
+					t.Errorf("offload=%v: blocked Read after the interface was deleted: %v, want os.ErrClosed", offload, err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("offload=%v: Read still blocked 10 s after the interface was deleted", offload)
+				dev.Close()
+				<-errc
+				return
+			}
+			if _, err := dev.Read(bufs, sizes, Headroom); !errors.Is(err, os.ErrClosed) {
+				t.Errorf("offload=%v: Read after the interface was deleted: %v, want os.ErrClosed", offload, err)
+			}
+		})
+	}
+}
