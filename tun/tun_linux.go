@@ -221,21 +221,8 @@ func goneProbe(dev wgtun.Device) func() bool {
 	}
 	f := fd.File()
 	return func() bool {
-		rc, err := f.SyscallConn()
-		if err != nil {
-			return true
-		}
-		var ioErr error
-		if err := rc.Control(func(fd uintptr) {
-			ifr, err := unix.NewIfreq("")
-			if err != nil {
-				return
-			}
-			ioErr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr)
-		}); err != nil {
-			return true
-		}
-		return ioErr != nil
+		_, err := tunFlags(f)
+		return err != nil
 	}
 }
 
@@ -248,9 +235,17 @@ func vnetWriter(dev wgtun.Device) io.Writer {
 		return nil
 	}
 	f := fd.File()
+	if flags, err := tunFlags(f); err != nil || flags&unix.IFF_VNET_HDR == 0 {
+		return nil
+	}
+	return vnetFile{f}
+}
+
+// tunFlags asks the TUN descriptor for its interface flags (TUNGETIFF).
+func tunFlags(f *os.File) (uint16, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return nil
+		return 0, err
 	}
 	var flags uint16
 	var ioErr error
@@ -263,13 +258,10 @@ func vnetWriter(dev wgtun.Device) io.Writer {
 		if ioErr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr); ioErr == nil {
 			flags = ifr.Uint16()
 		}
-	}); err != nil || ioErr != nil {
-		return nil
+	}); err != nil {
+		return 0, err
 	}
-	if flags&unix.IFF_VNET_HDR == 0 {
-		return nil
-	}
-	return vnetFile{f}
+	return flags, ioErr
 }
 
 // vnetFile reports a descriptor whose interface is gone (EBADFD) as closed,
