@@ -172,7 +172,7 @@ func TestDanteNoAuth(t *testing.T) {
 		checkConnect(t, c, "localhost:"+port, true)
 	})
 	t.Run("refused", func(t *testing.T) {
-		closed := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+		closed := net.JoinHostPort("127.0.0.1", strconv.Itoa(closedPort(t)))
 		_, err := c.DialContext(context.Background(), "tcp", closed)
 		var re *socks.ReplyError
 		if !errors.As(err, &re) {

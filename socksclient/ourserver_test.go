@@ -188,7 +188,7 @@ func TestOurServerChain(t *testing.T) {
 // a ReplyError that errors.Is sees as ECONNREFUSED.
 func TestOurServerRefusal(t *testing.T) {
 	proxy := ourServer(t, socksserver.Config{FailureCloseDelay: time.Millisecond})
-	closed := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(freePort(t))).String()
+	closed := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(closedPort(t))).String()
 	c, _ := Parse("socks5://"+proxy, nil)
 	_, err := c.DialContext(context.Background(), "tcp", closed)
 	var re *socks.ReplyError

@@ -80,6 +80,10 @@ type testServer struct {
 	*Server
 	addr string
 	logs *logSink
+	// lnClosed is closed when the server closes its listener. Tests wait
+	// on it rather than dialing the port: with other packages' tests
+	// running, a freed port can be taken by another listener at once.
+	lnClosed chan struct{}
 }
 
 // startServer runs a server with cfg on 127.0.0.1:0 (or listen, when
@@ -101,10 +105,11 @@ func startServer(t testing.TB, cfg Config, listen ...string) *testServer {
 	if len(listen) > 0 {
 		at = listen[0]
 	}
-	ln, err := net.Listen("tcp", at)
+	raw, err := net.Listen("tcp", at)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ln := &notifyListener{Listener: raw, closed: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, ln) }()
@@ -120,7 +125,7 @@ func startServer(t testing.TB, cfg Config, listen ...string) *testServer {
 			t.Logf("server log:\n%s", logs)
 		}
 	})
-	return &testServer{Server: s, addr: ln.Addr().String(), logs: logs}
+	return &testServer{Server: s, addr: ln.Addr().String(), logs: logs, lnClosed: ln.closed}
 }
 
 // dial opens a raw TCP connection to the server with a safety deadline.

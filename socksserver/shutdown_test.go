@@ -139,17 +139,9 @@ func TestShutdownLetsTransferFinish(t *testing.T) {
 		shut <- srv.Shutdown(ctx)
 	}()
 	// Wait until the listener is closed.
-	refused := false
-	for i := 0; i < 500 && !refused; i++ {
-		nc, err := net.DialTimeout("tcp", srv.addr, ioTimeout)
-		if err != nil {
-			refused = true
-			break
-		}
-		nc.Close()
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !refused {
+	select {
+	case <-srv.lnClosed:
+	case <-time.After(ioTimeout):
 		t.Fatal("the listener still accepts during Shutdown")
 	}
 	select {
