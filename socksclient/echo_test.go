@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -55,32 +54,6 @@ func tcpEcho(t testing.TB) string {
 		wg.Wait()
 	})
 	return ln.Addr().String()
-}
-
-// udpEcho starts a loopback UDP echo server.
-func udpEcho(t testing.TB) *net.UDPConn {
-	t.Helper()
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		b := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFromUDP(b)
-			if err != nil {
-				return
-			}
-			pc.WriteToUDP(b[:n], from)
-		}
-	}()
-	t.Cleanup(func() {
-		pc.Close()
-		<-done
-	})
-	return pc
 }
 
 // checkConnect dials the echo through c and checks data both ways and, with
@@ -214,24 +187,4 @@ func freePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
-}
-
-// closedPort returns a loopback TCP port that refuses connections for the
-// rest of the test: a socket is bound to it but never listens, so no other
-// listener (of this or a concurrently running test binary) can take it.
-func closedPort(t testing.TB) int {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return sa.(*syscall.SockaddrInet4).Port
 }

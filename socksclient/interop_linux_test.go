@@ -154,7 +154,7 @@ func systemUser(t testing.TB) (user, pass string) {
 
 func TestDanteNoAuth(t *testing.T) {
 	proxy := danted(t, "none")
-	echoAddr, uecho := tcpEcho(t), udpEcho(t)
+	echoAddr, uecho := tcpEcho(t), testenv.UDPEcho(t)
 	c, err := Parse("socks5://"+proxy, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +172,7 @@ func TestDanteNoAuth(t *testing.T) {
 		checkConnect(t, c, "localhost:"+port, true)
 	})
 	t.Run("refused", func(t *testing.T) {
-		closed := net.JoinHostPort("127.0.0.1", strconv.Itoa(closedPort(t)))
+		closed := testenv.ClosedPort(t).String()
 		_, err := c.DialContext(context.Background(), "tcp", closed)
 		var re *socks.ReplyError
 		if !errors.As(err, &re) {
@@ -186,7 +186,7 @@ func TestDanteNoAuth(t *testing.T) {
 func TestDanteUsername(t *testing.T) {
 	proxy := danted(t, "username")
 	user, pass := systemUser(t)
-	echoAddr, uecho := tcpEcho(t), udpEcho(t)
+	echoAddr, uecho := tcpEcho(t), testenv.UDPEcho(t)
 	c, err := Parse(fmt.Sprintf("socks5://%s:%s@%s", user, pass, proxy), nil)
 	if err != nil {
 		t.Fatal(err)

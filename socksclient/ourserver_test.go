@@ -10,11 +10,11 @@ import (
 	"errors"
 	"io"
 	"net"
-	"net/netip"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/socksserver"
 )
@@ -87,7 +87,7 @@ func TestOurServerBind(t *testing.T) {
 // the echo, or the echo's answer would not match.
 func TestOurServerUDPFragmented(t *testing.T) {
 	proxy := ourServer(t, socksserver.Config{})
-	uecho := udpEcho(t)
+	uecho := testenv.UDPEcho(t)
 	c, _ := Parse("socks5://"+proxy, nil)
 	c.UDPFragmentSize = 100
 	checkUDP(t, c, uecho, 1, 100, 101, 1000, 12000)
@@ -188,7 +188,7 @@ func TestOurServerChain(t *testing.T) {
 // a ReplyError that errors.Is sees as ECONNREFUSED.
 func TestOurServerRefusal(t *testing.T) {
 	proxy := ourServer(t, socksserver.Config{FailureCloseDelay: time.Millisecond})
-	closed := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(closedPort(t))).String()
+	closed := testenv.ClosedPort(t).String()
 	c, _ := Parse("socks5://"+proxy, nil)
 	_, err := c.DialContext(context.Background(), "tcp", closed)
 	var re *socks.ReplyError

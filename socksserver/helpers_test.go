@@ -321,44 +321,6 @@ func readLine(t testing.TB, c net.Conn) string {
 	return ""
 }
 
-// udpEcho starts a loopback UDP echo server.
-func udpEcho(t testing.TB) *net.UDPConn {
-	t.Helper()
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		b := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFromUDP(b)
-			if err != nil {
-				return
-			}
-			pc.WriteToUDP(b[:n], from)
-		}
-	}()
-	t.Cleanup(func() {
-		pc.Close()
-		<-done
-	})
-	return pc
-}
-
-// closedPort returns a loopback TCP address nobody listens on.
-func closedPort(t testing.TB) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ap := ln.Addr().(*net.TCPAddr).AddrPort()
-	ln.Close()
-	return ap
-}
-
 // waitIdle waits (bounded) until the server serves no connection.
 func waitIdle(t testing.TB, s *Server) {
 	t.Helper()

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
@@ -48,7 +49,7 @@ var fail4 = []byte{0, 0x5B, 0, 0, 0, 0, 0, 0}
 // TestFailures runs raw-byte conversations that must end in the reply the
 // protocol has for the case (or none) and then a closed connection.
 func TestFailures(t *testing.T) {
-	closed := closedPort(t)
+	closed := testenv.ClosedPort(t)
 	somewhere := mustAP("192.0.2.1:80")
 	greet := step{send: []byte{5, 1, 0}, want: []byte{5, 0}}
 	users := map[string]string{"alice": "s3cret"}
@@ -172,7 +173,7 @@ func TestFailureClosesWhileClientKeepsWriting(t *testing.T) {
 	srv := startServer(t, Config{FailureCloseDelay: 100 * time.Millisecond})
 	c := dial(t, srv.addr)
 	noAuth(t, c)
-	send(t, c, append(req5(1, closedPort(t)), bytes.Repeat([]byte{'x'}, 1000)...))
+	send(t, c, append(req5(1, testenv.ClosedPort(t)), bytes.Repeat([]byte{'x'}, 1000)...))
 	expect(t, c, fail5(socks.ConnectionRefused))
 	expectClosed(t, c)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
@@ -75,7 +76,7 @@ func recvUDP(t *testing.T, pc *net.UDPConn, relayAt, from netip.AddrPort) string
 }
 
 func echoAddr(t *testing.T) netip.AddrPort {
-	return udpEcho(t).LocalAddr().(*net.UDPAddr).AddrPort()
+	return testenv.UDPEcho(t).LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 func TestUDPEcho(t *testing.T) {
