@@ -40,7 +40,7 @@ func New(opts Options) (_ *Lab, err error) {
 		if err := netns.Create(ns); err != nil {
 			return nil, err
 		}
-		if err := withHandle(ns, func(h *netlink.Handle) error {
+		if err := WithNetlink(ns, func(h *netlink.Handle) error {
 			lo, err := h.LinkByName("lo")
 			if err != nil {
 				return err
@@ -67,7 +67,7 @@ func (l *Lab) link(nsA, nameA string, a4, a6 netip.Prefix, nsB, nameB string, b4
 	}
 	defer nsBHandle.Close()
 	tmp := fmt.Sprintf("tskpeer%d", labSeq.Add(1))
-	err = withHandle(nsA, func(h *netlink.Handle) error {
+	err = WithNetlink(nsA, func(h *netlink.Handle) error {
 		// The peer gets a temporary name: nameB may already exist in nsA.
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: nameA, MTU: mtu}, PeerName: tmp}
 		if err := h.LinkAdd(veth); err != nil {
@@ -85,7 +85,7 @@ func (l *Lab) link(nsA, nameA string, a4, a6 netip.Prefix, nsB, nameB string, b4
 	if err != nil {
 		return fmt.Errorf("lab: %s: %w", nsA, err)
 	}
-	if err := withHandle(nsB, func(h *netlink.Handle) error {
+	if err := WithNetlink(nsB, func(h *netlink.Handle) error {
 		peer, err := h.LinkByName(tmp)
 		if err != nil {
 			return err
@@ -121,9 +121,9 @@ func ipnet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-// withHandle runs fn with a netlink handle bound to the named namespace; the
-// calling thread never leaves its own namespace.
-func withHandle(ns string, fn func(h *netlink.Handle) error) error {
+// WithNetlink runs fn with a netlink handle bound to the named namespace;
+// the calling thread never leaves its own namespace.
+func WithNetlink(ns string, fn func(h *netlink.Handle) error) error {
 	nsh, err := vnetns.GetFromName(ns)
 	if err != nil {
 		return fmt.Errorf("namespace %s: %w", ns, err)
@@ -131,7 +131,7 @@ func withHandle(ns string, fn func(h *netlink.Handle) error) error {
 	defer nsh.Close()
 	h, err := netlink.NewHandleAt(nsh)
 	if err != nil {
-		return err
+		return fmt.Errorf("netlink in %s: %w", ns, err)
 	}
 	defer h.Close()
 	return fn(h)
@@ -143,7 +143,7 @@ func withHandle(ns string, fn func(h *netlink.Handle) error) error {
 // connected route, so tunsocks' upstream connections never loop.
 func (l *Lab) RouteDefaultVia(dev string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	return withHandle(l.App, func(h *netlink.Handle) error {
+	return WithNetlink(l.App, func(h *netlink.Handle) error {
 		var link netlink.Link
 		for {
 			var err error
@@ -184,7 +184,7 @@ func (l *Lab) EnableDirect(mark uint32) error {
 	}); err != nil {
 		return fmt.Errorf("lab: forwarding on the proxy host: %w", err)
 	}
-	if err := withHandle(l.Remote, func(h *netlink.Handle) error {
+	if err := WithNetlink(l.Remote, func(h *netlink.Handle) error {
 		for _, gw := range []netip.Addr{ProxyUp4.Addr(), ProxyUp6.Addr()} {
 			dst := defaultRoute4
 			if gw.Is6() {
@@ -198,7 +198,7 @@ func (l *Lab) EnableDirect(mark uint32) error {
 	}); err != nil {
 		return fmt.Errorf("lab: remote host's way back: %w", err)
 	}
-	return withHandle(l.App, func(h *netlink.Handle) error {
+	return WithNetlink(l.App, func(h *netlink.Handle) error {
 		up, err := h.LinkByName("up0")
 		if err != nil {
 			return err

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 
 	"github.com/tunsocks/tunsocks/lab"
 )
@@ -443,20 +442,6 @@ func sysctl(l *lab.Lab, ns, key, value string) error {
 	return nil
 }
 
-func withHandle(ns string, fn func(h *netlink.Handle) error) error {
-	nsh, err := vnetns.GetFromName(ns)
-	if err != nil {
-		return fmt.Errorf("namespace %s: %w", ns, err)
-	}
-	defer nsh.Close()
-	h, err := netlink.NewHandleAt(nsh)
-	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", ns, err)
-	}
-	defer h.Close()
-	return fn(h)
-}
-
 func route(dst netip.Prefix, gw netip.Addr) *netlink.Route {
 	return &netlink.Route{
 		Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())},
@@ -465,7 +450,7 @@ func route(dst netip.Prefix, gw netip.Addr) *netlink.Route {
 }
 
 func routeAdd(ns string, dst netip.Prefix, gw netip.Addr) error {
-	return withHandle(ns, func(h *netlink.Handle) error {
+	return lab.WithNetlink(ns, func(h *netlink.Handle) error {
 		if err := h.RouteAdd(route(dst, gw)); err != nil {
 			return fmt.Errorf("route %s via %s in %s: %w", dst, gw, ns, err)
 		}
@@ -474,7 +459,7 @@ func routeAdd(ns string, dst netip.Prefix, gw netip.Addr) error {
 }
 
 func routeDel(ns string, dst netip.Prefix, gw netip.Addr) error {
-	return withHandle(ns, func(h *netlink.Handle) error {
+	return lab.WithNetlink(ns, func(h *netlink.Handle) error {
 		if err := h.RouteDel(route(dst, gw)); err != nil {
 			return fmt.Errorf("delete route %s via %s in %s: %w", dst, gw, ns, err)
 		}
