@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"go.uber.org/goleak"
 )
 
@@ -26,23 +27,12 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 const ioTimeout = 10 * time.Second
 
 // logSink collects the server's JSON log lines.
-type logSink struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
+type logSink struct{ testenv.Buffer }
 
 // records returns the parsed log records whose msg is msg.
 func (l *logSink) records(msg string) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []map[string]any
-	for _, line := range strings.Split(l.b.String(), "\n") {
+	for _, line := range strings.Split(l.String(), "\n") {
 		if line == "" {
 			continue
 		}
@@ -52,12 +42,6 @@ func (l *logSink) records(msg string) []map[string]any {
 		}
 	}
 	return out
-}
-
-func (l *logSink) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // waitRecord waits (bounded) until a log record with msg satisfies ok.
