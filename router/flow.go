@@ -108,7 +108,6 @@ func (r *Router) handleUDP(ctx context.Context, f udpFlow) {
 		return
 	}
 	s := &udpSession{r: r, f: f, closed: make(chan struct{}), ready: make(chan struct{})}
-	s.activity.Store(time.Now().UnixNano())
 	rec := FlowRecord{Network: "udp", Src: f.Src(), Dst: dst, Start: time.Now()}
 	idle := r.cfg.UDPIdle
 	if dst.Port() == 53 {
@@ -142,17 +141,7 @@ func (r *Router) handleUDP(ctx context.Context, f udpFlow) {
 				return 0, net.ErrClosed
 			}
 		}
-		n, from, err := pc.Recv(p)
-		if err != nil {
-			return 0, err
-		}
-		if !from.IsValid() {
-			return 0, nil // a reply the app cannot be shown a source for
-		}
-		if _, err := f.WriteTo(p[:n], from); err != nil {
-			return 0, err
-		}
-		return n, nil
+		return s.forwardReply(pc, p)
 	}
 	var u, d int64
 	u, d, err = relay.Packets(ctx, relay.PacketOptions{Idle: idle, Up: &r.stats.Up, Down: &r.stats.Down, Activity: &s.activity}, up, down, s.closeAll)
@@ -311,20 +300,33 @@ func (s *udpSession) readExtra(out Outbound, pc PacketConn) {
 	}()
 	buf := make([]byte, 65535)
 	for {
-		n, from, err := pc.Recv(buf)
+		n, err := s.forwardReply(pc, buf)
 		if err != nil {
 			return
 		}
-		if !from.IsValid() {
-			continue
+		if n > 0 {
+			s.activity.Store(time.Now().UnixNano())
+			s.extraDown.Add(int64(n))
+			s.r.stats.Down.Add(int64(n))
 		}
-		if _, err := s.f.WriteTo(buf[:n], from); err != nil {
-			return
-		}
-		s.activity.Store(time.Now().UnixNano())
-		s.extraDown.Add(int64(n))
-		s.r.stats.Down.Add(int64(n))
 	}
+}
+
+// forwardReply receives one datagram from pc and hands it to the app with
+// its source; 0 and no error for a reply the app cannot be shown a source
+// for.
+func (s *udpSession) forwardReply(pc PacketConn, p []byte) (int, error) {
+	n, from, err := pc.Recv(p)
+	if err != nil {
+		return 0, err
+	}
+	if !from.IsValid() {
+		return 0, nil
+	}
+	if _, err := s.f.WriteTo(p[:n], from); err != nil {
+		return 0, err
+	}
+	return n, nil
 }
 
 func (s *udpSession) session() PacketConn {
