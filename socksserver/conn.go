@@ -133,18 +133,7 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 	}
 
 	req, err := socks.ReadRequest(c.nc)
-	c.cmd = req.Command
-	if req.Addr.Name != "" || req.Addr.IP.IsValid() {
-		c.target = req.Addr.String()
-	}
-	if err != nil {
-		if truncated(err) {
-			c.debug("SOCKS5 request cut short; closing", err)
-			return
-		}
-		// Unknown command 0x07, unknown ATYP 0x08, anything else malformed
-		// (an empty domain) 0x01: socks.ReplyForError knows the causes.
-		c.fail(socks.ReplyForError(err), err)
+	if !c.requestRead("SOCKS5", req.Command, req.Addr, err) {
 		return
 	}
 	if !c.activate() {
@@ -160,21 +149,32 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 	}
 }
 
+// requestRead records what a request asked for (for the request's log
+// line) and, when it could not be read, ends the connection: quietly when it
+// was cut short, otherwise with the reply its cause deserves. SOCKS5 answers
+// an unknown command 0x07, an unknown ATYP 0x08, anything else malformed
+// 0x01; SOCKS4 has one failure reply, 0x5B, whatever the cause.
+// socks.ReplyForError knows the causes. It reports whether serving goes on.
+func (c *conn) requestRead(version string, cmd socks.Command, addr socks.Addr, err error) bool {
+	c.cmd = cmd
+	if addr.Name != "" || addr.IP.IsValid() {
+		c.target = addr.String()
+	}
+	if err == nil {
+		return true
+	}
+	if truncated(err) {
+		c.debug(version+" request cut short; closing", err)
+		return false
+	}
+	c.fail(socks.ReplyForError(err), err)
+	return false
+}
+
 // serve4 runs one SOCKS4 or SOCKS4a request.
 func (c *conn) serve4(ctx context.Context, r io.Reader) {
 	req, err := socks.ReadRequest4(r)
-	c.cmd = req.Command
-	if req.Addr.Name != "" || req.Addr.IP.IsValid() {
-		c.target = req.Addr.String()
-	}
-	if err != nil {
-		if truncated(err) {
-			c.debug("SOCKS4 request cut short; closing", err)
-			return
-		}
-		// SOCKS4 has one failure reply, 0x5B, whatever the cause (an
-		// unknown command, an oversize USERID or domain, an empty domain).
-		c.fail(socks.ReplyForError(err), err)
+	if !c.requestRead("SOCKS4", req.Command, req.Addr, err) {
 		return
 	}
 	c.user = req.UserID
