@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 )
@@ -396,21 +397,7 @@ func TestLookupOtherProcess(t *testing.T) {
 }
 
 func TestLookupFlow(t *testing.T) {
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp4", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	c, _ := testenv.TCPPair(t)
 	src, dst := addrPort(t, c.LocalAddr()), addrPort(t, c.RemoteAddr())
 
 	// The exact request finds the connection itself.
