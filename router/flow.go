@@ -93,9 +93,10 @@ func (r *Router) handleTCP(ctx context.Context, req tcpRequest) {
 }
 
 // handleUDP serves one app socket (full cone: one flow per app address and
-// port, whatever it sends to). The first datagram decides the outbound of
-// the flow and opens its UDP session; later datagrams whose rule names
-// another outbound are dropped (logged at debug), rejected ones always are.
+// port, whatever it sends to). Every datagram is routed by its own rule: the
+// first one's outbound opens the flow's UDP session, a datagram whose rule
+// names another outbound gets an association of its own on that outbound
+// (see udpSession.route), and rejected datagrams are dropped.
 func (r *Router) handleUDP(ctx context.Context, f udpFlow) {
 	r.stats.UDPTotal.Add(1)
 	r.stats.UDPOpen.Add(1)

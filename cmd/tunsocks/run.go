@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"time"
 
@@ -49,6 +50,7 @@ func runFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "dns", Usage: "answer DNS on the TUN with fake IPs (default: on when a rule needs a domain)", EnvVars: env("dns")},
 		&cli.BoolFlag{Name: "dns-hijack", Usage: "answer every DNS query to port 53, whatever its address", EnvVars: env("dns-hijack")},
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
+		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
 	}
 }
@@ -165,6 +167,13 @@ func runCommand() *cli.Command {
 			}
 			if path := c.String("cpuprofile"); path != "" {
 				stop, err := startCPUProfile(path)
+				if err != nil {
+					return err
+				}
+				defer stop()
+			}
+			if path := c.String("trace"); path != "" {
+				stop, err := startTrace(path)
 				if err != nil {
 					return err
 				}
@@ -294,6 +303,23 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	err = st.Close()
 	summary("final summary")
 	return errors.Join(failed, err)
+}
+
+// startTrace records a Go execution trace until the returned stop is
+// called: where goroutines wait between a packet's arrival and its relay.
+func startTrace(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, usagef("--trace: %v", err)
+	}
+	if err := trace.Start(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--trace: %w", err)
+	}
+	return func() {
+		trace.Stop()
+		f.Close()
+	}, nil
 }
 
 // startCPUProfile profiles until the returned stop is called.

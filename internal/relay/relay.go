@@ -48,62 +48,80 @@ type closeWriter interface{ CloseWrite() error }
 // that is not an ordinary end of stream (io.EOF, net.ErrClosed and a reset
 // after the other side finished are ordinary).
 func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down int64, err error) {
-	var (
-		closeOnce sync.Once
-		closed    atomic.Bool
-		last      atomic.Int64
-	)
-	closeBoth := func() {
-		closeOnce.Do(func() {
-			closed.Store(true)
-			a.Close()
-			b.Close()
-		})
-	}
-	stop := context.AfterFunc(ctx, closeBoth)
+	p := &pair{a: a, b: b, opts: opts}
+	stop := context.AfterFunc(ctx, p.closeBoth)
 	defer stop()
-	touch := func() { last.Store(time.Now().UnixNano()) }
-	touch()
+	p.touch()
 
+	// a->b runs on a goroutine of its own, b->a on the caller's: one
+	// goroutine fewer per connection, which is measurable at thousands of
+	// short connections a second. The router passes the app's netstack
+	// conn as a; writing into the netstack is the deeper call chain, and
+	// the caller's stack has already grown through the netstack's handshake.
 	type result struct {
 		n   int64
 		err error
 	}
-	upc, downc := make(chan result, 1), make(chan result, 1)
+	upc := make(chan result, 1)
 	go func() {
-		n, err := copyHalf(b, a, opts.Up, touch, &last, opts.Idle)
+		n, err := copyHalf(b, a, opts.Up, p.touch, &p.last, opts.Idle)
+		p.finished(err)
 		upc <- result{n, err}
 	}()
-	go func() {
-		n, err := copyHalf(a, b, opts.Down, touch, &last, opts.Idle)
-		downc <- result{n, err}
-	}()
+	down, derr := copyHalf(a, b, opts.Down, p.touch, &p.last, opts.Idle)
+	p.finished(derr)
+	up = (<-upc).n
 
-	var halfTimer *time.Timer
-	var first error
-	for pending := 2; pending > 0; pending-- {
-		var r result
-		select {
-		case r = <-upc:
-			up = r.n
-		case r = <-downc:
-			down = r.n
-		}
-		if r.err != nil {
-			// A real error in one direction ends the other one too.
-			if first == nil && !closed.Load() {
-				first = r.err
-			}
-			closeBoth()
-		} else if pending == 2 && opts.HalfClose > 0 {
-			halfTimer = time.AfterFunc(opts.HalfClose, closeBoth)
-		}
+	p.mu.Lock()
+	if p.halfTimer != nil {
+		p.halfTimer.Stop()
 	}
-	if halfTimer != nil {
-		halfTimer.Stop()
-	}
-	closeBoth()
+	first := p.first
+	p.mu.Unlock()
+	p.closeBoth()
 	return up, down, first
+}
+
+// pair is the state both directions of a Stream share.
+type pair struct {
+	a, b      net.Conn
+	opts      StreamOptions
+	last      atomic.Int64 // UnixNano of the last byte moved either way
+	closeOnce sync.Once
+	closed    atomic.Bool
+
+	mu        sync.Mutex
+	ended     int         // directions that have finished
+	first     error       // the first real error, see Stream
+	halfTimer *time.Timer // armed when the first direction ends cleanly
+}
+
+func (p *pair) touch() { p.last.Store(time.Now().UnixNano()) }
+
+func (p *pair) closeBoth() {
+	p.closeOnce.Do(func() {
+		p.closed.Store(true)
+		p.a.Close()
+		p.b.Close()
+	})
+}
+
+// finished records the end of one direction: a real error ends the other
+// direction too; a clean end of the first one starts the half-close timer.
+func (p *pair) finished(err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ended++
+	if err != nil {
+		if p.first == nil && !p.closed.Load() {
+			p.first = err
+		}
+		p.closeBoth()
+		return
+	}
+	if p.ended == 1 && p.opts.HalfClose > 0 {
+		p.halfTimer = time.AfterFunc(p.opts.HalfClose, p.closeBoth)
+	}
 }
 
 // ErrIdle is returned by Stream and Packets when they closed an idle pair.
@@ -116,11 +134,15 @@ const spliceChunk = 1 << 20
 // copyHalf copies src to dst and, at src's EOF, half-closes dst (or closes it
 // when it cannot half-close). It returns nil for an ordinary end.
 //
-// The idle timer is a read deadline on src, renewed before every read. When
-// it fires, the direction looks at the pair's last activity (either way): if
-// the other direction moved bytes recently, it reads on; otherwise the pair
-// is idle. A pair silent for Idle is closed after at most 3 x Idle. This costs no goroutine or timer of its own, and it works
-// the same on the splice path, where bytes move inside the kernel.
+// The idle timer is a read deadline on src, set once and renewed only when
+// it fires (renewing it before every read costs a timer per read on a
+// netstack conn). When it fires, the direction looks at the pair's last
+// activity (either way, its own reads included): if bytes moved recently, it
+// sets the next deadline and reads on; otherwise the pair is idle. Deadlines
+// fire every Idle and "recently" means within 2 x Idle, so a pair silent for
+// Idle is closed after at most 3 x Idle. This costs no goroutine or timer of
+// its own, and it works the same on the splice path, where bytes move inside
+// the kernel and are counted only when a ReadFrom chunk returns.
 func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic.Int64, idle time.Duration) (int64, error) {
 	var total int64
 	rf, splice := dst.(io.ReaderFrom)
@@ -130,10 +152,10 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 		bp = bufPool.Get().(*[]byte)
 		defer bufPool.Put(bp)
 	}
+	if idle > 0 {
+		src.SetReadDeadline(time.Now().Add(idle))
+	}
 	for {
-		if idle > 0 {
-			src.SetReadDeadline(time.Now().Add(idle))
-		}
 		var n int64
 		var err error
 		eof := false
@@ -173,6 +195,7 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 				// moved; so "nothing for 2 x idle" is what proves "nothing
 				// for idle".
 				if time.Since(time.Unix(0, last.Load())) < 2*idle {
+					src.SetReadDeadline(time.Now().Add(idle))
 					continue
 				}
 				return total, ErrIdle

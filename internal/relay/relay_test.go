@@ -234,3 +234,62 @@ func BenchmarkStreamTCP(b *testing.B) {
 	app.Close()
 	remote.Close()
 }
+
+func TestStreamHalfCloseTimer(t *testing.T) {
+	// The app finishes its side; the remote never does. HalfClose ends the
+	// pair anyway, cleanly, whichever direction finished first.
+	app, remote, done, _ := relayed(t, StreamOptions{HalfClose: 100 * time.Millisecond})
+	app.CloseWrite()
+	if _, err := io.ReadAll(remote); err != nil {
+		t.Fatalf("remote did not see the app's FIN: %v", err)
+	}
+	select {
+	case r := <-done:
+		if r[2] != nil {
+			t.Fatalf("Stream error = %v, want nil", r[2])
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the half-closed pair was never closed")
+	}
+	app.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := app.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("app read after the half-close timer: %v", err)
+	}
+}
+
+func TestStreamIdleNonSplice(t *testing.T) {
+	// One side is not a TCP socket, so both directions copy through a
+	// buffer and the idle deadline is the plain read deadline.
+	app, a := testenv.TCPPair(t)
+	p1, p2 := net.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := Stream(context.Background(), a, pipeHalf{p1}, StreamOptions{Idle: 150 * time.Millisecond})
+		done <- err
+	}()
+	// Bytes only ever flow pipe -> app: the app->pipe direction's deadline
+	// fires again and again, and must read on while the other one is busy.
+	for i := 0; i < 6; i++ {
+		if _, err := p2.Write([]byte("y")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(app, make([]byte, 1)); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		time.Sleep(60 * time.Millisecond)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("relay ended while active: %v", err)
+	default:
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrIdle) {
+			t.Fatalf("Stream error = %v, want ErrIdle", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("idle pair never closed")
+	}
+	p2.Close()
+}
