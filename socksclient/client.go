@@ -176,7 +176,9 @@ func (c *Client) Server() string { return c.server }
 //
 // The returned connection is the one the forward dialer made (a
 // *net.TCPConn for a direct first hop), so CloseWrite and splicing work as
-// on a direct connection; its RemoteAddr is the server's address.
+// on a direct connection; its RemoteAddr is the server's address. Only when
+// the target's first bytes came in together with the server's reply is it a
+// wrapper that returns them first (and still has CloseWrite).
 func (c *Client) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	dst, err := c.destination(network, address)
 	if err != nil {
@@ -229,16 +231,18 @@ func (c *Client) request(ctx context.Context, network string, cmd socks.Command,
 		return nil, socks.Addr{}, c.opError("dial", network, dst.String(), err)
 	}
 	var bound socks.Addr
+	hc := newHandshakeConn(conn)
 	err = withContext(ctx, conn, func() error {
 		var err error
-		bound, err = c.handshake(conn, cmd, dst)
+		bound, err = c.handshake(hc, cmd, dst)
 		return err
 	})
 	if err != nil {
+		hc.release()
 		conn.Close()
 		return nil, socks.Addr{}, c.opError(op, network, dst.String(), err)
 	}
-	return conn, bound, nil
+	return hc.finish(), bound, nil
 }
 
 func opName(cmd socks.Command) string {

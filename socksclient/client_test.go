@@ -477,6 +477,82 @@ func TestConnectReturnsTCPConn(t *testing.T) {
 	<-done
 }
 
+// TestDataRightBehindReply: a target that speaks first (a banner) can have
+// its bytes arrive in the same read as the server's reply; they must reach
+// the caller first, and the connection must still half-close.
+func TestDataRightBehindReply(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if !expect(t, c, "greeting", []byte{5, 1, 0}) || !send(t, c, 5, 0) {
+			return
+		}
+		if _, err := socks.ReadRequest(c); err != nil {
+			t.Errorf("fake server: request: %v", err)
+			return
+		}
+		b, _ := socks.AppendReply(nil, socks.Succeeded, socks.Addr{})
+		c.Write(append(b, "220 banner\n"...)) // one segment
+		b, _ = io.ReadAll(c)
+		c.Write(b)
+	}()
+	c, _ := Parse("socks5://"+ln.Addr().String(), nil)
+	conn, err := c.DialContext(context.Background(), "tcp", "mail.example:25")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	banner := make([]byte, len("220 banner\n"))
+	if _, err := io.ReadFull(conn, banner); err != nil || string(banner) != "220 banner\n" {
+		t.Fatalf("banner %q, %v", banner, err)
+	}
+	cw, ok := conn.(interface{ CloseWrite() error })
+	if !ok {
+		t.Fatalf("conn is %T, without CloseWrite", conn)
+	}
+	conn.Write([]byte("half"))
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(conn)
+	if string(got) != "half" {
+		t.Errorf("after half-close read %q, want %q", got, "half")
+	}
+	<-done
+
+	// Over a forward connection that cannot half-close, the wrapper does
+	// not pretend to.
+	d := newFake(t, func(t *testing.T, c net.Conn) {
+		if _, ok := serve5(t, c, socks.Succeeded, socks.Addr{}); ok {
+			c.Write([]byte("hi"))
+		}
+	})
+	pc, _ := Parse("socks5://p", d)
+	conn2, err := pc.DialContext(context.Background(), "tcp", "example.com:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	conn2.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, ok := conn2.(interface{ CloseWrite() error }); ok {
+		t.Errorf("%T over net.Pipe has CloseWrite", conn2)
+	}
+	if b := make([]byte, 2); func() error { _, err := io.ReadFull(conn2, b); return err }() != nil || string(b) != "hi" {
+		t.Errorf("read %q after the reply, want %q", b, "hi")
+	}
+}
+
 func TestURLs(t *testing.T) {
 	good := map[string]string{
 		"socks5://proxy":                    "proxy:1080",

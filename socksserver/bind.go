@@ -51,6 +51,11 @@ func (c *conn) bind(ctx context.Context, expect socks.Addr) {
 	defer cancel()
 	wctx, cancelCause := context.WithCancelCause(tctx)
 	defer cancelCause(nil)
+	if len(c.pending()) > 0 {
+		// Sent with the request, so already read: it spoke too early.
+		cancelCause(errClientSpoke)
+	}
+	c.releaseReader()
 	stop := context.AfterFunc(wctx, func() { ln.Close() })
 	watched := make(chan struct{})
 	go func() {

@@ -182,6 +182,27 @@ func TestBindClientLeaves(t *testing.T) {
 	waitIdle(t, srv.Server)
 }
 
+// TestBindClientSpeaksWithRequest: bytes sent with the BIND request break
+// the protocol (nothing may be sent before the second reply) even though the
+// handshake reader has already taken them in.
+func TestBindClientSpeaksWithRequest(t *testing.T) {
+	rec := &bindRecorder{closed: make(chan struct{})}
+	srv := startServer(t, Config{BindTimeout: time.Hour, Dialer: rec})
+	c := dial(t, srv.addr)
+	noAuth(t, c)
+	at := bindFirst(t, c, false, append(req5(2, mustAP("0.0.0.0:0")), "too early"...))
+	select {
+	case <-rec.closed:
+	case <-time.After(ioTimeout):
+		t.Fatalf("the BIND listener at %v still open after the client spoke", at)
+	}
+	if rep, _ := readReply5(t, c); rep != byte(socks.GeneralFailure) {
+		t.Errorf("second reply %v, want general failure", socks.Reply(rep))
+	}
+	c.Close()
+	waitIdle(t, srv.Server)
+}
+
 // TestBindExternalAddr: the first reply names ExternalAddr when set.
 func TestBindExternalAddr(t *testing.T) {
 	ext := netip.MustParseAddr("203.0.113.9")

@@ -1,7 +1,7 @@
 package socksserver
 
 import (
-	"bytes"
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/tunsocks/tunsocks/socks"
@@ -19,8 +20,12 @@ import (
 
 // conn is one client connection.
 type conn struct {
-	srv   *Server
-	nc    net.Conn
+	srv *Server
+	nc  net.Conn
+	// br reads the handshake from nc: one read takes in a whole message (or
+	// several), instead of one read per field. What it holds after the
+	// request was sent by the client right behind it; relay passes it on.
+	br    *bufio.Reader
 	ctx   context.Context // the Serve context, for log records
 	start time.Time
 	// active is set (under srv.mu) once a request has been read; Shutdown
@@ -60,21 +65,49 @@ func (c *conn) serve(ctx context.Context) {
 	defer c.nc.Close()
 	c.ctx = ctx
 	c.nc.SetDeadline(time.Now().Add(c.srv.cfg.HandshakeTimeout))
-	var ver [1]byte
-	if _, err := io.ReadFull(c.nc, ver[:]); err != nil {
+	c.br = handshakeReaders.Get().(*bufio.Reader)
+	c.br.Reset(c.nc)
+	defer c.releaseReader()
+	ver, err := c.br.Peek(1)
+	if err != nil {
 		c.debug("no request", err)
 		return
 	}
 	c.version = ver[0]
-	r := io.MultiReader(bytes.NewReader(ver[:]), c.nc)
 	switch ver[0] {
 	case socks.Version5:
-		c.serve5(ctx, r)
+		c.serve5(ctx, c.br)
 	case socks.Version4:
-		c.serve4(ctx, r)
+		c.serve4(ctx, c.br)
 	default:
 		// No reply exists for a version the server does not speak.
 		c.srv.log.Debug("unsupported SOCKS version; closing", "client", c.client().String(), "version", fmt.Sprintf("0x%02x", ver[0]))
+	}
+}
+
+// handshakeReaders are the connections' handshake buffers. 512 bytes hold
+// any SOCKS5 message but the longest username/password request, and any
+// SOCKS4a request with a short USERID; longer ones take more reads.
+var handshakeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 512) }}
+
+// pending returns the bytes the client sent after its request, which the
+// handshake reader has already taken in. They stay valid until
+// releaseReader.
+func (c *conn) pending() []byte {
+	if c.br == nil {
+		return nil
+	}
+	b, _ := c.br.Peek(c.br.Buffered())
+	return b
+}
+
+// releaseReader returns the handshake reader to the pool; from then on
+// only nc is read.
+func (c *conn) releaseReader() {
+	if c.br != nil {
+		c.br.Reset(nil)
+		handshakeReaders.Put(c.br)
+		c.br = nil
 	}
 }
 
@@ -110,7 +143,7 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 		return
 	}
 	if chosen == socks.MethodUserPass {
-		user, pass, err := socks.ReadUserPass(c.nc)
+		user, pass, err := socks.ReadUserPass(r)
 		if err != nil {
 			c.debug("bad username/password request; closing", err)
 			return
@@ -132,7 +165,7 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 		c.user = user
 	}
 
-	req, err := socks.ReadRequest(c.nc)
+	req, err := socks.ReadRequest(r)
 	if !c.requestRead("SOCKS5", req.Command, req.Addr, err) {
 		return
 	}

@@ -42,7 +42,22 @@ func (c *conn) relay(ctx context.Context, out net.Conn, extra ...any) {
 	if idle < 0 {
 		idle = 0
 	}
+	// Bytes the client sent right behind its request (optimistic data) go
+	// first; the handshake reader that took them in is no longer needed.
+	var early int64
+	if b := c.pending(); len(b) > 0 {
+		n, err := out.Write(b)
+		early = int64(n)
+		if err != nil {
+			c.releaseReader()
+			out.Close()
+			c.logRequest(socks.Succeeded, fmt.Errorf("pass on data sent with the request: %w", err), early, 0, extra...)
+			return
+		}
+	}
+	c.releaseReader()
 	up, down, err := relay.Stream(ctx, c.nc, out, relay.StreamOptions{Idle: idle})
+	up += early
 	if err == relay.ErrIdle {
 		extra = append(extra, "end", "idle")
 		err = nil

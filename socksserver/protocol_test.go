@@ -299,6 +299,22 @@ func TestConnect(t *testing.T) {
 		}
 		readLine(t, c)
 		expect(t, c, []byte("early"))
+		c.CloseWrite()
+		io.ReadAll(c)
+		r := srv.logs.waitRecord(t, "request", func(m map[string]any) bool { return m["target"] == echo4.String() })
+		if r["up"] != float64(5) {
+			t.Errorf("log record %v: up should count the 5 bytes sent with the request", r)
+		}
+	})
+	t.Run("SOCKS4 pipelined", func(t *testing.T) {
+		srv := startServer(t, Config{})
+		c := dial(t, srv.addr)
+		send(t, c, append(req4(1, echo4, "someone", ""), "early4"...))
+		if rep, _ := readReply4(t, c); rep != 0x5A {
+			t.Fatalf("SOCKS4 reply 0x%02x", rep)
+		}
+		readLine(t, c)
+		expect(t, c, []byte("early4"))
 	})
 	t.Run("SOCKS4", func(t *testing.T) {
 		srv := startServer(t, Config{})
