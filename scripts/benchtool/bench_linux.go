@@ -47,6 +47,7 @@ type bench struct {
 	tab             *table
 	proxychainsConf string
 	tunPid          int // tunsocks run, once started
+	serverPid       int // tunsocks server
 }
 
 // run measures every row in one lab per MTU. Each lab is removed before the
@@ -87,7 +88,11 @@ func (b *bench) run(ctx context.Context) error {
 				b.tab.declare(connRateRow(b.cfg, w), rate, 0)
 			}
 			b.tab.declare(connRateBestRow(b.cfg), rate, targetConnRate)
-			b.tab.declare(cpuRow(b.cfg), latency, 0)
+			for _, w := range b.cfg.workers {
+				for _, part := range cpuParts {
+					b.tab.declare(cpuRow(part, w), latency, 0)
+				}
+			}
 			b.tab.declare(rttRow(b.cfg, 50), latency, 0)
 			b.tab.declare(rttRow(b.cfg, 99), latency, 0)
 			b.tab.declare(rssIdleRow(mtu), memory, 0)
@@ -132,8 +137,57 @@ func (b *bench) connRateMedian(ctx context.Context, l *lab.Lab, dial dialFunc, w
 	return rates[len(rates)/2], conns, nil
 }
 
-func cpuRow(c config) string {
-	return fmt.Sprintf("tunsocks CPU time per connection (%d workers)", c.workers[len(c.workers)-1])
+// cpuShares is where the CPU time of a connection-rate run went: every
+// process of the path's connections shares the machine's 2 cores, so once
+// the machine is busy the rate is its CPU divided by the sum of these.
+type cpuShares struct {
+	machine, server, gen, tunsocks time.Duration
+	err                            error
+}
+
+// cpuSnapshot reads the cumulative CPU times for p's processes.
+func (b *bench) cpuSnapshot(p path) cpuShares {
+	var c cpuShares
+	var errs [4]error
+	c.machine, errs[0] = machineBusy()
+	c.gen, errs[1] = cpuTime(os.Getpid())
+	if p != kernelPath {
+		c.server, errs[2] = cpuTime(b.serverPid)
+	}
+	if p == tunPath {
+		c.tunsocks, errs[3] = cpuTime(b.tunPid)
+	}
+	c.err = errors.Join(errs[:]...)
+	return c
+}
+
+// recordCPU records the CPU time per connection of one connection-rate
+// cell (n connections between a and z), per process and for the machine.
+func (b *bench) recordCPU(p path, workers int, a, z cpuShares, n float64, err error) {
+	if err == nil {
+		err = errors.Join(a.err, z.err)
+	}
+	if err == nil && n <= 0 {
+		err = errors.New("no connections")
+	}
+	rec := func(part string, d time.Duration) {
+		b.record(b.tab.declare(cpuRow(part, workers), latency, 0), p, d.Seconds()/n, err)
+	}
+	rec(cpuParts[0], z.machine-a.machine)
+	rec(cpuParts[1], z.gen-a.gen)
+	if p != kernelPath {
+		rec(cpuParts[2], z.server-a.server)
+	}
+	if p == tunPath {
+		rec(cpuParts[3], z.tunsocks-a.tunsocks)
+	}
+}
+
+// cpuParts name the CPU rows, in the order recordCPU records them.
+var cpuParts = []string{"machine (all processes and the kernel)", "load generator (client and echo server)", "SOCKS server", "tunsocks"}
+
+func cpuRow(part string, workers int) string {
+	return fmt.Sprintf("%s CPU time per connection (%d workers)", part, workers)
 }
 
 func connRateRow(c config, workers int) string {
@@ -221,6 +275,9 @@ func (b *bench) runLab(ctx context.Context, mtu int, full bool) (err error) {
 		return err
 	}
 	if err := waitListening(ctx, l, l.Proxy, socksPort, server); err != nil {
+		return err
+	}
+	if b.serverPid, err = server.pid(); err != nil {
 		return err
 	}
 
@@ -315,11 +372,8 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 		return err
 	}
 	best, bestErr := 0.0, error(nil)
-	for i, w := range b.cfg.workers {
-		var cpu0 time.Duration
-		if p == tunPath {
-			cpu0, _ = cpuTime(b.tunPid)
-		}
+	for _, w := range b.cfg.workers {
+		cpu0 := b.cpuSnapshot(p)
 		// The median of several runs: one run of a few seconds on a
 		// shared 2-core machine moves by 10-20% from run to run.
 		v, n, err := b.connRateMedian(ctx, l, dial, w)
@@ -327,20 +381,7 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 			return ctx.Err()
 		}
 		b.record(b.tab.declare(connRateRow(b.cfg, w), rate, 0), p, v, err)
-		if p == tunPath && i == len(b.cfg.workers)-1 {
-			// CPU per connection, from the process's own accounting
-			// (softirq work the kernel does on its behalf included).
-			cpu1, cerr := cpuTime(b.tunPid)
-			r := b.tab.declare(cpuRow(b.cfg), latency, 0)
-			switch {
-			case err != nil:
-				b.record(r, p, 0, err)
-			case cerr != nil:
-				b.record(r, p, 0, cerr)
-			default:
-				b.record(r, p, (cpu1-cpu0).Seconds()/n, nil)
-			}
-		}
+		b.recordCPU(p, w, cpu0, b.cpuSnapshot(p), n, err)
 		if err != nil {
 			bestErr = err
 		} else if v > best {
