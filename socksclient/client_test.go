@@ -435,28 +435,57 @@ func TestForwardDialError(t *testing.T) {
 	}
 }
 
-// TestConnectReturnsTCPConn: over a real TCP first hop the connection handed
-// back is the *net.TCPConn itself (relays splice it and half-close it).
-func TestConnectReturnsTCPConn(t *testing.T) {
+// tcpFake runs script on the first connection to a loopback TCP listener
+// and returns the listener's address; done is closed when script returns.
+func tcpFake(t *testing.T, script func(t *testing.T, c net.Conn)) (addr string, done <-chan struct{}) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	done := make(chan struct{})
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan struct{})
 	go func() {
-		defer close(done)
+		defer close(ch)
 		c, err := ln.Accept()
 		if err != nil {
 			return
 		}
 		defer c.Close()
-		if _, ok := serve5(t, c, socks.Succeeded, socks.Addr{}); ok {
-			b, _ := io.ReadAll(c) // until the client half-closes
-			c.Write(b)
-		}
+		script(t, c)
 	}()
-	c, _ := Parse("socks5://"+ln.Addr().String(), nil)
+	return ln.Addr().String(), ch
+}
+
+// echoAfterHalfClose is the target of the half-close tests: it reads until
+// the client's FIN and sends everything back.
+func echoAfterHalfClose(c net.Conn) {
+	b, _ := io.ReadAll(c)
+	c.Write(b)
+}
+
+// checkHalfClose writes, half-closes through cw and expects the bytes back.
+func checkHalfClose(t *testing.T, conn net.Conn, cw interface{ CloseWrite() error }) {
+	t.Helper()
+	conn.Write([]byte("half"))
+	if err := cw.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(conn)
+	if string(got) != "half" {
+		t.Errorf("after half-close read %q, want %q", got, "half")
+	}
+}
+
+// TestConnectReturnsTCPConn: over a real TCP first hop the connection handed
+// back is the *net.TCPConn itself (relays splice it and half-close it).
+func TestConnectReturnsTCPConn(t *testing.T) {
+	addr, done := tcpFake(t, func(t *testing.T, c net.Conn) {
+		if _, ok := serve5(t, c, socks.Succeeded, socks.Addr{}); ok {
+			echoAfterHalfClose(c)
+		}
+	})
+	c, _ := Parse("socks5://"+addr, nil)
 	conn, err := c.DialContext(context.Background(), "tcp", "example.com:80")
 	if err != nil {
 		t.Fatal(err)
@@ -466,14 +495,7 @@ func TestConnectReturnsTCPConn(t *testing.T) {
 	if !ok {
 		t.Fatalf("conn is %T, want *net.TCPConn", conn)
 	}
-	conn.Write([]byte("half"))
-	if err := tc.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := io.ReadAll(conn)
-	if string(got) != "half" {
-		t.Errorf("after half-close read %q, want %q", got, "half")
-	}
+	checkHalfClose(t, conn, tc)
 	<-done
 }
 
@@ -481,19 +503,7 @@ func TestConnectReturnsTCPConn(t *testing.T) {
 // its bytes arrive in the same read as the server's reply; they must reach
 // the caller first, and the connection must still half-close.
 func TestDataRightBehindReply(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	addr, done := tcpFake(t, func(t *testing.T, c net.Conn) {
 		if !expect(t, c, "greeting", []byte{5, 1, 0}) || !send(t, c, 5, 0) {
 			return
 		}
@@ -503,10 +513,9 @@ func TestDataRightBehindReply(t *testing.T) {
 		}
 		b, _ := socks.AppendReply(nil, socks.Succeeded, socks.Addr{})
 		c.Write(append(b, "220 banner\n"...)) // one segment
-		b, _ = io.ReadAll(c)
-		c.Write(b)
-	}()
-	c, _ := Parse("socks5://"+ln.Addr().String(), nil)
+		echoAfterHalfClose(c)
+	})
+	c, _ := Parse("socks5://"+addr, nil)
 	conn, err := c.DialContext(context.Background(), "tcp", "mail.example:25")
 	if err != nil {
 		t.Fatal(err)
@@ -521,14 +530,7 @@ func TestDataRightBehindReply(t *testing.T) {
 	if !ok {
 		t.Fatalf("conn is %T, without CloseWrite", conn)
 	}
-	conn.Write([]byte("half"))
-	if err := cw.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	got, _ := io.ReadAll(conn)
-	if string(got) != "half" {
-		t.Errorf("after half-close read %q, want %q", got, "half")
-	}
+	checkHalfClose(t, conn, cw)
 	<-done
 
 	// Over a forward connection that cannot half-close, the wrapper does

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -308,32 +309,26 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 // startTrace records a Go execution trace until the returned stop is
 // called: where goroutines wait between a packet's arrival and its relay.
 func startTrace(path string) (stop func(), err error) {
-	f, err := os.Create(path)
-	if err != nil {
-		return nil, usagef("--trace: %v", err)
-	}
-	if err := trace.Start(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("--trace: %w", err)
-	}
-	return func() {
-		trace.Stop()
-		f.Close()
-	}, nil
+	return startRecording("--trace", path, trace.Start, trace.Stop)
 }
 
 // startCPUProfile profiles until the returned stop is called.
 func startCPUProfile(path string) (stop func(), err error) {
+	return startRecording("--cpuprofile", path, pprof.StartCPUProfile, pprof.StopCPUProfile)
+}
+
+// startRecording creates path and starts a runtime recorder writing to it.
+func startRecording(flag, path string, start func(io.Writer) error, end func()) (stop func(), err error) {
 	f, err := os.Create(path)
 	if err != nil {
-		return nil, usagef("--cpuprofile: %v", err)
+		return nil, usagef("%s: %v", flag, err)
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
+	if err := start(f); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("--cpuprofile: %w", err)
+		return nil, fmt.Errorf("%s: %w", flag, err)
 	}
 	return func() {
-		pprof.StopCPUProfile()
+		end()
 		f.Close()
 	}, nil
 }
