@@ -76,12 +76,16 @@ type TunConfig struct {
 }
 
 // TCPConfig is the netstack's TCP tuning (top-level keys tcp-sack,
-// tcp-moderate-rcvbuf, tcp-buf and tcp-cc).
+// tcp-moderate-rcvbuf, tcp-buf, tcp-cc and tcp-stack).
 type TCPConfig struct {
 	SACK           *bool  `yaml:"tcp-sack"`            // nil: the netstack's default
 	ModerateRcvbuf *bool  `yaml:"tcp-moderate-rcvbuf"` // nil: the netstack's default
 	Buf            int    `yaml:"tcp-buf"`             // max send/receive buffer per flow, bytes; 0: default
 	CC             string `yaml:"tcp-cc"`              // "cubic" or "reno"; "": default
+	// Stack is who terminates the app's TCP: "gvisor" (the userspace
+	// netstack) or "system" (the host kernel, through address
+	// translation on the TUN); "": gvisor.
+	Stack string `yaml:"tcp-stack"`
 }
 
 // Proxy is one named upstream: either a URL or a chain of other proxies.
@@ -138,6 +142,7 @@ const (
 	DefaultSummaryInterval = 5 * time.Second
 	DefaultTCPBuf          = 4 << 20
 	DefaultTCPCC           = "cubic"
+	DefaultTCPStack        = "gvisor"
 	DefaultFakeIPRange     = "198.18.0.0/15"
 	DefaultFakeIPRange6    = "fc00::/18"
 	DefaultFakeIPTTL       = 10 * time.Second
@@ -172,7 +177,7 @@ func Default() *Config {
 		DNSIdle:         DefaultDNSIdle,
 		DialTimeout:     DefaultDialTimeout,
 		SummaryInterval: DefaultSummaryInterval,
-		TCP:             TCPConfig{SACK: &sack, ModerateRcvbuf: &mod, Buf: DefaultTCPBuf, CC: DefaultTCPCC},
+		TCP:             TCPConfig{SACK: &sack, ModerateRcvbuf: &mod, Buf: DefaultTCPBuf, CC: DefaultTCPCC, Stack: DefaultTCPStack},
 		DNS: DNSConfig{
 			FakeIPRange:  netip.MustParsePrefix(DefaultFakeIPRange),
 			FakeIPRange6: netip.MustParsePrefix(DefaultFakeIPRange6),

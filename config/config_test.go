@@ -114,6 +114,7 @@ func TestKeys(t *testing.T) {
 		{"tcp-moderate-rcvbuf: false", func(c *Config) bool { return !*c.TCP.ModerateRcvbuf }},
 		{"tcp-buf: 1_048_576", func(c *Config) bool { return c.TCP.Buf == 1<<20 }},
 		{"tcp-cc: reno", func(c *Config) bool { return c.TCP.CC == "reno" }},
+		{"tcp-stack: system", func(c *Config) bool { return c.TCP.Stack == "system" }},
 		{"proxies:\n  - name: a\n    url: socks5h://h\n  - name: b\n    chain: [a]", func(c *Config) bool {
 			return len(c.Proxies) == 2 && c.Proxies[0].URL.Scheme == "socks5h" && c.Proxies[0].Line == 2 &&
 				reflect.DeepEqual(c.Proxies[1].Chain, []string{"a"}) && c.Proxies[1].Line == 4
@@ -203,6 +204,8 @@ func TestErrors(t *testing.T) {
 		{"tcp-moderate-rcvbuf: [x]", []string{file + ":1: tcp-moderate-rcvbuf: want true or false, not a list"}},
 		{"tcp-buf: 1024", []string{file + ":1: tcp-buf 1024: want 65536 to 67108864"}},
 		{"tcp-cc: bbr", []string{file + `:1: tcp-cc "bbr": want cubic or reno`}},
+		{"tcp-stack: kernel", []string{file + `:1: tcp-stack "kernel": want gvisor or system`}},
+		{"tcp-stack: system\ntun:\n  pcap: /tmp/x.pcap", []string{file + `:1: tcp-stack system: --pcap would record the translated packets too`}},
 		// The default proxy.
 		{"proxy: sock5://h:1", []string{file + `:1: proxy: scheme "sock5" is not supported; want socks5, socks4, socks4a or http`}},
 		{"proxy: https://h:1", []string{file + `:1: proxy: scheme "https" is not supported yet`}},

@@ -411,10 +411,11 @@ func (d *decoder) top(n *yaml.Node) {
 		"tcp-buf": func(_, v *yaml.Node) {
 			d.integer(v, "tcp-buf", MinTCPBuf, MaxTCPBuf, func(n int64) { c.TCP.Buf = int(n) }, "tcp-buf")
 		},
-		"tcp-cc":  func(_, v *yaml.Node) { d.str(v, "tcp-cc", &c.TCP.CC, "tcp-cc") },
-		"proxies": func(_, v *yaml.Node) { d.proxies(v) },
-		"rules":   func(_, v *yaml.Node) { d.rules(v) },
-		"dns":     func(_, v *yaml.Node) { d.dns(v) },
+		"tcp-cc":    func(_, v *yaml.Node) { d.str(v, "tcp-cc", &c.TCP.CC, "tcp-cc") },
+		"tcp-stack": func(_, v *yaml.Node) { d.str(v, "tcp-stack", &c.TCP.Stack, "tcp-stack") },
+		"proxies":   func(_, v *yaml.Node) { d.proxies(v) },
+		"rules":     func(_, v *yaml.Node) { d.rules(v) },
+		"dns":       func(_, v *yaml.Node) { d.dns(v) },
 	}
 	d.mapping(n, "", fields, topHints())
 }

@@ -37,6 +37,7 @@ tcp-sack: true             # selective acknowledgements in the netstack
 tcp-moderate-rcvbuf: true  # grow receive buffers as throughput needs
 tcp-buf: 4194304           # max TCP buffer per flow, bytes (65536 to 67108864)
 tcp-cc: cubic              # cubic or reno
+tcp-stack: gvisor          # who terminates the app's TCP: gvisor or system (the host kernel)
 
 # Named upstreams for rules. Each has a url or a chain (not both).
 proxies:

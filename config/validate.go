@@ -92,6 +92,15 @@ func (v *validator) values() {
 	default:
 		v.fail("tcp-cc", "tcp-cc %q: want cubic or reno", c.TCP.CC)
 	}
+	switch c.TCP.Stack {
+	case "", "gvisor":
+	case "system":
+		if c.Tun.Pcap != "" {
+			v.fail("tcp-stack", "tcp-stack system: --pcap would record the translated packets too; use tcp-stack gvisor to capture")
+		}
+	default:
+		v.fail("tcp-stack", "tcp-stack %q: want gvisor or system", c.TCP.Stack)
+	}
 	if strings.ContainsAny(c.OutInterface, " \t/") || len(c.OutInterface) > 15 {
 		v.fail("out-interface", "out-interface %q: want an interface name like eth0", c.OutInterface)
 	}

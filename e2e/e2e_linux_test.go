@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
@@ -26,11 +27,59 @@ var (
 	remote6 = lab.Remote6.Addr()
 )
 
-func TestPipelineOurServer(t *testing.T) { suite(t, ourServer) }
-func TestPipelineDante(t *testing.T)     { suite(t, dante) }
+func TestPipelineOurServer(t *testing.T) {
+	e := suite(t, ourServer)
+	t.Run("netstack-terminates-tcp", func(t *testing.T) { e.kernelTerminates(t, false) })
+}
+func TestPipelineDante(t *testing.T) { suite(t, dante) }
 
-func suite(t *testing.T, kind upstreamKind) {
-	e := newEnv(t, kind)
+// TestPipelineSystemStack runs the suite with the kernel terminating the
+// app's TCP (--tcp-stack system) instead of gVisor.
+func TestPipelineSystemStack(t *testing.T) {
+	e := suite(t, ourServer, "--tcp-stack", "system")
+	t.Run("kernel-terminates-tcp", func(t *testing.T) { e.kernelTerminates(t, true) })
+}
+
+// kernelTerminates checks, with a connection open, whether the app host's
+// kernel holds the accepted end of it: a socket from the TUN's address to a
+// fake peer (198.18.0.2-255), as --tcp-stack system makes and gVisor never
+// does.
+func (e *env) kernelTerminates(t *testing.T, want bool) {
+	c, err := e.app.DialContext(e.ctx, "tcp", netip.AddrPortFrom(remote4, echoPort).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	var table []byte
+	if err := e.lab.Do(e.lab.App, func() (err error) {
+		table, err = os.ReadFile("/proc/thread-self/net/tcp")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, line := range strings.Split(string(table), "\n")[1:] {
+		f := strings.Fields(line)
+		// local_address rem_address st, IPv4 in little-endian hex:
+		// 198.18.0.1 is 010012C6, a fake peer xx0012C6; 01 is ESTABLISHED.
+		if len(f) > 3 && strings.HasPrefix(f[1], "010012C6:") && strings.HasSuffix(f[2][:8], "0012C6") && f[2][:2] != "01" && f[3] == "01" {
+			found = true
+		}
+	}
+	if found != want {
+		t.Errorf("kernel socket from the TUN address to a fake peer: found %v, want %v\n%s", found, want, table)
+	}
+}
+
+func suite(t *testing.T, kind upstreamKind, runArgs ...string) *env {
+	e := newEnv(t, kind, runArgs...)
 	t.Run("curl-http-ipv4", func(t *testing.T) { e.curl(t, "http://"+remote4.String()+"/") })
 	t.Run("curl-http-ipv6", func(t *testing.T) { e.curl(t, "http://["+remote6.String()+"]/") })
 	t.Run("ipv6-target-through-socks5", func(t *testing.T) { e.echoTCP(t, netip.AddrPortFrom(remote6, echoPort)) })
@@ -42,6 +91,7 @@ func suite(t *testing.T, kind upstreamKind) {
 	t.Run("transfer-256MiB-each-way", func(t *testing.T) { e.transfer(t, 256<<20) })
 	t.Run("500-concurrent", func(t *testing.T) { e.concurrent(t, 500) })
 	t.Run("upstream-killed-and-back", func(t *testing.T) { e.upstreamKilled(t, kind) })
+	return e
 }
 
 func (e *env) curl(t *testing.T, url string) {

@@ -51,10 +51,14 @@ const maxCoalesced = 65535
 // packets are dropped and counted, like a NIC's tx ring; TCP retransmits,
 // UDP is best effort.
 type linkEndpoint struct {
-	dev   Device
-	mtu   uint32
-	batch int
-	log   *slog.Logger
+	dev Device
+	mtu uint32
+	// divert, when set (system TCP mode), sees every packet read before
+	// gVisor does: it may take it (mine) and rewrite it in place for
+	// writing back to the device (write).
+	divert func(pkt []byte) (mine, write bool)
+	batch  int
+	log    *slog.Logger
 
 	mu         sync.RWMutex
 	dispatcher gstack.NetworkDispatcher
@@ -89,7 +93,7 @@ type linkEndpoint struct {
 	txErrors                           atomic.Uint64
 }
 
-func newLinkEndpoint(dev Device, mtu uint32, readBufSize int, queueLen int, useGSO bool, log *slog.Logger) *linkEndpoint {
+func newLinkEndpoint(dev Device, mtu uint32, readBufSize int, queueLen int, useGSO bool, divert func([]byte) (bool, bool), log *slog.Logger) *linkEndpoint {
 	batch := dev.BatchSize()
 	if batch < 1 {
 		batch = 1
@@ -100,6 +104,7 @@ func newLinkEndpoint(dev Device, mtu uint32, readBufSize int, queueLen int, useG
 	e := &linkEndpoint{
 		dev:    dev,
 		mtu:    mtu,
+		divert: divert,
 		batch:  batch,
 		log:    log,
 		qlimit: queueLen,
@@ -124,9 +129,17 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 	defer e.wg.Done()
 	bufs := make([][]byte, e.batch)
 	for i := range bufs {
-		bufs[i] = make([]byte, headroom+bufSize)
+		if e.divert != nil {
+			// Diverted packets are written back from these buffers; spare
+			// capacity lets the device's GRO join a flow's segments into
+			// the first one (untouched pages cost no memory).
+			bufs[i] = make([]byte, headroom+bufSize, headroom+max(maxCoalesced, bufSize))
+		} else {
+			bufs[i] = make([]byte, headroom+bufSize)
+		}
 	}
 	sizes := make([]int, e.batch)
+	var back [][]byte // diverted packets to write back, per batch
 	consecutiveErrs := 0
 	for {
 		n, err := e.dev.Read(bufs, sizes, headroom)
@@ -135,7 +148,30 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 			e.gro.Dispatcher = e.dispatcher
 			e.mu.RUnlock()
 			for i := range n {
-				e.deliver(bufs[i][headroom : headroom+sizes[i]])
+				pkt := bufs[i][headroom : headroom+sizes[i]]
+				if e.divert != nil {
+					if mine, write := e.divert(pkt); mine {
+						e.pktsIn.Add(1)
+						e.bytesIn.Add(uint64(len(pkt)))
+						if write {
+							back = append(back, bufs[i][:headroom+sizes[i]])
+						}
+						continue
+					}
+				}
+				e.deliver(pkt)
+			}
+			if len(back) > 0 {
+				// One write for the batch: the Linux device's GRO joins
+				// a flow's segments again.
+				if _, err := e.dev.Write(back, headroom); err != nil {
+					e.txErrors.Add(1)
+					e.log.Debug("tun write (system TCP)", "err", err, "packets", len(back))
+				} else {
+					e.pktsOut.Add(uint64(len(back)))
+				}
+				clear(back)
+				back = back[:0]
 			}
 			// One batch from the device is one GRO window: consecutive
 			// segments of a flow go up the stack as one large packet.

@@ -116,6 +116,10 @@ type Config struct {
 	// TxQueue is how many outbound packets wait for the device writer;
 	// more are dropped and counted. Default 4096.
 	TxQueue int
+	// SystemTCP, when set, has the host kernel terminate the app's TCP
+	// connections instead of gVisor (see SystemTCP). UDP and ICMP are
+	// unchanged.
+	SystemTCP *SystemTCP
 	// CloseTimeout bounds how long Close waits for handler goroutines to
 	// return after their flows were closed and their context cancelled.
 	// Default 5s.
@@ -149,7 +153,10 @@ type Stack struct {
 	mu       sync.Mutex
 	closed   bool
 	tcpConns map[*tcpConn]struct{}
+	sysConns map[*sysConn]struct{}
 	udpFlows map[flowKey]*UDPFlow
+
+	sys *sysTCP // nil unless Config.SystemTCP
 
 	handlers sync.WaitGroup // handler goroutines
 
@@ -168,6 +175,9 @@ type Stats struct {
 	TCPOpen, UDPOpen   int64  // flows open now
 	TCPTotal, UDPTotal uint64 // flows handed to the Handler so far
 	TCPRejected        uint64
+	// BytesUp and BytesDown are the payload read from and written to
+	// the flows' Conns. In system TCP mode a relay that splices on the
+	// kernel socket (KernelConn) bypasses them.
 	BytesUp            uint64 // payload app -> handler (TCP and UDP)
 	BytesDown          uint64 // payload handler -> app
 	UDPDrops           uint64 // datagrams dropped because a flow's queue was full
@@ -224,12 +234,25 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		ctx:      sctx,
 		cancel:   cancel,
 		tcpConns: make(map[*tcpConn]struct{}),
+		sysConns: make(map[*sysConn]struct{}),
 		udpFlows: make(map[flowKey]*UDPFlow),
 	}
-	s.link = newLinkEndpoint(cfg.Device, uint32(cfg.MTU), readBufSize, cfg.TxQueue, !cfg.TCP.DisableGSO, log)
+	var divert func([]byte) (bool, bool)
+	if cfg.SystemTCP != nil {
+		if s.sys, err = newSysTCP(s, *cfg.SystemTCP); err != nil {
+			cancel()
+			gs.Destroy()
+			return nil, err
+		}
+		divert = s.sys.divert
+	}
+	s.link = newLinkEndpoint(cfg.Device, uint32(cfg.MTU), readBufSize, cfg.TxQueue, !cfg.TCP.DisableGSO, divert, log)
 
 	fail := func(what string, terr tcpip.Error) (*Stack, error) {
 		cancel()
+		if s.sys != nil {
+			s.sys.close()
+		}
 		s.link.Close()
 		_ = cfg.Device.Close()
 		s.link.Wait()
@@ -403,8 +426,11 @@ func (s *Stack) Close() error {
 func (s *Stack) close() error {
 	s.mu.Lock()
 	s.closed = true
-	conns := make([]*tcpConn, 0, len(s.tcpConns))
+	conns := make([]interface{ Close() error }, 0, len(s.tcpConns)+len(s.sysConns))
 	for c := range s.tcpConns {
+		conns = append(conns, c)
+	}
+	for c := range s.sysConns {
 		conns = append(conns, c)
 	}
 	flows := make([]*UDPFlow, 0, len(s.udpFlows))
@@ -421,6 +447,9 @@ func (s *Stack) close() error {
 		f.closeWith(errStackClosed)
 	}
 
+	if s.sys != nil {
+		s.sys.close()
+	}
 	s.link.closing.Store(true)
 	devErr := s.dev.Close()
 	if devErr != nil {

@@ -24,7 +24,8 @@ type Conn interface {
 // the Handler calls Accept or Reject.
 type TCPRequest struct {
 	s        *Stack
-	fr       *tcp.ForwarderRequest
+	fr       *tcp.ForwarderRequest // gVisor mode
+	nat      *natEntry             // system TCP mode
 	src, dst netip.AddrPort
 
 	mu      sync.Mutex
@@ -53,6 +54,9 @@ func (r *TCPRequest) decide() bool {
 func (r *TCPRequest) Accept() (Conn, error) {
 	if !r.decide() {
 		return nil, errAlreadyDecided
+	}
+	if r.nat != nil {
+		return r.acceptSystem()
 	}
 	var wq waiter.Queue
 	ep, terr := r.fr.CreateEndpoint(&wq)
@@ -94,6 +98,10 @@ func (r *TCPRequest) Reject() {
 		return
 	}
 	r.s.tcpRejected.Add(1)
+	if r.nat != nil {
+		r.s.sys.reject(r.nat)
+		return
+	}
 	r.fr.Complete(true)
 }
 
@@ -104,6 +112,10 @@ func (r *TCPRequest) Drop() {
 		return
 	}
 	r.s.tcpRejected.Add(1)
+	if r.nat != nil {
+		r.s.sys.remove(r.nat)
+		return
+	}
 	r.fr.Complete(false)
 }
 
@@ -112,12 +124,23 @@ func (r *TCPRequest) Drop() {
 // handler's own and is tracked for Close.
 func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 	id := fr.ID()
-	r := &TCPRequest{
+	s.handleRequest(&TCPRequest{
 		s:   s,
 		fr:  fr,
 		src: netip.AddrPortFrom(addrFromTCPIP(id.RemoteAddress), id.RemotePort),
 		dst: netip.AddrPortFrom(addrFromTCPIP(id.LocalAddress), id.LocalPort),
-	}
+	})
+}
+
+// startSystemRequest hands a SYN the system TCP mode holds to the Handler,
+// on a goroutine of its own (the packet loop must not wait).
+func (s *Stack) startSystemRequest(e *natEntry, src, dst netip.AddrPort) {
+	go s.handleRequest(&TCPRequest{s: s, nat: e, src: src, dst: dst})
+}
+
+// handleRequest runs the Handler for r on the calling goroutine, which it
+// tracks for Close.
+func (s *Stack) handleRequest(r *TCPRequest) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -133,7 +156,11 @@ func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 		// The handler broke its contract; never leave the app hanging.
 		s.handlerUndecided.Add(1)
 		s.tcpRejected.Add(1)
-		fr.Complete(true)
+		if r.nat != nil {
+			s.sys.reject(r.nat)
+		} else {
+			r.fr.Complete(true)
+		}
 		s.log.Warn("TCP handler returned without Accept or Reject; sent RST", "src", r.src, "dst", r.dst)
 	}
 }
@@ -177,3 +204,62 @@ var _ interface {
 	SetDeadline(time.Time) error
 	CloseWrite() error
 } = (*tcpConn)(nil)
+
+// acceptSystem completes the app's handshake in system TCP mode.
+func (r *TCPRequest) acceptSystem() (Conn, error) {
+	s := r.s
+	tc, err := s.sys.accept(r.nat)
+	if err != nil {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Source: net.TCPAddrFromAddrPort(r.dst),
+			Addr: net.TCPAddrFromAddrPort(r.src), Err: err}
+	}
+	c := &sysConn{TCPConn: tc, s: s, nat: r.nat}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		tc.SetLinger(0)
+		tc.Close()
+		s.sys.remove(r.nat)
+		return nil, errStackClosed
+	}
+	s.sysConns[c] = struct{}{}
+	s.mu.Unlock()
+	s.tcpOpen.Add(1)
+	return c, nil
+}
+
+// sysConn is an app connection the kernel terminated (system TCP mode). It
+// counts payload bytes, and on Close lets its translation expire.
+type sysConn struct {
+	*net.TCPConn
+	s         *Stack
+	nat       *natEntry
+	closeOnce sync.Once
+}
+
+func (c *sysConn) Read(p []byte) (int, error) {
+	n, err := c.TCPConn.Read(p)
+	c.s.bytesUp.Add(uint64(n))
+	return n, err
+}
+
+func (c *sysConn) Write(p []byte) (int, error) {
+	n, err := c.TCPConn.Write(p)
+	c.s.bytesDown.Add(uint64(n))
+	return n, err
+}
+
+// KernelConn lets the relay splice on the kernel socket (relay.KernelConner).
+func (c *sysConn) KernelConn() *net.TCPConn { return c.TCPConn }
+
+func (c *sysConn) Close() error {
+	err := c.TCPConn.Close()
+	c.closeOnce.Do(func() {
+		c.s.mu.Lock()
+		delete(c.s.sysConns, c)
+		c.s.mu.Unlock()
+		c.s.tcpOpen.Add(-1)
+		c.s.sys.closed(c.nat)
+	})
+	return err
+}

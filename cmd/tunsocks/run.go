@@ -1,11 +1,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"runtime/pprof"
@@ -48,6 +50,7 @@ func runFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "tcp-moderate-rcvbuf", Value: true, Usage: "let the netstack grow receive buffers as throughput needs", EnvVars: env("tcp-moderate-rcvbuf")},
 		&cli.IntFlag{Name: "tcp-buf", Value: d.TCP.Buf, Usage: "maximum TCP send and receive buffer per flow in the netstack, bytes", EnvVars: env("tcp-buf")},
 		&cli.StringFlag{Name: "tcp-cc", Value: d.TCP.CC, Usage: "netstack congestion control: cubic or reno", EnvVars: env("tcp-cc")},
+		&cli.StringFlag{Name: "tcp-stack", Value: d.TCP.Stack, Usage: "who terminates the app's TCP: gvisor (userspace netstack) or system (the host kernel, through address translation on the TUN; cheaper per connection)", EnvVars: env("tcp-stack")},
 		&cli.BoolFlag{Name: "dns", Usage: "answer DNS on the TUN with fake IPs (default: on when a rule needs a domain)", EnvVars: env("dns")},
 		&cli.BoolFlag{Name: "dns-hijack", Usage: "answer every DNS query to port 53, whatever its address", EnvVars: env("dns-hijack")},
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
@@ -124,6 +127,9 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 	}
 	if set("tcp-cc") {
 		cfg.TCP.CC = c.String("tcp-cc")
+	}
+	if set("tcp-stack") {
+		cfg.TCP.Stack = c.String("tcp-stack")
 	}
 	if set("dns") {
 		v := c.Bool("dns")
@@ -259,11 +265,28 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if cfg.TCP.ModerateRcvbuf != nil {
 		tcp.DisableModerateReceiveBuffer = !*cfg.TCP.ModerateRcvbuf
 	}
-	st, err := stack.New(ctx, stack.Config{Device: bd, MTU: cfg.Tun.MTU, Handler: rt, Logger: log, TCP: tcp, UDPIdle: cfg.UDPIdle})
+	scfg := stack.Config{Device: bd, MTU: cfg.Tun.MTU, Handler: rt, Logger: log, TCP: tcp, UDPIdle: cfg.UDPIdle}
+	if cfg.TCP.Stack == "system" {
+		// The kernel listener must live where the TUN delivers packets.
+		listen := func(network, address string) (ln net.Listener, err error) {
+			do := func() error {
+				ln, err = net.Listen(network, address)
+				return err
+			}
+			if hooks.inNetns != nil {
+				err = hooks.inNetns(do)
+			} else {
+				err = do()
+			}
+			return ln, err
+		}
+		scfg.SystemTCP = &stack.SystemTCP{Addrs: cfg.Tun.Addrs, Listen: listen}
+	}
+	st, err := stack.New(ctx, scfg)
 	if err != nil {
 		return err
 	}
-	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "outbound", w.summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
+	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", cmp.Or(cfg.TCP.Stack, config.DefaultTCPStack), "outbound", w.summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
 	if hooks.started != nil {
 		hooks.started(dev.Name())
 	}

@@ -145,8 +145,8 @@ const spliceChunk = 1 << 20
 // the kernel and are counted only when a ReadFrom chunk returns.
 func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic.Int64, idle time.Duration) (int64, error) {
 	var total int64
-	rf, splice := dst.(io.ReaderFrom)
-	splice = splice && isTCP(src) && isTCP(dst)
+	srcTCP, dstTCP := tcpOf(src), tcpOf(dst)
+	splice := srcTCP != nil && dstTCP != nil
 	var bp *[]byte
 	if !splice {
 		bp = bufPool.Get().(*[]byte)
@@ -162,8 +162,8 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 		if splice {
 			// *net.TCPConn.ReadFrom splices TCP->TCP in the kernel on Linux,
 			// and it does so for an *io.LimitedReader around a TCPConn too.
-			lr := &io.LimitedReader{R: src, N: spliceChunk}
-			n, err = rf.ReadFrom(lr)
+			lr := &io.LimitedReader{R: srcTCP, N: spliceChunk}
+			n, err = dstTCP.ReadFrom(lr)
 			eof = err == nil && lr.N > 0
 		} else {
 			var nr int
@@ -218,9 +218,23 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 	return total, nil
 }
 
-func isTCP(c net.Conn) bool {
-	_, ok := c.(*net.TCPConn)
-	return ok
+// KernelConner is a connection that wraps a kernel TCP socket and lets the
+// relay splice on it directly (the netstack's connections in system TCP
+// mode: they keep their own Close). Bytes spliced do not pass through the
+// wrapper's Read and Write.
+type KernelConner interface {
+	KernelConn() *net.TCPConn
+}
+
+// tcpOf returns the kernel TCP socket behind c, or nil.
+func tcpOf(c net.Conn) *net.TCPConn {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		return c
+	case KernelConner:
+		return c.KernelConn()
+	}
+	return nil
 }
 
 // isOrdinary reports whether err is how a stream normally ends.

@@ -293,3 +293,40 @@ func TestStreamIdleNonSplice(t *testing.T) {
 	}
 	p2.Close()
 }
+
+// kernelWrapped hides a *net.TCPConn behind a wrapper that counts its own
+// Reads and Writes and exposes the socket through KernelConn.
+type kernelWrapped struct {
+	*net.TCPConn
+	calls atomic.Int64
+}
+
+func (k *kernelWrapped) Read(p []byte) (int, error)  { k.calls.Add(1); return k.TCPConn.Read(p) }
+func (k *kernelWrapped) Write(p []byte) (int, error) { k.calls.Add(1); return k.TCPConn.Write(p) }
+func (k *kernelWrapped) KernelConn() *net.TCPConn    { return k.TCPConn }
+
+func TestStreamSplicesKernelConner(t *testing.T) {
+	app, a := testenv.TCPPair(t)
+	b, remote := testenv.TCPPair(t)
+	w := &kernelWrapped{TCPConn: a}
+	done := make(chan error, 1)
+	go func() { _, _, err := Stream(context.Background(), w, b, StreamOptions{Idle: time.Minute}); done <- err }()
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	go func() { app.Write(data); app.CloseWrite() }()
+	got, err := io.ReadAll(remote)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("remote read %d bytes, %v", len(got), err)
+	}
+	remote.Write([]byte("back"))
+	remote.CloseWrite()
+	if back, _ := io.ReadAll(app); string(back) != "back" {
+		t.Fatalf("app read %q", back)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := w.calls.Load(); n != 0 {
+		t.Errorf("the wrapper's Read/Write ran %d times; the relay should splice on its kernel socket", n)
+	}
+}

@@ -1,0 +1,509 @@
+package stack
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+)
+
+// SystemTCP configures the system TCP mode (Config.SystemTCP): the app's TCP
+// connections are terminated by the host kernel's TCP instead of gVisor's.
+//
+// The reader rewrites every TCP packet from the app (source S, destination
+// D) to come from a fake peer F (an address next to the TUN's own, and a
+// port) and to go to a kernel listener L on the TUN's own address, and
+// writes it back into the TUN; the kernel delivers it to L. L's packets to
+// F come out of the TUN and are rewritten back (from D, to S). Each
+// connection L accepts from F is the app's connection to D. UDP and ICMP
+// still go through gVisor.
+//
+// The kernel's TCP is cheaper per packet and per connection than gVisor's,
+// and Handler semantics are kept: the app's SYN is held until the Handler
+// decides, so a refused upstream still gives the app a RST at once.
+type SystemTCP struct {
+	// Addrs are the TUN device's own addresses with their prefixes, as
+	// given to the device (e.g. 198.18.0.1/15, fc00::1/18). Each address
+	// gets a listener; fake peers are the 254 addresses after it, which
+	// must be inside the prefix and otherwise unused.
+	Addrs []netip.Prefix
+	// Listen opens a listener where the TUN's packets are delivered (the
+	// TUN's network namespace). nil means net.Listen.
+	Listen func(network, address string) (net.Listener, error)
+	// AcceptTimeout bounds how long Accept waits for the kernel to finish
+	// the app's handshake. Default 10s.
+	AcceptTimeout time.Duration
+}
+
+// natGrace is how long a closed connection's translation is kept, for the
+// last ACKs and FINs of its close.
+const natGrace = 15 * time.Second
+
+const fakePeers = 254
+
+type natState uint8
+
+const (
+	natPending     natState = iota // SYN held, the Handler deciding
+	natAccepting                   // SYN sent to the listener, waiting for accept
+	natEstablished                 // the listener accepted it
+	natClosed                      // the conn was closed; expires after natGrace
+)
+
+type natEntry struct {
+	app      [2]netip.AddrPort // app source, destination
+	fake     netip.AddrPort
+	state    natState
+	isn      uint32 // the app's initial sequence number
+	syn      []byte // the app's SYN, while pending
+	accepted chan *net.TCPConn
+	closedAt time.Time
+}
+
+type sysFamily struct {
+	self  netip.Addr
+	lport uint16
+	ln    net.Listener
+	fake0 netip.Addr // first fake peer
+}
+
+type sysTCP struct {
+	s    *Stack
+	cfg  SystemTCP
+	fams []*sysFamily
+	// start hands a new held SYN to the Handler (Stack.startSystemRequest).
+	start func(e *natEntry, src, dst netip.AddrPort)
+	// dev and log are the Stack's.
+	dev Device
+	log *slog.Logger
+
+	mu     sync.Mutex
+	byApp  map[[2]netip.AddrPort]*natEntry
+	byFake map[netip.AddrPort]*natEntry
+	next   uint32
+
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newSysTCP(s *Stack, cfg SystemTCP) (*sysTCP, error) {
+	if cfg.Listen == nil {
+		cfg.Listen = net.Listen
+	}
+	if cfg.AcceptTimeout == 0 {
+		cfg.AcceptTimeout = 10 * time.Second
+	}
+	t := &sysTCP{s: s, cfg: cfg, start: s.startSystemRequest, dev: s.dev, log: s.log, byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}, done: make(chan struct{})}
+	for _, p := range cfg.Addrs {
+		a := p.Addr().Unmap()
+		last := a
+		for range fakePeers {
+			last = last.Next()
+		}
+		if !p.Contains(last) {
+			t.closeListeners()
+			return nil, fmt.Errorf("stack: system TCP: prefix %v leaves no room for %d fake peers after %v", p, fakePeers, a)
+		}
+		network := "tcp4"
+		if a.Is6() {
+			network = "tcp6"
+		}
+		ln, err := cfg.Listen(network, netip.AddrPortFrom(a, 0).String())
+		if err != nil {
+			t.closeListeners()
+			return nil, fmt.Errorf("stack: system TCP listener on %v: %w", a, err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		t.fams = append(t.fams, &sysFamily{self: a, lport: uint16(port), ln: ln, fake0: a.Next()})
+	}
+	if len(t.fams) == 0 {
+		return nil, errors.New("stack: system TCP needs the TUN's addresses")
+	}
+	for _, f := range t.fams {
+		t.wg.Add(1)
+		go t.acceptLoop(f)
+	}
+	t.wg.Add(1)
+	go t.sweep()
+	return t, nil
+}
+
+func (t *sysTCP) closeListeners() {
+	for _, f := range t.fams {
+		f.ln.Close()
+	}
+}
+
+// close stops the listeners and the sweeper and waits for them.
+func (t *sysTCP) close() {
+	close(t.done)
+	t.closeListeners()
+	t.wg.Wait()
+}
+
+func (t *sysTCP) family(a netip.Addr) *sysFamily {
+	for _, f := range t.fams {
+		if f.self.Is4() == a.Is4() {
+			return f
+		}
+	}
+	return nil
+}
+
+func (f *sysFamily) isFake(a netip.Addr) bool {
+	if a.Is4() != f.self.Is4() || a.Less(f.fake0) {
+		return false
+	}
+	last := f.fake0
+	for range fakePeers - 1 {
+		last = last.Next()
+	}
+	return !last.Less(a)
+}
+
+// tcpPacket is the parsed view of one IPv4 or IPv6 TCP packet.
+type tcpPacket struct {
+	b        []byte
+	v6       bool
+	ihl      int // IP header length; TCP starts here
+	src, dst netip.AddrPort
+	flags    byte
+}
+
+const (
+	tcpFIN = 0x01
+	tcpSYN = 0x02
+	tcpRST = 0x04
+	tcpACK = 0x10
+)
+
+func parseTCP(b []byte) (tcpPacket, bool) {
+	p := tcpPacket{b: b}
+	switch {
+	case len(b) >= 20 && b[0]>>4 == 4:
+		p.ihl = int(b[0]&0xf) * 4
+		if b[9] != 6 || p.ihl < 20 || len(b) < p.ihl+20 || binary.BigEndian.Uint16(b[6:])&0x3fff != 0 {
+			return p, false // not TCP, or a fragment
+		}
+		p.src = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[12:16])), binary.BigEndian.Uint16(b[p.ihl:]))
+		p.dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[16:20])), binary.BigEndian.Uint16(b[p.ihl+2:]))
+	case len(b) >= 60 && b[0]>>4 == 6:
+		if b[6] != 6 { // extension headers are left to gVisor
+			return p, false
+		}
+		p.v6, p.ihl = true, 40
+		p.src = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])), binary.BigEndian.Uint16(b[40:]))
+		p.dst = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[24:40])), binary.BigEndian.Uint16(b[42:]))
+	default:
+		return p, false
+	}
+	p.flags = b[p.ihl+13]
+	return p, true
+}
+
+func (p *tcpPacket) seq() uint32 { return binary.BigEndian.Uint32(p.b[p.ihl+4:]) }
+
+// rewrite sets the packet's addresses and ports and recomputes its checksums.
+func (p *tcpPacket) rewrite(src, dst netip.AddrPort) {
+	b := p.b
+	if p.v6 {
+		s, d := src.Addr().As16(), dst.Addr().As16()
+		copy(b[8:24], s[:])
+		copy(b[24:40], d[:])
+	} else {
+		s, d := src.Addr().As4(), dst.Addr().As4()
+		copy(b[12:16], s[:])
+		copy(b[16:20], d[:])
+		b[10], b[11] = 0, 0
+		binary.BigEndian.PutUint16(b[10:], ^checksum.Checksum(b[:p.ihl], 0))
+	}
+	binary.BigEndian.PutUint16(b[p.ihl:], src.Port())
+	binary.BigEndian.PutUint16(b[p.ihl+2:], dst.Port())
+	p.src, p.dst = src, dst
+	setTCPChecksum(b, p.ihl, p.v6)
+}
+
+// setTCPChecksum computes the TCP checksum of the packet in b.
+func setTCPChecksum(b []byte, ihl int, v6 bool) {
+	seg := b[ihl:]
+	seg[16], seg[17] = 0, 0
+	addrs := b[12:20]
+	if v6 {
+		addrs = b[8:40]
+	}
+	sum := checksum.Checksum(addrs, 0)
+	sum = checksum.Combine(sum, 6)
+	sum = checksum.Combine(sum, uint16(len(seg)))
+	binary.BigEndian.PutUint16(seg[16:], ^checksum.Checksum(seg, sum))
+}
+
+// divert handles one TCP packet read from the device, rewriting it in place.
+// It reports whether the packet is the system stack's (false: give it to
+// gVisor) and whether it is to be written back to the device.
+func (t *sysTCP) divert(b []byte) (mine, write bool) {
+	p, ok := parseTCP(b)
+	if !ok {
+		return false, false
+	}
+	f := t.family(p.src.Addr())
+	if f == nil {
+		return false, false
+	}
+	if p.src.Addr() == f.self && p.src.Port() == f.lport && f.isFake(p.dst.Addr()) {
+		// The listener's side of a connection, back to the app.
+		t.mu.Lock()
+		e := t.byFake[p.dst]
+		var app [2]netip.AddrPort
+		if e != nil {
+			app = e.app
+		}
+		t.mu.Unlock()
+		if e == nil {
+			return true, false
+		}
+		p.rewrite(app[1], app[0])
+		return true, true
+	}
+	key := [2]netip.AddrPort{p.src, p.dst}
+	t.mu.Lock()
+	e := t.byApp[key]
+	if e != nil && p.flags&(tcpSYN|tcpACK) == tcpSYN && e.state != natPending && p.seq() != e.isn {
+		// The app reuses the address pair of a connection it has
+		// finished (TIME-WAIT reuse): a new connection, with a new fake
+		// peer. The old translation stays (byFake) until it expires, for
+		// the old connection's last packets.
+		e = nil
+	}
+	if e == nil {
+		if p.flags&(tcpSYN|tcpACK|tcpRST) != tcpSYN {
+			t.mu.Unlock()
+			if p.flags&tcpRST == 0 {
+				t.writeRST(p) // no such connection (any more)
+			}
+			return true, false
+		}
+		fake, ok := t.allocLocked(f)
+		if !ok {
+			t.mu.Unlock()
+			return true, false // the app retransmits its SYN
+		}
+		e = &natEntry{app: key, fake: fake, isn: p.seq(), syn: append([]byte(nil), b...), accepted: make(chan *net.TCPConn, 1)}
+		t.byApp[key] = e
+		t.byFake[fake] = e
+		t.mu.Unlock()
+		t.start(e, p.src, p.dst)
+		return true, false
+	}
+	state, fake := e.state, e.fake
+	t.mu.Unlock()
+	if state == natPending {
+		return true, false // a retransmitted SYN while the Handler decides
+	}
+	p.rewrite(fake, netip.AddrPortFrom(f.self, f.lport))
+	return true, true
+}
+
+// allocLocked picks a fake peer address and port no entry uses.
+func (t *sysTCP) allocLocked(f *sysFamily) (netip.AddrPort, bool) {
+	const ports = 64512 // 1024..65535
+	for range 64 {
+		n := t.next
+		t.next++
+		a := f.fake0
+		for range (n / ports) % fakePeers {
+			a = a.Next()
+		}
+		ap := netip.AddrPortFrom(a, uint16(1024+n%ports))
+		if _, used := t.byFake[ap]; !used {
+			return ap, true
+		}
+	}
+	return netip.AddrPort{}, false
+}
+
+func (t *sysTCP) remove(e *natEntry) {
+	t.mu.Lock()
+	if t.byApp[e.app] == e {
+		delete(t.byApp, e.app)
+	}
+	if t.byFake[e.fake] == e {
+		delete(t.byFake, e.fake)
+	}
+	t.mu.Unlock()
+}
+
+// accept lets the held SYN through to the listener and waits for the
+// kernel to complete the handshake.
+func (t *sysTCP) accept(e *natEntry) (*net.TCPConn, error) {
+	f := t.family(e.app[0].Addr())
+	t.mu.Lock()
+	syn := e.syn
+	e.syn, e.state = nil, natAccepting
+	t.mu.Unlock()
+	p, _ := parseTCP(syn)
+	p.rewrite(e.fake, netip.AddrPortFrom(f.self, f.lport))
+	err := t.write(syn)
+	if err != nil {
+		t.remove(e)
+		return nil, err
+	}
+	timer := time.NewTimer(t.cfg.AcceptTimeout)
+	defer timer.Stop()
+	select {
+	case c := <-e.accepted:
+		return c, nil
+	case <-timer.C:
+		err = fmt.Errorf("the app did not complete its handshake within %v", t.cfg.AcceptTimeout)
+	case <-t.done:
+		err = errStackClosed
+	}
+	t.remove(e)
+	select {
+	case c := <-e.accepted: // accepted just as we gave up
+		c.Close()
+	default:
+	}
+	return nil, err
+}
+
+// reject answers the held SYN with a RST.
+func (t *sysTCP) reject(e *natEntry) {
+	t.mu.Lock()
+	syn := e.syn
+	e.syn = nil
+	t.mu.Unlock()
+	t.remove(e)
+	if p, ok := parseTCP(syn); ok {
+		t.writeRST(p)
+	}
+}
+
+func (t *sysTCP) acceptLoop(f *sysFamily) {
+	defer t.wg.Done()
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			select {
+			case <-t.done:
+				return
+			default:
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			t.log.Debug("system TCP accept", "err", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		tc := c.(*net.TCPConn)
+		peer := tc.RemoteAddr().(*net.TCPAddr).AddrPort()
+		peer = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
+		t.mu.Lock()
+		e := t.byFake[peer]
+		ok := e != nil && e.state == natAccepting
+		if ok {
+			e.state = natEstablished
+		}
+		t.mu.Unlock()
+		if !ok {
+			tc.SetLinger(0)
+			tc.Close()
+			continue
+		}
+		e.accepted <- tc
+	}
+}
+
+// closed marks a connection closed; its translation expires after natGrace.
+func (t *sysTCP) closed(e *natEntry) {
+	t.mu.Lock()
+	e.state, e.closedAt = natClosed, time.Now()
+	t.mu.Unlock()
+}
+
+func (t *sysTCP) sweep() {
+	defer t.wg.Done()
+	tick := time.NewTicker(natGrace / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.done:
+			return
+		case now := <-tick.C:
+			t.mu.Lock()
+			for f, e := range t.byFake {
+				if e.state == natClosed && now.Sub(e.closedAt) > natGrace {
+					delete(t.byFake, f)
+					if t.byApp[e.app] == e {
+						delete(t.byApp, e.app)
+					}
+				}
+			}
+			t.mu.Unlock()
+		}
+	}
+}
+
+// write sends packets built outside the read loop to the device.
+func (t *sysTCP) write(pkt []byte) error {
+	buf := make([]byte, headroom+len(pkt))
+	copy(buf[headroom:], pkt)
+	_, err := t.dev.Write([][]byte{buf}, headroom)
+	return err
+}
+
+// writeRST answers the app's packet p with a RST from its destination.
+func (t *sysTCP) writeRST(p tcpPacket) {
+	seg := p.b[p.ihl:]
+	seq := binary.BigEndian.Uint32(seg[4:])
+	ack := binary.BigEndian.Uint32(seg[8:])
+	var outSeq, outAck uint32
+	flags := byte(tcpRST)
+	if p.flags&tcpACK != 0 {
+		outSeq = ack
+	} else {
+		n := uint32(len(seg) - int(seg[12]>>4)*4)
+		if p.flags&tcpSYN != 0 {
+			n++
+		}
+		if p.flags&tcpFIN != 0 {
+			n++
+		}
+		outAck = seq + n
+		flags |= tcpACK
+	}
+	ihl := 20
+	if p.v6 {
+		ihl = 40
+	}
+	b := make([]byte, ihl+20)
+	if p.v6 {
+		b[0] = 6 << 4
+		binary.BigEndian.PutUint16(b[4:], 20)
+		b[6], b[7] = 6, 64
+	} else {
+		b[0] = 4<<4 | 5
+		binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+		b[8], b[9] = 64, 6
+	}
+	out := tcpPacket{b: b, v6: p.v6, ihl: ihl}
+	tcp := b[ihl:]
+	binary.BigEndian.PutUint32(tcp[4:], outSeq)
+	binary.BigEndian.PutUint32(tcp[8:], outAck)
+	tcp[12] = 5 << 4
+	tcp[13] = flags
+	out.rewrite(p.dst, p.src)
+	if err := t.write(b); err != nil {
+		t.log.Debug("system TCP: write RST", "err", err)
+	}
+}

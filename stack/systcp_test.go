@@ -1,0 +1,241 @@
+package stack
+
+import (
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// tcpSeg builds an IPv4 or IPv6 TCP packet with valid checksums.
+func tcpSeg(t *testing.T, src, dst netip.AddrPort, seq, ack uint32, syn, ackf, fin, rst bool, payload string) []byte {
+	t.Helper()
+	tcp := &layers.TCP{SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()), Seq: seq, Ack: ack,
+		SYN: syn, ACK: ackf, FIN: fin, RST: rst, Window: 65535}
+	var ip gopacket.SerializableLayer
+	if src.Addr().Is4() {
+		ip4 := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+		tcp.SetNetworkLayerForChecksum(ip4)
+		ip = ip4
+	} else {
+		ip6 := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolTCP, SrcIP: src.Addr().AsSlice(), DstIP: dst.Addr().AsSlice()}
+		tcp.SetNetworkLayerForChecksum(ip6)
+		ip = ip6
+	}
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ip, tcp, gopacket.Payload(payload)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// checkPacket verifies the packet's checksums and returns its parsed view.
+func checkPacket(t *testing.T, b []byte) tcpPacket {
+	t.Helper()
+	p, ok := parseTCP(b)
+	if !ok {
+		t.Fatalf("not a TCP packet: % x", b)
+	}
+	seg := header.TCP(b[p.ihl:])
+	payload := b[p.ihl+int(seg.DataOffset()):]
+	src := tcpip.AddrFromSlice(p.src.Addr().AsSlice())
+	dst := tcpip.AddrFromSlice(p.dst.Addr().AsSlice())
+	if !p.v6 && !header.IPv4(b).IsChecksumValid() {
+		t.Errorf("bad IPv4 header checksum: % x", b)
+	}
+	if !seg.IsChecksumValid(src, dst, checksum.Checksum(payload, 0), uint16(len(payload))) {
+		t.Errorf("bad TCP checksum: % x", b)
+	}
+	return p
+}
+
+// testSys is a sysTCP without listeners: held SYNs are recorded, and
+// packets it writes itself are kept.
+type testSys struct {
+	*sysTCP
+	mu      sync.Mutex
+	started []*natEntry
+	written [][]byte
+}
+
+type recordDevice struct {
+	Device
+	write func([]byte)
+}
+
+func (d recordDevice) Write(bufs [][]byte, offset int) (int, error) {
+	for _, b := range bufs {
+		d.write(append([]byte(nil), b[offset:]...))
+	}
+	return len(bufs), nil
+}
+
+func newTestSys(t *testing.T, selves ...netip.Addr) *testSys {
+	ts := &testSys{}
+	ts.sysTCP = &sysTCP{
+		cfg:    SystemTCP{},
+		byApp:  map[[2]netip.AddrPort]*natEntry{},
+		byFake: map[netip.AddrPort]*natEntry{},
+		log:    slog.New(slog.DiscardHandler),
+		start: func(e *natEntry, _, _ netip.AddrPort) {
+			ts.mu.Lock()
+			ts.started = append(ts.started, e)
+			ts.mu.Unlock()
+		},
+		dev: recordDevice{write: func(b []byte) {
+			ts.mu.Lock()
+			ts.written = append(ts.written, b)
+			ts.mu.Unlock()
+		}},
+	}
+	for _, a := range selves {
+		ts.fams = append(ts.fams, &sysFamily{self: a, lport: 40000, fake0: a.Next()})
+	}
+	return ts
+}
+
+// accepted moves e to established, as the listener's accept would.
+func (ts *testSys) accepted(e *natEntry) {
+	ts.mu.Lock()
+	e.state = natEstablished
+	ts.mu.Unlock()
+}
+
+func TestSystemTCPTranslation(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		self, dst string
+	}{
+		{"IPv4", "198.18.0.1", "10.202.0.2"},
+		{"IPv6", "fc00::1", "fd02::2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			self := netip.MustParseAddr(tc.self)
+			ts := newTestSys(t, self)
+			app := netip.AddrPortFrom(self, 51000)
+			dst := netip.AddrPortFrom(netip.MustParseAddr(tc.dst), 80)
+			listener := netip.AddrPortFrom(self, 40000)
+
+			// The SYN is held for the Handler, not written back.
+			syn := tcpSeg(t, app, dst, 1000, 0, true, false, false, false, "")
+			if mine, write := ts.divert(syn); !mine || write {
+				t.Fatalf("SYN: mine=%v write=%v, want held", mine, write)
+			}
+			if len(ts.started) != 1 {
+				t.Fatalf("%d requests started, want 1", len(ts.started))
+			}
+			e := ts.started[0]
+			if !ts.fams[0].isFake(e.fake.Addr()) || e.app != [2]netip.AddrPort{app, dst} {
+				t.Fatalf("entry %+v", e)
+			}
+			// A retransmission while the Handler decides changes nothing.
+			if mine, write := ts.divert(tcpSeg(t, app, dst, 1000, 0, true, false, false, false, "")); !mine || write || len(ts.started) != 1 {
+				t.Fatalf("retransmitted SYN: mine=%v write=%v started=%d", mine, write, len(ts.started))
+			}
+			ts.accepted(e)
+
+			// App -> listener: from the fake peer, to the listener.
+			data := tcpSeg(t, app, dst, 1001, 5000, false, true, false, false, "hello")
+			if mine, write := ts.divert(data); !mine || !write {
+				t.Fatalf("data: mine=%v write=%v", mine, write)
+			}
+			if p := checkPacket(t, data); p.src != e.fake || p.dst != listener {
+				t.Errorf("app packet became %v -> %v, want %v -> %v", p.src, p.dst, e.fake, listener)
+			}
+			// Listener -> app: from the destination, to the app.
+			reply := tcpSeg(t, listener, e.fake, 5000, 1006, false, true, false, false, "world")
+			if mine, write := ts.divert(reply); !mine || !write {
+				t.Fatalf("reply: mine=%v write=%v", mine, write)
+			}
+			if p := checkPacket(t, reply); p.src != dst || p.dst != app {
+				t.Errorf("listener packet became %v -> %v, want %v -> %v", p.src, p.dst, dst, app)
+			}
+
+			// The app reuses the pair for a new connection (new ISN): a new
+			// request with a new fake peer; the old one's translation stays.
+			ts.closed(e)
+			if mine, write := ts.divert(tcpSeg(t, app, dst, 9000, 0, true, false, false, false, "")); !mine || write || len(ts.started) != 2 {
+				t.Fatalf("reused pair: mine=%v write=%v started=%d", mine, write, len(ts.started))
+			}
+			if e2 := ts.started[1]; e2.fake == e.fake || ts.byFake[e.fake] != e {
+				t.Errorf("new connection got fake %v (old %v), old translation kept: %v", e2.fake, e.fake, ts.byFake[e.fake] == e)
+			}
+
+			// Not TCP for us: other destinations' UDP, a packet from elsewhere.
+			if mine, _ := ts.divert([]byte{0x45, 0, 0, 20}); mine {
+				t.Error("a truncated packet was taken")
+			}
+		})
+	}
+}
+
+func TestSystemTCPResets(t *testing.T) {
+	self := netip.MustParseAddr("198.18.0.1")
+	app := netip.AddrPortFrom(self, 51000)
+	dst := netip.MustParseAddrPort("10.202.0.2:9")
+
+	t.Run("rejected SYN", func(t *testing.T) {
+		ts := newTestSys(t, self)
+		ts.divert(tcpSeg(t, app, dst, 1000, 0, true, false, false, false, ""))
+		ts.reject(ts.started[0])
+		if len(ts.written) != 1 {
+			t.Fatalf("%d packets written, want one RST", len(ts.written))
+		}
+		rst := ts.written[0]
+		p := checkPacket(t, rst)
+		seg := header.TCP(rst[p.ihl:])
+		if p.src != dst || p.dst != app || seg.Flags() != header.TCPFlagRst|header.TCPFlagAck || seg.AckNumber() != 1001 {
+			t.Errorf("RST %v -> %v flags %v ack %d, want %v -> %v RST|ACK ack 1001", p.src, p.dst, seg.Flags(), seg.AckNumber(), dst, app)
+		}
+		if len(ts.byApp) != 0 || len(ts.byFake) != 0 {
+			t.Error("a rejected connection kept its translation")
+		}
+	})
+	t.Run("unknown connection", func(t *testing.T) {
+		// A segment of a connection the stack does not know (expired)
+		// gets a RST carrying its acknowledgement number as sequence.
+		ts := newTestSys(t, self)
+		if mine, write := ts.divert(tcpSeg(t, app, dst, 1000, 777, false, true, false, false, "late")); !mine || write {
+			t.Fatalf("mine=%v write=%v", mine, write)
+		}
+		if len(ts.written) != 1 {
+			t.Fatalf("%d packets written, want one RST", len(ts.written))
+		}
+		p := checkPacket(t, ts.written[0])
+		seg := header.TCP(ts.written[0][p.ihl:])
+		if seg.Flags() != header.TCPFlagRst || seg.SequenceNumber() != 777 {
+			t.Errorf("RST flags %v seq %d, want RST seq 777", seg.Flags(), seg.SequenceNumber())
+		}
+		// ... but a RST is never answered.
+		ts.divert(tcpSeg(t, app, dst, 1000, 0, false, false, false, true, ""))
+		if len(ts.written) != 1 {
+			t.Error("a RST was answered")
+		}
+	})
+	t.Run("IPv6", func(t *testing.T) {
+		self6 := netip.MustParseAddr("fc00::1")
+		ts := newTestSys(t, self6)
+		app6, dst6 := netip.AddrPortFrom(self6, 51000), netip.MustParseAddrPort("[fd02::2]:9")
+		ts.divert(tcpSeg(t, app6, dst6, 1000, 0, true, false, false, false, ""))
+		ts.reject(ts.started[0])
+		if p := checkPacket(t, ts.written[0]); p.src != dst6 || p.dst != app6 {
+			t.Errorf("RST %v -> %v", p.src, p.dst)
+		}
+	})
+}
+
+func TestSystemTCPNeedsRoomForFakePeers(t *testing.T) {
+	s := &Stack{log: slog.New(slog.DiscardHandler)}
+	_, err := newSysTCP(s, SystemTCP{Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/30")},
+		Listen: func(string, string) (net.Listener, error) { t.Fatal("listened"); return nil, nil }})
+	if err == nil {
+		t.Fatal("a /30 was accepted")
+	}
+}
