@@ -70,7 +70,17 @@ type sysFamily struct {
 	self  netip.Addr
 	lport uint16
 	ln    net.Listener
-	fake0 netip.Addr // first fake peer
+	fakes []netip.Addr // the fake peers, in order
+}
+
+func newSysFamily(self netip.Addr, lport uint16, ln net.Listener) *sysFamily {
+	f := &sysFamily{self: self, lport: lport, ln: ln, fakes: make([]netip.Addr, fakePeers)}
+	a := self
+	for i := range f.fakes {
+		a = a.Next()
+		f.fakes[i] = a
+	}
+	return f
 }
 
 type sysTCP struct {
@@ -120,7 +130,7 @@ func newSysTCP(s *Stack, cfg SystemTCP) (*sysTCP, error) {
 			return nil, fmt.Errorf("stack: system TCP listener on %v: %w", a, err)
 		}
 		port := ln.Addr().(*net.TCPAddr).Port
-		t.fams = append(t.fams, &sysFamily{self: a, lport: uint16(port), ln: ln, fake0: a.Next()})
+		t.fams = append(t.fams, newSysFamily(a, uint16(port), ln))
 	}
 	if len(t.fams) == 0 {
 		return nil, errors.New("stack: system TCP needs the TUN's addresses")
@@ -157,14 +167,7 @@ func (t *sysTCP) family(a netip.Addr) *sysFamily {
 }
 
 func (f *sysFamily) isFake(a netip.Addr) bool {
-	if a.Is4() != f.self.Is4() || a.Less(f.fake0) {
-		return false
-	}
-	last := f.fake0
-	for range fakePeers - 1 {
-		last = last.Next()
-	}
-	return !last.Less(a)
+	return a.Is4() == f.self.Is4() && !a.Less(f.fakes[0]) && !f.fakes[len(f.fakes)-1].Less(a)
 }
 
 // tcpPacket is the parsed view of one IPv4 or IPv6 TCP packet.
@@ -315,11 +318,7 @@ func (t *sysTCP) allocLocked(f *sysFamily) (netip.AddrPort, bool) {
 	for range 64 {
 		n := t.next
 		t.next++
-		a := f.fake0
-		for range (n / ports) % fakePeers {
-			a = a.Next()
-		}
-		ap := netip.AddrPortFrom(a, uint16(1024+n%ports))
+		ap := netip.AddrPortFrom(f.fakes[(n/ports)%fakePeers], uint16(1024+n%ports))
 		if _, used := t.byFake[ap]; !used {
 			return ap, true
 		}

@@ -96,7 +96,7 @@ func newTestSys(t *testing.T, selves ...netip.Addr) *testSys {
 		}},
 	}
 	for _, a := range selves {
-		ts.fams = append(ts.fams, &sysFamily{self: a, lport: 40000, fake0: a.Next()})
+		ts.fams = append(ts.fams, newSysFamily(a, 40000, nil))
 	}
 	return ts
 }
@@ -134,6 +134,13 @@ func TestSystemTCPTranslation(t *testing.T) {
 			e := ts.started[0]
 			if !ts.fams[0].isFake(e.fake.Addr()) || e.app != [2]netip.AddrPort{app, dst} {
 				t.Fatalf("entry %+v", e)
+			}
+			beyond := self
+			for range fakePeers + 1 {
+				beyond = beyond.Next()
+			}
+			if ts.fams[0].isFake(self) || ts.fams[0].isFake(beyond) || ts.fams[0].isFake(dst.Addr()) {
+				t.Errorf("isFake takes the TUN address, the address after the fake peers or the destination")
 			}
 			// A retransmission while the Handler decides changes nothing.
 			if mine, write := ts.divert(tcpSeg(t, app, dst, 1000, 0, true, false, false, false, "")); !mine || write || len(ts.started) != 1 {
