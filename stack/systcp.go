@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -34,11 +35,19 @@ type SystemTCP struct {
 	// must be inside the prefix and otherwise unused.
 	Addrs []netip.Prefix
 	// Listen opens a listener where the TUN's packets are delivered (the
-	// TUN's network namespace). nil means net.Listen.
+	// TUN's network namespace). nil means ListenSystemTCP.
 	Listen func(network, address string) (net.Listener, error)
 	// AcceptTimeout bounds how long Accept waits for the kernel to finish
 	// the app's handshake. Default 10s.
 	AcceptTimeout time.Duration
+}
+
+// ListenSystemTCP opens the kind of listener SystemTCP.Listen should
+// return: its connections come from an app on this host, so they get no
+// TCP keep-alives (which cost four system calls per accepted connection).
+func ListenSystemTCP(ctx context.Context, network, address string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	return lc.Listen(ctx, network, address)
 }
 
 // natGrace is how long a closed connection's translation is kept, for the
@@ -104,7 +113,9 @@ type sysTCP struct {
 
 func newSysTCP(s *Stack, cfg SystemTCP) (*sysTCP, error) {
 	if cfg.Listen == nil {
-		cfg.Listen = net.Listen
+		cfg.Listen = func(network, address string) (net.Listener, error) {
+			return ListenSystemTCP(context.Background(), network, address)
+		}
 	}
 	if cfg.AcceptTimeout == 0 {
 		cfg.AcceptTimeout = 10 * time.Second

@@ -270,7 +270,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		// The kernel listener must live where the TUN delivers packets.
 		listen := func(network, address string) (ln net.Listener, err error) {
 			do := func() error {
-				ln, err = net.Listen(network, address)
+				ln, err = stack.ListenSystemTCP(ctx, network, address)
 				return err
 			}
 			if hooks.inNetns != nil {
