@@ -142,6 +142,7 @@ func newSysTCP(s *Stack, cfg SystemTCP) (*sysTCP, error) {
 		}
 		port := ln.Addr().(*net.TCPAddr).Port
 		t.fams = append(t.fams, newSysFamily(a, uint16(port), ln))
+		t.log.Debug("system TCP listener", "addr", ln.Addr().String(), "fake peers", fmt.Sprintf("%v-%v", a.Next(), t.fams[len(t.fams)-1].fakes[fakePeers-1]))
 	}
 	if len(t.fams) == 0 {
 		return nil, errors.New("stack: system TCP needs the TUN's addresses")
