@@ -30,9 +30,10 @@ import (
 // decides, so a refused upstream still gives the app a RST at once.
 type SystemTCP struct {
 	// Addrs are the TUN device's own addresses with their prefixes, as
-	// given to the device (e.g. 198.18.0.1/15, fc00::1/18). Each address
-	// gets a listener; fake peers are the 254 addresses after it, which
-	// must be inside the prefix and otherwise unused.
+	// given to the device (e.g. 198.18.0.1/15, fc00::1/18). The first
+	// address of each family gets a listener; fake peers are the 254
+	// addresses after it, which must be inside the prefix and otherwise
+	// unused.
 	Addrs []netip.Prefix
 	// Listen opens a listener where the TUN's packets are delivered (the
 	// TUN's network namespace). nil means ListenSystemTCP.
@@ -123,6 +124,9 @@ func newSysTCP(s *Stack, cfg SystemTCP) (*sysTCP, error) {
 	t := &sysTCP{s: s, cfg: cfg, start: s.startSystemRequest, dev: s.dev, log: s.log, byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}, done: make(chan struct{})}
 	for _, p := range cfg.Addrs {
 		a := p.Addr().Unmap()
+		if t.family(a) != nil {
+			continue // one listener per family: the first address of each
+		}
 		last := a
 		for range fakePeers {
 			last = last.Next()
