@@ -205,7 +205,6 @@ func TestErrors(t *testing.T) {
 		{"tcp-buf: 1024", []string{file + ":1: tcp-buf 1024: want 65536 to 67108864"}},
 		{"tcp-cc: bbr", []string{file + `:1: tcp-cc "bbr": want cubic or reno`}},
 		{"tcp-stack: kernel", []string{file + `:1: tcp-stack "kernel": want gvisor or system`}},
-		{"tcp-stack: system\ntun:\n  pcap: /tmp/x.pcap", []string{file + `:1: tcp-stack system: --pcap would record the translated packets too`}},
 		// The default proxy.
 		{"proxy: sock5://h:1", []string{file + `:1: proxy: scheme "sock5" is not supported; want socks5, socks4, socks4a or http`}},
 		{"proxy: https://h:1", []string{file + `:1: proxy: scheme "https" is not supported yet`}},

@@ -93,11 +93,7 @@ func (v *validator) values() {
 		v.fail("tcp-cc", "tcp-cc %q: want cubic or reno", c.TCP.CC)
 	}
 	switch c.TCP.Stack {
-	case "", "gvisor":
-	case "system":
-		if c.Tun.Pcap != "" {
-			v.fail("tcp-stack", "tcp-stack system: --pcap would record the translated packets too; use tcp-stack gvisor to capture")
-		}
+	case "", "gvisor", "system":
 	default:
 		v.fail("tcp-stack", "tcp-stack %q: want gvisor or system", c.TCP.Stack)
 	}

@@ -312,9 +312,16 @@ func (e *env) upstreamKilled(t *testing.T, kind upstreamKind) {
 }
 
 func TestPcap(t *testing.T) {
+	t.Run("gvisor", func(t *testing.T) { testPcap(t) })
+	// The system stack's translated leg (listener <-> fake peers) is
+	// not the app's traffic and must not be in the capture.
+	t.Run("system", func(t *testing.T) { testPcap(t, "--tcp-stack", "system") })
+}
+
+func testPcap(t *testing.T, runArgs ...string) {
 	tshark := testenv.NeedTool(t, "tshark", "tshark")
 	pcap := filepath.Join(t.TempDir(), "flows.pcap")
-	e := newEnv(t, ourServer, "--pcap", pcap)
+	e := newEnv(t, ourServer, append([]string{"--pcap", pcap}, runArgs...)...)
 	e.echoTCP(t, netip.AddrPortFrom(remote4, echoPort))
 	e.udpEcho(t, netip.AddrPortFrom(remote4, echoPort))
 	e.mu.Lock()
@@ -327,6 +334,22 @@ func TestPcap(t *testing.T) {
 	s := string(out)
 	if !strings.Contains(s, remote4.String()+"\t7\t") || !strings.Contains(s, remote4.String()+"\t\t7") {
 		t.Fatalf("tshark did not find the TCP and UDP flows to %s:7 in the pcap:\n%s", remote4, s)
+	}
+	// Every TCP packet is between the app and the remote, both ways.
+	out, err = exec.Command(tshark, "-r", pcap, "-Y", "tcp", "-T", "fields", "-e", "ip.src", "-e", "ip.dst").Output()
+	if err != nil {
+		t.Fatalf("tshark: %v", err)
+	}
+	app := "198.18.0.1"
+	n := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		n++
+		if line != app+"\t"+remote4.String() && line != remote4.String()+"\t"+app {
+			t.Errorf("TCP packet %q in the capture is not between the app and the remote", line)
+		}
+	}
+	if n < 6 {
+		t.Errorf("only %d TCP packets captured:\n%s", n, out)
 	}
 }
 

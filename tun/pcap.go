@@ -108,12 +108,26 @@ func (p *Pcap) Close() error {
 // the packet path; the first one is reported by p's Flush and Close.
 // Closing the returned device closes dev but not p.
 func Capture(dev BatchDevice, p *Pcap) BatchDevice {
-	return &captureDevice{BatchDevice: dev, p: p}
+	return CaptureSkipping(dev, p, nil)
+}
+
+// CaptureSkipping is Capture, except that packets for which skip returns
+// true are not recorded (tunsocks' own translated packets in system TCP
+// mode, which are not the app's traffic). skip may be nil.
+func CaptureSkipping(dev BatchDevice, p *Pcap, skip func(pkt []byte) bool) BatchDevice {
+	return &captureDevice{BatchDevice: dev, p: p, skip: skip}
 }
 
 type captureDevice struct {
 	BatchDevice
-	p *Pcap
+	p    *Pcap
+	skip func([]byte) bool
+}
+
+func (c *captureDevice) record(now time.Time, pkt []byte) {
+	if c.skip == nil || !c.skip(pkt) {
+		_ = c.p.WritePacket(now, pkt)
+	}
 }
 
 func (c *captureDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
@@ -121,7 +135,7 @@ func (c *captureDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error
 	if n > 0 {
 		now := time.Now()
 		for i := range n {
-			_ = c.p.WritePacket(now, bufs[i][offset:offset+sizes[i]])
+			c.record(now, bufs[i][offset:offset+sizes[i]])
 		}
 	}
 	return n, err
@@ -131,7 +145,7 @@ func (c *captureDevice) Write(bufs [][]byte, offset int) (int, error) {
 	now := time.Now()
 	for _, b := range bufs {
 		if offset <= len(b) {
-			_ = c.p.WritePacket(now, b[offset:])
+			c.record(now, b[offset:])
 		}
 	}
 	return c.BatchDevice.Write(bufs, offset)
@@ -162,7 +176,7 @@ func (c *captureDevice) WriteGSO(b []byte) error {
 		return errors.New("tun: WriteGSO on a device without segmentation offload")
 	}
 	if len(b) > VnetHdrLen {
-		_ = c.p.WritePacket(time.Now(), b[VnetHdrLen:])
+		c.record(time.Now(), b[VnetHdrLen:])
 	}
 	return g.WriteGSO(b)
 }

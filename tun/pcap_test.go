@@ -117,3 +117,52 @@ func TestPcapSnaplen(t *testing.T) {
 		t.Fatal("nil writer accepted")
 	}
 }
+
+func TestCaptureSkipping(t *testing.T) {
+	var out closeRecorder
+	p, err := tun.NewPcap(&out, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, peer := tuntest.NewPipe(1500)
+	defer dev.Close()
+	// Skip packets whose first payload byte after the version is 0xEE.
+	cdev := tun.CaptureSkipping(dev, p, func(pkt []byte) bool { return len(pkt) > 1 && pkt[1] == 0xEE })
+	keep := append(make([]byte, tun.Headroom), 0x60, 1, 2, 3)
+	drop := append(make([]byte, tun.Headroom), 0x60, 0xEE, 2, 3)
+	if _, err := cdev.Write([][]byte{keep, drop}, tun.Headroom); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for range 2 { // both reach the device, recorded or not
+		if _, err := peer.Next(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := peer.Inject([]byte{0x60, 0xEE, 9, 9}); err != nil {
+		t.Fatal(err)
+	}
+	bufs := [][]byte{make([]byte, tun.Headroom+1500)}
+	if n, err := cdev.Read(bufs, []int{0}, tun.Headroom); n != 1 || err != nil {
+		t.Fatalf("Read = %d, %v", n, err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := pcapgo.NewReader(&out.Buffer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got [][]byte
+	for range 10 {
+		data, _, err := r.ReadPacketData()
+		if err != nil {
+			break
+		}
+		got = append(got, data)
+	}
+	if len(got) != 1 || !bytes.Equal(got[0], keep[tun.Headroom:]) {
+		t.Fatalf("recorded %x, want only %x", got, keep[tun.Headroom:])
+	}
+}

@@ -255,7 +255,11 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			}
 			f.Close()
 		}()
-		bd = tun.Capture(dev, p)
+		var skip func([]byte) bool
+		if cfg.TCP.Stack == "system" {
+			skip = stack.SystemTCPTranslated(cfg.Tun.Addrs)
+		}
+		bd = tun.CaptureSkipping(dev, p, skip)
 	}
 
 	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC}
