@@ -51,34 +51,22 @@ func ListenSystemTCP(ctx context.Context, network, address string) (net.Listener
 	return lc.Listen(ctx, network, address)
 }
 
-// SystemTCPTranslated returns a test for the packets of SystemTCP's inner
-// leg, between the kernel listener and a fake peer, for the Addrs a
-// SystemTCP is configured with: a capture of what the app sent and
-// received leaves them out.
-func SystemTCPTranslated(addrs []netip.Prefix) func(pkt []byte) bool {
-	var fams []*sysFamily
-	for _, p := range addrs {
-		a := p.Addr().Unmap()
-		dup := false
-		for _, f := range fams {
-			dup = dup || f.self.Is4() == a.Is4()
-		}
-		if !dup {
-			fams = append(fams, newSysFamily(a, 0, nil))
-		}
-	}
-	return func(pkt []byte) bool {
-		p, ok := parseTCP(pkt)
-		if !ok {
-			return false
-		}
-		for _, f := range fams {
-			if f.isFake(p.src.Addr()) || f.isFake(p.dst.Addr()) {
-				return true
-			}
-		}
+// SystemTCPTranslated reports whether pkt belongs to the inner leg of
+// system TCP mode: to or from the kernel listener at one of listeners (the
+// addresses SystemTCP.Listen's listeners got). App traffic never has a
+// listener's address and port as an end, so a capture of what the app sent
+// and received leaves exactly these packets out.
+func SystemTCPTranslated(pkt []byte, listeners []netip.AddrPort) bool {
+	p, ok := parseTCP(pkt)
+	if !ok {
 		return false
 	}
+	for _, l := range listeners {
+		if p.src == l || p.dst == l {
+			return true
+		}
+	}
+	return false
 }
 
 // natGrace is how long a closed connection's translation is kept, for the

@@ -246,3 +246,29 @@ func TestSystemTCPNeedsRoomForFakePeers(t *testing.T) {
 		t.Fatal("a /30 was accepted")
 	}
 }
+
+func TestSystemTCPTranslatedLeg(t *testing.T) {
+	self := netip.MustParseAddr("198.18.0.1")
+	listener := netip.AddrPortFrom(self, 40000)
+	fake := netip.MustParseAddrPort("198.18.0.7:5000")
+	ls := []netip.AddrPort{listener, netip.MustParseAddrPort("[fc00::1]:40001")}
+	for _, tc := range []struct {
+		name     string
+		src, dst netip.AddrPort
+		want     bool
+	}{
+		{"fake peer to listener", fake, listener, true},
+		{"listener to fake peer", listener, fake, true},
+		{"IPv6 listener", netip.MustParseAddrPort("[fc00::1]:40001"), netip.MustParseAddrPort("[fc00::9]:1"), true},
+		{"app to remote", netip.AddrPortFrom(self, 51000), netip.MustParseAddrPort("10.202.0.2:80"), false},
+		// A fake-IP DNS address can fall among the fake peers; the app's
+		// traffic to it is still the app's.
+		{"app to a fake IP next to the TUN address", netip.AddrPortFrom(self, 51000), netip.MustParseAddrPort("198.18.0.7:443"), false},
+		{"same port, other address", netip.MustParseAddrPort("198.18.0.9:40000"), fake, false},
+	} {
+		pkt := tcpSeg(t, tc.src, tc.dst, 1, 0, true, false, false, false, "")
+		if got := SystemTCPTranslated(pkt, ls); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -239,6 +239,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	defer dev.Close()
 
 	var bd tun.BatchDevice = dev
+	var sysListeners []netip.AddrPort // system TCP mode's kernel listeners
 	if cfg.Tun.Pcap != "" {
 		f, err := os.Create(cfg.Tun.Pcap)
 		if err != nil {
@@ -257,7 +258,9 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		}()
 		var skip func([]byte) bool
 		if cfg.TCP.Stack == "system" {
-			skip = stack.SystemTCPTranslated(cfg.Tun.Addrs)
+			// sysListeners is filled by the listen func below, inside
+			// stack.New, before any packet moves.
+			skip = func(pkt []byte) bool { return stack.SystemTCPTranslated(pkt, sysListeners) }
 		}
 		bd = tun.CaptureSkipping(dev, p, skip)
 	}
@@ -281,6 +284,10 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 				err = hooks.inNetns(do)
 			} else {
 				err = do()
+			}
+			if err == nil {
+				a := ln.Addr().(*net.TCPAddr).AddrPort()
+				sysListeners = append(sysListeners, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
 			}
 			return ln, err
 		}
