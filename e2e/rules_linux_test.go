@@ -21,6 +21,12 @@ import (
 // PROCESS-NAME rule and fake-IP DNS, checked from both upstreams' logs and
 // from the query log of the resolver tunsocks uses for real answers.
 func TestRulesAndDNS(t *testing.T) {
+	t.Run("gvisor", func(t *testing.T) { testRulesAndDNS(t) })
+	// Fake IPs start at 198.18.0.3, among the system stack's fake peers.
+	t.Run("system", func(t *testing.T) { testRulesAndDNS(t, "--tcp-stack", "system") })
+}
+
+func testRulesAndDNS(t *testing.T, runArgs ...string) {
 	curl := testenv.NeedTool(t, "curl", "curl")
 	testenv.NeedTool(t, "dig", "dnsutils")
 	dnsmasq := testenv.NeedTool(t, "dnsmasq", "dnsmasq-base")
@@ -97,7 +103,7 @@ dns:
   fake-ip-filter: [filtered.lab]
   nameserver: [%s:5353, %s]
 `, mark, remote4, remote4)), 0o644)
-	ts := e.start(l.App, binary, "--log-level", "debug", "run", "--config", cfg, "--summary-interval", "0")
+	ts := e.start(l.App, binary, append([]string{"--log-level", "debug", "run", "--config", cfg, "--summary-interval", "0"}, runArgs...)...)
 	if err := l.RouteDefaultVia("tsk0", 15*time.Second); err != nil {
 		t.Fatalf("%v\n%s", err, ts.out.String())
 	}
