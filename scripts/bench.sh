@@ -5,6 +5,8 @@
 #   kernel      plain IP forwarding through the proxy host, no proxy at all
 #   socks-only  the client speaks SOCKS to `tunsocks server` itself, no TUN
 #   tunsocks    the app's default route is the TUN of `tunsocks run`
+#   tunsocks-system  the same with `tunsocks run --tcp-stack system`
+#               (-tcp-stacks gvisor or -tcp-stacks system measures one)
 # and prints one markdown table (iperf3 TCP throughput up/down, 1 and 4
 # streams, MTU 1500 and 9000; connection rate; 1-byte latency p50/p99;
 # tunsocks RSS idle and with 1,000 open connections), then the ratios
@@ -13,7 +15,7 @@
 #
 # Usage: ./scripts/bench.sh [benchtool flags, e.g. -t 10s -mtus 1500]
 # Needs root (re-runs itself under sudo); installs iperf3 and proxychains4
-# with apt-get when missing. Takes about 3 to 4 minutes. Nothing outside the
+# with apt-get when missing. Takes about 4 to 5 minutes. Nothing outside the
 # lab's namespaces is touched, and they are removed on exit and on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."

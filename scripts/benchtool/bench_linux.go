@@ -33,6 +33,7 @@ type config struct {
 	skipIperf bool          // no iperf3 rows
 	runArgs   string        // extra arguments for tunsocks run
 	runEnv    string        // extra environment for tunsocks run
+	tunPaths  []path        // tunsocks columns measured: tunPath (gVisor), sysPath (--tcp-stack system)
 }
 
 // Targets from the issue: tunsocks against our SOCKS server used directly.
@@ -154,7 +155,7 @@ func (b *bench) cpuSnapshot(p path) cpuShares {
 	if p != kernelPath {
 		c.server, errs[2] = cpuTime(b.serverPid)
 	}
-	if p == tunPath {
+	if p == tunPath || p == sysPath {
 		c.tunsocks, errs[3] = cpuTime(b.tunPid)
 	}
 	c.err = errors.Join(errs[:]...)
@@ -178,7 +179,7 @@ func (b *bench) recordCPU(p path, workers int, a, z cpuShares, n float64, err er
 	if p != kernelPath {
 		rec(cpuParts[2], z.server-a.server)
 	}
-	if p == tunPath {
+	if p == tunPath || p == sysPath {
 		rec(cpuParts[3], z.tunsocks-a.tunsocks)
 	}
 }
@@ -288,17 +289,33 @@ func (b *bench) runLab(ctx context.Context, mtu int, full bool) (err error) {
 	}
 
 	// tunsocks: the app host loses its route through the proxy host and
-	// gets a default route into the TUN instead.
+	// gets a default route into the TUN instead, once per TCP stack.
 	if err := routeDel(l.App, lab.Remote4.Masked(), lab.ProxyDown4.Addr()); err != nil {
 		return err
 	}
+	for _, p := range b.cfg.tunPaths {
+		if err := b.measureTunsocks(ctx, l, p, mtu, full, start); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// measureTunsocks runs `tunsocks run` (with --tcp-stack system for sysPath),
+// routes the app host into its TUN, fills p's column and stops it again
+// (which removes the TUN and its routes).
+func (b *bench) measureTunsocks(ctx context.Context, l *lab.Lab, p path, mtu int, full bool, start func(ns, name string, args ...string) (*proc, error)) error {
 	args := []string{"run", "--proxy", "socks5://" + socksAddr.String(),
 		"--tun", "tsk0", "--mtu", strconv.Itoa(mtu), "--summary-interval", "0"}
+	if p == sysPath {
+		args = append(args, "--tcp-stack", "system")
+	}
 	args = append(args, strings.Fields(b.cfg.runArgs)...)
 	ts, err := start(l.App, b.cfg.tunsocks, args...)
 	if err != nil {
 		return err
 	}
+	defer ts.stop()
 	if err := l.RouteDefaultVia("tsk0", 15*time.Second); err != nil {
 		return fmt.Errorf("%w\ntunsocks output:\n%s", err, ts.out.String())
 	}
@@ -307,33 +324,33 @@ func (b *bench) runLab(ctx context.Context, mtu int, full bool) (err error) {
 		return err
 	}
 	b.tunPid = pid
-	if err := b.probe(ctx, l, tunPath); err != nil {
-		return fmt.Errorf("tunsocks path does not work: %w\ntunsocks output:\n%s", err, ts.out.String())
+	if err := b.probe(ctx, l, p); err != nil {
+		return fmt.Errorf("%v path does not work: %w\ntunsocks output:\n%s", p, err, ts.out.String())
 	}
 	if full {
 		time.Sleep(time.Second) // let the probe's flow finish
 		v, err := rss(pid)
-		b.record(b.tab.declare(rssIdleRow(mtu), memory, 0), tunPath, v, err)
+		b.record(b.tab.declare(rssIdleRow(mtu), memory, 0), p, v, err)
 	}
-	if err := b.measure(ctx, l, tunPath, mtu, full); err != nil {
+	if err := b.measure(ctx, l, p, mtu, full); err != nil {
 		return err
 	}
 	if full {
-		dial, err := dialerFor(tunPath)
+		dial, err := dialerFor(p)
 		if err != nil {
 			return err
 		}
 		time.Sleep(time.Second) // let the last flows close
 		v, err := rss(pid)
-		b.record(b.tab.declare(rssAfterRow(mtu), memory, 0), tunPath, v, err)
+		b.record(b.tab.declare(rssAfterRow(mtu), memory, 0), p, v, err)
 		r := b.tab.declare(rssConnsRow(mtu, b.cfg.idle), memory, 0)
 		conns, err := openIdle(ctx, l, dial, b.cfg.idle, 60*time.Second)
 		if err != nil {
-			b.record(r, tunPath, 0, err)
+			b.record(r, p, 0, err)
 		} else {
 			time.Sleep(time.Second)
 			v, err := rss(pid)
-			b.record(r, tunPath, v, err)
+			b.record(r, p, v, err)
 			for _, c := range conns {
 				c.Close()
 			}

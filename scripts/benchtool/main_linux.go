@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -46,11 +47,13 @@ func run(ctx context.Context, args []string) int {
 	fs.IntVar(&cfg.idle, "idle-conns", 1000, "idle connections held through tunsocks for the memory row (1..20000)")
 	fs.BoolVar(&cfg.skipIperf, "skip-iperf", false, "skip the iperf3 rows (for working on the connection and latency rows)")
 	fs.StringVar(&cfg.runArgs, "run-args", "", "extra arguments for `tunsocks run`, space separated (e.g. \"--cpuprofile /tmp/run.prof\")")
+	var stacks string
+	fs.StringVar(&stacks, "tcp-stacks", "gvisor,system", "comma-separated TCP stacks of `tunsocks run` to measure, one column each: gvisor, system")
 	fs.StringVar(&cfg.runEnv, "run-env", "", "extra environment for `tunsocks run`, space separated K=V (e.g. \"GOGC=200\")")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if err := cfg.parse(mtus, workers); err != nil {
+	if err := cfg.parse(mtus, workers, stacks); err != nil {
 		fmt.Fprintln(os.Stderr, "benchtool:", err)
 		return 2
 	}
@@ -66,6 +69,8 @@ func run(ctx context.Context, args []string) int {
 	}
 
 	b := &bench{cfg: cfg, log: os.Stderr, tab: &table{}}
+	b.tab.omit[tunPath] = !slices.Contains(cfg.tunPaths, tunPath)
+	b.tab.omit[sysPath] = !slices.Contains(cfg.tunPaths, sysPath)
 	started := time.Now()
 	err := b.run(ctx)
 	fmt.Printf("\n## tunsocks benchmark\n\n%s\n\n", environment(cfg))
@@ -80,7 +85,21 @@ func run(ctx context.Context, args []string) int {
 	return 0
 }
 
-func (c *config) parse(mtus, workers string) error {
+func (c *config) parse(mtus, workers, stacks string) error {
+	for _, s := range strings.Split(stacks, ",") {
+		var p path
+		switch strings.TrimSpace(s) {
+		case "gvisor":
+			p = tunPath
+		case "system":
+			p = sysPath
+		default:
+			return fmt.Errorf("-tcp-stacks %q: want gvisor, system or both, like gvisor,system", stacks)
+		}
+		if !slices.Contains(c.tunPaths, p) {
+			c.tunPaths = append(c.tunPaths, p)
+		}
+	}
 	if c.tunsocks == "" {
 		return fmt.Errorf("-tunsocks: the path of the tunsocks binary is required")
 	}

@@ -45,7 +45,7 @@ func dialerFor(p path) (dialFunc, error) {
 	nd := &net.Dialer{Timeout: ioTimeout}
 	addr := echoAddr(p)
 	switch p {
-	case kernelPath, tunPath:
+	case kernelPath, tunPath, sysPath:
 		// Same socket call; only the app host's routes differ.
 		return func(ctx context.Context) (net.Conn, error) { return nd.DialContext(ctx, "tcp", addr) }, nil
 	case socksPath:

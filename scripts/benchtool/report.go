@@ -18,8 +18,12 @@ const (
 	kernelPath path = iota // plain IP forwarding through the proxy host, no proxy at all
 	socksPath              // the client speaks SOCKS to our server itself, no TUN
 	tunPath                // the app knows nothing; its default route is tunsocks' TUN
+	sysPath                // the same with --tcp-stack system
 	numPaths
 )
+
+// tunPaths are the paths through tunsocks, each compared with socksPath.
+var tunPaths = []path{tunPath, sysPath}
 
 func (p path) String() string {
 	switch p {
@@ -29,6 +33,8 @@ func (p path) String() string {
 		return "socks-only"
 	case tunPath:
 		return "tunsocks"
+	case sysPath:
+		return "tunsocks-system"
 	}
 	return fmt.Sprintf("path(%d)", int(p))
 }
@@ -89,6 +95,8 @@ type row struct {
 // table collects the measurements in the order rows were declared.
 type table struct {
 	rows []*row
+	// omit leaves paths out of the printed table (those not measured).
+	omit [numPaths]bool
 }
 
 // declare adds a row (or returns the one already declared with this name).
@@ -112,9 +120,9 @@ func (r *row) set(p path, v float64, err error) {
 	r.cells[p] = cell{v: v, set: true}
 }
 
-// ratio is tunsocks/socks-only, when both were measured and comparable.
-func (r *row) ratio() (float64, bool) {
-	s, t := r.cells[socksPath], r.cells[tunPath]
+// ratio is p/socks-only, when both were measured and comparable.
+func (r *row) ratio(p path) (float64, bool) {
+	s, t := r.cells[socksPath], r.cells[p]
 	if !s.set || !t.set || s.v <= 0 || (r.kind != throughput && r.kind != rate) {
 		return 0, false
 	}
@@ -124,21 +132,31 @@ func (r *row) ratio() (float64, bool) {
 // write prints the measurement table, the ratios with their targets, and
 // every error, as markdown.
 func (t *table) write(w io.Writer) {
-	fmt.Fprintf(w, "| measurement | unit | %s | %s | %s |\n", kernelPath, socksPath, tunPath)
-	fmt.Fprintln(w, "|---|---|---:|---:|---:|")
+	var paths []path
+	for p := range numPaths {
+		if !t.omit[p] {
+			paths = append(paths, p)
+		}
+	}
+	names := make([]string, len(paths))
+	for i, p := range paths {
+		names[i] = p.String()
+	}
+	fmt.Fprintf(w, "| measurement | unit | %s |\n", strings.Join(names, " | "))
+	fmt.Fprintln(w, "|---|---|"+strings.Repeat("---:|", len(paths)))
 	var errs []string
 	for _, r := range t.rows {
-		vals := make([]string, numPaths)
-		for p := range numPaths {
+		vals := make([]string, 0, len(paths))
+		for _, p := range paths {
 			c := r.cells[p]
 			switch {
 			case c.set:
-				vals[p] = r.kind.format(c.v)
+				vals = append(vals, r.kind.format(c.v))
 			case c.err != nil:
-				vals[p] = fmt.Sprintf("error[%d]", len(errs)+1)
+				vals = append(vals, fmt.Sprintf("error[%d]", len(errs)+1))
 				errs = append(errs, fmt.Sprintf("[%d] %s, %s: %v", len(errs)+1, r.name, p, c.err))
 			default:
-				vals[p] = "–"
+				vals = append(vals, "–")
 			}
 		}
 		fmt.Fprintf(w, "| %s | %s | %s |\n", r.name, r.kind.unit(), strings.Join(vals, " | "))
@@ -150,23 +168,11 @@ func (t *table) write(w io.Writer) {
 		if r.kind != throughput && r.kind != rate {
 			continue
 		}
-		ratio, ok := r.ratio()
-		got, target, verdict := "n/a", "–", ""
-		if ok {
-			got = fmt.Sprintf("%.3fx", ratio) // three places: 0.298 must not print as a met 0.30
-		}
-		if r.target > 0 {
-			target = fmt.Sprintf(">= %.1fx", r.target)
-			switch {
-			case !ok:
-				verdict = "NOT MEASURED"
-			case ratio >= r.target:
-				verdict = "MET"
-			default:
-				verdict = "NOT MET"
+		for _, p := range tunPaths {
+			if !t.omit[p] {
+				r.writeRatio(w, p)
 			}
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", r.name, got, target, verdict)
 	}
 	if len(errs) > 0 {
 		fmt.Fprintln(w, "\nerrors:")
@@ -174,6 +180,31 @@ func (t *table) write(w io.Writer) {
 			fmt.Fprintln(w, "  "+e)
 		}
 	}
+}
+
+// writeRatio prints r's ratio line for path p against the SOCKS-only path.
+func (r *row) writeRatio(w io.Writer, p path) {
+	ratio, ok := r.ratio(p)
+	name := r.name
+	if p == sysPath {
+		name += ", --tcp-stack system"
+	}
+	got, target, verdict := "n/a", "–", ""
+	if ok {
+		got = fmt.Sprintf("%.3fx", ratio) // three places: 0.298 must not print as a met 0.30
+	}
+	if r.target > 0 {
+		target = fmt.Sprintf(">= %.1fx", r.target)
+		switch {
+		case !ok:
+			verdict = "NOT MEASURED"
+		case ratio >= r.target:
+			verdict = "MET"
+		default:
+			verdict = "NOT MET"
+		}
+	}
+	fmt.Fprintf(w, "| %s | %s | %s | %s |\n", name, got, target, verdict)
 }
 
 // iperfResult is the part of `iperf3 -J` output the benchmark reads.

@@ -81,3 +81,32 @@ func TestTableVerdicts(t *testing.T) {
 		t.Errorf("memory rows must not get a ratio:\n%s", s)
 	}
 }
+
+func TestTableSystemStackColumn(t *testing.T) {
+	tab := &table{}
+	r := tab.declare("rate", rate, 0.7)
+	r.set(socksPath, 1000, nil)
+	r.set(tunPath, 600, nil)
+	r.set(sysPath, 750, nil)
+	var out bytes.Buffer
+	tab.write(&out)
+	s := out.String()
+	for _, want := range []string{
+		"| measurement | unit | kernel | socks-only | tunsocks | tunsocks-system |",
+		"| rate | conn/s | – | 1000 | 600 | 750 |",
+		"| rate | 0.600x | >= 0.7x | NOT MET |",
+		"| rate, --tcp-stack system | 0.750x | >= 0.7x | MET |",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("table lacks %q:\n%s", want, s)
+		}
+	}
+
+	// A path not measured is left out of both tables.
+	tab.omit[sysPath] = true
+	out.Reset()
+	tab.write(&out)
+	if s := out.String(); strings.Contains(s, "system") || !strings.Contains(s, "| rate | conn/s | – | 1000 | 600 |\n") {
+		t.Errorf("omitted column still printed:\n%s", s)
+	}
+}
