@@ -40,6 +40,37 @@ func TestPipelineSystemStack(t *testing.T) {
 	t.Run("kernel-terminates-tcp", func(t *testing.T) { e.kernelTerminates(t, true) })
 }
 
+// TestSystemStackFirewallFallback: the app host's firewall drops new TCP
+// connections arriving on the TUN, which is where the system stack's
+// translated SYNs arrive. tunsocks' self-test sees it, says so, and TCP
+// goes through gVisor instead of failing.
+func TestSystemStackFirewallFallback(t *testing.T) {
+	nft := testenv.NeedTool(t, "nft", "nftables")
+	e := newEnvSetup(t, ourServer, func(l *lab.Lab) error {
+		cmd := exec.Command("ip", "netns", "exec", l.App, nft, "-f", "-")
+		cmd.Stdin = strings.NewReader(`table inet tsktest {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		iifname "tsk0" tcp flags & (syn | ack) == syn drop
+	}
+}
+`)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("nft: %v\n%s", err, out)
+		}
+		return nil
+	}, "--tcp-stack", "system")
+	e.curl(t, "http://"+remote4.String()+"/")
+	e.echoTCP(t, netip.AddrPortFrom(remote6, echoPort))
+	e.kernelTerminates(t, false)
+	e.mu.Lock()
+	out := e.tunsocks.out.String()
+	e.mu.Unlock()
+	if !strings.Contains(out, "the kernel does not take connections arriving on the TUN") {
+		t.Errorf("no warning about the failed self-test in tunsocks' output:\n%s", out)
+	}
+}
+
 // kernelTerminates checks, with a connection open, whether the app host's
 // kernel holds the accepted end of it: a socket from the TUN's address to a
 // fake peer (198.18.0.2-255), as --tcp-stack system makes and gVisor never

@@ -121,6 +121,12 @@ var socksAddr = netip.AddrPortFrom(lab.ProxyDown4.Addr(), 1080)
 
 func newEnv(t *testing.T, kind upstreamKind, runArgs ...string) *env {
 	t.Helper()
+	return newEnvSetup(t, kind, nil, runArgs...)
+}
+
+// newEnvSetup is newEnv with setup run on the lab before tunsocks starts.
+func newEnvSetup(t *testing.T, kind upstreamKind, setup func(l *lab.Lab) error, runArgs ...string) *env {
+	t.Helper()
 	l, err := lab.New(lab.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -148,6 +154,11 @@ func newEnv(t *testing.T, kind upstreamKind, runArgs ...string) *env {
 		t.Fatal(err)
 	}
 	e.startUpstream(kind)
+	if setup != nil {
+		if err := setup(l); err != nil {
+			t.Fatal(err)
+		}
+	}
 	args := append([]string{"--log-level", "debug", "run", "--proxy", "socks5://" + socksAddr.String(), "--tun", "tsk0", "--summary-interval", "0"}, runArgs...)
 	e.mu.Lock()
 	e.tunsocks = e.start(l.App, binary, args...)

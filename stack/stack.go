@@ -282,6 +282,9 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 	gs.SetTransportProtocolHandler(udp.ProtocolNumber, s.handleUDPPacket)
 	gs.SetTransportProtocolHandler(icmp.ProtocolNumber4, s.handleICMPv4)
 
+	if s.sys != nil {
+		s.sys.selfTest()
+	}
 	log.Debug("stack started", "mtu", cfg.MTU, "batch", s.link.batch, "sack", !cfg.TCP.DisableSACK,
 		"cc", cfg.TCP.CongestionControl, "sendbuf", cfg.TCP.SendBuf, "recvbuf", cfg.TCP.RecvBuf)
 	return s, nil
@@ -397,6 +400,10 @@ func (s *Stack) Stats() Stats {
 		TxErrors:    s.link.txErrors.Load(),
 	}
 }
+
+// SystemTCP reports whether the kernel terminates the app's TCP: the
+// stack was configured with SystemTCP and its self-test passed.
+func (s *Stack) SystemTCP() bool { return s.sys != nil && !s.sys.off.Load() }
 
 // Failed is closed when the stack stops moving packets on its own: the
 // device was closed or its interface deleted under the stack, or reads

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -85,6 +86,7 @@ const (
 )
 
 type natEntry struct {
+	probe    chan struct{}     // self-test entry: signalled by the listener's answer
 	app      [2]netip.AddrPort // app source, destination
 	fake     netip.AddrPort
 	state    natState
@@ -120,6 +122,10 @@ type sysTCP struct {
 	// dev and log are the Stack's.
 	dev Device
 	log *slog.Logger
+
+	// off is set when the self-test found that the kernel does not take
+	// the translated packets (a firewall): every packet goes to gVisor.
+	off atomic.Bool
 
 	mu     sync.Mutex
 	byApp  map[[2]netip.AddrPort]*natEntry
@@ -284,6 +290,9 @@ func setTCPChecksum(b []byte, ihl int, v6 bool) {
 // It reports whether the packet is the system stack's (false: give it to
 // gVisor) and whether it is to be written back to the device.
 func (t *sysTCP) divert(b []byte) (mine, write bool) {
+	if t.off.Load() {
+		return false, false
+	}
 	p, ok := parseTCP(b)
 	if !ok {
 		return false, false
@@ -302,6 +311,13 @@ func (t *sysTCP) divert(b []byte) (mine, write bool) {
 		}
 		t.mu.Unlock()
 		if e == nil {
+			return true, false
+		}
+		if e.probe != nil {
+			select {
+			case e.probe <- struct{}{}:
+			default:
+			}
 			return true, false
 		}
 		p.rewrite(app[1], app[0])
@@ -344,6 +360,83 @@ func (t *sysTCP) divert(b []byte) (mine, write bool) {
 	}
 	p.rewrite(fake, netip.AddrPortFrom(f.self, f.lport))
 	return true, true
+}
+
+// probeTimeout bounds the self-test's wait for the kernel's answer.
+const probeTimeout = 2 * time.Second
+
+// selfTest sends each listener a SYN from a fake peer through the device
+// and waits for the SYN-ACK to come back out of it. When one does not (a
+// firewall on the host drops new connections arriving on the TUN), the
+// system TCP mode turns itself off, says so, and gVisor terminates TCP
+// instead. It reports whether the mode stays on. The read loop must run.
+func (t *sysTCP) selfTest() bool {
+	for _, f := range t.fams {
+		// Port 1 of the last fake peer: the allocator never hands it out.
+		fake := netip.AddrPortFrom(f.fakes[len(f.fakes)-1], 1)
+		e := &natEntry{probe: make(chan struct{}, 1), fake: fake}
+		t.mu.Lock()
+		t.byFake[fake] = e
+		t.mu.Unlock()
+		const isn = 0x74736b30
+		syn := synPacket(fake, netip.AddrPortFrom(f.self, f.lport), isn)
+		err := t.write(syn)
+		ok := false
+		if err == nil {
+			select {
+			case <-e.probe:
+				ok = true
+			case <-time.After(probeTimeout):
+			}
+		}
+		// Whatever the kernel holds for the probe, reset it.
+		rst := synPacket(fake, netip.AddrPortFrom(f.self, f.lport), isn+1)
+		p, _ := parseTCP(rst)
+		p.b[p.ihl+13] = tcpRST
+		setTCPChecksum(p.b, p.ihl, p.v6)
+		_ = t.write(rst)
+		t.mu.Lock()
+		delete(t.byFake, fake)
+		t.mu.Unlock()
+		if !ok {
+			t.off.Store(true)
+			t.closeListeners()
+			why := "no SYN-ACK came back"
+			if err != nil {
+				why = err.Error()
+			}
+			t.log.Warn("system TCP: the kernel does not take connections arriving on the TUN (a firewall dropping new inbound TCP on it?); TCP goes through gVisor instead",
+				"listener", netip.AddrPortFrom(f.self, f.lport).String(), "test", why, "waited", probeTimeout)
+			return false
+		}
+	}
+	return true
+}
+
+// synPacket builds a bare SYN (IPv4 or IPv6, no options).
+func synPacket(src, dst netip.AddrPort, seq uint32) []byte {
+	ihl := 20
+	if src.Addr().Is6() {
+		ihl = 40
+	}
+	b := make([]byte, ihl+20)
+	if ihl == 40 {
+		b[0] = 6 << 4
+		binary.BigEndian.PutUint16(b[4:], 20)
+		b[6], b[7] = 6, 64
+	} else {
+		b[0] = 4<<4 | 5
+		binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
+		b[8], b[9] = 64, 6
+	}
+	tcp := b[ihl:]
+	binary.BigEndian.PutUint32(tcp[4:], seq)
+	tcp[12] = 5 << 4
+	tcp[13] = tcpSYN
+	binary.BigEndian.PutUint16(tcp[14:], 65535)
+	p := tcpPacket{b: b, v6: ihl == 40, ihl: ihl}
+	p.rewrite(src, dst)
+	return b
 }
 
 // allocLocked picks a fake peer address and port no entry uses.

@@ -272,3 +272,37 @@ func TestSystemTCPTranslatedLeg(t *testing.T) {
 		}
 	}
 }
+
+func TestSystemTCPSelfTestPackets(t *testing.T) {
+	self := netip.MustParseAddr("198.18.0.1")
+	ts := newTestSys(t, self)
+	f := ts.fams[0]
+	fake := netip.AddrPortFrom(f.fakes[len(f.fakes)-1], 1)
+	listener := netip.AddrPortFrom(self, f.lport)
+
+	syn := synPacket(fake, listener, 1234)
+	p := checkPacket(t, syn)
+	if p.src != fake || p.dst != listener || p.flags != tcpSYN || p.seq() != 1234 {
+		t.Fatalf("probe SYN %v -> %v flags %#x seq %d", p.src, p.dst, p.flags, p.seq())
+	}
+	// The listener's answer to the probe is taken, signalled, not written.
+	e := &natEntry{probe: make(chan struct{}, 1), fake: fake}
+	ts.byFake[fake] = e
+	synAck := tcpSeg(t, listener, fake, 99, 1235, true, true, false, false, "")
+	if mine, write := ts.divert(synAck); !mine || write {
+		t.Fatalf("probe answer: mine=%v write=%v", mine, write)
+	}
+	select {
+	case <-e.probe:
+	default:
+		t.Fatal("probe not signalled")
+	}
+	// Switched off, the stack leaves every packet to gVisor.
+	ts.off.Store(true)
+	if mine, _ := ts.divert(tcpSeg(t, netip.AddrPortFrom(self, 5), netip.MustParseAddrPort("10.0.0.1:80"), 1, 0, true, false, false, false, "")); mine {
+		t.Error("a switched-off system stack took a packet")
+	}
+	if v6 := synPacket(netip.MustParseAddrPort("[fc00::ff]:1"), netip.MustParseAddrPort("[fc00::1]:4000"), 7); checkPacket(t, v6).v6 != true {
+		t.Error("IPv6 probe SYN not IPv6")
+	}
+}

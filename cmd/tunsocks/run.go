@@ -1,7 +1,6 @@
 package main
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -297,7 +296,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if err != nil {
 		return err
 	}
-	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", cmp.Or(cfg.TCP.Stack, config.DefaultTCPStack), "outbound", w.summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
+	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, st), "outbound", w.summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
 	if hooks.started != nil {
 		hooks.started(dev.Name())
 	}
@@ -365,4 +364,15 @@ func startRecording(flag, path string, start func(io.Writer) error, end func()) 
 		end()
 		f.Close()
 	}, nil
+}
+
+// tcpStackName is the TCP stack in use, for the startup line.
+func tcpStackName(cfg *config.Config, st *stack.Stack) string {
+	switch {
+	case st.SystemTCP():
+		return "system"
+	case cfg.TCP.Stack == "system":
+		return "gvisor (system failed its self-test)"
+	}
+	return "gvisor"
 }
