@@ -272,6 +272,57 @@ func (p *tcpPacket) rewrite(src, dst netip.AddrPort) {
 	setTCPChecksum(b, p.ihl, p.v6)
 }
 
+// translate is rewrite for a packet whose checksums are valid (every
+// packet the device reads): it updates them for the changed addresses and
+// ports (RFC 1624) instead of summing the whole segment again.
+func (p *tcpPacket) translate(src, dst netip.AddrPort) {
+	b := p.b
+	seg := b[p.ihl:]
+	tcpSum := uint32(^binary.BigEndian.Uint16(seg[16:]))
+	var ipSum uint32
+	if !p.v6 {
+		ipSum = uint32(^binary.BigEndian.Uint16(b[10:]))
+	}
+	// put replaces the 16-bit words at b[off:] with new, accounting for
+	// the change in the TCP checksum (addresses are in its pseudo-header,
+	// ports in its header) and, for IPv4 addresses, the header checksum.
+	put := func(off int, new []byte, inIPHeader bool) {
+		for i := 0; i < len(new); i += 2 {
+			old := binary.BigEndian.Uint16(b[off+i:])
+			nw := binary.BigEndian.Uint16(new[i:])
+			tcpSum += uint32(^old) + uint32(nw)
+			if inIPHeader {
+				ipSum += uint32(^old) + uint32(nw)
+			}
+		}
+		copy(b[off:], new)
+	}
+	var port [2]byte
+	if p.v6 {
+		s16, d16 := src.Addr().As16(), dst.Addr().As16()
+		put(8, s16[:], false)
+		put(24, d16[:], false)
+	} else {
+		s4, d4 := src.Addr().As4(), dst.Addr().As4()
+		put(12, s4[:], true)
+		put(16, d4[:], true)
+		binary.BigEndian.PutUint16(b[10:], ^fold(ipSum))
+	}
+	binary.BigEndian.PutUint16(port[:], src.Port())
+	put(p.ihl, port[:], false)
+	binary.BigEndian.PutUint16(port[:], dst.Port())
+	put(p.ihl+2, port[:], false)
+	binary.BigEndian.PutUint16(seg[16:], ^fold(tcpSum))
+	p.src, p.dst = src, dst
+}
+
+func fold(sum uint32) uint16 {
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum)
+}
+
 // setTCPChecksum computes the TCP checksum of the packet in b.
 func setTCPChecksum(b []byte, ihl int, v6 bool) {
 	seg := b[ihl:]
@@ -320,7 +371,7 @@ func (t *sysTCP) divert(b []byte) (mine, write bool) {
 			}
 			return true, false
 		}
-		p.rewrite(app[1], app[0])
+		p.translate(app[1], app[0])
 		return true, true
 	}
 	key := [2]netip.AddrPort{p.src, p.dst}
@@ -358,7 +409,7 @@ func (t *sysTCP) divert(b []byte) (mine, write bool) {
 	if state == natPending {
 		return true, false // a retransmitted SYN while the Handler decides
 	}
-	p.rewrite(fake, netip.AddrPortFrom(f.self, f.lport))
+	p.translate(fake, netip.AddrPortFrom(f.self, f.lport))
 	return true, true
 }
 
