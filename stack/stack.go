@@ -240,11 +240,13 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 	var divert func([]byte) (bool, bool)
 	if cfg.SystemTCP != nil {
 		if s.sys, err = newSysTCP(s, *cfg.SystemTCP); err != nil {
-			cancel()
-			gs.Destroy()
-			return nil, err
+			// As when the self-test fails: say so, and TCP goes through
+			// gVisor.
+			log.Warn("system TCP unavailable; TCP goes through gVisor instead", "err", err)
+			s.sys = nil
+		} else {
+			divert = s.sys.divert
 		}
-		divert = s.sys.divert
 	}
 	s.link = newLinkEndpoint(cfg.Device, uint32(cfg.MTU), readBufSize, cfg.TxQueue, !cfg.TCP.DisableGSO, divert, log)
 

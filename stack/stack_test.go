@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -16,6 +17,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/stack"
 	"github.com/tunsocks/tunsocks/stack/stacktest"
 	"github.com/tunsocks/tunsocks/tun/tuntest"
@@ -614,5 +616,38 @@ func TestCloseIsNotAFailure(t *testing.T) {
 	case <-s.Failed():
 		t.Fatalf("Close was reported as a failure: %v", s.Err())
 	default:
+	}
+}
+
+// TestSystemTCPFallsBack: without a kernel behind the device (tuntest)
+// the system TCP self-test gets no SYN-ACK, and with a listener that
+// cannot be opened there is nothing to test; either way the stack warns
+// and carries TCP itself.
+func TestSystemTCPFallsBack(t *testing.T) {
+	for name, listen := range map[string]func(string, string) (net.Listener, error){
+		"no answer": func(network, _ string) (net.Listener, error) {
+			return net.Listen(network, "127.0.0.1:0") // reachable only over loopback, not the device
+		},
+		"no listener": func(string, string) (net.Listener, error) {
+			return nil, errors.New("cannot assign requested address")
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			dev, _ := tuntest.NewPipe(1500)
+			var logs testenv.Buffer
+			s, err := stack.New(context.Background(), stack.Config{Device: dev, Handler: handlerFuncs{},
+				Logger:    slog.New(slog.NewTextHandler(&logs, nil)),
+				SystemTCP: &stack.SystemTCP{Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/15")}, Listen: listen}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if s.SystemTCP() {
+				t.Error("system TCP still on")
+			}
+			if !strings.Contains(logs.String(), "TCP goes through gVisor instead") {
+				t.Errorf("no warning logged:\n%s", logs.String())
+			}
+		})
 	}
 }
