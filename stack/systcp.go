@@ -114,7 +114,6 @@ func newSysFamily(self netip.Addr, lport uint16, ln net.Listener) *sysFamily {
 }
 
 type sysTCP struct {
-	s    *Stack
 	cfg  SystemTCP
 	fams []*sysFamily
 	// start hands a new held SYN to the Handler (Stack.startSystemRequest).
@@ -145,17 +144,14 @@ func newSysTCP(s *Stack, cfg SystemTCP) (*sysTCP, error) {
 	if cfg.AcceptTimeout == 0 {
 		cfg.AcceptTimeout = 10 * time.Second
 	}
-	t := &sysTCP{s: s, cfg: cfg, start: s.startSystemRequest, dev: s.dev, log: s.log, byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}, done: make(chan struct{})}
+	t := &sysTCP{cfg: cfg, start: s.startSystemRequest, dev: s.dev, log: s.log, byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}, done: make(chan struct{})}
 	for _, p := range cfg.Addrs {
 		a := p.Addr().Unmap()
 		if t.family(a) != nil {
 			continue // one listener per family: the first address of each
 		}
-		last := a
-		for range fakePeers {
-			last = last.Next()
-		}
-		if !p.Contains(last) {
+		fam := newSysFamily(a, 0, nil)
+		if !p.Contains(fam.fakes[fakePeers-1]) {
 			t.closeListeners()
 			return nil, fmt.Errorf("stack: system TCP: prefix %v leaves no room for %d fake peers after %v", p, fakePeers, a)
 		}
@@ -168,9 +164,9 @@ func newSysTCP(s *Stack, cfg SystemTCP) (*sysTCP, error) {
 			t.closeListeners()
 			return nil, fmt.Errorf("stack: system TCP listener on %v: %w", a, err)
 		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		t.fams = append(t.fams, newSysFamily(a, uint16(port), ln))
-		t.log.Debug("system TCP listener", "addr", ln.Addr().String(), "fake peers", fmt.Sprintf("%v-%v", a.Next(), t.fams[len(t.fams)-1].fakes[fakePeers-1]))
+		fam.ln, fam.lport = ln, uint16(ln.Addr().(*net.TCPAddr).Port)
+		t.fams = append(t.fams, fam)
+		t.log.Debug("system TCP listener", "addr", ln.Addr().String(), "fake peers", fmt.Sprintf("%v-%v", fam.fakes[0], fam.fakes[fakePeers-1]))
 	}
 	if len(t.fams) == 0 {
 		return nil, errors.New("stack: system TCP needs the TUN's addresses")
@@ -430,8 +426,8 @@ func (t *sysTCP) selfTest() bool {
 		t.byFake[fake] = e
 		t.mu.Unlock()
 		const isn = 0x74736b30
-		syn := synPacket(fake, netip.AddrPortFrom(f.self, f.lport), isn)
-		err := t.write(syn)
+		listener := netip.AddrPortFrom(f.self, f.lport)
+		err := t.write(segment(fake, listener, isn, 0, tcpSYN, 65535))
 		ok := false
 		if err == nil {
 			select {
@@ -441,11 +437,7 @@ func (t *sysTCP) selfTest() bool {
 			}
 		}
 		// Whatever the kernel holds for the probe, reset it.
-		rst := synPacket(fake, netip.AddrPortFrom(f.self, f.lport), isn+1)
-		p, _ := parseTCP(rst)
-		p.b[p.ihl+13] = tcpRST
-		setTCPChecksum(p.b, p.ihl, p.v6)
-		_ = t.write(rst)
+		_ = t.write(segment(fake, listener, isn+1, 0, tcpRST, 0))
 		t.mu.Lock()
 		delete(t.byFake, fake)
 		t.mu.Unlock()
@@ -457,15 +449,16 @@ func (t *sysTCP) selfTest() bool {
 				why = err.Error()
 			}
 			t.log.Warn("system TCP: the kernel does not take connections arriving on the TUN (a firewall dropping new inbound TCP on it?); TCP goes through gVisor instead",
-				"listener", netip.AddrPortFrom(f.self, f.lport).String(), "test", why, "waited", probeTimeout)
+				"listener", listener.String(), "test", why, "waited", probeTimeout)
 			return false
 		}
 	}
 	return true
 }
 
-// synPacket builds a bare SYN (IPv4 or IPv6, no options).
-func synPacket(src, dst netip.AddrPort, seq uint32) []byte {
+// segment builds a bare TCP segment (IPv4 or IPv6 after src's family, no
+// options, no payload) with valid checksums.
+func segment(src, dst netip.AddrPort, seq, ack uint32, flags byte, window uint16) []byte {
 	ihl := 20
 	if src.Addr().Is6() {
 		ihl = 40
@@ -482,9 +475,10 @@ func synPacket(src, dst netip.AddrPort, seq uint32) []byte {
 	}
 	tcp := b[ihl:]
 	binary.BigEndian.PutUint32(tcp[4:], seq)
+	binary.BigEndian.PutUint32(tcp[8:], ack)
 	tcp[12] = 5 << 4
-	tcp[13] = tcpSYN
-	binary.BigEndian.PutUint16(tcp[14:], 65535)
+	tcp[13] = flags
+	binary.BigEndian.PutUint16(tcp[14:], window)
 	p := tcpPacket{b: b, v6: ihl == 40, ihl: ihl}
 	p.rewrite(src, dst)
 	return b
@@ -659,27 +653,7 @@ func (t *sysTCP) writeRST(p tcpPacket) {
 		outAck = seq + n
 		flags |= tcpACK
 	}
-	ihl := 20
-	if p.v6 {
-		ihl = 40
-	}
-	b := make([]byte, ihl+20)
-	if p.v6 {
-		b[0] = 6 << 4
-		binary.BigEndian.PutUint16(b[4:], 20)
-		b[6], b[7] = 6, 64
-	} else {
-		b[0] = 4<<4 | 5
-		binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
-		b[8], b[9] = 64, 6
-	}
-	out := tcpPacket{b: b, v6: p.v6, ihl: ihl}
-	tcp := b[ihl:]
-	binary.BigEndian.PutUint32(tcp[4:], outSeq)
-	binary.BigEndian.PutUint32(tcp[8:], outAck)
-	tcp[12] = 5 << 4
-	tcp[13] = flags
-	out.rewrite(p.dst, p.src)
+	b := segment(p.dst, p.src, outSeq, outAck, flags, 0)
 	if err := t.write(b); err != nil {
 		t.log.Debug("system TCP: write RST", "err", err)
 	}

@@ -282,7 +282,7 @@ func TestSystemTCPSelfTestPackets(t *testing.T) {
 	fake := netip.AddrPortFrom(f.fakes[len(f.fakes)-1], 1)
 	listener := netip.AddrPortFrom(self, f.lport)
 
-	syn := synPacket(fake, listener, 1234)
+	syn := segment(fake, listener, 1234, 0, tcpSYN, 65535)
 	p := checkPacket(t, syn)
 	if p.src != fake || p.dst != listener || p.flags != tcpSYN || p.seq() != 1234 {
 		t.Fatalf("probe SYN %v -> %v flags %#x seq %d", p.src, p.dst, p.flags, p.seq())
@@ -304,7 +304,7 @@ func TestSystemTCPSelfTestPackets(t *testing.T) {
 	if mine, _ := ts.divert(tcpSeg(t, netip.AddrPortFrom(self, 5), netip.MustParseAddrPort("10.0.0.1:80"), 1, 0, true, false, false, false, "")); mine {
 		t.Error("a switched-off system stack took a packet")
 	}
-	if v6 := synPacket(netip.MustParseAddrPort("[fc00::ff]:1"), netip.MustParseAddrPort("[fc00::1]:4000"), 7); checkPacket(t, v6).v6 != true {
+	if v6 := segment(netip.MustParseAddrPort("[fc00::ff]:1"), netip.MustParseAddrPort("[fc00::1]:4000"), 7, 0, tcpSYN, 65535); checkPacket(t, v6).v6 != true {
 		t.Error("IPv6 probe SYN not IPv6")
 	}
 }
