@@ -201,6 +201,14 @@ type pipelineHooks struct {
 	onFlow  func(router.FlowRecord)
 }
 
+// inTunNetns runs fn where the TUN lives: through inNetns, or here.
+func (h pipelineHooks) inTunNetns(fn func() error) error {
+	if h.inNetns != nil {
+		return h.inNetns(fn)
+	}
+	return fn()
+}
+
 // runPipeline is 'tunsocks run': device -> stack -> router -> outbound.
 func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) error {
 	d := &direct.Dialer{Mark: cfg.Fwmark, Interface: cfg.OutInterface, Netns: hooks.netns, Timeout: cfg.DialTimeout}
@@ -224,12 +232,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		dev, err = tun.Open(ctx, tun.Config{Name: cfg.Tun.Name, FD: cfg.Tun.FD, Addrs: cfg.Tun.Addrs, MTU: cfg.Tun.MTU, Offload: cfg.Tun.Offload, Logger: log})
 		return err
 	}
-	if hooks.inNetns != nil {
-		err = hooks.inNetns(open)
-	} else {
-		err = open()
-	}
-	if err != nil {
+	if err := hooks.inTunNetns(open); err != nil {
 		if errors.Is(err, os.ErrPermission) {
 			return fmt.Errorf("%w (creating a TUN device needs root or CAP_NET_ADMIN)", err)
 		}
@@ -275,15 +278,10 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if cfg.TCP.Stack == "system" {
 		// The kernel listener must live where the TUN delivers packets.
 		listen := func(network, address string) (ln net.Listener, err error) {
-			do := func() error {
+			err = hooks.inTunNetns(func() error {
 				ln, err = stack.ListenSystemTCP(ctx, network, address)
 				return err
-			}
-			if hooks.inNetns != nil {
-				err = hooks.inNetns(do)
-			} else {
-				err = do()
-			}
+			})
 			if err == nil {
 				a := ln.Addr().(*net.TCPAddr).AddrPort()
 				sysListeners = append(sysListeners, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
