@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 	"golang.org/x/net/nettest"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
@@ -136,29 +137,7 @@ func (p *proxy) tunnel(resp string) func(c net.Conn, br *bufio.Reader, req *http
 // target starts a loopback server running serve on each connection.
 func target(t *testing.T, serve func(c net.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				serve(c)
-			}()
-		}
-	}()
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
+	return testenv.TCPServer(t, "tcp", "127.0.0.1:0", serve)
 }
 
 func echo(c net.Conn) { io.Copy(c, c) }

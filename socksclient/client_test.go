@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socks"
 	"go.uber.org/goleak"
 )
@@ -435,26 +436,18 @@ func TestForwardDialError(t *testing.T) {
 	}
 }
 
-// tcpFake runs script on the first connection to a loopback TCP listener
-// and returns the listener's address; done is closed when script returns.
+// tcpFake runs script on each connection to a loopback TCP listener (the
+// tests make one) and returns the listener's address; done is closed when
+// the first script returns.
 func tcpFake(t *testing.T, script func(t *testing.T, c net.Conn)) (addr string, done <-chan struct{}) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
 	ch := make(chan struct{})
-	go func() {
-		defer close(ch)
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	var once sync.Once
+	addr = testenv.TCPServer(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
 		script(t, c)
-	}()
-	return ln.Addr().String(), ch
+		once.Do(func() { close(ch) })
+	})
+	return addr, ch
 }
 
 // echoAfterHalfClose is the target of the half-close tests: it reads until

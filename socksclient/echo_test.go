@@ -9,51 +9,19 @@ import (
 	"crypto/rand"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 // tcpEcho starts a loopback TCP echo server that half-closes after EOF.
 func tcpEcho(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+	return testenv.TCPServer(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
 	})
-	return ln.Addr().String()
 }
 
 // checkConnect dials the echo through c and checks data both ways and, with

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -247,44 +246,11 @@ func mustAP(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 // address it sees and a newline, then echoes and half-closes after EOF.
 func tcpEcho(t testing.TB, network, addr string) string {
 	t.Helper()
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	conns := map[net.Conn]bool{}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = true
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				io.WriteString(c, c.RemoteAddr().String()+"\n")
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
+	return testenv.TCPServer(t, network, addr, func(c net.Conn) {
+		io.WriteString(c, c.RemoteAddr().String()+"\n")
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
 	})
-	return ln.Addr().String()
 }
 
 // readLine reads up to and without '\n', one byte at a time.

@@ -94,6 +94,50 @@ func TCPPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
+// TCPServer listens on network/addr ("tcp", "127.0.0.1:0") and runs serve
+// on each connection, which it closes when serve returns. When the test
+// ends the listener and every open connection are closed and the
+// goroutines waited for. It returns the listener's address.
+func TCPServer(t testing.TB, network, addr string, serve func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	conns := map[net.Conn]bool{}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns[c] = true
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
 // UDPEcho starts a loopback UDP echo server, stopped when the test ends.
 func UDPEcho(t testing.TB) *net.UDPConn {
 	t.Helper()
