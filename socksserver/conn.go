@@ -169,16 +169,22 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 	if !c.requestRead("SOCKS5", req.Command, req.Addr, err) {
 		return
 	}
+	c.run(ctx, req.Command, req.Addr)
+}
+
+// run serves a request that was read and allowed, unless Shutdown has
+// begun. SOCKS4 requests never carry UDP ASSOCIATE (ReadRequest4 refuses it).
+func (c *conn) run(ctx context.Context, cmd socks.Command, addr socks.Addr) {
 	if !c.activate() {
 		return
 	}
-	switch req.Command {
+	switch cmd {
 	case socks.CmdConnect:
-		c.connect(ctx, req.Addr)
+		c.connect(ctx, addr)
 	case socks.CmdBind:
-		c.bind(ctx, req.Addr)
+		c.bind(ctx, addr)
 	case socks.CmdUDPAssociate:
-		c.udpAssociate(ctx, req.Addr)
+		c.udpAssociate(ctx, addr)
 	}
 }
 
@@ -222,15 +228,7 @@ func (c *conn) serve4(ctx context.Context, r io.Reader) {
 			return
 		}
 	}
-	if !c.activate() {
-		return
-	}
-	switch req.Command {
-	case socks.CmdConnect:
-		c.connect(ctx, req.Addr)
-	case socks.CmdBind:
-		c.bind(ctx, req.Addr)
-	}
+	c.run(ctx, req.Command, req.Addr)
 }
 
 // checkPassword compares in constant time, and takes the same time whether
