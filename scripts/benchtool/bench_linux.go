@@ -155,7 +155,7 @@ func (b *bench) cpuSnapshot(p path) cpuShares {
 	if p != kernelPath {
 		c.server, errs[2] = cpuTime(b.serverPid)
 	}
-	if p == tunPath || p == sysPath {
+	if p.throughTunsocks() {
 		c.tunsocks, errs[3] = cpuTime(b.tunPid)
 	}
 	c.err = errors.Join(errs[:]...)
@@ -179,7 +179,7 @@ func (b *bench) recordCPU(p path, workers int, a, z cpuShares, n float64, err er
 	if p != kernelPath {
 		rec(cpuParts[2], z.server-a.server)
 	}
-	if p == tunPath || p == sysPath {
+	if p.throughTunsocks() {
 		rec(cpuParts[3], z.tunsocks-a.tunsocks)
 	}
 }

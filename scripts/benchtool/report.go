@@ -25,6 +25,8 @@ const (
 // tunPaths are the paths through tunsocks, each compared with socksPath.
 var tunPaths = []path{tunPath, sysPath}
 
+func (p path) throughTunsocks() bool { return slices.Contains(tunPaths, p) }
+
 func (p path) String() string {
 	switch p {
 	case kernelPath:
