@@ -416,8 +416,8 @@ const probeTimeout = 2 * time.Second
 // and waits for the SYN-ACK to come back out of it. When one does not (a
 // firewall on the host drops new connections arriving on the TUN), the
 // system TCP mode turns itself off, says so, and gVisor terminates TCP
-// instead. It reports whether the mode stays on. The read loop must run.
-func (t *sysTCP) selfTest() bool {
+// instead (off). The read loop must run.
+func (t *sysTCP) selfTest() {
 	for _, f := range t.fams {
 		// Port 1 of the last fake peer: the allocator never hands it out.
 		fake := netip.AddrPortFrom(f.fakes[len(f.fakes)-1], 1)
@@ -450,10 +450,9 @@ func (t *sysTCP) selfTest() bool {
 			}
 			t.log.Warn("system TCP: the kernel does not take connections arriving on the TUN (a firewall dropping new inbound TCP on it?); TCP goes through gVisor instead",
 				"listener", listener.String(), "test", why, "waited", probeTimeout)
-			return false
+			return
 		}
 	}
-	return true
 }
 
 // segment builds a bare TCP segment (IPv4 or IPv6 after src's family, no
