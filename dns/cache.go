@@ -13,20 +13,20 @@ type cache struct {
 	mu    sync.Mutex
 	max   int
 	items map[string]*centry
-	lru   centry // sentinel: lru.next is the most recently used
+	lru   lruList[*centry]
 }
 
 type centry struct {
-	key        string
-	msg        *dnsmessage.Message
-	stored     time.Time
-	ttl        time.Duration
-	prev, next *centry
+	key    string
+	msg    *dnsmessage.Message
+	stored time.Time
+	ttl    time.Duration
+	node   lruNode[*centry]
 }
 
 func newCache(max int) *cache {
 	c := &cache{max: max, items: make(map[string]*centry)}
-	c.lru.next, c.lru.prev = &c.lru, &c.lru
+	c.lru.init()
 	return c
 }
 
@@ -44,8 +44,7 @@ func (c *cache) get(key string, now time.Time) (m *dnsmessage.Message, elapsed, 
 		c.remove(e)
 		return nil, 0, 0, false
 	}
-	c.unlink(e)
-	c.pushFront(e)
+	c.lru.toFront(&e.node)
 	return e.msg, elapsed, e.ttl, true
 }
 
@@ -57,12 +56,13 @@ func (c *cache) put(key string, m *dnsmessage.Message, now time.Time, ttl time.D
 	if e := c.items[key]; e != nil {
 		c.remove(e)
 	}
-	if len(c.items) >= c.max {
-		c.remove(c.lru.prev)
+	if old := c.lru.oldest(); old != nil && len(c.items) >= c.max {
+		c.remove(old.val)
 	}
 	e := &centry{key: key, msg: m, stored: now, ttl: ttl}
+	e.node.val = e
 	c.items[key] = e
-	c.pushFront(e)
+	c.lru.toFront(&e.node)
 }
 
 // Len returns the number of entries, expired ones included.
@@ -74,18 +74,5 @@ func (c *cache) Len() int {
 
 func (c *cache) remove(e *centry) {
 	delete(c.items, e.key)
-	c.unlink(e)
-}
-
-func (c *cache) unlink(e *centry) {
-	e.prev.next = e.next
-	e.next.prev = e.prev
-	e.prev, e.next = nil, nil
-}
-
-func (c *cache) pushFront(e *centry) {
-	e.prev = &c.lru
-	e.next = c.lru.next
-	c.lru.next.prev = e
-	c.lru.next = e
+	c.lru.remove(&e.node)
 }

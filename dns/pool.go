@@ -86,15 +86,22 @@ type family struct {
 	next    int // offsets below next have been handed out or loaded
 	byHost  map[string]*entry
 	byAddr  map[netip.Addr]*entry
-	lru     entry // sentinel: lru.next is the most recently used
+	lru     lruList[*entry]
 }
 
 // entry is one mapping; it sits in its family's LRU list.
 type entry struct {
-	host       string
-	addr       netip.Addr
-	used       time.Time
-	prev, next *entry
+	host string
+	addr netip.Addr
+	used time.Time
+	node lruNode[*entry]
+}
+
+// newEntry returns a mapping of host to addr, not yet in any list.
+func newEntry(host string, addr netip.Addr, used time.Time) *entry {
+	e := &entry{host: host, addr: addr, used: used}
+	e.node.val = e
+	return e
 }
 
 // NewPool returns a pool over v4 and v6. An invalid (zero) v4 means
@@ -180,7 +187,7 @@ func newFamily(pfx netip.Prefix, size int) (*family, error) {
 	f.dns = f.gateway.Next()
 	f.first = f.dns.Next()
 	f.last = addOffset(f.first, uint64(size-1))
-	f.lru.next, f.lru.prev = &f.lru, &f.lru
+	f.lru.init()
 	return f, nil
 }
 
@@ -324,21 +331,7 @@ func (f *family) touch(e *entry, now time.Time) {
 	if now.After(e.used) {
 		e.used = now
 	}
-	f.unlink(e)
-	f.pushFront(e)
-}
-
-func (f *family) unlink(e *entry) {
-	e.prev.next = e.next
-	e.next.prev = e.prev
-	e.prev, e.next = nil, nil
-}
-
-func (f *family) pushFront(e *entry) {
-	e.prev = &f.lru
-	e.next = f.lru.next
-	f.lru.next.prev = e
-	f.lru.next = e
+	f.lru.toFront(&e.node)
 }
 
 // allocate maps key to a fresh address: the next never-used one while there
@@ -350,23 +343,23 @@ func (f *family) allocate(key string, now time.Time, ttl time.Duration) (*entry,
 		a := addOffset(f.first, uint64(f.next))
 		f.next++
 		if f.byAddr[a] == nil {
-			e := &entry{host: key, addr: a, used: now}
+			e := newEntry(key, a, now)
 			f.byHost[key] = e
 			f.byAddr[a] = e
-			f.pushFront(e)
+			f.lru.toFront(&e.node)
 			return e, nil
 		}
 	}
-	old := f.lru.prev
-	if old == &f.lru || now.Sub(old.used) < ttl {
+	n := f.lru.oldest()
+	if n == nil || now.Sub(n.val.used) < ttl {
 		return nil, errPoolExhausted
 	}
+	old := n.val
 	delete(f.byHost, old.host)
 	old.host = key
 	old.used = now
 	f.byHost[key] = old
-	f.unlink(old)
-	f.pushFront(old)
+	f.lru.toFront(&old.node)
 	return old, nil
 }
 

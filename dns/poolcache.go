@@ -100,10 +100,10 @@ func (p *Pool) loadLine(line string, now time.Time) error {
 	if f.byAddr[a] != nil || f.byHost[host] != nil {
 		return fmt.Errorf("duplicate mapping %s %s", a, host)
 	}
-	e := &entry{host: host, addr: a, used: used}
+	e := newEntry(host, a, used)
 	f.byAddr[a] = e
 	f.byHost[host] = e
-	f.pushFront(e)
+	f.lru.toFront(&e.node)
 	return nil
 }
 
@@ -125,7 +125,7 @@ func (p *Pool) Save() error {
 		if f == nil {
 			continue
 		}
-		for e := f.lru.prev; e != &f.lru; e = e.prev {
+		for e := range f.lru.oldestFirst() {
 			b.WriteString(e.addr.String())
 			b.WriteByte(' ')
 			b.WriteString(e.host)
