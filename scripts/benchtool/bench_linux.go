@@ -31,6 +31,7 @@ type config struct {
 	rtts      int           // round trips for the latency percentiles
 	idle      int           // idle connections held open for the RSS row
 	skipIperf bool          // no iperf3 rows
+	aaCheck   bool          // tunsocks columns' rate runs go to the SOCKS server directly
 	runArgs   string        // extra arguments for tunsocks run
 	runEnv    string        // extra environment for tunsocks run
 	tunPaths  []path        // tunsocks columns measured: tunPath (gVisor), sysPath (--tcp-stack system)
@@ -456,6 +457,9 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 	if p.throughTunsocks() {
 		if alt, err = dialerFor(socksPath); err != nil {
 			return err
+		}
+		if b.cfg.aaCheck {
+			dial = alt
 		}
 	}
 	best, altBest, bestErr := 0.0, 0.0, error(nil)
