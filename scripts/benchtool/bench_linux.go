@@ -31,7 +31,6 @@ type config struct {
 	rtts      int           // round trips for the latency percentiles
 	idle      int           // idle connections held open for the RSS row
 	skipIperf bool          // no iperf3 rows
-	aaCheck   bool          // tunsocks columns' rate runs go to the SOCKS server directly
 	runArgs   string        // extra arguments for tunsocks run
 	runEnv    string        // extra environment for tunsocks run
 	tunPaths  []path        // tunsocks columns measured: tunPath (gVisor), sysPath (--tcp-stack system)
@@ -91,12 +90,6 @@ func (b *bench) run(ctx context.Context) error {
 			}
 			b.tab.declare(connRateBestRow(b.cfg), rate, targetConnRate)
 			for _, w := range b.cfg.workers {
-				b.tab.declare(altRateRow(b.cfg, w), rate, 0).isBase = true
-			}
-			altBest := b.tab.declare(altBestRow(b.cfg), rate, 0)
-			altBest.isBase = true
-			b.tab.declare(pairedBestRow(b.cfg), rate, 0).base = altBest
-			for _, w := range b.cfg.workers {
 				for _, part := range cpuParts {
 					b.tab.declare(cpuRow(part, w), latency, 0)
 				}
@@ -128,53 +121,21 @@ func iperfRow(mtu, streams int, reverse bool) string {
 	return fmt.Sprintf("iperf3 TCP %s, %d %s, MTU %d", dir, streams, s, mtu)
 }
 
-// rateCell is one connection-rate cell of a path: the median of its runs,
-// the connections they made and the CPU time those cost. alt, when measured,
-// is the median of SOCKS-only runs alternated with the path's own.
-type rateCell struct {
-	median, conns float64
-	cpu           cpuShares // summed over the path's own runs only
-	alt           float64
-}
-
-// connRateCell runs connRate cfg.rateReps times over dial. With alt set, a
-// run over alt precedes each of them: the two medians are then taken over
-// the same stretch of time, so the ratio between them does not include the
-// drift of a shared VM between the minutes apart that the path's columns
-// are measured in (the SOCKS-only rate alone moved by 20% between runs).
-func (b *bench) connRateCell(ctx context.Context, l *lab.Lab, p path, dial, alt dialFunc, workers int) (rateCell, error) {
-	var c rateCell
-	var rates, alts []float64
+// connRateMedian runs connRate cfg.rateReps times and returns the median
+// rate and the number of connections made in all runs together.
+func (b *bench) connRateMedian(ctx context.Context, l *lab.Lab, dial dialFunc, workers int) (median, conns float64, err error) {
+	var rates []float64
 	for range b.cfg.rateReps {
-		if alt != nil {
-			v, err := connRate(ctx, l, alt, workers, b.cfg.rateTime)
-			if err != nil {
-				return c, fmt.Errorf("the alternated SOCKS-only run: %w", err)
-			}
-			alts = append(alts, v)
-		}
-		a := b.cpuSnapshot(p)
 		start := time.Now()
 		v, err := connRate(ctx, l, dial, workers, b.cfg.rateTime)
 		if err != nil {
-			return c, err
+			return 0, 0, err
 		}
-		c.conns += v * time.Since(start).Seconds()
-		c.cpu.add(a, b.cpuSnapshot(p))
 		rates = append(rates, v)
+		conns += v * time.Since(start).Seconds()
 	}
-	c.median = median(rates)
-	if alt != nil {
-		c.alt = median(alts)
-	}
-	return c, nil
-}
-
-// median returns the middle of v (the upper one of an even count); v is
-// sorted in place.
-func median(v []float64) float64 {
-	slices.Sort(v)
-	return v[len(v)/2]
+	slices.Sort(rates)
+	return rates[len(rates)/2], conns, nil
 }
 
 // cpuShares is where the CPU time of a connection-rate run went: every
@@ -183,15 +144,6 @@ func median(v []float64) float64 {
 type cpuShares struct {
 	machine, server, gen, tunsocks time.Duration
 	err                            error
-}
-
-// add adds the CPU time between snapshots a and z to c.
-func (c *cpuShares) add(a, z cpuShares) {
-	c.machine += z.machine - a.machine
-	c.server += z.server - a.server
-	c.gen += z.gen - a.gen
-	c.tunsocks += z.tunsocks - a.tunsocks
-	c.err = errors.Join(c.err, a.err, z.err)
 }
 
 // cpuSnapshot reads the cumulative CPU times for p's processes.
@@ -211,10 +163,10 @@ func (b *bench) cpuSnapshot(p path) cpuShares {
 }
 
 // recordCPU records the CPU time per connection of one connection-rate
-// cell (n connections that cost z), per process and for the machine.
-func (b *bench) recordCPU(p path, workers int, z cpuShares, n float64, err error) {
+// cell (n connections between a and z), per process and for the machine.
+func (b *bench) recordCPU(p path, workers int, a, z cpuShares, n float64, err error) {
 	if err == nil {
-		err = z.err
+		err = errors.Join(a.err, z.err)
 	}
 	if err == nil && n <= 0 {
 		err = errors.New("no connections")
@@ -222,13 +174,13 @@ func (b *bench) recordCPU(p path, workers int, z cpuShares, n float64, err error
 	rec := func(part string, d time.Duration) {
 		b.record(b.tab.declare(cpuRow(part, workers), latency, 0), p, d.Seconds()/n, err)
 	}
-	rec(cpuParts[0], z.machine)
-	rec(cpuParts[1], z.gen)
+	rec(cpuParts[0], z.machine-a.machine)
+	rec(cpuParts[1], z.gen-a.gen)
 	if p != kernelPath {
-		rec(cpuParts[2], z.server)
+		rec(cpuParts[2], z.server-a.server)
 	}
 	if p.throughTunsocks() {
-		rec(cpuParts[3], z.tunsocks)
+		rec(cpuParts[3], z.tunsocks-a.tunsocks)
 	}
 }
 
@@ -241,22 +193,6 @@ func cpuRow(part string, workers int) string {
 
 func connRateRow(c config, workers int) string {
 	return fmt.Sprintf("connections/s (connect, 1-byte echo, close; %d workers, median of %d x %v)", workers, c.rateReps, c.rateTime)
-}
-
-// altRateRow holds, in each tunsocks column, the SOCKS-only runs alternated
-// with that column's own (see connRateCell).
-func altRateRow(c config, workers int) string {
-	return fmt.Sprintf("socks-only connections/s in runs alternated with this column's (%d workers, median of %d x %v)", workers, c.rateReps, c.rateTime)
-}
-
-// altBestRow is the best of the altRateRow rows, per tunsocks column.
-func altBestRow(c config) string {
-	return "socks-only " + connRateBestRow(c) + ", runs alternated with this column's"
-}
-
-// pairedBestRow is connRateBestRow again, compared with altBestRow.
-func pairedBestRow(c config) string {
-	return connRateBestRow(c) + ", against the socks-only runs alternated with it"
 }
 
 // connRateBestRow is each path's highest rate over the worker counts: the
@@ -452,43 +388,27 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 	if err != nil {
 		return err
 	}
-	// Each tunsocks column's rate runs alternate with SOCKS-only runs.
-	var alt dialFunc
-	if p.throughTunsocks() {
-		if alt, err = dialerFor(socksPath); err != nil {
-			return err
-		}
-		if b.cfg.aaCheck {
-			dial = alt
-		}
-	}
-	best, altBest, bestErr := 0.0, 0.0, error(nil)
+	best, bestErr := 0.0, error(nil)
 	for _, w := range b.cfg.workers {
+		cpu0 := b.cpuSnapshot(p)
 		// The median of several runs: one run of a few seconds on a
 		// shared 2-core machine moves by 10-20% from run to run.
-		c, err := b.connRateCell(ctx, l, p, dial, alt, w)
+		v, n, err := b.connRateMedian(ctx, l, dial, w)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		b.record(b.tab.declare(connRateRow(b.cfg, w), rate, 0), p, c.median, err)
-		b.recordCPU(p, w, c.cpu, c.conns, err)
-		if alt != nil {
-			b.record(b.tab.declare(altRateRow(b.cfg, w), rate, 0), p, c.alt, err)
-		}
+		b.record(b.tab.declare(connRateRow(b.cfg, w), rate, 0), p, v, err)
+		b.recordCPU(p, w, cpu0, b.cpuSnapshot(p), n, err)
 		if err != nil {
 			bestErr = err
-			continue
+		} else if v > best {
+			best = v
 		}
-		best, altBest = max(best, c.median), max(altBest, c.alt)
 	}
 	if best > 0 {
 		bestErr = nil
 	}
 	b.record(b.tab.declare(connRateBestRow(b.cfg), rate, 0), p, best, bestErr)
-	if alt != nil {
-		b.record(b.tab.declare(altBestRow(b.cfg), rate, 0), p, altBest, bestErr)
-		b.record(b.tab.declare(pairedBestRow(b.cfg), rate, 0), p, best, bestErr)
-	}
 	p50, p99, err := rtt(ctx, l, dial, b.cfg.rtts)
 	if ctx.Err() != nil {
 		return ctx.Err()

@@ -92,11 +92,6 @@ type row struct {
 	kind   kind
 	target float64
 	cells  [numPaths]cell
-	// base, when set, is what this row's ratios compare with instead of
-	// the socks-only column: base's value in the same column.
-	base *row
-	// isBase rows are such baselines and get no ratio line of their own.
-	isBase bool
 }
 
 // table collects the measurements in the order rows were declared.
@@ -127,13 +122,9 @@ func (r *row) set(p path, v float64, err error) {
 	r.cells[p] = cell{v: v, set: true}
 }
 
-// ratio is p/socks-only (or p/base's p), when both were measured and
-// comparable.
+// ratio is p/socks-only, when both were measured and comparable.
 func (r *row) ratio(p path) (float64, bool) {
 	s, t := r.cells[socksPath], r.cells[p]
-	if r.base != nil {
-		s = r.base.cells[p]
-	}
 	if !s.set || !t.set || s.v <= 0 || (r.kind != throughput && r.kind != rate) {
 		return 0, false
 	}
@@ -176,7 +167,7 @@ func (t *table) write(w io.Writer) {
 	fmt.Fprintf(w, "\n| tunsocks / socks-only | ratio | target | verdict |\n")
 	fmt.Fprintln(w, "|---|---:|---:|---|")
 	for _, r := range t.rows {
-		if (r.kind != throughput && r.kind != rate) || r.isBase {
+		if r.kind != throughput && r.kind != rate {
 			continue
 		}
 		for _, p := range tunPaths {

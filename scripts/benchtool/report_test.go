@@ -110,37 +110,3 @@ func TestTableSystemStackColumn(t *testing.T) {
 		t.Errorf("omitted column still printed:\n%s", s)
 	}
 }
-
-// TestTableAlternatedBaseline: a row with a base compares each column with
-// the base's value in that column, and the base row gets no ratio line.
-func TestTableAlternatedBaseline(t *testing.T) {
-	tab := &table{}
-	best := tab.declare("best", rate, 0.7)
-	best.set(socksPath, 1000, nil)
-	best.set(tunPath, 600, nil)
-	best.set(sysPath, 700, nil)
-	alt := tab.declare("alt", rate, 0)
-	alt.isBase = true
-	alt.set(tunPath, 800, nil)
-	alt.set(sysPath, 1400, nil)
-	paired := tab.declare("paired", rate, 0)
-	paired.base = alt
-	paired.set(tunPath, 600, nil)
-	paired.set(sysPath, 700, nil)
-	var out bytes.Buffer
-	tab.write(&out)
-	s := out.String()
-	for _, want := range []string{
-		"| alt | conn/s | – | – | 800 | 1400 |",
-		"| best | 0.600x | >= 0.7x | NOT MET |",
-		"| paired | 0.750x | – |  |",
-		"| paired, --tcp-stack system | 0.500x | – |  |",
-	} {
-		if !strings.Contains(s, want) {
-			t.Errorf("table lacks %q:\n%s", want, s)
-		}
-	}
-	if strings.Contains(s, "| alt | n/a") || strings.Contains(s, "| alt | 0.") {
-		t.Errorf("a baseline row got a ratio line:\n%s", s)
-	}
-}
