@@ -31,6 +31,7 @@ type config struct {
 	rtts      int           // round trips for the latency percentiles
 	idle      int           // idle connections held open for the RSS row
 	skipIperf bool          // no iperf3 rows
+	aaCheck   bool          // the tunsocks columns' rate runs go to the SOCKS server directly
 	runArgs   string        // extra arguments for tunsocks run
 	runEnv    string        // extra environment for tunsocks run
 	tunPaths  []path        // tunsocks columns measured: tunPath (gVisor), sysPath (--tcp-stack system)
@@ -387,6 +388,14 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 	dial, err := dialerFor(p)
 	if err != nil {
 		return err
+	}
+	if b.cfg.aaCheck && p.throughTunsocks() {
+		// The A/A check: the same path in both columns, measured as far
+		// apart as the real comparison, shows how far the ratio moves
+		// with nothing to compare (0.92-1.10x over seven runs here).
+		if dial, err = dialerFor(socksPath); err != nil {
+			return err
+		}
 	}
 	best, bestErr := 0.0, error(nil)
 	for _, w := range b.cfg.workers {

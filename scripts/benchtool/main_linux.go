@@ -46,6 +46,7 @@ func run(ctx context.Context, args []string) int {
 	fs.IntVar(&cfg.rtts, "rtts", 2000, "1-byte round trips for the latency percentiles (100..100000)")
 	fs.IntVar(&cfg.idle, "idle-conns", 1000, "idle connections held through tunsocks for the memory row (1..20000)")
 	fs.BoolVar(&cfg.skipIperf, "skip-iperf", false, "skip the iperf3 rows (for working on the connection and latency rows)")
+	fs.BoolVar(&cfg.aaCheck, "aa-check", false, "an A/A check of the rate ratio: the tunsocks columns' connection-rate runs go straight to the SOCKS server, so their ratio to the socks-only column shows how far it moves for the same path")
 	fs.StringVar(&cfg.runArgs, "run-args", "", "extra arguments for `tunsocks run`, space separated (e.g. \"--cpuprofile /tmp/run.prof\")")
 	var stacks string
 	fs.StringVar(&stacks, "tcp-stacks", "gvisor,system", "comma-separated TCP stacks of `tunsocks run` to measure, one column each: gvisor, system")
@@ -74,6 +75,9 @@ func run(ctx context.Context, args []string) int {
 	started := time.Now()
 	err := b.run(ctx)
 	fmt.Printf("\n## tunsocks benchmark\n\n%s\n\n", environment(cfg))
+	if cfg.aaCheck {
+		fmt.Print("A/A CHECK (-aa-check): the tunsocks columns' connection-rate rows measured the SOCKS-only path, not tunsocks.\n\n")
+	}
 	b.tab.write(os.Stdout)
 	fmt.Printf("\ntargets (issue): single-stream TCP throughput at MTU 1500 >= %.1fx socks-only in both directions; "+
 		"connection rate >= %.1fx socks-only. Informational: exit status is 0 whether met or not.\n", targetSingleStream, targetConnRate)
