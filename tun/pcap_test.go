@@ -21,15 +21,26 @@ type closeRecorder struct {
 
 func (c *closeRecorder) Close() error { c.closed = true; return nil }
 
-func TestCaptureRecordsBothDirections(t *testing.T) {
-	var out closeRecorder
-	p, err := tun.NewPcap(&out, 0)
+// newCapturePipe returns an in-memory device and its peer, a Pcap over out,
+// and the device wrapped in a capture that leaves out what skip matches
+// (nothing when skip is nil).
+func newCapturePipe(t *testing.T, out *closeRecorder, skip func([]byte) bool) (*tuntest.Peer, *tun.Pcap, tun.BatchDevice) {
+	t.Helper()
+	p, err := tun.NewPcap(out, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	dev, peer := tuntest.NewPipe(1500)
-	defer dev.Close()
-	cdev := tun.Capture(dev, p)
+	t.Cleanup(func() { dev.Close() })
+	if skip == nil {
+		return peer, p, tun.Capture(dev, p)
+	}
+	return peer, p, tun.CaptureSkipping(dev, p, skip)
+}
+
+func TestCaptureRecordsBothDirections(t *testing.T) {
+	var out closeRecorder
+	peer, p, cdev := newCapturePipe(t, &out, nil)
 
 	in := []byte{0x45, 0, 0, 20, 1, 2, 3, 4, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1}
 	if err := peer.Inject(in); err != nil {
@@ -120,14 +131,8 @@ func TestPcapSnaplen(t *testing.T) {
 
 func TestCaptureSkipping(t *testing.T) {
 	var out closeRecorder
-	p, err := tun.NewPcap(&out, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev, peer := tuntest.NewPipe(1500)
-	defer dev.Close()
 	// Skip packets whose first payload byte after the version is 0xEE.
-	cdev := tun.CaptureSkipping(dev, p, func(pkt []byte) bool { return len(pkt) > 1 && pkt[1] == 0xEE })
+	peer, p, cdev := newCapturePipe(t, &out, func(pkt []byte) bool { return len(pkt) > 1 && pkt[1] == 0xEE })
 	keep := append(make([]byte, tun.Headroom), 0x60, 1, 2, 3)
 	drop := append(make([]byte, tun.Headroom), 0x60, 0xEE, 2, 3)
 	if _, err := cdev.Write([][]byte{keep, drop}, tun.Headroom); err != nil {
