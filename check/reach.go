@@ -91,14 +91,14 @@ func (c *checker) reach(ctx context.Context) bool {
 // then the others, each on a fresh connection.
 func (c *checker) identify(ctx context.Context) bool {
 	v := c.probe("protocol", func() (Verdict, string) {
-		order := []string{"socks5", "socks4", "http"}
 		want := c.scheme
 		if want == "socks4a" {
 			want = "socks4"
 		}
-		for i, p := range order {
-			if p == want {
-				order[0], order[i] = order[i], order[0]
+		order := []string{want}
+		for _, p := range []string{"socks5", "socks4", "http"} {
+			if p != want {
+				order = append(order, p)
 			}
 		}
 		var notes []string

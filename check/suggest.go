@@ -50,7 +50,11 @@ func suggest(c *checker) string {
 	}
 	if i := f.Idle; i != nil {
 		below := time.Duration(i.HeldMS*float64(time.Millisecond)) * 3 / 4
-		below = below.Round(time.Second)
+		if below >= 10*time.Second {
+			below = below.Truncate(time.Second)
+		} else {
+			below = below.Truncate(time.Millisecond)
+		}
 		if i.TCPAlive != nil && !*i.TCPAlive && below > 0 {
 			fmt.Fprintf(&b, "tcp-idle: %v               # the upstream closes CONNECTs idle for %v\n", below, time.Duration(i.HeldMS*float64(time.Millisecond)))
 		}
