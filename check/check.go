@@ -290,6 +290,12 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	return c.r, nil
 }
 
+// Validate reports what is wrong with the options, as Run would.
+func (o Options) Validate() error {
+	_, err := newChecker(o)
+	return err
+}
+
 func newChecker(o Options) (*checker, error) {
 	if o.Proxy == nil {
 		return nil, errors.New("check: no proxy URL")

@@ -161,9 +161,10 @@ func (c *checker) speaks(ctx context.Context, p string) (string, string) {
 			hello = []byte{socks.Version5, 2, byte(socks.MethodNoAuth), byte(socks.MethodUserPass)}
 		}
 	case "socks4":
-		// A CONNECT to the unroutable test address: the answer's first
-		// two bytes are all that matter.
-		hello, _ = socks.AppendRequest4(nil, socks.Request4{Command: socks.CmdConnect, Addr: socks.Addr{IP: netip.MustParseAddr("192.0.2.1"), Port: 80}, UserID: c.user})
+		// A CONNECT to port 1 of the proxy host itself: the answer's
+		// first two bytes are all that matter, and nothing leaves the
+		// proxy host.
+		hello, _ = socks.AppendRequest4(nil, socks.Request4{Command: socks.CmdConnect, Addr: socks.Addr{IP: netip.MustParseAddr("127.0.0.1"), Port: 1}, UserID: c.user})
 	case "http":
 		hello = []byte("OPTIONS * HTTP/1.1\r\nHost: " + c.server + "\r\n\r\n")
 	}
