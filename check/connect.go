@@ -83,7 +83,7 @@ func classify(err error) (kind, text string) {
 			return "refused", text
 		case se.Code == 403:
 			return "not-allowed", text
-		case se.Code == 407:
+		case se.Code == 407, se.Code == 401:
 			return "auth", text
 		case se.Code == 502, se.Code == 503, se.Code == 504:
 			return "unreachable", text

@@ -11,7 +11,7 @@ import (
 
 // httpAuth checks an HTTP proxy's authentication: the URL's credentials
 // must work, and with credentials given, none or wrong ones must be
-// refused (407).
+// refused (407, or 401 as tinyproxy answers a wrong password).
 func (c *checker) httpAuth(ctx context.Context) bool {
 	try := func(user *url.Userinfo) (int, error) {
 		u := c.proxyURL(nil)
@@ -38,7 +38,8 @@ func (c *checker) httpAuth(ctx context.Context) bool {
 		if err != nil {
 			return Fail, fmt.Sprintf("CONNECT %s failed: %v", c.o.Target, err)
 		}
-		if code == 407 {
+		refused := func(code int) bool { return code == 407 || code == 401 }
+		if refused(code) {
 			if c.o.Proxy.User == nil {
 				return Fail, "the proxy wants authentication (407); put the credentials in the URL: http://user:pass@" + c.o.Proxy.Host
 			}
@@ -59,15 +60,15 @@ func (c *checker) httpAuth(ctx context.Context) bool {
 			return Fail, fmt.Sprintf("CONNECT with a wrong password failed: %v", err)
 		}
 		switch {
-		case anon != 407:
+		case !refused(anon):
 			c.r.Facts.OpenProxy = ptr(true)
 			return Warn, fmt.Sprintf("the proxy serves clients without credentials (answered %d, not 407): anyone who reaches it can use it", anon)
-		case wrong != 407:
+		case !refused(wrong):
 			c.r.Facts.OpenProxy = ptr(true)
 			return Warn, fmt.Sprintf("the proxy accepts a wrong password too (answered %d, not 407)", wrong)
 		}
 		c.r.Facts.OpenProxy = ptr(false)
-		return Pass, "Basic authentication: the credentials work, none or a wrong password get 407"
+		return Pass, fmt.Sprintf("Basic authentication: the credentials work; none get %d, a wrong password %d", anon, wrong)
 	})
 	return v != Fail
 }

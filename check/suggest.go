@@ -31,7 +31,7 @@ func suggest(c *checker) string {
 	if f.UDP != nil && (!f.UDP.Supported || (f.UDP.DNS != nil && !*f.UDP.DNS)) {
 		rules = append(rules, "  - NETWORK,udp,REJECT        # the upstream carries no UDP: apps fall back to TCP at once")
 	}
-	if f.Connect.IPv6 != nil && !*f.Connect.IPv6 {
+	if f.Connect.IPv6 != nil && !*f.Connect.IPv6 && f.Connect.IPv4 != nil && *f.Connect.IPv4 {
 		rules = append(rules, "  - IP-CIDR6,::/0,REJECT      # the upstream cannot reach IPv6: apps fall back to IPv4 at once")
 	}
 	if f.Connect.Only443 != nil && *f.Connect.Only443 {
