@@ -10,10 +10,10 @@ import (
 
 func TestFirstNameserver(t *testing.T) {
 	for in, want := range map[string]string{
-		"nameserver 127.0.0.53\nnameserver 10.0.0.2\n":   "10.0.0.2:53",
-		"# c\nsearch lan\nnameserver 2001:db8::53\n":       "[2001:db8::53]:53",
-		"nameserver fe80::1%eth0\nnameserver ::1\n":        "",
-		"options edns0\n":                                  "",
+		"nameserver 127.0.0.53\nnameserver 10.0.0.2\n": "10.0.0.2:53",
+		"# c\nsearch lan\nnameserver 2001:db8::53\n":   "[2001:db8::53]:53",
+		"nameserver fe80::1%eth0\nnameserver ::1\n":    "",
+		"options edns0\n": "",
 		"nameserver 0.0.0.0\nnameserver bogus\nnameserver": "",
 	} {
 		if got := firstNameserver(strings.NewReader(in)); got != want {
