@@ -283,3 +283,26 @@ func TestJSONMatchesSchema(t *testing.T) {
 		}
 	}
 }
+
+// TestSuggestAllRules: every line suggest can write is one tunsocks run
+// takes.
+func TestSuggestAllRules(t *testing.T) {
+	c, err := newChecker(Options{Proxy: mustURL("socks5://alice:s3cret@10.0.0.1:1080")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &c.r.Facts
+	f.UDP = &UDPFacts{Supported: false}
+	f.Connect.IPv4, f.Connect.IPv6, f.Connect.Domain, f.Connect.Only443 = ptr(true), ptr(false), ptr(false), ptr(true)
+	f.Idle = &IdleFacts{HeldMS: 60000, TCPAlive: ptr(false), UDPAlive: ptr(false)}
+	c.r.Config = suggest(c)
+	cfg := checkConfig(t, c.r)
+	for _, want := range []string{"NETWORK,udp,REJECT", "IP-CIDR6,::/0,REJECT", "DST-PORT,443", "enable: false", "alice:PASSWORD@"} {
+		if !strings.Contains(c.r.Config, want) {
+			t.Errorf("suggested config lacks %q:\n%s", want, c.r.Config)
+		}
+	}
+	if len(cfg.Rules) != 4 || cfg.TCPIdle != 45*time.Second || cfg.UDPIdle != 45*time.Second || strings.Contains(c.r.Config, "s3cret") {
+		t.Errorf("rules %d tcp-idle %v udp-idle %v:\n%s", len(cfg.Rules), cfg.TCPIdle, cfg.UDPIdle, c.r.Config)
+	}
+}

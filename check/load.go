@@ -124,7 +124,7 @@ func (c *checker) idle(ctx context.Context) {
 			}
 			if _, err := c.firstByte(conn); err != nil {
 				f.TCPAlive = ptr(false)
-				tcpRes = &result{Warn, fmt.Sprintf("a CONNECT idle for %v was closed (%v): set tcp-idle below %v for this upstream", c.o.Idle, err, c.o.Idle)}
+				tcpRes = &result{Warn, fmt.Sprintf("a CONNECT idle for %v was closed (%v): the upstream's limit is lower; keep tcp-idle below it (a shorter --idle finds it)", c.o.Idle, err)}
 				return
 			}
 			f.TCPAlive = ptr(true)
@@ -152,7 +152,7 @@ func (c *checker) idle(ctx context.Context) {
 			}
 			if _, err := c.dnsExchange(a, min(c.o.Timeout, 3*time.Second)); err != nil {
 				f.UDPAlive = ptr(false)
-				udpRes = &result{Warn, fmt.Sprintf("a UDP association idle for %v stopped relaying: set udp-idle below %v for this upstream", c.o.Idle, c.o.Idle)}
+				udpRes = &result{Warn, fmt.Sprintf("a UDP association idle for %v stopped relaying: the upstream's limit is lower; keep udp-idle below it (a shorter --idle finds it)", c.o.Idle)}
 				return
 			}
 			f.UDPAlive = ptr(true)

@@ -29,10 +29,10 @@ func suggest(c *checker) string {
 	fmt.Fprintf(&b, "    url: %s\n", u.String())
 	var rules []string
 	if f.UDP != nil && (!f.UDP.Supported || (f.UDP.DNS != nil && !*f.UDP.DNS)) {
-		rules = append(rules, "  - NETWORK,udp,REJECT        # the upstream carries no UDP: apps fall back to TCP at once")
+		rules = append(rules, "  - NETWORK,udp,REJECT   # the upstream carries no UDP: apps fall back to TCP at once")
 	}
 	if f.Connect.IPv6 != nil && !*f.Connect.IPv6 && f.Connect.IPv4 != nil && *f.Connect.IPv4 {
-		rules = append(rules, "  - IP-CIDR6,::/0,REJECT      # the upstream cannot reach IPv6: apps fall back to IPv4 at once")
+		rules = append(rules, "  - IP-CIDR6,::/0,REJECT   # the upstream cannot reach IPv6: apps fall back to IPv4 at once")
 	}
 	if f.Connect.Only443 != nil && *f.Connect.Only443 {
 		rules = append(rules, "  - AND,((NETWORK,tcp),(NOT,((DST-PORT,443)))),DIRECT   # the upstream allows only port 443")
@@ -44,9 +44,9 @@ func suggest(c *checker) string {
 	b.WriteString("  - MATCH,checked\n")
 	switch {
 	case f.Connect.Domain != nil && *f.Connect.Domain:
-		b.WriteString("dns:\n  enable: true               # fake-IP: names travel to the upstream, which resolves them (remote DNS works)\n")
+		b.WriteString("dns:\n  enable: true   # fake-IP: names travel to the upstream, which resolves them (remote DNS works)\n")
 	case f.Connect.Domain != nil:
-		b.WriteString("dns:\n  enable: false              # the upstream cannot resolve names: resolve them here\n")
+		b.WriteString("dns:\n  enable: false   # the upstream cannot resolve names: resolve them here\n")
 	}
 	if i := f.Idle; i != nil {
 		below := time.Duration(i.HeldMS*float64(time.Millisecond)) * 3 / 4
@@ -56,10 +56,10 @@ func suggest(c *checker) string {
 			below = below.Truncate(time.Millisecond)
 		}
 		if i.TCPAlive != nil && !*i.TCPAlive && below > 0 {
-			fmt.Fprintf(&b, "tcp-idle: %v               # the upstream closes CONNECTs idle for %v\n", below, time.Duration(i.HeldMS*float64(time.Millisecond)))
+			fmt.Fprintf(&b, "tcp-idle: %v   # the upstream closed a CONNECT idle for %v (its limit is lower)\n", below, time.Duration(i.HeldMS*float64(time.Millisecond)))
 		}
 		if i.UDPAlive != nil && !*i.UDPAlive && below > 0 {
-			fmt.Fprintf(&b, "udp-idle: %v               # the upstream ends UDP associations idle for %v\n", below, time.Duration(i.HeldMS*float64(time.Millisecond)))
+			fmt.Fprintf(&b, "udp-idle: %v   # the upstream ended a UDP association idle for %v (its limit is lower)\n", below, time.Duration(i.HeldMS*float64(time.Millisecond)))
 		}
 	}
 	return b.String()
