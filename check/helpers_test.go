@@ -149,7 +149,7 @@ func (w *world) options(proxy string) Options {
 		UDPTarget:        w.dns.String(),
 		STUN:             w.stun.Primary().String(),
 		Timeout:          5 * time.Second,
-		NATWait:          700 * time.Millisecond,
+		NATWait:          1500 * time.Millisecond,
 		LookupNetIP:      w.lookup,
 		Roots:            w.ca,
 	}

@@ -205,7 +205,8 @@ func checkCA(t *testing.T) (*x509.Certificate, tls.Certificate) {
 func (ce *checkEnv) proxy(t *testing.T, addr string, name string, args ...string) *proc {
 	t.Helper()
 	p := ce.start(ce.lab.Proxy, name, args...)
-	deadline := time.Now().Add(20 * time.Second)
+	// mitmdump (Python) takes seconds to start, more on a loaded machine.
+	deadline := time.Now().Add(60 * time.Second)
 	for {
 		c, err := ce.app.DialContext(ce.ctx, "tcp", addr)
 		if err == nil {

@@ -65,7 +65,7 @@ func TestEmulatedNAT(t *testing.T) {
 				t.Fatal(err)
 			}
 			wantM, wantF := max(c.mapping, stun.EndpointIndependent), max(c.filtering, stun.EndpointIndependent)
-			o := stun.Options{Wait: 700 * time.Millisecond}
+			o := stun.Options{Wait: 1500 * time.Millisecond}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			u, err := cl.ListenPacket(ctx)
