@@ -37,8 +37,8 @@ func checkCommand() *cli.Command {
 			&cli.IntFlag{Name: "rounds", Usage: "measure this many CONNECTs for p50/p95 connect and first-byte times"},
 			&cli.DurationFlag{Name: "idle", Usage: "hold a CONNECT and a UDP association idle this long to find idle timeouts (e.g. 60s)"},
 			&cli.DurationFlag{Name: "timeout", Value: check.DefaultTimeout, Usage: "how long each probe waits for an answer"},
-			&cli.StringFlag{Name: "refused-target", Value: check.DefaultRefusedTarget, Usage: "host:port the proxy should find closed (default: port 1 of the proxy host itself)"},
-			&cli.StringFlag{Name: "unroutable-target", Value: check.DefaultUnroutableTarget, Usage: "host:port the proxy cannot reach (default: TEST-NET-1, never routed)"},
+			&cli.StringFlag{Name: "refused-target", Value: check.DefaultRefusedTarget, Usage: "host:port the proxy should find closed; the default is port 1 of the proxy host itself"},
+			&cli.StringFlag{Name: "unroutable-target", Value: check.DefaultUnroutableTarget, Usage: "host:port the proxy cannot reach; the default is in TEST-NET-1, never routed"},
 			&cli.BoolFlag{Name: "json", Usage: "print the report as JSON"},
 		},
 		Action: func(c *cli.Context) error {
