@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/internal/testenv"
-	"github.com/tunsocks/tunsocks/lab"
 )
 
 var binary string // the tunsocks binary built by TestMain

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/internal/testenv"
-	"github.com/tunsocks/tunsocks/lab"
 )
 
 // TestRulesAndDNS: two upstream SOCKS servers, DIRECT, REJECT, a chain, a

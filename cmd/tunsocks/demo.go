@@ -19,7 +19,7 @@ import (
 
 	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
-	"github.com/tunsocks/tunsocks/lab"
+	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/socksserver"
 )
