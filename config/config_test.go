@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/rules"
 )
 
@@ -414,15 +414,6 @@ func TestChains(t *testing.T) {
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
-func mustURL(t *testing.T, s string) *url.URL {
-	t.Helper()
-	u, err := url.Parse(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
-}
-
 func TestRulesWithFiles(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, text string) string {
@@ -519,7 +510,7 @@ func TestValidateBuiltInCode(t *testing.T) {
 	}
 	// Fix it: Validate now succeeds and sets the Ruleset.
 	c.TCPIdle, c.Tun.MTU = time.Minute, 1500
-	c.Proxies = append(c.Proxies, Proxy{Name: "y", URL: mustURL(t, "socks5://h:1")})
+	c.Proxies = append(c.Proxies, Proxy{Name: "y", URL: testenv.MustURL(t, "socks5://h:1")})
 	c.Rules = c.Rules[:1]
 	if err := c.Validate(); err != nil || c.Ruleset == nil || c.Ruleset.Len() != 1 {
 		t.Fatalf("Validate = %v, Ruleset %v", err, c.Ruleset)

@@ -123,7 +123,7 @@ func TestInteropCurl(t *testing.T) {
 
 func TestInteropNcat(t *testing.T) {
 	ncat := testenv.NeedTool(t, "ncat", "ncat")
-	echo := tcpEcho(t, "tcp4", "127.0.0.1:0")
+	echo := peerEcho(t, "tcp4", "127.0.0.1:0")
 	ehost, eport, _ := net.SplitHostPort(echo)
 	for _, tc := range []struct {
 		typ, auth, version string
@@ -186,7 +186,7 @@ func TestInteropProxychains(t *testing.T) {
 }
 
 func TestInteropXNetProxy(t *testing.T) {
-	echo := tcpEcho(t, "tcp4", "127.0.0.1:0")
+	echo := peerEcho(t, "tcp4", "127.0.0.1:0")
 	_, eport, _ := net.SplitHostPort(echo)
 	for _, tc := range []struct {
 		name   string
