@@ -372,7 +372,7 @@ func (d *decoder) list(v *yaml.Node, key, want string) ([]*yaml.Node, bool) {
 	return out, true
 }
 
-// strings decodes a list of strings, calling set with each and its line.
+// strs decodes a list of strings, calling set with each and its line.
 func (d *decoder) strs(v *yaml.Node, key, want string, set func(i int, s string, line int)) {
 	items, ok := d.list(v, key, want)
 	if !ok {

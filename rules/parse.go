@@ -294,8 +294,9 @@ func example(k kind) string {
 }
 
 func unknownType(name string, topLevel bool) *problem {
-	hint := "expected one of " + strings.Join(ruleTypeNames, ", ")
-	if s := closest(name, ruleTypeNames); s != "" {
+	names := ruleTypeNames()
+	hint := "expected one of " + strings.Join(names, ", ")
+	if s := closest(name, names); s != "" {
 		hint = "did you mean " + s + "? " + hint
 	}
 	if name == "GEOIP" || name == "GEOSITE" || name == "IP-ASN" {
