@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/tunsocks/tunsocks/internal/suggest"
 	"io"
 	"net/netip"
 	"net/url"
@@ -16,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/tunsocks/tunsocks/internal/suggest"
 	"github.com/tunsocks/tunsocks/rules"
 )
 

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"github.com/tunsocks/tunsocks/internal/suggest"
 	"io"
 	"net/netip"
 	"os"
@@ -12,6 +11,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/tunsocks/tunsocks/internal/suggest"
 )
 
 // ParseOptions tells the parser which targets exist and where RULE-SET

@@ -15,8 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tunsocks/tunsocks/internal/testenv"
 	"go.uber.org/goleak"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

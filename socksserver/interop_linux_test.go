@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/tunsocks/tunsocks/internal/testenv"
 	"io"
 	"net"
 	"net/http"
@@ -24,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/net/proxy"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 const page = "hello from httptest"
