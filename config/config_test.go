@@ -259,6 +259,9 @@ func TestErrors(t *testing.T) {
 			file + `:4: dns.fake-ip-filter "a b": want one domain pattern`,
 			file + `:5: dns.fake-ip-filter "geosite:cn": only domain patterns`,
 			file + `:6: dns.fake-ip-filter "": empty pattern`}},
+		{"dns:\n  fake-ip-filter:\n    - +.bücher.de\n    - 'ab*.com'\n    - '+.-bücher.de'", []string{
+			file + `:4: dns.fake-ip-filter "ab*.com": label "ab*": character '*' not allowed`,
+			file + `:5: dns.fake-ip-filter "+.-bücher.de": label "-bücher" is not a valid internationalised domain label`}},
 		{"dns:\n  nameserver:\n    - 1.1.1.1\n    - dns.google\n    - 'https://1.1.1.1/dns-query'\n    - '1.1.1.1:0'\n    - 'ftp://1.1.1.1'", []string{
 			file + `:4: dns.nameserver "dns.google": want an IP address, not a name`,
 			file + `:5: dns.nameserver "https://1.1.1.1/dns-query": https:// is not supported; want udp:// or tcp://`,

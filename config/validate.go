@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tunsocks/tunsocks/dns"
 	"github.com/tunsocks/tunsocks/rules"
 )
 
@@ -175,6 +176,9 @@ func checkFilter(f string) string {
 		return "only domain patterns are supported, like +.example.com"
 	case len(t) > 253:
 		return "longer than 253 bytes"
+	}
+	if err := dns.CheckFilterPattern(t); err != nil {
+		return err.Error()
 	}
 	return ""
 }

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+
+	"github.com/tunsocks/tunsocks/internal/idn"
 )
 
 // kind is a condition's rule type.
@@ -224,13 +226,21 @@ func baseName(p string) string {
 	return p
 }
 
-// normHost lower-cases a domain and drops one trailing dot. It does not
-// allocate when the host is already lower case.
+// normHost lower-cases a domain, drops one trailing dot and converts
+// internationalised labels to their ASCII (xn--) form, the form rules are
+// compiled in. It does not allocate when the host is already lower-case
+// ASCII, as names from DNS are. A non-ASCII host that is not a valid
+// internationalised name is only lower-cased (it matches no domain rule
+// but may match a keyword or regular expression).
 func normHost(h string) string {
 	h = strings.TrimSuffix(h, ".")
 	for i := 0; i < len(h); i++ {
 		if c := h[i]; c >= 'A' && c <= 'Z' || c >= 0x80 {
-			return strings.ToLower(h)
+			h = strings.ToLower(h)
+			if a, err := idn.ASCII(h); err == nil {
+				return a
+			}
+			return h
 		}
 	}
 	return h
