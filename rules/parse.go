@@ -61,8 +61,6 @@ type problem struct {
 	err       error
 }
 
-func (p *problem) Error() string { return p.msg + "; " + p.hint }
-
 func newProblem(hint string, err error, format string, args ...any) *problem {
 	return &problem{msg: fmt.Sprintf(format, args...), hint: hint, err: err}
 }
