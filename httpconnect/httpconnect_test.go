@@ -699,7 +699,7 @@ func FuzzResponse(f *testing.F) {
 			!bytes.Equal(head, data[:len(head)]) || !bytes.Equal(rest, data[len(head):len(head)+len(rest)]) {
 			t.Fatalf("head %d + rest %d + unread %d bytes do not make up the %d read", len(head), len(rest), unread, len(data))
 		}
-		if !bytes.HasSuffix(head, []byte("\n\n")) && !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+		if !bytes.HasSuffix(head, []byte("\n\n")) && !bytes.HasSuffix(head, []byte("\n\r\n")) {
 			t.Fatalf("head %q does not end with an empty line", head)
 		}
 		if err := c.checkResponse(head); err == nil && !strings.HasPrefix(string(head), "HTTP/1.") {
