@@ -23,6 +23,9 @@ const (
 	kProcName
 	kProcPath
 	kUID
+	kInType
+	kInName
+	kInUser
 	kAnd
 	kOr
 	kNot
@@ -30,12 +33,13 @@ const (
 	kRuleSet
 )
 
-// ruleTypes maps the (upper-case) rule type as written to its kind, in the
-// order listed in errors.
+// ruleTypeNames are the rule types as written, in the order listed in
+// errors; ruleKind maps each to its kind.
 var ruleTypeNames = []string{
 	"DOMAIN", "DOMAIN-SUFFIX", "DOMAIN-KEYWORD", "DOMAIN-REGEX",
 	"IP-CIDR", "IP-CIDR6", "SRC-IP-CIDR", "DST-PORT", "SRC-PORT", "NETWORK",
-	"PROCESS-NAME", "PROCESS-PATH", "UID", "AND", "OR", "NOT", "RULE-SET", "MATCH",
+	"PROCESS-NAME", "PROCESS-PATH", "UID", "IN-TYPE", "IN-NAME", "IN-USER",
+	"AND", "OR", "NOT", "RULE-SET", "MATCH",
 }
 
 func ruleKind(name string) (kind, bool) {
@@ -64,6 +68,12 @@ func ruleKind(name string) (kind, bool) {
 		return kProcPath, true
 	case "UID":
 		return kUID, true
+	case "IN-TYPE":
+		return kInType, true
+	case "IN-NAME":
+		return kInName, true
+	case "IN-USER":
+		return kInUser, true
 	case "AND":
 		return kAnd, true
 	case "OR":
@@ -174,6 +184,12 @@ func (c *cond) match(x *mctx) bool {
 	case kUID:
 		u := x.uid()
 		return u >= 0 && inRanges(c.ranges, uint32(u))
+	case kInType:
+		return x.m.InType == c.str
+	case kInName:
+		return x.m.InName != "" && x.m.InName == c.str
+	case kInUser:
+		return x.m.InUser != "" && x.m.InUser == c.str
 	case kAnd:
 		for _, s := range c.subs {
 			if !s.match(x) {

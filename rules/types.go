@@ -13,7 +13,23 @@ type Metadata struct {
 	Host     string         // domain from fake-IP or a SOCKS domain request; "" when unknown
 	Process  string         // executable path, when known
 	UID      int            // -1 when unknown
+
+	// The inbound the flow came in through (see InTypes): its type, its
+	// name (the TUN device's name, "wg", "exec:curl", "socks") and the user
+	// behind it (a WireGuard peer's name, a SOCKS username). "" when
+	// unknown or none.
+	InType, InName, InUser string
 }
+
+// Inbound types, the values of Metadata.InType and of IN-TYPE rules.
+const (
+	InTUN       = "tun"
+	InWireGuard = "wireguard"
+	InExec      = "exec"
+	InGateway   = "gateway"
+	InSocks     = "socks"
+)
+
 
 // ProcessLookup finds the executable path and user id of the local process
 // that owns a flow. Match consults it lazily: only when a PROCESS-NAME,
