@@ -30,7 +30,6 @@ const (
 	InSocks     = "socks"
 )
 
-
 // ProcessLookup finds the executable path and user id of the local process
 // that owns a flow. Match consults it lazily: only when a PROCESS-NAME,
 // PROCESS-PATH or UID rule is reached and Metadata does not already carry the
