@@ -14,11 +14,10 @@ type Metadata struct {
 	Process  string         // executable path, when known
 	UID      int            // -1 when unknown
 
-	// The inbound the flow came in through (see InTypes): its type, its
-	// name (the TUN device's name, "wg", "exec:curl", "socks") and the user
-	// behind it (a WireGuard peer's name, a SOCKS username). "" when
-	// unknown or none.
-	InType, InName, InUser string
+	// The inbound the flow came in through; "" when unknown or none.
+	InType string // InTUN, InWireGuard, InExec, InGateway or InSocks
+	InName string // the inbound's name: the TUN device's, "wg", "exec:curl", "socks"
+	InUser string // the user behind it: a WireGuard peer's name, a SOCKS username
 }
 
 // Inbound types, the values of Metadata.InType and of IN-TYPE rules.
