@@ -39,16 +39,18 @@ type udpFlow interface {
 	Close() error
 }
 
-// HandleTCP implements stack.Handler.
-func (r *Router) HandleTCP(ctx context.Context, req *stack.TCPRequest) { r.handleTCP(ctx, req) }
+// HandleTCP implements stack.Handler; the flow carries no inbound (see Handler).
+func (r *Router) HandleTCP(ctx context.Context, req *stack.TCPRequest) { r.handleTCP(ctx, nil, req) }
 
-// HandleUDP implements stack.Handler.
-func (r *Router) HandleUDP(ctx context.Context, f *stack.UDPFlow) { r.handleUDP(ctx, f) }
+// HandleUDP implements stack.Handler; the flow carries no inbound (see Handler).
+func (r *Router) HandleUDP(ctx context.Context, f *stack.UDPFlow) { r.handleUDP(ctx, nil, f) }
 
-func (r *Router) handleTCP(ctx context.Context, req tcpRequest) {
-	m, dst := r.metadata("tcp", req.Src(), req.Dst())
+func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
+	in := inb.tag(req.Src())
+	m, dst := r.metadata("tcp", in, req.Src(), req.Dst())
 	d := r.decide(m)
-	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
+	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, InType: in.typ, InName: in.name, InUser: in.user,
+		Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
 	r.stats.TCPTotal.Add(1)
 	switch {
 	case d.Action == RejectDrop:
@@ -97,7 +99,7 @@ func (r *Router) handleTCP(ctx context.Context, req tcpRequest) {
 // first one's outbound opens the flow's UDP session, a datagram whose rule
 // names another outbound gets an association of its own on that outbound
 // (see udpSession.route), and rejected datagrams are dropped.
-func (r *Router) handleUDP(ctx context.Context, f udpFlow) {
+func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	r.stats.UDPTotal.Add(1)
 	r.stats.UDPOpen.Add(1)
 	defer r.stats.UDPOpen.Add(-1)
@@ -108,8 +110,9 @@ func (r *Router) handleUDP(ctx context.Context, f udpFlow) {
 		f.Close()
 		return
 	}
-	s := &udpSession{r: r, f: f, closed: make(chan struct{}), ready: make(chan struct{})}
-	rec := FlowRecord{Network: "udp", Src: f.Src(), Dst: dst, Start: time.Now()}
+	in := inb.tag(f.Src())
+	s := &udpSession{r: r, f: f, in: in, closed: make(chan struct{}), ready: make(chan struct{})}
+	rec := FlowRecord{Network: "udp", Src: f.Src(), Dst: dst, InType: in.typ, InName: in.name, InUser: in.user, Start: time.Now()}
 	idle := r.cfg.UDPIdle
 	if dst.Port() == 53 {
 		idle = r.cfg.DNSIdle
@@ -157,6 +160,7 @@ func (r *Router) handleUDP(ctx context.Context, f udpFlow) {
 type udpSession struct {
 	r      *Router
 	f      udpFlow
+	in     flowIn
 	out    Outbound      // the flow's outbound, set with pc; up pump only
 	closed chan struct{} // closed by closeAll
 	ready  chan struct{} // closed once pc is set
@@ -204,7 +208,7 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 		}
 		return routeResult{sent: true, n: len(p), name: "DNS", rule: "dns"}
 	}
-	m, target := r.metadata("udp", s.f.Src(), dst)
+	m, target := r.metadata("udp", s.in, s.f.Src(), dst)
 	d := r.decide(m)
 	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host}
 	if d.Action != Proxy || d.Outbound == nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/socks"
+	"github.com/tunsocks/tunsocks/stack"
 )
 
 // Outbound carries flows somewhere: DIRECT, a SOCKS upstream, a chain.
@@ -77,12 +78,14 @@ type FlowRecord struct {
 	Network  string
 	Src, Dst netip.AddrPort
 	Host     string // domain, when known
-	Outbound string // outbound name, or REJECT / REJECT-DROP
-	Rule     string
-	Up, Down int64
-	Start    time.Time
-	Duration time.Duration
-	Err      error // why it failed or ended abnormally; nil for a clean end
+	// The inbound the flow came through (see Inbound); "" when untagged.
+	InType, InName, InUser string
+	Outbound               string // outbound name, or REJECT / REJECT-DROP
+	Rule                   string
+	Up, Down               int64
+	Start                  time.Time
+	Duration               time.Duration
+	Err                    error // why it failed or ended abnormally; nil for a clean end
 }
 
 // Config builds a Router. Decide is required.
@@ -119,6 +122,50 @@ type DNSHandler interface {
 	// that comes with an error (SERVFAIL when forwarding failed) is sent;
 	// the error is only logged.
 	Handle(ctx context.Context, query []byte) ([]byte, error)
+}
+
+// Inbound is a source of flows: the TUN, a WireGuard device, an exec
+// namespace's TUN, a gateway interface. Handler tags every flow it hands
+// the router with it, so rules (IN-TYPE, IN-NAME, IN-USER), logs and flow
+// records know where a flow came from.
+type Inbound struct {
+	Type string // rules.InTUN, rules.InWireGuard, ...
+	Name string // the TUN device's name, "wg", "exec:curl"
+	// User names the user behind a flow from its source address (a
+	// WireGuard peer by its tunnel address); nil, or "", for none.
+	User func(src netip.Addr) string
+}
+
+// flowIn is an Inbound resolved for one flow.
+type flowIn struct{ typ, name, user string }
+
+func (in *Inbound) tag(src netip.AddrPort) flowIn {
+	if in == nil {
+		return flowIn{}
+	}
+	f := flowIn{typ: in.Type, name: in.Name}
+	if in.User != nil {
+		f.user = in.User(src.Addr().Unmap())
+	}
+	return f
+}
+
+// Handler returns a stack.Handler that hands the router every flow it gets,
+// tagged with in. The Router's own HandleTCP and HandleUDP leave flows
+// untagged.
+func (r *Router) Handler(in Inbound) stack.Handler { return &inboundHandler{r: r, in: in} }
+
+type inboundHandler struct {
+	r  *Router
+	in Inbound
+}
+
+func (h *inboundHandler) HandleTCP(ctx context.Context, req *stack.TCPRequest) {
+	h.r.handleTCP(ctx, &h.in, req)
+}
+
+func (h *inboundHandler) HandleUDP(ctx context.Context, f *stack.UDPFlow) {
+	h.r.handleUDP(ctx, &h.in, f)
 }
 
 // Router dispatches flows. It implements stack.Handler and, through
@@ -169,8 +216,8 @@ func (r *Router) Stats() *Stats { return &r.stats }
 // metadata builds the rules' view of a flow, and the address its outbound
 // dials: the domain when the destination was a fake IP (so the upstream
 // resolves it), else the IP the app chose.
-func (r *Router) metadata(network string, src, dst netip.AddrPort) (m *rules.Metadata, target string) {
-	m = &rules.Metadata{Network: network, Src: src, Dst: dst, UID: -1}
+func (r *Router) metadata(network string, in flowIn, src, dst netip.AddrPort) (m *rules.Metadata, target string) {
+	m = &rules.Metadata{Network: network, Src: src, Dst: dst, UID: -1, InType: in.typ, InName: in.name, InUser: in.user}
 	target = dst.String()
 	if r.cfg.ReverseHost != nil {
 		if host, ok := r.cfg.ReverseHost(dst.Addr()); ok {
@@ -189,7 +236,7 @@ func (r *Router) metadata(network string, src, dst netip.AddrPort) (m *rules.Met
 func (r *Router) decide(m *rules.Metadata) Decision {
 	d := r.cfg.Decide(m)
 	if r.log.Enabled(context.Background(), slog.LevelDebug) {
-		r.log.Debug("decision", "net", m.Network, "src", m.Src, "dst", m.Dst, "host", m.Host,
+		r.log.Debug("decision", "net", m.Network, "in", inLabel(m.InType, m.InName), "src", m.Src, "dst", m.Dst, "host", m.Host,
 			"outbound", d.name(), "rule", d.Rule)
 	}
 	return d
@@ -215,6 +262,12 @@ func (r *Router) finish(rec FlowRecord) {
 	if rec.Host != "" {
 		attrs = append(attrs, "host", rec.Host)
 	}
+	if in := inLabel(rec.InType, rec.InName); in != "" {
+		attrs = append(attrs, "in", in)
+	}
+	if rec.InUser != "" {
+		attrs = append(attrs, "user", rec.InUser)
+	}
 	if rec.Err != nil && !errors.Is(rec.Err, relay.ErrIdle) {
 		r.log.Info("flow failed", append(attrs, "err", rec.Err)...)
 	} else {
@@ -223,6 +276,14 @@ func (r *Router) finish(rec FlowRecord) {
 	if r.cfg.OnFlow != nil {
 		r.cfg.OnFlow(rec)
 	}
+}
+
+// inLabel names an inbound in logs: its name, else its type.
+func inLabel(typ, name string) string {
+	if name != "" {
+		return name
+	}
+	return typ
 }
 
 // DialContext lets the SOCKS server's front door use the same rules: the

@@ -92,7 +92,7 @@ func TestTCPRelayAndFakeIP(t *testing.T) {
 	req := newFakeReq("198.18.0.9:443")
 	req.app = appLocal
 	done := make(chan struct{})
-	go func() { r.handleTCP(context.Background(), req); close(done) }()
+	go func() { r.handleTCP(context.Background(), nil, req); close(done) }()
 	<-req.accepted
 	if got := out.dialed; len(got) != 1 || got[0] != "example.com:443" {
 		t.Fatalf("dialed %v, want the fake IP's domain example.com:443", got)
@@ -124,7 +124,7 @@ func TestTCPDialFailureRejects(t *testing.T) {
 	out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { return nil, refused }}
 	r, flows := newRouter(t, Static(out), nil)
 	req := newFakeReq("10.0.0.1:80")
-	r.handleTCP(context.Background(), req)
+	r.handleTCP(context.Background(), nil, req)
 	select {
 	case <-req.rejected:
 	default:
@@ -151,7 +151,7 @@ func TestTCPHangingDialRejectsAfterDialTimeout(t *testing.T) {
 	out := &hangingOutbound{fakeOutbound{name: "hangs"}}
 	r, flows := newRouter(t, Static(out), func(c *Config) { c.DialTimeout = 50 * time.Millisecond })
 	req := newFakeReq("10.0.0.1:80")
-	r.handleTCP(context.Background(), req)
+	r.handleTCP(context.Background(), nil, req)
 	select {
 	case <-req.rejected:
 	default:
@@ -165,7 +165,7 @@ func TestTCPHangingDialRejectsAfterDialTimeout(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	req2 := newFakeReq("10.0.0.1:80")
 	done := make(chan struct{})
-	go func() { r2.handleTCP(ctx, req2); close(done) }()
+	go func() { r2.handleTCP(ctx, nil, req2); close(done) }()
 	cancel()
 	select {
 	case <-done:
@@ -185,7 +185,7 @@ func TestTCPRejectRuleNeverDials(t *testing.T) {
 	r, _ := newRouter(t, func(*rules.Metadata) Decision { return Decision{Action: Reject, Rule: "IP-CIDR,10.0.0.0/8,REJECT"} }, nil)
 	_ = out
 	req := newFakeReq("10.0.0.1:80")
-	r.handleTCP(context.Background(), req)
+	r.handleTCP(context.Background(), nil, req)
 	select {
 	case <-req.rejected:
 	default:
@@ -279,7 +279,7 @@ func TestUDPFullConeAndIdle(t *testing.T) {
 	r, flows := newRouter(t, Static(out), func(c *Config) { c.UDPIdle = 200 * time.Millisecond })
 	f := newFakeFlow()
 	done := make(chan struct{})
-	go func() { r.handleUDP(context.Background(), f); close(done) }()
+	go func() { r.handleUDP(context.Background(), nil, f); close(done) }()
 	f.in <- dgram{[]byte("q"), netip.MustParseAddrPort("192.0.2.1:7")}
 	if a := <-pc.sent; a != "192.0.2.1:7" {
 		t.Fatalf("sent to %s", a)
@@ -322,7 +322,7 @@ func TestUDPFlowAcrossOutbounds(t *testing.T) {
 	r, flows := newRouter(t, decide, func(c *Config) { c.UDPIdle = 300 * time.Millisecond })
 	f := newFakeFlow()
 	done := make(chan struct{})
-	go func() { r.handleUDP(context.Background(), f); close(done) }()
+	go func() { r.handleUDP(context.Background(), nil, f); close(done) }()
 
 	f.in <- dgram{[]byte("x"), netip.MustParseAddrPort("192.0.2.1:1")}
 	if got := <-pcA.sent; got != "192.0.2.1:1" {
@@ -385,7 +385,7 @@ func TestUDPDNSInterceptAndNoUDP(t *testing.T) {
 	out := &fakeOutbound{name: "tcp-only"} // no UDP
 	r, flows := newRouter(t, Static(out), func(c *Config) { c.DNS = fakeDNS{}; c.DNSIdle = 100 * time.Millisecond })
 	f := newFakeFlow()
-	go r.handleUDP(context.Background(), f)
+	go r.handleUDP(context.Background(), nil, f)
 	f.in <- dgram{[]byte("q1"), netip.MustParseAddrPort("198.18.0.2:53")}
 	if d := <-f.out; string(d.b) != "answer:q1" || d.addr.Port() != 53 {
 		t.Fatalf("DNS answer %q from %v", d.b, d.addr)
@@ -401,7 +401,7 @@ func TestUDPDNSInterceptAndNoUDP(t *testing.T) {
 	// An outbound without UDP: the flow ends at once with ErrUDPUnsupported.
 	f2 := newFakeFlow()
 	f2.in <- dgram{[]byte("x"), netip.MustParseAddrPort("192.0.2.1:7")}
-	r.handleUDP(context.Background(), f2)
+	r.handleUDP(context.Background(), nil, f2)
 	if rec := <-flows; !errors.Is(rec.Err, ErrUDPUnsupported) {
 		t.Fatalf("flow without UDP: %+v", rec)
 	}
@@ -417,7 +417,7 @@ func (d dropReq) Drop() { close(d.dropped) }
 func TestTCPRejectDropDropsSilently(t *testing.T) {
 	r, flows := newRouter(t, func(*rules.Metadata) Decision { return Decision{Action: RejectDrop, Rule: "x"} }, nil)
 	req := dropReq{newFakeReq("10.0.0.1:80"), make(chan struct{})}
-	r.handleTCP(context.Background(), req)
+	r.handleTCP(context.Background(), nil, req)
 	select {
 	case <-req.dropped:
 	default:

@@ -19,6 +19,7 @@ import (
 	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/router"
+	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/stack"
 	"github.com/tunsocks/tunsocks/tun"
 )
@@ -274,7 +275,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if cfg.TCP.ModerateRcvbuf != nil {
 		tcp.DisableModerateReceiveBuffer = !*cfg.TCP.ModerateRcvbuf
 	}
-	scfg := stack.Config{Device: bd, MTU: cfg.Tun.MTU, Handler: rt, Logger: log, TCP: tcp, UDPIdle: cfg.UDPIdle}
+	tunIn := rt.Handler(router.Inbound{Type: rules.InTUN, Name: dev.Name()})
+	scfg := stack.Config{Device: bd, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp, UDPIdle: cfg.UDPIdle}
 	if cfg.TCP.Stack == "system" {
 		// The kernel listener must live where the TUN delivers packets.
 		listen := func(network, address string) (ln net.Listener, err error) {
