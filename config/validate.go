@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tunsocks/tunsocks/httpconnect"
 	"github.com/tunsocks/tunsocks/rules"
+	"github.com/tunsocks/tunsocks/socksclient"
 )
 
 // Validate checks every value and cross-checks the whole: proxy names are
@@ -365,10 +367,15 @@ func sortedNames(byName map[string]*Proxy) []string {
 	return names
 }
 
-// checkProxyURL returns what is wrong with a proxy URL, or "".
+// checkProxyURL returns what is wrong with a proxy URL, or "": the scheme
+// picks the client, whose own check says the rest.
 func checkProxyURL(u *url.URL) string {
+	var err error
 	switch strings.ToLower(u.Scheme) {
-	case "socks5", "socks5h", "socks4", "socks4a", "http":
+	case "socks5", "socks5h", "socks4", "socks4a":
+		err = socksclient.CheckURL(u)
+	case "http":
+		err = httpconnect.CheckURL(u)
 	case "https":
 		return `scheme "https" is not supported yet (TLS to the proxy); use http:// (CONNECT over plain TCP)`
 	case "":
@@ -380,30 +387,8 @@ func checkProxyURL(u *url.URL) string {
 		}
 		return msg
 	}
-	if u.Opaque != "" || u.Hostname() == "" {
-		return fmt.Sprintf("url %q names no host; want %s://host:port", u.Redacted(), u.Scheme)
-	}
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Sprintf("url %q: only %s://[user:pass@]host:port is allowed (no path or query)", u.Redacted(), u.Scheme)
-	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return fmt.Sprintf("url %q: port %q is not a number from 1 to 65535", u.Redacted(), p)
-		}
-	}
-	if u.User != nil {
-		user := u.User.Username()
-		pass, hasPass := u.User.Password()
-		switch strings.ToLower(u.Scheme) {
-		case "socks4", "socks4a":
-			if hasPass {
-				return fmt.Sprintf("%s has no passwords, only a user ID; drop the password or use socks5", u.Scheme)
-			}
-		case "socks5", "socks5h":
-			if !hasPass || len(user) < 1 || len(user) > 255 || len(pass) < 1 || len(pass) > 255 {
-				return "socks5 username and password must each be 1 to 255 bytes (RFC 1929); want socks5://user:pass@host:port"
-			}
-		}
+	if err != nil {
+		return err.Error()
 	}
 	return ""
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/router"
+	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/socksclient"
 )
 
@@ -155,7 +156,7 @@ func (p *socksPacket) Send(b []byte, address string) error {
 		if err != nil {
 			return fmt.Errorf("port %q: %w", portStr, err)
 		}
-		to = socksclient.DomainAddr{Host: host, Port: uint16(port)}
+		to = socks.Addr{Name: host, Port: uint16(port)}
 	}
 	_, err := p.pc.WriteTo(b, to)
 	return err

@@ -248,14 +248,14 @@ func TestChainMicrosocksDante(t *testing.T) {
 	first := microsocks(t)
 	second := danted(t, "none")
 	echoAddr := tcpEcho(t)
-	c, err := Chain(nil, mustURL(t, "socks5://"+first), mustURL(t, "socks5://"+second))
+	c, err := chain(nil, mustURL(t, "socks5://"+first), mustURL(t, "socks5://"+second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkConnect(t, c, echoAddr, false)
 	// Two microsocks hops, one with auth.
 	third := microsocks(t, "-u", "bob", "-P", "pw")
-	c, err = Chain(nil, mustURL(t, "socks5://"+first), mustURL(t, "socks5://bob:pw@"+third))
+	c, err = chain(nil, mustURL(t, "socks5://"+first), mustURL(t, "socks5://bob:pw@"+third))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -174,7 +174,7 @@ func TestOurServerChain(t *testing.T) {
 	first := ourServer(t, socksserver.Config{})
 	second := ourServer(t, socksserver.Config{Users: map[string]string{"bob": "pw"}})
 	echoAddr := tcpEcho(t)
-	c, err := Chain(nil, mustURL(t, "socks5://"+first), mustURL(t, "socks5://bob:pw@"+second))
+	c, err := chain(nil, mustURL(t, "socks5://"+first), mustURL(t, "socks5://bob:pw@"+second))
 	if err != nil {
 		t.Fatal(err)
 	}
