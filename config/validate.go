@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tunsocks/tunsocks/dns"
 	"github.com/tunsocks/tunsocks/httpconnect"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/socksclient"
@@ -23,15 +24,18 @@ import (
 // rules parse (RULE-SET paths relative to the config's directory) and name
 // only known targets. On success it sets c.Ruleset (nil when there are no
 // rules); otherwise it clears it and returns every problem found, joined.
-// Messages cite the line of the file that set the value, when known.
+// Messages cite the line of the file that set the value, when known. It
+// also parses the values that have a type of their own: ProxyURL and
+// DNS.Servers.
 func (c *Config) Validate() error {
-	c.Ruleset = nil
+	c.Ruleset, c.ProxyURL, c.DNS.Servers = nil, nil, nil
 	v := &validator{c: c, file: displayName(c.Path)}
 	v.values()
 	byName := v.proxies()
 	v.defaultProxy(byName)
 	rs := v.rules(byName)
 	if len(v.errs) > 0 {
+		c.ProxyURL, c.DNS.Servers = nil, nil
 		return joinCapped(v.errs)
 	}
 	c.Ruleset = rs
@@ -139,9 +143,12 @@ func (v *validator) dns() {
 		}
 	}
 	for i, ns := range s.Nameservers {
-		if _, _, err := ParseNameserver(ns); err != nil {
+		network, addr, err := ParseNameserver(ns)
+		if err != nil {
 			v.fail("dns.nameserver."+strconv.Itoa(i), "dns.nameserver %q: %v", ns, err)
+			continue
 		}
+		s.Servers = append(s.Servers, dns.Nameserver{Network: network, Addr: addr})
 	}
 	if s.FakeIPTTL < MinFakeIPTTL || s.FakeIPTTL > MaxFakeIPTTL {
 		v.fail("dns.fake-ip-ttl", "dns.fake-ip-ttl %v: want %v to %v", s.FakeIPTTL, MinFakeIPTTL, MaxFakeIPTTL)
@@ -406,7 +413,9 @@ func (v *validator) defaultProxy(byName map[string]*Proxy) {
 		}
 		if msg != "" {
 			v.fail("proxy", "proxy: %s", msg)
+			return
 		}
+		v.c.ProxyURL = u
 		return
 	}
 	if _, ok := byName[s]; ok {
