@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -205,11 +206,12 @@ func TestDialContextFrontDoor(t *testing.T) {
 			return nil, errors.New("dialed " + a)
 		}}}
 	}, nil)
-	_, err := r.DialContext(context.Background(), "tcp", "blocked.test:80")
+	fd := r.FrontDoor(Inbound{Type: rules.InSocks, Name: "socks"}, nil)
+	_, err := fd.DialContext(context.Background(), "tcp", "blocked.test:80")
 	if !errors.Is(err, socks.ErrNotAllowed) || socks.ReplyForError(err) != socks.NotAllowed {
 		t.Fatalf("rejected front-door dial: %v", err)
 	}
-	_, err = r.DialContext(context.Background(), "tcp", "ok.test:80")
+	_, err = fd.DialContext(context.Background(), "tcp", "ok.test:80")
 	if err == nil || err.Error() != "dialed ok.test:80" {
 		t.Fatalf("allowed front-door dial: %v", err)
 	}
@@ -217,11 +219,15 @@ func TestDialContextFrontDoor(t *testing.T) {
 
 // fakeFlow is an app UDP socket: datagrams in from the test, out to the test.
 type fakeFlow struct {
-	src    netip.AddrPort
-	in     chan dgram
-	out    chan dgram
-	closed chan struct{}
-	once   sync.Once
+	src     netip.AddrPort
+	in      chan dgram
+	out     chan dgram
+	closed  chan struct{}
+	expired chan struct{} // the read deadline passed
+	once    sync.Once
+
+	dmu      sync.Mutex
+	deadline *time.Timer
 }
 
 type dgram struct {
@@ -230,7 +236,8 @@ type dgram struct {
 }
 
 func newFakeFlow() *fakeFlow {
-	return &fakeFlow{src: netip.MustParseAddrPort("198.18.0.1:5353"), in: make(chan dgram, 8), out: make(chan dgram, 8), closed: make(chan struct{})}
+	return &fakeFlow{src: netip.MustParseAddrPort("198.18.0.1:5353"), in: make(chan dgram, 8), out: make(chan dgram, 8),
+		closed: make(chan struct{}), expired: make(chan struct{}, 1)}
 }
 func (f *fakeFlow) Src() netip.AddrPort { return f.src }
 func (f *fakeFlow) ReadFrom(p []byte) (int, netip.AddrPort, error) {
@@ -239,6 +246,8 @@ func (f *fakeFlow) ReadFrom(p []byte) (int, netip.AddrPort, error) {
 		return copy(p, d.b), d.addr, nil
 	case <-f.closed:
 		return 0, netip.AddrPort{}, net.ErrClosed
+	case <-f.expired:
+		return 0, netip.AddrPort{}, os.ErrDeadlineExceeded
 	}
 }
 func (f *fakeFlow) WriteTo(p []byte, from netip.AddrPort) (int, error) {
@@ -246,6 +255,26 @@ func (f *fakeFlow) WriteTo(p []byte, from netip.AddrPort) (int, error) {
 	return len(p), nil
 }
 func (f *fakeFlow) Close() error { f.once.Do(func() { close(f.closed) }); return nil }
+
+// SetReadDeadline: a deadline closes the flow when it passes (no read is
+// retried after one).
+func (f *fakeFlow) SetReadDeadline(t time.Time) error {
+	f.dmu.Lock()
+	defer f.dmu.Unlock()
+	if f.deadline != nil {
+		f.deadline.Stop()
+		f.deadline = nil
+	}
+	if !t.IsZero() {
+		f.deadline = time.AfterFunc(time.Until(t), func() {
+			select {
+			case f.expired <- struct{}{}:
+			default:
+			}
+		})
+	}
+	return nil
+}
 
 // fakePC answers every datagram sent to X with "re:"+payload from X and also
 // from a second address (full cone).
@@ -256,19 +285,19 @@ type fakePC struct {
 	sent    chan string
 }
 
-func (p *fakePC) Send(b []byte, address string) error {
-	p.sent <- address
-	ap := netip.MustParseAddrPort(address)
+func (p *fakePC) Send(b []byte, to socks.Addr) error {
+	p.sent <- to.String()
+	ap := netip.MustParseAddrPort(to.String())
 	p.replies <- dgram{append([]byte("re:"), b...), ap}
 	p.replies <- dgram{[]byte("other"), netip.MustParseAddrPort("192.0.2.99:9999")}
 	return nil
 }
-func (p *fakePC) Recv(b []byte) (int, netip.AddrPort, error) {
+func (p *fakePC) Recv(b []byte) (int, socks.Addr, error) {
 	select {
 	case d := <-p.replies:
-		return copy(b, d.b), d.addr, nil
+		return copy(b, d.b), socks.AddrFromAddrPort(d.addr), nil
 	case <-p.closed:
-		return 0, netip.AddrPort{}, net.ErrClosed
+		return 0, socks.Addr{}, net.ErrClosed
 	}
 }
 func (p *fakePC) Close() error { p.once.Do(func() { close(p.closed) }); return nil }
@@ -373,7 +402,9 @@ func errorsIsIdle(err error) bool { return err != nil && err.Error() == "relay: 
 
 type fakeDNS struct{}
 
-func (fakeDNS) Intercept(dst netip.AddrPort) bool { return dst.Port() == 53 }
+func (fakeDNS) Intercept(dst netip.AddrPort) bool                 { return dst.Port() == 53 }
+func (fakeDNS) ServeStream(ctx context.Context, c net.Conn) error { return c.Close() }
+
 func (fakeDNS) Handle(ctx context.Context, q []byte) ([]byte, error) {
 	if string(q) == "upstream-down" {
 		return []byte("servfail"), errors.New("every nameserver failed")
