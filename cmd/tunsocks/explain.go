@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -93,10 +94,11 @@ func explainCommand() *cli.Command {
 func explainMetadata(target, network string, src netip.AddrPort) (*rules.Metadata, error) {
 	a, err := socks.ParseAddr(target)
 	if err != nil {
-		if _, _, serr := net.SplitHostPort(target); serr == nil {
-			return nil, usagef("%q: port must be 0 to 65535", target)
+		var ae *net.AddrError // no host:port at all
+		if errors.As(err, &ae) {
+			return nil, usagef("%q: want HOST:PORT, like example.com:443 or [2001:db8::1]:22", target)
 		}
-		return nil, usagef("%q: want HOST:PORT, like example.com:443 or [2001:db8::1]:22", target)
+		return nil, usageError{err} // names the port, the name or the zone that is wrong
 	}
 	m := &rules.Metadata{Network: network, Src: src, UID: -1}
 	if a.Name == "" {
