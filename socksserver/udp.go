@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/lru"
 	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/socks"
 )
@@ -58,7 +59,7 @@ func (c *conn) udpAssociate(ctx context.Context, req socks.Addr) {
 			Timeout: c.srv.cfg.UDPReassemblyTimeout,
 			MaxSize: c.srv.cfg.UDPMaxReassembly,
 		},
-		names: map[string]nameEntry{},
+		names: lru.NewCache[string, netip.Addr](maxNames),
 	}
 	_, a.sendsNames = opc.(NamePacketConn)
 	if req.Port != 0 {
@@ -105,16 +106,11 @@ type association struct {
 	clientPC   net.PacketConn
 	outPC      net.PacketConn
 
-	reasm      socks.Reassembler    // used by up only
-	names      map[string]nameEntry // used by up only
-	sendsNames bool                 // outPC takes names: see NamePacketConn
+	reasm      socks.Reassembler              // used by up only
+	names      *lru.Cache[string, netip.Addr] // names resolved for up
+	sendsNames bool                           // outPC takes names: see NamePacketConn
 
 	foreign, dropped atomic.Int64
-}
-
-type nameEntry struct {
-	ip      netip.Addr
-	expires time.Time
 }
 
 const (
@@ -246,8 +242,8 @@ func (a *association) resolve(dst socks.Addr) (netip.Addr, error) {
 		return dst.IP.Unmap(), nil
 	}
 	now := time.Now()
-	if e, ok := a.names[dst.Name]; ok && now.Before(e.expires) {
-		return e.ip, nil
+	if ip, ok := a.names.Get(dst.Name, now); ok {
+		return ip, nil
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, resolveLimit)
 	defer cancel()
@@ -265,9 +261,6 @@ func (a *association) resolve(dst socks.Addr) (netip.Addr, error) {
 			break
 		}
 	}
-	if len(a.names) >= maxNames {
-		clear(a.names)
-	}
-	a.names[dst.Name] = nameEntry{ip: ip, expires: now.Add(nameTTL)}
+	a.names.Put(dst.Name, ip, now.Add(nameTTL))
 	return ip, nil
 }
