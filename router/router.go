@@ -79,14 +79,15 @@ type FlowRecord struct {
 	Network  string
 	Src, Dst netip.AddrPort
 	Host     string // domain, when known
-	// The inbound the flow came through (see Inbound); "" when untagged.
-	InType, InName, InUser string
-	Outbound               string // outbound name, or REJECT / REJECT-DROP
-	Rule                   string
-	Up, Down               int64
-	Start                  time.Time
-	Duration               time.Duration
-	Err                    error // why it failed or ended abnormally; nil for a clean end
+	InType   string // the inbound the flow came through (see Inbound); "" when untagged
+	InName   string
+	InUser   string
+	Outbound string // outbound name, or REJECT / REJECT-DROP
+	Rule     string
+	Up, Down int64
+	Start    time.Time
+	Duration time.Duration
+	Err      error // why it failed or ended abnormally; nil for a clean end
 }
 
 // Config builds a Router. Decide is required.
