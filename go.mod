@@ -3,6 +3,7 @@ module github.com/tunsocks/tunsocks
 go 1.26.3
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/gaissmai/bart v0.30.0
 	github.com/google/gopacket v1.1.19
 	github.com/urfave/cli/v2 v2.27.7
