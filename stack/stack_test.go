@@ -651,3 +651,46 @@ func TestSystemTCPFallsBack(t *testing.T) {
 		})
 	}
 }
+
+// TestTCPReset: Reset ends the app's connection with a RST (the app reads
+// "connection reset"), where Close ends it with a FIN (EOF).
+func TestTCPReset(t *testing.T) {
+	for _, reset := range []bool{true, false} {
+		t.Run(map[bool]string{true: "Reset", false: "Close"}[reset], func(t *testing.T) {
+			accepted := make(chan stack.Conn, 1)
+			e := setup(t, handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
+				c, err := r.Accept()
+				if err != nil {
+					t.Errorf("Accept: %v", err)
+					return
+				}
+				accepted <- c
+			}}, nil)
+			c, err := e.app.DialTCP(e.ctx, netip.MustParseAddrPort("198.18.0.1:80"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			sc := <-accepted
+			if reset {
+				r, ok := sc.(interface{ Reset() error })
+				if !ok {
+					t.Fatalf("%T has no Reset", sc)
+				}
+				if err := r.Reset(); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				sc.Close()
+			}
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			_, err = c.Read(make([]byte, 1))
+			switch {
+			case reset && (err == nil || !strings.Contains(err.Error(), "reset")):
+				t.Errorf("app read after Reset: %v, want connection reset", err)
+			case !reset && err != io.EOF:
+				t.Errorf("app read after Close: %v, want EOF", err)
+			}
+		})
+	}
+}

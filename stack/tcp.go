@@ -15,6 +15,10 @@ import (
 
 // Conn is an accepted TCP connection from the app. Read returns io.EOF after
 // the app's FIN; CloseWrite sends our FIN while reading continues.
+//
+// The Conns the stack hands out also have Reset() error: close with a RST
+// instead of a FIN, so the app sees "connection reset by peer" (a flow an
+// operator closes must not look like one that ended cleanly).
 type Conn interface {
 	net.Conn
 	CloseWrite() error
@@ -77,7 +81,7 @@ func (r *TCPRequest) Accept() (Conn, error) {
 		ep.SocketOptions().SetKeepAlive(true)
 	}
 
-	c := &tcpConn{TCPConn: gonet.NewTCPConn(&wq, ep), s: r.s}
+	c := &tcpConn{TCPConn: gonet.NewTCPConn(&wq, ep), s: r.s, ep: ep}
 	s := r.s
 	s.mu.Lock()
 	if s.closed {
@@ -170,6 +174,7 @@ func (s *Stack) handleRequest(r *TCPRequest) {
 type tcpConn struct {
 	*gonet.TCPConn
 	s         *Stack
+	ep        tcpip.Endpoint
 	closeOnce sync.Once
 }
 
@@ -197,6 +202,13 @@ func (c *tcpConn) Close() error {
 		return fmt.Errorf("stack: close: %w", err)
 	}
 	return nil
+}
+
+// Reset closes the connection with a RST to the app (SO_LINGER 0), so it
+// sees the flow reset rather than ended.
+func (c *tcpConn) Reset() error {
+	c.ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: true, Timeout: 0})
+	return c.Close()
 }
 
 // SetDeadline and friends are promoted from gonet.TCPConn; listed here so
