@@ -38,9 +38,12 @@ type Ruleset struct {
 }
 
 type ruleInfo struct {
-	text   string
-	source string
-	action Action
+	text    string
+	source  string
+	action  Action
+	typ     string // the keyword as written, upper case
+	payload string
+	size    int // a RULE-SET's entries; -1 otherwise
 }
 
 type entryInfo struct {
@@ -76,8 +79,8 @@ func newBuilder() *builder {
 	}
 }
 
-func (b *builder) addRule(text, source string, a Action) int32 {
-	b.rs.rules = append(b.rs.rules, ruleInfo{text: text, source: source, action: a})
+func (b *builder) addRule(r ruleInfo) int32 {
+	b.rs.rules = append(b.rs.rules, r)
 	return int32(len(b.rs.rules) - 1)
 }
 
@@ -163,6 +166,29 @@ func prefixTable(m map[netip.Prefix]int32) *bart.Table[int32] {
 
 // Len returns the number of rules (a RULE-SET rule counts once).
 func (rs *Ruleset) Len() int { return len(rs.rules) }
+
+// Rule is one rule of a Ruleset as written, for listings.
+type Rule struct {
+	Index   int    // position in the rule list (0-based), as Match.Index
+	Type    string // the keyword, upper case: DOMAIN-SUFFIX, RULE-SET, MATCH...
+	Payload string // what the rule matches, as written; a RULE-SET's path; "" for MATCH
+	Action  Action
+	Text    string // the whole line as written
+	Source  string // file:line
+	Size    int    // a RULE-SET's entries; -1 for other rules
+}
+
+// Rules lists the rules in order.
+func (rs *Ruleset) Rules() []Rule {
+	if rs == nil {
+		return nil
+	}
+	out := make([]Rule, len(rs.rules))
+	for i, r := range rs.rules {
+		out[i] = Rule{Index: i, Type: r.typ, Payload: r.payload, Action: r.action, Text: r.text, Source: r.source, Size: r.size}
+	}
+	return out
+}
 
 // NeedsDomain reports whether any rule matches on the domain, so fake-IP
 // DNS should be on for the rules to see names.

@@ -36,7 +36,13 @@ type StreamOptions struct {
 	HalfClose time.Duration
 	// Up and Down, when not nil, are increased as bytes move a->b and b->a,
 	// while they move, so a summary can report live flows.
-	Up, Down *atomic.Int64
+	Up, Down Counter
+}
+
+// Counter counts bytes as they move; *atomic.Int64 is one. A caller that
+// counts each flow and a total passes a Counter that adds to both.
+type Counter interface {
+	Add(delta int64) (new int64)
 }
 
 // closeWriter is a connection that can send a FIN without closing its read side.
@@ -143,7 +149,7 @@ const spliceChunk = 1 << 20
 // Idle is closed after at most 3 x Idle. This costs no goroutine or timer of
 // its own, and it works the same on the splice path, where bytes move inside
 // the kernel and are counted only when a ReadFrom chunk returns.
-func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic.Int64, idle time.Duration) (int64, error) {
+func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64, idle time.Duration) (int64, error) {
 	var total int64
 	srcTCP, dstTCP := tcpOf(src), tcpOf(dst)
 	splice := srcTCP != nil && dstTCP != nil
