@@ -54,11 +54,16 @@ func (fd *FrontDoor) DialContext(ctx context.Context, network, address string) (
 	in, client := fd.flow(ctx)
 	m, target := fd.r.metadata("tcp", in, client, dst)
 	d := fd.r.decide(ctx, m)
+	fd.r.countFlow("tcp", in, d.name(), d)
+	d.Hits.Hit()
 	if d.Action != Proxy || d.Outbound == nil {
 		fd.r.stats.Rejected.Add(1)
 		return nil, &net.OpError{Op: "dial", Net: network, Addr: dst, Err: fmt.Errorf("rejected by rule %q: %w", d.Rule, socks.ErrNotAllowed)}
 	}
-	return d.Outbound.DialContext(ctx, network, target.String())
+	start := time.Now()
+	c, err := d.Outbound.DialContext(ctx, network, target.String())
+	fd.r.dialed(d.Outbound.Name(), time.Since(start), err)
+	return c, err
 }
 
 // ListenPacket opens the outbound side of one UDP association: a
