@@ -103,13 +103,11 @@ func ruleType(d Decision) string {
 	case m.Index < 0:
 		return "default"
 	}
-	return RuleKeyword(m.Rule)
-}
-
-// RuleKeyword is the keyword of a rule as written ("DOMAIN-SUFFIX" of
-// "domain-suffix,example.com,corp").
-func RuleKeyword(rule string) string {
-	k, _, _ := strings.Cut(rule, ",")
+	if m.Type != "" {
+		return m.Type
+	}
+	// A decider that filled only the rule's text.
+	k, _, _ := strings.Cut(m.Rule, ",")
 	return strings.ToUpper(strings.TrimSpace(k))
 }
 

@@ -31,6 +31,10 @@ func TestRules(t *testing.T) {
 	if want[3].Size < 2 {
 		t.Errorf("the RULE-SET's size %d: the set has more lines", want[3].Size)
 	}
+	mt := rs.Match(&Metadata{Network: "tcp", Host: "www.example.com", UID: -1}, nil)
+	if mt.Type != "DOMAIN-SUFFIX" || mt.Payload != "example.com" {
+		t.Errorf("Match type %q payload %q", mt.Type, mt.Payload)
+	}
 	var nilSet *Ruleset
 	if nilSet.Rules() != nil {
 		t.Error("a nil Ruleset lists rules")

@@ -242,7 +242,7 @@ func (rs *Ruleset) Match(m *Metadata, lookup ProcessLookup) Match {
 	}
 	e := &rs.entries[best]
 	r := &rs.rules[e.rule]
-	res := Match{Action: r.action, Rule: r.text, Source: r.source, Index: int(e.rule)}
+	res := Match{Action: r.action, Rule: r.text, Source: r.source, Type: r.typ, Payload: r.payload, Index: int(e.rule)}
 	if e.file != "" {
 		res.Entry = e.text
 		res.EntrySource = e.file + ":" + strconv.Itoa(int(e.line))
