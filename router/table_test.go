@@ -68,7 +68,7 @@ func TestTableTCP(t *testing.T) {
 	upRemote.Write([]byte("world!"))
 	io.ReadFull(appRemote, make([]byte, 6))
 
-	fs := waitFlows(t, r, func(fs []FlowInfo) bool { return len(fs) == 1 && fs[0].Down == 6 })
+	fs := waitFlows(t, r, func(fs []FlowInfo) bool { return len(fs) == 1 && fs[0].Up == 5 && fs[0].Down == 6 })
 	f := fs[0]
 	if !uuidShape.MatchString(f.ID) {
 		t.Errorf("id %q is not uuid-shaped", f.ID)
