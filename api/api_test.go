@@ -640,30 +640,6 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 }
 
-func TestCheckListen(t *testing.T) {
-	for _, tc := range []struct {
-		addr, secret string
-		ok           bool
-	}{
-		{"127.0.0.1:9090", "", true},
-		{"[::1]:9090", "", true},
-		{"localhost:9090", "", true},
-		{"0.0.0.0:9090", "", false},
-		{":9090", "", false},
-		{"192.168.1.5:9090", "", false},
-		{"0.0.0.0:9090", "s", true},
-		{"nonsense", "", false},
-	} {
-		err := CheckListen(tc.addr, tc.secret)
-		if (err == nil) != tc.ok {
-			t.Errorf("CheckListen(%q, %q) = %v", tc.addr, tc.secret, err)
-		}
-		if err != nil && !strings.Contains(err.Error(), "--api-secret") && tc.addr != "nonsense" {
-			t.Errorf("the refusal does not say what to do: %v", err)
-		}
-	}
-}
-
 // TestServeStops: streams in progress end when the server's context does,
 // and nothing is left running.
 func TestServeStops(t *testing.T) {

@@ -55,10 +55,12 @@ type metadataJSON struct {
 	DSCP              int    `json:"dscp"`
 	SniffHost         string `json:"sniffHost"`
 
-	// tunsocks: the rule that decided the flow as explain says it, and the
-	// upstream server the outbound dialed.
+	// tunsocks: the rule that decided the flow as explain says it, the
+	// upstream proxy it goes through, and the address the outbound was
+	// asked for.
 	TunsocksRule string   `json:"tunsocksRule"`
 	UpstreamAddr string   `json:"upstreamAddr"`
+	Target       string   `json:"tunsocksTarget"`
 	Chain        []string `json:"tunsocksChain,omitempty"`
 }
 
@@ -93,7 +95,8 @@ func connection(f Flow) connectionJSON {
 		DNSMode:           "normal",
 		UID:               f.UID,
 		ProcessPath:       f.Process,
-		RemoteDestination: f.Target,
+		RemoteDestination: f.Remote,
+		Target:            f.Target,
 		TunsocksRule:      f.RuleLine,
 		UpstreamAddr:      f.Upstream,
 		Chain:             f.Chain,

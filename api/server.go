@@ -24,7 +24,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -102,26 +101,6 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, mux: http.NewServeMux(), history: map[string][]delayEntry{}}
 	s.routes()
 	return s, nil
-}
-
-// CheckListen refuses an API address reachable from other hosts without a
-// secret: anyone who reaches it could read every flow and close them.
-func CheckListen(addr, secret string) error {
-	if secret != "" {
-		return nil
-	}
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return fmt.Errorf("api address %q: want host:port, like 127.0.0.1:9090", addr)
-	}
-	if strings.EqualFold(host, "localhost") {
-		return nil
-	}
-	if ip, err := netip.ParseAddr(host); err == nil && ip.Unmap().IsLoopback() {
-		return nil
-	}
-	return fmt.Errorf("api address %q is not a loopback address and no secret is set: "+
-		"give --api-secret (api.secret in the config), or listen on 127.0.0.1", addr)
 }
 
 // Serve answers requests on ln until ctx is done, then shuts down: open

@@ -47,11 +47,12 @@ type Flow struct {
 	Outbound                        string   // DIRECT or the proxy or chain name
 	Chain                           []string // for a chain, its hops' names in dialing order
 	// Target is the address the outbound was asked for (the name when Dst
-	// was a fake IP); Upstream the address of the server the outbound
-	// dialed ("" for DIRECT).
-	Target, Upstream string
-	Start            time.Time
-	Up, Down         int64 // bytes so far
+	// was a fake IP); Remote the other end of the socket tunsocks dialed
+	// (the upstream proxy, or for DIRECT the destination); Upstream the
+	// proxy's address ("" for DIRECT and UDP).
+	Target, Remote, Upstream string
+	Start                    time.Time
+	Up, Down                 int64 // bytes so far
 }
 
 // Proxies are the outbounds, for /proxies.
