@@ -9,15 +9,21 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"runtime/trace"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tunsocks/tunsocks/api"
 	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/metrics"
+	"github.com/tunsocks/tunsocks/procinfo"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/stack"
@@ -56,16 +62,25 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
 		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
+		&cli.StringFlag{Name: "api", Usage: "serve the Clash-compatible API (metacubexd, yacd, zashboard), the live page /ui/ and /metrics on ADDR, like 127.0.0.1:9090", EnvVars: env("api")},
+		&cli.StringFlag{Name: "api-secret", Usage: "Bearer secret the API requires; needed when --api is an address other hosts can reach", EnvVars: env("api-secret")},
+		&cli.StringFlag{Name: "metrics", Usage: "serve /metrics alone, without the secret, on ADDR, like 127.0.0.1:9091", EnvVars: env("metrics")},
 	}
 }
 
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
 // the user set override it, and validates the result as a whole, once.
 func loadRunConfig(c *cli.Context) (*config.Config, error) {
+	return loadRunConfigFrom(c, c.String("config"))
+}
+
+// loadRunConfigFrom is loadRunConfig with the config file at path ("":
+// none); a reload reads the file again this way.
+func loadRunConfigFrom(c *cli.Context, path string) (*config.Config, error) {
 	flags := func(cfg *config.Config) error { return runFlagsOverride(c, cfg) }
 	var cfg *config.Config
 	var err error
-	if path := c.String("config"); path != "" {
+	if path != "" {
 		cfg, err = config.Load(path, flags)
 	} else {
 		cfg = config.Default()
@@ -156,6 +171,15 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	if set("nameserver") {
 		cfg.DNS.Nameservers = c.StringSlice("nameserver")
 	}
+	if set("api") {
+		cfg.API.Listen = c.String("api")
+	}
+	if set("api-secret") {
+		cfg.API.Secret = c.String("api-secret")
+	}
+	if set("metrics") {
+		cfg.API.Metrics = c.String("metrics")
+	}
 	return nil
 }
 
@@ -166,14 +190,17 @@ func runCommand() *cli.Command {
 		Description: "Creates (or adopts) a TUN device and proxies every TCP and UDP flow that reaches it.\n" +
 			"Point routes at the device yourself (tunsocks does not change routes yet), e.g. in a namespace:\n" +
 			"  ip route add default dev tunsocks0\n" +
-			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device it created.",
+			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device it created.\n" +
+			"SIGHUP re-reads the config: new flows follow its rules and proxies, open flows keep theirs;\n" +
+			"a config with errors is refused and the running one stays. With --api, the page at\n" +
+			"http://ADDR/ui/ lists every flow and closes them; dashboards for Clash use the same address.",
 		Flags: runFlags(),
 		Action: func(c *cli.Context) error {
 			if c.Bool("print-example-config") {
 				fmt.Fprint(c.App.Writer, config.Example())
 				return nil
 			}
-			log, err := newLogger(c)
+			log, hub, level, err := newLiveLogger(c)
 			if err != nil {
 				return err
 			}
@@ -195,7 +222,11 @@ func runCommand() *cli.Command {
 				}
 				defer stop()
 			}
-			return runPipeline(c.Context, cfg, log, pipelineHooks{})
+			return runPipeline(c.Context, cfg, log, pipelineHooks{
+				load:  func(path string) (*config.Config, error) { return loadRunConfigFrom(c, path) },
+				logs:  hub,
+				level: level,
+			})
 		},
 	}
 }
@@ -209,6 +240,13 @@ type pipelineHooks struct {
 	// started is called once the device is up, with its name.
 	started func(dev string)
 	onFlow  func(router.FlowRecord)
+	// load re-reads the config for a reload (SIGHUP, PUT /configs); nil:
+	// no reloads.
+	load func(path string) (*config.Config, error)
+	// logs and level are the logger's fan-out to /logs and its level
+	// (PATCH /configs log-level); nil without them.
+	logs  *api.LogHub
+	level *slog.LevelVar
 }
 
 // inTunNetns runs fn where the TUN lives: through inNetns, or here.
@@ -222,17 +260,43 @@ func (h pipelineHooks) inTunNetns(fn func() error) error {
 // runPipeline is 'tunsocks run': device -> stack -> router -> outbound.
 func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) error {
 	d := &direct.Dialer{Mark: cfg.Fwmark, Interface: cfg.OutInterface, Netns: hooks.netns, Timeout: cfg.DialTimeout}
-	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true})
+	reg := metrics.NewRegistry()
+	registerProcessMetrics(reg, time.Now())
+	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true, dnsObserve: dnsMetrics(reg)})
 	if err != nil {
 		return err
 	}
 	defer w.close(log)
+	if w.pool != nil {
+		registerPoolMetrics(reg, w.pool)
+	}
 	rc := w.routerConfig()
 	rc.DialTimeout, rc.TCPIdle, rc.UDPIdle, rc.DNSIdle = cfg.DialTimeout, cfg.TCPIdle, cfg.UDPIdle, cfg.DNSIdle
-	rc.Logger, rc.OnFlow = log, hooks.onFlow
+	rc.Logger, rc.OnFlow, rc.Metrics = log, hooks.onFlow, reg
+	if cfg.API.Listen != "" {
+		// The flow table shows every flow's process; looked up only while
+		// someone lists the flows.
+		rc.Process = procinfo.NewFinder(2 * time.Second).LookupFlow
+	}
 	rt, err := router.New(rc)
 	if err != nil {
 		return err
+	}
+	rs := newRunState(rt, w, cfg, log, reg, hooks.load)
+	// The API's listeners come first: an address in use stops the run
+	// before it touches the network.
+	var apiLn, metricsLn net.Listener
+	if cfg.API.Listen != "" {
+		if apiLn, err = net.Listen("tcp", cfg.API.Listen); err != nil {
+			return fmt.Errorf("api: %w", err)
+		}
+		defer apiLn.Close()
+	}
+	if cfg.API.Metrics != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.API.Metrics); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		defer metricsLn.Close()
 	}
 
 	var dev *tun.Device
@@ -248,6 +312,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		return err
 	}
 	defer dev.Close()
+	rs.tun = dev.Name()
 
 	var bd tun.BatchDevice = dev
 	var sysListeners []netip.AddrPort // system TCP mode's kernel listeners
@@ -304,6 +369,48 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if err != nil {
 		return err
 	}
+	rs.st.Store(st)
+	registerStackMetrics(reg, st)
+	// Servers stop when serveCtx does, before the stack closes, and the
+	// run waits for them.
+	serveCtx, stopServing := context.WithCancel(ctx)
+	var servers sync.WaitGroup
+	defer servers.Wait()
+	defer stopServing()
+	if apiLn != nil {
+		ac := rs.apiConfig(cfg, hooks.logs, hooks.level, reg)
+		if hooks.logs != nil {
+			registerLogMetrics(reg, hooks.logs)
+		}
+		srv, err := api.New(ac)
+		if err != nil {
+			st.Close()
+			return err
+		}
+		servers.Add(1)
+		go func() {
+			defer servers.Done()
+			if err := srv.Serve(serveCtx, apiLn); err != nil {
+				log.Warn("api stopped", "err", err)
+			}
+		}()
+		log.Info("api listening", "addr", apiLn.Addr(), "page", "http://"+apiLn.Addr().String()+"/ui/", "secret", cfg.API.Secret != "")
+	}
+	if metricsLn != nil {
+		servers.Add(1)
+		go func() {
+			defer servers.Done()
+			if err := api.ServeMetrics(serveCtx, metricsLn, reg, log); err != nil {
+				log.Warn("metrics listener stopped", "err", err)
+			}
+		}()
+		log.Info("metrics listening", "addr", metricsLn.Addr(), "path", "/metrics")
+	}
+	hup := make(chan os.Signal, 1)
+	if hooks.load != nil {
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
 	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
 	if hooks.started != nil {
 		hooks.started(dev.Name())
@@ -334,6 +441,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		select {
 		case <-tick:
 			summary("summary")
+		case <-hup:
+			rs.reload("") // it logs the outcome
 		case <-ctx.Done():
 			done = true
 		case <-st.Failed():
@@ -344,6 +453,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			done = true
 		}
 	}
+	stopServing()
+	servers.Wait()
 	err = st.Close()
 	summary("final summary")
 	return errors.Join(failed, err)
