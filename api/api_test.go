@@ -542,6 +542,14 @@ func TestLogHub(t *testing.T) {
 	if log.Enabled(context.Background(), slog.LevelDebug) {
 		t.Error("debug still enabled after the subscriber left")
 	}
+	// A new subscriber gets the recent records the log wrote first, at
+	// its level: the info ones, not the debug one only a subscriber saw.
+	ch2, cancel2 := hub.Subscribe(slog.LevelDebug, 64)
+	first := <-ch2
+	cancel2()
+	if first.Message != "answered" {
+		t.Errorf("first recent record %q, want the earliest one the log wrote (answered)", first.Message)
+	}
 	// The level is live.
 	level.Set(slog.LevelDebug)
 	log.Debug("now visible")

@@ -26,6 +26,10 @@ type hub struct {
 	level slog.Leveler // the next handler's level
 	mu    sync.Mutex
 	subs  map[*logSub]struct{}
+	// recent are the last records the next handler wrote (at its level),
+	// oldest first, which a new subscriber gets first: the page's log is
+	// not empty until something happens.
+	recent []LogRecord
 	// min is the lowest level any subscriber wants (math.MaxInt32 when
 	// none), read on every Enabled call.
 	min     atomic.Int64
@@ -61,13 +65,17 @@ func (l *LogHub) Enabled(ctx context.Context, level slog.Level) bool {
 	return level >= l.hub.level.Level() || int64(level) >= l.hub.min.Load()
 }
 
+// recentRecords is how many records the hub keeps for new subscribers.
+const recentRecords = 100
+
 // Handle implements slog.Handler.
 func (l *LogHub) Handle(ctx context.Context, r slog.Record) error {
 	var err error
-	if r.Level >= l.hub.level.Level() {
+	logged := r.Level >= l.hub.level.Level()
+	if logged {
 		err = l.next.Handle(ctx, r)
 	}
-	if int64(r.Level) < l.hub.min.Load() {
+	if !logged && int64(r.Level) < l.hub.min.Load() {
 		return err
 	}
 	rec := LogRecord{Time: r.Time, Level: r.Level, Message: r.Message}
@@ -79,6 +87,13 @@ func (l *LogHub) Handle(ctx context.Context, r slog.Record) error {
 		return true
 	})
 	l.hub.mu.Lock()
+	if logged {
+		if len(l.hub.recent) == recentRecords {
+			copy(l.hub.recent, l.hub.recent[1:])
+			l.hub.recent = l.hub.recent[:recentRecords-1]
+		}
+		l.hub.recent = append(l.hub.recent, rec)
+	}
 	for s := range l.hub.subs {
 		if r.Level < s.level {
 			continue
@@ -136,13 +151,25 @@ func (l *LogHub) WithGroup(name string) slog.Handler {
 	return &n
 }
 
-// Subscribe returns a channel of the records at level or above, and a
-// function that ends the subscription. buf bounds the records held for a
-// slow reader.
+// Subscribe returns a channel of the records at level or above, the
+// recent ones the log wrote first, and a function that ends the
+// subscription. buf bounds the records held for a slow reader.
 func (l *LogHub) Subscribe(level slog.Level, buf int) (<-chan LogRecord, func()) {
 	s := &logSub{level: level, ch: make(chan LogRecord, buf)}
 	h := l.hub
 	h.mu.Lock()
+	var recent []LogRecord
+	for _, r := range h.recent {
+		if r.Level >= level {
+			recent = append(recent, r)
+		}
+	}
+	if len(recent) > buf/2 {
+		recent = recent[len(recent)-buf/2:] // room for what comes next
+	}
+	for _, r := range recent {
+		s.ch <- r
+	}
 	h.subs[s] = struct{}{}
 	h.updateMin()
 	h.mu.Unlock()

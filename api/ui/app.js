@@ -201,12 +201,14 @@ function drawGraph() {
   ctx.moveTo(0, h / 2); ctx.lineTo(w, h / 2);
   ctx.stroke();
   ctx.fillText(bytes(max) + "/s", 4, 12);
+  // The window grows with the samples, from 30 s to HISTORY.
+  const span = Math.min(HISTORY, Math.max(30, state.traffic.length)) - 1;
   const line = (key, color) => {
     ctx.strokeStyle = color;
     ctx.lineWidth = 2;
     ctx.beginPath();
     state.traffic.forEach((t, i) => {
-      const x = w - (state.traffic.length - 1 - i) * (w / (HISTORY - 1));
+      const x = w - (state.traffic.length - 1 - i) * (w / span);
       const y = h - 2 - (t[key] / max) * (h - 16);
       if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
     });
@@ -253,7 +255,7 @@ async function loadProxies() {
     tr.dataset.name = n;
     tr.append(el("td", n));
     tr.append(el("td", p.type));
-    tr.append(el("td", p.chain ? p.chain.join(" → ") : (p.server || ""), "wrap"));
+    tr.append(el("td", p.chain ? p.chain.join(" → ") : (p.server || ""), "server"));
     tr.append(el("td", p.flows, "num"));
     tr.append(el("td", bytes(p.up), "num"));
     tr.append(el("td", bytes(p.down), "num"));

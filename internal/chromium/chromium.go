@@ -43,6 +43,10 @@ func New(t testing.TB, netns string) context.Context {
 		chromedp.Flag("disable-extensions", true),
 		chromedp.Flag("disable-default-apps", true),
 		chromedp.Flag("no-pings", true),
+		// No name lookups at all: the tests load pages by IP address, and
+		// the browser's own background lookups would be flows in the
+		// network under test.
+		chromedp.Flag("host-resolver-rules", "MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"),
 		chromedp.WindowSize(1400, 1000),
 		chromedp.ModifyCmdFunc(func(cmd *exec.Cmd) {
 			dieWithParent(cmd)
