@@ -83,7 +83,7 @@ type Match struct {
 	// Type and Payload are the rule's keyword (DOMAIN-SUFFIX...) and what
 	// it matches, as Ruleset.Rules lists them; "" when no rule matched.
 	Type, Payload string
-	Index  int    // position of the rule in the rule list (0-based); -1 when no rule matched
+	Index         int // position of the rule in the rule list (0-based); -1 when no rule matched
 
 	// For a RULE-SET rule: the line of the set file that matched, and where.
 	Entry       string
