@@ -242,6 +242,21 @@ func TestAPIInLab(t *testing.T) {
 		}
 	}
 
+	// A delay test is a real request through the outbound.
+	b, err = a.get(t, "/proxies/corp/delay?timeout=5000&url="+"http%3A%2F%2F"+remote4.String()+"%2F")
+	var delay struct{ Delay int }
+	if err != nil || json.Unmarshal(b, &delay) != nil || delay.Delay <= 0 {
+		t.Errorf("delay through corp: %v %s", err, b)
+	}
+	if code, b := a.do(t, "GET", "/proxies/corp/delay?timeout=5000&url=http%3A%2F%2F"+remote4.String()+"%3A9%2F", ""); code != http.StatusServiceUnavailable {
+		t.Errorf("delay to a closed port: %d %s, want 503", code, b)
+	}
+	// A refused flow counts as a dial error with its reason.
+	if c, err := a.app.DialContext(a.ctx, "tcp", netip.AddrPortFrom(remote4, closedPort).String()); err == nil {
+		c.Close()
+		t.Error("connected to a closed port")
+	}
+
 	// DNS through the TUN, for the DNS metrics.
 	testenv.NeedTool(t, "dig", "dnsutils")
 	if out, err := a.inApp(10*time.Second, "dig", "+short", "+tries=2", "+time=3", "@198.18.0.2", "www.example.lab", "A"); err != nil || !strings.HasPrefix(strings.TrimSpace(out), "198.18.") {
@@ -267,6 +282,7 @@ func TestAPIInLab(t *testing.T) {
 		`tunsocks_dns_queries_total{qtype="A",answer="fakeip"}`:                                      1,
 		`tunsocks_tun_packets_total{direction="in"}`:                                                 10, // offload: few large segments
 		`tunsocks_fakeip_pool_used{family="ipv4"}`:                                                   1,
+		`tunsocks_dial_errors_total{outbound="corp",reason="refused"}`:                               1,
 	} {
 		got, was := sample(after, series), max(0, sample(before, series))
 		if got-was < min {

@@ -86,7 +86,8 @@ func (l *Live) SelectGlobal(name string) error {
 }
 
 // Global is the outbound ModeGlobal sends flows to: the one selected, while
-// the policy has it; else the default; else the first proxy; else DIRECT.
+// the policy has it; else the default proxy; else the first proxy by name;
+// else DIRECT.
 func (l *Live) Global() router.Outbound { return l.globalOf(l.Policy()) }
 
 func (l *Live) globalOf(p *Policy) router.Outbound {
@@ -95,7 +96,7 @@ func (l *Live) globalOf(p *Policy) router.Outbound {
 			return o
 		}
 	}
-	if p.def != nil {
+	if p.def != nil && p.def != p.direct {
 		return p.def
 	}
 	if outs := p.Outbounds(); len(outs) > 1 {
