@@ -36,6 +36,29 @@ type Device interface {
 	Close() error
 }
 
+// ErrPacketsLost is what a Device's Read wraps (errors.Is) when some packets
+// of that read were lost but the device is fine, e.g. wireguard-go's
+// tun.ErrTooManySegments: a segmentation-offloaded packet split into more
+// segments than there were buffers ("this error should not cause reads to
+// cease"). The n packets Read reports are still valid. The stack counts the
+// loss (Stats.RxLost) and reads on at once; any other error is treated as
+// trouble with the device itself.
+var ErrPacketsLost = errors.New("stack: device lost packets of a read")
+
+// ValidatingDevice is implemented by a Device that knows, per packet, whether
+// the kernel validated or computed its checksums (the Linux TUN with
+// IFF_VNET_HDR: its virtio-net header says so for packets of a GSO batch,
+// packets with a partial checksum and packets the receiving NIC validated).
+// ReadValidated is Read that also sets valid[i] for each packet returned
+// (len(valid) == len(bufs)): true when the IPv4 header checksum and the TCP
+// or UDP checksum are known to be correct. The stack verifies the checksums
+// of every other TCP and UDP packet itself and drops bad ones
+// (Stats.BadChecksums); from a Device without this method that is every
+// packet.
+type ValidatingDevice interface {
+	ReadValidated(bufs [][]byte, sizes []int, valid []bool, offset int) (int, error)
+}
+
 // GSODevice is implemented by a Device that also accepts TCP segments
 // longer than the MTU, each preceded by a Linux virtio_net_hdr (tun.Device
 // on Linux when opened with IFF_VNET_HDR). GSOMaxSize is the largest IP

@@ -11,6 +11,8 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
+
+	"github.com/tunsocks/tunsocks/stack"
 )
 
 // Pcap writes packets to a pcap file with link type RAW (IPv4/IPv6 without a
@@ -141,6 +143,25 @@ func (c *captureDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error
 	return n, err
 }
 
+// ReadValidated passes the wrapped device's checksum knowledge through
+// (stack.ValidatingDevice); a device without it validated nothing.
+func (c *captureDevice) ReadValidated(bufs [][]byte, sizes []int, valid []bool, offset int) (int, error) {
+	v, ok := c.BatchDevice.(stack.ValidatingDevice)
+	if !ok {
+		n, err := c.Read(bufs, sizes, offset)
+		clear(valid[:n])
+		return n, err
+	}
+	n, err := v.ReadValidated(bufs, sizes, valid, offset)
+	if n > 0 {
+		now := time.Now()
+		for i := range n {
+			c.record(now, bufs[i][offset:offset+sizes[i]])
+		}
+	}
+	return n, err
+}
+
 func (c *captureDevice) Write(bufs [][]byte, offset int) (int, error) {
 	now := time.Now()
 	for _, b := range bufs {
@@ -182,6 +203,7 @@ func (c *captureDevice) WriteGSO(b []byte) error {
 }
 
 var (
-	_ GSODevice = (*Device)(nil)
-	_ GSODevice = (*captureDevice)(nil)
+	_ GSODevice              = (*Device)(nil)
+	_ GSODevice              = (*captureDevice)(nil)
+	_ stack.ValidatingDevice = (*captureDevice)(nil)
 )
