@@ -26,7 +26,13 @@ import (
 //
 // The kernel's TCP is cheaper per packet and per connection than gVisor's,
 // and Handler semantics are kept: the app's SYN is held until the Handler
-// decides, so a refused upstream still gives the app a RST at once.
+// decides, so a refused upstream still gives the app a RST at once. How
+// many attempts may be in flight and how long the app has to complete its
+// handshake are TCPOptions (MaxInFlight, MaxInFlightPerSource,
+// HandshakeTimeout), the same for both TCP stacks.
+//
+// Everything of this mode stays inside the stack: the listeners, the
+// translation, and leaving the translated leg out of Config.Tap.
 type SystemTCP struct {
 	// Addrs are the TUN device's own addresses with their prefixes, as
 	// given to the device (e.g. 198.18.0.1/15, fc00::1/18). The first
@@ -35,11 +41,9 @@ type SystemTCP struct {
 	// unused.
 	Addrs []netip.Prefix
 	// Listen opens a listener where the TUN's packets are delivered (the
-	// TUN's network namespace). nil means ListenSystemTCP.
+	// TUN's network namespace). nil means ListenSystemTCP with New's
+	// context.
 	Listen func(network, address string) (net.Listener, error)
-	// AcceptTimeout bounds how long Accept waits for the kernel to finish
-	// the app's handshake. Default 10s.
-	AcceptTimeout time.Duration
 }
 
 // ListenSystemTCP opens the kind of listener SystemTCP.Listen should
@@ -48,24 +52,6 @@ type SystemTCP struct {
 func ListenSystemTCP(ctx context.Context, network, address string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: -1}
 	return lc.Listen(ctx, network, address)
-}
-
-// SystemTCPTranslated reports whether pkt belongs to the inner leg of
-// system TCP mode: to or from the kernel listener at one of listeners (the
-// addresses SystemTCP.Listen's listeners got). App traffic never has a
-// listener's address and port as an end, so a capture of what the app sent
-// and received leaves exactly these packets out.
-func SystemTCPTranslated(pkt []byte, listeners []netip.AddrPort) bool {
-	p, ok := parseTCP(pkt)
-	if !ok {
-		return false
-	}
-	for _, l := range listeners {
-		if p.src == l || p.dst == l {
-			return true
-		}
-	}
-	return false
 }
 
 // natGrace is how long a closed connection's translation is kept, for the
@@ -116,9 +102,10 @@ type sysTCP struct {
 	fams []*sysFamily
 	// start hands a new held SYN to the Handler (Stack.startSystemRequest).
 	start func(e *natEntry, src, dst netip.AddrPort)
-	// dev and log are the Stack's.
-	dev Device
-	log *slog.Logger
+	// link writes the packets built here (RSTs, SYNs, the self-test's
+	// probes) to the device; set by New before any packet moves.
+	link *linkEndpoint
+	log  *slog.Logger
 
 	// off is set when the self-test found that the kernel does not take
 	// the translated packets (a firewall): every packet goes to gVisor.
@@ -133,16 +120,13 @@ type sysTCP struct {
 	wg   sync.WaitGroup
 }
 
-func newSysTCP(s *Stack, cfg SystemTCP) (*sysTCP, error) {
+func newSysTCP(ctx context.Context, s *Stack, cfg SystemTCP) (*sysTCP, error) {
 	if cfg.Listen == nil {
 		cfg.Listen = func(network, address string) (net.Listener, error) {
-			return ListenSystemTCP(context.Background(), network, address)
+			return ListenSystemTCP(ctx, network, address)
 		}
 	}
-	if cfg.AcceptTimeout == 0 {
-		cfg.AcceptTimeout = 10 * time.Second
-	}
-	t := &sysTCP{cfg: cfg, start: s.startSystemRequest, dev: s.dev, log: s.log, byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}, done: make(chan struct{})}
+	t := &sysTCP{cfg: cfg, start: s.startSystemRequest, log: s.log, byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}, done: make(chan struct{})}
 	for _, p := range cfg.Addrs {
 		a := p.Addr().Unmap()
 		if t.family(a) != nil {
@@ -169,13 +153,35 @@ func newSysTCP(s *Stack, cfg SystemTCP) (*sysTCP, error) {
 	if len(t.fams) == 0 {
 		return nil, errors.New("stack: system TCP needs the TUN's addresses")
 	}
+	return t, nil
+}
+
+// run starts the accept loops and the sweeper.
+func (t *sysTCP) run() {
 	for _, f := range t.fams {
 		t.wg.Add(1)
 		go t.acceptLoop(f)
 	}
 	t.wg.Add(1)
 	go t.sweep()
-	return t, nil
+}
+
+// inner reports whether pkt belongs to the translated leg: to or from one
+// of the kernel listeners. App traffic never has a listener's address and
+// port as an end, so a capture of what the app sent and received leaves
+// exactly these packets out (Config.Tap).
+func (t *sysTCP) inner(pkt []byte) bool {
+	p, ok := parseTCP(pkt)
+	if !ok {
+		return false
+	}
+	for _, f := range t.fams {
+		l := netip.AddrPortFrom(f.self, f.lport)
+		if p.src == l || p.dst == l {
+			return true
+		}
+	}
+	return false
 }
 
 func (t *sysTCP) closeListeners() {
@@ -298,7 +304,7 @@ func (t *sysTCP) selfTest() {
 		t.mu.Unlock()
 		const isn = 0x74736b30
 		listener := netip.AddrPortFrom(f.self, f.lport)
-		err := t.write(segment(fake, listener, isn, 0, tcpSYN, 65535))
+		err := t.link.writeRaw(segment(fake, listener, isn, 0, tcpSYN, 65535))
 		ok := false
 		if err == nil {
 			select {
@@ -308,7 +314,7 @@ func (t *sysTCP) selfTest() {
 			}
 		}
 		// Whatever the kernel holds for the probe, reset it.
-		_ = t.write(segment(fake, listener, isn+1, 0, tcpRST, 0))
+		_ = t.link.writeRaw(segment(fake, listener, isn+1, 0, tcpRST, 0))
 		t.mu.Lock()
 		delete(t.byFake, fake)
 		t.mu.Unlock()
@@ -352,35 +358,39 @@ func (t *sysTCP) remove(e *natEntry) {
 }
 
 // accept lets the held SYN through to the listener and waits for the
-// kernel to complete the handshake.
-func (t *sysTCP) accept(e *natEntry) (*net.TCPConn, error) {
+// kernel to complete the handshake, or for abort to be closed (the request
+// was shed, or its handshake timed out; see TCPRequest.Accept).
+func (t *sysTCP) accept(e *natEntry, abort <-chan struct{}) (*net.TCPConn, error) {
 	f := t.family(e.app[0].Addr())
 	t.mu.Lock()
 	syn := e.syn
 	e.syn, e.state = nil, natAccepting
 	t.mu.Unlock()
 	p, _ := parseTCP(syn)
-	p.rewrite(e.fake, netip.AddrPortFrom(f.self, f.lport))
-	err := t.write(syn)
+	listener := netip.AddrPortFrom(f.self, f.lport)
+	p.rewrite(e.fake, listener)
+	err := t.link.writeRaw(syn)
 	if err != nil {
 		t.remove(e)
 		return nil, err
 	}
-	timer := time.NewTimer(t.cfg.AcceptTimeout)
-	defer timer.Stop()
 	select {
 	case c := <-e.accepted:
 		return c, nil
-	case <-timer.C:
-		err = fmt.Errorf("the app did not complete its handshake within %v", t.cfg.AcceptTimeout)
+	case <-abort:
+		err = errHandshakeAborted
 	case <-t.done:
 		err = errStackClosed
 	}
 	t.remove(e)
 	select {
 	case c := <-e.accepted: // accepted just as we gave up
+		c.SetLinger(0)
 		c.Close()
 	default:
+		// The kernel holds a half-open connection from the fake peer:
+		// reset it (the app's ACK would carry e.isn+1).
+		_ = t.link.writeRaw(segment(e.fake, listener, e.isn+1, 0, tcpRST, 0))
 	}
 	return nil, err
 }
@@ -467,14 +477,6 @@ func (t *sysTCP) sweep() {
 	}
 }
 
-// write sends packets built outside the read loop to the device.
-func (t *sysTCP) write(pkt []byte) error {
-	buf := make([]byte, headroom+len(pkt))
-	copy(buf[headroom:], pkt)
-	_, err := t.dev.Write([][]byte{buf}, headroom)
-	return err
-}
-
 // writeRST answers the app's packet p with a RST from its destination.
 func (t *sysTCP) writeRST(p tcpPacket) {
 	seg := p.b[p.ihl:]
@@ -496,7 +498,7 @@ func (t *sysTCP) writeRST(p tcpPacket) {
 		flags |= tcpACK
 	}
 	b := segment(p.dst, p.src, outSeq, outAck, flags, 0)
-	if err := t.write(b); err != nil {
+	if err := t.link.writeRaw(b); err != nil {
 		t.log.Debug("system TCP: write RST", "err", err)
 	}
 }

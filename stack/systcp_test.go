@@ -43,11 +43,11 @@ func newTestSys(t *testing.T, selves ...netip.Addr) *testSys {
 			ts.started = append(ts.started, e)
 			ts.mu.Unlock()
 		},
-		dev: recordDevice{write: func(b []byte) {
+		link: &linkEndpoint{dev: recordDevice{write: func(b []byte) {
 			ts.mu.Lock()
 			ts.written = append(ts.written, b)
 			ts.mu.Unlock()
-		}},
+		}}},
 	}
 	for _, a := range selves {
 		ts.fams = append(ts.fams, newSysFamily(a, 40000, nil))
@@ -194,18 +194,20 @@ func TestSystemTCPResets(t *testing.T) {
 
 func TestSystemTCPNeedsRoomForFakePeers(t *testing.T) {
 	s := &Stack{log: slog.New(slog.DiscardHandler)}
-	_, err := newSysTCP(s, SystemTCP{Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/30")},
+	_, err := newSysTCP(t.Context(), s, SystemTCP{Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/30")},
 		Listen: func(string, string) (net.Listener, error) { t.Fatal("listened"); return nil, nil }})
 	if err == nil {
 		t.Fatal("a /30 was accepted")
 	}
 }
 
-func TestSystemTCPTranslatedLeg(t *testing.T) {
-	self := netip.MustParseAddr("198.18.0.1")
+// TestSystemTCPInnerLeg: what Config.Tap leaves out is exactly the
+// packets to and from a kernel listener.
+func TestSystemTCPInnerLeg(t *testing.T) {
+	self, self6 := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("fc00::1")
+	ts := newTestSys(t, self, self6)
 	listener := netip.AddrPortFrom(self, 40000)
 	fake := netip.MustParseAddrPort("198.18.0.7:5000")
-	ls := []netip.AddrPort{listener, netip.MustParseAddrPort("[fc00::1]:40001")}
 	for _, tc := range []struct {
 		name     string
 		src, dst netip.AddrPort
@@ -213,7 +215,7 @@ func TestSystemTCPTranslatedLeg(t *testing.T) {
 	}{
 		{"fake peer to listener", fake, listener, true},
 		{"listener to fake peer", listener, fake, true},
-		{"IPv6 listener", netip.MustParseAddrPort("[fc00::1]:40001"), netip.MustParseAddrPort("[fc00::9]:1"), true},
+		{"IPv6 listener", netip.AddrPortFrom(self6, 40000), netip.MustParseAddrPort("[fc00::9]:1"), true},
 		{"app to remote", netip.AddrPortFrom(self, 51000), netip.MustParseAddrPort("10.202.0.2:80"), false},
 		// A fake-IP DNS address can fall among the fake peers; the app's
 		// traffic to it is still the app's.
@@ -221,7 +223,7 @@ func TestSystemTCPTranslatedLeg(t *testing.T) {
 		{"same port, other address", netip.MustParseAddrPort("198.18.0.9:40000"), fake, false},
 	} {
 		pkt := tcpSeg(t, tc.src, tc.dst, 1, 0, true, false, false, false, "")
-		if got := SystemTCPTranslated(pkt, ls); got != tc.want {
+		if got := ts.inner(pkt); got != tc.want {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
 	}
