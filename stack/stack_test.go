@@ -61,10 +61,12 @@ type env struct {
 }
 
 // setup starts a stack over a tuntest pipe and an app stack on its far side.
-// ctx bounds the whole test so a broken stack fails instead of hanging.
+// ctx bounds the whole test so a broken stack fails instead of hanging
+// (generously: the floods in abuse_test.go take tens of seconds under
+// -race on a loaded machine).
 func setup(t testing.TB, h stack.Handler, tweak func(*stack.Config)) *env {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
 	dev, peer := tuntest.NewPipe(1500)
 	cfg := stack.Config{Device: dev, Handler: h}

@@ -14,7 +14,7 @@ import (
 )
 
 // tcpSeg builds an IPv4 or IPv6 TCP packet with valid checksums.
-func tcpSeg(t *testing.T, src, dst netip.AddrPort, seq, ack uint32, syn, ackf, fin, rst bool, payload string) []byte {
+func tcpSeg(t testing.TB, src, dst netip.AddrPort, seq, ack uint32, syn, ackf, fin, rst bool, payload string) []byte {
 	t.Helper()
 	tcp := &layers.TCP{SrcPort: layers.TCPPort(src.Port()), DstPort: layers.TCPPort(dst.Port()), Seq: seq, Ack: ack,
 		SYN: syn, ACK: ackf, FIN: fin, RST: rst, Window: 65535}
@@ -34,6 +34,10 @@ func tcpSeg(t *testing.T, src, dst netip.AddrPort, seq, ack uint32, syn, ackf, f
 	}
 	return buf.Bytes()
 }
+
+func mustAP(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+func checksumOf(b []byte) uint16 { return checksum.Checksum(b, 0) }
 
 // checkPacket verifies the packet's checksums and returns its parsed view.
 func checkPacket(t *testing.T, b []byte) tcpPacket {
