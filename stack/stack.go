@@ -171,9 +171,12 @@ type Config struct {
 	// source address. A datagram that would open a flow beyond either
 	// bound first closes the least recently active flow (of that source,
 	// or of all; counted in UDPEvicted), whose Handler then sees ReadFrom
-	// fail with net.ErrClosed. Defaults 4096 and 1024
+	// fail with net.ErrClosed. Defaults 2048 and 512
 	// (DefaultMaxUDPFlows, DefaultMaxUDPFlowsPerSource); the per-source
-	// bound is at most MaxUDPFlows.
+	// bound is at most MaxUDPFlows. Most flows are short (a DNS query is
+	// one), so evicting the least recently active is mostly evicting the
+	// finished; each open flow costs the Handler an upstream socket or
+	// two (a SOCKS UDP association is a TCP and a UDP socket).
 	MaxUDPFlows, MaxUDPFlowsPerSource int
 	// NewUDPFlowRate bounds how many flows a second the app's datagrams
 	// may open, and NewUDPFlowRatePerSource how many one app source
@@ -182,7 +185,7 @@ type Config struct {
 	// (UDPRateLimited); flows already open are not affected. Every new
 	// flow costs the Handler an upstream association, so a flood of new
 	// source ports must not take the CPU and the upstream that TCP and the
-	// other flows need. Defaults 2000 and 500 (DefaultNewUDPFlowRate,
+	// other flows need. Defaults 1000 and 250 (DefaultNewUDPFlowRate,
 	// DefaultNewUDPFlowRatePerSource); the per-source rate is at most the
 	// total.
 	NewUDPFlowRate, NewUDPFlowRatePerSource int
@@ -210,10 +213,10 @@ const (
 	DefaultBufSize                 = 4 << 20
 	DefaultUDPQueue                = 256
 	DefaultUDPQueueBytes           = 16 << 20
-	DefaultMaxUDPFlows             = 4096
-	DefaultMaxUDPFlowsPerSource    = 1024
-	DefaultNewUDPFlowRate          = 2000
-	DefaultNewUDPFlowRatePerSource = 500
+	DefaultMaxUDPFlows             = 2048
+	DefaultMaxUDPFlowsPerSource    = 512
+	DefaultNewUDPFlowRate          = 1000
+	DefaultNewUDPFlowRatePerSource = 250
 	DefaultTxQueue                 = 4096
 	DefaultMaxInFlight             = 1024
 	DefaultMaxInFlightPerSource    = 512
