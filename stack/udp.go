@@ -39,19 +39,18 @@ import (
 //     (allowed because spoofing is on). gVisor adds the IP header and
 //     fragments datagrams larger than the MTU, which hand-built IP packets
 //     would have to do themselves.
-
 //   - Limits: at most Config.MaxUDPFlows flows, Config.MaxUDPFlowsPerSource
 //     per app source address; a new flow beyond either closes the least
 //     recently active one (of that source, or of all) first. New flows are
 //     also rate limited (Config.NewUDPFlowRate, NewUDPFlowRatePerSource):
 //     every flow costs the Handler an upstream association, and a flood of
 //     new source ports must not take the CPU and the upstream that TCP
-//     needs. A flow's queue
-//     holds at most Config.UDPQueue datagrams, all flows' queues together
-//     Config.UDPQueueBytes of payload; the buffers come from a pool and go
-//     back as soon as the Handler has read them, so an idle flow holds no
-//     buffer at all. The stack has no idle timer: the Handler closes flows
-//     it no longer needs (the router's idle timer), and the caps bound what
+//     needs. A flow's queue holds at most Config.UDPQueue datagrams, all
+//     flows' queues together Config.UDPQueueBytes of payload; the buffers
+//     come from a pool and go back as soon as the Handler has read them,
+//     so an idle flow holds no buffer at all.
+//   - Lifetime: the stack has no idle timer. The Handler closes flows it
+//     no longer needs (the router's idle timer), and the caps bound what
 //     it forgets.
 
 type flowKey = netip.AddrPort
