@@ -317,6 +317,21 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			"up", s.Up.Load(), "down", s.Down.Load(),
 			"tx_drops", ss.TxDrops, "udp_drops", ss.UDPDrops, "rx_errors", ss.RxErrors, "tx_errors", ss.TxErrors,
 			"uptime", time.Since(start).Round(time.Second))
+		// What the abuse limits did, only once they did something: a
+		// quiet line on a quiet host.
+		var limits []any
+		for _, c := range []struct {
+			name string
+			n    uint64
+		}{{"tcp_shed", ss.TCPShed}, {"tcp_handshake_timeouts", ss.TCPHandshakeTimeouts}, {"udp_evicted", ss.UDPEvicted},
+			{"udp_rate_limited", ss.UDPRateLimited}, {"bad_checksums", ss.BadChecksums}, {"rx_drops", ss.RxDrops}, {"rx_lost", ss.RxLost}} {
+			if c.n > 0 {
+				limits = append(limits, c.name, c.n)
+			}
+		}
+		if len(limits) > 0 {
+			log.Info(msg+": limits", limits...)
+		}
 	}
 	var failed error
 	for done := false; !done; {
