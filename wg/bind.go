@@ -68,6 +68,10 @@ func bindBatch() int {
 	return 1
 }
 
+// socketBuffer is the send and receive buffer asked for (what wireguard-go
+// asks for its own sockets).
+const socketBuffer = 7 << 20
+
 // Endpoint is a peer's address as the Bind knows it.
 type Endpoint netip.AddrPort
 
@@ -119,6 +123,15 @@ func (b *Bind) open(network string, addr netip.Addr, port uint16) (*net.UDPConn,
 		pc.Close()
 		return nil, 0, fmt.Errorf("wg: listen %s gave a %T, want a *net.UDPConn", network, pc)
 	}
+	// One socket carries every peer's bursts (a batch is 128 datagrams):
+	// the default buffer (about 200 KiB on Linux) overflows, and each
+	// dropped datagram costs a TCP inside a retransmission timeout. The
+	// system caps these at its maximum (net.core.rmem_max); forceBuffers
+	// goes beyond it where allowed (CAP_NET_ADMIN). Failures only cost
+	// speed.
+	_ = uc.SetReadBuffer(socketBuffer)
+	_ = uc.SetWriteBuffer(socketBuffer)
+	forceBuffers(uc)
 	return uc, uc.LocalAddr().(*net.UDPAddr).AddrPort().Port(), nil
 }
 
