@@ -62,7 +62,16 @@ func runFlags() []cli.Flag {
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
 // the user set override it, and validates the result as a whole, once.
 func loadRunConfig(c *cli.Context) (*config.Config, error) {
-	flags := func(cfg *config.Config) error { return runFlagsOverride(c, cfg) }
+	return loadConfigWith(c, func(cfg *config.Config) error {
+		if err := tunFlagsOverride(c, cfg); err != nil {
+			return err
+		}
+		return runFlagsOverride(c, cfg)
+	})
+}
+
+// loadConfigWith is loadRunConfig with the flags applied by flags.
+func loadConfigWith(c *cli.Context, flags func(*config.Config) error) (*config.Config, error) {
 	var cfg *config.Config
 	var err error
 	if path := c.String("config"); path != "" {
@@ -82,12 +91,9 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 	return cfg, nil
 }
 
-// runFlagsOverride sets in cfg the value of every flag the user gave.
-func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
+// tunFlagsOverride sets in cfg the TUN's flags the user gave (run's only).
+func tunFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	set := c.IsSet
-	if set("proxy") {
-		cfg.Proxy = c.String("proxy")
-	}
 	if set("tun") {
 		cfg.Tun.Name = c.String("tun")
 	}
@@ -112,6 +118,19 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	}
 	if set("pcap") {
 		cfg.Tun.Pcap = c.String("pcap")
+	}
+	if set("tcp-stack") {
+		cfg.TCP.Stack = c.String("tcp-stack")
+	}
+	return nil
+}
+
+// runFlagsOverride sets in cfg the value of every other flag the user gave
+// (run's and wg's).
+func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
+	set := c.IsSet
+	if set("proxy") {
+		cfg.Proxy = c.String("proxy")
 	}
 	for name, dst := range map[string]*time.Duration{"tcp-idle": &cfg.TCPIdle, "udp-idle": &cfg.UDPIdle, "dns-idle": &cfg.DNSIdle,
 		"dial-timeout": &cfg.DialTimeout, "summary-interval": &cfg.SummaryInterval} {
@@ -142,9 +161,6 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	}
 	if set("tcp-cc") {
 		cfg.TCP.CC = c.String("tcp-cc")
-	}
-	if set("tcp-stack") {
-		cfg.TCP.Stack = c.String("tcp-stack")
 	}
 	if set("dns") {
 		v := c.Bool("dns")

@@ -91,17 +91,15 @@ func wgCommand() *cli.Command {
 
 // loadWGConfig is loadRunConfig plus the wireguard: section from the flags.
 func loadWGConfig(c *cli.Context) (*config.Config, error) {
-	cfg, err := loadRunConfig(c)
-	if err != nil {
-		return nil, err
-	}
-	if cfg.WireGuard == nil {
-		cfg.WireGuard = config.DefaultWireGuard()
-	}
-	if err := applyWGFlags(c, cfg.WireGuard); err != nil {
-		return nil, err
-	}
-	return cfg, nil
+	return loadConfigWith(c, func(cfg *config.Config) error {
+		if err := runFlagsOverride(c, cfg); err != nil {
+			return err
+		}
+		if cfg.WireGuard == nil {
+			cfg.WireGuard = config.DefaultWireGuard()
+		}
+		return applyWGFlags(c, cfg.WireGuard)
+	})
 }
 
 func applyWGFlags(c *cli.Context, w *config.WireGuardConfig) error {
