@@ -172,8 +172,9 @@ func QRPNG(text string, size int) ([]byte, error) {
 }
 
 // WriteClientFiles writes dir/base.conf (the text, mode 0600: it holds the
-// peer's private key) and dir/base.png (its QR code, also 0600), and
-// returns both paths. dir is created (0700) if missing.
+// peer's private key) and then dir/base.png (its QR code, also 0600), each
+// whole or not at all (written aside, then renamed), and returns both
+// paths. dir is created (0700) if missing.
 func WriteClientFiles(dir, base string, c ClientConfig) (conf, png string, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", fmt.Errorf("wg: %w", err)
@@ -184,20 +185,24 @@ func WriteClientFiles(dir, base string, c ClientConfig) (conf, png string, err e
 		return "", "", err
 	}
 	conf, png = filepath.Join(dir, base+".conf"), filepath.Join(dir, base+".png")
-	for path, b := range map[string][]byte{conf: []byte(text), png: img} {
-		if err := writeFile0600(path, b); err != nil {
-			return "", "", err
-		}
+	if err := writeFile0600(conf, []byte(text)); err != nil {
+		return "", "", err
+	}
+	if err := writeFile0600(png, img); err != nil {
+		return "", "", err
 	}
 	return conf, png, nil
 }
 
+// writeFile0600 writes path atomically, readable by its owner only.
 func writeFile0600(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
 	if err != nil {
 		return fmt.Errorf("wg: %w", err)
 	}
-	if err := f.Chmod(0o600); err != nil { // an existing file keeps its mode otherwise
+	tmp := f.Name()
+	defer os.Remove(tmp) // after a successful rename there is nothing to remove
+	if err := f.Chmod(0o600); err != nil {
 		f.Close()
 		return fmt.Errorf("wg: %w", err)
 	}
@@ -205,5 +210,11 @@ func writeFile0600(path string, b []byte) error {
 		f.Close()
 		return fmt.Errorf("wg: %w", err)
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("wg: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("wg: %w", err)
+	}
+	return nil
 }

@@ -79,6 +79,9 @@ func TestQRCodes(t *testing.T) {
 			t.Fatalf("%s: %v %v (private key inside: want 0600)", f, fi.Mode(), err)
 		}
 	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 2 {
+		t.Fatalf("%s holds %d entries, want the .conf and the .png only", dir, len(ents))
+	}
 	b, _ := os.ReadFile(pngPath)
 	img, err := png.Decode(bytes.NewReader(b))
 	if err != nil {
