@@ -424,6 +424,9 @@ func (d *decoder) top(n *yaml.Node) {
 		"rules":     func(_, v *yaml.Node) { d.rules(v) },
 		"dns":       func(_, v *yaml.Node) { d.dns(v) },
 	}
+	for k, f := range d.sniffFields() {
+		fields[k] = f
+	}
 	d.mapping(n, "", fields, topHints())
 }
 
