@@ -107,6 +107,10 @@ func result(p Protocol, host string, v Verdict) Result {
 	return r
 }
 
+// Name returns name lowercased and without a trailing dot when it is a
+// valid DNS name and not an IP literal, the form every sniffer reports.
+func Name(name string) (string, bool) { return normalizeName([]byte(name)) }
+
 // normalizeName returns name lowercased and without a trailing dot when it is
 // a valid DNS name and not an IP literal; ok is false otherwise.
 func normalizeName(name []byte) (string, bool) {
