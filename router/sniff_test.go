@@ -65,7 +65,7 @@ func TestSniffTLSDialsByName(t *testing.T) {
 	if host, v := sniff.TLSServerName(got); v != sniff.Found || host != "tls.example" {
 		t.Fatalf("the upstream's first bytes: %q, %v", host, v)
 	}
-	if d := named.dialed; len(d) != 1 || d[0] != "tls.example:443" {
+	if d := named.addrs(); len(d) != 1 || d[0] != "tls.example:443" {
 		t.Fatalf("dialed %v, want tls.example:443", d)
 	}
 	if m := <-seen; m.Host != "tls.example" || !m.RealDst || m.Dst != req.dst {
@@ -111,7 +111,7 @@ func TestSniffHTTPDialsByAddress(t *testing.T) {
 			if b, _ := io.ReadAll(upRemote); string(b) != get {
 				t.Fatalf("upstream got %q", b)
 			}
-			if d := fo.dialed; len(d) != 1 || d[0] != "203.0.113.8:8080" {
+			if d := fo.addrs(); len(d) != 1 || d[0] != "203.0.113.8:8080" {
 				t.Fatalf("dialed %v, want the address", d)
 			}
 			upRemote.Close()
@@ -124,6 +124,13 @@ func TestSniffHTTPDialsByAddress(t *testing.T) {
 }
 
 type localOutbound struct{ *fakeOutbound }
+
+// addrs returns the addresses dialed so far.
+func (o *fakeOutbound) addrs() []string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]string(nil), o.dialed...)
+}
 
 func (localOutbound) ResolvesLocally() bool { return true }
 
@@ -143,7 +150,7 @@ func TestSniffServerFirstDialsAfterTimeout(t *testing.T) {
 	if _, err := io.ReadFull(appRemote, banner); err != nil || string(banner) != "SSH-2.0-test\r\n" {
 		t.Fatalf("banner %q, %v", banner, err)
 	}
-	if d := out.dialed; len(d) != 1 || d[0] != "203.0.113.9:2222" {
+	if d := out.addrs(); len(d) != 1 || d[0] != "203.0.113.9:2222" {
 		t.Fatalf("dialed %v", d)
 	}
 	appRemote.Write([]byte("SSH-2.0-client\r\n"))
