@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -342,4 +343,34 @@ func readUntilVerdict(t *testing.T, c net.Conn) []byte {
 		}
 	}
 	return b
+}
+
+// The bytes read while sniffing are bounded: a request line longer than
+// MaxBytes stops the wait, the flow goes by its address, and every byte
+// (the ones read and the rest) reaches the upstream in order.
+func TestSniffMaxBytes(t *testing.T) {
+	appLocal, appRemote := testenv.TCPPair(t)
+	upLocal, upRemote := testenv.TCPPair(t)
+	out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { return upLocal, nil }}
+	r, flows := newRouter(t, Static(out), func(c *Config) {
+		c.Sniff = &SniffConfig{Want: func(*rules.Metadata) bool { return true }, Timeout: 10 * time.Second, MaxBytes: 100, OverrideDestination: true}
+	})
+	req := newFakeReq("203.0.113.12:80")
+	req.app = appLocal
+	done := make(chan struct{})
+	go func() { r.handleTCP(t.Context(), nil, req); close(done) }()
+	long := "GET /" + strings.Repeat("a", 300) + " HTTP/1.1\r\nHost: late.example\r\n\r\n"
+	appRemote.Write([]byte(long))
+	appRemote.CloseWrite()
+	if b, _ := io.ReadAll(upRemote); string(b) != long {
+		t.Fatalf("upstream got %d bytes, want the %d sent", len(b), len(long))
+	}
+	if d := out.addrs(); len(d) != 1 || d[0] != "203.0.113.12:80" {
+		t.Fatalf("dialed %v, want the address", d)
+	}
+	upRemote.Close()
+	<-done
+	if rec := <-flows; rec.SniffHost != "" || rec.Up != int64(len(long)) {
+		t.Fatalf("flow record %+v", rec)
+	}
 }
