@@ -49,6 +49,8 @@ type Config struct {
 
 	TCP TCPConfig `yaml:",inline"`
 
+	Sniff SniffConfig `yaml:",inline"`
+
 	// Proxies are the named upstreams rules can send flows to.
 	Proxies []Proxy `yaml:"proxies"`
 
@@ -191,6 +193,7 @@ func Default() *Config {
 		DialTimeout:     DefaultDialTimeout,
 		SummaryInterval: DefaultSummaryInterval,
 		TCP:             TCPConfig{SACK: &sack, ModerateRcvbuf: &mod, Buf: DefaultTCPBuf, CC: DefaultTCPCC, Stack: DefaultTCPStack},
+		Sniff:           defaultSniff(),
 		DNS: DNSConfig{
 			FakeIPRange:  netip.MustParsePrefix(DefaultFakeIPRange),
 			FakeIPRange6: netip.MustParsePrefix(DefaultFakeIPRange6),
