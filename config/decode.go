@@ -426,6 +426,10 @@ func (d *decoder) top(n *yaml.Node) {
 		"rules":     func(_, v *yaml.Node) { d.rules(v) },
 		"dns":       func(_, v *yaml.Node) { d.dns(v) },
 		"api":       func(_, v *yaml.Node) { d.api(v) },
+		"wireguard": func(_, v *yaml.Node) { d.wireguard(v) },
+	}
+	for k, f := range d.sniffFields() {
+		fields[k] = f
 	}
 	d.mapping(n, "", fields, topHints())
 }

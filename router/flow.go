@@ -13,6 +13,7 @@ import (
 
 	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/rules"
+	"github.com/tunsocks/tunsocks/sniff"
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/stack"
 )
@@ -61,6 +62,10 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 		return
 	}
 	m, target := r.metadata("tcp", in, req.Src(), ipAddr(req.Dst()))
+	if r.wantSniff(m) {
+		r.handleSniffedTCP(ctx, req, m)
+		return
+	}
 	d := r.decide(ctx, m)
 	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, InType: in.typ, InName: in.name, InUser: in.user,
 		Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
@@ -221,6 +226,22 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		// ordinary flow, with this datagram as its first.
 	}
 	s := &udpSession{r: r, f: f, in: in, e: e, closed: make(chan struct{}), ready: make(chan struct{})}
+	var pending []pendingDatagram
+	if r.cfg.Sniff != nil && !r.isDNS(dst) {
+		if m, _ := r.metadata("udp", in, f.Src(), ipAddr(dst)); r.wantSniff(m) {
+			var res sniff.Result
+			res, pending = r.sniffUDP(f, (*bp)[:n], dst)
+			r.log.Debug("sniffed", "net", "udp", "src", f.Src(), "dst", dst, "proto", res.Protocol, "verdict", res.Verdict,
+				"host", res.Host, "datagrams", 1+len(pending), "wait", time.Since(rec.Start).Round(time.Microsecond))
+			if res.Verdict == sniff.Found {
+				// The name drives the rule of every datagram of the flow
+				// to this destination.
+				s.sniffHost, s.sniffDst = res.Host, dst
+				rec.SniffHost = res.Host
+				r.stats.Sniffed.Add(1)
+			}
+		}
+	}
 	first := s.route(ctx, (*bp)[:n], dst)
 	relay.PutPacketBuf(bp)
 	e.upC.Add(int64(first.n))
@@ -237,6 +258,11 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		s.closeAll()
 		r.finishEntry(e, &rec)
 		return
+	}
+	for _, d := range pending {
+		if res := s.route(ctx, d.p, d.dst); res.sent {
+			e.upC.Add(int64(res.n))
+		}
 	}
 	r.table.add(e) // a DNS flow that went on is in already; add is idempotent
 	idle := r.cfg.UDPIdle
@@ -341,6 +367,10 @@ type udpSession struct {
 	extra    map[Outbound]PacketConn
 	extraWG  sync.WaitGroup
 	activity atomic.Int64 // the relay's idle clock, see relay.PacketOptions
+	// sniffHost is the name read from the flow's QUIC Initials, for its
+	// datagrams to sniffDst; set before the pumps start.
+	sniffHost string
+	sniffDst  netip.AddrPort
 
 	peers replyPeers
 }
@@ -438,6 +468,11 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 		return routeResult{sent: true, n: len(p), name: "DNS", rule: "dns", d: Decision{Rule: "dns"}}
 	}
 	m, target := r.metadata("udp", s.in, s.f.Src(), ipAddr(dst))
+	if s.sniffHost != "" && dst == s.sniffDst && m.Host == "" {
+		// The datagrams still go to the address: replies must come from
+		// where the app sent them.
+		m.Host, m.RealDst = s.sniffHost, true
+	}
 	d := r.decide(ctx, m)
 	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host, d: d, m: m, target: target}
 	if d.Action != Proxy || d.Outbound == nil {

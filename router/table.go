@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -266,18 +265,4 @@ func (r *Router) OutboundTotals() map[string]OutboundTotals {
 		out[e.info.Outbound] = o
 	}
 	return out
-}
-
-// resetConn closes an app's connection with a RST where it can: the
-// stack's conns (Reset), a kernel socket (SO_LINGER 0).
-func resetConn(c net.Conn) {
-	switch rc := c.(type) {
-	case interface{ Reset() error }:
-		rc.Reset()
-	case interface{ SetLinger(int) error }:
-		rc.SetLinger(0)
-		c.Close()
-	default:
-		c.Close()
-	}
 }

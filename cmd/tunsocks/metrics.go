@@ -49,27 +49,65 @@ func registerPoolMetrics(reg *metrics.Registry, pool *dns.Pool) {
 		})
 }
 
-// registerStackMetrics reports the TUN's packets, drops and errors from
-// the netstack's counters.
-func registerStackMetrics(reg *metrics.Registry, st *stack.Stack) {
-	reg.CounterFunc("tunsocks_tun_packets_total", "Packets read from (in) and written to (out) the TUN device.", []string{"direction"},
-		func(emit metrics.Emit) {
+// registerStackMetrics reports the netstacks' packets, drops and errors
+// (the TUN's and the WireGuard inbound's, added up); stacks lists them, nil
+// for one not running.
+func registerStackMetrics(reg *metrics.Registry, stacks func() []*stack.Stack) {
+	sum := func() stack.Stats {
+		var t stack.Stats
+		for _, st := range stacks() {
+			if st == nil {
+				continue
+			}
 			s := st.Stats()
+			t.PacketsIn += s.PacketsIn
+			t.PacketsOut += s.PacketsOut
+			t.TxDrops += s.TxDrops
+			t.UDPDrops += s.UDPDrops
+			t.UDPRateLimited += s.UDPRateLimited
+			t.BadChecksums += s.BadChecksums
+			t.RxDrops += s.RxDrops
+			t.RxLost += s.RxLost
+			t.RxErrors += s.RxErrors
+			t.TxErrors += s.TxErrors
+			t.TCPShed += s.TCPShed
+			t.TCPHandshakeTimeouts += s.TCPHandshakeTimeouts
+			t.UDPEvicted += s.UDPEvicted
+		}
+		return t
+	}
+	reg.CounterFunc("tunsocks_tun_packets_total", "Packets read from (in) and written to (out) the devices (TUN, WireGuard).", []string{"direction"},
+		func(emit metrics.Emit) {
+			s := sum()
 			emit(float64(s.PacketsIn), "in")
 			emit(float64(s.PacketsOut), "out")
 		})
 	reg.CounterFunc("tunsocks_tun_dropped_packets_total",
-		"Packets dropped, by reason: tx_queue_full (the device's write queue), udp_queue_full (a UDP flow's queue).", []string{"reason"},
-		func(emit metrics.Emit) {
-			s := st.Stats()
+		"Packets dropped, by reason: tx_queue_full (the device's write queue), udp_queue_full (a UDP flow's queue), "+
+			"udp_rate_limited (new flows beyond the rate), bad_checksum, malformed (neither IPv4 nor IPv6, or rejected by the netstack), lost (by the device).",
+		[]string{"reason"}, func(emit metrics.Emit) {
+			s := sum()
 			emit(float64(s.TxDrops), "tx_queue_full")
 			emit(float64(s.UDPDrops), "udp_queue_full")
+			emit(float64(s.UDPRateLimited), "udp_rate_limited")
+			emit(float64(s.BadChecksums), "bad_checksum")
+			emit(float64(s.RxDrops), "malformed")
+			emit(float64(s.RxLost), "lost")
 		})
-	reg.CounterFunc("tunsocks_tun_errors_total", "TUN device read and write errors.", []string{"op"},
+	reg.CounterFunc("tunsocks_tun_errors_total", "Device read and write errors.", []string{"op"},
 		func(emit metrics.Emit) {
-			s := st.Stats()
+			s := sum()
 			emit(float64(s.RxErrors), "read")
 			emit(float64(s.TxErrors), "write")
+		})
+	reg.CounterFunc("tunsocks_flows_shed_total",
+		"Flows the netstack gave up to admit newer ones, by reason: tcp_in_flight (connection attempts over the limit), "+
+			"tcp_handshake_timeout, udp_evicted (UDP flows over the limit).", []string{"reason"},
+		func(emit metrics.Emit) {
+			s := sum()
+			emit(float64(s.TCPShed), "tcp_in_flight")
+			emit(float64(s.TCPHandshakeTimeouts), "tcp_handshake_timeout")
+			emit(float64(s.UDPEvicted), "udp_evicted")
 		})
 }
 
