@@ -102,6 +102,8 @@ func restartOnly(a, b *config.Config) []string {
 		{"tcp-*", a.TCP, b.TCP},
 		{"dns", a.DNS, b.DNS},
 		{"api", a.API, b.API},
+		{"sniff", a.Sniff, b.Sniff},
+		{"wireguard", a.WireGuard, b.WireGuard},
 	} {
 		if !reflect.DeepEqual(f.x, f.y) {
 			keys = append(keys, f.key)
