@@ -347,7 +347,9 @@ func (tp *topo) dial(ns string, addr netip.AddrPort, mark uint32) (string, error
 		if mark != 0 {
 			d.Control = func(_, _ string, rc syscall.RawConn) error {
 				var serr error
-				rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(mark)) })
+				rc.Control(func(fd uintptr) {
+					serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, int(mark))
+				})
 				return serr
 			}
 		}

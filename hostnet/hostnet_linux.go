@@ -634,4 +634,3 @@ func restoreSysctl(s Sysctl, log *slog.Logger) error {
 	}
 	return writeSysctl(s.Path, s.Old)
 }
-

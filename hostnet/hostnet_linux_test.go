@@ -90,7 +90,7 @@ func TestAutoRouteRuleBlockCaptureAndRemove(t *testing.T) {
 
 	tp.expectCaptured(h, servicePort)
 	tp.expectCaptured(h, netip.AddrPortFrom(service6, 80))
-	tp.expectDirect(excludedPort, 0)        // --exclude
+	tp.expectDirect(excludedPort, 0)          // --exclude
 	tp.expectDirect(servicePort, DefaultMark) // tunsocks' own sockets
 	tp.expectDirect(devicePort, 0)            // --lan-access
 	// DNS to a LAN resolver is captured too.
