@@ -129,6 +129,7 @@ func Install(ctx context.Context, cfg Config) (*Host, error) {
 	h := &Host{state: st, path: path, log: log}
 	if err := h.install(nl, &opts, tunLink, rl); err != nil {
 		if rl != nil {
+			rl.revert(int32(tunLink.Attrs().Index)) // best effort: some calls may have worked
 			rl.close()
 		}
 		rerr := removeState(st, log)

@@ -25,7 +25,7 @@ step() { printf '\n=== %s\n' "$*"; }
 # command:package pairs for the peers and tools the tests use.
 peers=(curl:curl ncat:ncat danted:dante-server microsocks:microsocks proxychains4:proxychains4
 	iperf3:iperf3 dig:dnsutils dnsmasq:dnsmasq-base tshark:tshark socat:socat ping:iputils-ping ip:iproute2
-	gcc:gcc nft:nftables)
+	gcc:gcc nft:nftables dbus-daemon:dbus)
 missing=()
 for p in "${peers[@]}"; do
 	command -v "${p%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${p%%:*}" ] || missing+=("${p#*:}")
