@@ -39,6 +39,8 @@ func TestMain(m *testing.M) {
 		os.Exit(helperRun())
 	case "cleanup":
 		os.Exit(helperCleanup())
+	case "dial", "listen":
+		os.Exit(helperSocket())
 	}
 	removeStaleNamespaces()
 	os.Exit(m.Run())
@@ -154,6 +156,124 @@ func describePacket(p []byte) string {
 	return ""
 }
 
+// helperSocket dials (prints what the server said) or listens (prints
+// LISTENING, then serves until killed), after joining HOSTNET_CGROUP and
+// becoming HOSTNET_UID when they are set.
+func helperSocket() int {
+	if cg := os.Getenv("HOSTNET_CGROUP"); cg != "" {
+		if err := os.WriteFile(filepath.Join(cg, "cgroup.procs"), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+			fmt.Println("FAIL cgroup:", err)
+			return 1
+		}
+	}
+	if u := os.Getenv("HOSTNET_UID"); u != "" {
+		uid, _ := strconv.Atoi(u)
+		if err := syscall.Setgid(uid); err != nil {
+			fmt.Println("FAIL setgid:", err)
+			return 1
+		}
+		if err := syscall.Setuid(uid); err != nil {
+			fmt.Println("FAIL setuid:", err)
+			return 1
+		}
+	}
+	addr := os.Getenv("HOSTNET_ADDR")
+	if os.Getenv(helperEnv) == "listen" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			fmt.Println("FAIL listen:", err)
+			return 1
+		}
+		fmt.Println("LISTENING")
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return 1
+			}
+			c.Close()
+		}
+	}
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		fmt.Println("FAIL dial:", err)
+		return 1
+	}
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	b, _ := io.ReadAll(c)
+	fmt.Print(string(b))
+	return 0
+}
+
+// dialAs dials addr from ns in a process of its own, in cgroup cg and as
+// uid when they are set ("" and -1 otherwise), and returns its output.
+func (tp *topo) dialAs(ns, cg string, uid int, addr netip.AddrPort) (string, error) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=dial", "HOSTNET_ADDR="+addr.String(), "HOSTNET_CGROUP="+cg)
+	if uid >= 0 {
+		cmd.Env = append(cmd.Env, "HOSTNET_UID="+strconv.Itoa(uid))
+	}
+	var out testenv.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := startIn(ns, cmd); err != nil {
+		return "", err
+	}
+	err := cmd.Wait()
+	return out.String(), err
+}
+
+// listenAs starts a listener on addr in ns, in cgroup cg and as uid, and
+// waits until it listens; it is killed when the test ends.
+func (tp *topo) listenAs(ns, cg string, uid int, addr netip.AddrPort) *exec.Cmd {
+	tp.t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=listen", "HOSTNET_ADDR="+addr.String(), "HOSTNET_CGROUP="+cg)
+	if uid >= 0 {
+		cmd.Env = append(cmd.Env, "HOSTNET_UID="+strconv.Itoa(uid))
+	}
+	out := &testenv.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := startIn(ns, cmd); err != nil {
+		tp.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	tp.t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "LISTENING") {
+		if time.Now().After(deadline) || strings.Contains(out.String(), "FAIL") {
+			tp.t.Fatalf("listener did not start:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return cmd
+}
+
+// testCgroup makes a cgroup for the test under the cgroup2 mount and
+// removes it when the test ends (after its processes are gone).
+func testCgroup(t *testing.T, name string) (full, rel string) {
+	t.Helper()
+	mnt, err := cgroup2Mount()
+	if err != nil {
+		testenv.Unavailable(t, err.Error())
+	}
+	rel = fmt.Sprintf("%s%d-%s", nsPrefix, os.Getpid(), name)
+	full = filepath.Join(mnt, rel)
+	if err := os.Mkdir(full, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for range 50 {
+			if err := os.Remove(full); err == nil || os.IsNotExist(err) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Errorf("cgroup %s could not be removed", full)
+	})
+	return full, rel
+}
+
 func helperCleanup() int {
 	log := slog.New(slog.NewTextHandler(os.Stdout, nil))
 	done, err := Cleanup(os.Getenv("HOSTNET_STATE_DIR"), os.Getenv("HOSTNET_TUN"), log)
@@ -231,6 +351,9 @@ func newTopo(t *testing.T) *topo {
 				t.Errorf("deleting namespace %s: %v", n, err)
 			}
 		})
+	}
+	for _, n := range []string{tp.host, tp.wan, tp.device} {
+		tp.in(n, "ip link set lo up")
 	}
 	tp.ip("link add up0 netns %s type veth peer name up0 netns %s", tp.host, tp.wan)
 	tp.ip("link add lan0 netns %s type veth peer name eth0 netns %s", tp.host, tp.device)
@@ -403,11 +526,11 @@ func (tp *topo) tryHelper(cfg Config, tunAddrs ...string) (*helper, error) {
 		return nil, err
 	}
 	h := &helper{t: tp.t, out: &testenv.Buffer{}, done: make(chan struct{})}
-	h.cmd = exec.Command("ip", "netns", "exec", tp.host, os.Args[0], "-test.run=^$")
+	h.cmd = exec.Command(os.Args[0], "-test.run=^$")
 	h.cmd.Env = append(os.Environ(), helperEnv+"=run", "HOSTNET_CONFIG="+string(b))
 	h.cmd.Stdout, h.cmd.Stderr = h.out, h.out
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := h.cmd.Start(); err != nil {
+	if err := startIn(tp.host, h.cmd); err != nil {
 		return nil, err
 	}
 	go func() { h.cmd.Wait(); close(h.done) }()
@@ -425,7 +548,14 @@ func (tp *topo) tryHelper(cfg Config, tunAddrs ...string) (*helper, error) {
 	return h, nil
 }
 
-// pid is the helper's own pid (ip netns exec execs it in place).
+// startIn starts cmd in network namespace ns: forked from a thread inside
+// it, the child inherits the namespace (and, unlike under ip netns exec,
+// keeps the host's /sys, where the cgroup2 hierarchy is mounted).
+func startIn(ns string, cmd *exec.Cmd) error {
+	return netns.Do(ns, cmd.Start)
+}
+
+// pid is the helper's pid.
 func (h *helper) pid() int { return h.cmd.Process.Pid }
 
 // stop sends SIGTERM and waits for a clean exit.
@@ -468,13 +598,18 @@ func (h *helper) waitOutput(s string, within time.Duration) bool {
 
 func (tp *topo) cleanup(tun string) string {
 	tp.t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", tp.host, os.Args[0], "-test.run=^$")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"=cleanup", "HOSTNET_STATE_DIR="+tp.stateDir, "HOSTNET_TUN="+tun)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		tp.t.Fatalf("cleanup: %v\n%s", err, out)
+	var out testenv.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := startIn(tp.host, cmd)
+	if err == nil {
+		err = cmd.Wait()
 	}
-	return string(out)
+	if err != nil {
+		tp.t.Fatalf("cleanup: %v\n%s", err, out.String())
+	}
+	return out.String()
 }
 
 // ruleLines returns `ip [-6] rule` lines with priorities in [from, to].
