@@ -292,14 +292,9 @@ func helperCleanup() int {
 //	device (192.168.50.2) --lan0-- host (192.0.2.2) --up0-- wan (192.0.2.1)
 //	                                                          203.0.113.10, .20  (services)
 var (
-	hostUp4   = netip.MustParseAddr("192.0.2.2")
-	wanUp4    = netip.MustParseAddr("192.0.2.1")
-	hostUp6   = netip.MustParseAddr("2001:db8:1::2")
-	wanUp6    = netip.MustParseAddr("2001:db8:1::1")
 	service4  = netip.MustParseAddr("203.0.113.10")
 	excluded4 = netip.MustParseAddr("203.0.113.20")
 	service6  = netip.MustParseAddr("2001:db8:2::10")
-	hostLAN   = netip.MustParseAddr("192.168.50.1")
 	deviceLAN = netip.MustParseAddr("192.168.50.2")
 )
 

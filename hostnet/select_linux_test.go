@@ -95,7 +95,7 @@ func TestGatewayWithForwardDrop(t *testing.T) {
 	}
 	// DNS to the host's LAN address is answered by tunsocks' DNS.
 	tp.try(tp.device, "dig +time=1 +tries=1 @192.168.50.1 name.test")
-	if !h.waitOutput(fmt.Sprintf("-> 198.18.0.2:53"), 2*time.Second) {
+	if !h.waitOutput("-> 198.18.0.2:53", 2*time.Second) {
 		t.Fatalf("the device's DNS did not reach tunsocks' DNS address:\n%s", h.out.String())
 	}
 	// The host's own traffic is not captured without --auto-route.
@@ -154,4 +154,3 @@ func TestLocalUpstreamExclusion(t *testing.T) {
 		t.Errorf("an upstream nobody serves was accepted: %v\n%s", err, h.out.String())
 	}
 }
-
