@@ -635,3 +635,54 @@ func restoreSysctl(s Sysctl, log *slog.Logger) error {
 	}
 	return writeSysctl(s.Path, s.Old)
 }
+
+// ExplainHere follows f through the rules of the run of tun (the only run
+// when tun is ""), with this namespace's main table and TUN. The state is
+// nil when no run has installed anything.
+func ExplainHere(stateDir, tun string, f Flow) (Verdict, *State, error) {
+	s, err := Installed(stateDir, tun)
+	if err != nil || s == nil {
+		return Verdict{}, s, err
+	}
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return Verdict{}, s, fmt.Errorf("hostnet: netlink: %w", err)
+	}
+	defer nl.Close()
+	_, lerr := nl.LinkByName(s.Tun)
+	main := func(dst netip.Addr) (netip.Prefix, string, bool) {
+		fam := unix.AF_INET
+		if dst.Is6() {
+			fam = unix.AF_INET6
+		}
+		routes, err := nl.RouteListFiltered(fam, &netlink.Route{Table: mainTable}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			return netip.Prefix{}, "", false
+		}
+		best, desc, found := netip.Prefix{}, "", false
+		for _, rt := range routes {
+			p := netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+			if fam == unix.AF_INET6 {
+				p = netip.PrefixFrom(netip.IPv6Unspecified(), 0)
+			}
+			if rt.Dst != nil {
+				a, _ := netip.AddrFromSlice(rt.Dst.IP)
+				ones, _ := rt.Dst.Mask.Size()
+				p = netip.PrefixFrom(a.Unmap(), ones)
+			}
+			if !p.Contains(dst) || (found && p.Bits() <= best.Bits()) {
+				continue
+			}
+			best, found = p, true
+			desc = p.String()
+			if rt.Gw != nil {
+				desc += " via " + rt.Gw.String()
+			}
+			if l, err := nl.LinkByIndex(rt.LinkIndex); err == nil {
+				desc += " dev " + l.Attrs().Name
+			}
+		}
+		return best, desc, found
+	}
+	return Explain(s, f, main, lerr == nil), s, nil
+}

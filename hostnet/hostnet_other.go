@@ -37,3 +37,6 @@ func Cleanup(string, string, *slog.Logger) ([]Cleaned, error) { return nil, unsu
 
 // Installed is Linux-only.
 func Installed(string, string) (*State, error) { return nil, unsupported() }
+
+// ExplainHere is Linux-only.
+func ExplainHere(string, string, Flow) (Verdict, *State, error) { return Verdict{}, nil, unsupported() }
