@@ -112,17 +112,17 @@ type Proxy struct {
 // RouteConfig is the `route:` section: how tunsocks routes the host (or
 // devices behind it) into its TUN. The keys are the flags' names.
 type RouteConfig struct {
-	AutoRoute      bool           `yaml:"auto-route"`     // capture every app of this host
-	KillSwitch     bool           `yaml:"kill-switch"`    // fail closed when tunsocks dies
-	LANAccess      bool           `yaml:"lan-access"`     // non-default routes of main stay direct
-	Exclude        []netip.Prefix `yaml:"exclude"`        // destinations that go direct
-	ExcludeUID     []UIDRange     `yaml:"exclude-uid"`    // users whose sockets go direct
-	IncludeCgroup  []string       `yaml:"include-cgroup"` // capture only these cgroups' sockets
-	IncludeUID     []UIDRange     `yaml:"include-uid"`    // capture only these users' sockets
-	DNSConfig      string         `yaml:"dns-config"`     // auto, resolved or none
-	RulePriority   int            `yaml:"rule-priority"`  // first priority of the rule block
-	RouteTable     int            `yaml:"route-table"`    // tunsocks' routing table
-	Gateway        string         `yaml:"gateway"`        // capture what devices on this interface forward
+	AutoRoute     bool           `yaml:"auto-route"`     // capture every app of this host
+	KillSwitch    bool           `yaml:"kill-switch"`    // fail closed when tunsocks dies
+	LANAccess     bool           `yaml:"lan-access"`     // non-default routes of main stay direct
+	Exclude       []netip.Prefix `yaml:"exclude"`        // destinations that go direct
+	ExcludeUID    []UIDRange     `yaml:"exclude-uid"`    // users whose sockets go direct
+	IncludeCgroup []string       `yaml:"include-cgroup"` // capture only these cgroups' sockets
+	IncludeUID    []UIDRange     `yaml:"include-uid"`    // capture only these users' sockets
+	DNSConfig     string         `yaml:"dns-config"`     // auto, resolved or none
+	RulePriority  int            `yaml:"rule-priority"`  // first priority of the rule block
+	RouteTable    int            `yaml:"route-table"`    // tunsocks' routing table
+	Gateway       string         `yaml:"gateway"`        // capture what devices on this interface forward
 }
 
 // UIDRange is an inclusive range of user ids, written N or N-M.
