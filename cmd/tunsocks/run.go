@@ -28,7 +28,7 @@ func runFlags() []cli.Flag {
 		return []string{"TUNSOCKS_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
 	}
 	d := config.Default()
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file (proxies, rules, dns and every flag below); flags override it", EnvVars: env("config")},
 		&cli.BoolFlag{Name: "print-example-config", Usage: "print a commented example config and exit"},
 		&cli.StringFlag{Name: "proxy", Usage: "default upstream: socks5://[user:pass@]host:port, socks4://, socks4a://, http://, a proxy name from the config, or 'direct'", EnvVars: env("proxy")},
@@ -55,7 +55,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
 		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
-	}
+	}, routeFlags()...)
 }
 
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
@@ -140,6 +140,9 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 	if set("nameserver") {
 		cfg.DNS.Nameservers = c.StringSlice("nameserver")
 	}
+	if err := applyRouteFlags(c, cfg); err != nil {
+		return nil, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, usageError{err}
 	}
@@ -154,9 +157,11 @@ func runCommand() *cli.Command {
 		Name:  "run",
 		Usage: "capture traffic on a TUN device and carry it through a SOCKS upstream",
 		Description: "Creates (or adopts) a TUN device and proxies every TCP and UDP flow that reaches it.\n" +
-			"Point routes at the device yourself (tunsocks does not change routes yet), e.g. in a namespace:\n" +
-			"  ip route add default dev tunsocks0\n" +
-			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device it created.",
+			"With --auto-route every app of this host goes through it (--kill-switch: and nothing else,\n" +
+			"even if tunsocks dies); with --gateway, devices that use this host as their gateway do.\n" +
+			"Without either, point routes at the device yourself, e.g. ip route add default dev tunsocks0.\n" +
+			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device and every\n" +
+			"rule it created. After a crash: tunsocks cleanup.",
 		Flags: runFlags(),
 		Action: func(c *cli.Context) error {
 			if c.Bool("print-example-config") {
@@ -185,7 +190,7 @@ func runCommand() *cli.Command {
 				}
 				defer stop()
 			}
-			return runPipeline(c.Context, cfg, log, pipelineHooks{})
+			return runPipeline(c.Context, cfg, log, pipelineHooks{stateDir: c.String("state-dir"), notice: c.App.ErrWriter})
 		},
 	}
 }
@@ -199,6 +204,10 @@ type pipelineHooks struct {
 	// started is called once the device is up, with its name.
 	started func(dev string)
 	onFlow  func(router.FlowRecord)
+	// stateDir is where host routing records what it installs; notice
+	// receives the startup block saying what and how to undo it.
+	stateDir string
+	notice   io.Writer
 }
 
 // inTunNetns runs fn where the TUN lives: through inNetns, or here.
@@ -210,8 +219,21 @@ func (h pipelineHooks) inTunNetns(fn func() error) error {
 }
 
 // runPipeline is 'tunsocks run': device -> stack -> router -> outbound.
-func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) error {
+func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) (rerr error) {
+	notice := hooks.notice
+	if notice == nil {
+		notice = io.Discard
+	}
+	// Before anything dials: routing the host marks tunsocks' sockets and
+	// pins the upstreams' addresses.
+	hr, err := prepareRoute(ctx, cfg, hooks.stateDir, notice, log)
+	if err != nil {
+		return err
+	}
 	d := &direct.Dialer{Mark: cfg.Fwmark, Interface: cfg.OutInterface, Netns: hooks.netns, Timeout: cfg.DialTimeout}
+	if hr != nil {
+		d.Hosts = hr.pinned
+	}
 	w, err := wire(ctx, cfg, d, log)
 	if err != nil {
 		return err
@@ -295,6 +317,13 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		return err
 	}
 	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, st), "outbound", w.summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
+	if hr != nil {
+		// Removed (deferred) before the device is closed.
+		defer func() { rerr = errors.Join(rerr, hr.close()) }()
+		if err := hr.install(ctx, dev.Name(), cfg.Tun.Addrs, w.dnsAddrs()); err != nil {
+			return errors.Join(err, st.Close())
+		}
+	}
 	if hooks.started != nil {
 		hooks.started(dev.Name())
 	}

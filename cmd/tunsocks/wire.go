@@ -360,6 +360,18 @@ func (w *wiring) summary() string {
 	return fmt.Sprintf("%d rules over DIRECT, %s", w.rs.Len(), strings.Join(names, ", "))
 }
 
+// dnsAddrs are the addresses the fake-IP DNS answers at on the TUN.
+func (w *wiring) dnsAddrs() []netip.Addr {
+	if w.pool == nil {
+		return nil
+	}
+	out := []netip.Addr{w.pool.DNSAddr()}
+	if a := w.pool.DNSAddr6(); a.IsValid() {
+		out = append(out, a)
+	}
+	return out
+}
+
 func (w *wiring) dnsSummary() string {
 	if w.pool == nil {
 		return "off"
