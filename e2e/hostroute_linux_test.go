@@ -431,6 +431,13 @@ func TestAutoRouteWholeHost(t *testing.T) {
 	hl := newHostLab(t)
 	inbound := netip.AddrPortFrom(hrHostUp, 8022)
 	hl.serveHTTP(hl.host, inbound)
+	// A published container port, as Docker makes one: host's 8080 is
+	// DNAT'd to the device (the "container") behind it.
+	published := netip.AddrPortFrom(hrHostUp, 8080)
+	hl.mustIn(hl.host, "sysctl -qw net.ipv4.ip_forward=1")
+	hl.mustIn(hl.host, "nft add table ip nat")
+	hl.mustIn(hl.host, "nft add chain ip nat prerouting { type nat hook prerouting priority -100 ; }")
+	hl.mustIn(hl.host, "nft add rule ip nat prerouting iifname up0 tcp dport 8080 dnat to 192.168.50.2:80")
 	base := hl.snapshot()
 	run := hl.startRun("--auto-route", "--kill-switch", "--exclude", hrWebExcl.String()+"/32", "--exclude-uid", "65534")
 	web4 := netip.AddrPortFrom(hrWeb4, 80)
@@ -483,9 +490,21 @@ func TestAutoRouteWholeHost(t *testing.T) {
 	if out, err := hl.curl(hl.host, "http://"+hrDevice.String()+"/"); err != nil || !strings.Contains(out, "you are "+hrHostLAN.String()) {
 		t.Errorf("LAN destination with --lan-access: %q %v, want a direct request from %s", out, err, hrHostLAN)
 	}
-	// Inbound from wan to host.
-	if out, err := hl.curl(hl.wan, "http://"+inbound.String()+"/"); err != nil || !strings.Contains(out, "you are "+hrSOCKS.Addr().String()) {
+	// Inbound from wan to host, and to a "container" (the device) behind
+	// a DNAT'd port of host: the replies leave by main, not the TUN.
+	// The client is beyond host's gateway (source 203.0.113.10), so the
+	// replies would take the default route: into the TUN, but for the
+	// marks nftables gives replies.
+	if out, err := hl.curl(hl.wan, "--interface", hrWeb4.String(), "http://"+inbound.String()+"/"); err != nil || !strings.Contains(out, "you are "+hrWeb4.String()) {
 		t.Errorf("inbound TCP from wan to host with auto-route and kill switch: %q %v", out, err)
+	}
+	if out, err := hl.curl(hl.wan, "--interface", hrWeb4.String(), "http://"+published.String()+"/"); err != nil || !strings.Contains(out, "hello from "+hrDevice.String()) {
+		t.Errorf("inbound TCP from wan to a DNAT'd port of host with auto-route and kill switch: %q %v", out, err)
+	}
+	// An IPv6 destination the upstream cannot reach: the app gets a RST at
+	// once (and would fall back to IPv4), not a timeout.
+	if err := hl.dialErr(hl.host, netip.MustParseAddrPort("[2001:db8:99::1]:80")); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("connect to an IPv6 address the upstream cannot reach: %v, want ECONNREFUSED (a RST at once)", err)
 	}
 	// explain --route names the rule.
 	if out, err := hl.output(hl.host, false, nil, "", binary, "explain", "--route", web4.String()); err != nil || !strings.Contains(out, "9107") || !strings.Contains(out, "proxied") {

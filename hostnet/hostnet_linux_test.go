@@ -100,6 +100,15 @@ func TestAutoRouteRuleBlockCaptureAndRemove(t *testing.T) {
 	if !h.waitOutput("-> 192.168.50.2:53", 2*time.Second) {
 		t.Errorf("DNS to the LAN resolver did not enter the TUN:\n%s", h.out.String())
 	}
+	// DNS over TLS that would enter the TUN is reset at once (clients fall
+	// back to plain DNS, which tunsocks answers).
+	dot := netip.AddrPortFrom(service4, 853)
+	if _, err := tp.dial(tp.host, dot, 0); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("dial %s: %v, want ECONNREFUSED (a RST from nftables)", dot, err)
+	}
+	if strings.Contains(h.out.String(), "-> "+dot.String()) {
+		t.Errorf("the DoT SYN entered the TUN:\n%s", h.out.String())
+	}
 	if !strings.Contains(h.out.String(), "if tunsocks is killed, run: tunsocks cleanup --tun tsk0") {
 		t.Errorf("startup block lacks the undo hint:\n%s", h.out.String())
 	}
