@@ -119,7 +119,7 @@ func newHostLab(t *testing.T) *hostLab {
 
 	dm := hl.startProc(hl.wan, true, nil, "", dnsmasq, "--no-daemon", "--port=53", "--listen-address="+hrDNS.String(), "--bind-interfaces",
 		"--no-resolv", "--no-hosts", "--log-queries", "--log-facility=-", "--pid-file=", "--user=root",
-		"--address=/web.test/203.0.113.10")
+		"--address=/web.test/203.0.113.10", "--address=/socks.test/192.0.2.1")
 	hl.dnsmasq = dm.out
 	hl.socks = hl.startProc(hl.wan, true, nil, "", binary, "server", "--listen", hrSOCKS.String(), "--open")
 	hl.waitDial(hl.wan, hrSOCKS)
@@ -552,6 +552,24 @@ func TestAutoRouteKilled(t *testing.T) {
 	if err := hl.dialErr(hl.host, web4); err != nil {
 		t.Errorf("after cleanup, connect: %v", err)
 	}
+
+	// A run killed with the kill switch on, restarted with the upstream
+	// given by name: the name resolves (the leftovers, which would block
+	// the query, are removed first) and traffic flows again.
+	run = hl.startRun("--auto-route", "--kill-switch")
+	run.kill()
+	byName := hl.startProc(hl.host, true, nil, "", binary, "--log-level", "debug", "run", "--proxy", "socks5://socks.test:1080", "--tun", "tsk0", "--summary-interval", "0", "--auto-route", "--kill-switch")
+	if countLines(byName.out, "if tunsocks is killed, run: tunsocks cleanup", 1) != 1 {
+		t.Fatalf("a run with the upstream by name did not start after a tripped kill switch:\n%s", byName.out.String())
+	}
+	if !strings.Contains(byName.out.String(), fmt.Sprintf("removed leftovers of crashed run, pid %d", run.cmd.Process.Pid)) {
+		t.Errorf("the restart did not remove the leftovers:\n%s", byName.out.String())
+	}
+	if out, err := hl.curl(hl.host, "http://web.test/"); err != nil || !strings.HasPrefix(out, "hello from "+web4.String()) {
+		t.Errorf("curl after the restart: %q %v", out, err)
+	}
+	hl.stopRun(byName)
+	hl.sameAsBefore(base, "after the restart by name and exit")
 
 	run = hl.startRun("--auto-route")
 	run.kill()

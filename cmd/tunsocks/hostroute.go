@@ -150,14 +150,16 @@ func prepareRoute(ctx context.Context, cfg *config.Config, stateDir string, noti
 		hr.cfg.DNSConfig = "" // auto: hostnet decides by mode
 	}
 	hr.cfg.Tun = cfg.Tun.Name
+	// A dead run's kill switch would make the names unresolvable: clear
+	// its leftovers first.
+	if err := hostnet.Recover(hr.cfg); err != nil {
+		return nil, err
+	}
 	ups, err := hr.resolveUpstreams(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	hr.cfg.Upstreams = ups
-	if err := hostnet.Recover(hr.cfg); err != nil {
-		return nil, err
-	}
 	return hr, nil
 }
 
