@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/tunsocks/tunsocks/internal/netns"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/tun"
@@ -43,7 +45,9 @@ func TestMain(m *testing.M) {
 		os.Exit(helperSocket())
 	}
 	removeStaleNamespaces()
-	os.Exit(m.Run())
+	// The resolved client's watcher and the D-Bus connections must be
+	// gone once each test has closed what it opened.
+	goleak.VerifyTestMain(m)
 }
 
 // helperConfig is what a test asks the helper to install.
