@@ -308,6 +308,10 @@ type topo struct {
 	t                 *testing.T
 	host, wan, device string
 	stateDir          string
+	// ipNetnsExec starts helpers under `ip netns exec` (a private mount
+	// namespace whose /sys lacks the cgroup mounts) instead of forking
+	// them from a thread in the namespace.
+	ipNetnsExec bool
 }
 
 // removeStaleNamespaces deletes namespaces left by a test binary that died.
@@ -526,10 +530,17 @@ func (tp *topo) tryHelper(cfg Config, tunAddrs ...string) (*helper, error) {
 	}
 	h := &helper{t: tp.t, out: &testenv.Buffer{}, done: make(chan struct{})}
 	h.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	if tp.ipNetnsExec {
+		h.cmd = exec.Command("ip", "netns", "exec", tp.host, os.Args[0], "-test.run=^$")
+	}
 	h.cmd.Env = append(os.Environ(), helperEnv+"=run", "HOSTNET_CONFIG="+string(b))
 	h.cmd.Stdout, h.cmd.Stderr = h.out, h.out
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := startIn(tp.host, h.cmd); err != nil {
+	start := func() error { return startIn(tp.host, h.cmd) }
+	if tp.ipNetnsExec {
+		start = h.cmd.Start
+	}
+	if err := start(); err != nil {
 		return nil, err
 	}
 	go func() { h.cmd.Wait(); close(h.done) }()

@@ -154,3 +154,24 @@ func TestLocalUpstreamExclusion(t *testing.T) {
 		t.Errorf("an upstream nobody serves was accepted: %v\n%s", err, h.out.String())
 	}
 }
+
+// TestIncludeCgroupUnderIPNetnsExec: under ip netns exec, whose /sys has no
+// cgroup mounts, the cgroup is still found (cgroup2 mounted for the moment
+// in the private mount namespace) and its sockets are captured.
+func TestIncludeCgroupUnderIPNetnsExec(t *testing.T) {
+	tp := newTopo(t)
+	tp.services()
+	cg, rel := testCgroup(t, "ipx")
+	tp.ipNetnsExec = true
+	h := tp.startHelper(Config{Options: Options{Mark: DefaultMark, AutoRoute: true}, IncludeCgroupPaths: []string{"/" + rel}})
+	if nft := tp.in(tp.host, "nft list table inet tunsocks-tsk0"); !strings.Contains(nft, "socket cgroupv2 level 1") {
+		t.Errorf("no cgroup rule:\n%s", nft)
+	}
+	if out, err := tp.dialAs(tp.host, cg, -1, servicePort); err == nil {
+		t.Fatalf("a process in the included cgroup reached the service directly: %q", out)
+	}
+	if !h.waitOutput("-> "+servicePort.String(), 2*time.Second) {
+		t.Fatalf("no SYN from the included cgroup in the TUN:\n%s", h.out.String())
+	}
+	h.stop()
+}
