@@ -2,10 +2,13 @@ package hostnet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
@@ -26,7 +29,10 @@ const (
 const networkdHint = "systemd-networkd removes routing rules it did not make when it restarts; " +
 	"set ManageForeignRoutingPolicyRules=no and ManageForeignRoutes=no in /etc/systemd/networkd.conf [Network] to stop it"
 
-func heal(ctx context.Context, st *State, log *slog.Logger) {
+// heal runs until ctx ends. opts is what was installed (for the nftables
+// table); path is the state file, rewritten before a new object (a forward
+// chain with a DROP policy that appeared since) is added.
+func heal(ctx context.Context, st *State, opts *Options, path string, log *slog.Logger) {
 	events := make(chan struct{}, 1)
 	sock, err := nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE, unix.RTNLGRP_IPV4_ROUTE, unix.RTNLGRP_IPV6_ROUTE)
 	if err != nil {
@@ -91,6 +97,10 @@ func heal(ctx context.Context, st *State, log *slog.Logger) {
 			continue // rate-limited: try again at the next poll
 		}
 		fixed, err := repair(st)
+		if more, nerr := repairNft(st, opts, path); len(more) > 0 || nerr != nil {
+			fixed = append(fixed, more...)
+			err = errors.Join(err, nerr)
+		}
 		if err != nil {
 			log.Warn("self-healing failed", "err", err)
 		}
@@ -162,3 +172,66 @@ func repair(st *State) ([]string, error) {
 }
 
 func isDefault(s string) bool { return s == "0.0.0.0/0" || s == "::/0" }
+
+// repairNft re-creates tunsocks' nftables table when it is gone (a
+// firewall reload that flushes the ruleset), and in gateway mode puts the
+// accept rules back into forward chains with a DROP policy, including
+// ones that appeared since (Docker started later), recording those in the
+// state file first.
+func repairNft(st *State, opts *Options, path string) ([]string, error) {
+	var fixed []string
+	c, err := nftConn()
+	if err != nil {
+		return nil, err
+	}
+	if st.NftTable != "" {
+		if _, err := c.ListTableOfFamily(st.NftTable, nftables.TableFamilyINet); err != nil {
+			if !gone(err) {
+				return nil, fmt.Errorf("list nftables table %s: %w", st.NftTable, err)
+			}
+			if err := installNft(opts); err != nil {
+				return nil, err
+			}
+			fixed = append(fixed, "nftables table inet "+st.NftTable)
+		}
+	}
+	if opts.Gateway == "" {
+		return fixed, nil
+	}
+	drops, err := forwardDropChains()
+	if err != nil {
+		return fixed, err
+	}
+	var added []ChainRef
+	for _, d := range drops {
+		if !slices.Contains(st.Forward, d) {
+			added = append(added, d)
+		}
+	}
+	if len(added) > 0 {
+		st.Forward = append(st.Forward, added...)
+		st.FwdTag = opts.ForwardTag()
+		if err := writeState(path, st); err != nil {
+			return fixed, err
+		}
+	}
+	for _, ref := range st.Forward {
+		if !slices.Contains(drops, ref) {
+			continue // the chain is gone, or no longer drops
+		}
+		n, err := countTagged(ref, st.FwdTag)
+		if err != nil || n >= 2 {
+			continue
+		}
+		if n > 0 {
+			if err := deleteForwardAccept(ref, st.FwdTag); err != nil {
+				return fixed, err
+			}
+		}
+		if err := insertForwardAccept(ref, opts.Gateway, opts.Tun, st.FwdTag); err != nil {
+			return fixed, err
+		}
+		fixed = append(fixed, "accept rules in "+ref.String())
+	}
+	return fixed, nil
+}

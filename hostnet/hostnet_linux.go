@@ -143,7 +143,7 @@ func Install(ctx context.Context, cfg Config) (*Host, error) {
 	h.healCancel, h.healDone = cancel, make(chan struct{})
 	go func() {
 		defer close(h.healDone)
-		heal(hctx, st, log)
+		heal(hctx, st, &opts, path, log)
 	}()
 	return h, nil
 }

@@ -212,12 +212,13 @@ func TestLiveOwnerRefused(t *testing.T) {
 func TestSelfHealing(t *testing.T) {
 	tp := newTopo(t)
 	h := tp.startHelper(autoRoute(true))
-	for _, cmd := range []string{"ip rule del pref 9107", "ip -6 rule del pref 9100", "ip route flush table 29811"} {
+	for _, cmd := range []string{"ip rule del pref 9107", "ip -6 rule del pref 9100", "ip route flush table 29811", "nft flush ruleset"} {
 		tp.in(tp.host, cmd)
 		start := time.Now()
 		for time.Since(start) < 5*time.Second {
 			if len(tp.ruleLines(false, 9107, 9107)) == 1 && len(tp.ruleLines(true, 9100, 9100)) == 1 &&
-				strings.HasPrefix(tp.in(tp.host, "ip route show table 29811"), "default dev tsk0") {
+				strings.HasPrefix(tp.in(tp.host, "ip route show table 29811"), "default dev tsk0") &&
+				strings.Contains(tp.in(tp.host, "nft list tables"), "table inet tunsocks-tsk0") {
 				break
 			}
 			time.Sleep(50 * time.Millisecond)

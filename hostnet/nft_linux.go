@@ -255,6 +255,29 @@ func insertForwardAccept(ref ChainRef, gw, tun, tag string) error {
 	return flushNft(c, "accept rules in "+ref.String())
 }
 
+// countTagged counts the rules tagged tag in chain ref.
+func countTagged(ref ChainRef, tag string) (int, error) {
+	fam, ok := familyByName(ref.Family)
+	if !ok {
+		return 0, nil
+	}
+	c, err := nftConn()
+	if err != nil {
+		return 0, err
+	}
+	rules, err := c.GetRules(&nftables.Table{Family: fam, Name: ref.Table}, &nftables.Chain{Name: ref.Chain})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, r := range rules {
+		if s, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && s == tag {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // deleteForwardAccept removes the rules tagged tag from chain ref.
 func deleteForwardAccept(ref ChainRef, tag string) error {
 	fam, ok := familyByName(ref.Family)

@@ -103,7 +103,27 @@ func TestGatewayWithForwardDrop(t *testing.T) {
 	if !strings.Contains(h.out.String(), "nftables accept rules in ip filter FORWARD") {
 		t.Errorf("the startup block does not list the accept rules:\n%s", h.out.String())
 	}
+	// The firewall is reloaded (the chain flushed), and another firewall
+	// with a DROP forward policy starts later: the accept rules are put
+	// back, and added to the new chain, recorded in the state file first.
+	tp.in(tp.host, "nft flush chain ip filter FORWARD")
+	tp.in(tp.host, "nft add table ip6 docker2")
+	tp.in(tp.host, "nft add chain ip6 docker2 FORWARD { type filter hook forward priority 0 ; policy drop ; }")
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && (!strings.Contains(tp.in(tp.host, "nft list chain ip filter FORWARD"), `oifname "tsk0" accept`) ||
+		!strings.Contains(tp.in(tp.host, "nft list chain ip6 docker2 FORWARD"), `oifname "tsk0" accept`)) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, ch := range []string{"ip filter FORWARD", "ip6 docker2 FORWARD"} {
+		if got := tp.in(tp.host, "nft list chain "+ch); strings.Count(got, `accept comment "tunsocks tsk0"`) != 2 {
+			t.Errorf("%s after a reload / a late firewall: want the two accept rules:\n%s", ch, got)
+		}
+	}
 	h.stop()
+	if got := tp.in(tp.host, "nft list chain ip6 docker2 FORWARD"); strings.Contains(got, "tsk0") {
+		t.Errorf("accept rules left in the late chain:\n%s", got)
+	}
+	tp.in(tp.host, "nft delete table ip6 docker2")
 	if got := tp.snapshot(tp.host); got != base {
 		t.Errorf("after exit the host differs from before:\n--- before\n%s\n--- after\n%s", base, got)
 	}
