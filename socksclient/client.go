@@ -245,6 +245,37 @@ func (c *Client) request(ctx context.Context, network string, cmd socks.Command,
 	return hc.finish(), bound, nil
 }
 
+// Handshake runs the SOCKS handshake on conn, a connection to the Client's
+// server that the caller dialed itself: the SOCKS5 authentication and the
+// request cmd for dst (SOCKS4/4a: the request alone). It returns the
+// connection to use from then on (conn, or a wrapper returning bytes that
+// came in right behind the reply) and the reply's BND.ADDR exactly as the
+// server sent it: unlike DialContext and ListenPacket, nothing is replaced
+// or resolved. It is for callers that examine the exchange itself, such as
+// `tunsocks check`. ctx bounds the handshake; conn's deadline is cleared
+// after it. On failure conn is left open and the error is a *net.OpError
+// as from DialContext.
+func (c *Client) Handshake(ctx context.Context, conn net.Conn, cmd socks.Command, dst socks.Addr) (net.Conn, socks.Addr, error) {
+	var bound socks.Addr
+	hc := newHandshakeConn(conn)
+	err := withContext(ctx, conn, func() error {
+		var err error
+		bound, err = c.handshake(hc, cmd, dst)
+		return err
+	})
+	if err != nil {
+		hc.release()
+		return nil, socks.Addr{}, c.opError("socks "+opName(cmd), "tcp", dst.String(), err)
+	}
+	return hc.finish(), bound, nil
+}
+
+// Version returns the SOCKS version the Client speaks (socks.Version4 for
+// socks4:// and socks4a://) and whether it sends names (SOCKS5, SOCKS4a).
+func (c *Client) Version() (version byte, names bool) {
+	return c.version, c.version == socks.Version5 || c.socks4a
+}
+
 func opName(cmd socks.Command) string {
 	switch cmd {
 	case socks.CmdConnect:

@@ -236,6 +236,9 @@ func (c *conn) serve4(ctx context.Context, r io.Reader) {
 // length nor the content of the password leaks through timing.
 func (s *Server) checkPassword(user, pass string) bool {
 	want, known := s.cfg.Users[user]
+	if s.cfg.Emulate.AcceptBadPassword {
+		return true
+	}
 	if !known {
 		want = "\x00unknown user"
 	}
@@ -253,6 +256,12 @@ func (c *conn) reply(rep socks.Reply, bound netip.AddrPort) error {
 		var a socks.Addr
 		if bound.IsValid() {
 			a = socks.AddrFromAddrPort(bound)
+			if rep == socks.Succeeded && c.srv.cfg.Emulate.BoundZero && (c.cmd == socks.CmdConnect || c.cmd == socks.CmdUDPAssociate) {
+				a.IP = netip.IPv4Unspecified()
+				if bound.Addr().Is6() && !bound.Addr().Is4In6() {
+					a.IP = netip.IPv6Unspecified()
+				}
+			}
 		}
 		var err error
 		if b, err = socks.AppendReply(nil, rep, a); err != nil {

@@ -35,6 +35,9 @@ func (c *conn) udpAssociate(ctx context.Context, req socks.Addr) {
 		c.fail(socks.ReplyForError(err), fmt.Errorf("UDP outbound socket: %w", err))
 		return
 	}
+	if em := c.srv.cfg.Emulate; em.udpNAT() {
+		opc = newNATConn(ctx, c.srv.packetListener, opc, em.UDPMapping, em.UDPFiltering)
+	}
 	defer opc.Close()
 
 	relayAddr := addrPortOf(cpc.LocalAddr())

@@ -118,6 +118,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			runCommand(),
 			demoCommand(),
 			explainCommand(),
+			checkCommand(),
 			cleanupCommand(),
 		},
 		// Errors are printed by run, once, with the right exit code.
