@@ -218,7 +218,7 @@ func TestErrors(t *testing.T) {
 		{"route: {dns-config: systemd}", []string{file + `:1: route.dns-config "systemd": want auto, resolved or none`}},
 		{"route: {route-table: 254}", []string{file + ":1: route.route-table 254: that is a table of the system"}},
 		{"route: {rule-priority: 32766}", []string{file + ":1: route.rule-priority 32766: want 1 to 32756"}},
-		{"route: {include-uid: [1000]}", []string{"set route.auto-route: true"}},
+		{"route:\n  include-uid: [1000]", []string{file + ":2: route.include-cgroup and route.include-uid choose what auto-route captures: set route.auto-route: true"}},
 		{"route: {strict-route: true}", []string{file + `:1: unknown key "strict-route" in route; tunsocks' strict route is "kill-switch: true"`}},
 		{"fwmark: -1", []string{file + ":1: fwmark -1: want 0 to 4294967295"}},
 		{"out-interface: 'eth 0'", []string{file + `:1: out-interface "eth 0": want an interface name`}},

@@ -436,6 +436,7 @@ func (d *decoder) route(n *yaml.Node) {
 					return
 				}
 				*dst = append(*dst, u)
+				d.c.setLine("route."+key+"."+strconv.Itoa(len(*dst)-1), line)
 			})
 		}
 	}

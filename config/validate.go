@@ -80,7 +80,11 @@ func (v *validator) values() {
 		v.fail("route.gateway", "route.gateway %q: longer than 15 bytes (the kernel's limit for interface names)", c.Route.Gateway)
 	}
 	if (len(c.Route.IncludeCgroup) > 0 || len(c.Route.IncludeUID) > 0) && !c.Route.AutoRoute {
-		v.fail("route.auto-route", "route.include-cgroup and route.include-uid choose what auto-route captures: set route.auto-route: true")
+		key := "route.include-uid.0"
+		if len(c.Route.IncludeCgroup) > 0 {
+			key = "route.include-cgroup.0"
+		}
+		v.fail(key, "route.include-cgroup and route.include-uid choose what auto-route captures: set route.auto-route: true")
 	}
 	if c.Tun.MTU < MinMTU || c.Tun.MTU > MaxMTU {
 		v.fail("tun.mtu", "tun.mtu %d: want %d to %d", c.Tun.MTU, MinMTU, MaxMTU)
