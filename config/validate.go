@@ -84,7 +84,7 @@ func (v *validator) values() {
 		if len(c.Route.IncludeCgroup) > 0 {
 			key = "route.include-cgroup.0"
 		}
-		v.fail(key, "route.include-cgroup and route.include-uid choose what auto-route captures: set route.auto-route: true")
+		v.fail(key, "route.include-cgroup and route.include-uid choose what auto-route captures: set route.auto-route: true (--auto-route)")
 	}
 	if c.Tun.MTU < MinMTU || c.Tun.MTU > MaxMTU {
 		v.fail("tun.mtu", "tun.mtu %d: want %d to %d", c.Tun.MTU, MinMTU, MaxMTU)
