@@ -712,3 +712,18 @@ func testCgroup(t *testing.T) string {
 	})
 	return dir
 }
+
+// TestAutoRouteV4OnlyTunAddr: with only an IPv4 --tun-addr, the TUN still
+// gets an IPv6 address and IPv6 is captured (proxied), not leaked.
+func TestAutoRouteV4OnlyTunAddr(t *testing.T) {
+	hl := newHostLab(t)
+	run := hl.startRun("--auto-route", "--tun-addr", "198.18.0.1/15")
+	web6 := netip.AddrPortFrom(hrWeb6, 80)
+	if out, err := hl.curl(hl.host, "http://["+hrWeb6.String()+"]/"); err != nil || !strings.HasPrefix(out, "hello from "+web6.String()) || strings.Contains(out, "you are 2001:db8:1::2") {
+		t.Errorf("IPv6 with a v4-only --tun-addr: %q %v, want it proxied", out, err)
+	}
+	if n := hl.socksRequests(web6.String(), 1); n != 1 {
+		t.Errorf("SOCKS server logged %d requests for %s, want 1", n, web6)
+	}
+	hl.stopRun(run)
+}

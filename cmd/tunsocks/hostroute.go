@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -127,6 +128,17 @@ func prepareRoute(ctx context.Context, cfg *config.Config, stateDir string, noti
 	}
 	if cfg.Fwmark == 0 {
 		cfg.Fwmark = hostnet.DefaultMark
+	}
+	// IPv6 is always captured with --auto-route, even when the upstream
+	// has none (the app then gets a RST at once and falls back to IPv4):
+	// the TUN needs an IPv6 address for that.
+	if r := cfg.Route; r.AutoRoute && !slices.ContainsFunc(cfg.Tun.Addrs, func(p netip.Prefix) bool { return p.Addr().Is6() }) {
+		v6 := netip.MustParsePrefix("fc00::1/18")
+		if fr := cfg.DNS.FakeIPRange6; fr.IsValid() {
+			v6 = netip.PrefixFrom(fr.Masked().Addr().Next(), fr.Bits())
+		}
+		cfg.Tun.Addrs = append(cfg.Tun.Addrs, v6)
+		log.Info("--auto-route: the TUN gets an IPv6 address too, so IPv6 is captured rather than leaked", "addr", v6)
 	}
 	// Captured DNS (to any resolver, port 53) must be answered here.
 	if cfg.DNS.Enable == nil {
