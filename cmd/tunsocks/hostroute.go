@@ -179,8 +179,8 @@ func prepareRoute(ctx context.Context, cfg *config.Config, stateDir string, noti
 // names to what they resolve to now.
 func (hr *hostRoute) resolveUpstreams(ctx context.Context, cfg *config.Config) ([]netip.AddrPort, error) {
 	var urls []*url.URL
-	if u, err := url.Parse(cfg.Proxy); err == nil && u.Host != "" {
-		urls = append(urls, u)
+	if cfg.ProxyURL != nil {
+		urls = append(urls, cfg.ProxyURL)
 	}
 	for _, p := range cfg.Proxies {
 		if p.URL != nil {
