@@ -225,10 +225,11 @@ func (hr *hostRoute) install(ctx context.Context, dev string, addrs []netip.Pref
 		return err
 	}
 	hr.host = h
-	fmt.Fprintln(hr.notice, hostnet.Block(h.State()))
+	block := hostnet.Block(h.State())
 	if gw := hr.cfg.Gateway; gw != "" {
-		fmt.Fprintln(hr.notice, gatewayHint(gw))
+		block = gatewayHint(gw) + "\n" + block
 	}
+	fmt.Fprintln(hr.notice, block) // one write: one block
 	return nil
 }
 
