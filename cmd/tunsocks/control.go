@@ -104,6 +104,7 @@ func restartOnly(a, b *config.Config) []string {
 		{"api", a.API, b.API},
 		{"sniff", a.Sniff, b.Sniff},
 		{"wireguard", a.WireGuard, b.WireGuard},
+		{"route", a.Route, b.Route},
 	} {
 		if !reflect.DeepEqual(f.x, f.y) {
 			keys = append(keys, f.key)

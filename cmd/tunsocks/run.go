@@ -65,7 +65,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "api", Usage: "serve the Clash-compatible API (metacubexd, yacd, zashboard), the live page /ui/ and /metrics on ADDR, like 127.0.0.1:9090", EnvVars: env("api")},
 		&cli.StringFlag{Name: "api-secret", Usage: "Bearer secret the API requires; needed when --api is an address other hosts can reach", EnvVars: env("api-secret")},
 		&cli.StringFlag{Name: "metrics", Usage: "serve /metrics alone, without the secret, on ADDR, like 127.0.0.1:9091", EnvVars: env("metrics")},
-	}, sniffFlags(env)...)
+	}, append(sniffFlags(env), routeFlags()...)...)
 }
 
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
@@ -201,7 +201,10 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	if set("metrics") {
 		cfg.API.Metrics = c.String("metrics")
 	}
-	return applySniffFlags(c, cfg)
+	if err := applySniffFlags(c, cfg); err != nil {
+		return err
+	}
+	return applyRouteFlags(c, cfg)
 }
 
 func runCommand() *cli.Command {
@@ -209,9 +212,11 @@ func runCommand() *cli.Command {
 		Name:  "run",
 		Usage: "capture traffic on a TUN device and carry it through a SOCKS upstream",
 		Description: "Creates (or adopts) a TUN device and proxies every TCP and UDP flow that reaches it.\n" +
-			"Point routes at the device yourself (tunsocks does not change routes yet), e.g. in a namespace:\n" +
-			"  ip route add default dev tunsocks0\n" +
-			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device it created.\n" +
+			"With --auto-route every app of this host goes through it (--kill-switch: and nothing else,\n" +
+			"even if tunsocks dies); with --gateway, devices that use this host as their gateway do.\n" +
+			"Without either, point routes at the device yourself, e.g. ip route add default dev tunsocks0.\n" +
+			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device and every\n" +
+			"rule it created. After a crash: tunsocks cleanup.\n" +
 			"SIGHUP re-reads the config: new flows follow its rules and proxies, open flows keep theirs;\n" +
 			"a config with errors is refused and the running one stays. With --api, the page at\n" +
 			"http://ADDR/ui/ lists every flow and closes them; dashboards for Clash use the same address.",
@@ -244,10 +249,12 @@ func runCommand() *cli.Command {
 				defer stop()
 			}
 			return runPipeline(c.Context, cfg, log, pipelineHooks{
-				stdout: c.App.Writer,
-				load:   func(path string) (*config.Config, error) { return loadRunConfigFrom(c, path) },
-				logs:   hub,
-				level:  level,
+				stdout:   c.App.Writer,
+				stateDir: c.String("state-dir"),
+				notice:   c.App.ErrWriter,
+				load:     func(path string) (*config.Config, error) { return loadRunConfigFrom(c, path) },
+				logs:     hub,
+				level:    level,
 			})
 		},
 	}
@@ -267,6 +274,10 @@ type pipelineHooks struct {
 	noTUN bool
 	// stdout is where client configs and QR codes are printed.
 	stdout io.Writer
+	// stateDir is where host routing records what it installs; notice
+	// receives the startup block saying what and how to undo it.
+	stateDir string
+	notice   io.Writer
 	// load re-reads the config for a reload (SIGHUP, PUT /configs); nil:
 	// no reloads.
 	load func(path string) (*config.Config, error)
@@ -286,11 +297,26 @@ func (h pipelineHooks) inTunNetns(fn func() error) error {
 
 // runPipeline is 'tunsocks run' (and 'tunsocks wg'): inbounds (the TUN,
 // the WireGuard peers) -> stack -> router -> outbound.
-func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) error {
+func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) (rerr error) {
+	notice := hooks.notice
+	if notice == nil {
+		notice = io.Discard
+	}
+	// Before anything dials: routing the host marks tunsocks' sockets and
+	// pins the upstreams' addresses.
+	hr, err := prepareRoute(ctx, cfg, hooks.stateDir, notice, log)
+	if err != nil {
+		return err
+	}
+	if hr != nil && hooks.noTUN {
+		return usagef("routing the host (auto-route, gateway) needs the TUN: use 'tunsocks run'")
+	}
 	d := &direct.Dialer{Mark: cfg.Fwmark, Interface: cfg.OutInterface, Netns: hooks.netns, Timeout: cfg.DialTimeout}
+	if hr != nil {
+		d.Hosts = hr.pinned
+	}
 	var wgs *wgState
 	if cfg.WireGuard != nil {
-		var err error
 		if wgs, err = openWGState(cfg.WireGuard, log); err != nil {
 			return err
 		}
@@ -361,6 +387,13 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		defer wgr.close()
 		if hooks.noTUN {
 			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode)
+		}
+	}
+	if hr != nil {
+		// Removed (deferred) before the device is closed.
+		defer func() { rerr = errors.Join(rerr, hr.close()) }()
+		if err := hr.install(ctx, tr.dev.Name(), cfg.Tun.Addrs, w.dnsAddrs()); err != nil {
+			return err
 		}
 	}
 	if tr != nil {
