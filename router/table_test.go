@@ -315,3 +315,30 @@ func TestDialReason(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkFlowBookkeeping is what the flow table and the flow metrics
+// add to each flow: an id, the entry, its metrics series, the rule hit,
+// and taking it out with its totals.
+func BenchmarkFlowBookkeeping(b *testing.B) {
+	r, err := New(Config{Decide: Static(&fakeOutbound{name: "corp"}), Metrics: metrics.NewRegistry()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	mt := &rules.Match{Rule: "MATCH,corp", Type: "MATCH", Index: 0}
+	d := Decision{Action: Proxy, Outbound: &fakeOutbound{name: "corp"}, Rule: "corp by rule #1", Match: mt, Hits: new(RuleHits)}
+	in := flowIn{typ: "tun", name: "tun0"}
+	src, dst := netip.MustParseAddrPort("198.18.0.1:40000"), netip.MustParseAddrPort("192.0.2.1:443")
+	m := &rules.Metadata{Network: "tcp", Src: src, Dst: dst, UID: -1}
+	b.ReportAllocs()
+	for b.Loop() {
+		r.countFlow("tcp", in, "corp", d)
+		d.Hits.Hit()
+		e := r.newEntry("tcp", in, src)
+		e.decided(m, d, dst, ipAddr(dst))
+		e.closeFn = func() {}
+		r.table.add(e)
+		e.upC.Add(100)
+		r.dialed("corp", time.Millisecond, nil)
+		r.table.remove(e)
+	}
+}
