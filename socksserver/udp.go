@@ -195,6 +195,12 @@ func (a *association) down(buf []byte) (int, error) {
 		a.drop("reply from an address that is not IP", nil)
 		return 0, nil
 	}
+	// Anyone may send to the outbound socket: what the client may not
+	// send to may not send to it either.
+	if why := a.srv.deniedIP(src.Addr(), src.Port()); why != "" {
+		a.drop("source denied", errors.New(why))
+		return 0, nil
+	}
 	hdr, err := socks.AppendUDPHeader(nil, 0, socks.AddrFromAddrPort(src))
 	if err != nil {
 		a.drop("reply header", err)

@@ -8,7 +8,9 @@ package direct
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 
@@ -63,6 +65,29 @@ func (d *Dialer) netDialer() *net.Dialer {
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (c net.Conn, err error) {
 	err = d.inNetns(func() error {
 		c, err = d.netDialer().DialContext(ctx, network, address)
+		return err
+	})
+	return c, err
+}
+
+// DialContextChecked is DialContext that calls check with each address it
+// is about to connect to (after resolving a name) and fails the dial with
+// check's error instead of connecting. A server vets destinations with it
+// (socksserver.CheckedDialer): the address checked is the address dialed.
+func (d *Dialer) DialContextChecked(ctx context.Context, network, address string, check func(netip.AddrPort) error) (c net.Conn, err error) {
+	nd := d.netDialer()
+	nd.Control = func(network, address string, rc syscall.RawConn) error {
+		ap, err := netip.ParseAddrPort(address)
+		if err != nil {
+			return fmt.Errorf("direct: cannot check the address %q: %w", address, err)
+		}
+		if err := check(ap); err != nil {
+			return err
+		}
+		return d.control(network, address, rc)
+	}
+	err = d.inNetns(func() error {
+		c, err = nd.DialContext(ctx, network, address)
 		return err
 	})
 	return c, err
