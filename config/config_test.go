@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/rules"
 )
 
@@ -259,6 +259,9 @@ func TestErrors(t *testing.T) {
 			file + `:4: dns.fake-ip-filter "a b": want one domain pattern`,
 			file + `:5: dns.fake-ip-filter "geosite:cn": only domain patterns`,
 			file + `:6: dns.fake-ip-filter "": empty pattern`}},
+		{"dns:\n  fake-ip-filter:\n    - +.bücher.de\n    - 'ab*.com'\n    - '+.-bücher.de'", []string{
+			file + `:4: dns.fake-ip-filter "ab*.com": label "ab*": character '*' not allowed`,
+			file + `:5: dns.fake-ip-filter "+.-bücher.de": label "-bücher" is not a valid internationalised domain label`}},
 		{"dns:\n  nameserver:\n    - 1.1.1.1\n    - dns.google\n    - 'https://1.1.1.1/dns-query'\n    - '1.1.1.1:0'\n    - 'ftp://1.1.1.1'", []string{
 			file + `:4: dns.nameserver "dns.google": want an IP address, not a name`,
 			file + `:5: dns.nameserver "https://1.1.1.1/dns-query": https:// is not supported; want udp:// or tcp://`,
@@ -414,15 +417,6 @@ func TestChains(t *testing.T) {
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
-func mustURL(t *testing.T, s string) *url.URL {
-	t.Helper()
-	u, err := url.Parse(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
-}
-
 func TestRulesWithFiles(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, text string) string {
@@ -519,7 +513,7 @@ func TestValidateBuiltInCode(t *testing.T) {
 	}
 	// Fix it: Validate now succeeds and sets the Ruleset.
 	c.TCPIdle, c.Tun.MTU = time.Minute, 1500
-	c.Proxies = append(c.Proxies, Proxy{Name: "y", URL: mustURL(t, "socks5://h:1")})
+	c.Proxies = append(c.Proxies, Proxy{Name: "y", URL: testenv.MustURL(t, "socks5://h:1")})
 	c.Rules = c.Rules[:1]
 	if err := c.Validate(); err != nil || c.Ruleset == nil || c.Ruleset.Len() != 1 {
 		t.Fatalf("Validate = %v, Ruleset %v", err, c.Ruleset)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/tunsocks/tunsocks/internal/suggest"
 	"io"
 	"net/netip"
 	"net/url"
@@ -16,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/tunsocks/tunsocks/internal/suggest"
 	"github.com/tunsocks/tunsocks/rules"
 )
 
@@ -372,7 +372,7 @@ func (d *decoder) list(v *yaml.Node, key, want string) ([]*yaml.Node, bool) {
 	return out, true
 }
 
-// strings decodes a list of strings, calling set with each and its line.
+// strs decodes a list of strings, calling set with each and its line.
 func (d *decoder) strs(v *yaml.Node, key, want string, set func(i int, s string, line int)) {
 	items, ok := d.list(v, key, want)
 	if !ok {

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tunsocks/tunsocks/dns"
 	"github.com/tunsocks/tunsocks/rules"
 )
 
@@ -176,6 +177,9 @@ func checkFilter(f string) string {
 	case len(t) > 253:
 		return "longer than 253 bytes"
 	}
+	if err := dns.CheckFilterPattern(t); err != nil {
+		return err.Error()
+	}
 	return ""
 }
 
@@ -215,7 +219,8 @@ func ParseNameserver(s string) (network string, addr netip.AddrPort, err error) 
 	return "", netip.AddrPort{}, errors.New("want an IP address with optional port, like 1.1.1.1, 10.0.0.53:53, [2606:4700::1111]:53 or tcp://1.1.1.1:53")
 }
 
-// reserved are the rule targets that are not proxies.
+// isReserved reports whether name is a rule target that is not a proxy
+// (DIRECT, REJECT, REJECT-DROP, in any case).
 func isReserved(name string) bool {
 	switch strings.ToUpper(name) {
 	case "DIRECT", "REJECT", "REJECT-DROP":

@@ -36,9 +36,9 @@ import (
 
 	"github.com/tunsocks/tunsocks/check"
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/internal/netns"
 	"github.com/tunsocks/tunsocks/internal/testenv"
-	"github.com/tunsocks/tunsocks/lab"
 	"github.com/tunsocks/tunsocks/stun"
 )
 

@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tunsocks/tunsocks/internal/testenv"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -14,7 +14,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tunsocks/tunsocks/internal/testenv"
-
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/stack"

@@ -7,55 +7,24 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"net/url"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socks"
-	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// fakeDialer is a forward Dialer whose every connection goes to a scripted
-// fake server over net.Pipe. The script runs on the server end.
-type fakeDialer struct {
-	t      *testing.T
-	script func(t *testing.T, c net.Conn)
-
-	mu     sync.Mutex
-	dialed []string
-	wg     sync.WaitGroup
-}
-
-func newFake(t *testing.T, script func(t *testing.T, c net.Conn)) *fakeDialer {
-	d := &fakeDialer{t: t, script: script}
-	t.Cleanup(d.wg.Wait)
-	return d
-}
-
-func (d *fakeDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	d.mu.Lock()
-	d.dialed = append(d.dialed, network+" "+address)
-	d.mu.Unlock()
-	cli, srv := net.Pipe()
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		defer srv.Close()
-		d.script(d.t, srv)
-	}()
-	return cli, nil
-}
-
-func (d *fakeDialer) dials() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.dialed...)
+// newFake returns a forward Dialer whose every connection goes to a
+// scripted fake server over net.Pipe. The script runs on the server end.
+func newFake(t *testing.T, script func(t *testing.T, c net.Conn)) *testenv.Dialer {
+	return testenv.NewDialer(t, func(c net.Conn) { script(t, c) })
 }
 
 // expect reads len(want) bytes and checks them.
@@ -125,7 +94,7 @@ func TestConnectDomainIsSentAsDomain(t *testing.T) {
 		roundTrip(t, conn, "hello through the proxy")
 		conn.Close()
 	}
-	if got := d.dials(); len(got) != 2 || got[0] != "tcp proxy.example:1080" {
+	if got := d.Dials(); len(got) != 2 || got[0] != "tcp proxy.example:1080" {
 		t.Errorf("forward dials = %q, want two of tcp proxy.example:1080", got)
 	}
 }
@@ -622,7 +591,7 @@ func TestChainSendsHopAsDomain(t *testing.T) {
 			echo(c)
 		}
 	})
-	u1, u2 := mustURL(t, "socks5://hop1.invalid"), mustURL(t, "socks4a://u2@hop2.invalid:1081")
+	u1, u2 := testenv.MustURL(t, "socks5://hop1.invalid"), testenv.MustURL(t, "socks4a://u2@hop2.invalid:1081")
 	c, err := Chain(d, u1, u2)
 	if err != nil {
 		t.Fatal(err)
@@ -633,21 +602,12 @@ func TestChainSendsHopAsDomain(t *testing.T) {
 	}
 	roundTrip(t, conn, "two hops")
 	conn.Close()
-	if got := d.dials(); len(got) != 1 || got[0] != "tcp hop1.invalid:1080" {
+	if got := d.Dials(); len(got) != 1 || got[0] != "tcp hop1.invalid:1080" {
 		t.Errorf("forward dials = %q, want only hop 1", got)
 	}
 	if _, err := c.ListenPacket(context.Background()); !errors.Is(err, ErrUDPUnsupported) || !strings.Contains(err.Error(), "chain") {
 		t.Errorf("ListenPacket over a chain: err = %v, want ErrUDPUnsupported naming the chain", err)
 	}
-}
-
-func mustURL(t *testing.T, s string) *url.URL {
-	t.Helper()
-	u, err := url.Parse(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
 }
 
 // pipeServerDialer answers every dial with a minimal SOCKS5 server over

@@ -97,7 +97,7 @@ func TestEmulatedNAT(t *testing.T) {
 }
 
 func TestEmulateBoundZero(t *testing.T) {
-	echo := tcpEcho(t, "tcp", "127.0.0.1:0")
+	echo := peerEcho(t, "tcp", "127.0.0.1:0")
 	srv := startServer(t, Config{Emulate: Emulation{BoundZero: true}})
 	c := dial(t, srv.addr)
 	noAuth(t, c)
@@ -119,7 +119,7 @@ func TestEmulateAcceptBadPassword(t *testing.T) {
 	if _, err := New(Config{Emulate: Emulation{AcceptBadPassword: true}}); err == nil {
 		t.Error("AcceptBadPassword without Users accepted")
 	}
-	echo := tcpEcho(t, "tcp", "127.0.0.1:0")
+	echo := peerEcho(t, "tcp", "127.0.0.1:0")
 	srv := startServer(t, Config{Users: map[string]string{"alice": "right"}, Emulate: Emulation{AcceptBadPassword: true}})
 	cl, _ := socksclient.Parse("socks5://mallory:wrong@"+srv.addr, nil)
 	c, err := cl.DialContext(context.Background(), "tcp", echo)
@@ -135,7 +135,7 @@ func TestEmulateAcceptBadPassword(t *testing.T) {
 }
 
 func TestEmulateConnectOnly443(t *testing.T) {
-	echo := tcpEcho(t, "tcp", "127.0.0.1:0")
+	echo := peerEcho(t, "tcp", "127.0.0.1:0")
 	srv := startServer(t, Config{Emulate: Emulation{ConnectOnly443: true}})
 	c := dial(t, srv.addr)
 	noAuth(t, c)

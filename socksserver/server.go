@@ -262,7 +262,6 @@ type Server struct {
 	conns     map[*conn]struct{}
 	serves    map[*serveState]struct{}
 	shutdown  bool
-	addr      net.Addr
 	wg        sync.WaitGroup
 
 	active atomic.Int64
@@ -421,9 +420,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.listeners[ln] = struct{}{}
 	s.serves[st] = struct{}{}
-	if s.addr == nil {
-		s.addr = ln.Addr()
-	}
 	s.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	var wg sync.WaitGroup
@@ -637,14 +633,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	<-done
 	s.flushTallies()
 	return ctx.Err()
-}
-
-// Addr returns the address of the first listener Serve was given, or nil
-// before that.
-func (s *Server) Addr() net.Addr {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.addr
 }
 
 // Active returns the number of connections being served.
