@@ -60,7 +60,7 @@ func TestSlowlorisDoesNotLockOutClients(t *testing.T) {
 	// them, so a client arriving after them is served: from another address,
 	// and from the attacker's own. (Before, MaxConns counted them and the
 	// client was closed at once until they timed out.)
-	echo := mustAP(tcpEcho(t, "tcp4", "127.0.0.1:0"))
+	echo := mustAP(peerEcho(t, "tcp4", "127.0.0.1:0"))
 	srv := startServer(t, Config{MaxConns: 1000, HandshakeTimeout: time.Minute})
 	const silent = 1000
 	for range silent {
@@ -97,7 +97,7 @@ func TestHandshakeBudgetTotal(t *testing.T) {
 func TestConnLimitRefusalsAggregated(t *testing.T) {
 	// With MaxConns relays served, new connections are closed at accept;
 	// 200 of them make one log line at once and one aggregated line.
-	echo := mustAP(tcpEcho(t, "tcp4", "127.0.0.1:0"))
+	echo := mustAP(peerEcho(t, "tcp4", "127.0.0.1:0"))
 	srv := startServer(t, Config{MaxConns: 1})
 	connectEcho(t, dial(t, srv.addr), echo)
 	const refused = 200
@@ -358,7 +358,7 @@ func (d *stubChecked) DialContextChecked(ctx context.Context, network, address s
 }
 
 func TestDenyLoopback(t *testing.T) {
-	echo := mustAP(tcpEcho(t, "tcp4", "127.0.0.1:0"))
+	echo := mustAP(peerEcho(t, "tcp4", "127.0.0.1:0"))
 	srv := startServer(t, Config{DenyLoopback: true})
 	self := mustAP(srv.addr)
 	refused := func(t *testing.T, srv *testServer, req []byte) {
