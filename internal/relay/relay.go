@@ -37,6 +37,11 @@ type StreamOptions struct {
 	// Up and Down, when not nil, are increased as bytes move a->b and b->a,
 	// while they move, so a summary can report live flows.
 	Up, Down *atomic.Int64
+	// Activity, when not nil, is the pair's last-activity clock
+	// (time.UnixNano of the last bytes moved either way), so the caller can
+	// tell the flows idle the longest. Bytes spliced are seen when a splice
+	// returns, at the latest when the source runs dry.
+	Activity *atomic.Int64
 }
 
 // closeWriter is a connection that can send a FIN without closing its read side.
@@ -48,7 +53,10 @@ type closeWriter interface{ CloseWrite() error }
 // that is not an ordinary end of stream (io.EOF, net.ErrClosed and a reset
 // after the other side finished are ordinary).
 func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down int64, err error) {
-	p := &pair{a: a, b: b, opts: opts}
+	p := &pair{a: a, b: b, opts: opts, last: opts.Activity}
+	if p.last == nil {
+		p.last = new(atomic.Int64)
+	}
 	stop := context.AfterFunc(ctx, p.closeBoth)
 	defer stop()
 	p.touch()
@@ -64,11 +72,11 @@ func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down in
 	}
 	upc := make(chan result, 1)
 	go func() {
-		n, err := copyHalf(b, a, opts.Up, p.touch, &p.last, opts.Idle)
+		n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
 		p.finished(err)
 		upc <- result{n, err}
 	}()
-	down, derr := copyHalf(a, b, opts.Down, p.touch, &p.last, opts.Idle)
+	down, derr := copyHalf(a, b, opts.Down, p.touch, p.last, opts.Idle)
 	p.finished(derr)
 	up = (<-upc).n
 
@@ -86,7 +94,7 @@ func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down in
 type pair struct {
 	a, b      net.Conn
 	opts      StreamOptions
-	last      atomic.Int64 // UnixNano of the last byte moved either way
+	last      *atomic.Int64 // UnixNano of the last byte moved either way
 	closeOnce sync.Once
 	closed    atomic.Bool
 

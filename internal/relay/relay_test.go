@@ -369,3 +369,30 @@ func BenchmarkStreamShort(b *testing.B) {
 		<-done
 	}
 }
+
+func TestStreamActivityClock(t *testing.T) {
+	// The caller's clock is set at the start and moves with the bytes,
+	// spliced or not.
+	var clock atomic.Int64
+	app, remote, _, cancel := relayed(t, StreamOptions{Activity: &clock})
+	defer cancel()
+	deadline := time.Now().Add(10 * time.Second)
+	for clock.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	start := clock.Load()
+	if start == 0 {
+		t.Fatal("the clock was never set")
+	}
+	time.Sleep(5 * time.Millisecond)
+	app.Write([]byte("x"))
+	if _, err := io.ReadFull(remote, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	for clock.Load() == start && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if clock.Load() <= start {
+		t.Fatalf("the clock did not move with a byte: %d, started at %d", clock.Load(), start)
+	}
+}
