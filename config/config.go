@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tunsocks/tunsocks/dns"
 	"github.com/tunsocks/tunsocks/rules"
 )
 
@@ -31,6 +32,9 @@ type Config struct {
 	// (socks5://[user:pass@]host:port, socks5h://, socks4://, socks4a://,
 	// http://), or the name of an entry in Proxies. "" when not set.
 	Proxy string `yaml:"proxy"`
+	// ProxyURL is Proxy parsed by Validate when it is a URL; nil when it
+	// is direct, a name or not set.
+	ProxyURL *url.URL `yaml:"-"`
 
 	Tun TunConfig `yaml:"tun"`
 
@@ -70,7 +74,7 @@ type TunConfig struct {
 	Name    string         `yaml:"name"`    // device to create or attach to
 	FD      int            `yaml:"fd"`      // adopt this open descriptor; -1: none
 	Addrs   []netip.Prefix `yaml:"addrs"`   // addresses of the device
-	MTU     int            `yaml:"mtu"`     // 576..65535
+	MTU     int            `yaml:"mtu"`     // 576..65535; 1280 or more with an IPv6 address
 	Offload bool           `yaml:"offload"` // TSO/GRO offload on Linux
 	Pcap    string         `yaml:"pcap"`    // write every packet to this pcap file; "": none
 }
@@ -123,6 +127,8 @@ type DNSConfig struct {
 	// Nameservers are upstream resolvers: "10.0.0.53", "10.0.0.53:53",
 	// "udp://1.1.1.1", "tcp://1.1.1.1:53", "[2606:4700::1111]:53".
 	Nameservers []string `yaml:"nameserver"`
+	// Servers are Nameservers parsed by Validate.
+	Servers []dns.Nameserver `yaml:"-"`
 	// Hijack answers every query to port 53, whatever its destination.
 	Hijack bool `yaml:"dns-hijack"`
 	// CacheFile persists the fake-IP mappings across restarts; "": none.
@@ -148,9 +154,12 @@ const (
 	DefaultFakeIPTTL       = 10 * time.Second
 )
 
-// Limits checked by Validate.
+// Limits checked by Validate. MinMTU is what the netstack takes for IPv4
+// (stack.MinMTU); a TUN with an IPv6 address needs MinMTU6 (the kernel and
+// the netstack both refuse IPv6 below it).
 const (
 	MinMTU       = 576
+	MinMTU6      = 1280
 	MaxMTU       = 65535
 	MinTCPBuf    = 64 << 10
 	MaxTCPBuf    = 64 << 20

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/dns"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/rules"
 )
@@ -48,9 +49,59 @@ func TestExample(t *testing.T) {
 	want := Default()
 	want.Path, want.Proxy, want.Proxies, want.Rules, want.Ruleset = c.Path, c.Proxy, c.Proxies, c.Rules, c.Ruleset
 	want.DNS.FakeIPFilter, want.DNS.Nameservers = c.DNS.FakeIPFilter, c.DNS.Nameservers
+	want.DNS.Servers = c.DNS.Servers // parsed from Nameservers: see TestTypedValues
 	want.lines = c.lines
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("example differs from the defaults:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+// TestTypedValues: Validate parses the nameservers and a proxy URL once,
+// into the types the rest of the program uses, and clears them when the
+// config is bad.
+func TestTypedValues(t *testing.T) {
+	c := mustParse(t, "proxy: 'socks5://u:p@10.0.0.1:1080'\ndns:\n  nameserver: [10.0.0.53, 'tcp://[2001:db8::53]:5353', 'udp://1.1.1.1']\n")
+	want := []dns.Nameserver{
+		{Network: "udp", Addr: netip.MustParseAddrPort("10.0.0.53:53")},
+		{Network: "tcp", Addr: netip.MustParseAddrPort("[2001:db8::53]:5353")},
+		{Network: "udp", Addr: netip.MustParseAddrPort("1.1.1.1:53")},
+	}
+	if !reflect.DeepEqual(c.DNS.Servers, want) {
+		t.Errorf("Servers = %v, want %v", c.DNS.Servers, want)
+	}
+	if c.ProxyURL == nil || c.ProxyURL.Scheme != "socks5" || c.ProxyURL.Host != "10.0.0.1:1080" || c.ProxyURL.User.Username() != "u" {
+		t.Errorf("ProxyURL = %v", c.ProxyURL)
+	}
+	for _, src := range []string{"proxy: direct", "proxy: corp\nproxies: [{name: corp, url: 'socks5://h'}]", ""} {
+		if c := mustParse(t, src); c.ProxyURL != nil {
+			t.Errorf("%q: ProxyURL = %v, want none", src, c.ProxyURL)
+		}
+	}
+	c.TCP.CC = "vegas"
+	if err := c.Validate(); err == nil || c.ProxyURL != nil || c.DNS.Servers != nil || c.Ruleset != nil {
+		t.Errorf("after a failed Validate: %v, ProxyURL %v, Servers %v", err, c.ProxyURL, c.DNS.Servers)
+	}
+}
+
+// TestOverridesValidatedOnce: overrides (the flags) apply between decoding
+// and the one Validate, and their errors join the file's.
+func TestOverridesValidatedOnce(t *testing.T) {
+	dir := t.TempDir()
+	set := filepath.Join(dir, "set.txt")
+	if err := os.WriteFile(set, []byte("example.com\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(path, []byte("tcp-cc: reno\nrules:\n  - RULE-SET,set.txt,DIRECT\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path, func(c *Config) error { c.TCP.CC = "cubic"; return nil })
+	if err != nil || c.TCP.CC != "cubic" || c.Ruleset == nil {
+		t.Fatalf("Load with an override: %v, %+v", err, c)
+	}
+	_, err = Load(path, func(c *Config) error { c.TCP.CC = "vegas"; return nil }, func(*Config) error { return errors.New("--tun-addr: bad") })
+	if err == nil || !strings.Contains(err.Error(), "--tun-addr: bad") || !strings.Contains(err.Error(), `tcp-cc "vegas"`) {
+		t.Errorf("errors of overrides and validation: %v", err)
 	}
 }
 
@@ -99,6 +150,8 @@ func TestKeys(t *testing.T) {
 		}},
 		{"tun: {addrs: 10.9.0.1/24}", func(c *Config) bool { return reflect.DeepEqual(c.Tun.Addrs, []netip.Prefix{pfx("10.9.0.1/24")}) }},
 		{"tun: {mtu: 9000}", func(c *Config) bool { return c.Tun.MTU == 9000 }},
+		// Below 1280 an IPv4-only device is fine.
+		{"tun: {mtu: 576, addrs: [198.18.0.1/15]}", func(c *Config) bool { return c.Tun.MTU == 576 }},
 		{"tun: {offload: false}", func(c *Config) bool { return !c.Tun.Offload }},
 		{"tun: {offload: off}", func(c *Config) bool { return !c.Tun.Offload }},
 		{"tun: {pcap: /tmp/x.pcap}", func(c *Config) bool { return c.Tun.Pcap == "/tmp/x.pcap" }},
@@ -190,6 +243,7 @@ func TestErrors(t *testing.T) {
 		{"tun: {mtu: 99999}", []string{file + ":1: tun.mtu 99999: want 576 to 65535"}},
 		{"tun: {mtu: 1e3}", []string{file + `:1: tun.mtu "1e3": want a whole number`}},
 		{"tun: {mtu: 99999999999999999999}", []string{file + ":1: tun.mtu 99999999999999999999: want 576 to 65535"}},
+		{"tun: {mtu: 576}", []string{file + ":1: tun.mtu 576: IPv6 needs an MTU of at least 1280, and tun.addrs has fc00::1/18"}},
 		{"tun: {offload: maybe}", []string{file + `:1: tun.offload "maybe": want true or false`}},
 		{"\n\n\n\n\n\ntcp-idle: 5x", []string{file + `:7: tcp-idle "5x": want a duration like 30s or 5m`}},
 		{"tcp-idle: 30", []string{file + ":1: tcp-idle 30: want a duration with a unit, like 30s or 5m"}},

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/tunsocks/tunsocks/internal/lru"
 )
 
 // Default fake-IP ranges, as Clash and most of its descendants use them.
@@ -106,8 +108,8 @@ type family struct {
 	next    int // offsets below next have been handed out or loaded
 	byHost  map[string]*entry
 	byAddr  map[netip.Addr]*entry
-	lru     lruList[*entry] // mappings free to reuse, least recently used last
-	grace   lruList[*entry] // released mappings in their grace period, oldest last
+	lru     lru.List[*entry] // mappings free to reuse, least recently used last
+	grace   lru.List[*entry] // released mappings in their grace period, oldest last
 }
 
 // entry is one mapping. It sits in its family's lru list, or, while flows
@@ -119,7 +121,7 @@ type entry struct {
 	refs  int       // flows holding it (Acquire)
 	until time.Time // end of the grace period, while in the grace list
 	state entryState
-	node  lruNode[*entry]
+	node  lru.Node[*entry]
 }
 
 type entryState uint8
@@ -133,7 +135,7 @@ const (
 // newEntry returns a mapping of host to addr, not yet in any list.
 func newEntry(host string, addr netip.Addr, used time.Time) *entry {
 	e := &entry{host: host, addr: addr, used: used}
-	e.node.val = e
+	e.node.Val = e
 	return e
 }
 
@@ -228,8 +230,8 @@ func newFamily(pfx netip.Prefix, size int) (*family, error) {
 	f.dns = f.gateway.Next()
 	f.first = f.dns.Next()
 	f.last = addOffset(f.first, uint64(size-1))
-	f.lru.init()
-	f.grace.init()
+	f.lru.Init()
+	f.grace.Init()
 	return f, nil
 }
 
@@ -385,9 +387,9 @@ func (p *Pool) Acquire(a netip.Addr) (host string, ok bool) {
 	e.refs++
 	switch e.state {
 	case inLRU:
-		f.lru.remove(&e.node)
+		f.lru.Remove(&e.node)
 	case inGrace:
-		f.grace.remove(&e.node)
+		f.grace.Remove(&e.node)
 	}
 	e.state = held
 	return e.host, true
@@ -413,7 +415,7 @@ func (p *Pool) Release(a netip.Addr) {
 	if e.refs--; e.refs == 0 {
 		e.state = inGrace
 		e.until = now.Add(p.grace)
-		f.grace.toFront(&e.node)
+		f.grace.ToFront(&e.node)
 	}
 }
 
@@ -467,17 +469,17 @@ func (f *family) touch(e *entry, now time.Time) {
 		e.used = now
 	}
 	if e.state == inLRU {
-		f.lru.toFront(&e.node)
+		f.lru.ToFront(&e.node)
 	}
 }
 
 // endGrace returns the mappings whose grace period is over to the LRU list.
 func (f *family) endGrace(now time.Time) {
-	for n := f.grace.oldest(); n != nil && !n.val.until.After(now); n = f.grace.oldest() {
-		e := n.val
-		f.grace.remove(n)
+	for n := f.grace.Oldest(); n != nil && !n.Val.until.After(now); n = f.grace.Oldest() {
+		e := n.Val
+		f.grace.Remove(n)
 		e.state = inLRU
-		f.lru.toFront(&e.node)
+		f.lru.ToFront(&e.node)
 	}
 }
 
@@ -494,22 +496,22 @@ func (f *family) allocate(key string, now time.Time, ttl time.Duration) (e *entr
 			e := newEntry(key, a, now)
 			f.byHost[key] = e
 			f.byAddr[a] = e
-			f.lru.toFront(&e.node)
+			f.lru.ToFront(&e.node)
 			return e, false, nil
 		}
 	}
 	f.endGrace(now)
-	n := f.lru.oldest()
+	n := f.lru.Oldest()
 	if n == nil {
 		return nil, false, errPoolExhausted
 	}
-	old := n.val
+	old := n.Val
 	recent = now.Sub(old.used) < ttl
 	delete(f.byHost, old.host)
 	old.host = key
 	old.used = now
 	f.byHost[key] = old
-	f.lru.toFront(&old.node)
+	f.lru.ToFront(&old.node)
 	return old, recent, nil
 }
 

@@ -104,7 +104,7 @@ func (p *Pool) loadLine(line string, now time.Time) error {
 	e := newEntry(host, a, used)
 	f.byAddr[a] = e
 	f.byHost[host] = e
-	f.lru.toFront(&e.node)
+	f.lru.ToFront(&e.node)
 	return nil
 }
 
@@ -135,7 +135,7 @@ func (p *Pool) Save() error {
 			}
 		}
 		slices.SortFunc(inUse, func(a, b *entry) int { return a.used.Compare(b.used) })
-		for _, e := range slices.Concat(slices.Collect(f.lru.oldestFirst()), slices.Collect(f.grace.oldestFirst()), inUse) {
+		for _, e := range slices.Concat(slices.Collect(f.lru.OldestFirst()), slices.Collect(f.grace.OldestFirst()), inUse) {
 			b.WriteString(e.addr.String())
 			b.WriteByte(' ')
 			b.WriteString(e.host)

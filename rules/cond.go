@@ -25,6 +25,9 @@ const (
 	kProcName
 	kProcPath
 	kUID
+	kInType
+	kInName
+	kInUser
 	kAnd
 	kOr
 	kNot
@@ -53,6 +56,9 @@ var ruleTypes = []struct {
 	{"PROCESS-NAME", kProcName, false},
 	{"PROCESS-PATH", kProcPath, false},
 	{"UID", kUID, false},
+	{"IN-TYPE", kInType, false},
+	{"IN-NAME", kInName, false},
+	{"IN-USER", kInUser, false},
 	{"AND", kAnd, false},
 	{"OR", kOr, false},
 	{"NOT", kNot, false},
@@ -178,6 +184,12 @@ func (c *cond) match(x *mctx) bool {
 	case kUID:
 		u := x.uid()
 		return u >= 0 && inRanges(c.ranges, uint32(u))
+	case kInType:
+		return x.m.InType == c.str
+	case kInName:
+		return x.m.InName != "" && x.m.InName == c.str
+	case kInUser:
+		return x.m.InUser != "" && x.m.InUser == c.str
 	case kAnd:
 		for _, s := range c.subs {
 			if !s.match(x) {

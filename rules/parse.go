@@ -289,6 +289,12 @@ func example(k kind) string {
 		return "/usr/bin/curl"
 	case kUID:
 		return "1000"
+	case kInType:
+		return "tun"
+	case kInName:
+		return "exec:curl"
+	case kInUser:
+		return "alice"
 	}
 	return "payload"
 }
@@ -562,11 +568,35 @@ func simpleCond(k kind, typName, payload string) (*cond, *problem) {
 			return nil, newProblem("expected PROCESS-PATH,/usr/bin/curl", nil, "empty process path")
 		}
 		c.str = payload
+	case kInType:
+		t := strings.ToLower(payload)
+		switch t {
+		case InTUN, InWireGuard, InExec, InGateway, InSocks:
+		default:
+			hint := "expected IN-TYPE with one of " + strings.Join(inTypes, ", ")
+			if s := closest(t, inTypes); s != "" {
+				hint = "did you mean " + s + "? " + hint
+			}
+			return nil, newProblem(hint, nil, "unknown inbound type %q", payload)
+		}
+		c.str = t
+	case kInName, kInUser:
+		if payload == "" {
+			what := "inbound name"
+			if k == kInUser {
+				what = "inbound user"
+			}
+			return nil, newProblem(fmt.Sprintf("expected %s,%s", typName, example(k)), nil, "empty %s", what)
+		}
+		c.str = payload
 	default:
 		return nil, newProblem("", nil, "%s cannot be used here", typName)
 	}
 	return c, nil
 }
+
+// inTypes are the inbound types of IN-TYPE rules, as errors list them.
+var inTypes = []string{InTUN, InWireGuard, InExec, InGateway, InSocks}
 
 // normDomain validates and normalises a domain: lower case, no trailing dot.
 func normDomain(s string) (string, *problem) {

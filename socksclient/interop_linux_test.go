@@ -224,14 +224,14 @@ func TestChainMicrosocksDante(t *testing.T) {
 	first := microsocks(t)
 	second := danted(t, "none")
 	echoAddr := testenv.TCPEcho(t, "tcp", "127.0.0.1:0")
-	c, err := Chain(nil, testenv.MustURL(t, "socks5://"+first), testenv.MustURL(t, "socks5://"+second))
+	c, err := chain(nil, testenv.MustURL(t, "socks5://"+first), testenv.MustURL(t, "socks5://"+second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkConnect(t, c, echoAddr, false)
 	// Two microsocks hops, one with auth.
 	third := microsocks(t, "-u", "bob", "-P", "pw")
-	c, err = Chain(nil, testenv.MustURL(t, "socks5://"+first), testenv.MustURL(t, "socks5://bob:pw@"+third))
+	c, err = chain(nil, testenv.MustURL(t, "socks5://"+first), testenv.MustURL(t, "socks5://bob:pw@"+third))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -173,7 +173,7 @@ func TestOurServerChain(t *testing.T) {
 	first := ourServer(t, socksserver.Config{})
 	second := ourServer(t, socksserver.Config{Users: map[string]string{"bob": "pw"}})
 	echoAddr := testenv.TCPEcho(t, "tcp", "127.0.0.1:0")
-	c, err := Chain(nil, testenv.MustURL(t, "socks5://"+first), testenv.MustURL(t, "socks5://bob:pw@"+second))
+	c, err := chain(nil, testenv.MustURL(t, "socks5://"+first), testenv.MustURL(t, "socks5://bob:pw@"+second))
 	if err != nil {
 		t.Fatal(err)
 	}

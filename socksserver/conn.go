@@ -41,6 +41,9 @@ type conn struct {
 	cmd     socks.Command
 	target  string
 	user    string
+	// authUser is the user the server authenticated: the RFC 1929
+	// username, or a SOCKS4 USERID that Socks4UserMustMatch admitted.
+	authUser string
 }
 
 // closeIfHandshaking is called by Shutdown with srv.mu held.
@@ -166,7 +169,7 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 			c.lingerClose()
 			return
 		}
-		c.user = user
+		c.user, c.authUser = user, user
 	}
 
 	req, err := socks.ReadRequest(r)
@@ -192,6 +195,7 @@ func (c *conn) run(ctx context.Context, cmd socks.Command, addr socks.Addr) {
 	if !c.activate() {
 		return
 	}
+	ctx = context.WithValue(ctx, requestKey{}, Request{Client: c.client(), User: c.authUser, Command: cmd})
 	switch cmd {
 	case socks.CmdConnect:
 		c.connect(ctx, addr)
@@ -242,6 +246,7 @@ func (c *conn) serve4(ctx context.Context, r io.Reader) {
 			c.fail(socks.NotAllowed, errors.New("SOCKS4 USERID does not name a user"))
 			return
 		}
+		c.authUser = req.UserID
 	}
 	c.run(ctx, req.Command, req.Addr)
 }

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/stun"
 )
 
@@ -39,6 +40,35 @@ type Dialer interface {
 // zero direct.Dialer.
 type PacketListener interface {
 	ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error)
+}
+
+// NamePacketConn is the optional capability of a PacketListener's socket
+// to send to a name itself: the server then hands WriteTo a socks.Addr for
+// a domain destination, unresolved (only DenyDest, when set, resolves it
+// to check it), and passes on a socks.Addr sender from ReadFrom as a name
+// in the reply header. The router's front door has it, so a name reaches
+// the outbound its rule picks as a name.
+type NamePacketConn interface {
+	net.PacketConn
+	SendsToNames()
+}
+
+// Request is what the server knows of the request a Dialer, Listener or
+// PacketListener call serves; RequestFromContext finds it in the call's
+// ctx.
+type Request struct {
+	Client  netip.AddrPort // the client's address
+	User    string         // the authenticated user; "" without authentication
+	Command socks.Command
+}
+
+type requestKey struct{}
+
+// RequestFromContext returns the request the ctx of a Dialer, Listener or
+// PacketListener call belongs to.
+func RequestFromContext(ctx context.Context) (Request, bool) {
+	r, ok := ctx.Value(requestKey{}).(Request)
+	return r, ok
 }
 
 // Listener is the optional capability of a Dialer to open the listener of a

@@ -19,6 +19,7 @@ import (
 	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/router"
+	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/stack"
 	"github.com/tunsocks/tunsocks/tun"
 )
@@ -35,7 +36,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "tun", Value: d.Tun.Name, Usage: "TUN device to create (or attach to)", EnvVars: env("tun")},
 		&cli.IntFlag{Name: "tun-fd", Value: -1, Usage: "adopt an already open TUN descriptor (Android VpnService); addresses and routes are left alone", EnvVars: env("tun-fd")},
 		&cli.StringSliceFlag{Name: "tun-addr", Value: cli.NewStringSlice("198.18.0.1/15", "fc00::1/18"), Usage: "address of the TUN device, CIDR (repeatable)", EnvVars: env("tun-addr")},
-		&cli.IntFlag{Name: "mtu", Value: d.Tun.MTU, Usage: "MTU of the TUN device (576..65535)", EnvVars: env("mtu")},
+		&cli.IntFlag{Name: "mtu", Value: d.Tun.MTU, Usage: "MTU of the TUN device (576..65535; IPv6 addresses need 1280)", EnvVars: env("mtu")},
 		&cli.BoolFlag{Name: "offload", Value: true, Usage: "use the TUN's TSO/GRO offload (virtio-net header) on Linux", EnvVars: env("offload")},
 		&cli.StringFlag{Name: "pcap", Usage: "write every packet crossing the TUN to this pcap file", EnvVars: env("pcap")},
 		&cli.DurationFlag{Name: "tcp-idle", Value: d.TCPIdle, Usage: "close TCP flows idle this long", EnvVars: env("tcp-idle")},
@@ -59,15 +60,30 @@ func runFlags() []cli.Flag {
 }
 
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
-// the user set override it, and validates the result as a whole.
+// the user set override it, and validates the result as a whole, once.
 func loadRunConfig(c *cli.Context) (*config.Config, error) {
-	cfg := config.Default()
+	flags := func(cfg *config.Config) error { return runFlagsOverride(c, cfg) }
+	var cfg *config.Config
+	var err error
 	if path := c.String("config"); path != "" {
-		var err error
-		if cfg, err = config.Load(path); err != nil {
-			return nil, usageError{err}
+		cfg, err = config.Load(path, flags)
+	} else {
+		cfg = config.Default()
+		if err = flags(cfg); err == nil {
+			err = cfg.Validate()
 		}
 	}
+	if err != nil {
+		return nil, usageError{err}
+	}
+	if cfg.Proxy == "" && len(cfg.Rules) == 0 {
+		return nil, usagef("nothing says where flows go: give --proxy socks5://host:port (or --proxy direct), or a --config with proxy: or rules:")
+	}
+	return cfg, nil
+}
+
+// runFlagsOverride sets in cfg the value of every flag the user gave.
+func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	set := c.IsSet
 	if set("proxy") {
 		cfg.Proxy = c.String("proxy")
@@ -83,7 +99,7 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 		for _, s := range c.StringSlice("tun-addr") {
 			p, err := netip.ParsePrefix(s)
 			if err != nil {
-				return nil, usagef("--tun-addr %q: want an address with prefix length, like 198.18.0.1/15 or fc00::1/18", s)
+				return fmt.Errorf("--tun-addr %q: want an address with prefix length, like 198.18.0.1/15 or fc00::1/18", s)
 			}
 			cfg.Tun.Addrs = append(cfg.Tun.Addrs, p)
 		}
@@ -106,7 +122,7 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 	if set("fwmark") {
 		m := c.Uint("fwmark")
 		if m > 0xffffffff {
-			return nil, usagef("--fwmark %d: want a 32-bit mark", m)
+			return fmt.Errorf("--fwmark %d: want a 32-bit mark", m)
 		}
 		cfg.Fwmark = uint32(m)
 	}
@@ -140,13 +156,7 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 	if set("nameserver") {
 		cfg.DNS.Nameservers = c.StringSlice("nameserver")
 	}
-	if err := cfg.Validate(); err != nil {
-		return nil, usageError{err}
-	}
-	if cfg.Proxy == "" && len(cfg.Rules) == 0 {
-		return nil, usagef("nothing says where flows go: give --proxy socks5://host:port (or --proxy direct), or a --config with proxy: or rules:")
-	}
-	return cfg, nil
+	return nil
 }
 
 func runCommand() *cli.Command {
@@ -212,16 +222,15 @@ func (h pipelineHooks) inTunNetns(fn func() error) error {
 // runPipeline is 'tunsocks run': device -> stack -> router -> outbound.
 func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) error {
 	d := &direct.Dialer{Mark: cfg.Fwmark, Interface: cfg.OutInterface, Netns: hooks.netns, Timeout: cfg.DialTimeout}
-	w, err := wire(ctx, cfg, d, log)
+	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true})
 	if err != nil {
 		return err
 	}
 	defer w.close(log)
-	rt, err := router.New(router.Config{
-		Decide: w.decide, ReverseHost: w.reverse, RealHost: w.realHost, DNS: w.dnsHandler, DialTimeout: cfg.DialTimeout,
-		TCPIdle: cfg.TCPIdle, UDPIdle: cfg.UDPIdle, DNSIdle: cfg.DNSIdle,
-		Logger: log, OnFlow: hooks.onFlow,
-	})
+	rc := w.routerConfig()
+	rc.DialTimeout, rc.TCPIdle, rc.UDPIdle, rc.DNSIdle = cfg.DialTimeout, cfg.TCPIdle, cfg.UDPIdle, cfg.DNSIdle
+	rc.Logger, rc.OnFlow = log, hooks.onFlow
+	rt, err := router.New(rc)
 	if err != nil {
 		return err
 	}
@@ -240,8 +249,15 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	}
 	defer dev.Close()
 
-	var bd tun.BatchDevice = dev
-	var sysListeners []netip.AddrPort // system TCP mode's kernel listeners
+	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC}
+	if cfg.TCP.SACK != nil {
+		tcp.DisableSACK = !*cfg.TCP.SACK
+	}
+	if cfg.TCP.ModerateRcvbuf != nil {
+		tcp.DisableModerateReceiveBuffer = !*cfg.TCP.ModerateRcvbuf
+	}
+	tunIn := rt.Handler(router.Inbound{Type: rules.InTUN, Name: dev.Name()})
+	scfg := stack.Config{Device: dev, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp}
 	if cfg.Tun.Pcap != "" {
 		f, err := os.Create(cfg.Tun.Pcap)
 		if err != nil {
@@ -258,23 +274,10 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			}
 			f.Close()
 		}()
-		var skip func([]byte) bool
-		if cfg.TCP.Stack == "system" {
-			// sysListeners is filled by the listen func below, inside
-			// stack.New, before any packet moves.
-			skip = func(pkt []byte) bool { return stack.SystemTCPTranslated(pkt, sysListeners) }
-		}
-		bd = tun.CaptureSkipping(dev, p, skip)
+		// The stack records the app's packets, without system TCP's
+		// translated leg.
+		scfg.Tap = p
 	}
-
-	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC}
-	if cfg.TCP.SACK != nil {
-		tcp.DisableSACK = !*cfg.TCP.SACK
-	}
-	if cfg.TCP.ModerateRcvbuf != nil {
-		tcp.DisableModerateReceiveBuffer = !*cfg.TCP.ModerateRcvbuf
-	}
-	scfg := stack.Config{Device: bd, MTU: cfg.Tun.MTU, Handler: rt, Logger: log, TCP: tcp, UDPIdle: cfg.UDPIdle}
 	if cfg.TCP.Stack == "system" {
 		// The kernel listener must live where the TUN delivers packets.
 		listen := func(network, address string) (ln net.Listener, err error) {
@@ -282,10 +285,6 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 				ln, err = stack.ListenSystemTCP(ctx, network, address)
 				return err
 			})
-			if err == nil {
-				a := ln.Addr().(*net.TCPAddr).AddrPort()
-				sysListeners = append(sysListeners, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
-			}
 			return ln, err
 		}
 		scfg.SystemTCP = &stack.SystemTCP{Addrs: cfg.Tun.Addrs, Listen: listen}
@@ -294,7 +293,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if err != nil {
 		return err
 	}
-	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, st), "outbound", w.summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
+	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
 	if hooks.started != nil {
 		hooks.started(dev.Name())
 	}
@@ -311,11 +310,28 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		tick = t.C
 	}
 	summary := func(msg string) {
-		s := rt.Stats()
+		s, ss := rt.Stats(), st.Stats()
 		log.Info(msg, "tcp_open", s.TCPOpen.Load(), "udp_open", s.UDPOpen.Load(),
 			"tcp_total", s.TCPTotal.Load(), "udp_total", s.UDPTotal.Load(),
 			"rejected", s.Rejected.Load(), "failed", s.Failed.Load(),
-			"up", s.Up.Load(), "down", s.Down.Load(), "uptime", time.Since(start).Round(time.Second))
+			"up", s.Up.Load(), "down", s.Down.Load(),
+			"tx_drops", ss.TxDrops, "udp_drops", ss.UDPDrops, "rx_errors", ss.RxErrors, "tx_errors", ss.TxErrors,
+			"uptime", time.Since(start).Round(time.Second))
+		// What the abuse limits did, only once they did something: a
+		// quiet line on a quiet host.
+		var limits []any
+		for _, c := range []struct {
+			name string
+			n    uint64
+		}{{"tcp_shed", ss.TCPShed}, {"tcp_handshake_timeouts", ss.TCPHandshakeTimeouts}, {"udp_evicted", ss.UDPEvicted},
+			{"udp_rate_limited", ss.UDPRateLimited}, {"bad_checksums", ss.BadChecksums}, {"rx_drops", ss.RxDrops}, {"rx_lost", ss.RxLost}} {
+			if c.n > 0 {
+				limits = append(limits, c.name, c.n)
+			}
+		}
+		if len(limits) > 0 {
+			log.Info(msg+": limits", limits...)
+		}
 	}
 	var failed error
 	for done := false; !done; {

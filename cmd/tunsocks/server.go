@@ -13,7 +13,10 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/router"
+	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/socksserver"
 	"github.com/tunsocks/tunsocks/stun"
 )
@@ -26,6 +29,9 @@ type serverConfig struct {
 	// STUN, when valid, runs an RFC 5780 responder on these two
 	// addresses (and their crossed IP/port pairs) beside the server.
 	STUN, STUNAlt netip.AddrPort
+	// Rules, when set, is the config whose policy decides every request
+	// (--config); nil dials every request directly.
+	Rules *config.Config
 }
 
 func serverFlags() []cli.Flag {
@@ -33,6 +39,7 @@ func serverFlags() []cli.Flag {
 		return []string{"TUNSOCKS_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
 	}
 	return append([]cli.Flag{
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "route every request by the rules and proxies of this tunsocks config (as 'tunsocks run --config' does): DIRECT, REJECT (reply 0x02), a proxy or a chain", EnvVars: env("config")},
 		&cli.StringFlag{Name: "listen", Value: "127.0.0.1:1080", Usage: "address to listen on, host:port; a non-loopback address needs --user/--users or --open", EnvVars: env("listen")},
 		&cli.StringSliceFlag{Name: "user", Usage: "require SOCKS5 username/password auth; NAME:PASSWORD (repeatable; in the env var, comma-separated)", EnvVars: env("user")},
 		&cli.StringFlag{Name: "users", Usage: "file of NAME:PASSWORD lines (# comments) to require SOCKS5 username/password auth", EnvVars: env("users")},
@@ -217,6 +224,14 @@ func parseServerConfig(c *cli.Context) (*serverConfig, error) {
 	if err := parseServerTestFlags(c, sc); err != nil {
 		return nil, err
 	}
+	if path := c.String("config"); path != "" {
+		if sc.Rules, err = config.Load(path); err != nil {
+			return nil, usageError{err}
+		}
+		if sc.Rules.Proxy == "" && len(sc.Rules.Rules) == 0 {
+			return nil, usagef("--config %s: nothing says where requests go: give it proxy: or rules:", path)
+		}
+	}
 	return sc, nil
 }
 
@@ -251,6 +266,28 @@ func parseServerTestFlags(c *cli.Context, sc *serverConfig) error {
 	return nil
 }
 
+// serverFrontDoor is the dialer of a server that obeys cfg's policy: each
+// request is decided like a captured flow, as inbound type socks named
+// "socks", with the client's address as its source and the authenticated
+// user as its user. The server has no fake-IP DNS and no process lookups.
+func serverFrontDoor(cfg *config.Config, d *direct.Dialer, log *slog.Logger) (*router.FrontDoor, string, error) {
+	w, err := wire(cfg, d, log, wireOptions{})
+	if err != nil {
+		return nil, "", err
+	}
+	rc := w.routerConfig()
+	rc.DialTimeout, rc.Logger = cfg.DialTimeout, log
+	rt, err := router.New(rc)
+	if err != nil {
+		return nil, "", err
+	}
+	fd := rt.FrontDoor(router.Inbound{Type: rules.InSocks, Name: "socks"}, func(ctx context.Context) (netip.AddrPort, string) {
+		r, _ := socksserver.RequestFromContext(ctx)
+		return r.Client, r.User
+	})
+	return fd, w.policy.Summary(), nil
+}
+
 // redactUser hides the password of a NAME:PASSWORD flag value.
 func redactUser(s string) string {
 	if name, _, ok := strings.Cut(s, ":"); ok {
@@ -275,7 +312,8 @@ func serverCommand() *cli.Command {
 		Name:  "server",
 		Usage: "run a SOCKS4/4a/5 server",
 		Description: "Serves SOCKS4, SOCKS4a and SOCKS5 (CONNECT, BIND, UDP ASSOCIATE) with optional\n" +
-			"username/password authentication, dialing directly from this host.\n" +
+			"username/password authentication, dialing directly from this host, or, with --config,\n" +
+			"through the rules and proxies of a tunsocks config (IN-TYPE socks, IN-USER the SOCKS user).\n" +
 			"Runs until SIGINT or SIGTERM, then stops accepting and lets open relays finish within --grace.",
 		Flags: serverFlags(),
 		Action: func(c *cli.Context) error {
@@ -297,6 +335,15 @@ func runServer(ctx context.Context, sc *serverConfig, log *slog.Logger) error {
 	cfg := sc.Server
 	cfg.Dialer = &direct.Dialer{}
 	cfg.Logger = log
+	outbounds := "direct"
+	if sc.Rules != nil {
+		d := &direct.Dialer{Mark: sc.Rules.Fwmark, Interface: sc.Rules.OutInterface, Timeout: sc.Rules.DialTimeout}
+		fd, summary, err := serverFrontDoor(sc.Rules, d, log)
+		if err != nil {
+			return err
+		}
+		cfg.Dialer, outbounds = fd, summary
+	}
 	srv, err := socksserver.New(cfg)
 	if err != nil {
 		return usageError{err}
@@ -306,7 +353,7 @@ func runServer(ctx context.Context, sc *serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	log.Info("SOCKS server listening", "addr", ln.Addr().String(), "auth", len(cfg.Users) > 0, "users", len(cfg.Users))
+	log.Info("SOCKS server listening", "addr", ln.Addr().String(), "auth", len(cfg.Users) > 0, "users", len(cfg.Users), "outbound", outbounds)
 	if sc.STUN.IsValid() {
 		st, err := stun.Listen(ctx, nil, sc.STUN, sc.STUNAlt, log)
 		if err != nil {
