@@ -59,7 +59,13 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 		r.serveDNSStream(ctx, in, req)
 		return
 	}
-	m, target := r.metadata("tcp", in, req.Src(), ipAddr(req.Dst()))
+	reverse := r.reverse
+	if r.holds() {
+		h := &tcpHold{r: r}
+		defer h.release()
+		reverse = h.acquire
+	}
+	m, target := r.metadata("tcp", in, req.Src(), ipAddr(req.Dst()), reverse)
 	d := r.decide(ctx, m)
 	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, InType: in.typ, InName: in.name, InUser: in.user,
 		Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
@@ -186,6 +192,7 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		// ordinary flow, with this datagram as its first.
 	}
 	s := &udpSession{r: r, f: f, in: in, closed: make(chan struct{}), ready: make(chan struct{})}
+	defer s.releaseHeld()
 	first := s.route(ctx, (*bp)[:n], dst)
 	relay.PutPacketBuf(bp)
 	if rec.Outbound == "" {
@@ -308,6 +315,42 @@ type udpSession struct {
 	dnsDown int64
 
 	peers replyPeers
+
+	// held are the fake IPs the flow holds (Config.AcquireHost); only the
+	// up pump's goroutine touches it, and handleUDP once the pumps are done.
+	held map[netip.Addr]struct{}
+}
+
+// maxHeldPerFlow bounds the fake IPs one UDP flow holds; beyond it the
+// flow's further fake destinations are looked up without a hold.
+const maxHeldPerFlow = 64
+
+// reverse maps a fake IP the flow sends to to its name, holding the
+// mapping for the rest of the flow the first time.
+func (s *udpSession) reverse(a netip.Addr) (string, bool) {
+	r := s.r
+	if !r.holds() {
+		return r.reverse(a)
+	}
+	if _, ok := s.held[a]; ok || len(s.held) >= maxHeldPerFlow {
+		return r.reverse(a)
+	}
+	host, ok := r.cfg.AcquireHost(a)
+	if ok {
+		if s.held == nil {
+			s.held = make(map[netip.Addr]struct{})
+		}
+		s.held[a] = struct{}{}
+	}
+	return host, ok
+}
+
+// releaseHeld ends the flow's holds.
+func (s *udpSession) releaseHeld() {
+	for a := range s.held {
+		s.r.cfg.ReleaseHost(a)
+	}
+	s.held = nil
 }
 
 // replyPeers maps the sources of replies back to the addresses the app
@@ -397,7 +440,7 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 		s.dnsDown += r.answerDNS(ctx, s.f, p, dst)
 		return routeResult{sent: true, n: len(p), name: "DNS", rule: "dns"}
 	}
-	m, target := r.metadata("udp", s.in, s.f.Src(), ipAddr(dst))
+	m, target := r.metadata("udp", s.in, s.f.Src(), ipAddr(dst), s.reverse)
 	d := r.decide(ctx, m)
 	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host}
 	if d.Action != Proxy || d.Outbound == nil {

@@ -71,7 +71,7 @@ func (fd *FrontDoor) DialContextChecked(ctx context.Context, network, address st
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
 	in, client := fd.flow(ctx)
-	m, target := fd.r.metadata("tcp", in, client, dst)
+	m, target := fd.r.metadata("tcp", in, client, dst, fd.r.reverse)
 	d := fd.r.decide(ctx, m)
 	if d.Action != Proxy || d.Outbound == nil {
 		fd.r.stats.Rejected.Add(1)
@@ -134,7 +134,7 @@ func (p *frontPacket) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if err != nil {
 		return 0, &net.OpError{Op: "write", Net: "udp", Addr: addr, Err: err}
 	}
-	m, target := p.fd.r.metadata("udp", p.in, p.client, dst)
+	m, target := p.fd.r.metadata("udp", p.in, p.client, dst, p.fd.r.reverse)
 	d := p.fd.r.decide(p.ctx, m)
 	if d.Action != Proxy || d.Outbound == nil {
 		p.fd.r.stats.Rejected.Add(1)
