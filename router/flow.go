@@ -55,6 +55,10 @@ func (r *Router) isDNS(dst netip.AddrPort) bool { return r.cfg.DNS != nil && r.c
 func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 	in := inb.tag(req.Src())
 	r.stats.TCPTotal.Add(1)
+	if !r.admit() {
+		req.Reject()
+		return
+	}
 	if r.isDNS(req.Dst()) {
 		r.serveDNSStream(ctx, in, req)
 		return
@@ -104,9 +108,11 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 		return
 	}
 	r.stats.TCPOpen.Add(1)
-	rec.Up, rec.Down, rec.Err = relay.Stream(ctx, app, up, relay.StreamOptions{
-		Idle: r.cfg.TCPIdle, Up: &r.stats.Up, Down: &r.stats.Down,
+	fctx, lf := r.track(ctx, nil)
+	rec.Up, rec.Down, rec.Err = relay.Stream(fctx, app, up, relay.StreamOptions{
+		Idle: r.cfg.TCPIdle, Up: &r.stats.Up, Down: &r.stats.Down, Activity: lf.clock,
 	})
+	r.untrack(lf, &rec)
 	r.stats.TCPOpen.Add(-1)
 	r.finish(rec)
 }
@@ -164,6 +170,10 @@ func (c *countedConn) Write(p []byte) (int, error) {
 // dropped.
 func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	r.stats.UDPTotal.Add(1)
+	if !r.admit() {
+		f.Close()
+		return
+	}
 	r.stats.UDPOpen.Add(1)
 	defer r.stats.UDPOpen.Add(-1)
 
@@ -232,8 +242,10 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		return s.forwardReply(pc, p)
 	}
 	var u, d int64
-	u, d, err = relay.Packets(ctx, relay.PacketOptions{Idle: idle, Up: &r.stats.Up, Down: &r.stats.Down, Activity: &s.activity}, up, down, s.closeAll)
+	pctx, lf := r.track(ctx, &s.activity)
+	u, d, err = relay.Packets(pctx, relay.PacketOptions{Idle: idle, Up: &r.stats.Up, Down: &r.stats.Down, Activity: &s.activity}, up, down, s.closeAll)
 	s.extraWG.Wait()
+	r.untrack(lf, &rec)
 	rec.Up, rec.Down = dnsUp+u+int64(first.n), dnsDown+d+s.dnsDown+s.extraDown.Load()
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		rec.Err = err

@@ -125,6 +125,10 @@ type Config struct {
 	Logger           *slog.Logger
 	// OnFlow, when set, is called once for every finished flow.
 	OnFlow func(FlowRecord)
+	// Admit, when set, is asked before a new flow from a stack is served;
+	// false refuses it (TCP: RST; UDP: the flow is closed, its datagram
+	// dropped) and counts it in Stats.Refused. The memory ceiling uses it.
+	Admit func() bool
 }
 
 // DNSHandler answers DNS queries the router intercepts.
@@ -193,6 +197,7 @@ type Router struct {
 	stats Stats
 
 	udpWarnOnce sync.Map // outbound name -> struct{}: "no UDP" logged once
+	live        liveFlows
 }
 
 // Stats are live counters, safe to read at any time.
@@ -200,7 +205,10 @@ type Stats struct {
 	TCPOpen, UDPOpen   atomic.Int64
 	TCPTotal, UDPTotal atomic.Int64
 	Rejected, Failed   atomic.Int64
-	Up, Down           atomic.Int64
+	// Refused counts flows Config.Admit turned away; Shed the flows
+	// ShedIdle closed.
+	Refused, Shed atomic.Int64
+	Up, Down      atomic.Int64
 }
 
 // New builds a Router.
@@ -333,7 +341,7 @@ func (r *Router) finish(rec FlowRecord) {
 	if rec.InUser != "" {
 		attrs = append(attrs, "user", rec.InUser)
 	}
-	if rec.Err != nil && !errors.Is(rec.Err, relay.ErrIdle) {
+	if rec.Err != nil && !errors.Is(rec.Err, relay.ErrIdle) && !errors.Is(rec.Err, ErrShed) {
 		r.log.Info("flow failed", append(attrs, "err", rec.Err)...)
 	} else {
 		r.log.Debug("flow", attrs...)

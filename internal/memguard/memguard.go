@@ -21,10 +21,6 @@ import (
 // machine into swapping.
 const DefaultLimit = 1 << 30
 
-// MinLimit is the smallest ceiling accepted: below it the runtime's own
-// needs and a few thousand flows would be refused.
-const MinLimit = 64 << 20
-
 // The marks, as fractions of the ceiling.
 const (
 	// softMark is the Go runtime's soft memory limit: above it the GC runs
@@ -130,9 +126,14 @@ func (g *Guard) Stats() Stats {
 // logEvery bounds how often Run writes a line while refusing or shedding.
 const logEvery = 10 * time.Second
 
-// freeEvery bounds how often memory is handed back to the system: it
-// costs a full garbage collection.
+// freeEvery bounds how often memory is handed back to the system after a
+// burst: it costs a full garbage collection.
 const freeEvery = 5 * time.Second
+
+// shedEvery bounds how often flows are shed: the memory they free shows
+// only once it has been collected and handed back, which follows each
+// shedding at once.
+const shedEvery = time.Second
 
 // Run enforces the ceiling until ctx is done. It sets the Go runtime's
 // soft memory limit (and restores the previous one when it returns) when
@@ -148,6 +149,7 @@ func (g *Guard) Run(ctx context.Context) {
 	defer t.Stop()
 	var (
 		lastLog, lastFree time.Time
+		lastShed          time.Time
 		refusedLogged     int64
 		shedLogged        int64
 	)
@@ -169,7 +171,8 @@ func (g *Guard) Run(ctx context.Context) {
 			refusedLogged, shedLogged = g.refused.Load(), g.shed.Load()
 		}
 		shedNow := false
-		if u.Used >= mark(shedMark) && g.cfg.Shed != nil {
+		if u.Used >= mark(shedMark) && g.cfg.Shed != nil && now.Sub(lastShed) >= shedEvery {
+			lastShed = now
 			if n := g.cfg.Shed(); n > 0 {
 				g.shed.Add(int64(n))
 				shedNow = true
@@ -177,7 +180,7 @@ func (g *Guard) Run(ctx context.Context) {
 		}
 		// Hand memory back: after shedding, so that it shows, and after a
 		// burst, when much of what the runtime holds is free.
-		if now.Sub(lastFree) >= freeEvery && (shedNow || (u.Free >= 64<<20 && u.Free >= u.Used/4)) {
+		if shedNow || (now.Sub(lastFree) >= freeEvery && u.Free >= 64<<20 && u.Free >= u.Used/4) {
 			g.frees.Add(1)
 			g.cfg.FreeOSMemory()
 			lastFree = now
