@@ -1,10 +1,12 @@
 // Package memguard keeps a process under one memory ceiling (tunsocks run
 // --max-memory). It watches the memory the Go runtime holds from the
-// system; as it nears the ceiling the garbage collector works harder (a
-// soft limit), new flows are refused, and then the flows idle the longest
-// are shed, so the process slows down and sheds load instead of being
-// killed by the kernel. After a burst it hands the freed memory back to the
-// system at once rather than keeping it for minutes.
+// system. From 80% of the ceiling the garbage collector works harder (the
+// runtime's soft limit); from 90% new flows are refused and, once a second,
+// some of the flows idle the longest are shed and the memory they held is
+// handed back, until memory is under 80% again. The process sheds load
+// instead of being killed by the kernel, and comes back by itself. After a
+// burst it hands freed memory back to the system at once rather than
+// keeping it for minutes.
 package memguard
 
 import (
@@ -26,12 +28,10 @@ const (
 	// softMark is the Go runtime's soft memory limit: above it the GC runs
 	// more often.
 	softMark = 0.80
-	// refuseMark: from here new flows are refused, until memory falls
-	// below resumeMark.
+	// refuseMark: from here new flows are refused, and the flows idle the
+	// longest shed, until memory falls below resumeMark.
 	refuseMark = 0.90
 	resumeMark = 0.80
-	// shedMark: from here the flows idle the longest are shed.
-	shedMark = 0.95
 )
 
 // Usage is a sample of the process's memory.
@@ -171,7 +171,7 @@ func (g *Guard) Run(ctx context.Context) {
 			refusedLogged, shedLogged = g.refused.Load(), g.shed.Load()
 		}
 		shedNow := false
-		if u.Used >= mark(shedMark) && g.cfg.Shed != nil && now.Sub(lastShed) >= shedEvery {
+		if g.refusing.Load() && g.cfg.Shed != nil && now.Sub(lastShed) >= shedEvery {
 			lastShed = now
 			if n := g.cfg.Shed(); n > 0 {
 				g.shed.Add(int64(n))
@@ -180,7 +180,7 @@ func (g *Guard) Run(ctx context.Context) {
 		}
 		// Hand memory back: after shedding, so that it shows, and after a
 		// burst, when much of what the runtime holds is free.
-		if shedNow || (now.Sub(lastFree) >= freeEvery && u.Free >= 64<<20 && u.Free >= u.Used/4) {
+		if shedNow || (now.Sub(lastFree) >= freeEvery && u.Free >= lim/16 && u.Free >= u.Used/4) {
 			g.frees.Add(1)
 			g.cfg.FreeOSMemory()
 			lastFree = now

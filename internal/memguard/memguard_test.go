@@ -53,31 +53,26 @@ func TestGuardMarks(t *testing.T) {
 	if !g.Allow() || sheds.Load() != 0 {
 		t.Fatalf("at 50%%: allow %v, shed %d", g.Allow(), sheds.Load())
 	}
-	// 91%: new flows refused and counted, nothing shed yet.
+	// 91%: new flows refused and counted, the flows idle the longest shed
+	// (once a second) and memory handed back after each shedding.
 	used.Store(lim * 91 / 100)
 	waitFor(t, "refusing at 91%", func() bool { return !g.Allow() })
 	for range 9 {
 		g.Allow()
 	}
-	if sheds.Load() != 0 {
-		t.Errorf("shed at 91%%")
-	}
-	// 96%: the oldest idle flows are shed, and memory handed back.
-	used.Store(lim * 96 / 100)
-	waitFor(t, "shedding at 96%", func() bool { return sheds.Load() > 0 && frees.Load() > 0 })
-	// 85%: still refusing (hysteresis), no more shedding.
+	waitFor(t, "shedding at 91%", func() bool { return sheds.Load() > 0 && frees.Load() > 0 })
+	// 85%: still refusing (hysteresis), and shedding goes on.
 	used.Store(lim * 85 / 100)
-	time.Sleep(20 * time.Millisecond)
 	n := sheds.Load()
-	time.Sleep(20 * time.Millisecond)
-	if sheds.Load() != n || g.Allow() {
-		t.Errorf("at 85%% after 96%%: shed more (%d -> %d) or allowed", n, sheds.Load())
+	waitFor(t, "shedding at 85% after 91%", func() bool { return sheds.Load() > n })
+	if g.Allow() {
+		t.Error("allowed at 85% after 91%")
 	}
 	// 70%: accepting again, and the counts are logged.
 	used.Store(lim * 70 / 100)
 	waitFor(t, "accepting at 70%", func() bool { return g.Allow() })
 	st := g.Stats()
-	if st.Refused < 11 || st.Shed < 3 || st.Peak != lim*96/100 {
+	if st.Refused < 11 || st.Shed < 6 || st.Peak != lim*91/100 {
 		t.Errorf("stats %+v", st)
 	}
 	waitFor(t, "the resume line", func() bool { return strings.Contains(logs.String(), "accepting new flows again") })
@@ -107,7 +102,7 @@ func rss(t *testing.T) int64 {
 func TestGuardReturnsMemoryAfterBurst(t *testing.T) {
 	// A burst of 256 MiB, then garbage: the guard hands the freed heap
 	// back to the system instead of the runtime keeping it.
-	g := New(Config{Limit: 2 << 30, Interval: 10 * time.Millisecond})
+	g := New(Config{Limit: 1 << 30, Interval: 10 * time.Millisecond})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { g.Run(ctx); close(done) }()
