@@ -146,7 +146,7 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 		return
 	}
 	if chosen == socks.MethodNoAcceptable {
-		c.srv.log.Info("no acceptable authentication method", "client", c.client().String(), "offered", fmt.Sprint(methods), "want", byte(want))
+		c.srv.tallies.noMethod.add(c.client().Addr(), "offered", fmt.Sprint(methods), "want", byte(want))
 		c.lingerClose()
 		return
 	}

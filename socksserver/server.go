@@ -284,7 +284,7 @@ type Server struct {
 	relays  atomic.Int64 // requests being served (MaxConns counts these)
 	counts  counters
 	tallies struct {
-		conns, shed, clients, authFail, authBlocked *tally
+		conns, shed, clients, authFail, authBlocked, noMethod *tally
 	}
 
 	mu        sync.Mutex
@@ -396,6 +396,7 @@ func New(cfg Config) (*Server, error) {
 	s.tallies.clients = newTally(log, slog.LevelWarn, "client not allowed")
 	s.tallies.authFail = newTally(log, slog.LevelWarn, "authentication failed")
 	s.tallies.authBlocked = newTally(log, slog.LevelWarn, "too many failed authentications; attempt refused unchecked")
+	s.tallies.noMethod = newTally(log, slog.LevelInfo, "no acceptable authentication method")
 	s.checked, _ = cfg.Dialer.(CheckedDialer)
 	fallback := &direct.Dialer{}
 	s.clientPackets = cfg.ClientPacketListener
@@ -600,7 +601,7 @@ func (s *Server) Stats() Stats {
 
 // flushTallies writes the refusals counted but not yet logged.
 func (s *Server) flushTallies() {
-	for _, t := range []*tally{s.tallies.conns, s.tallies.shed, s.tallies.clients, s.tallies.authFail, s.tallies.authBlocked} {
+	for _, t := range []*tally{s.tallies.conns, s.tallies.shed, s.tallies.clients, s.tallies.authFail, s.tallies.authBlocked, s.tallies.noMethod} {
 		t.stop()
 	}
 }
