@@ -62,6 +62,10 @@ type Config struct {
 
 	DNS DNSConfig `yaml:"dns"`
 
+	// WireGuard, when set, runs the WireGuard inbound (phones join by QR
+	// code); nil: off.
+	WireGuard *WireGuardConfig `yaml:"wireguard"`
+
 	// Path is the file the config came from ("" when built in code). It
 	// names the file in errors and is the base of relative RULE-SET paths.
 	Path string `yaml:"-"`
