@@ -54,6 +54,8 @@ type Config struct {
 
 	Limits LimitsConfig `yaml:",inline"`
 
+	Sniff SniffConfig `yaml:",inline"`
+
 	// Proxies are the named upstreams rules can send flows to.
 	Proxies []Proxy `yaml:"proxies"`
 
@@ -234,6 +236,7 @@ func Default() *Config {
 		SummaryInterval: DefaultSummaryInterval,
 		TCP:             TCPConfig{SACK: &sack, ModerateRcvbuf: &mod, Buf: DefaultTCPBuf, CC: DefaultTCPCC, Stack: DefaultTCPStack},
 		Limits:          LimitsConfig{MaxMemory: DefaultMaxMemory},
+		Sniff:           defaultSniff(),
 		DNS: DNSConfig{
 			FakeIPRange:  netip.MustParsePrefix(DefaultFakeIPRange),
 			FakeIPRange6: netip.MustParsePrefix(DefaultFakeIPRange6),

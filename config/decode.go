@@ -450,6 +450,9 @@ func (d *decoder) top(n *yaml.Node) {
 		"dns":                          func(_, v *yaml.Node) { d.dns(v) },
 		"wireguard":                    func(_, v *yaml.Node) { d.wireguard(v) },
 	}
+	for k, f := range d.sniffFields() {
+		fields[k] = f
+	}
 	d.mapping(n, "", fields, topHints())
 }
 

@@ -39,6 +39,19 @@ tcp-buf: 4194304           # max TCP buffer per flow, bytes (65536 to 67108864)
 tcp-cc: cubic              # cubic or reno
 tcp-stack: gvisor          # who terminates the app's TCP: gvisor or system (the host kernel)
 
+# Sniffing: a flow to a real address (an app that resolved the name itself,
+# with DNS over HTTPS or a cached address) gets its name from its first
+# bytes: TLS server_name, HTTP Host, the ClientHello of a QUIC Initial.
+# Such a flow's handshake completes before the upstream is dialed, so a
+# refused upstream closes it instead of refusing its SYN; flows that need
+# no name keep being dialed first.
+sniff: auto                # auto: when a domain rule could match the flow; true: every flow; false
+sniff-timeout: 300ms       # wait this long for the first bytes, then go by address (10ms to 10s)
+sniff-override-destination: true  # give the upstream the name; false: the address (rules still see the name)
+sniff-ports: []            # sniff only flows to these ports, e.g. [443, 80, 8000-9000]; empty: all
+sniff-cidrs: []            # sniff only flows to these destinations; empty: all
+sniff-server-first-ports: [21-23, 25, 110, 143, 587, 3306, 5900]  # dialed at once: the server speaks first
+
 # What one app, device or flood can take (see README, "Limits").
 max-memory: 1GiB           # near this, new flows are refused and the flows idle the longest closed (0: none)
 # The netstack's bounds; unset or 0 means the default shown.

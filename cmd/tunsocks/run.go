@@ -30,7 +30,7 @@ func runFlags() []cli.Flag {
 		return []string{"TUNSOCKS_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
 	}
 	d := config.Default()
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file (proxies, rules, dns and every flag below); flags override it", EnvVars: env("config")},
 		&cli.BoolFlag{Name: "print-example-config", Usage: "print a commented example config and exit"},
 		&cli.StringFlag{Name: "proxy", Usage: "default upstream: socks5://[user:pass@]host:port, socks4://, socks4a://, http://, a proxy name from the config, or 'direct'", EnvVars: env("proxy")},
@@ -65,7 +65,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
 		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
-	}
+	}, sniffFlags(env)...)
 }
 
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
@@ -203,7 +203,7 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	if set("nameserver") {
 		cfg.DNS.Nameservers = c.StringSlice("nameserver")
 	}
-	return nil
+	return applySniffFlags(c, cfg)
 }
 
 func runCommand() *cli.Command {
@@ -300,6 +300,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		guard = memguard.New(memguard.Config{Limit: cfg.Limits.MaxMemory, Logger: log, Shed: func() int { return rt.ShedIdle(1.0 / 8) }})
 		rc.Admit = guard.Allow
 	}
+	rc.Sniff = w.sniffConfig()
 	rt, err = router.New(rc)
 	if err != nil {
 		return err
@@ -326,7 +327,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			return err
 		}
 		defer tr.close()
-		log.Info("tunsocks running", "tun", tr.dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, tr.st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap,
+		log.Info("tunsocks running", "tun", tr.dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, tr.st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode, "pcap", cfg.Tun.Pcap,
 			"max_memory", memoryName(cfg.Limits.MaxMemory))
 	}
 	var wgr *wgRun
@@ -336,7 +337,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		}
 		defer wgr.close()
 		if hooks.noTUN {
-			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary(),
+			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode,
 				"max_memory", memoryName(cfg.Limits.MaxMemory))
 		}
 	}
@@ -359,7 +360,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		s := rt.Stats()
 		attrs := []any{"tcp_open", s.TCPOpen.Load(), "udp_open", s.UDPOpen.Load(),
 			"tcp_total", s.TCPTotal.Load(), "udp_total", s.UDPTotal.Load(),
-			"rejected", s.Rejected.Load(), "failed", s.Failed.Load(),
+			"rejected", s.Rejected.Load(), "failed", s.Failed.Load(), "sniffed", s.Sniffed.Load(),
 			"up", s.Up.Load(), "down", s.Down.Load()}
 		// The stacks' counters, the TUN's and the WireGuard peers' together.
 		var ss stack.Stats
