@@ -56,29 +56,96 @@ func connectEcho(t testing.TB, c net.Conn, echo netip.AddrPort) {
 
 func TestSlowlorisDoesNotLockOutClients(t *testing.T) {
 	// 1,000 sockets that never speak, under MaxConns 1000: they are
-	// handshakes, not relays, and the handshake budgets shed the oldest of
-	// them, so a client arriving after them is served: from another address,
-	// and from the attacker's own. (Before, MaxConns counted them and the
-	// client was closed at once until they timed out.)
+	// handshakes, not relays, so a client from another address is served;
+	// once they have gone stale, each new connection from the attacker's
+	// own address closes the oldest of them, so a client there is served
+	// too, and the attacker's count does not grow. (Before, MaxConns
+	// counted them and every client was closed at once until they timed
+	// out.)
 	echo := mustAP(peerEcho(t, "tcp4", "127.0.0.1:0"))
 	srv := startServer(t, Config{MaxConns: 1000, HandshakeTimeout: time.Minute})
 	const silent = 1000
 	for range silent {
 		dialFrom(t, "127.0.0.1", srv.addr)
 	}
-	st := waitStats(t, srv.Server, "1,000 accepted", func(st Stats) bool { return int64(st.Handshakes)+st.HandshakesShed >= silent })
-	if st.Handshakes > DefaultMaxHandshakesPerClient {
-		t.Errorf("%d handshakes from one address held at once, want at most %d", st.Handshakes, DefaultMaxHandshakesPerClient)
-	}
+	waitStats(t, srv.Server, "1,000 accepted", func(st Stats) bool { return int64(st.Handshakes)+st.HandshakesShed >= silent })
 	connectEcho(t, dialFrom(t, "127.0.0.2", srv.addr), echo)
+	time.Sleep(staleHandshake) // the silent sockets go stale
 	connectEcho(t, dialFrom(t, "127.0.0.1", srv.addr), echo)
-	st = srv.Stats()
+	before := srv.Stats()
+	if before.HandshakesShed < 1 {
+		t.Errorf("stats %+v: a client from the attacker's address shed none of its stale sockets", before)
+	}
+	const more = 200
+	for range more {
+		dialFrom(t, "127.0.0.1", srv.addr)
+	}
+	st := waitStats(t, srv.Server, "200 more shed", func(st Stats) bool { return st.HandshakesShed >= before.HandshakesShed+more })
+	if st.Handshakes > silent {
+		t.Errorf("%d handshakes held after 200 more silent sockets, want at most the %d there were", st.Handshakes, silent)
+	}
 	if st.ConnLimited != 0 || st.Relays != 2 {
 		t.Errorf("stats %+v: want 2 relays and nothing refused for MaxConns", st)
 	}
 	// The sheds are logged as a few aggregated lines, not one per socket.
 	if n := len(srv.logs.records("handshake budget full; oldest handshake closed")); n != 1 {
 		t.Errorf("%d immediate log lines for %d sheds, want 1 (the rest aggregated)", n, st.HandshakesShed)
+	}
+}
+
+func TestManyHandshakesFromOneClient(t *testing.T) {
+	// Another tunsocks carries a whole desktop through the server from
+	// one address: 300 connections open at once, each in its handshake
+	// until all have connected, are all served (none is shed for the
+	// client's budget of 128: none has gone stale).
+	echo := mustAP(peerEcho(t, "tcp4", "127.0.0.1:0"))
+	srv := startServer(t, Config{})
+	const n = 300
+	conns := make([]*net.TCPConn, n)
+	for i := range conns {
+		conns[i] = dialFrom(t, "127.0.0.1", srv.addr)
+	}
+	waitStats(t, srv.Server, "300 handshakes", func(st Stats) bool { return st.Handshakes == n })
+	request := append([]byte{5, 1, 0}, req5(1, echo)...)
+	for _, c := range conns {
+		send(t, c, request)
+	}
+	for i, c := range conns {
+		expect(t, c, []byte{5, 0})
+		if rep, _ := readReply5(t, c); rep != 0 {
+			t.Fatalf("connection %d: CONNECT reply %v", i, socks.Reply(rep))
+		}
+	}
+	if st := srv.Stats(); st.HandshakesShed != 0 || st.Relays != n {
+		t.Errorf("stats %+v: want %d relays and nothing shed", st, n)
+	}
+}
+
+func TestHandshakeBudgetPerClientShedsOnlyStale(t *testing.T) {
+	h := handshakes{perClient: 4, stale: 2 * time.Second}
+	t0 := time.Unix(1e9, 0)
+	key := keyOf(netip.MustParseAddr("192.0.2.1"))
+	var cs []*conn
+	for i := range 10 {
+		c := &conn{key: key, start: t0.Add(time.Duration(i) * time.Millisecond)}
+		cs = append(cs, c)
+		if shed := h.add(c, c.start); len(shed) != 0 {
+			t.Fatalf("handshake %d of a burst shed %d", i, len(shed))
+		}
+	}
+	late := &conn{key: key, start: t0.Add(3 * time.Second)}
+	if shed := h.add(late, late.start); len(shed) != 1 || shed[0] != cs[0] {
+		t.Fatalf("a new handshake after the burst went stale shed %v, want the oldest", shed)
+	}
+	other := &conn{key: keyOf(netip.MustParseAddr("192.0.2.2")), start: late.start}
+	if shed := h.add(other, other.start); len(shed) != 0 {
+		t.Fatalf("another client's handshake shed %d", len(shed))
+	}
+	if !h.done(cs[1]) || h.done(cs[0]) {
+		t.Error("done: a live handshake not found, or a shed one found")
+	}
+	if n := h.len(); n != 10 {
+		t.Errorf("%d handshakes, want 10", n)
 	}
 }
 

@@ -24,18 +24,28 @@ func keyOf(a netip.Addr) clientKey {
 
 // handshakes tracks the connections still in their handshake, oldest first,
 // in total and per client, and sheds the oldest when a budget is full.
+//
+// The total budget is hard: at it the oldest handshake of all is closed.
+// A client's budget sheds only handshakes that have gone stale (lasted
+// stale or more): a client that opens many connections at once (another
+// tunsocks carrying a whole desktop through this server) has them all
+// in their handshake for a few round trips, and none of them is closed
+// for it; a client whose sockets stay silent loses the oldest of them to
+// each new one.
 type handshakes struct {
-	max, perClient int // <= 0: unlimited
+	max, perClient int           // <= 0: unlimited
+	stale          time.Duration // see above
 
 	mu       sync.Mutex
 	all      list.List // of *conn, oldest first
 	byClient map[clientKey]*list.List
 }
 
-// add enters c, which has just been accepted, and returns the connections
-// it displaced: the oldest handshake of its client when the client's budget
-// is full, then the oldest of all when the total is. The caller closes them.
-func (h *handshakes) add(c *conn) (shed []*conn) {
+// add enters c, accepted at now, and returns the connections it displaced:
+// the oldest handshake of its client when the client's budget is full and
+// that handshake is stale, then the oldest of all when the total is full.
+// The caller closes them.
+func (h *handshakes) add(c *conn, now time.Time) (shed []*conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.byClient == nil {
@@ -47,9 +57,10 @@ func (h *handshakes) add(c *conn) (shed []*conn) {
 		h.byClient[c.key] = cl
 	}
 	if h.perClient > 0 && cl.Len() >= h.perClient {
-		old := cl.Front().Value.(*conn)
-		h.removeLocked(old)
-		shed = append(shed, old)
+		if old := cl.Front().Value.(*conn); now.Sub(old.start) >= h.stale {
+			h.removeLocked(old)
+			shed = append(shed, old)
+		}
 	}
 	if h.max > 0 && h.all.Len() >= h.max {
 		old := h.all.Front().Value.(*conn)
@@ -93,6 +104,12 @@ func (h *handshakes) len() int {
 	defer h.mu.Unlock()
 	return h.all.Len()
 }
+
+// staleHandshake is when a handshake counts as stale for its client's
+// budget: a SOCKS handshake takes a few round trips, and a client that has
+// not finished it in 2 s is slow or silent. It is at most half the
+// handshake timeout.
+const staleHandshake = 2 * time.Second
 
 // tallyEvery is how often a tally writes a line while its events go on.
 const tallyEvery = 10 * time.Second

@@ -167,12 +167,16 @@ type Config struct {
 	// line per 10 s, with their count.
 	MaxConns int
 	// MaxHandshakes caps the connections in their handshake (accepted,
-	// request not read yet) at once; MaxHandshakesPerClient caps them per
-	// client address (an IPv4 address, or an IPv6 /64). When a budget is
-	// full, a new connection displaces the oldest handshake in it, which is
-	// closed: silent sockets (a slowloris) cannot keep other clients out,
-	// nor one client's sockets the others. 0 means DefaultMaxHandshakes
-	// and DefaultMaxHandshakesPerClient; negative means unlimited.
+	// request not read yet) at once: at the cap a new connection closes the
+	// oldest handshake, so silent sockets (a slowloris) cannot keep other
+	// clients out. MaxHandshakesPerClient is a client address's share (an
+	// IPv4 address, or an IPv6 /64): over it, a new connection from that
+	// client closes the client's oldest handshake if that one has lasted 2 s
+	// (or half the HandshakeTimeout) already, so one client's silent
+	// sockets cost it its own, while a client opening many connections at
+	// once (another tunsocks carrying a desktop) loses none. 0 means
+	// DefaultMaxHandshakes and DefaultMaxHandshakesPerClient; negative
+	// means unlimited.
 	MaxHandshakes          int
 	MaxHandshakesPerClient int
 	// AuthFailureLimit is how many failed username/password authentications
@@ -387,7 +391,7 @@ func New(cfg Config) (*Server, error) {
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
 		serves:    map[*serveState]struct{}{},
-		hs:        handshakes{max: cfg.MaxHandshakes, perClient: cfg.MaxHandshakesPerClient},
+		hs:        handshakes{max: cfg.MaxHandshakes, perClient: cfg.MaxHandshakesPerClient, stale: min(staleHandshake, cfg.HandshakeTimeout/2)},
 		auth:      authLimiter{limit: cfg.AuthFailureLimit, delay: cfg.AuthFailureDelay, now: time.Now},
 		self:      ownAddrs{now: time.Now},
 	}
@@ -504,7 +508,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			nc.Close()
 			continue
 		}
-		for _, old := range s.hs.add(c) {
+		for _, old := range s.hs.add(c, c.start) {
 			s.counts.shed.Add(1)
 			s.tallies.shed.add(old.client().Addr(), "age", time.Since(old.start).Round(time.Millisecond),
 				"max_handshakes", s.cfg.MaxHandshakes, "max_handshakes_per_client", s.cfg.MaxHandshakesPerClient)
