@@ -4,6 +4,7 @@ go 1.26.3
 
 require (
 	github.com/gaissmai/bart v0.30.0
+	github.com/godbus/dbus/v5 v5.1.0
 	github.com/google/gopacket v1.1.19
 	github.com/google/nftables v0.3.0
 	github.com/quic-go/quic-go v0.65.0

@@ -104,6 +104,22 @@ dns:
   dns-hijack: false        # answer every query to port 53, whatever its address
   cache-file: ""           # keep the fake-IP mappings across restarts
 
+# Routing this host (or devices behind it) into the TUN (Linux, as root).
+# Everything installed is listed at start and removed on exit; after a
+# crash, the next run or 'tunsocks cleanup' removes it.
+route:
+  auto-route: false        # every app of this host through tunsocks (fwmark defaults to 0x7473)
+  kill-switch: false       # if tunsocks dies, traffic fails (ENETUNREACH) instead of going direct
+  lan-access: true         # the LAN and other non-default routes stay direct
+  exclude: []              # destinations that go direct, e.g. [10.0.0.0/8]
+  exclude-uid: []          # users whose sockets go direct, e.g. ["1000", "2000-2999"]
+  include-cgroup: []       # capture only sockets made in these cgroups (needs auto-route)
+  include-uid: []          # capture only these users' sockets (needs auto-route)
+  dns-config: auto         # auto, resolved (systemd-resolved's DNS for the TUN) or none
+  rule-priority: 9100      # the policy rules take 9100 to 9108
+  route-table: 29811       # tunsocks' routing table: one default route into the TUN
+  gateway: ""              # capture what devices using this host as gateway on this interface send
+
 # Phones and tablets join over WireGuard: their stock app scans the QR code
 # tunsocks prints, and their traffic takes the rules above. 'tunsocks wg'
 # runs only this inbound, with no TUN and no root.

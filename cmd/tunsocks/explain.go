@@ -20,12 +20,15 @@ import (
 func explainCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "explain",
-		Usage:     "show which rule and outbound a flow to HOST:PORT would take",
+		Usage:     "show which rule and outbound a flow to HOST:PORT would take (--route: which routing rule of this host catches it)",
 		ArgsUsage: "HOST:PORT",
 		Description: "Reads the config like 'tunsocks run' does and prints the rule that matches a flow to\n" +
 			"HOST:PORT, why, and the outbound (and chain) that would carry it. Nothing is dialed.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file", Required: true, EnvVars: []string{"TUNSOCKS_CONFIG"}},
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file (not needed with --route)", EnvVars: []string{"TUNSOCKS_CONFIG"}},
+			&cli.StringFlag{Name: "route", Usage: "HOST:PORT: which of the policy rules a running --auto-route installed catches a flow from this host"},
+			&cli.StringFlag{Name: "tun", Usage: "with --route: the run that serves this TUN device (when several run)"},
+			stateDirFlag(),
 			&cli.StringFlag{Name: "network", Value: "tcp", Usage: "tcp or udp"},
 			&cli.StringFlag{Name: "process", Usage: "pretend the flow comes from this executable (name or path)"},
 			&cli.IntFlag{Name: "uid", Value: -1, Usage: "pretend the flow comes from this user id"},
@@ -36,6 +39,12 @@ func explainCommand() *cli.Command {
 			&cli.StringFlag{Name: "sni", Usage: "pretend the flow to the address HOST told this name in its first bytes (TLS SNI, HTTP Host, QUIC)"},
 		},
 		Action: func(c *cli.Context) error {
+			if r := c.String("route"); r != "" {
+				return explainRoute(c, r)
+			}
+			if !c.IsSet("config") {
+				return usagef("explain needs --config FILE (or --route HOST:PORT for this host's routing)")
+			}
 			if c.NArg() != 1 {
 				return usagef("explain takes one HOST:PORT, like example.com:443 or 10.0.0.1:22")
 			}

@@ -65,7 +65,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
 		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
-	}, sniffFlags(env)...)
+	}, append(sniffFlags(env), routeFlags()...)...)
 }
 
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
@@ -203,7 +203,10 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	if set("nameserver") {
 		cfg.DNS.Nameservers = c.StringSlice("nameserver")
 	}
-	return applySniffFlags(c, cfg)
+	if err := applySniffFlags(c, cfg); err != nil {
+		return err
+	}
+	return applyRouteFlags(c, cfg)
 }
 
 func runCommand() *cli.Command {
@@ -211,9 +214,11 @@ func runCommand() *cli.Command {
 		Name:  "run",
 		Usage: "capture traffic on a TUN device and carry it through a SOCKS upstream",
 		Description: "Creates (or adopts) a TUN device and proxies every TCP and UDP flow that reaches it.\n" +
-			"Point routes at the device yourself (tunsocks does not change routes yet), e.g. in a namespace:\n" +
-			"  ip route add default dev tunsocks0\n" +
-			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device it created.",
+			"With --auto-route every app of this host goes through it (--kill-switch: and nothing else,\n" +
+			"even if tunsocks dies); with --gateway, devices that use this host as their gateway do.\n" +
+			"Without either, point routes at the device yourself, e.g. ip route add default dev tunsocks0.\n" +
+			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device and every\n" +
+			"rule it created. After a crash: tunsocks cleanup.",
 		Flags: runFlags(),
 		Action: func(c *cli.Context) error {
 			if c.Bool("print-example-config") {
@@ -242,7 +247,7 @@ func runCommand() *cli.Command {
 				}
 				defer stop()
 			}
-			return runPipeline(c.Context, cfg, log, pipelineHooks{stdout: c.App.Writer})
+			return runPipeline(c.Context, cfg, log, pipelineHooks{stdout: c.App.Writer, stateDir: c.String("state-dir"), notice: c.App.ErrWriter})
 		},
 	}
 }
@@ -261,6 +266,10 @@ type pipelineHooks struct {
 	noTUN bool
 	// stdout is where client configs and QR codes are printed.
 	stdout io.Writer
+	// stateDir is where host routing records what it installs; notice
+	// receives the startup block saying what and how to undo it.
+	stateDir string
+	notice   io.Writer
 }
 
 // inTunNetns runs fn where the TUN lives: through inNetns, or here.
@@ -273,11 +282,26 @@ func (h pipelineHooks) inTunNetns(fn func() error) error {
 
 // runPipeline is 'tunsocks run' (and 'tunsocks wg'): inbounds (the TUN,
 // the WireGuard peers) -> stack -> router -> outbound.
-func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) error {
+func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) (rerr error) {
+	notice := hooks.notice
+	if notice == nil {
+		notice = io.Discard
+	}
+	// Before anything dials: routing the host marks tunsocks' sockets and
+	// pins the upstreams' addresses.
+	hr, err := prepareRoute(ctx, cfg, hooks.stateDir, notice, log)
+	if err != nil {
+		return err
+	}
+	if hr != nil && hooks.noTUN {
+		return usagef("routing the host (auto-route, gateway) needs the TUN: use 'tunsocks run'")
+	}
 	d := &direct.Dialer{Mark: cfg.Fwmark, Interface: cfg.OutInterface, Netns: hooks.netns, Timeout: cfg.DialTimeout}
+	if hr != nil {
+		d.Hosts = hr.pinned
+	}
 	var wgs *wgState
 	if cfg.WireGuard != nil {
-		var err error
 		if wgs, err = openWGState(cfg.WireGuard, log); err != nil {
 			return err
 		}
@@ -339,6 +363,13 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		if hooks.noTUN {
 			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode,
 				"max_memory", memoryName(cfg.Limits.MaxMemory))
+		}
+	}
+	if hr != nil {
+		// Removed (deferred) before the device is closed.
+		defer func() { rerr = errors.Join(rerr, hr.close()) }()
+		if err := hr.install(ctx, tr.dev.Name(), cfg.Tun.Addrs, w.dnsAddrs()); err != nil {
+			return err
 		}
 	}
 	if hooks.started != nil && tr != nil {
