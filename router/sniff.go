@@ -130,9 +130,11 @@ func (r *Router) handleSniffedTCP(ctx context.Context, req tcpRequest, m *rules.
 	}
 	r.stats.Up.Add(int64(len(first)))
 	r.stats.TCPOpen.Add(1)
-	rec.Up, rec.Down, rec.Err = relay.Stream(ctx, app, up, relay.StreamOptions{
-		Idle: r.cfg.TCPIdle, Up: &r.stats.Up, Down: &r.stats.Down,
+	fctx, lf := r.track(ctx, nil)
+	rec.Up, rec.Down, rec.Err = relay.Stream(fctx, app, up, relay.StreamOptions{
+		Idle: r.cfg.TCPIdle, Up: &r.stats.Up, Down: &r.stats.Down, Activity: lf.clock,
 	})
+	r.untrack(lf, &rec)
 	rec.Up += int64(len(first))
 	r.stats.TCPOpen.Add(-1)
 	r.finish(rec)

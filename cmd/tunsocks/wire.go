@@ -147,7 +147,8 @@ func (failingResolver) Exchange(context.Context, []byte) ([]byte, error) {
 
 // routerConfig is the router's part of the wiring.
 func (w *wiring) routerConfig() router.Config {
-	rc := router.Config{Decide: w.policy.Decide, ReverseHost: w.policy.ReverseHost, RealHost: w.policy.RealHost}
+	rc := router.Config{Decide: w.policy.Decide, ReverseHost: w.policy.ReverseHost, RealHost: w.policy.RealHost,
+		AcquireHost: w.policy.AcquireHost, ReleaseHost: w.policy.ReleaseHost}
 	if w.hook != nil {
 		rc.DNS = w.hook
 	}
