@@ -399,6 +399,11 @@ func (d *decoder) top(n *yaml.Node) {
 	durs := func(key string, dst *time.Duration) func(k, v *yaml.Node) {
 		return func(_, v *yaml.Node) { d.duration(v, key, dst, key) }
 	}
+	counts := func(key string, dst *int) func(k, v *yaml.Node) {
+		return func(_, v *yaml.Node) {
+			d.integer(v, key, 0, 1<<31-1, func(n int64) { *dst = int(n) }, key)
+		}
+	}
 	fields := map[string]func(k, v *yaml.Node){
 		"proxy":            func(_, v *yaml.Node) { d.str(v, "proxy", &c.Proxy, "proxy") },
 		"tun":              func(_, v *yaml.Node) { d.tun(v) },
@@ -422,12 +427,32 @@ func (d *decoder) top(n *yaml.Node) {
 		},
 		"tcp-cc":    func(_, v *yaml.Node) { d.str(v, "tcp-cc", &c.TCP.CC, "tcp-cc") },
 		"tcp-stack": func(_, v *yaml.Node) { d.str(v, "tcp-stack", &c.TCP.Stack, "tcp-stack") },
-		"proxies":   func(_, v *yaml.Node) { d.proxies(v) },
-		"rules":     func(_, v *yaml.Node) { d.rules(v) },
-		"dns":       func(_, v *yaml.Node) { d.dns(v) },
-		"api":       func(_, v *yaml.Node) { d.api(v) },
-		"wireguard": func(_, v *yaml.Node) { d.wireguard(v) },
-		"route":     func(_, v *yaml.Node) { d.route(v) },
+		"max-memory": func(_, v *yaml.Node) {
+			s, ok := d.scalar(v, "max-memory", "a size like 512MiB or 1GiB, or 0 for none")
+			if !ok {
+				return
+			}
+			n, err := ParseSize(s)
+			if err != nil {
+				d.failErr(deref(v).Line, err, "max-memory %q: want a size like 512MiB or 1GiB, or 0 for none", s)
+				return
+			}
+			c.Limits.MaxMemory = n
+			d.c.setLine("max-memory", deref(v).Line)
+		},
+		"tcp-max-in-flight":            counts("tcp-max-in-flight", &c.Limits.TCPMaxInFlight),
+		"tcp-max-in-flight-per-source": counts("tcp-max-in-flight-per-source", &c.Limits.TCPMaxInFlightPerSource),
+		"tcp-handshake-timeout":        durs("tcp-handshake-timeout", &c.Limits.TCPHandshakeTimeout),
+		"udp-max-flows":                counts("udp-max-flows", &c.Limits.UDPMaxFlows),
+		"udp-max-flows-per-source":     counts("udp-max-flows-per-source", &c.Limits.UDPMaxFlowsPerSource),
+		"udp-flow-rate":                counts("udp-flow-rate", &c.Limits.UDPFlowRate),
+		"udp-flow-rate-per-source":     counts("udp-flow-rate-per-source", &c.Limits.UDPFlowRatePerSource),
+		"proxies":                      func(_, v *yaml.Node) { d.proxies(v) },
+		"rules":                        func(_, v *yaml.Node) { d.rules(v) },
+		"dns":                          func(_, v *yaml.Node) { d.dns(v) },
+		"api":                          func(_, v *yaml.Node) { d.api(v) },
+		"wireguard":                    func(_, v *yaml.Node) { d.wireguard(v) },
+		"route":                        func(_, v *yaml.Node) { d.route(v) },
 	}
 	for k, f := range d.sniffFields() {
 		fields[k] = f

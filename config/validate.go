@@ -131,6 +131,7 @@ func (v *validator) values() {
 	default:
 		v.fail("tcp-stack", "tcp-stack %q: want gvisor or system", c.TCP.Stack)
 	}
+	v.limits()
 	if strings.ContainsAny(c.OutInterface, " \t/") || len(c.OutInterface) > 15 {
 		v.fail("out-interface", "out-interface %q: want an interface name like eth0", c.OutInterface)
 	}
@@ -595,4 +596,38 @@ func (c *Config) hops(byName map[string]*Proxy, name string, depth int) ([]*url.
 		return nil, fmt.Errorf("proxy %q has neither url nor chain", name)
 	}
 	return out, nil
+}
+
+func (v *validator) limits() {
+	l := &v.c.Limits
+	if l.MaxMemory != 0 && l.MaxMemory < MinMaxMemory {
+		v.fail("max-memory", "max-memory %d bytes: want at least %dMiB, or 0 for none", l.MaxMemory, MinMaxMemory>>20)
+	}
+	for _, n := range []struct {
+		key string
+		val int
+	}{
+		{"tcp-max-in-flight", l.TCPMaxInFlight}, {"tcp-max-in-flight-per-source", l.TCPMaxInFlightPerSource},
+		{"udp-max-flows", l.UDPMaxFlows}, {"udp-max-flows-per-source", l.UDPMaxFlowsPerSource},
+		{"udp-flow-rate", l.UDPFlowRate}, {"udp-flow-rate-per-source", l.UDPFlowRatePerSource},
+	} {
+		if n.val < 0 {
+			v.fail(n.key, "%s %d: want a positive number, or 0 for the default", n.key, n.val)
+		}
+	}
+	if l.TCPHandshakeTimeout < 0 {
+		v.fail("tcp-handshake-timeout", "tcp-handshake-timeout %v: want a positive duration like 5s, or 0 for the default", l.TCPHandshakeTimeout)
+	}
+	for _, pair := range []struct {
+		per, all       string
+		perVal, allVal int
+	}{
+		{"tcp-max-in-flight-per-source", "tcp-max-in-flight", l.TCPMaxInFlightPerSource, l.TCPMaxInFlight},
+		{"udp-max-flows-per-source", "udp-max-flows", l.UDPMaxFlowsPerSource, l.UDPMaxFlows},
+		{"udp-flow-rate-per-source", "udp-flow-rate", l.UDPFlowRatePerSource, l.UDPFlowRate},
+	} {
+		if pair.perVal > 0 && pair.allVal > 0 && pair.perVal > pair.allVal {
+			v.fail(pair.per, "%s %d exceeds %s %d: a source's share is at most the whole", pair.per, pair.perVal, pair.all, pair.allVal)
+		}
+	}
 }

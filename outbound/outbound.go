@@ -48,6 +48,14 @@ func (d *Direct) DialContext(ctx context.Context, network, address string) (net.
 	return d.Dialer.DialContext(ctx, network, address)
 }
 
+// DialContextChecked is DialContext that calls check with each address it
+// is about to connect to, after resolving a name, and fails the dial with
+// check's error instead of connecting (router.CheckedOutbound): a server's
+// destination rules see the address DIRECT actually reaches.
+func (d *Direct) DialContextChecked(ctx context.Context, network, address string, check func(netip.AddrPort) error) (net.Conn, error) {
+	return d.Dialer.DialContextChecked(ctx, network, address, check)
+}
+
 // Limits of a DIRECT UDP session's own name cache.
 const (
 	directNames   = 64               // names a session remembers

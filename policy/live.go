@@ -131,6 +131,13 @@ func (l *Live) match(p *Policy, m *rules.Metadata) (router.Decision, rules.Match
 // ReverseHost is the policy's ReverseHost.
 func (l *Live) ReverseHost(a netip.Addr) (string, bool) { return l.Policy().ReverseHost(a) }
 
+// AcquireHost is the policy's AcquireHost (the fake-IP pool outlives
+// reloads: a hold taken before one is released after it).
+func (l *Live) AcquireHost(a netip.Addr) (string, bool) { return l.Policy().AcquireHost(a) }
+
+// ReleaseHost is the policy's ReleaseHost.
+func (l *Live) ReleaseHost(a netip.Addr) { l.Policy().ReleaseHost(a) }
+
 // RealHost is the policy's RealHost.
 func (l *Live) RealHost(a netip.Addr) (string, bool) { return l.Policy().RealHost(a) }
 

@@ -181,6 +181,23 @@ func (p *Policy) ReverseHost(a netip.Addr) (string, bool) {
 	return p.pool.Reverse(a)
 }
 
+// AcquireHost returns the name a fake IP stands for and holds the mapping
+// for a flow (see dns.Pool.Acquire); each successful call needs one
+// ReleaseHost.
+func (p *Policy) AcquireHost(a netip.Addr) (string, bool) {
+	if p.pool == nil {
+		return "", false
+	}
+	return p.pool.Acquire(a)
+}
+
+// ReleaseHost ends a hold taken by AcquireHost.
+func (p *Policy) ReleaseHost(a netip.Addr) {
+	if p.pool != nil {
+		p.pool.Release(a)
+	}
+}
+
 // RealHost returns the name DNS last answered a real address for.
 func (p *Policy) RealHost(a netip.Addr) (string, bool) { return p.names.Lookup(a) }
 

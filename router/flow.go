@@ -57,11 +57,21 @@ func (r *Router) isDNS(dst netip.AddrPort) bool { return r.cfg.DNS != nil && r.c
 func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 	in := inb.tag(req.Src())
 	r.stats.TCPTotal.Add(1)
+	if !r.admit() {
+		req.Reject()
+		return
+	}
 	if r.isDNS(req.Dst()) {
 		r.serveDNSStream(ctx, in, req)
 		return
 	}
-	m, target := r.metadata("tcp", in, req.Src(), ipAddr(req.Dst()))
+	reverse := r.reverse
+	if r.holds() {
+		h := &tcpHold{r: r}
+		defer h.release()
+		reverse = h.acquire
+	}
+	m, target := r.metadata("tcp", in, req.Src(), ipAddr(req.Dst()), reverse)
 	if r.wantSniff(m) {
 		r.handleSniffedTCP(ctx, req, m)
 		return
@@ -118,9 +128,11 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 	}
 	r.table.add(e)
 	r.stats.TCPOpen.Add(1)
-	_, _, rec.Err = relay.Stream(ctx, app, up, relay.StreamOptions{
-		Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC,
+	fctx, lf := r.track(ctx, nil)
+	_, _, rec.Err = relay.Stream(fctx, app, up, relay.StreamOptions{
+		Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: lf.clock,
 	})
+	r.untrack(lf, &rec)
 	r.stats.TCPOpen.Add(-1)
 	r.finishEntry(e, &rec)
 }
@@ -192,6 +204,10 @@ func (c *countedConn) Write(p []byte) (int, error) {
 // dropped.
 func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	r.stats.UDPTotal.Add(1)
+	if !r.admit() {
+		f.Close()
+		return
+	}
 	r.stats.UDPOpen.Add(1)
 	defer r.stats.UDPOpen.Add(-1)
 
@@ -226,9 +242,10 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		// ordinary flow, with this datagram as its first.
 	}
 	s := &udpSession{r: r, f: f, in: in, e: e, closed: make(chan struct{}), ready: make(chan struct{})}
+	defer s.releaseHeld()
 	var pending []pendingDatagram
 	if r.cfg.Sniff != nil && !r.isDNS(dst) {
-		if m, _ := r.metadata("udp", in, f.Src(), ipAddr(dst)); r.wantSniff(m) {
+		if m, _ := r.metadata("udp", in, f.Src(), ipAddr(dst), r.reverse); r.wantSniff(m) {
 			var res sniff.Result
 			res, pending = r.sniffUDP(f, (*bp)[:n], dst)
 			r.log.Debug("sniffed", "net", "udp", "src", f.Src(), "dst", dst, "proto", res.Protocol, "verdict", res.Verdict,
@@ -291,8 +308,10 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		}
 		return s.forwardReply(pc, p)
 	}
-	_, _, err = relay.Packets(ctx, relay.PacketOptions{Idle: idle, Up: e.upC, Down: e.downC, Activity: &s.activity}, up, down, s.closeAll)
+	pctx, lf := r.track(ctx, &s.activity)
+	_, _, err = relay.Packets(pctx, relay.PacketOptions{Idle: idle, Up: e.upC, Down: e.downC, Activity: &s.activity}, up, down, s.closeAll)
 	s.extraWG.Wait()
+	r.untrack(lf, &rec)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		rec.Err = err
 	}
@@ -373,6 +392,42 @@ type udpSession struct {
 	sniffDst  netip.AddrPort
 
 	peers replyPeers
+
+	// held are the fake IPs the flow holds (Config.AcquireHost); only the
+	// up pump's goroutine touches it, and handleUDP once the pumps are done.
+	held map[netip.Addr]struct{}
+}
+
+// maxHeldPerFlow bounds the fake IPs one UDP flow holds; beyond it the
+// flow's further fake destinations are looked up without a hold.
+const maxHeldPerFlow = 64
+
+// reverse maps a fake IP the flow sends to to its name, holding the
+// mapping for the rest of the flow the first time.
+func (s *udpSession) reverse(a netip.Addr) (string, bool) {
+	r := s.r
+	if !r.holds() {
+		return r.reverse(a)
+	}
+	if _, ok := s.held[a]; ok || len(s.held) >= maxHeldPerFlow {
+		return r.reverse(a)
+	}
+	host, ok := r.cfg.AcquireHost(a)
+	if ok {
+		if s.held == nil {
+			s.held = make(map[netip.Addr]struct{})
+		}
+		s.held[a] = struct{}{}
+	}
+	return host, ok
+}
+
+// releaseHeld ends the flow's holds.
+func (s *udpSession) releaseHeld() {
+	for a := range s.held {
+		s.r.cfg.ReleaseHost(a)
+	}
+	s.held = nil
 }
 
 // replyPeers maps the sources of replies back to the addresses the app
@@ -467,7 +522,7 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 		r.answerDNS(ctx, s.f, p, dst, s.e.downC)
 		return routeResult{sent: true, n: len(p), name: "DNS", rule: "dns", d: Decision{Rule: "dns"}}
 	}
-	m, target := r.metadata("udp", s.in, s.f.Src(), ipAddr(dst))
+	m, target := r.metadata("udp", s.in, s.f.Src(), ipAddr(dst), s.reverse)
 	if s.sniffHost != "" && dst == s.sniffDst && m.Host == "" {
 		// The datagrams still go to the address: replies must come from
 		// where the app sent them.

@@ -105,6 +105,7 @@ func restartOnly(a, b *config.Config) []string {
 		{"sniff", a.Sniff, b.Sniff},
 		{"wireguard", a.WireGuard, b.WireGuard},
 		{"route", a.Route, b.Route},
+		{"limits (max-memory, tcp-max-*, udp-max-*)", a.Limits, b.Limits},
 	} {
 		if !reflect.DeepEqual(f.x, f.y) {
 			keys = append(keys, f.key)

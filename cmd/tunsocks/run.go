@@ -22,6 +22,7 @@ import (
 	"github.com/tunsocks/tunsocks/api"
 	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/memguard"
 	"github.com/tunsocks/tunsocks/metrics"
 	"github.com/tunsocks/tunsocks/procinfo"
 	"github.com/tunsocks/tunsocks/router"
@@ -57,6 +58,14 @@ func runFlags() []cli.Flag {
 		&cli.IntFlag{Name: "tcp-buf", Value: d.TCP.Buf, Usage: "maximum TCP send and receive buffer per flow in the netstack, bytes", EnvVars: env("tcp-buf")},
 		&cli.StringFlag{Name: "tcp-cc", Value: d.TCP.CC, Usage: "netstack congestion control: cubic or reno", EnvVars: env("tcp-cc")},
 		&cli.StringFlag{Name: "tcp-stack", Value: d.TCP.Stack, Usage: "who terminates the app's TCP: gvisor (userspace netstack) or system (the host kernel, through address translation on the TUN; cheaper per connection)", EnvVars: env("tcp-stack")},
+		&cli.StringFlag{Name: "max-memory", Value: "1GiB", Usage: "memory ceiling (e.g. 512MiB, 2GiB): near it new flows are refused and the flows idle the longest closed, before the kernel would kill tunsocks (0: none)", EnvVars: env("max-memory")},
+		&cli.IntFlag{Name: "tcp-max-in-flight", Value: stack.DefaultMaxInFlight, Usage: "TCP connection attempts in flight (SYN held while the upstream is dialed, then the app's handshake); at the bound the oldest is shed", EnvVars: env("tcp-max-in-flight")},
+		&cli.IntFlag{Name: "tcp-max-in-flight-per-source", Value: stack.DefaultMaxInFlightPerSource, Usage: "the same per app source address", EnvVars: env("tcp-max-in-flight-per-source")},
+		&cli.DurationFlag{Name: "tcp-handshake-timeout", Value: stack.DefaultHandshakeTimeout, Usage: "an accepted TCP attempt whose app has not completed its handshake by then fails, and its upstream connection is closed", EnvVars: env("tcp-handshake-timeout")},
+		&cli.IntFlag{Name: "udp-max-flows", Value: stack.DefaultMaxUDPFlows, Usage: "UDP flows open at once; a new one beyond closes the least recently active", EnvVars: env("udp-max-flows")},
+		&cli.IntFlag{Name: "udp-max-flows-per-source", Value: stack.DefaultMaxUDPFlowsPerSource, Usage: "the same per app source address", EnvVars: env("udp-max-flows-per-source")},
+		&cli.IntFlag{Name: "udp-flow-rate", Value: stack.DefaultNewUDPFlowRate, Usage: "new UDP flows a second; datagrams that would open more are dropped", EnvVars: env("udp-flow-rate")},
+		&cli.IntFlag{Name: "udp-flow-rate-per-source", Value: stack.DefaultNewUDPFlowRatePerSource, Usage: "the same per app source address", EnvVars: env("udp-flow-rate-per-source")},
 		&cli.BoolFlag{Name: "dns", Usage: "answer DNS on the TUN with fake IPs (default: on when a rule needs a domain)", EnvVars: env("dns")},
 		&cli.BoolFlag{Name: "dns-hijack", Usage: "answer every DNS query to port 53, whatever its address", EnvVars: env("dns-hijack")},
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
@@ -181,6 +190,28 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	}
 	if set("tcp-cc") {
 		cfg.TCP.CC = c.String("tcp-cc")
+	}
+	if set("max-memory") {
+		n, err := config.ParseSize(c.String("max-memory"))
+		if err != nil {
+			return fmt.Errorf("--max-memory: %v", err)
+		}
+		cfg.Limits.MaxMemory = n
+	}
+	l := &cfg.Limits
+	for name, dst := range map[string]*int{"tcp-max-in-flight": &l.TCPMaxInFlight, "tcp-max-in-flight-per-source": &l.TCPMaxInFlightPerSource,
+		"udp-max-flows": &l.UDPMaxFlows, "udp-max-flows-per-source": &l.UDPMaxFlowsPerSource,
+		"udp-flow-rate": &l.UDPFlowRate, "udp-flow-rate-per-source": &l.UDPFlowRatePerSource} {
+		if set(name) {
+			if *dst = c.Int(name); *dst <= 0 {
+				return fmt.Errorf("--%s %d: want a positive number", name, *dst)
+			}
+		}
+	}
+	if set("tcp-handshake-timeout") {
+		if l.TCPHandshakeTimeout = c.Duration("tcp-handshake-timeout"); l.TCPHandshakeTimeout <= 0 {
+			return fmt.Errorf("--tcp-handshake-timeout %v: want a positive duration like 5s", l.TCPHandshakeTimeout)
+		}
 	}
 	if set("dns") {
 		v := c.Bool("dns")
@@ -337,15 +368,28 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	}
 	rc.DialTimeout, rc.TCPIdle, rc.UDPIdle, rc.DNSIdle = cfg.DialTimeout, cfg.TCPIdle, cfg.UDPIdle, cfg.DNSIdle
 	rc.Logger, rc.OnFlow, rc.Metrics = log, hooks.onFlow, reg
+	var guard *memguard.Guard
+	var rt *router.Router
+	if cfg.Limits.MaxMemory > 0 {
+		// The flows idle the longest go first, an eighth at a time.
+		guard = memguard.New(memguard.Config{Limit: cfg.Limits.MaxMemory, Logger: log, Shed: func() int { return rt.ShedIdle(1.0 / 8) }})
+		rc.Admit = guard.Allow
+	}
 	rc.Sniff = w.sniffConfig()
 	if cfg.API.Listen != "" {
 		// The flow table shows every flow's process; looked up only while
 		// someone lists the flows.
 		rc.Process = procinfo.NewFinder(2 * time.Second).LookupFlow
 	}
-	rt, err := router.New(rc)
+	rt, err = router.New(rc)
 	if err != nil {
 		return err
+	}
+	if guard != nil {
+		gctx, stopGuard := context.WithCancel(ctx)
+		guardDone := make(chan struct{})
+		go func() { guard.Run(gctx); close(guardDone) }()
+		defer func() { stopGuard(); <-guardDone }()
 	}
 	rs := newRunState(rt, w, cfg, log, reg, hooks.load)
 	// The API's listeners come first: an address in use stops the run
@@ -363,7 +407,9 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		}
 		defer metricsLn.Close()
 	}
-	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC}
+	l := cfg.Limits
+	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC,
+		MaxInFlight: l.TCPMaxInFlight, MaxInFlightPerSource: l.TCPMaxInFlightPerSource, HandshakeTimeout: l.TCPHandshakeTimeout}
 	if cfg.TCP.SACK != nil {
 		tcp.DisableSACK = !*cfg.TCP.SACK
 	}
@@ -377,7 +423,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			return err
 		}
 		defer tr.close()
-		log.Info("tunsocks running", "tun", tr.dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, tr.st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode, "pcap", cfg.Tun.Pcap)
+		log.Info("tunsocks running", "tun", tr.dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, tr.st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode, "pcap", cfg.Tun.Pcap,
+			"max_memory", memoryName(cfg.Limits.MaxMemory))
 	}
 	var wgr *wgRun
 	if wgs != nil {
@@ -386,7 +433,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		}
 		defer wgr.close()
 		if hooks.noTUN {
-			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode)
+			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode,
+				"max_memory", memoryName(cfg.Limits.MaxMemory))
 		}
 	}
 	if hr != nil {
@@ -479,7 +527,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			name string
 			n    uint64
 		}{{"tcp_shed", ss.TCPShed}, {"tcp_handshake_timeouts", ss.TCPHandshakeTimeouts}, {"udp_evicted", ss.UDPEvicted},
-			{"udp_rate_limited", ss.UDPRateLimited}, {"bad_checksums", ss.BadChecksums}, {"rx_drops", ss.RxDrops}, {"rx_lost", ss.RxLost}} {
+			{"udp_rate_limited", ss.UDPRateLimited}, {"bad_checksums", ss.BadChecksums}, {"rx_drops", ss.RxDrops}, {"rx_lost", ss.RxLost},
+			{"memory_refused", uint64(s.Refused.Load())}, {"memory_shed", uint64(s.Shed.Load())}} {
 			if c.n > 0 {
 				limits = append(limits, c.name, c.n)
 			}
@@ -604,6 +653,7 @@ func startTUN(ctx context.Context, cfg *config.Config, rt *router.Router, tcp st
 
 	tunIn := rt.Handler(router.Inbound{Type: rules.InTUN, Name: tr.dev.Name()})
 	scfg := stack.Config{Device: tr.dev, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp}
+	udpLimits(&scfg, cfg.Limits)
 	if cfg.Tun.Pcap != "" {
 		p, closePcap, err := createPcap(cfg.Tun.Pcap, log)
 		if err != nil {
@@ -686,4 +736,22 @@ func tcpStackName(cfg *config.Config, st *stack.Stack) string {
 		return "gvisor (system failed its self-test)"
 	}
 	return "gvisor"
+}
+
+// memoryName is a memory ceiling for the startup line.
+func memoryName(n int64) string {
+	switch {
+	case n == 0:
+		return "none"
+	case n%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", n>>30)
+	}
+	return fmt.Sprintf("%dMiB", n>>20)
+}
+
+// udpLimits puts the UDP flow limits of the config into a stack's config
+// (0 leaves the netstack's default).
+func udpLimits(scfg *stack.Config, l config.LimitsConfig) {
+	scfg.MaxUDPFlows, scfg.MaxUDPFlowsPerSource = l.UDPMaxFlows, l.UDPMaxFlowsPerSource
+	scfg.NewUDPFlowRate, scfg.NewUDPFlowRatePerSource = l.UDPFlowRate, l.UDPFlowRatePerSource
 }

@@ -165,7 +165,7 @@ func (failingResolver) Exchange(context.Context, []byte) ([]byte, error) {
 // routerConfig is the router's part of the wiring.
 func (w *wiring) routerConfig() router.Config {
 	rc := router.Config{Decide: w.live.Decide, ReverseHost: w.live.ReverseHost, RealHost: w.live.RealHost,
-		DialReason: outbound.DialReason}
+		AcquireHost: w.live.AcquireHost, ReleaseHost: w.live.ReleaseHost, DialReason: outbound.DialReason}
 	if w.hook != nil {
 		rc.DNS = w.hook
 	}
