@@ -64,6 +64,8 @@ type Config struct {
 
 	DNS DNSConfig `yaml:"dns"`
 
+	API APIConfig `yaml:"api"`
+
 	// WireGuard, when set, runs the WireGuard inbound (phones join by QR
 	// code); nil: off.
 	WireGuard *WireGuardConfig `yaml:"wireguard"`
@@ -227,6 +229,22 @@ type DNSConfig struct {
 	CacheFile string `yaml:"cache-file"`
 	// FakeIPTTL is the TTL of fake answers, 1s..1h (default 10s).
 	FakeIPTTL time.Duration `yaml:"fake-ip-ttl"`
+}
+
+// APIConfig is the `api:` section: the Clash-compatible HTTP API, its
+// page at /ui/ and /metrics.
+type APIConfig struct {
+	// Listen is the API's address, like 127.0.0.1:9090; "" turns it off.
+	// An address other hosts can reach needs a Secret.
+	Listen string `yaml:"listen"`
+	// Secret is the Bearer token every request must carry ("" for none).
+	Secret string `yaml:"secret"`
+	// Metrics is an extra listener serving only /metrics, without the
+	// secret, like 127.0.0.1:9091; "": /metrics on the API listener only.
+	Metrics string `yaml:"metrics"`
+	// AllowOrigins are the web origins whose pages may call the API, like
+	// https://metacubex.github.io; empty: any (the secret guards it).
+	AllowOrigins []string `yaml:"allow-origins"`
 }
 
 // Defaults, the same as the flags of `tunsocks run`.

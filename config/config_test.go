@@ -188,6 +188,12 @@ func TestKeys(t *testing.T) {
 		}},
 		{"rules: ['DOMAIN,a.com,DIRECT']", func(c *Config) bool { return len(c.Rules) == 1 && c.Ruleset != nil }},
 		{"rules:", func(c *Config) bool { return len(c.Rules) == 0 && c.Ruleset == nil }},
+		{"api: {listen: '127.0.0.1:9090'}", func(c *Config) bool { return c.API.Listen == "127.0.0.1:9090" && c.API.Secret == "" }},
+		{"api: {listen: 'localhost:9090', metrics: ':9091'}", func(c *Config) bool { return c.API.Metrics == ":9091" }},
+		{"api: {listen: '0.0.0.0:9090', secret: 'a&b'}", func(c *Config) bool { return c.API.Secret == "a&b" }},
+		{"api: {listen: '[::1]:0', allow-origins: ['https://metacubex.github.io', '*']}", func(c *Config) bool {
+			return reflect.DeepEqual(c.API.AllowOrigins, []string{"https://metacubex.github.io", "*"})
+		}},
 		{"dns: {enable: true}", func(c *Config) bool { return c.DNS.Enable != nil && *c.DNS.Enable }},
 		{"dns: {enable: false}", func(c *Config) bool { return c.DNS.Enable != nil && !*c.DNS.Enable }},
 		{"dns: {listen: '127.0.0.1:5353'}", func(c *Config) bool { return c.DNS.Listen == "127.0.0.1:5353" }},
@@ -246,7 +252,7 @@ func TestErrors(t *testing.T) {
 		{"- 1\n- 2", []string{file + ":1: the file must be a mapping"}},
 		{"proxy: direct\n---\nproxy: direct", []string{file + ":2: a second YAML document"}},
 		{"proxie: x", []string{file + `:1: unknown key "proxie"; did you mean "proxies"?`}},
-		{"zzzzzzzz: 1", []string{file + `:1: unknown key "zzzzzzzz"; known keys: dial-timeout, dns,`}},
+		{"zzzzzzzz: 1", []string{file + `:1: unknown key "zzzzzzzz"; known keys: api, dial-timeout, dns,`}},
 		{"\nmtu: 1400", []string{file + `:2: unknown key "mtu"; write it under tun: as "mtu"`}},
 		{"proxy-groups: []", []string{file + `:1: unknown key "proxy-groups"; proxy groups are not supported`}},
 		{"tcp-idle: 1s\ntcp-idle: 2s", []string{file + `:2: key "tcp-idle" repeated (first at line 1)`}},
@@ -332,6 +338,15 @@ func TestErrors(t *testing.T) {
 		{"rules:\n  - {a: 1}", []string{file + ":2: rules: want a rule written as text"}},
 		{"rules:\n  -\n", []string{file + ":2: rules: empty rule"}},
 		{"rules:\n  - |\n    MATCH,DIRECT\n    MATCH,DIRECT\n", []string{file + ":2: rules: a rule is one line"}},
+		// API.
+		{"api:\n  listen: '0.0.0.0:9090'", []string{file + `:2: api.listen "0.0.0.0:9090" is reachable from other hosts and api.secret is empty`}},
+		{"api: {listen: ':9090'}", []string{file + `:1: api.listen ":9090" is reachable from other hosts and api.secret is empty`}},
+		{"api: {listen: 'example.com:9090', secret: secret}", []string{file + `:1: api.listen "example.com:9090": want an IP address or localhost`}},
+		{"api: {listen: '127.0.0.1'}", []string{file + `:1: api.listen "127.0.0.1": want address:port`}},
+		{"api: {metrics: '127.0.0.1:x'}", []string{file + `:1: api.metrics "127.0.0.1:x": want a port`}},
+		{"api: {allow-origins: ['metacubex.github.io']}", []string{file + `:1: api.allow-origins "metacubex.github.io": want an origin like https://`}},
+		{"api:\n  external-controller: 127.0.0.1:9090", []string{file + `:2: unknown key "external-controller" in api; write the address as "listen"`}},
+		{"external-controller: 127.0.0.1:9090", []string{file + `:1: unknown key "external-controller"; write it under api: as "listen"`}},
 		// DNS.
 		{"dns: [x]", []string{file + ":1: dns: want a mapping of keys, not a list"}},
 		{"dns:\n  nameservers: [1.1.1.1]", []string{file + `:2: unknown key "nameservers" in dns; did you mean "nameserver"?`}},
@@ -379,8 +394,9 @@ func TestErrors(t *testing.T) {
 				t.Errorf("Parse(%q) error:\n%v\nwant it to contain %q", tt.src, err, w)
 			}
 		}
-		// Passwords never appear in errors.
-		if strings.Contains(err.Error(), "secret") {
+		// Passwords never appear in errors (the tests' password is
+		// "secret"; the key api.secret and its flag may be named).
+		if strings.Contains(strings.NewReplacer("api.secret", "", "--api-secret", "").Replace(err.Error()), "secret") {
 			t.Errorf("Parse(%q) error leaks a password: %v", tt.src, err)
 		}
 		// Every line of the message names the file and a line.

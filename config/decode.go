@@ -202,7 +202,9 @@ func topHints() map[string]string {
 		"mixed-port":          "a Clash setting tunsocks does not use; `tunsocks server` is the SOCKS server",
 		"log-level":           "set it with the --log-level flag",
 		"allow-lan":           "a Clash setting tunsocks does not use",
-		"external-controller": "a Clash setting tunsocks does not use",
+		"external-controller": `write it under api: as "listen" (the Clash-compatible API)`,
+		"secret":              `write it under api: as "secret"`,
+		"external-ui":         "the page is built in: /ui/ on the api: listen address",
 	}
 }
 
@@ -448,6 +450,7 @@ func (d *decoder) top(n *yaml.Node) {
 		"proxies":                      func(_, v *yaml.Node) { d.proxies(v) },
 		"rules":                        func(_, v *yaml.Node) { d.rules(v) },
 		"dns":                          func(_, v *yaml.Node) { d.dns(v) },
+		"api":                          func(_, v *yaml.Node) { d.api(v) },
 		"wireguard":                    func(_, v *yaml.Node) { d.wireguard(v) },
 		"route":                        func(_, v *yaml.Node) { d.route(v) },
 	}
@@ -455,6 +458,29 @@ func (d *decoder) top(n *yaml.Node) {
 		fields[k] = f
 	}
 	d.mapping(n, "", fields, topHints())
+}
+
+func (d *decoder) api(n *yaml.Node) {
+	s := &d.c.API
+	fields := map[string]func(k, v *yaml.Node){
+		"listen":  func(_, v *yaml.Node) { d.str(v, "api.listen", &s.Listen, "api.listen") },
+		"secret":  func(_, v *yaml.Node) { d.str(v, "api.secret", &s.Secret, "api.secret") },
+		"metrics": func(_, v *yaml.Node) { d.str(v, "api.metrics", &s.Metrics, "api.metrics") },
+		"allow-origins": func(_, v *yaml.Node) {
+			s.AllowOrigins = nil
+			d.strs(v, "api.allow-origins", "origins like https://metacubex.github.io", func(_ int, str string, line int) {
+				s.AllowOrigins = append(s.AllowOrigins, str)
+				d.c.setLine("api.allow-origins."+strconv.Itoa(len(s.AllowOrigins)-1), line)
+			})
+		},
+	}
+	hints := map[string]string{
+		"external-controller": `write the address as "listen"`,
+		"addr":                `write the address as "listen"`,
+		"token":               `write it as "secret"`,
+		"external-ui":         "the page is built in, at /ui/ on the API's address",
+	}
+	d.mapping(n, "api", fields, hints)
 }
 
 func (d *decoder) route(n *yaml.Node) {

@@ -104,6 +104,16 @@ dns:
   dns-hijack: false        # answer every query to port 53, whatever its address
   cache-file: ""           # keep the fake-IP mappings across restarts
 
+# The Clash-compatible API (metacubexd, yacd, zashboard), the live page at
+# http://LISTEN/ui/ and /metrics. Off unless listen is set. SIGHUP or
+# PUT /configs re-reads this file: new flows get the new rules and
+# proxies, open flows keep theirs.
+api:
+  listen: ""               # e.g. 127.0.0.1:9090; other hosts' addresses need a secret
+  secret: ""               # Bearer token for every request (?token= on WebSockets)
+  metrics: ""              # an extra listener for /metrics alone, without the secret
+  allow-origins: []        # pages that may call the API, e.g. https://metacubex.github.io; empty: any
+
 # Routing this host (or devices behind it) into the TUN (Linux, as root).
 # Everything installed is listed at start and removed on exit; after a
 # crash, the next run or 'tunsocks cleanup' removes it.

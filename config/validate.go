@@ -136,7 +136,62 @@ func (v *validator) values() {
 		v.fail("out-interface", "out-interface %q: want an interface name like eth0", c.OutInterface)
 	}
 	v.dns()
+	v.api()
 	v.sniff()
+}
+
+func (v *validator) api() {
+	s := &v.c.API
+	if s.Listen != "" {
+		if msg := checkServe(s.Listen); msg != "" {
+			v.fail("api.listen", "api.listen %q: %s", s.Listen, msg)
+		} else if s.Secret == "" && !loopback(s.Listen) {
+			v.fail("api.listen", "api.listen %q is reachable from other hosts and api.secret is empty: "+
+				"anyone could watch and close every flow; set api.secret (--api-secret), or listen on 127.0.0.1", s.Listen)
+		}
+	}
+	if s.Metrics != "" {
+		if msg := checkServe(s.Metrics); msg != "" {
+			v.fail("api.metrics", "api.metrics %q: %s", s.Metrics, msg)
+		}
+	}
+	for i, o := range s.AllowOrigins {
+		if o == "*" {
+			continue
+		}
+		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			v.fail("api.allow-origins."+strconv.Itoa(i), "api.allow-origins %q: want an origin like https://metacubex.github.io, or *", o)
+		}
+	}
+}
+
+// checkServe checks a listen address of the HTTP servers: address:port,
+// the host an IP, localhost or empty (every address).
+func checkServe(s string) string {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "want address:port like 127.0.0.1:9090"
+	}
+	if host != "" && !strings.EqualFold(host, "localhost") {
+		if a, err := netip.ParseAddr(host); err != nil || a.Zone() != "" {
+			return "want an IP address or localhost, like 127.0.0.1:9090"
+		}
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "want a port from 0 to 65535, like 127.0.0.1:9090"
+	}
+	return ""
+}
+
+// loopback reports whether a checked listen address only takes
+// connections from this host.
+func loopback(s string) bool {
+	host, _, _ := net.SplitHostPort(s)
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 func (v *validator) dns() {

@@ -462,6 +462,15 @@ func (p *Pool) Len() (v4, v6 int) {
 	return len(p.v4.byAddr), v6
 }
 
+// Cap returns the most live mappings each family holds (0 for a family
+// that is off).
+func (p *Pool) Cap() (v4, v6 int) {
+	if p.v6 != nil {
+		v6 = p.v6.size
+	}
+	return p.v4.size, v6
+}
+
 // touch marks e used at now and, when it is free to reuse, moves it to
 // the front of the LRU list.
 func (f *family) touch(e *entry, now time.Time) {

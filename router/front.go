@@ -73,14 +73,21 @@ func (fd *FrontDoor) DialContextChecked(ctx context.Context, network, address st
 	in, client := fd.flow(ctx)
 	m, target := fd.r.metadata("tcp", in, client, dst, fd.r.reverse)
 	d := fd.r.decide(ctx, m)
+	fd.r.countFlow("tcp", in, d.name(), d)
+	d.Hits.Hit()
 	if d.Action != Proxy || d.Outbound == nil {
 		fd.r.stats.Rejected.Add(1)
 		return nil, &net.OpError{Op: "dial", Net: network, Addr: dst, Err: fmt.Errorf("rejected by rule %q: %w", d.Rule, socks.ErrNotAllowed)}
 	}
+	start := time.Now()
+	var c net.Conn
 	if co, ok := d.Outbound.(CheckedOutbound); ok && check != nil {
-		return co.DialContextChecked(ctx, network, target.String(), check)
+		c, err = co.DialContextChecked(ctx, network, target.String(), check)
+	} else {
+		c, err = d.Outbound.DialContext(ctx, network, target.String())
 	}
-	return d.Outbound.DialContext(ctx, network, target.String())
+	fd.r.dialed(d.Outbound.Name(), time.Since(start), err)
+	return c, err
 }
 
 // ListenPacket opens the outbound side of one UDP association: a

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/metrics"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/stack"
@@ -64,6 +65,11 @@ type Decision struct {
 	Action   Action
 	Outbound Outbound // for Proxy
 	Rule     string   // the rule that matched, for logs and explain
+	// Match, when the decider has rules, says which one matched (Index -1:
+	// none did); the flow table and metrics show it.
+	Match *rules.Match
+	// Hits, when not nil, counts the flows this decision opens.
+	Hits *RuleHits
 }
 
 // Decider picks the outbound for a flow. It must be safe for concurrent use.
@@ -76,6 +82,7 @@ func Static(out Outbound) Decider {
 
 // FlowRecord describes one finished flow.
 type FlowRecord struct {
+	ID       string // the flow's id in the table (Flows, CloseFlow); "" for flows that never opened
 	Network  string
 	Src, Dst netip.AddrPort
 	Host     string // domain, when known
@@ -128,6 +135,18 @@ type Config struct {
 	Logger           *slog.Logger
 	// OnFlow, when set, is called once for every finished flow.
 	OnFlow func(FlowRecord)
+	// Process, when set, looks up the process behind a flow the rules did
+	// not look up, for the flow table (only when Flows is called: no cost
+	// while nobody looks).
+	Process func(network string, src, dst netip.AddrPort) (path string, uid int, err error)
+	// Metrics, when set, gets the router's families: flows by network,
+	// inbound, outbound and rule type; flows open; bytes by outbound; dial
+	// durations and errors by outbound.
+	Metrics *metrics.Registry
+	// DialReason, when set, names the cause of a failed dial for the dial
+	// errors metric (refused, timeout, auth, unreachable, proto); "" or nil
+	// leaves it to the router's own classification.
+	DialReason func(error) string
 	// Admit, when set, is asked before a new flow from a stack is served;
 	// false refuses it (TCP: RST; UDP: the flow is closed, its datagram
 	// dropped) and counts it in Stats.Refused. The memory ceiling uses it.
@@ -201,6 +220,8 @@ type Router struct {
 	cfg   Config
 	log   *slog.Logger
 	stats Stats
+	table *table
+	m     routerMetrics
 
 	udpWarnOnce sync.Map // outbound name -> struct{}: "no UDP" logged once
 	live        liveFlows
@@ -252,7 +273,13 @@ func New(cfg Config) (*Router, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Router{cfg: cfg, log: log}, nil
+	r := &Router{cfg: cfg, log: log, table: newTable()}
+	reg := cfg.Metrics
+	if reg == nil {
+		reg = metrics.NewRegistry() // counted all the same, shown nowhere
+	}
+	r.registerMetrics(reg)
+	return r, nil
 }
 
 // Stats returns the router's live counters.
@@ -364,9 +391,12 @@ func (r *Router) finish(rec FlowRecord) {
 	if rec.InUser != "" {
 		attrs = append(attrs, "user", rec.InUser)
 	}
-	if rec.Err != nil && !errors.Is(rec.Err, relay.ErrIdle) && !errors.Is(rec.Err, ErrShed) {
+	switch {
+	case errors.Is(rec.Err, ErrClosedByRequest):
+		r.log.Info("flow closed by request", append(attrs, "id", rec.ID)...)
+	case rec.Err != nil && !errors.Is(rec.Err, relay.ErrIdle) && !errors.Is(rec.Err, ErrShed):
 		r.log.Info("flow failed", append(attrs, "err", rec.Err)...)
-	} else {
+	default:
 		r.log.Debug("flow", attrs...)
 	}
 	if r.cfg.OnFlow != nil {

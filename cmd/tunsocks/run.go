@@ -9,16 +9,22 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"runtime/trace"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tunsocks/tunsocks/api"
 	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/memguard"
+	"github.com/tunsocks/tunsocks/metrics"
+	"github.com/tunsocks/tunsocks/procinfo"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/stack"
@@ -65,13 +71,22 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
 		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
+		&cli.StringFlag{Name: "api", Usage: "serve the Clash-compatible API (metacubexd, yacd, zashboard), the live page /ui/ and /metrics on ADDR, like 127.0.0.1:9090", EnvVars: env("api")},
+		&cli.StringFlag{Name: "api-secret", Usage: "Bearer secret the API requires; needed when --api is an address other hosts can reach", EnvVars: env("api-secret")},
+		&cli.StringFlag{Name: "metrics", Usage: "serve /metrics alone, without the secret, on ADDR, like 127.0.0.1:9091", EnvVars: env("metrics")},
 	}, append(sniffFlags(env), routeFlags()...)...)
 }
 
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
 // the user set override it, and validates the result as a whole, once.
 func loadRunConfig(c *cli.Context) (*config.Config, error) {
-	return loadConfigWith(c, func(cfg *config.Config) error {
+	return loadRunConfigFrom(c, c.String("config"))
+}
+
+// loadRunConfigFrom is loadRunConfig with the config file at path ("":
+// none); a reload reads the file again this way.
+func loadRunConfigFrom(c *cli.Context, path string) (*config.Config, error) {
+	return loadConfigAt(c, path, func(cfg *config.Config) error {
 		if err := tunFlagsOverride(c, cfg); err != nil {
 			return err
 		}
@@ -81,9 +96,14 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 
 // loadConfigWith is loadRunConfig with the flags applied by flags.
 func loadConfigWith(c *cli.Context, flags func(*config.Config) error) (*config.Config, error) {
+	return loadConfigAt(c, c.String("config"), flags)
+}
+
+// loadConfigAt is loadConfigWith with the config file at path ("": none).
+func loadConfigAt(c *cli.Context, path string, flags func(*config.Config) error) (*config.Config, error) {
 	var cfg *config.Config
 	var err error
-	if path := c.String("config"); path != "" {
+	if path != "" {
 		cfg, err = config.Load(path, flags)
 	} else {
 		cfg = config.Default()
@@ -203,6 +223,15 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	if set("nameserver") {
 		cfg.DNS.Nameservers = c.StringSlice("nameserver")
 	}
+	if set("api") {
+		cfg.API.Listen = c.String("api")
+	}
+	if set("api-secret") {
+		cfg.API.Secret = c.String("api-secret")
+	}
+	if set("metrics") {
+		cfg.API.Metrics = c.String("metrics")
+	}
 	if err := applySniffFlags(c, cfg); err != nil {
 		return err
 	}
@@ -218,14 +247,17 @@ func runCommand() *cli.Command {
 			"even if tunsocks dies); with --gateway, devices that use this host as their gateway do.\n" +
 			"Without either, point routes at the device yourself, e.g. ip route add default dev tunsocks0.\n" +
 			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device and every\n" +
-			"rule it created. After a crash: tunsocks cleanup.",
+			"rule it created. After a crash: tunsocks cleanup.\n" +
+			"SIGHUP re-reads the config: new flows follow its rules and proxies, open flows keep theirs;\n" +
+			"a config with errors is refused and the running one stays. With --api, the page at\n" +
+			"http://ADDR/ui/ lists every flow and closes them; dashboards for Clash use the same address.",
 		Flags: runFlags(),
 		Action: func(c *cli.Context) error {
 			if c.Bool("print-example-config") {
 				fmt.Fprint(c.App.Writer, config.Example())
 				return nil
 			}
-			log, err := newLogger(c)
+			log, hub, level, err := newLiveLogger(c)
 			if err != nil {
 				return err
 			}
@@ -247,7 +279,14 @@ func runCommand() *cli.Command {
 				}
 				defer stop()
 			}
-			return runPipeline(c.Context, cfg, log, pipelineHooks{stdout: c.App.Writer, stateDir: c.String("state-dir"), notice: c.App.ErrWriter})
+			return runPipeline(c.Context, cfg, log, pipelineHooks{
+				stdout:   c.App.Writer,
+				stateDir: c.String("state-dir"),
+				notice:   c.App.ErrWriter,
+				load:     func(path string) (*config.Config, error) { return loadRunConfigFrom(c, path) },
+				logs:     hub,
+				level:    level,
+			})
 		},
 	}
 }
@@ -270,6 +309,13 @@ type pipelineHooks struct {
 	// receives the startup block saying what and how to undo it.
 	stateDir string
 	notice   io.Writer
+	// load re-reads the config for a reload (SIGHUP, PUT /configs); nil:
+	// no reloads.
+	load func(path string) (*config.Config, error)
+	// logs and level are the logger's fan-out to /logs and its level
+	// (PATCH /configs log-level); nil without them.
+	logs  *api.LogHub
+	level *slog.LevelVar
 }
 
 // inTunNetns runs fn where the TUN lives: through inNetns, or here.
@@ -306,17 +352,22 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			return err
 		}
 	}
-	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true})
+	reg := metrics.NewRegistry()
+	registerProcessMetrics(reg, time.Now())
+	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true, dnsObserve: dnsMetrics(reg)})
 	if err != nil {
 		return err
 	}
 	defer w.close(log)
+	if w.pool != nil {
+		registerPoolMetrics(reg, w.pool)
+	}
 	rc := w.routerConfig()
 	if wgs != nil {
 		rc = w.wireGuardPolicy(rc, cfg.WireGuard, wgs.state)
 	}
 	rc.DialTimeout, rc.TCPIdle, rc.UDPIdle, rc.DNSIdle = cfg.DialTimeout, cfg.TCPIdle, cfg.UDPIdle, cfg.DNSIdle
-	rc.Logger, rc.OnFlow = log, hooks.onFlow
+	rc.Logger, rc.OnFlow, rc.Metrics = log, hooks.onFlow, reg
 	var guard *memguard.Guard
 	var rt *router.Router
 	if cfg.Limits.MaxMemory > 0 {
@@ -325,6 +376,11 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		rc.Admit = guard.Allow
 	}
 	rc.Sniff = w.sniffConfig()
+	if cfg.API.Listen != "" {
+		// The flow table shows every flow's process; looked up only while
+		// someone lists the flows.
+		rc.Process = procinfo.NewFinder(2 * time.Second).LookupFlow
+	}
 	rt, err = router.New(rc)
 	if err != nil {
 		return err
@@ -334,6 +390,22 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		guardDone := make(chan struct{})
 		go func() { guard.Run(gctx); close(guardDone) }()
 		defer func() { stopGuard(); <-guardDone }()
+	}
+	rs := newRunState(rt, w, cfg, log, reg, hooks.load)
+	// The API's listeners come first: an address in use stops the run
+	// before it touches the network.
+	var apiLn, metricsLn net.Listener
+	if cfg.API.Listen != "" {
+		if apiLn, err = net.Listen("tcp", cfg.API.Listen); err != nil {
+			return fmt.Errorf("api: %w", err)
+		}
+		defer apiLn.Close()
+	}
+	if cfg.API.Metrics != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.API.Metrics); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		defer metricsLn.Close()
 	}
 	l := cfg.Limits
 	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC,
@@ -371,6 +443,49 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		if err := hr.install(ctx, tr.dev.Name(), cfg.Tun.Addrs, w.dnsAddrs()); err != nil {
 			return err
 		}
+	}
+	if tr != nil {
+		rs.tun = tr.dev.Name()
+		rs.st.Store(tr.st)
+	}
+	registerStackMetrics(reg, func() []*stack.Stack { return []*stack.Stack{tr.stack(), wgr.stack()} })
+	// The API's servers stop when serveCtx does, before the stacks close,
+	// and the run waits for them.
+	serveCtx, stopServing := context.WithCancel(ctx)
+	var servers sync.WaitGroup
+	defer servers.Wait()
+	defer stopServing()
+	if apiLn != nil {
+		if hooks.logs != nil {
+			registerLogMetrics(reg, hooks.logs)
+		}
+		srv, err := api.New(rs.apiConfig(cfg, hooks.logs, hooks.level, reg))
+		if err != nil {
+			return err
+		}
+		servers.Add(1)
+		go func() {
+			defer servers.Done()
+			if err := srv.Serve(serveCtx, apiLn); err != nil {
+				log.Warn("api stopped", "err", err)
+			}
+		}()
+		log.Info("api listening", "addr", apiLn.Addr(), "page", "http://"+apiLn.Addr().String()+"/ui/", "secret", cfg.API.Secret != "")
+	}
+	if metricsLn != nil {
+		servers.Add(1)
+		go func() {
+			defer servers.Done()
+			if err := api.ServeMetrics(serveCtx, metricsLn, reg, log); err != nil {
+				log.Warn("metrics listener stopped", "err", err)
+			}
+		}()
+		log.Info("metrics listening", "addr", metricsLn.Addr(), "path", "/metrics")
+	}
+	hup := make(chan os.Signal, 1)
+	if hooks.load != nil {
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 	}
 	if hooks.started != nil && tr != nil {
 		hooks.started(tr.dev.Name())
@@ -438,6 +553,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		select {
 		case <-tick:
 			summary("summary")
+		case <-hup:
+			rs.reload("") // it logs the outcome
 		case <-reload:
 			wgr.reload(log)
 		case <-ctx.Done():
@@ -458,6 +575,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		final := wgr.peerSummary()
 		peers = func() string { return final }
 	}
+	stopServing()
+	servers.Wait()
 	var errs []error
 	if tr != nil {
 		errs = append(errs, tr.st.Close())

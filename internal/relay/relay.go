@@ -36,12 +36,18 @@ type StreamOptions struct {
 	HalfClose time.Duration
 	// Up and Down, when not nil, are increased as bytes move a->b and b->a,
 	// while they move, so a summary can report live flows.
-	Up, Down *atomic.Int64
+	Up, Down Counter
 	// Activity, when not nil, is the pair's last-activity clock
 	// (time.UnixNano of the last bytes moved either way), so the caller can
 	// tell the flows idle the longest. Bytes spliced are seen when a splice
 	// returns, at the latest when the source runs dry.
 	Activity *atomic.Int64
+}
+
+// Counter counts bytes as they move; *atomic.Int64 is one. A caller that
+// counts each flow and a total passes a Counter that adds to both.
+type Counter interface {
+	Add(delta int64) (new int64)
 }
 
 // closeWriter is a connection that can send a FIN without closing its read side.
@@ -149,7 +155,7 @@ var ErrIdle = errors.New("relay: idle timeout")
 // fire every Idle and "recently" means within 2 x Idle, so a pair silent for
 // Idle is closed after at most 3 x Idle. This costs no goroutine or timer of
 // its own.
-func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic.Int64, idle time.Duration) (int64, error) {
+func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64, idle time.Duration) (int64, error) {
 	var total int64
 	var sp *splicer
 	if srcTCP, dstTCP := tcpOf(src), tcpOf(dst); srcTCP != nil && dstTCP != nil {
