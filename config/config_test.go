@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/dns"
+	"github.com/tunsocks/tunsocks/hostnet"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/rules"
 )
@@ -218,7 +219,7 @@ func TestKeys(t *testing.T) {
 			return reflect.DeepEqual(c.Route.Exclude, []netip.Prefix{pfx("10.0.0.0/8"), pfx("2001:db8::/32")})
 		}},
 		{"route: {auto-route: true, exclude-uid: ['1000', '2000-2999'], include-uid: [0]}", func(c *Config) bool {
-			return reflect.DeepEqual(c.Route.ExcludeUID, []UIDRange{{1000, 1000}, {2000, 2999}}) && reflect.DeepEqual(c.Route.IncludeUID, []UIDRange{{0, 0}})
+			return reflect.DeepEqual(c.Route.ExcludeUID, []hostnet.UIDRange{{Start: 1000, End: 1000}, {Start: 2000, End: 2999}}) && reflect.DeepEqual(c.Route.IncludeUID, []hostnet.UIDRange{{Start: 0, End: 0}})
 		}},
 		{"route: {auto-route: true, include-cgroup: [/user.slice/a.scope]}", func(c *Config) bool {
 			return reflect.DeepEqual(c.Route.IncludeCgroup, []string{"/user.slice/a.scope"})

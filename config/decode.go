@@ -15,6 +15,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/tunsocks/tunsocks/hostnet"
 	"github.com/tunsocks/tunsocks/internal/suggest"
 	"github.com/tunsocks/tunsocks/rules"
 )
@@ -488,11 +489,11 @@ func (d *decoder) route(n *yaml.Node) {
 	flag := func(key string, dst *bool) func(k, v *yaml.Node) {
 		return func(_, v *yaml.Node) { d.boolean(v, "route."+key, func(b bool) { *dst = b }, "route."+key) }
 	}
-	uids := func(key string, dst *[]UIDRange) func(k, v *yaml.Node) {
+	uids := func(key string, dst *[]hostnet.UIDRange) func(k, v *yaml.Node) {
 		return func(_, v *yaml.Node) {
 			*dst = nil
 			d.strs(v, "route."+key, "user ids or ranges like 1000 or 1000-1999", func(_ int, str string, line int) {
-				u, err := ParseUIDRange(str)
+				u, err := hostnet.ParseUIDRange(str)
 				if err != nil {
 					d.fail(line, "route.%s: %v", key, err)
 					return

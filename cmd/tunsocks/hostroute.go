@@ -67,13 +67,13 @@ func applyRouteFlags(c *cli.Context, cfg *config.Config) error {
 			r.Exclude = append(r.Exclude, p.Masked())
 		}
 	}
-	for name, dst := range map[string]*[]config.UIDRange{"exclude-uid": &r.ExcludeUID, "include-uid": &r.IncludeUID} {
+	for name, dst := range map[string]*[]hostnet.UIDRange{"exclude-uid": &r.ExcludeUID, "include-uid": &r.IncludeUID} {
 		if !set(name) {
 			continue
 		}
 		*dst = nil
 		for _, s := range c.StringSlice(name) {
-			u, err := config.ParseUIDRange(s)
+			u, err := hostnet.ParseUIDRange(s)
 			if err != nil {
 				return usagef("--%s: %v", name, err)
 			}
@@ -150,13 +150,8 @@ func prepareRoute(ctx context.Context, cfg *config.Config, stateDir string, noti
 	hr := &hostRoute{notice: notice, log: log, stateDir: stateDir, pinned: map[string][]netip.Addr{}}
 	r := cfg.Route
 	o := hostnet.Options{Mark: cfg.Fwmark, Table: r.RouteTable, Priority: r.RulePriority, AutoRoute: r.AutoRoute,
-		KillSwitch: r.KillSwitch, LANAccess: r.LANAccess, Exclude: r.Exclude, Gateway: r.Gateway}
-	for _, u := range r.ExcludeUID {
-		o.ExcludeUIDs = append(o.ExcludeUIDs, hostnet.UIDRange{Start: u.Start, End: u.End})
-	}
-	for _, u := range r.IncludeUID {
-		o.IncludeUIDs = append(o.IncludeUIDs, hostnet.UIDRange{Start: u.Start, End: u.End})
-	}
+		KillSwitch: r.KillSwitch, LANAccess: r.LANAccess, Exclude: r.Exclude, Gateway: r.Gateway,
+		ExcludeUIDs: slices.Clone(r.ExcludeUID), IncludeUIDs: slices.Clone(r.IncludeUID)}
 	hr.cfg = hostnet.Config{Options: o, IncludeCgroupPaths: r.IncludeCgroup, DNSConfig: r.DNSConfig, StateDir: stateDir, Logger: log}
 	if r.DNSConfig == config.DefaultDNSConfig {
 		hr.cfg.DNSConfig = "" // auto: hostnet decides by mode
