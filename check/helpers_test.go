@@ -23,6 +23,7 @@ import (
 	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socksserver"
 	"github.com/tunsocks/tunsocks/stun"
+	"github.com/tunsocks/tunsocks/stun/stuntest"
 )
 
 // world is everything a check needs on loopback: an echo target (IPv4 and,
@@ -72,7 +73,7 @@ func newWorld(t *testing.T) *world {
 		}
 	}))
 	w.dns = dnsServer(t)
-	w.stun = stunServer(t)
+	w.stun = stuntest.Loopback(t)
 	w.closed = testenv.ClosedPort(t)
 	return w
 }
@@ -213,36 +214,6 @@ func dnsAnswer(q []byte) []byte {
 		Body: &dnsmessage.AResource{A: [4]byte{192, 0, 2, 53}}}}
 	out, _ := m.Pack()
 	return out
-}
-
-func stunServer(t *testing.T) *stun.Server {
-	t.Helper()
-	for try := 0; try < 20; try++ {
-		p1, p2 := freeUDP(t), freeUDP(t)
-		if p1 == p2 {
-			continue
-		}
-		s, err := stun.Listen(context.Background(), nil, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), p1),
-			netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), p2), nil)
-		if err != nil {
-			continue
-		}
-		done := make(chan struct{})
-		go func() { s.Serve(context.Background()); close(done) }()
-		t.Cleanup(func() { s.Close(); <-done })
-		return s
-	}
-	t.Fatal("no two free UDP ports")
-	return nil
-}
-
-func freeUDP(t *testing.T) uint16 {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return uint16(pc.LocalAddr().(*net.UDPAddr).Port)
 }
 
 // verdicts maps probe IDs to verdicts.

@@ -3,7 +3,6 @@ package socksserver
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -11,45 +10,14 @@ import (
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/socksclient"
 	"github.com/tunsocks/tunsocks/stun"
+	"github.com/tunsocks/tunsocks/stun/stuntest"
 )
-
-// stunServer runs an RFC 5780 responder on 127.0.0.1 and 127.0.0.2 (both
-// loopback on Linux) until the test ends.
-func stunServer(t *testing.T) *stun.Server {
-	t.Helper()
-	for try := 0; try < 20; try++ {
-		p1, p2 := freeUDP(t), freeUDP(t)
-		if p1 == p2 {
-			continue
-		}
-		s, err := stun.Listen(context.Background(), nil, netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), p1),
-			netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), p2), nil)
-		if err != nil {
-			continue
-		}
-		done := make(chan struct{})
-		go func() { s.Serve(context.Background()); close(done) }()
-		t.Cleanup(func() { s.Close(); <-done })
-		return s
-	}
-	t.Fatal("no two free UDP ports")
-	return nil
-}
-
-func freeUDP(t *testing.T) uint16 {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
-	return uint16(pc.LocalAddr().(*net.UDPAddr).Port)
-}
 
 // TestEmulatedNAT runs the RFC 5780 discovery through the UDP relay in each
 // emulated mode and expects the mode back. Each discovery runs on a fresh
 // association, as RFC 5780 asks for the filtering tests.
 func TestEmulatedNAT(t *testing.T) {
-	st := stunServer(t)
+	st := stuntest.Loopback(t)
 	for _, c := range []struct{ mapping, filtering stun.Behaviour }{
 		{stun.Unknown, stun.Unknown}, // the server's own: full cone
 		{stun.AddressDependent, stun.EndpointIndependent},
