@@ -38,15 +38,7 @@ func socksServer(t *testing.T) (addr string, carried *counter) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { srv.Serve(ctx, ln); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return ln.Addr().String(), carried
+	return testenv.Serve(t, srv), carried
 }
 
 // counter is a direct dialer that records what it dials.

@@ -106,6 +106,28 @@ func TCPPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
+// Server is what Serve runs: a server with the usual
+// Serve(ctx, listener) shape (socksserver.Server, stun and api servers).
+type Server interface {
+	Serve(ctx context.Context, ln net.Listener) error
+}
+
+// Serve runs s on a fresh 127.0.0.1 TCP listener until the test ends, then
+// cancels its context and waits for Serve to return. It returns the
+// listener's address.
+func Serve(t testing.TB, s Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Serve(ctx, ln); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return ln.Addr().String()
+}
+
 // TCPServer listens on network/addr ("tcp", "127.0.0.1:0") and runs serve
 // on each connection, which it closes when serve returns. When the test
 // ends the listener and every open connection are closed and the
