@@ -312,7 +312,7 @@ func TestDiagDumpFiltersInKernel(t *testing.T) {
 		lns = append(lns, ln)
 	}
 	port := addrPort(t, lns[1].Addr()).Port()
-	socks, err := diagDump(unix.AF_INET, unix.IPPROTO_TCP, port)
+	socks, err := diagDump(nil, unix.AF_INET, unix.IPPROTO_TCP, port)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -401,7 +401,7 @@ func TestLookupFlow(t *testing.T) {
 	src, dst := addrPort(t, c.LocalAddr()), addrPort(t, c.RemoteAddr())
 
 	// The exact request finds the connection itself.
-	sk, err := diagExact(unix.AF_INET, unix.IPPROTO_TCP, src, dst)
+	sk, err := diagExact(nil, unix.AF_INET, unix.IPPROTO_TCP, src, dst)
 	if err != nil {
 		t.Fatalf("diagExact: %v", err)
 	}
@@ -414,7 +414,7 @@ func TestLookupFlow(t *testing.T) {
 	}
 	// A wrong destination falls back to the port search.
 	bogus := netip.MustParseAddrPort("127.0.0.1:1")
-	if _, err := diagExact(unix.AF_INET, unix.IPPROTO_TCP, src, bogus); !errors.Is(err, ErrNotFound) {
+	if _, err := diagExact(nil, unix.AF_INET, unix.IPPROTO_TCP, src, bogus); !errors.Is(err, ErrNotFound) {
 		t.Errorf("diagExact with a wrong dst: %v, want ErrNotFound", err)
 	}
 	checkSelfFlow(t, "tcp", src, bogus)
@@ -454,7 +454,7 @@ func TestLookupFlowDualStack(t *testing.T) {
 	// IPv4 flow description finds it with the exact request.
 	local := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
 	remote := addrPort(t, c.LocalAddr())
-	sk, err := diagExact(unix.AF_INET, unix.IPPROTO_TCP, local, remote)
+	sk, err := diagExact(nil, unix.AF_INET, unix.IPPROTO_TCP, local, remote)
 	if err != nil {
 		t.Fatalf("diagExact: %v", err)
 	}
@@ -492,7 +492,7 @@ func TestDiagDumpManySockets(t *testing.T) {
 		}
 		defer s.Close()
 	}
-	socks, err := diagDump(unix.AF_INET, unix.IPPROTO_TCP, addrPort(t, ln.Addr()).Port())
+	socks, err := diagDump(nil, unix.AF_INET, unix.IPPROTO_TCP, addrPort(t, ln.Addr()).Port())
 	if err != nil {
 		t.Fatal(err)
 	}
