@@ -19,6 +19,8 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/tunsocks/tunsocks/sandbox"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3";
@@ -33,6 +35,11 @@ const (
 )
 
 func main() {
+	if sandbox.IsInit(os.Args) {
+		// This process is an exec sandbox's init (re-executed by
+		// sandbox.Start): nothing else of tunsocks runs in it.
+		os.Exit(sandbox.RunInit())
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args, os.Stdout, os.Stderr)
 	stop()
@@ -118,6 +125,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			runCommand(),
 			demoCommand(),
 			explainCommand(),
+			execCommand(),
 		},
 		// Errors are printed by run, once, with the right exit code.
 		ExitErrHandler: func(*cli.Context, error) {},

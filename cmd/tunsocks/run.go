@@ -199,6 +199,12 @@ type pipelineHooks struct {
 	// started is called once the device is up, with its name.
 	started func(dev string)
 	onFlow  func(router.FlowRecord)
+	// device, when set, provides the TUN instead of cfg.Tun: exec builds
+	// its sandbox here, once the wiring (whose DNS address goes into the
+	// sandbox's resolv.conf) exists.
+	device func(ctx context.Context, w *wiring) (*tun.Device, error)
+	// decide, when set, wraps the rules' decider.
+	decide func(router.Decider) router.Decider
 }
 
 // inTunNetns runs fn where the TUN lives: through inNetns, or here.
@@ -217,8 +223,12 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		return err
 	}
 	defer w.close(log)
+	decide := router.Decider(w.decide)
+	if hooks.decide != nil {
+		decide = hooks.decide(decide)
+	}
 	rt, err := router.New(router.Config{
-		Decide: w.decide, ReverseHost: w.reverse, RealHost: w.realHost, DNS: w.dnsHandler, DialTimeout: cfg.DialTimeout,
+		Decide: decide, ReverseHost: w.reverse, RealHost: w.realHost, DNS: w.dnsHandler, DialTimeout: cfg.DialTimeout,
 		TCPIdle: cfg.TCPIdle, UDPIdle: cfg.UDPIdle, DNSIdle: cfg.DNSIdle,
 		Logger: log, OnFlow: hooks.onFlow,
 	})
@@ -232,8 +242,15 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		dev, err = tun.Open(ctx, tun.Config{Name: cfg.Tun.Name, FD: cfg.Tun.FD, Addrs: cfg.Tun.Addrs, MTU: cfg.Tun.MTU, Offload: cfg.Tun.Offload, Logger: log})
 		return err
 	}
+	if hooks.device != nil {
+		open = func() error {
+			var err error
+			dev, err = hooks.device(ctx, w)
+			return err
+		}
+	}
 	if err := hooks.inTunNetns(open); err != nil {
-		if errors.Is(err, os.ErrPermission) {
+		if hooks.device == nil && errors.Is(err, os.ErrPermission) {
 			return fmt.Errorf("%w (creating a TUN device needs root or CAP_NET_ADMIN)", err)
 		}
 		return err
