@@ -59,6 +59,8 @@ type linkEndpoint struct {
 	divert func(pkt []byte) (mine, write bool)
 	batch  int
 	log    *slog.Logger
+	// readBufSize is the size of each read buffer (start).
+	readBufSize int
 
 	mu         sync.RWMutex
 	dispatcher gstack.NetworkDispatcher
@@ -117,11 +119,20 @@ func newLinkEndpoint(dev Device, mtu uint32, readBufSize int, queueLen int, useG
 			e.gso, e.gsoMax = g, min(m, maxCoalesced)
 		}
 	}
-	e.wg.Add(2)
-	go e.readLoop(readBufSize)
+	e.readBufSize = readBufSize
+	e.wg.Add(1)
 	go e.writeLoop()
 	e.gro.Init(true)
 	return e
+}
+
+// start starts reading the device. The stack calls it once its NIC,
+// routes and protocol handlers are in place: a device can hold packets
+// already (a TUN brought up before the stack), and they must meet a
+// finished stack.
+func (e *linkEndpoint) start() {
+	e.wg.Add(1)
+	go e.readLoop(e.readBufSize)
 }
 
 // readLoop runs until the device is closed or fails persistently.

@@ -284,6 +284,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 	gs.SetTransportProtocolHandler(udp.ProtocolNumber, s.handleUDPPacket)
 	gs.SetTransportProtocolHandler(icmp.ProtocolNumber4, s.handleICMPv4)
 
+	s.link.start()
 	if s.sys != nil {
 		s.sys.selfTest()
 	}
