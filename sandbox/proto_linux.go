@@ -171,6 +171,11 @@ func (ch *channel) recv() (message, []int, error) {
 		ch.oob = make([]byte, unix.CmsgSpace(4*maxFDs))
 	}
 	n, oobn, flags, _, err := ch.c.ReadMsgUnix(ch.buf, ch.oob)
+	if errors.Is(err, unix.ECONNRESET) {
+		// The peer closed with our message unread. The kernel reports that
+		// before the messages it sent us, and only once: read those.
+		n, oobn, flags, _, err = ch.c.ReadMsgUnix(ch.buf, ch.oob)
+	}
 	var fds []int
 	if oobn > 0 {
 		fds = parseRights(ch.oob[:oobn])

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 
 	"github.com/tunsocks/tunsocks/internal/testenv"
@@ -45,7 +46,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "unknown helper", os.Getenv(helperEnv))
 		os.Exit(2)
 	}
-	os.Exit(m.Run())
+	// Every sandbox, stack and reader a test starts is gone when it ends.
+	goleak.VerifyTestMain(m)
 }
 
 const tunName = "tsbtest0"
