@@ -42,6 +42,8 @@ func TestMain(m *testing.M) {
 		os.Exit(helperServe(os.Args[1:]))
 	case "rootless":
 		os.Exit(helperRootless(os.Args[1:]))
+	case "count":
+		os.Exit(helperCount())
 	default:
 		fmt.Fprintln(os.Stderr, "unknown helper", os.Getenv(helperEnv))
 		os.Exit(2)
@@ -724,7 +726,7 @@ func helperServe(args []string) int {
 	spec.Rootless = rootless
 	spec.Stdin, spec.Stdout, spec.Stderr = os.Stdin, os.Stdout, os.Stderr
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGWINCH)
 	sb, stop, err := serve(context.Background(), spec, &testHandler{})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "helper:", err)
@@ -747,6 +749,94 @@ func helperServe(args []string) int {
 		return 1
 	}
 	return exit.ExitCode()
+}
+
+// TestTerminalSignalsOnce: with a terminal, ^C and a window change reach
+// the command once: the terminal signals the foreground process group,
+// which the command shares with the process serving it, and that process
+// does not pass the same signal on again.
+func TestTerminalSignalsOnce(t *testing.T) {
+	needSandbox(t)
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		testenv.Unavailable(t, "no /dev/ptmx: "+err.Error())
+	}
+	defer ptmx.Close()
+	if err := unix.IoctlSetPointerInt(int(ptmx.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(ptmx.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pts, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/proc/self/exe", "-test.run=^$")
+	// The command counts every signal it gets (a shell's trap would
+	// merge two that come close together).
+	cmd.Args = []string{"sandbox.test", "--", "env", helperEnv + "=count", self, "-test.run=^$"}
+	cmd.Env = append(os.Environ(), helperEnv+"=serve")
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
+	// A session of its own whose controlling terminal is the pty: the
+	// helper's process group is its foreground group.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pts.Close()
+	defer cmd.Process.Kill()
+	var mu sync.Mutex
+	var out strings.Builder
+	go func() {
+		buf := make([]byte, 1024)
+		for {
+			n, err := ptmx.Read(buf)
+			mu.Lock()
+			out.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	seen := func(s string) bool {
+		for range 300 {
+			mu.Lock()
+			ok := strings.Contains(out.String(), s)
+			mu.Unlock()
+			if ok {
+				return true
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		return false
+	}
+	if !seen("ready") {
+		t.Fatalf("the command did not start:\n%s", out.String())
+	}
+	ptmx.Write([]byte{3}) // ^C
+	if !seen("INT1") {
+		t.Fatalf("^C did not reach the command:\n%s", out.String())
+	}
+	if err := unix.IoctlSetWinsize(int(ptmx.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: 40, Col: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if !seen("end ") {
+		t.Fatalf("the command did not end:\n%s", out.String())
+	}
+	cmd.Wait()
+	mu.Lock()
+	got := out.String()
+	mu.Unlock()
+	if !strings.Contains(got, "end INT=1 WINCH=1\r\n") {
+		t.Errorf("want one SIGINT and one SIGWINCH, each once:\n%s", got)
+	}
 }
 
 // TestServerKilled: SIGKILL of the process serving the sandbox takes the
@@ -794,6 +884,30 @@ ip route get 192.0.2.1 2>&1; curl -sS -m 20 http://192.0.2.1/ 2>/dev/null; echo 
 	waitGone(t, initPid)
 	if m := hostMountsMention(t, "resolv.conf"); len(m) > 0 {
 		t.Errorf("mounts left on the host: %q", m)
+	}
+}
+
+// helperCount counts the SIGINTs and SIGWINCHs it gets in 3 seconds.
+func helperCount() int {
+	c := make(chan os.Signal, 16)
+	signal.Notify(c, syscall.SIGINT, syscall.SIGWINCH)
+	fmt.Println("ready")
+	ints, winchs := 0, 0
+	end := time.After(3 * time.Second)
+	for {
+		select {
+		case s := <-c:
+			if s == syscall.SIGINT {
+				ints++
+				fmt.Printf("INT%d\n", ints)
+			} else {
+				winchs++
+				fmt.Printf("WINCH%d\n", winchs)
+			}
+		case <-end:
+			fmt.Printf("end INT=%d WINCH=%d\n", ints, winchs)
+			return 0
+		}
 	}
 }
 
