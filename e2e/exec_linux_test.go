@@ -538,3 +538,64 @@ func waitOutput(p *proc, s string, d time.Duration) bool {
 	}
 	return false
 }
+
+// TestExecIdentity: as root, the command runs as the user sudo was invoked
+// by (SUDO_UID, SUDO_GID) or --user, never with capabilities.
+func TestExecIdentity(t *testing.T) {
+	x := newExecEnv(t)
+	check := "id -u; id -g; grep -E '^Cap(Prm|Eff)' /proc/self/status; curl -sS -m 10 http://name.test/"
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"sudo", []string{"env", "SUDO_UID=65534", "SUDO_GID=65534", binary, "exec", "--proxy", execSocks, "--", "sh", "-c", check}},
+		{"--user", []string{binary, "exec", "--proxy", execSocks, "--user", "65534", "--", "sh", "-c", check}},
+	} {
+		out, code := x.appRun(30*time.Second, c.args...)
+		want := "65534\n65534\nCapPrm:\t0000000000000000\nCapEff:\t0000000000000000\nhello from remote, you are " + lab.ProxyUp4.Addr().String()
+		if code != 0 || !strings.HasPrefix(out, want) {
+			t.Errorf("%s: exit %d\n%s\nwant:\n%s", c.name, code, out, want)
+		}
+	}
+}
+
+// TestExecProcessRule: PROCESS-NAME rules see the processes inside the
+// sandbox (their sockets are looked up in its network namespace), as root
+// and rootless.
+func TestExecProcessRule(t *testing.T) {
+	x := newExecEnv(t)
+	curl := testenv.NeedTool(t, "curl", "curl")
+	dir, err := os.MkdirTemp("", "tunsocks-exec") // uid 65534 reads it below
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	curlB := filepath.Join(dir, "curl-b")
+	copyFile(t, curl, curlB)
+	cfg := filepath.Join(dir, "tunsocks.yaml")
+	os.WriteFile(cfg, []byte(`proxies:
+  - name: up
+    url: `+execSocks+`
+rules:
+  - PROCESS-NAME,curl-b,REJECT
+  - MATCH,up
+`), 0o644)
+	script := curlB + " -sS -m 10 http://name.test/ >/dev/null 2>&1; echo b=$?; curl -sS -m 10 http://name.test/; echo a=$?"
+	check := func(name, out string, code int) {
+		t.Helper()
+		if code != 0 || !strings.Contains(out, "b=7\n") || !strings.Contains(out, "hello from remote, you are "+lab.ProxyUp4.Addr().String()) || !strings.Contains(out, "a=0\n") {
+			t.Errorf("%s: want curl-b rejected at once (7) and curl through the proxy: exit %d\n%s", name, code, out)
+		}
+	}
+	out, code := x.execIn(40*time.Second, "--config", cfg, "--", "sh", "-c", script)
+	check("root", out, code)
+
+	testenv.NeedTool(t, "setpriv", "util-linux")
+	testenv.NeedTool(t, "unshare", "util-linux")
+	os.Chmod(filepath.Dir(binary), 0o755)
+	os.Chmod(cfg, 0o644)
+	body := binary + " exec --config " + cfg + " -- sh -c '" + script + "'"
+	out, code = x.appRun(40*time.Second, "unshare", "-m", "--propagation", "private", "sh", "-c", rootlessScript(true, body))
+	check("rootless", out, code)
+}
