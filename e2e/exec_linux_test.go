@@ -492,6 +492,9 @@ func TestExecJoin(t *testing.T) {
 	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s left after the exec ended: %v", sock, err)
 	}
+	if _, err := os.Stat(filepath.Dir(sock)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left after the exec ended: %v", filepath.Dir(sock), err)
+	}
 	if out, code := x.execIn(20*time.Second, "--join", "e2e-join", "--", "true"); code != 1 || !strings.Contains(out, `no exec named "e2e-join" is running`) {
 		t.Errorf("joining an ended exec: exit %d\n%s", code, out)
 	}

@@ -36,6 +36,9 @@ type publication struct {
 func (p *publication) close() {
 	p.l.Close() // removes the socket file
 	p.wg.Wait()
+	// The directory too, when no other exec's socket is in it: nothing
+	// stays behind. (A Publish racing with this retries.)
+	os.Remove(filepath.Dir(p.path))
 }
 
 // Publish makes the sandbox joinable by name: Join with the socket it
@@ -67,6 +70,12 @@ func (s *Sandbox) Publish(dir, name string) (string, error) {
 		}
 	}
 	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if errors.Is(err, os.ErrNotExist) {
+		// Another exec's Close removed the directory meanwhile.
+		if err = os.MkdirAll(dir, mode); err == nil {
+			l, err = net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+		}
+	}
 	if err != nil {
 		return "", fmt.Errorf("sandbox: %w", err)
 	}

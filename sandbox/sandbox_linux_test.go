@@ -653,6 +653,9 @@ func TestJoin(t *testing.T) {
 	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("socket %s left after Close: %v", sock, err)
 	}
+	if _, err := os.Lstat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket directory %s left after Close: %v", dir, err)
+	}
 	if _, err := Join(t.Context(), sock, JoinSpec{Args: []string{"true"}}); err == nil {
 		t.Error("joining an ended sandbox succeeded")
 	}
