@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/tunsocks/tunsocks/dns"
 	"github.com/tunsocks/tunsocks/rules"
 )
 
@@ -31,6 +32,9 @@ type Config struct {
 	// (socks5://[user:pass@]host:port, socks5h://, socks4://, socks4a://,
 	// http://), or the name of an entry in Proxies. "" when not set.
 	Proxy string `yaml:"proxy"`
+	// ProxyURL is Proxy parsed by Validate when it is a URL; nil when it
+	// is direct, a name or not set.
+	ProxyURL *url.URL `yaml:"-"`
 
 	Tun TunConfig `yaml:"tun"`
 
@@ -123,6 +127,8 @@ type DNSConfig struct {
 	// Nameservers are upstream resolvers: "10.0.0.53", "10.0.0.53:53",
 	// "udp://1.1.1.1", "tcp://1.1.1.1:53", "[2606:4700::1111]:53".
 	Nameservers []string `yaml:"nameserver"`
+	// Servers are Nameservers parsed by Validate.
+	Servers []dns.Nameserver `yaml:"-"`
 	// Hijack answers every query to port 53, whatever its destination.
 	Hijack bool `yaml:"dns-hijack"`
 	// CacheFile persists the fake-IP mappings across restarts; "": none.

@@ -3,7 +3,6 @@ package config
 import (
 	"errors"
 	"net/netip"
-	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -12,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/dns"
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/rules"
 )
 
@@ -48,9 +49,59 @@ func TestExample(t *testing.T) {
 	want := Default()
 	want.Path, want.Proxy, want.Proxies, want.Rules, want.Ruleset = c.Path, c.Proxy, c.Proxies, c.Rules, c.Ruleset
 	want.DNS.FakeIPFilter, want.DNS.Nameservers = c.DNS.FakeIPFilter, c.DNS.Nameservers
+	want.DNS.Servers = c.DNS.Servers // parsed from Nameservers: see TestTypedValues
 	want.lines = c.lines
 	if !reflect.DeepEqual(c, want) {
 		t.Fatalf("example differs from the defaults:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+// TestTypedValues: Validate parses the nameservers and a proxy URL once,
+// into the types the rest of the program uses, and clears them when the
+// config is bad.
+func TestTypedValues(t *testing.T) {
+	c := mustParse(t, "proxy: 'socks5://u:p@10.0.0.1:1080'\ndns:\n  nameserver: [10.0.0.53, 'tcp://[2001:db8::53]:5353', 'udp://1.1.1.1']\n")
+	want := []dns.Nameserver{
+		{Network: "udp", Addr: netip.MustParseAddrPort("10.0.0.53:53")},
+		{Network: "tcp", Addr: netip.MustParseAddrPort("[2001:db8::53]:5353")},
+		{Network: "udp", Addr: netip.MustParseAddrPort("1.1.1.1:53")},
+	}
+	if !reflect.DeepEqual(c.DNS.Servers, want) {
+		t.Errorf("Servers = %v, want %v", c.DNS.Servers, want)
+	}
+	if c.ProxyURL == nil || c.ProxyURL.Scheme != "socks5" || c.ProxyURL.Host != "10.0.0.1:1080" || c.ProxyURL.User.Username() != "u" {
+		t.Errorf("ProxyURL = %v", c.ProxyURL)
+	}
+	for _, src := range []string{"proxy: direct", "proxy: corp\nproxies: [{name: corp, url: 'socks5://h'}]", ""} {
+		if c := mustParse(t, src); c.ProxyURL != nil {
+			t.Errorf("%q: ProxyURL = %v, want none", src, c.ProxyURL)
+		}
+	}
+	c.TCP.CC = "vegas"
+	if err := c.Validate(); err == nil || c.ProxyURL != nil || c.DNS.Servers != nil || c.Ruleset != nil {
+		t.Errorf("after a failed Validate: %v, ProxyURL %v, Servers %v", err, c.ProxyURL, c.DNS.Servers)
+	}
+}
+
+// TestOverridesValidatedOnce: overrides (the flags) apply between decoding
+// and the one Validate, and their errors join the file's.
+func TestOverridesValidatedOnce(t *testing.T) {
+	dir := t.TempDir()
+	set := filepath.Join(dir, "set.txt")
+	if err := os.WriteFile(set, []byte("example.com\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "c.yaml")
+	if err := os.WriteFile(path, []byte("tcp-cc: reno\nrules:\n  - RULE-SET,set.txt,DIRECT\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path, func(c *Config) error { c.TCP.CC = "cubic"; return nil })
+	if err != nil || c.TCP.CC != "cubic" || c.Ruleset == nil {
+		t.Fatalf("Load with an override: %v, %+v", err, c)
+	}
+	_, err = Load(path, func(c *Config) error { c.TCP.CC = "vegas"; return nil }, func(*Config) error { return errors.New("--tun-addr: bad") })
+	if err == nil || !strings.Contains(err.Error(), "--tun-addr: bad") || !strings.Contains(err.Error(), `tcp-cc "vegas"`) {
+		t.Errorf("errors of overrides and validation: %v", err)
 	}
 }
 
@@ -259,6 +310,9 @@ func TestErrors(t *testing.T) {
 			file + `:4: dns.fake-ip-filter "a b": want one domain pattern`,
 			file + `:5: dns.fake-ip-filter "geosite:cn": only domain patterns`,
 			file + `:6: dns.fake-ip-filter "": empty pattern`}},
+		{"dns:\n  fake-ip-filter:\n    - +.bücher.de\n    - 'ab*.com'\n    - '+.-bücher.de'", []string{
+			file + `:4: dns.fake-ip-filter "ab*.com": label "ab*": character '*' not allowed`,
+			file + `:5: dns.fake-ip-filter "+.-bücher.de": label "-bücher" is not a valid internationalised domain label`}},
 		{"dns:\n  nameserver:\n    - 1.1.1.1\n    - dns.google\n    - 'https://1.1.1.1/dns-query'\n    - '1.1.1.1:0'\n    - 'ftp://1.1.1.1'", []string{
 			file + `:4: dns.nameserver "dns.google": want an IP address, not a name`,
 			file + `:5: dns.nameserver "https://1.1.1.1/dns-query": https:// is not supported; want udp:// or tcp://`,
@@ -414,15 +468,6 @@ func TestChains(t *testing.T) {
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
-func mustURL(t *testing.T, s string) *url.URL {
-	t.Helper()
-	u, err := url.Parse(s)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return u
-}
-
 func TestRulesWithFiles(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, text string) string {
@@ -519,7 +564,7 @@ func TestValidateBuiltInCode(t *testing.T) {
 	}
 	// Fix it: Validate now succeeds and sets the Ruleset.
 	c.TCPIdle, c.Tun.MTU = time.Minute, 1500
-	c.Proxies = append(c.Proxies, Proxy{Name: "y", URL: mustURL(t, "socks5://h:1")})
+	c.Proxies = append(c.Proxies, Proxy{Name: "y", URL: testenv.MustURL(t, "socks5://h:1")})
 	c.Rules = c.Rules[:1]
 	if err := c.Validate(); err != nil || c.Ruleset == nil || c.Ruleset.Len() != 1 {
 		t.Fatalf("Validate = %v, Ruleset %v", err, c.Ruleset)

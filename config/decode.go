@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/tunsocks/tunsocks/internal/suggest"
 	"io"
 	"net/netip"
 	"net/url"
@@ -16,13 +15,15 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/tunsocks/tunsocks/internal/suggest"
 	"github.com/tunsocks/tunsocks/rules"
 )
 
-// Load reads the YAML file at path, decodes and validates it. On any problem
-// it returns no Config and an error listing every problem found (up to 20),
+// Load reads the YAML file at path, decodes it, applies overrides (the
+// flags a user set) and validates the result once. On any problem it
+// returns no Config and an error listing every problem found (up to 20),
 // each naming the file and line.
-func Load(path string) (*Config, error) {
+func Load(path string, overrides ...func(*Config) error) (*Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
@@ -35,14 +36,15 @@ func Load(path string) (*Config, error) {
 	if len(data) > maxFileSize {
 		return nil, &Error{File: path, Msg: fmt.Sprintf("file larger than %d bytes; is it the right file?", maxFileSize)}
 	}
-	return Parse(data, path)
+	return Parse(data, path, overrides...)
 }
 
-// Parse decodes a YAML config and validates it. path names the file in
-// errors and is the base of relative RULE-SET paths ("" for none: errors
-// then say "config", RULE-SET paths are relative to the working directory).
-// Keys the file leaves out keep their defaults (see Default).
-func Parse(data []byte, path string) (*Config, error) {
+// Parse decodes a YAML config, applies overrides and validates the result
+// once. path names the file in errors and is the base of relative RULE-SET
+// paths ("" for none: errors then say "config", RULE-SET paths are
+// relative to the working directory). Keys the file leaves out keep their
+// defaults (see Default).
+func Parse(data []byte, path string, overrides ...func(*Config) error) (*Config, error) {
 	c := Default()
 	c.Path = path
 	d := &decoder{file: displayName(path), c: c}
@@ -51,6 +53,11 @@ func Parse(data []byte, path string) (*Config, error) {
 	// reports as much as possible. A value that failed to decode kept its
 	// default, so Validate does not report it twice.
 	errs := d.errs
+	for _, o := range overrides {
+		if err := o(c); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := c.Validate(); err != nil {
 		errs = append(errs, flatten(err)...)
 	}
@@ -372,7 +379,7 @@ func (d *decoder) list(v *yaml.Node, key, want string) ([]*yaml.Node, bool) {
 	return out, true
 }
 
-// strings decodes a list of strings, calling set with each and its line.
+// strs decodes a list of strings, calling set with each and its line.
 func (d *decoder) strs(v *yaml.Node, key, want string, set func(i int, s string, line int)) {
 	items, ok := d.list(v, key, want)
 	if !ok {

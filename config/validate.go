@@ -12,7 +12,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tunsocks/tunsocks/dns"
+	"github.com/tunsocks/tunsocks/httpconnect"
 	"github.com/tunsocks/tunsocks/rules"
+	"github.com/tunsocks/tunsocks/socksclient"
 )
 
 // Validate checks every value and cross-checks the whole: proxy names are
@@ -21,15 +24,18 @@ import (
 // rules parse (RULE-SET paths relative to the config's directory) and name
 // only known targets. On success it sets c.Ruleset (nil when there are no
 // rules); otherwise it clears it and returns every problem found, joined.
-// Messages cite the line of the file that set the value, when known.
+// Messages cite the line of the file that set the value, when known. It
+// also parses the values that have a type of their own: ProxyURL and
+// DNS.Servers.
 func (c *Config) Validate() error {
-	c.Ruleset = nil
+	c.Ruleset, c.ProxyURL, c.DNS.Servers = nil, nil, nil
 	v := &validator{c: c, file: displayName(c.Path)}
 	v.values()
 	byName := v.proxies()
 	v.defaultProxy(byName)
 	rs := v.rules(byName)
 	if len(v.errs) > 0 {
+		c.ProxyURL, c.DNS.Servers = nil, nil
 		return joinCapped(v.errs)
 	}
 	c.Ruleset = rs
@@ -137,9 +143,12 @@ func (v *validator) dns() {
 		}
 	}
 	for i, ns := range s.Nameservers {
-		if _, _, err := ParseNameserver(ns); err != nil {
+		network, addr, err := ParseNameserver(ns)
+		if err != nil {
 			v.fail("dns.nameserver."+strconv.Itoa(i), "dns.nameserver %q: %v", ns, err)
+			continue
 		}
+		s.Servers = append(s.Servers, dns.Nameserver{Network: network, Addr: addr})
 	}
 	if s.FakeIPTTL < MinFakeIPTTL || s.FakeIPTTL > MaxFakeIPTTL {
 		v.fail("dns.fake-ip-ttl", "dns.fake-ip-ttl %v: want %v to %v", s.FakeIPTTL, MinFakeIPTTL, MaxFakeIPTTL)
@@ -175,6 +184,9 @@ func checkFilter(f string) string {
 		return "only domain patterns are supported, like +.example.com"
 	case len(t) > 253:
 		return "longer than 253 bytes"
+	}
+	if err := dns.CheckFilterPattern(t); err != nil {
+		return err.Error()
 	}
 	return ""
 }
@@ -215,7 +227,8 @@ func ParseNameserver(s string) (network string, addr netip.AddrPort, err error) 
 	return "", netip.AddrPort{}, errors.New("want an IP address with optional port, like 1.1.1.1, 10.0.0.53:53, [2606:4700::1111]:53 or tcp://1.1.1.1:53")
 }
 
-// reserved are the rule targets that are not proxies.
+// isReserved reports whether name is a rule target that is not a proxy
+// (DIRECT, REJECT, REJECT-DROP, in any case).
 func isReserved(name string) bool {
 	switch strings.ToUpper(name) {
 	case "DIRECT", "REJECT", "REJECT-DROP":
@@ -365,10 +378,15 @@ func sortedNames(byName map[string]*Proxy) []string {
 	return names
 }
 
-// checkProxyURL returns what is wrong with a proxy URL, or "".
+// checkProxyURL returns what is wrong with a proxy URL, or "": the scheme
+// picks the client, whose own check says the rest.
 func checkProxyURL(u *url.URL) string {
+	var err error
 	switch strings.ToLower(u.Scheme) {
-	case "socks5", "socks5h", "socks4", "socks4a", "http":
+	case "socks5", "socks5h", "socks4", "socks4a":
+		err = socksclient.CheckURL(u)
+	case "http":
+		err = httpconnect.CheckURL(u)
 	case "https":
 		return `scheme "https" is not supported yet (TLS to the proxy); use http:// (CONNECT over plain TCP)`
 	case "":
@@ -380,30 +398,8 @@ func checkProxyURL(u *url.URL) string {
 		}
 		return msg
 	}
-	if u.Opaque != "" || u.Hostname() == "" {
-		return fmt.Sprintf("url %q names no host; want %s://host:port", u.Redacted(), u.Scheme)
-	}
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return fmt.Sprintf("url %q: only %s://[user:pass@]host:port is allowed (no path or query)", u.Redacted(), u.Scheme)
-	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return fmt.Sprintf("url %q: port %q is not a number from 1 to 65535", u.Redacted(), p)
-		}
-	}
-	if u.User != nil {
-		user := u.User.Username()
-		pass, hasPass := u.User.Password()
-		switch strings.ToLower(u.Scheme) {
-		case "socks4", "socks4a":
-			if hasPass {
-				return fmt.Sprintf("%s has no passwords, only a user ID; drop the password or use socks5", u.Scheme)
-			}
-		case "socks5", "socks5h":
-			if !hasPass || len(user) < 1 || len(user) > 255 || len(pass) < 1 || len(pass) > 255 {
-				return "socks5 username and password must each be 1 to 255 bytes (RFC 1929); want socks5://user:pass@host:port"
-			}
-		}
+	if err != nil {
+		return err.Error()
 	}
 	return ""
 }
@@ -421,7 +417,9 @@ func (v *validator) defaultProxy(byName map[string]*Proxy) {
 		}
 		if msg != "" {
 			v.fail("proxy", "proxy: %s", msg)
+			return
 		}
+		v.c.ProxyURL = u
 		return
 	}
 	if _, ok := byName[s]; ok {

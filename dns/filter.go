@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+
+	"github.com/tunsocks/tunsocks/internal/idn"
 )
 
 // Filter is a fake-IP filter: names it matches get real answers from the
@@ -62,13 +64,28 @@ func (f *Filter) Len() int {
 	return f.n
 }
 
+// CheckFilterPattern reports why p (trimmed of spaces) is not a pattern
+// NewFilter accepts, or nil; config validation calls it so that the error
+// names the file and line.
+func CheckFilterPattern(p string) error {
+	_, err := splitPattern(strings.TrimSpace(p))
+	return err
+}
+
 // splitPattern validates p and returns its labels, left to right, in lower
-// case. A leading "" is the dot wildcard; a leading "+" the plus wildcard.
+// case, internationalised labels in their ASCII (xn--) form, as queries
+// carry them. A leading "" is the dot wildcard; a leading "+" the plus
+// wildcard.
 func splitPattern(p string) ([]string, error) {
 	if i := strings.IndexByte(p, ':'); i > 0 {
 		return nil, fmt.Errorf("%s patterns are not supported (only domain patterns are)", p[:i])
 	}
 	p = strings.ToLower(p)
+	a, err := idn.ASCII(p)
+	if err != nil {
+		return nil, fmt.Errorf("%w; write the name as it is registered (like +.bücher.de) or in its ASCII form (like +.xn--bcher-kva.de)", err)
+	}
+	p = a
 	if len(p) > 1 && p[len(p)-1] == '.' {
 		p = p[:len(p)-1]
 	}

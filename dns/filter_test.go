@@ -129,3 +129,36 @@ func TestFilterDeepWildcards(t *testing.T) {
 		t.Fatal("did not match 60 labels under .x")
 	}
 }
+
+// TestFilterIDN: patterns written with internationalised names match the
+// ASCII (xn--) form in which queries carry them.
+func TestFilterIDN(t *testing.T) {
+	f, err := NewFilter([]string{"+.Bücher.de", "*.日本.example", "straße.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		host string
+		want bool
+	}{
+		{"xn--bcher-kva.de", true}, {"www.xn--bcher-kva.de.", true}, {"bucher.de", false},
+		{"a.xn--wgv71a.example", true}, {"xn--wgv71a.example", false},
+		{"xn--strae-oqa.example", true}, {"strasse.example", false},
+	} {
+		if got := f.Match(tc.host); got != tc.want {
+			t.Errorf("Match(%q) = %v, want %v", tc.host, got, tc.want)
+		}
+	}
+	for _, p := range []string{"+.-bücher.de", "bücher\u200d.de"} {
+		_, err := NewFilter([]string{p})
+		if err == nil || !strings.Contains(err.Error(), "not a valid internationalised domain label") || !strings.Contains(err.Error(), "xn--bcher-kva") {
+			t.Errorf("NewFilter(%q): %v; want an invalid-label error with the ASCII form as a hint", p, err)
+		}
+		if err := CheckFilterPattern(p); err == nil {
+			t.Errorf("CheckFilterPattern(%q) accepted it", p)
+		}
+	}
+	if err := CheckFilterPattern(" +.bücher.de "); err != nil {
+		t.Errorf("CheckFilterPattern: %v", err)
+	}
+}

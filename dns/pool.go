@@ -7,6 +7,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/tunsocks/tunsocks/internal/lru"
 )
 
 // Default fake-IP ranges, as Clash and most of its descendants use them.
@@ -86,7 +88,7 @@ type family struct {
 	next    int // offsets below next have been handed out or loaded
 	byHost  map[string]*entry
 	byAddr  map[netip.Addr]*entry
-	lru     lruList[*entry]
+	lru     lru.List[*entry]
 }
 
 // entry is one mapping; it sits in its family's LRU list.
@@ -94,13 +96,13 @@ type entry struct {
 	host string
 	addr netip.Addr
 	used time.Time
-	node lruNode[*entry]
+	node lru.Node[*entry]
 }
 
 // newEntry returns a mapping of host to addr, not yet in any list.
 func newEntry(host string, addr netip.Addr, used time.Time) *entry {
 	e := &entry{host: host, addr: addr, used: used}
-	e.node.val = e
+	e.node.Val = e
 	return e
 }
 
@@ -187,7 +189,7 @@ func newFamily(pfx netip.Prefix, size int) (*family, error) {
 	f.dns = f.gateway.Next()
 	f.first = f.dns.Next()
 	f.last = addOffset(f.first, uint64(size-1))
-	f.lru.init()
+	f.lru.Init()
 	return f, nil
 }
 
@@ -331,7 +333,7 @@ func (f *family) touch(e *entry, now time.Time) {
 	if now.After(e.used) {
 		e.used = now
 	}
-	f.lru.toFront(&e.node)
+	f.lru.ToFront(&e.node)
 }
 
 // allocate maps key to a fresh address: the next never-used one while there
@@ -346,20 +348,20 @@ func (f *family) allocate(key string, now time.Time, ttl time.Duration) (*entry,
 			e := newEntry(key, a, now)
 			f.byHost[key] = e
 			f.byAddr[a] = e
-			f.lru.toFront(&e.node)
+			f.lru.ToFront(&e.node)
 			return e, nil
 		}
 	}
-	n := f.lru.oldest()
-	if n == nil || now.Sub(n.val.used) < ttl {
+	n := f.lru.Oldest()
+	if n == nil || now.Sub(n.Val.used) < ttl {
 		return nil, errPoolExhausted
 	}
-	old := n.val
+	old := n.Val
 	delete(f.byHost, old.host)
 	old.host = key
 	old.used = now
 	f.byHost[key] = old
-	f.lru.toFront(&old.node)
+	f.lru.ToFront(&old.node)
 	return old, nil
 }
 

@@ -103,7 +103,7 @@ func (p *Pool) loadLine(line string, now time.Time) error {
 	e := newEntry(host, a, used)
 	f.byAddr[a] = e
 	f.byHost[host] = e
-	f.lru.toFront(&e.node)
+	f.lru.ToFront(&e.node)
 	return nil
 }
 
@@ -125,7 +125,7 @@ func (p *Pool) Save() error {
 		if f == nil {
 			continue
 		}
-		for e := range f.lru.oldestFirst() {
+		for e := range f.lru.OldestFirst() {
 			b.WriteString(e.addr.String())
 			b.WriteByte(' ')
 			b.WriteString(e.host)

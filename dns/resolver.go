@@ -8,8 +8,10 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
@@ -190,4 +192,60 @@ func (r *netResolver) ioErr(ctx context.Context, network string, err error) erro
 		err = io.ErrUnexpectedEOF
 	}
 	return fmt.Errorf("dns: %s exchange with %s: %w", network, r.addr, err)
+}
+
+// Nameserver is an upstream resolver as configured: the network it is asked
+// over ("udp" or "tcp") and its address.
+type Nameserver struct {
+	Network string
+	Addr    netip.AddrPort
+}
+
+// String returns the nameserver as written in a config: tcp://addr for
+// TCP, the address alone for UDP.
+func (n Nameserver) String() string {
+	if n.Network == "tcp" {
+		return "tcp://" + n.Addr.String()
+	}
+	return n.Addr.String()
+}
+
+// NewNameservers returns a Resolver over servers, each asked over its own
+// network through dial, tried in turn (see Fallback). servers must not be
+// empty.
+func NewNameservers(servers []Nameserver, dial DialFunc, timeout time.Duration) Resolver {
+	rs := make([]Resolver, len(servers))
+	for i, s := range servers {
+		if s.Network == "tcp" {
+			rs[i] = NewTCPResolver(s.Addr.String(), dial, timeout)
+		} else {
+			rs[i] = NewUDPResolver(s.Addr.String(), dial, timeout)
+		}
+	}
+	return NewFallback(rs...)
+}
+
+// NewNameserversTCP is NewNameservers with every server asked over TCP,
+// whatever its network: dial is a proxy's CONNECT, and the servers are
+// reached from the proxy's side, so a query for a proxied name never leaves
+// this host in the clear.
+func NewNameserversTCP(servers []Nameserver, dial DialFunc, timeout time.Duration) Resolver {
+	rs := make([]Resolver, len(servers))
+	for i, s := range servers {
+		rs[i] = NewTCPResolver(s.Addr.String(), dial, timeout)
+	}
+	return NewFallback(rs...)
+}
+
+// GoResolver returns a net.Resolver that sends the lookups Go makes itself
+// (a DIRECT flow known only by name) to servers through dial, never to the
+// system's resolver, which may point back at tunsocks. Go's resolver dials
+// again for each retry; each dial takes the next server, so a dead one
+// costs one attempt. servers must not be empty.
+func GoResolver(servers []Nameserver, dial DialFunc) *net.Resolver {
+	var next atomic.Uint32
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		s := servers[int(next.Add(1)-1)%len(servers)]
+		return dial(ctx, s.Network, s.Addr.String())
+	}}
 }

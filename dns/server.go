@@ -68,6 +68,13 @@ type Config struct {
 	// are not DIRECT. nil means such queries get SERVFAIL: they are never
 	// sent to Direct instead.
 	Proxy Resolver
+	// ProxyFor, when set, picks the Proxy resolver per name: the one
+	// through the proxy the name's rule picks (DNS over TCP through its
+	// CONNECT). nil from it means SERVFAIL for that name (a rejected name).
+	ProxyFor func(host string) Resolver
+	// Names, when set, learns the A and AAAA records of every answer the
+	// Server forwards (real answers only; never the fake ones).
+	Names *RealNames
 	// Decide picks a route per name. nil means RouteFakeIP for every name
 	// when Pool is set, and RouteDirect for every name otherwise.
 	Decide Decider
@@ -102,6 +109,8 @@ type Server struct {
 	pool           *Pool
 	filter         *Filter
 	direct, proxy  Resolver
+	proxyFor       func(host string) Resolver
+	names          *RealNames
 	decide         Decider
 	log            *slog.Logger
 	cache          *cache // nil when disabled
@@ -118,15 +127,17 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("dns: negative MinTTL %s or MaxTTL %s", cfg.MinTTL, cfg.MaxTTL)
 	}
 	s := &Server{
-		pool:   cfg.Pool,
-		filter: cfg.Filter,
-		direct: cfg.Direct,
-		proxy:  cfg.Proxy,
-		decide: cfg.Decide,
-		log:    cfg.Logger,
-		minTTL: cfg.MinTTL,
-		maxTTL: cfg.MaxTTL,
-		now:    cfg.Now,
+		pool:     cfg.Pool,
+		filter:   cfg.Filter,
+		direct:   cfg.Direct,
+		proxy:    cfg.Proxy,
+		proxyFor: cfg.ProxyFor,
+		names:    cfg.Names,
+		decide:   cfg.Decide,
+		log:      cfg.Logger,
+		minTTL:   cfg.MinTTL,
+		maxTTL:   cfg.MaxTTL,
+		now:      cfg.Now,
 	}
 	if s.maxTTL == 0 {
 		s.maxTTL = DefaultMaxTTL
@@ -263,7 +274,16 @@ func (s *Server) answer(ctx context.Context, r *req) ([]byte, error) {
 			return s.answerFake(r)
 		}
 	}
-	return s.forward(ctx, r, s.proxy, RouteProxy)
+	return s.forward(ctx, r, s.proxyResolver(r.host), RouteProxy)
+}
+
+// proxyResolver is the resolver for a name that needs a real answer from
+// the far side of a proxy.
+func (s *Server) proxyResolver(host string) Resolver {
+	if s.proxyFor != nil {
+		return s.proxyFor(host)
+	}
+	return s.proxy
 }
 
 // route decides where a name goes.
@@ -334,6 +354,7 @@ func (s *Server) forward(ctx context.Context, r *req, res Resolver, route Route)
 		key = cacheKey(r, route)
 		if m, elapsed, ttl, ok := s.cache.get(key, now); ok {
 			if resp, err := s.repack(m, r, elapsed, ttl, false); err == nil {
+				s.names.learn(m)
 				return resp, nil
 			}
 		}
@@ -350,6 +371,7 @@ func (s *Server) forward(ctx context.Context, r *req, res Resolver, route Route)
 		return resp, fmt.Errorf("dns: %s resolver: %w", route, err)
 	}
 	if err := m.Unpack(resp); err == nil {
+		s.names.learn(&m)
 		if ttl, ok := s.cacheTTL(&m); ok {
 			if s.cache != nil {
 				s.cache.put(key, &m, now, ttl)

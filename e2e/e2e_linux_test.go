@@ -18,8 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/internal/testenv"
-	"github.com/tunsocks/tunsocks/lab"
 )
 
 var (

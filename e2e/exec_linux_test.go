@@ -18,8 +18,8 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/internal/testenv"
-	"github.com/tunsocks/tunsocks/lab"
 )
 
 // `tunsocks exec` end to end: tunsocks runs in the lab's app host, which

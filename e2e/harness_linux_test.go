@@ -19,8 +19,8 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/internal/testenv"
-	"github.com/tunsocks/tunsocks/lab"
 )
 
 var binary string // the tunsocks binary built by TestMain
@@ -124,8 +124,11 @@ func newEnv(t *testing.T, kind upstreamKind, runArgs ...string) *env {
 	return newEnvSetup(t, kind, nil, runArgs...)
 }
 
-// newEnvSetup is newEnv with setup run on the lab before tunsocks starts.
-func newEnvSetup(t *testing.T, kind upstreamKind, setup func(l *lab.Lab) error, runArgs ...string) *env {
+// newLabEnv creates a lab with the remote host's services running and
+// nothing else: no upstream, no tunsocks. When the test ends it stops what
+// was started, removes the lab and, on failure, dumps the logs of
+// e.tunsocks and e.upstream.
+func newLabEnv(t *testing.T) *env {
 	t.Helper()
 	l, err := lab.New(lab.Options{})
 	if err != nil {
@@ -150,9 +153,17 @@ func newEnvSetup(t *testing.T, kind upstreamKind, setup func(l *lab.Lab) error, 
 			e.dumpLogs()
 		}
 	})
-	if err := l.Do(l.Remote, func() error { return e.startRemoteServices() }); err != nil {
+	if err := l.Do(l.Remote, e.startRemoteServices); err != nil {
 		t.Fatal(err)
 	}
+	return e
+}
+
+// newEnvSetup is newEnv with setup run on the lab before tunsocks starts.
+func newEnvSetup(t *testing.T, kind upstreamKind, setup func(l *lab.Lab) error, runArgs ...string) *env {
+	t.Helper()
+	e := newLabEnv(t)
+	l := e.lab
 	e.startUpstream(kind)
 	if setup != nil {
 		if err := setup(l); err != nil {
@@ -259,17 +270,7 @@ func (e *env) startRemoteServices() error {
 			return err
 		}
 		e.wg.Add(2)
-		go func() {
-			defer e.wg.Done()
-			buf := make([]byte, 65535)
-			for {
-				n, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				pc.WriteTo(buf[:n], from)
-			}
-		}()
+		go func() { defer e.wg.Done(); lab.EchoUDP(pc) }()
 		go func() { defer e.wg.Done(); <-e.ctx.Done(); pc.Close() }()
 	}
 	return nil

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -12,9 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/internal/testenv"
-	"github.com/tunsocks/tunsocks/lab"
 )
 
 // TestRulesAndDNS: two upstream SOCKS servers, DIRECT, REJECT, a chain, a
@@ -31,22 +29,8 @@ func testRulesAndDNS(t *testing.T, runArgs ...string) {
 	testenv.NeedTool(t, "dig", "dnsutils")
 	dnsmasq := testenv.NeedTool(t, "dnsmasq", "dnsmasq-base")
 
-	l, err := lab.New(lab.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, lab: l, app: &direct.Dialer{Netns: l.App, Timeout: 10 * time.Second}, ctx: ctx, cancel: cancel}
-	t.Cleanup(func() {
-		cancel()
-		e.wg.Wait()
-		if err := l.Close(); err != nil {
-			t.Errorf("removing the lab: %v", err)
-		}
-	})
-	if err := l.Do(l.Remote, e.startRemoteServices); err != nil {
-		t.Fatal(err)
-	}
+	e := newLabEnv(t)
+	l := e.lab
 	const mark = 0x7473
 	if err := l.EnableDirect(mark); err != nil {
 		t.Fatal(err)

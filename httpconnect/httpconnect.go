@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/proxyurl"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
@@ -57,43 +58,41 @@ func New(u *url.URL, forward Dialer) (*Client, error) {
 	if u == nil {
 		return nil, errors.New("httpconnect: nil proxy URL")
 	}
-	switch strings.ToLower(u.Scheme) {
-	case "http":
-	case "https":
-		return nil, fmt.Errorf("httpconnect: proxy URL %q: https:// (TLS to the proxy) is not supported yet; use http://", u.Redacted())
-	case "":
-		return nil, fmt.Errorf("httpconnect: proxy URL %q has no scheme; want http://host:port", u.Redacted())
-	default:
-		return nil, fmt.Errorf("httpconnect: proxy URL scheme %q is not supported; want http://host:port", u.Scheme)
+	if err := CheckURL(u); err != nil {
+		return nil, fmt.Errorf("httpconnect: proxy %w", err)
 	}
-	host := u.Hostname()
-	if host == "" || u.Opaque != "" {
-		return nil, fmt.Errorf("httpconnect: proxy URL %q names no host; want http://host:port", u.Redacted())
-	}
-	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("httpconnect: proxy URL %q: only http://[user:pass@]host:port is allowed", u.Redacted())
-	}
-	port := DefaultPort
-	if p := u.Port(); p != "" {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
-			return nil, fmt.Errorf("httpconnect: proxy URL %q: port %q is not a number from 1 to 65535", u.Redacted(), p)
-		}
-		port = n
-	}
-	c := &Client{server: net.JoinHostPort(host, strconv.Itoa(port)), forward: forward}
+	server, _ := proxyurl.HostPort(u, DefaultPort)
+	c := &Client{server: server, forward: forward}
 	if c.forward == nil {
 		c.forward = &direct.Dialer{}
 	}
 	if u.User != nil {
-		user := u.User.Username()
 		pass, _ := u.User.Password()
-		if strings.Contains(user, ":") {
-			return nil, errors.New("httpconnect: the proxy user name cannot contain ':' (Basic authentication)")
-		}
-		c.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))
+		c.auth = "Basic " + base64.StdEncoding.EncodeToString([]byte(u.User.Username()+":"+pass))
 	}
 	return c, nil
+}
+
+// CheckURL reports what is wrong with u as an HTTP proxy URL (see New), or
+// nil. Its errors name the URL without the password and say what would be
+// right.
+func CheckURL(u *url.URL) error {
+	switch strings.ToLower(u.Scheme) {
+	case "http":
+	case "https":
+		return fmt.Errorf("url %q: https:// (TLS to the proxy) is not supported yet; use http://", u.Redacted())
+	case "":
+		return fmt.Errorf("url %q has no scheme; want http://host:port", u.Redacted())
+	default:
+		return fmt.Errorf("url scheme %q is not supported; want http://host:port", u.Scheme)
+	}
+	if _, err := proxyurl.HostPort(u, DefaultPort); err != nil {
+		return err
+	}
+	if u.User != nil && strings.Contains(u.User.Username(), ":") {
+		return errors.New("the proxy user name cannot contain ':' (Basic authentication)")
+	}
+	return nil
 }
 
 // Server returns the proxy's host:port.

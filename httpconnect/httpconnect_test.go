@@ -2,6 +2,7 @@ package httpconnect
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -675,20 +676,31 @@ func BenchmarkDial(b *testing.B) {
 }
 
 // Whatever a proxy answers, reading it never panics and either succeeds
-// with a 2xx or fails.
+// with a 2xx or fails. readHeader splits what it read into the header and
+// the tunnel's first bytes (rest); what it did not read stays in the
+// reader, for the tunnel: together they are the input, in order.
 func FuzzResponse(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 200 OK\r\n\r\nearly"))
 	f.Add([]byte("HTTP/1.1 407 x\r\nProxy-Authenticate: NTLM\r\n\r\n"))
 	f.Add([]byte("HTTP/1.1 503 x\r\nX-Squid-Error: ERR_CONNECT_FAIL 111\r\n\r\n"))
 	f.Add([]byte("\n\n"))
+	// The header ends inside the first read, the tunnel's data goes on past
+	// it: the reader rightly leaves that part unread.
+	f.Add([]byte("HTTP/1.1 200 OK\r\n\r\n" + strings.Repeat("t", 2000)))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c := &Client{server: "proxy.test:8080"}
-		head, rest, err := readHeader(strings.NewReader(string(data)))
+		r := strings.NewReader(string(data))
+		head, rest, err := readHeader(r)
 		if err != nil {
 			return
 		}
-		if len(head)+len(rest) != len(data) || len(head) > MaxHeader {
-			t.Fatalf("head %d + rest %d bytes of %d", len(head), len(rest), len(data))
+		unread := r.Len()
+		if len(head)+len(rest)+unread != len(data) || len(head) > MaxHeader ||
+			!bytes.Equal(head, data[:len(head)]) || !bytes.Equal(rest, data[len(head):len(head)+len(rest)]) {
+			t.Fatalf("head %d + rest %d + unread %d bytes do not make up the %d read", len(head), len(rest), unread, len(data))
+		}
+		if !bytes.HasSuffix(head, []byte("\n\n")) && !bytes.HasSuffix(head, []byte("\n\r\n")) {
+			t.Fatalf("head %q does not end with an empty line", head)
 		}
 		if err := c.checkResponse(head); err == nil && !strings.HasPrefix(string(head), "HTTP/1.") {
 			t.Fatalf("accepted %q", head)

@@ -1,6 +1,7 @@
 // Package outbound adapts the ways tunsocks can carry a flow (direct
-// sockets, a SOCKS upstream, a chain of them, a refusal) to the router's
-// Outbound interface.
+// sockets, a SOCKS upstream, an HTTP CONNECT proxy, a chain of them) to the
+// router's Outbound interface. Chain is the one place a proxy URL, or a
+// chain of them, becomes an outbound.
 package outbound
 
 import (
@@ -9,14 +10,22 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
-	"sync"
+	"net/url"
 	"time"
 
+	"github.com/tunsocks/tunsocks/httpconnect"
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/lru"
 	"github.com/tunsocks/tunsocks/router"
+	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/socksclient"
 )
+
+// Dialer reaches the first hop of a chain (internal/direct's dialer), and
+// each hop's client reaches the next.
+type Dialer interface {
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+}
 
 // Direct carries flows straight to their destination through the direct
 // dialer, so they never loop back into the TUN. Domains (from fake IPs) are
@@ -34,7 +43,15 @@ func (d *Direct) DialContext(ctx context.Context, network, address string) (net.
 	return d.Dialer.DialContext(ctx, network, address)
 }
 
-// ListenPacket implements router.Outbound.
+// Limits of a DIRECT UDP session's own name cache.
+const (
+	directNames   = 64               // names a session remembers
+	directNameTTL = 60 * time.Second // how long it trusts an answer
+	resolveLimit  = 5 * time.Second  // one lookup at most
+)
+
+// ListenPacket implements router.Outbound. ctx is the flow's: it bounds the
+// lookups of the names the flow sends to.
 func (d *Direct) ListenPacket(ctx context.Context) (router.PacketConn, error) {
 	pc, err := d.Dialer.ListenPacket(ctx, "udp", ":0")
 	if err != nil {
@@ -44,24 +61,18 @@ func (d *Direct) ListenPacket(ctx context.Context) (router.PacketConn, error) {
 	if res == nil {
 		res = net.DefaultResolver
 	}
-	return &directPacket{pc: pc.(*net.UDPConn), res: res, cache: map[string]cached{}}, nil
-}
-
-type cached struct {
-	ip  netip.Addr
-	exp time.Time
+	return &directPacket{ctx: ctx, pc: pc.(*net.UDPConn), res: res, names: lru.NewCache[string, netip.Addr](directNames)}, nil
 }
 
 type directPacket struct {
-	pc  *net.UDPConn
-	res *net.Resolver
-
-	mu    sync.Mutex
-	cache map[string]cached // domain -> address, for a flow's lifetime at most 60 s
+	ctx   context.Context
+	pc    *net.UDPConn
+	res   *net.Resolver
+	names *lru.Cache[string, netip.Addr] // name -> address, for a minute at most
 }
 
-func (p *directPacket) Send(b []byte, address string) error {
-	ap, err := p.resolve(address)
+func (p *directPacket) Send(b []byte, to socks.Addr) error {
+	ap, err := p.resolve(to)
 	if err != nil {
 		return err
 	}
@@ -69,43 +80,33 @@ func (p *directPacket) Send(b []byte, address string) error {
 	return err
 }
 
-func (p *directPacket) resolve(address string) (netip.AddrPort, error) {
-	if ap, err := netip.ParseAddrPort(address); err == nil {
+// resolve returns the address to send to: to itself, or its name's first
+// address.
+func (p *directPacket) resolve(to socks.Addr) (netip.AddrPort, error) {
+	if ap, ok := to.AddrPort(); ok {
 		return ap, nil
 	}
-	host, portStr, err := net.SplitHostPort(address)
-	if err != nil {
-		return netip.AddrPort{}, err
+	now := time.Now()
+	if ip, ok := p.names.Get(to.Name, now); ok {
+		return netip.AddrPortFrom(ip, to.Port), nil
 	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("port %q: %w", portStr, err)
-	}
-	p.mu.Lock()
-	c, ok := p.cache[host]
-	p.mu.Unlock()
-	if ok && time.Now().Before(c.exp) {
-		return netip.AddrPortFrom(c.ip, uint16(port)), nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(p.ctx, resolveLimit)
 	defer cancel()
-	ips, err := p.res.LookupNetIP(ctx, "ip", host)
+	ips, err := p.res.LookupNetIP(ctx, "ip", to.Name)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
 	if len(ips) == 0 {
-		return netip.AddrPort{}, &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}
+		return netip.AddrPort{}, &net.DNSError{Err: "no addresses", Name: to.Name, IsNotFound: true}
 	}
 	ip := ips[0].Unmap()
-	p.mu.Lock()
-	p.cache[host] = cached{ip: ip, exp: time.Now().Add(60 * time.Second)}
-	p.mu.Unlock()
-	return netip.AddrPortFrom(ip, uint16(port)), nil
+	p.names.Put(to.Name, ip, now.Add(directNameTTL))
+	return netip.AddrPortFrom(ip, to.Port), nil
 }
 
-func (p *directPacket) Recv(b []byte) (int, netip.AddrPort, error) {
+func (p *directPacket) Recv(b []byte) (int, socks.Addr, error) {
 	n, ap, err := p.pc.ReadFromUDPAddrPort(b)
-	return n, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), err
+	return n, socks.AddrFromAddrPort(ap), err
 }
 
 func (p *directPacket) Close() error { return p.pc.Close() }
@@ -114,6 +115,7 @@ func (p *directPacket) Close() error { return p.pc.Close() }
 type Socks struct {
 	name   string
 	client *socksclient.Client
+	noUDP  error // why ListenPacket fails before asking, when it must
 }
 
 // NewSocks names a SOCKS client as an outbound.
@@ -130,6 +132,9 @@ func (s *Socks) DialContext(ctx context.Context, network, address string) (net.C
 
 // ListenPacket implements router.Outbound: one UDP ASSOCIATE per flow.
 func (s *Socks) ListenPacket(ctx context.Context) (router.PacketConn, error) {
+	if s.noUDP != nil {
+		return nil, s.noUDP
+	}
 	pc, err := s.client.ListenPacket(ctx)
 	if err != nil {
 		if errors.Is(err, socksclient.ErrUDPUnsupported) {
@@ -140,39 +145,91 @@ func (s *Socks) ListenPacket(ctx context.Context) (router.PacketConn, error) {
 	return &socksPacket{pc: pc}, nil
 }
 
-type socksPacket struct{ pc net.PacketConn }
+type socksPacket struct{ pc *socksclient.UDPConn }
 
-func (p *socksPacket) Send(b []byte, address string) error {
-	var to net.Addr
-	if ap, err := netip.ParseAddrPort(address); err == nil {
-		to = net.UDPAddrFromAddrPort(ap)
-	} else {
-		host, portStr, err := net.SplitHostPort(address)
-		if err != nil {
-			return err
-		}
-		port, err := strconv.ParseUint(portStr, 10, 16)
-		if err != nil {
-			return fmt.Errorf("port %q: %w", portStr, err)
-		}
-		to = socksclient.DomainAddr{Host: host, Port: uint16(port)}
-	}
+func (p *socksPacket) Send(b []byte, to socks.Addr) error {
 	_, err := p.pc.WriteTo(b, to)
 	return err
 }
 
-func (p *socksPacket) Recv(b []byte) (int, netip.AddrPort, error) {
+// Recv returns the next datagram and its sender, an address or a name as
+// the server reports it.
+func (p *socksPacket) Recv(b []byte) (int, socks.Addr, error) {
 	n, from, err := p.pc.ReadFrom(b)
 	if err != nil {
-		return 0, netip.AddrPort{}, err
+		return 0, socks.Addr{}, err
 	}
-	if u, ok := from.(*net.UDPAddr); ok {
-		ap := u.AddrPort()
-		return n, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	switch a := from.(type) {
+	case *net.UDPAddr:
+		return n, socks.AddrFromAddrPort(a.AddrPort()), nil
+	case socks.Addr:
+		return n, a, nil
 	}
-	// A reply from a domain address cannot be given to the app as a source;
-	// the caller drops it (0 bytes, no error).
-	return 0, netip.AddrPort{}, nil
+	return 0, socks.Addr{}, nil // not reached: socksclient reports one of the two
 }
 
 func (p *socksPacket) Close() error { return p.pc.Close() }
+
+// HTTP carries TCP through an HTTP CONNECT proxy (or a chain ending in
+// one); it has no UDP.
+type HTTP struct {
+	name string
+	d    Dialer
+}
+
+// Name implements router.Outbound.
+func (h *HTTP) Name() string { return h.name }
+
+// DialContext implements router.Outbound: CONNECT, with a domain sent as a
+// domain so the proxy resolves it.
+func (h *HTTP) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return h.d.DialContext(ctx, network, address)
+}
+
+// ListenPacket implements router.Outbound: it fails, wrapping
+// router.ErrUDPUnsupported.
+func (h *HTTP) ListenPacket(context.Context) (router.PacketConn, error) {
+	return nil, fmt.Errorf("%s is an HTTP CONNECT proxy: %w", h.name, router.ErrUDPUnsupported)
+}
+
+// Chain builds the outbound called name that goes through hops in order:
+// forward reaches hops[0], hops[0]'s client reaches hops[1], and so on; one
+// hop is a plain proxy. A hop is socks5://, socks5h://, socks4://,
+// socks4a:// or http:// (HTTP CONNECT). UDP works through a single SOCKS5
+// hop only: a later hop's UDP relay cannot be reached through the earlier
+// hops' streams, so a chain's ListenPacket fails with
+// router.ErrUDPUnsupported, as an HTTP hop's does.
+func Chain(name string, forward Dialer, hops ...*url.URL) (router.Outbound, error) {
+	if len(hops) == 0 {
+		return nil, fmt.Errorf("proxy %q: a chain needs at least one hop", name)
+	}
+	var last *socksclient.Client
+	afterHTTP := false // the last hop is reached through an HTTP hop
+	for i, u := range hops {
+		var err error
+		if u.Scheme == "http" {
+			forward, err = httpconnect.New(u, forward)
+			last = nil
+		} else {
+			afterHTTP = i > 0 && hops[i-1].Scheme == "http"
+			last, err = socksclient.New(u, forward)
+			forward = last
+		}
+		if err != nil {
+			if len(hops) > 1 {
+				return nil, fmt.Errorf("proxy %q: hop %d: %w", name, i+1, err)
+			}
+			return nil, fmt.Errorf("proxy %q: %w", name, err)
+		}
+	}
+	if last == nil {
+		return &HTTP{name: name, d: forward}, nil
+	}
+	s := NewSocks(name, last)
+	if afterHTTP {
+		// A SOCKS hop behind another SOCKS hop refuses UDP itself and
+		// says why; behind an HTTP hop it would try and fail obscurely.
+		s.noUDP = fmt.Errorf("%s: %w: the last hop's UDP relay cannot be reached through the HTTP CONNECT hop before it", name, router.ErrUDPUnsupported)
+	}
+	return s, nil
+}

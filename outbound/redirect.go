@@ -8,6 +8,7 @@ import (
 
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/router"
+	"github.com/tunsocks/tunsocks/socks"
 )
 
 // Redirect carries flows addressed to From to the same port on To, through
@@ -57,26 +58,26 @@ type redirectPacket struct {
 	pc *net.UDPConn
 }
 
-func (p *redirectPacket) Send(b []byte, address string) error {
-	to, err := p.r.target(address)
+func (p *redirectPacket) Send(b []byte, to socks.Addr) error {
+	dst, err := p.r.target(to.String())
 	if err != nil {
 		return err
 	}
-	_, err = p.pc.WriteToUDPAddrPort(b, to)
+	_, err = p.pc.WriteToUDPAddrPort(b, dst)
 	return err
 }
 
 // Recv returns datagrams from To as from From; others are dropped (0
-// bytes, no error), as the app never sent anywhere else.
-func (p *redirectPacket) Recv(b []byte) (int, netip.AddrPort, error) {
+// bytes, no sender, no error), as the app never sent anywhere else.
+func (p *redirectPacket) Recv(b []byte) (int, socks.Addr, error) {
 	n, ap, err := p.pc.ReadFromUDPAddrPort(b)
 	if err != nil {
-		return 0, netip.AddrPort{}, err
+		return 0, socks.Addr{}, err
 	}
 	if ap.Addr().Unmap() != p.r.To {
-		return 0, netip.AddrPort{}, nil
+		return 0, socks.Addr{}, nil
 	}
-	return n, netip.AddrPortFrom(p.r.From, ap.Port()), nil
+	return n, socks.Addr{IP: p.r.From, Port: ap.Port()}, nil
 }
 
 func (p *redirectPacket) Close() error { return p.pc.Close() }

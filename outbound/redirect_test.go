@@ -4,12 +4,12 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"strconv"
 	"testing"
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/testenv"
+	"github.com/tunsocks/tunsocks/socks"
 )
 
 func TestRedirect(t *testing.T) {
@@ -40,15 +40,15 @@ func TestRedirect(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	if err := pc.Send([]byte("hello"), net.JoinHostPort(from.String(), strconv.Itoa(uport))); err != nil {
+	if err := pc.Send([]byte("hello"), socks.Addr{IP: from, Port: uint16(uport)}); err != nil {
 		t.Fatal(err)
 	}
 	b := make([]byte, 64)
 	n, src, err := pc.Recv(b)
-	if err != nil || string(b[:n]) != "hello" || src != netip.AddrPortFrom(from, uint16(uport)) {
+	if err != nil || string(b[:n]) != "hello" || src != (socks.Addr{IP: from, Port: uint16(uport)}) {
 		t.Errorf("UDP reply %q from %v (%v), want hello from %v:%d", b[:n], src, err, from, uport)
 	}
-	if err := pc.Send([]byte("x"), "192.0.2.1:53"); err == nil {
+	if err := pc.Send([]byte("x"), socks.Addr{IP: netip.MustParseAddr("192.0.2.1"), Port: 53}); err == nil {
 		t.Error("a datagram to another address was sent")
 	}
 }

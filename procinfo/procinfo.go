@@ -12,8 +12,9 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-	"sync"
 	"time"
+
+	"github.com/tunsocks/tunsocks/internal/lru"
 )
 
 // Errors wrapped by Lookup.
@@ -32,11 +33,9 @@ const maxCache = 4096 // results kept at most
 // a short time, so a burst of flows from one socket costs one lookup. It is
 // safe for concurrent use.
 type Finder struct {
-	ttl time.Duration
-	now func() time.Time
-
-	mu    sync.Mutex
-	cache map[cacheKey]cacheEntry
+	ttl   time.Duration
+	now   func() time.Time
+	cache *lru.Cache[cacheKey, cacheEntry]
 
 	sys *sysFinder // the OS-specific part
 }
@@ -47,16 +46,15 @@ type cacheKey struct {
 }
 
 type cacheEntry struct {
-	path    string
-	uid     int
-	expires time.Time
+	path string
+	uid  int
 }
 
 // NewFinder returns a Finder that keeps each answer for ttl (a couple of
 // seconds is right: a port can be reused by another process after its
 // socket closes). ttl <= 0 disables caching of answers.
 func NewFinder(ttl time.Duration) *Finder {
-	return &Finder{ttl: ttl, now: time.Now, cache: map[cacheKey]cacheEntry{}, sys: newSysFinder()}
+	return &Finder{ttl: ttl, now: time.Now, cache: lru.NewCache[cacheKey, cacheEntry](maxCache), sys: newSysFinder()}
 }
 
 // Lookup returns the executable path and uid of the process owning the
@@ -93,10 +91,7 @@ func (f *Finder) LookupFlow(network string, src, dst netip.AddrPort) (path strin
 	}
 	key := cacheKey{nw, src}
 	if f.ttl > 0 {
-		f.mu.Lock()
-		e, ok := f.cache[key]
-		f.mu.Unlock()
-		if ok && f.now().Before(e.expires) {
+		if e, ok := f.cache.Get(key, f.now()); ok {
 			return e.path, e.uid, nil
 		}
 	}
@@ -105,29 +100,7 @@ func (f *Finder) LookupFlow(network string, src, dst netip.AddrPort) (path strin
 		return path, uid, fmt.Errorf("procinfo: lookup %s %s: %w", nw, src, err)
 	}
 	if f.ttl > 0 {
-		f.store(key, cacheEntry{path: path, uid: uid, expires: f.now().Add(f.ttl)})
+		f.cache.Put(key, cacheEntry{path: path, uid: uid}, f.now().Add(f.ttl))
 	}
 	return path, uid, nil
-}
-
-// store adds an answer, first dropping expired ones (and, if the cache is
-// still full, arbitrary ones) so it never holds more than maxCache.
-func (f *Finder) store(key cacheKey, e cacheEntry) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.cache) >= maxCache {
-		now := f.now()
-		for k, v := range f.cache {
-			if !now.Before(v.expires) {
-				delete(f.cache, k)
-			}
-		}
-		for k := range f.cache {
-			if len(f.cache) < maxCache*3/4 {
-				break
-			}
-			delete(f.cache, k)
-		}
-	}
-	f.cache[key] = e
 }

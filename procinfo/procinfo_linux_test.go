@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tunsocks/tunsocks/internal/testenv"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -227,9 +228,9 @@ func TestCacheBounded(t *testing.T) {
 	f := NewFinder(time.Hour)
 	f.now = func() time.Time { return now }
 	for i := range 3 * maxCache {
-		f.store(cacheKey{"tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(i))}, cacheEntry{expires: now.Add(time.Hour)})
-		if len(f.cache) > maxCache {
-			t.Fatalf("cache holds %d > %d", len(f.cache), maxCache)
+		f.cache.Put(cacheKey{"tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(i))}, cacheEntry{}, now.Add(time.Hour))
+		if f.cache.Len() > maxCache {
+			t.Fatalf("cache holds %d > %d", f.cache.Len(), maxCache)
 		}
 	}
 }

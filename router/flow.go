@@ -5,11 +5,14 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/stack"
 )
 
@@ -36,20 +39,30 @@ type udpFlow interface {
 	Src() netip.AddrPort
 	ReadFrom(p []byte) (n int, dst netip.AddrPort, err error)
 	WriteTo(p []byte, from netip.AddrPort) (int, error)
+	SetReadDeadline(t time.Time) error
 	Close() error
 }
 
-// HandleTCP implements stack.Handler.
-func (r *Router) HandleTCP(ctx context.Context, req *stack.TCPRequest) { r.handleTCP(ctx, req) }
+// HandleTCP implements stack.Handler; the flow carries no inbound (see Handler).
+func (r *Router) HandleTCP(ctx context.Context, req *stack.TCPRequest) { r.handleTCP(ctx, nil, req) }
 
-// HandleUDP implements stack.Handler.
-func (r *Router) HandleUDP(ctx context.Context, f *stack.UDPFlow) { r.handleUDP(ctx, f) }
+// HandleUDP implements stack.Handler; the flow carries no inbound (see Handler).
+func (r *Router) HandleUDP(ctx context.Context, f *stack.UDPFlow) { r.handleUDP(ctx, nil, f) }
 
-func (r *Router) handleTCP(ctx context.Context, req tcpRequest) {
-	m, dst := r.metadata("tcp", req.Src(), req.Dst())
-	d := r.decide(m)
-	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
+// isDNS reports whether traffic to dst is DNS the router answers itself.
+func (r *Router) isDNS(dst netip.AddrPort) bool { return r.cfg.DNS != nil && r.cfg.DNS.Intercept(dst) }
+
+func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
+	in := inb.tag(req.Src())
 	r.stats.TCPTotal.Add(1)
+	if r.isDNS(req.Dst()) {
+		r.serveDNSStream(ctx, in, req)
+		return
+	}
+	m, target := r.metadata("tcp", in, req.Src(), ipAddr(req.Dst()))
+	d := r.decide(ctx, m)
+	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, InType: in.typ, InName: in.name, InUser: in.user,
+		Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
 	switch {
 	case d.Action == RejectDrop:
 		if dr, ok := req.(dropper); ok {
@@ -67,7 +80,7 @@ func (r *Router) handleTCP(ctx context.Context, req tcpRequest) {
 		return
 	}
 	dctx, cancel := context.WithTimeout(ctx, r.cfg.DialTimeout)
-	up, err := d.Outbound.DialContext(dctx, "tcp", dst)
+	up, err := d.Outbound.DialContext(dctx, "tcp", target.String())
 	cancel()
 	if err != nil {
 		req.Reject()
@@ -92,35 +105,102 @@ func (r *Router) handleTCP(ctx context.Context, req tcpRequest) {
 	r.finish(rec)
 }
 
+// serveDNSStream answers DNS over TCP to the DNS address in-process, as
+// UDP queries are: a client retrying a truncated answer, or one that
+// speaks TCP only (dig +tcp), gets its answer from the same server.
+func (r *Router) serveDNSStream(ctx context.Context, in flowIn, req tcpRequest) {
+	rec := FlowRecord{Network: "tcp", Src: req.Src(), Dst: req.Dst(), InType: in.typ, InName: in.name, InUser: in.user,
+		Outbound: "DNS", Rule: "dns", Start: time.Now()}
+	app, err := req.Accept()
+	if err != nil {
+		r.stats.Failed.Add(1)
+		rec.Err = err
+		r.finish(rec)
+		return
+	}
+	r.stats.TCPOpen.Add(1)
+	c := &countedConn{Conn: app, up: &r.stats.Up, down: &r.stats.Down}
+	rec.Err = r.cfg.DNS.ServeStream(ctx, c)
+	r.stats.TCPOpen.Add(-1)
+	rec.Up, rec.Down = c.read.Load(), c.written.Load()
+	r.finish(rec)
+}
+
+// countedConn counts the bytes read from and written to a connection.
+type countedConn struct {
+	net.Conn
+	up, down      *atomic.Int64 // the router's counters
+	read, written atomic.Int64
+}
+
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.read.Add(int64(n))
+	c.up.Add(int64(n))
+	return n, err
+}
+
+func (c *countedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.written.Add(int64(n))
+	c.down.Add(int64(n))
+	return n, err
+}
+
 // handleUDP serves one app socket (full cone: one flow per app address and
-// port, whatever it sends to). Every datagram is routed by its own rule: the
-// first one's outbound opens the flow's UDP session, a datagram whose rule
-// names another outbound gets an association of its own on that outbound
-// (see udpSession.route), and rejected datagrams are dropped.
-func (r *Router) handleUDP(ctx context.Context, f udpFlow) {
+// port, whatever it sends to). A flow whose first datagram is DNS to the
+// intercepted address takes a short path: queries are answered one by one
+// on this goroutine with one buffer, and no session is set up unless the
+// socket also sends elsewhere. Otherwise every datagram is routed by its
+// own rule: the first one's outbound opens the flow's UDP session, a
+// datagram whose rule names another outbound gets an association of its
+// own on that outbound (see udpSession.route), and rejected datagrams are
+// dropped.
+func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	r.stats.UDPTotal.Add(1)
 	r.stats.UDPOpen.Add(1)
 	defer r.stats.UDPOpen.Add(-1)
 
-	buf := make([]byte, 65535)
-	n, dst, err := f.ReadFrom(buf)
+	in := inb.tag(f.Src())
+	bp := relay.PacketBuf()
+	n, dst, err := f.ReadFrom(*bp)
 	if err != nil {
+		relay.PutPacketBuf(bp)
 		f.Close()
 		return
 	}
-	s := &udpSession{r: r, f: f, closed: make(chan struct{}), ready: make(chan struct{})}
-	rec := FlowRecord{Network: "udp", Src: f.Src(), Dst: dst, Start: time.Now()}
-	idle := r.cfg.UDPIdle
-	if dst.Port() == 53 {
-		idle = r.cfg.DNSIdle
+	rec := FlowRecord{Network: "udp", Src: f.Src(), Dst: dst, InType: in.typ, InName: in.name, InUser: in.user, Start: time.Now()}
+	var dnsUp, dnsDown int64
+	if r.isDNS(dst) {
+		rec.Outbound, rec.Rule = "DNS", "dns"
+		var more bool
+		n, dst, more, dnsUp, dnsDown, rec.Err = r.serveDNSDatagrams(ctx, f, *bp, n, dst)
+		if !more {
+			relay.PutPacketBuf(bp)
+			f.Close()
+			rec.Up, rec.Down = dnsUp, dnsDown
+			r.finish(rec)
+			return
+		}
+		// The socket sends elsewhere too: from here on it is an
+		// ordinary flow, with this datagram as its first.
 	}
-	first := s.route(ctx, buf[:n], dst)
-	rec.Outbound, rec.Rule, rec.Host = first.name, first.rule, first.host
+	s := &udpSession{r: r, f: f, in: in, closed: make(chan struct{}), ready: make(chan struct{})}
+	first := s.route(ctx, (*bp)[:n], dst)
+	relay.PutPacketBuf(bp)
+	if rec.Outbound == "" {
+		rec.Outbound, rec.Rule, rec.Host = first.name, first.rule, first.host
+	}
 	if first.err != nil {
 		rec.Err = first.err
+		rec.Up, rec.Down = dnsUp, dnsDown
 		s.closeAll()
 		r.finish(rec)
 		return
+	}
+	idle := r.cfg.UDPIdle
+	if rec.Dst.Port() == 53 {
+		idle = r.cfg.DNSIdle
 	}
 	up := func(p []byte) (int, error) {
 		n, dst, err := f.ReadFrom(p)
@@ -147,16 +227,67 @@ func (r *Router) handleUDP(ctx context.Context, f udpFlow) {
 	var u, d int64
 	u, d, err = relay.Packets(ctx, relay.PacketOptions{Idle: idle, Up: &r.stats.Up, Down: &r.stats.Down, Activity: &s.activity}, up, down, s.closeAll)
 	s.extraWG.Wait()
-	rec.Up, rec.Down = u+int64(first.n), d+s.dnsDown+s.extraDown.Load()
+	rec.Up, rec.Down = dnsUp+u+int64(first.n), dnsDown+d+s.dnsDown+s.extraDown.Load()
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		rec.Err = err
 	}
 	r.finish(rec)
 }
 
+// serveDNSDatagrams answers the query q (n bytes of buf, sent to dst) and
+// every further one the app sends to an intercepted address, until the
+// flow has been idle for DNSIdle (err is then relay.ErrIdle) or ends. When
+// the app sends a datagram elsewhere it returns it (n bytes of buf, to dst)
+// with more set, for the caller to route.
+func (r *Router) serveDNSDatagrams(ctx context.Context, f udpFlow, buf []byte, n int, dst netip.AddrPort) (_ int, _ netip.AddrPort, more bool, up, down int64, err error) {
+	defer f.SetReadDeadline(time.Time{})
+	for {
+		up += int64(n)
+		r.stats.Up.Add(int64(n))
+		down += r.answerDNS(ctx, f, buf[:n], dst)
+		if ctx.Err() != nil {
+			return 0, dst, false, up, down, nil
+		}
+		f.SetReadDeadline(time.Now().Add(r.cfg.DNSIdle))
+		n, dst, err = f.ReadFrom(buf)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return 0, dst, false, up, down, relay.ErrIdle
+		case err != nil:
+			if errors.Is(err, net.ErrClosed) {
+				err = nil
+			}
+			return 0, dst, false, up, down, err
+		case !r.isDNS(dst):
+			return n, dst, true, up, down, nil
+		}
+	}
+}
+
+// answerDNS answers one query the app sent to dst, from dst; it returns the
+// bytes of the answer.
+func (r *Router) answerDNS(ctx context.Context, f udpFlow, q []byte, dst netip.AddrPort) int64 {
+	// An error comes with a response to send all the same when the query
+	// deserves one (SERVFAIL when every nameserver failed), so the app
+	// fails fast instead of timing out.
+	resp, err := r.cfg.DNS.Handle(ctx, q)
+	if err != nil {
+		r.log.Debug("dns", "src", f.Src(), "err", err)
+	}
+	if resp == nil {
+		return 0
+	}
+	if _, err := f.WriteTo(resp, dst); err != nil {
+		return 0
+	}
+	r.stats.Down.Add(int64(len(resp)))
+	return int64(len(resp))
+}
+
 type udpSession struct {
 	r      *Router
 	f      udpFlow
+	in     flowIn
 	out    Outbound      // the flow's outbound, set with pc; up pump only
 	closed chan struct{} // closed by closeAll
 	ready  chan struct{} // closed once pc is set
@@ -175,6 +306,79 @@ type udpSession struct {
 	// dnsDown counts answers written by the in-process DNS handler; only the
 	// up pump's goroutine touches it.
 	dnsDown int64
+
+	peers replyPeers
+}
+
+// replyPeers maps the sources of replies back to the addresses the app
+// sent to. A datagram the app sent to a fake IP leaves as a name, and the
+// upstream answers it either from that name or, having resolved the name
+// itself, from an address tunsocks never saw; the app must see the reply
+// come from the fake IP and port it sent to, or a connected socket (a DNS
+// client, QUIC) drops it. A reply from a name goes back to the fake IP of
+// that name; a reply from an address the app did not send to itself, on a
+// port it sent a name to, goes back to that name's fake IP (the last one
+// sent to on that port, if several). Every other reply keeps its source
+// (full cone).
+type replyPeers struct {
+	mu     sync.Mutex
+	byName map[socks.Addr]netip.AddrPort // name:port sent to -> the app's destination
+	byPort map[uint16]netip.AddrPort     // port -> the app's destination of the last name sent to on it
+	direct map[netip.AddrPort]struct{}   // addresses the app sent to as they are
+}
+
+// maxReplyPeers bounds each map of a flow's replyPeers; a full map starts
+// over.
+const maxReplyPeers = 256
+
+// sent records that the app's datagram to appDst left for target.
+func (p *replyPeers) sent(appDst netip.AddrPort, target socks.Addr) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if target.Name == "" {
+		if _, ok := p.direct[appDst]; ok {
+			return
+		}
+		if p.direct == nil || len(p.direct) >= maxReplyPeers {
+			p.direct = make(map[netip.AddrPort]struct{})
+		}
+		p.direct[appDst] = struct{}{}
+		return
+	}
+	if p.byName == nil || len(p.byName) >= maxReplyPeers {
+		p.byName = make(map[socks.Addr]netip.AddrPort)
+		p.byPort = make(map[uint16]netip.AddrPort)
+	}
+	p.byName[target] = appDst
+	p.byPort[target.Port] = appDst
+}
+
+// source returns the address the app is shown a reply from as coming
+// from; ok is false for a name it cannot be shown.
+func (p *replyPeers) source(from socks.Addr) (netip.AddrPort, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if from.Name != "" {
+		ap, ok := p.byName[from]
+		if !ok {
+			ap, ok = p.byName[socks.Addr{Name: strings.ToLower(strings.TrimSuffix(from.Name, ".")), Port: from.Port}]
+		}
+		return ap, ok
+	}
+	ap := netip.AddrPortFrom(from.IP.Unmap(), from.Port)
+	if !ap.Addr().IsValid() {
+		return ap, false
+	}
+	if p.byPort == nil {
+		return ap, true
+	}
+	if _, ok := p.direct[ap]; ok {
+		return ap, true
+	}
+	if fake, ok := p.byPort[ap.Port()]; ok {
+		return fake, true
+	}
+	return ap, true
 }
 
 type routeResult struct {
@@ -189,23 +393,12 @@ type routeResult struct {
 // goroutine calls it (and handleUDP before the pumps start).
 func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) routeResult {
 	r := s.r
-	if r.cfg.DNS != nil && r.cfg.DNS.Intercept(dst) {
-		// An error comes with a response to send all the same when the
-		// query deserves one (SERVFAIL when every nameserver failed), so
-		// the app fails fast instead of timing out.
-		resp, err := r.cfg.DNS.Handle(ctx, p)
-		if err != nil {
-			r.log.Debug("dns", "src", s.f.Src(), "err", err)
-		}
-		if resp != nil {
-			if _, err := s.f.WriteTo(resp, dst); err == nil {
-				s.dnsDown += int64(len(resp))
-			}
-		}
+	if r.isDNS(dst) {
+		s.dnsDown += r.answerDNS(ctx, s.f, p, dst)
 		return routeResult{sent: true, n: len(p), name: "DNS", rule: "dns"}
 	}
-	m, target := r.metadata("udp", s.f.Src(), dst)
-	d := r.decide(m)
+	m, target := r.metadata("udp", s.in, s.f.Src(), ipAddr(dst))
+	d := r.decide(ctx, m)
 	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host}
 	if d.Action != Proxy || d.Outbound == nil {
 		r.stats.Rejected.Add(1)
@@ -247,6 +440,7 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 			return res
 		}
 	}
+	s.peers.sent(dst, target)
 	if err := pc.Send(p, target); err != nil {
 		r.log.Debug("udp send failed", "dst", target, "err", err)
 		return res
@@ -299,9 +493,10 @@ func (s *udpSession) readExtra(out Outbound, pc PacketConn) {
 		s.mu.Unlock()
 		pc.Close()
 	}()
-	buf := make([]byte, 65535)
+	bp := relay.PacketBuf()
+	defer relay.PutPacketBuf(bp)
 	for {
-		n, err := s.forwardReply(pc, buf)
+		n, err := s.forwardReply(pc, *bp)
 		if err != nil {
 			return
 		}
@@ -313,18 +508,19 @@ func (s *udpSession) readExtra(out Outbound, pc PacketConn) {
 	}
 }
 
-// forwardReply receives one datagram from pc and hands it to the app with
-// its source; 0 and no error for a reply the app cannot be shown a source
-// for.
+// forwardReply receives one datagram from pc and hands it to the app from
+// the address the app sent to (see replyPeers); 0 and no error for a reply
+// the app cannot be shown a source for.
 func (s *udpSession) forwardReply(pc PacketConn, p []byte) (int, error) {
 	n, from, err := pc.Recv(p)
 	if err != nil {
 		return 0, err
 	}
-	if !from.IsValid() {
+	src, ok := s.peers.source(from)
+	if !ok {
 		return 0, nil
 	}
-	if _, err := s.f.WriteTo(p[:n], from); err != nil {
+	if _, err := s.f.WriteTo(p[:n], src); err != nil {
 		return 0, err
 	}
 	return n, nil

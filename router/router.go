@@ -3,17 +3,16 @@
 // asks the decider (rules) which outbound carries it, dials, and relays.
 //
 // TCP is decided and dialed before the app's handshake completes: a refused
-// or rejected flow gets a RST at once, never accept-then-close.
+// or rejected flow gets a RST at once, never accept-then-close. DNS to the
+// intercepted address is answered in-process, over UDP and over TCP.
 package router
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/socks"
+	"github.com/tunsocks/tunsocks/stack"
 )
 
 // Outbound carries flows somewhere: DIRECT, a SOCKS upstream, a chain.
@@ -37,10 +37,12 @@ type Outbound interface {
 
 // PacketConn is one UDP session of an outbound (for SOCKS, one association).
 type PacketConn interface {
-	// Send sends p to address ("host:port", host may be a domain).
-	Send(p []byte, address string) error
-	// Recv returns the next datagram and the address it came from.
-	Recv(p []byte) (n int, from netip.AddrPort, err error)
+	// Send sends p to to, an address or a name (the name of a fake IP; the
+	// outbound resolves it: a SOCKS upstream on its side, DIRECT locally).
+	Send(p []byte, to socks.Addr) error
+	// Recv returns the next datagram and its sender: an address, or a name
+	// when the upstream reports the sender by name.
+	Recv(p []byte) (n int, from socks.Addr, err error)
 	Close() error
 }
 
@@ -77,6 +79,9 @@ type FlowRecord struct {
 	Network  string
 	Src, Dst netip.AddrPort
 	Host     string // domain, when known
+	InType   string // the inbound the flow came through (see Inbound); "" when untagged
+	InName   string
+	InUser   string
 	Outbound string // outbound name, or REJECT / REJECT-DROP
 	Rule     string
 	Up, Down int64
@@ -95,8 +100,9 @@ type Config struct {
 	// or filtered name); nil disables it. The name is used for rules only:
 	// the outbound still dials the address the app chose.
 	RealHost func(netip.Addr) (string, bool)
-	// DNS, when set, answers UDP datagrams to port 53 that it claims
-	// (Intercept reports true) in-process instead of routing them.
+	// DNS, when set, answers UDP datagrams and TCP connections to port 53
+	// that it claims (Intercept reports true) in-process instead of routing
+	// them.
 	DNS DNSHandler
 	// DialTimeout bounds dialing an outbound before the app's SYN is answered
 	// with a RST; 0 means 10 s.
@@ -104,7 +110,9 @@ type Config struct {
 	// TCPIdle reaps TCP flows idle this long; 0 means 10 minutes... of
 	// silence in both directions.
 	TCPIdle time.Duration
-	// UDPIdle and DNSIdle expire UDP flows; 0 means 60 s and 10 s.
+	// UDPIdle and DNSIdle expire UDP flows (DNSIdle: flows whose first
+	// datagram went to port 53); 0 means 60 s and 10 s. These are the UDP
+	// flows' only idle timers.
 	UDPIdle, DNSIdle time.Duration
 	Logger           *slog.Logger
 	// OnFlow, when set, is called once for every finished flow.
@@ -113,16 +121,64 @@ type Config struct {
 
 // DNSHandler answers DNS queries the router intercepts.
 type DNSHandler interface {
-	// Intercept reports whether a UDP datagram to dst is a query to answer locally.
+	// Intercept reports whether a UDP datagram or TCP connection to dst
+	// is DNS to answer locally.
 	Intercept(dst netip.AddrPort) bool
-	// Handle answers one query; a nil response means drop. A response
-	// that comes with an error (SERVFAIL when forwarding failed) is sent;
-	// the error is only logged.
+	// Handle answers one query datagram; a nil response means drop. A
+	// response that comes with an error (SERVFAIL when forwarding failed)
+	// is sent; the error is only logged.
 	Handle(ctx context.Context, query []byte) ([]byte, error)
+	// ServeStream answers DNS over TCP (RFC 7766 framing) on c until the
+	// app or ctx ends it, and closes c.
+	ServeStream(ctx context.Context, c net.Conn) error
 }
 
-// Router dispatches flows. It implements stack.Handler and, through
-// DialContext, the socksserver.Dialer, so both front doors obey the same rules.
+// Inbound is a source of flows: the TUN, a WireGuard device, an exec
+// namespace's TUN, a gateway interface. Handler tags every flow it hands
+// the router with it, so rules (IN-TYPE, IN-NAME, IN-USER), logs and flow
+// records know where a flow came from.
+type Inbound struct {
+	Type string // rules.InTUN, rules.InWireGuard, ...
+	Name string // the TUN device's name, "wg", "exec:curl"
+	// User names the user behind a flow from its source address (a
+	// WireGuard peer by its tunnel address); nil, or "", for none.
+	User func(src netip.Addr) string
+}
+
+// flowIn is an Inbound resolved for one flow.
+type flowIn struct{ typ, name, user string }
+
+func (in *Inbound) tag(src netip.AddrPort) flowIn {
+	if in == nil {
+		return flowIn{}
+	}
+	f := flowIn{typ: in.Type, name: in.Name}
+	if in.User != nil {
+		f.user = in.User(src.Addr().Unmap())
+	}
+	return f
+}
+
+// Handler returns a stack.Handler that hands the router every flow it gets,
+// tagged with in. The Router's own HandleTCP and HandleUDP leave flows
+// untagged.
+func (r *Router) Handler(in Inbound) stack.Handler { return &inboundHandler{r: r, in: in} }
+
+type inboundHandler struct {
+	r  *Router
+	in Inbound
+}
+
+func (h *inboundHandler) HandleTCP(ctx context.Context, req *stack.TCPRequest) {
+	h.r.handleTCP(ctx, &h.in, req)
+}
+
+func (h *inboundHandler) HandleUDP(ctx context.Context, f *stack.UDPFlow) {
+	h.r.handleUDP(ctx, &h.in, f)
+}
+
+// Router dispatches flows. It implements stack.Handler, and its FrontDoor
+// is the SOCKS server's Dialer, so both front doors obey the same rules.
 type Router struct {
 	cfg   Config
 	log   *slog.Logger
@@ -166,31 +222,44 @@ func New(cfg Config) (*Router, error) {
 // Stats returns the router's live counters.
 func (r *Router) Stats() *Stats { return &r.stats }
 
-// metadata builds the rules' view of a flow, and the address its outbound
-// dials: the domain when the destination was a fake IP (so the upstream
-// resolves it), else the IP the app chose.
-func (r *Router) metadata(network string, src, dst netip.AddrPort) (m *rules.Metadata, target string) {
-	m = &rules.Metadata{Network: network, Src: src, Dst: dst, UID: -1}
-	target = dst.String()
+// metadata builds the rules' view of a flow to dst, and the address its
+// outbound is given: the name when dst is a fake IP (so the upstream
+// resolves it), else dst itself. A name (a SOCKS client's domain request)
+// is the rules' Host as it is.
+func (r *Router) metadata(network string, in flowIn, src netip.AddrPort, dst socks.Addr) (m *rules.Metadata, target socks.Addr) {
+	m = &rules.Metadata{Network: network, Src: src, UID: -1, InType: in.typ, InName: in.name, InUser: in.user}
+	if dst.Name != "" {
+		m.Host = dst.Name
+		m.Dst = netip.AddrPortFrom(netip.Addr{}, dst.Port)
+		return m, dst
+	}
+	m.Dst = netip.AddrPortFrom(dst.IP, dst.Port)
 	if r.cfg.ReverseHost != nil {
-		if host, ok := r.cfg.ReverseHost(dst.Addr()); ok {
+		if host, ok := r.cfg.ReverseHost(dst.IP); ok {
 			m.Host = host
-			return m, net.JoinHostPort(host, strconv.Itoa(int(dst.Port())))
+			return m, socks.Addr{Name: host, Port: dst.Port}
 		}
 	}
 	if r.cfg.RealHost != nil {
-		if host, ok := r.cfg.RealHost(dst.Addr()); ok {
+		if host, ok := r.cfg.RealHost(dst.IP); ok {
 			m.Host = host
 		}
 	}
-	return m, target
+	return m, dst
 }
 
-func (r *Router) decide(m *rules.Metadata) Decision {
+// ipAddr is dst as a socks.Addr, the address kept as it is.
+func ipAddr(dst netip.AddrPort) socks.Addr { return socks.Addr{IP: dst.Addr(), Port: dst.Port()} }
+
+func (r *Router) decide(ctx context.Context, m *rules.Metadata) Decision {
 	d := r.cfg.Decide(m)
-	if r.log.Enabled(context.Background(), slog.LevelDebug) {
-		r.log.Debug("decision", "net", m.Network, "src", m.Src, "dst", m.Dst, "host", m.Host,
-			"outbound", d.name(), "rule", d.Rule)
+	if r.log.Enabled(ctx, slog.LevelDebug) {
+		attrs := []any{"net", m.Network, "in", inLabel(m.InType, m.InName), "src", m.Src, "dst", m.Dst, "host", m.Host,
+			"outbound", d.name(), "rule", d.Rule}
+		if m.InUser != "" {
+			attrs = append(attrs, "user", m.InUser)
+		}
+		r.log.Debug("decision", attrs...)
 	}
 	return d
 }
@@ -215,6 +284,12 @@ func (r *Router) finish(rec FlowRecord) {
 	if rec.Host != "" {
 		attrs = append(attrs, "host", rec.Host)
 	}
+	if in := inLabel(rec.InType, rec.InName); in != "" {
+		attrs = append(attrs, "in", in)
+	}
+	if rec.InUser != "" {
+		attrs = append(attrs, "user", rec.InUser)
+	}
 	if rec.Err != nil && !errors.Is(rec.Err, relay.ErrIdle) {
 		r.log.Info("flow failed", append(attrs, "err", rec.Err)...)
 	} else {
@@ -225,33 +300,10 @@ func (r *Router) finish(rec FlowRecord) {
 	}
 }
 
-// DialContext lets the SOCKS server's front door use the same rules: the
-// address is decided and dialed like a captured flow. A rejected destination
-// fails with an error wrapping socks.ErrNotAllowed (reply 0x02).
-func (r *Router) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	m := &rules.Metadata{Network: "tcp", UID: -1}
-	if host, port, err := net.SplitHostPort(address); err == nil {
-		p, _ := strconv.ParseUint(port, 10, 16)
-		if ip, err := netip.ParseAddr(host); err == nil {
-			m.Dst = netip.AddrPortFrom(ip.Unmap(), uint16(p))
-			if h, ok := r.reverse(ip); ok {
-				m.Host = h
-			}
-		} else {
-			m.Host = host
-			m.Dst = netip.AddrPortFrom(netip.Addr{}, uint16(p))
-		}
+// inLabel names an inbound in logs: its name, else its type.
+func inLabel(typ, name string) string {
+	if name != "" {
+		return name
 	}
-	d := r.decide(m)
-	if d.Action != Proxy || d.Outbound == nil {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: fmt.Errorf("%s by rule %q: %w", address, d.Rule, socks.ErrNotAllowed)}
-	}
-	return d.Outbound.DialContext(ctx, network, address)
-}
-
-func (r *Router) reverse(ip netip.Addr) (string, bool) {
-	if r.cfg.ReverseHost == nil {
-		return "", false
-	}
-	return r.cfg.ReverseHost(ip)
+	return typ
 }

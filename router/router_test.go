@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"syscall"
 	"testing"
@@ -14,7 +15,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/tunsocks/tunsocks/internal/testenv"
-
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/stack"
@@ -92,7 +92,7 @@ func TestTCPRelayAndFakeIP(t *testing.T) {
 	req := newFakeReq("198.18.0.9:443")
 	req.app = appLocal
 	done := make(chan struct{})
-	go func() { r.handleTCP(context.Background(), req); close(done) }()
+	go func() { r.handleTCP(context.Background(), nil, req); close(done) }()
 	<-req.accepted
 	if got := out.dialed; len(got) != 1 || got[0] != "example.com:443" {
 		t.Fatalf("dialed %v, want the fake IP's domain example.com:443", got)
@@ -124,7 +124,7 @@ func TestTCPDialFailureRejects(t *testing.T) {
 	out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { return nil, refused }}
 	r, flows := newRouter(t, Static(out), nil)
 	req := newFakeReq("10.0.0.1:80")
-	r.handleTCP(context.Background(), req)
+	r.handleTCP(context.Background(), nil, req)
 	select {
 	case <-req.rejected:
 	default:
@@ -151,7 +151,7 @@ func TestTCPHangingDialRejectsAfterDialTimeout(t *testing.T) {
 	out := &hangingOutbound{fakeOutbound{name: "hangs"}}
 	r, flows := newRouter(t, Static(out), func(c *Config) { c.DialTimeout = 50 * time.Millisecond })
 	req := newFakeReq("10.0.0.1:80")
-	r.handleTCP(context.Background(), req)
+	r.handleTCP(context.Background(), nil, req)
 	select {
 	case <-req.rejected:
 	default:
@@ -165,7 +165,7 @@ func TestTCPHangingDialRejectsAfterDialTimeout(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	req2 := newFakeReq("10.0.0.1:80")
 	done := make(chan struct{})
-	go func() { r2.handleTCP(ctx, req2); close(done) }()
+	go func() { r2.handleTCP(ctx, nil, req2); close(done) }()
 	cancel()
 	select {
 	case <-done:
@@ -185,7 +185,7 @@ func TestTCPRejectRuleNeverDials(t *testing.T) {
 	r, _ := newRouter(t, func(*rules.Metadata) Decision { return Decision{Action: Reject, Rule: "IP-CIDR,10.0.0.0/8,REJECT"} }, nil)
 	_ = out
 	req := newFakeReq("10.0.0.1:80")
-	r.handleTCP(context.Background(), req)
+	r.handleTCP(context.Background(), nil, req)
 	select {
 	case <-req.rejected:
 	default:
@@ -205,11 +205,12 @@ func TestDialContextFrontDoor(t *testing.T) {
 			return nil, errors.New("dialed " + a)
 		}}}
 	}, nil)
-	_, err := r.DialContext(context.Background(), "tcp", "blocked.test:80")
+	fd := r.FrontDoor(Inbound{Type: rules.InSocks, Name: "socks"}, nil)
+	_, err := fd.DialContext(context.Background(), "tcp", "blocked.test:80")
 	if !errors.Is(err, socks.ErrNotAllowed) || socks.ReplyForError(err) != socks.NotAllowed {
 		t.Fatalf("rejected front-door dial: %v", err)
 	}
-	_, err = r.DialContext(context.Background(), "tcp", "ok.test:80")
+	_, err = fd.DialContext(context.Background(), "tcp", "ok.test:80")
 	if err == nil || err.Error() != "dialed ok.test:80" {
 		t.Fatalf("allowed front-door dial: %v", err)
 	}
@@ -217,11 +218,15 @@ func TestDialContextFrontDoor(t *testing.T) {
 
 // fakeFlow is an app UDP socket: datagrams in from the test, out to the test.
 type fakeFlow struct {
-	src    netip.AddrPort
-	in     chan dgram
-	out    chan dgram
-	closed chan struct{}
-	once   sync.Once
+	src     netip.AddrPort
+	in      chan dgram
+	out     chan dgram
+	closed  chan struct{}
+	expired chan struct{} // the read deadline passed
+	once    sync.Once
+
+	dmu      sync.Mutex
+	deadline *time.Timer
 }
 
 type dgram struct {
@@ -230,7 +235,8 @@ type dgram struct {
 }
 
 func newFakeFlow() *fakeFlow {
-	return &fakeFlow{src: netip.MustParseAddrPort("198.18.0.1:5353"), in: make(chan dgram, 8), out: make(chan dgram, 8), closed: make(chan struct{})}
+	return &fakeFlow{src: netip.MustParseAddrPort("198.18.0.1:5353"), in: make(chan dgram, 8), out: make(chan dgram, 8),
+		closed: make(chan struct{}), expired: make(chan struct{}, 1)}
 }
 func (f *fakeFlow) Src() netip.AddrPort { return f.src }
 func (f *fakeFlow) ReadFrom(p []byte) (int, netip.AddrPort, error) {
@@ -239,6 +245,8 @@ func (f *fakeFlow) ReadFrom(p []byte) (int, netip.AddrPort, error) {
 		return copy(p, d.b), d.addr, nil
 	case <-f.closed:
 		return 0, netip.AddrPort{}, net.ErrClosed
+	case <-f.expired:
+		return 0, netip.AddrPort{}, os.ErrDeadlineExceeded
 	}
 }
 func (f *fakeFlow) WriteTo(p []byte, from netip.AddrPort) (int, error) {
@@ -246,6 +254,26 @@ func (f *fakeFlow) WriteTo(p []byte, from netip.AddrPort) (int, error) {
 	return len(p), nil
 }
 func (f *fakeFlow) Close() error { f.once.Do(func() { close(f.closed) }); return nil }
+
+// SetReadDeadline: a deadline closes the flow when it passes (no read is
+// retried after one).
+func (f *fakeFlow) SetReadDeadline(t time.Time) error {
+	f.dmu.Lock()
+	defer f.dmu.Unlock()
+	if f.deadline != nil {
+		f.deadline.Stop()
+		f.deadline = nil
+	}
+	if !t.IsZero() {
+		f.deadline = time.AfterFunc(time.Until(t), func() {
+			select {
+			case f.expired <- struct{}{}:
+			default:
+			}
+		})
+	}
+	return nil
+}
 
 // fakePC answers every datagram sent to X with "re:"+payload from X and also
 // from a second address (full cone).
@@ -256,19 +284,19 @@ type fakePC struct {
 	sent    chan string
 }
 
-func (p *fakePC) Send(b []byte, address string) error {
-	p.sent <- address
-	ap := netip.MustParseAddrPort(address)
+func (p *fakePC) Send(b []byte, to socks.Addr) error {
+	p.sent <- to.String()
+	ap := netip.MustParseAddrPort(to.String())
 	p.replies <- dgram{append([]byte("re:"), b...), ap}
 	p.replies <- dgram{[]byte("other"), netip.MustParseAddrPort("192.0.2.99:9999")}
 	return nil
 }
-func (p *fakePC) Recv(b []byte) (int, netip.AddrPort, error) {
+func (p *fakePC) Recv(b []byte) (int, socks.Addr, error) {
 	select {
 	case d := <-p.replies:
-		return copy(b, d.b), d.addr, nil
+		return copy(b, d.b), socks.AddrFromAddrPort(d.addr), nil
 	case <-p.closed:
-		return 0, netip.AddrPort{}, net.ErrClosed
+		return 0, socks.Addr{}, net.ErrClosed
 	}
 }
 func (p *fakePC) Close() error { p.once.Do(func() { close(p.closed) }); return nil }
@@ -279,7 +307,7 @@ func TestUDPFullConeAndIdle(t *testing.T) {
 	r, flows := newRouter(t, Static(out), func(c *Config) { c.UDPIdle = 200 * time.Millisecond })
 	f := newFakeFlow()
 	done := make(chan struct{})
-	go func() { r.handleUDP(context.Background(), f); close(done) }()
+	go func() { r.handleUDP(context.Background(), nil, f); close(done) }()
 	f.in <- dgram{[]byte("q"), netip.MustParseAddrPort("192.0.2.1:7")}
 	if a := <-pc.sent; a != "192.0.2.1:7" {
 		t.Fatalf("sent to %s", a)
@@ -322,7 +350,7 @@ func TestUDPFlowAcrossOutbounds(t *testing.T) {
 	r, flows := newRouter(t, decide, func(c *Config) { c.UDPIdle = 300 * time.Millisecond })
 	f := newFakeFlow()
 	done := make(chan struct{})
-	go func() { r.handleUDP(context.Background(), f); close(done) }()
+	go func() { r.handleUDP(context.Background(), nil, f); close(done) }()
 
 	f.in <- dgram{[]byte("x"), netip.MustParseAddrPort("192.0.2.1:1")}
 	if got := <-pcA.sent; got != "192.0.2.1:1" {
@@ -373,7 +401,9 @@ func errorsIsIdle(err error) bool { return err != nil && err.Error() == "relay: 
 
 type fakeDNS struct{}
 
-func (fakeDNS) Intercept(dst netip.AddrPort) bool { return dst.Port() == 53 }
+func (fakeDNS) Intercept(dst netip.AddrPort) bool                 { return dst.Port() == 53 }
+func (fakeDNS) ServeStream(ctx context.Context, c net.Conn) error { return c.Close() }
+
 func (fakeDNS) Handle(ctx context.Context, q []byte) ([]byte, error) {
 	if string(q) == "upstream-down" {
 		return []byte("servfail"), errors.New("every nameserver failed")
@@ -385,7 +415,7 @@ func TestUDPDNSInterceptAndNoUDP(t *testing.T) {
 	out := &fakeOutbound{name: "tcp-only"} // no UDP
 	r, flows := newRouter(t, Static(out), func(c *Config) { c.DNS = fakeDNS{}; c.DNSIdle = 100 * time.Millisecond })
 	f := newFakeFlow()
-	go r.handleUDP(context.Background(), f)
+	go r.handleUDP(context.Background(), nil, f)
 	f.in <- dgram{[]byte("q1"), netip.MustParseAddrPort("198.18.0.2:53")}
 	if d := <-f.out; string(d.b) != "answer:q1" || d.addr.Port() != 53 {
 		t.Fatalf("DNS answer %q from %v", d.b, d.addr)
@@ -401,7 +431,7 @@ func TestUDPDNSInterceptAndNoUDP(t *testing.T) {
 	// An outbound without UDP: the flow ends at once with ErrUDPUnsupported.
 	f2 := newFakeFlow()
 	f2.in <- dgram{[]byte("x"), netip.MustParseAddrPort("192.0.2.1:7")}
-	r.handleUDP(context.Background(), f2)
+	r.handleUDP(context.Background(), nil, f2)
 	if rec := <-flows; !errors.Is(rec.Err, ErrUDPUnsupported) {
 		t.Fatalf("flow without UDP: %+v", rec)
 	}
@@ -417,7 +447,7 @@ func (d dropReq) Drop() { close(d.dropped) }
 func TestTCPRejectDropDropsSilently(t *testing.T) {
 	r, flows := newRouter(t, func(*rules.Metadata) Decision { return Decision{Action: RejectDrop, Rule: "x"} }, nil)
 	req := dropReq{newFakeReq("10.0.0.1:80"), make(chan struct{})}
-	r.handleTCP(context.Background(), req)
+	r.handleTCP(context.Background(), nil, req)
 	select {
 	case <-req.dropped:
 	default:

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+
+	"github.com/tunsocks/tunsocks/internal/idn"
 )
 
 // kind is a condition's rule type.
@@ -23,6 +25,9 @@ const (
 	kProcName
 	kProcPath
 	kUID
+	kInType
+	kInName
+	kInUser
 	kAnd
 	kOr
 	kNot
@@ -30,52 +35,57 @@ const (
 	kRuleSet
 )
 
-// ruleTypes maps the (upper-case) rule type as written to its kind, in the
-// order listed in errors.
-var ruleTypeNames = []string{
-	"DOMAIN", "DOMAIN-SUFFIX", "DOMAIN-KEYWORD", "DOMAIN-REGEX",
-	"IP-CIDR", "IP-CIDR6", "SRC-IP-CIDR", "DST-PORT", "SRC-PORT", "NETWORK",
-	"PROCESS-NAME", "PROCESS-PATH", "UID", "AND", "OR", "NOT", "RULE-SET", "MATCH",
+// ruleTypes is the one table of rule types: each as written (upper case)
+// with its kind, in the order errors list them. Hidden names are accepted
+// but not offered in errors (FINAL is mihomo's old name for MATCH).
+var ruleTypes = []struct {
+	name   string
+	kind   kind
+	hidden bool
+}{
+	{"DOMAIN", kDomain, false},
+	{"DOMAIN-SUFFIX", kSuffix, false},
+	{"DOMAIN-KEYWORD", kKeyword, false},
+	{"DOMAIN-REGEX", kRegex, false},
+	{"IP-CIDR", kIPCIDR, false},
+	{"IP-CIDR6", kIPCIDR, false},
+	{"SRC-IP-CIDR", kSrcIPCIDR, false},
+	{"DST-PORT", kDstPort, false},
+	{"SRC-PORT", kSrcPort, false},
+	{"NETWORK", kNetwork, false},
+	{"PROCESS-NAME", kProcName, false},
+	{"PROCESS-PATH", kProcPath, false},
+	{"UID", kUID, false},
+	{"IN-TYPE", kInType, false},
+	{"IN-NAME", kInName, false},
+	{"IN-USER", kInUser, false},
+	{"AND", kAnd, false},
+	{"OR", kOr, false},
+	{"NOT", kNot, false},
+	{"RULE-SET", kRuleSet, false},
+	{"MATCH", kMatch, false},
+	{"FINAL", kMatch, true},
 }
 
+// ruleKind returns the kind of the rule type name (upper case).
 func ruleKind(name string) (kind, bool) {
-	switch name {
-	case "DOMAIN":
-		return kDomain, true
-	case "DOMAIN-SUFFIX":
-		return kSuffix, true
-	case "DOMAIN-KEYWORD":
-		return kKeyword, true
-	case "DOMAIN-REGEX":
-		return kRegex, true
-	case "IP-CIDR", "IP-CIDR6":
-		return kIPCIDR, true
-	case "SRC-IP-CIDR":
-		return kSrcIPCIDR, true
-	case "DST-PORT":
-		return kDstPort, true
-	case "SRC-PORT":
-		return kSrcPort, true
-	case "NETWORK":
-		return kNetwork, true
-	case "PROCESS-NAME":
-		return kProcName, true
-	case "PROCESS-PATH":
-		return kProcPath, true
-	case "UID":
-		return kUID, true
-	case "AND":
-		return kAnd, true
-	case "OR":
-		return kOr, true
-	case "NOT":
-		return kNot, true
-	case "RULE-SET":
-		return kRuleSet, true
-	case "MATCH", "FINAL":
-		return kMatch, true
+	for _, t := range ruleTypes {
+		if t.name == name {
+			return t.kind, true
+		}
 	}
 	return 0, false
+}
+
+// ruleTypeNames lists the rule types errors offer, in table order.
+func ruleTypeNames() []string {
+	var names []string
+	for _, t := range ruleTypes {
+		if !t.hidden {
+			names = append(names, t.name)
+		}
+	}
+	return names
 }
 
 // numRange is an inclusive range of ports or uids.
@@ -174,6 +184,12 @@ func (c *cond) match(x *mctx) bool {
 	case kUID:
 		u := x.uid()
 		return u >= 0 && inRanges(c.ranges, uint32(u))
+	case kInType:
+		return x.m.InType == c.str
+	case kInName:
+		return x.m.InName != "" && x.m.InName == c.str
+	case kInUser:
+		return x.m.InUser != "" && x.m.InUser == c.str
 	case kAnd:
 		for _, s := range c.subs {
 			if !s.match(x) {
@@ -222,13 +238,21 @@ func baseName(p string) string {
 	return p
 }
 
-// normHost lower-cases a domain and drops one trailing dot. It does not
-// allocate when the host is already lower case.
+// normHost lower-cases a domain, drops one trailing dot and converts
+// internationalised labels to their ASCII (xn--) form, the form rules are
+// compiled in. It does not allocate when the host is already lower-case
+// ASCII, as names from DNS are. A non-ASCII host that is not a valid
+// internationalised name is only lower-cased (it matches no domain rule
+// but may match a keyword or regular expression).
 func normHost(h string) string {
 	h = strings.TrimSuffix(h, ".")
 	for i := 0; i < len(h); i++ {
 		if c := h[i]; c >= 'A' && c <= 'Z' || c >= 0x80 {
-			return strings.ToLower(h)
+			h = strings.ToLower(h)
+			if a, err := idn.ASCII(h); err == nil {
+				return a
+			}
+			return h
 		}
 	}
 	return h

@@ -22,6 +22,9 @@
 //	PROCESS-NAME,curl,TARGET           base name of the executable
 //	PROCESS-PATH,/usr/bin/curl,TARGET  full path of the executable
 //	UID,1000,TARGET                    owning user; ranges and lists as for ports
+//	IN-TYPE,tun,TARGET                 the inbound's type: tun, wireguard, exec, gateway or socks
+//	IN-NAME,exec:curl,TARGET           the inbound's name (a TUN device name, wg, exec:NAME, socks)
+//	IN-USER,alice,TARGET               the user behind the inbound (WireGuard peer, SOCKS username)
 //	AND,((DOMAIN,example.com),(NETWORK,udp)),TARGET
 //	OR,((DST-PORT,53),(AND,((NETWORK,udp),(DST-PORT,443)))),TARGET
 //	NOT,((DOMAIN-SUFFIX,lan)),TARGET

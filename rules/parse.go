@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"github.com/tunsocks/tunsocks/internal/suggest"
 	"io"
 	"net/netip"
 	"os"
@@ -12,6 +11,9 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/tunsocks/tunsocks/internal/idn"
+	"github.com/tunsocks/tunsocks/internal/suggest"
 )
 
 // ParseOptions tells the parser which targets exist and where RULE-SET
@@ -58,8 +60,6 @@ type problem struct {
 	msg, hint string
 	err       error
 }
-
-func (p *problem) Error() string { return p.msg + "; " + p.hint }
 
 func newProblem(hint string, err error, format string, args ...any) *problem {
 	return &problem{msg: fmt.Sprintf(format, args...), hint: hint, err: err}
@@ -289,13 +289,20 @@ func example(k kind) string {
 		return "/usr/bin/curl"
 	case kUID:
 		return "1000"
+	case kInType:
+		return "tun"
+	case kInName:
+		return "exec:curl"
+	case kInUser:
+		return "alice"
 	}
 	return "payload"
 }
 
 func unknownType(name string, topLevel bool) *problem {
-	hint := "expected one of " + strings.Join(ruleTypeNames, ", ")
-	if s := closest(name, ruleTypeNames); s != "" {
+	names := ruleTypeNames()
+	hint := "expected one of " + strings.Join(names, ", ")
+	if s := closest(name, names); s != "" {
 		hint = "did you mean " + s + "? " + hint
 	}
 	if name == "GEOIP" || name == "GEOSITE" || name == "IP-ASN" {
@@ -508,10 +515,16 @@ func simpleCond(k kind, typName, payload string) (*cond, *problem) {
 		if payload == "" {
 			return nil, newProblem("expected DOMAIN-KEYWORD,word", nil, "empty keyword")
 		}
+		if pr := asciiOnly("keyword", typName, payload); pr != nil {
+			return nil, pr
+		}
 		c.str = strings.ToLower(payload)
 	case kRegex:
 		if payload == "" {
 			return nil, newProblem("expected DOMAIN-REGEX,"+example(k), nil, "empty regular expression")
+		}
+		if pr := asciiOnly("regular expression", typName, payload); pr != nil {
+			return nil, pr
 		}
 		re, err := regexp.Compile(payload)
 		if err != nil {
@@ -555,11 +568,35 @@ func simpleCond(k kind, typName, payload string) (*cond, *problem) {
 			return nil, newProblem("expected PROCESS-PATH,/usr/bin/curl", nil, "empty process path")
 		}
 		c.str = payload
+	case kInType:
+		t := strings.ToLower(payload)
+		switch t {
+		case InTUN, InWireGuard, InExec, InGateway, InSocks:
+		default:
+			hint := "expected IN-TYPE with one of " + strings.Join(inTypes, ", ")
+			if s := closest(t, inTypes); s != "" {
+				hint = "did you mean " + s + "? " + hint
+			}
+			return nil, newProblem(hint, nil, "unknown inbound type %q", payload)
+		}
+		c.str = t
+	case kInName, kInUser:
+		if payload == "" {
+			what := "inbound name"
+			if k == kInUser {
+				what = "inbound user"
+			}
+			return nil, newProblem(fmt.Sprintf("expected %s,%s", typName, example(k)), nil, "empty %s", what)
+		}
+		c.str = payload
 	default:
 		return nil, newProblem("", nil, "%s cannot be used here", typName)
 	}
 	return c, nil
 }
+
+// inTypes are the inbound types of IN-TYPE rules, as errors list them.
+var inTypes = []string{InTUN, InWireGuard, InExec, InGateway, InSocks}
 
 // normDomain validates and normalises a domain: lower case, no trailing dot.
 func normDomain(s string) (string, *problem) {
@@ -585,7 +622,35 @@ func normDomain(s string) (string, *problem) {
 			return "", newProblem(hint, nil, "invalid character %q in domain %q", c, s)
 		}
 	}
-	return d, nil
+	// Queries carry internationalised names in their ASCII (xn--) form:
+	// compile the rule in that form, or no query would ever match it.
+	a, err := idn.ASCII(d)
+	if err != nil {
+		return "", newProblem("write the name as it is registered (like bücher.de) or in its ASCII form (like xn--bcher-kva.de)", err, "domain %q: %v", s, err)
+	}
+	if len(a) > maxDomain {
+		return "", newProblem(hint, nil, "domain %q is longer than %d bytes in its ASCII form %s", s, maxDomain, a)
+	}
+	return a, nil
+}
+
+// asciiOnly refuses a keyword or regular expression with non-ASCII
+// characters: names are matched in the ASCII (xn--) form queries carry, so
+// such a pattern could never match. what is "keyword" or "regular
+// expression".
+func asciiOnly(what, typName, payload string) *problem {
+	for i := 0; i < len(payload); i++ {
+		if payload[i] >= 0x80 {
+			hint := "names are matched in the ASCII form DNS carries (bücher.de arrives as xn--bcher-kva.de): use DOMAIN-SUFFIX,bücher.de or DOMAIN,bücher.de, which are converted, or write the label in its xn-- form"
+			if what == "keyword" {
+				if a, err := idn.ASCII(strings.ToLower(payload)); err == nil {
+					hint += fmt.Sprintf(" (a whole label %s is %s)", payload, a)
+				}
+			}
+			return newProblem(hint, nil, "non-ASCII %s %q in %s", what, payload, typName)
+		}
+	}
+	return nil
 }
 
 // parseCIDR parses an address/length, masking host bits and turning

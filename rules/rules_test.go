@@ -97,6 +97,21 @@ func TestMatchRuleTypes(t *testing.T) {
 		{"nested miss", "OR,((AND,((NETWORK,udp),(DST-PORT,443))),(NOT,((IP-CIDR,0.0.0.0/0)))),corp", meta("tcp", src, "1.1.1.1:443", ""), false},
 		{"logic with regex parens", `AND,((DOMAIN-REGEX,^(a|b)\.com$),(NETWORK,tcp)),corp`, meta("tcp", src, "", "b.com"), true},
 		{"spaces", " DOMAIN-SUFFIX , example.com , corp ", meta("tcp", src, "", "example.com"), true},
+		{"in-type", "IN-TYPE,tun,corp", &Metadata{InType: "tun", UID: -1}, true},
+		{"in-type case", "in-type,SOCKS,corp", &Metadata{InType: "socks", UID: -1}, true},
+		{"in-type miss", "IN-TYPE,tun,corp", &Metadata{InType: "socks", UID: -1}, false},
+		{"in-type unknown", "IN-TYPE,tun,corp", &Metadata{UID: -1}, false},
+		{"in-name", "IN-NAME,exec:curl,corp", &Metadata{InType: "exec", InName: "exec:curl", UID: -1}, true},
+		{"in-name exact", "IN-NAME,exec:curl,corp", &Metadata{InType: "exec", InName: "exec:curl2", UID: -1}, false},
+		{"in-name case matters", "IN-NAME,tunsocks0,corp", &Metadata{InName: "TUNSOCKS0", UID: -1}, false},
+		{"in-user", "IN-USER,pixel,corp", &Metadata{InType: "wireguard", InName: "wg", InUser: "pixel", UID: -1}, true},
+		{"in-user miss", "IN-USER,pixel,corp", &Metadata{InType: "wireguard", InName: "wg", InUser: "laptop", UID: -1}, false},
+		{"in-user none", "IN-USER,pixel,corp", &Metadata{InType: "socks", UID: -1}, false},
+		{"in-type and in-user", "AND,((IN-TYPE,socks),(IN-USER,alice)),corp", &Metadata{InType: "socks", InUser: "alice", UID: -1}, true},
+		{"in-type and in-user miss", "AND,((IN-TYPE,socks),(IN-USER,alice)),corp", &Metadata{InType: "wireguard", InUser: "alice", UID: -1}, false},
+		{"or in-name", "OR,((IN-NAME,wg),(DST-PORT,22)),corp", &Metadata{InName: "wg", UID: -1}, true},
+		{"not in-type", "NOT,((IN-TYPE,tun)),corp", &Metadata{InType: "socks", UID: -1}, true},
+		{"not in-type miss", "NOT,((IN-TYPE,tun)),corp", &Metadata{InType: "tun", UID: -1}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -304,6 +319,12 @@ func TestParseErrors(t *testing.T) {
 			`bad_set.txt:4: unexpected extra field "DIRECT"; expected DOMAIN,example.com with no target in a RULE-SET file`,
 		}},
 		{"several", "DOMAIN,a.com,DIRECT\nDOMAN,x,DIRECT\nDOMAIN,b.com,nope\n", []string{"rules.txt:2: unknown rule type", "rules.txt:3: unknown target"}},
+		{"in-type unknown", "\nIN-TYPE,wireguards,DIRECT", []string{`rules.txt:2: unknown inbound type "wireguards"; did you mean wireguard? expected IN-TYPE with one of tun, wireguard, exec, gateway, socks`}},
+		{"in-type nested", "AND,((IN-TYPE,vpn),(DST-PORT,1)),DIRECT", []string{`rules.txt:1: unknown inbound type "vpn"`}},
+		{"in-name empty", "IN-NAME,,DIRECT", []string{"rules.txt:1: empty inbound name; expected IN-NAME,exec:curl"}},
+		{"in-user empty", "NOT,((IN-USER,)),DIRECT", []string{"rules.txt:1: empty inbound user; expected IN-USER,alice"}},
+		{"in-user no target", "IN-USER,alice", []string{"rules.txt:1: IN-USER needs a payload and a target; expected IN-USER,alice,TARGET"}},
+		{"in-type typo", "IN-TYP,tun,DIRECT", []string{"did you mean IN-TYPE?"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -425,6 +446,31 @@ func TestNeeds(t *testing.T) {
 		rs := mustParse(t, tt.text)
 		if rs.NeedsDomain() != tt.domain || rs.NeedsProcess() != tt.process {
 			t.Errorf("%q: NeedsDomain=%v NeedsProcess=%v", tt.text, rs.NeedsDomain(), rs.NeedsProcess())
+		}
+	}
+}
+
+// TestInboundRulesExplain: an inbound rule explains itself like any other,
+// also from a RULE-SET file, and an unknown inbound falls through.
+func TestInboundRulesExplain(t *testing.T) {
+	fsys := fstest.MapFS{"in.txt": {Data: []byte("# inbound entries\nIN-USER,pixel\nIN-TYPE,exec\n")}}
+	opts := testOpts
+	opts.RuleSetLoader = func(p string) (io.ReadCloser, error) { return fsys.Open(p) }
+	rs, err := Parse(strings.NewReader("IN-TYPE,socks,REJECT\nRULE-SET,in.txt,corp\n"), "rules.txt", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		m    Metadata
+		want string
+	}{
+		{Metadata{InType: "socks", InName: "socks", InUser: "pixel", UID: -1}, `REJECT by rule #1 "IN-TYPE,socks,REJECT" (rules.txt:1)`},
+		{Metadata{InType: "wireguard", InName: "wg", InUser: "pixel", UID: -1}, `corp by rule #2 "RULE-SET,in.txt,corp" (rules.txt:2) via "IN-USER,pixel" (in.txt:2)`},
+		{Metadata{InType: "exec", InName: "exec:curl", UID: -1}, `corp by rule #2 "RULE-SET,in.txt,corp" (rules.txt:2) via "IN-TYPE,exec" (in.txt:3)`},
+		{Metadata{UID: -1}, "DIRECT (no rule matched; default)"},
+	} {
+		if got := rs.Match(&tt.m, nil).String(); got != tt.want {
+			t.Errorf("%+v: got %s, want %s", tt.m, got, tt.want)
 		}
 	}
 }

@@ -13,7 +13,21 @@ type Metadata struct {
 	Host     string         // domain from fake-IP or a SOCKS domain request; "" when unknown
 	Process  string         // executable path, when known
 	UID      int            // -1 when unknown
+
+	// The inbound the flow came in through; "" when unknown or none.
+	InType string // InTUN, InWireGuard, InExec, InGateway or InSocks
+	InName string // the inbound's name: the TUN device's, "wg", "exec:curl", "socks"
+	InUser string // the user behind it: a WireGuard peer's name, a SOCKS username
 }
+
+// Inbound types, the values of Metadata.InType and of IN-TYPE rules.
+const (
+	InTUN       = "tun"
+	InWireGuard = "wireguard"
+	InExec      = "exec"
+	InGateway   = "gateway"
+	InSocks     = "socks"
+)
 
 // ProcessLookup finds the executable path and user id of the local process
 // that owns a flow. Match consults it lazily: only when a PROCESS-NAME,

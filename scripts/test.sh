@@ -2,7 +2,8 @@
 # Runs every check and every test of tunsocks: formatting, vet, staticcheck,
 # cross-compilation, and `go test -race` over all packages, including the
 # tests that need root, /dev/net/tun, network namespaces and real SOCKS peers
-# (curl, ncat, proxychains4, dante-server, microsocks, dig, dnsmasq, tshark...).
+# (curl, ncat, proxychains4, dante-server, microsocks, tinyproxy, mitmproxy, dig,
+# dnsmasq, tshark...).
 #
 # Usage: ./scripts/test.sh [extra go test flags, e.g. -run TestCurl]
 # It re-runs itself under sudo when not root and installs the Debian packages
@@ -25,7 +26,7 @@ step() { printf '\n=== %s\n' "$*"; }
 # command:package pairs for the peers and tools the tests use.
 peers=(curl:curl ncat:ncat danted:dante-server microsocks:microsocks proxychains4:proxychains4
 	iperf3:iperf3 dig:dnsutils dnsmasq:dnsmasq-base tshark:tshark socat:socat ping:iputils-ping ip:iproute2
-	gcc:gcc nft:nftables)
+	gcc:gcc nft:nftables tinyproxy:tinyproxy mitmdump:mitmproxy)
 missing=()
 for p in "${peers[@]}"; do
 	command -v "${p%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${p%%:*}" ] || missing+=("${p#*:}")

@@ -21,7 +21,10 @@ const (
 const MaxDomainLen = 255
 
 // Addr is a SOCKS destination: an IP address or a domain name, and a port.
-// Exactly one of IP and Name is set in a valid Addr.
+// Exactly one of IP and Name is set in a valid Addr. It is a net.Addr (an
+// Addr value or pointer), so a name can travel where a net.Addr does: as
+// the destination of a UDP datagram sent through a SOCKS association, as
+// the sender of one received, in a *net.OpError.
 type Addr struct {
 	IP   netip.Addr
 	Name string
@@ -70,6 +73,9 @@ func (a Addr) Host() string {
 	}
 	return a.IP.String()
 }
+
+// Network returns "socks": the address says where, not over what network.
+func (a Addr) Network() string { return "socks" }
 
 // String returns "host:port", with brackets around an IPv6 address.
 func (a Addr) String() string {

@@ -18,20 +18,20 @@ import (
 func (c *Client) Bind(ctx context.Context, address string) (*BindListener, error) {
 	dst, err := c.destination("tcp", address)
 	if err != nil {
-		return nil, c.opError("socks bind", "tcp", address, err)
+		return nil, c.opError("socks bind", "tcp", addrOf(address), err)
 	}
 	conn, bound, err := c.request(ctx, "tcp", socks.CmdBind, dst)
 	if err != nil {
 		return nil, err
 	}
-	return &BindListener{c: c, conn: conn, dst: dst.String(), addr: netAddr("tcp", c.boundAddr(conn, bound))}, nil
+	return &BindListener{c: c, conn: conn, dst: dst, addr: netAddr("tcp", c.boundAddr(conn, bound))}, nil
 }
 
 // BindListener is a net.Listener for one connection accepted by the server.
 type BindListener struct {
 	c    *Client
 	conn net.Conn
-	dst  string
+	dst  socks.Addr
 	addr net.Addr
 
 	mu    sync.Mutex

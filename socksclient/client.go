@@ -28,11 +28,13 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/proxyurl"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
 // Dialer is how a Client reaches its server: a direct dialer for the first
-// hop, the previous Client for the later hops of a chain. ListenPacket also
+// hop, the previous Client (or another proxy client) for the later hops of
+// a chain; package outbound builds chains. ListenPacket also
 // uses it with network "udp" to reach the server's UDP relay.
 type Dialer interface {
 	DialContext(ctx context.Context, network, address string) (net.Conn, error)
@@ -67,6 +69,7 @@ type Client struct {
 	version byte // socks.Version4 or socks.Version5
 	socks4a bool // SOCKS4 with domain support
 	server  string
+	srvAddr net.Addr // server as a net.Addr, for errors
 	user    string
 	pass    string
 	forward Dialer
@@ -94,6 +97,9 @@ func New(u *url.URL, forward Dialer) (*Client, error) {
 	if u == nil {
 		return nil, errors.New("socksclient: nil proxy URL")
 	}
+	if err := CheckURL(u); err != nil {
+		return nil, fmt.Errorf("socksclient: proxy %w", err)
+	}
 	c := &Client{forward: forward}
 	if c.forward == nil {
 		c.forward = &direct.Dialer{}
@@ -105,67 +111,52 @@ func New(u *url.URL, forward Dialer) (*Client, error) {
 		c.version = socks.Version4
 	case "socks4a":
 		c.version, c.socks4a = socks.Version4, true
-	case "":
-		return nil, fmt.Errorf("socksclient: proxy URL %q has no scheme; use socks5://, socks5h://, socks4:// or socks4a://", redact(u))
-	default:
-		return nil, fmt.Errorf("socksclient: proxy URL scheme %q is not supported; use socks5, socks5h, socks4 or socks4a", u.Scheme)
 	}
-	host := u.Hostname()
-	if host == "" {
-		return nil, fmt.Errorf("socksclient: proxy URL %q names no host", redact(u))
-	}
-	if u.Opaque != "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("socksclient: proxy URL %q: only scheme://[user[:pass]@]host[:port] is allowed", redact(u))
-	}
-	port := DefaultPort
-	if p := u.Port(); p != "" {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 1 || n > 65535 {
-			return nil, fmt.Errorf("socksclient: proxy URL %q: port %q is not a number from 1 to 65535", redact(u), p)
-		}
-		port = n
-	}
-	c.server = net.JoinHostPort(host, strconv.Itoa(port))
+	c.server, _ = proxyurl.HostPort(u, DefaultPort)
+	c.srvAddr = netAddr("tcp", c.server)
 	if u.User != nil {
 		c.user = u.User.Username()
-		pass, hasPass := u.User.Password()
-		c.pass = pass
-		if c.version == socks.Version4 {
-			if pass != "" {
-				return nil, fmt.Errorf("socksclient: %s has no passwords, only a user ID; drop the password or use socks5", u.Scheme)
-			}
-			if len(c.user) > socks.MaxUserIDLen {
-				return nil, fmt.Errorf("socksclient: SOCKS4 user ID longer than %d bytes", socks.MaxUserIDLen)
-			}
-		} else if len(c.user) < 1 || len(c.user) > 255 || len(pass) < 1 || len(pass) > 255 || !hasPass {
-			return nil, errors.New("socksclient: socks5 username and password must each be 1 to 255 bytes (RFC 1929)")
-		}
+		c.pass, _ = u.User.Password()
 	}
 	return c, nil
+}
+
+// CheckURL reports what is wrong with u as a SOCKS proxy URL (see New), or
+// nil. Its errors name the URL without the password and say what would be
+// right.
+func CheckURL(u *url.URL) error {
+	switch u.Scheme {
+	case "socks5", "socks5h", "socks4", "socks4a":
+	case "":
+		return fmt.Errorf("url %q has no scheme; use socks5://, socks5h://, socks4:// or socks4a://", redact(u))
+	default:
+		return fmt.Errorf("url scheme %q is not supported; use socks5, socks5h, socks4 or socks4a", u.Scheme)
+	}
+	if _, err := proxyurl.HostPort(u, DefaultPort); err != nil {
+		return err
+	}
+	if u.User == nil {
+		return nil
+	}
+	user := u.User.Username()
+	pass, hasPass := u.User.Password()
+	if u.Scheme == "socks4" || u.Scheme == "socks4a" {
+		if hasPass {
+			return fmt.Errorf("%s has no passwords, only a user ID; drop the password or use socks5", u.Scheme)
+		}
+		if len(user) > socks.MaxUserIDLen {
+			return fmt.Errorf("SOCKS4 user ID longer than %d bytes", socks.MaxUserIDLen)
+		}
+		return nil
+	}
+	if !hasPass || len(user) < 1 || len(user) > 255 || len(pass) < 1 || len(pass) > 255 {
+		return errors.New("socks5 username and password must each be 1 to 255 bytes (RFC 1929); want socks5://user:pass@host:port")
+	}
+	return nil
 }
 
 // redact hides a password in u for error messages.
 func redact(u *url.URL) string { return u.Redacted() }
-
-// Chain returns a Client for the last of hops that reaches it through all
-// the earlier ones: forward reaches hops[0], the Client of hops[0] reaches
-// hops[1], and so on. UDP ASSOCIATE is not possible through a chain (the
-// last hop's UDP relay cannot be reached through the earlier hops' TCP
-// streams): its ListenPacket fails with ErrUDPUnsupported.
-func Chain(forward Dialer, hops ...*url.URL) (*Client, error) {
-	if len(hops) == 0 {
-		return nil, errors.New("socksclient: a chain needs at least one hop")
-	}
-	var c *Client
-	for i, u := range hops {
-		next, err := New(u, forward)
-		if err != nil {
-			return nil, fmt.Errorf("socksclient: chain hop %d: %w", i+1, err)
-		}
-		c, forward = next, next
-	}
-	return c, nil
-}
 
 // Server returns the "host:port" of the server the Client speaks to.
 func (c *Client) Server() string { return c.server }
@@ -182,7 +173,7 @@ func (c *Client) Server() string { return c.server }
 func (c *Client) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	dst, err := c.destination(network, address)
 	if err != nil {
-		return nil, c.opError("socks connect", network, address, err)
+		return nil, c.opError("socks connect", network, addrOf(address), err)
 	}
 	conn, _, err := c.request(ctx, network, socks.CmdConnect, dst)
 	if err != nil {
@@ -228,7 +219,7 @@ func (c *Client) request(ctx context.Context, network string, cmd socks.Command,
 	op := "socks " + opName(cmd)
 	conn, err := c.forward.DialContext(ctx, "tcp", c.server)
 	if err != nil {
-		return nil, socks.Addr{}, c.opError("dial", network, dst.String(), err)
+		return nil, socks.Addr{}, c.opError("dial", network, dst, err)
 	}
 	var bound socks.Addr
 	hc := newHandshakeConn(conn)
@@ -240,9 +231,40 @@ func (c *Client) request(ctx context.Context, network string, cmd socks.Command,
 	if err != nil {
 		hc.release()
 		conn.Close()
-		return nil, socks.Addr{}, c.opError(op, network, dst.String(), err)
+		return nil, socks.Addr{}, c.opError(op, network, dst, err)
 	}
 	return hc.finish(), bound, nil
+}
+
+// Handshake runs the SOCKS handshake on conn, a connection to the Client's
+// server that the caller dialed itself: the SOCKS5 authentication and the
+// request cmd for dst (SOCKS4/4a: the request alone). It returns the
+// connection to use from then on (conn, or a wrapper returning bytes that
+// came in right behind the reply) and the reply's BND.ADDR exactly as the
+// server sent it: unlike DialContext and ListenPacket, nothing is replaced
+// or resolved. It is for callers that examine the exchange itself, such as
+// `tunsocks check`. ctx bounds the handshake; conn's deadline is cleared
+// after it. On failure conn is left open and the error is a *net.OpError
+// as from DialContext.
+func (c *Client) Handshake(ctx context.Context, conn net.Conn, cmd socks.Command, dst socks.Addr) (net.Conn, socks.Addr, error) {
+	var bound socks.Addr
+	hc := newHandshakeConn(conn)
+	err := withContext(ctx, conn, func() error {
+		var err error
+		bound, err = c.handshake(hc, cmd, dst)
+		return err
+	})
+	if err != nil {
+		hc.release()
+		return nil, socks.Addr{}, c.opError("socks "+opName(cmd), "tcp", dst, err)
+	}
+	return hc.finish(), bound, nil
+}
+
+// Version returns the SOCKS version the Client speaks (socks.Version4 for
+// socks4:// and socks4a://) and whether it sends names (SOCKS5, SOCKS4a).
+func (c *Client) Version() (version byte, names bool) {
+	return c.version, c.version == socks.Version5 || c.socks4a
 }
 
 func opName(cmd socks.Command) string {
@@ -403,16 +425,21 @@ func readReply4(conn net.Conn) (socks.Addr, error) {
 	return socks.AddrFromAddrPort(bound), nil
 }
 
-// opError wraps err with the operation, the server and the destination.
-func (c *Client) opError(op, network, dst string, err error) error {
-	return &net.OpError{Op: op, Net: network, Source: hostPortAddr{"tcp", c.server}, Addr: hostPortAddr{network, dst}, Err: err}
+// opError wraps err with the operation, the server and the destination
+// (nil when there is none, or it did not parse).
+func (c *Client) opError(op, network string, dst net.Addr, err error) error {
+	return &net.OpError{Op: op, Net: network, Source: c.srvAddr, Addr: dst, Err: err}
 }
 
-// hostPortAddr is a net.Addr for a "host:port" that may hold a name.
-type hostPortAddr struct{ net, addr string }
-
-func (a hostPortAddr) Network() string { return a.net }
-func (a hostPortAddr) String() string  { return a.addr }
+// addrOf returns address as a socks.Addr, or nil when it does not parse
+// (the parse error then says what is wrong with it).
+func addrOf(address string) net.Addr {
+	a, err := socks.ParseAddr(address)
+	if err != nil {
+		return nil
+	}
+	return a
+}
 
 // serverHost returns the IP of the server conn is connected to, if it is a
 // plain TCP connection, or else the server's host from the URL.
@@ -435,12 +462,12 @@ func (c *Client) boundAddr(conn net.Conn, bound socks.Addr) string {
 	return bound.String()
 }
 
-// netAddr returns a *net.TCPAddr or *net.UDPAddr for an IP "host:port" and
-// a hostPortAddr for a name.
+// netAddr returns a *net.TCPAddr or *net.UDPAddr for an IP "host:port", a
+// socks.Addr for a name, and nil for something else.
 func netAddr(network, hostport string) net.Addr {
 	ap, err := netip.ParseAddrPort(hostport)
 	if err != nil {
-		return hostPortAddr{network, hostport}
+		return addrOf(hostport)
 	}
 	if network == "udp" {
 		return net.UDPAddrFromAddrPort(ap)

@@ -14,48 +14,18 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socks"
-	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// fakeDialer is a forward Dialer whose every connection goes to a scripted
-// fake server over net.Pipe. The script runs on the server end.
-type fakeDialer struct {
-	t      *testing.T
-	script func(t *testing.T, c net.Conn)
-
-	mu     sync.Mutex
-	dialed []string
-	wg     sync.WaitGroup
-}
-
-func newFake(t *testing.T, script func(t *testing.T, c net.Conn)) *fakeDialer {
-	d := &fakeDialer{t: t, script: script}
-	t.Cleanup(d.wg.Wait)
-	return d
-}
-
-func (d *fakeDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	d.mu.Lock()
-	d.dialed = append(d.dialed, network+" "+address)
-	d.mu.Unlock()
-	cli, srv := net.Pipe()
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		defer srv.Close()
-		d.script(d.t, srv)
-	}()
-	return cli, nil
-}
-
-func (d *fakeDialer) dials() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.dialed...)
+// newFake returns a forward Dialer whose every connection goes to a
+// scripted fake server over net.Pipe. The script runs on the server end.
+func newFake(t *testing.T, script func(t *testing.T, c net.Conn)) *testenv.Dialer {
+	return testenv.NewDialer(t, func(c net.Conn) { script(t, c) })
 }
 
 // expect reads len(want) bytes and checks them.
@@ -125,7 +95,7 @@ func TestConnectDomainIsSentAsDomain(t *testing.T) {
 		roundTrip(t, conn, "hello through the proxy")
 		conn.Close()
 	}
-	if got := d.dials(); len(got) != 2 || got[0] != "tcp proxy.example:1080" {
+	if got := d.Dials(); len(got) != 2 || got[0] != "tcp proxy.example:1080" {
 		t.Errorf("forward dials = %q, want two of tcp proxy.example:1080", got)
 	}
 }
@@ -580,9 +550,9 @@ func TestURLs(t *testing.T) {
 		"socks5://u@h":            "username and password must each be 1 to 255 bytes",
 		"socks5://u:@h":           "username and password",
 		"socks4://u:secret@h":     "has no passwords",
-		"socks5://h/path":         "only scheme://",
-		"socks5://h?q=1":          "only scheme://",
-		"socks5://u:secret@h/pth": "only scheme://",
+		"socks5://h/path":         "only socks5://[user:pass@]host:port",
+		"socks5://h?q=1":          "only socks5://[user:pass@]host:port",
+		"socks5://u:secret@h/pth": "only socks5://[user:pass@]host:port",
 	}
 	for u, want := range bad {
 		_, err := Parse(u, nil)
@@ -595,9 +565,6 @@ func TestURLs(t *testing.T) {
 	}
 	if _, err := New(nil, nil); err == nil {
 		t.Error("New(nil) succeeded")
-	}
-	if _, err := Chain(nil); err == nil {
-		t.Error("Chain with no hops succeeded")
 	}
 }
 
@@ -622,8 +589,8 @@ func TestChainSendsHopAsDomain(t *testing.T) {
 			echo(c)
 		}
 	})
-	u1, u2 := mustURL(t, "socks5://hop1.invalid"), mustURL(t, "socks4a://u2@hop2.invalid:1081")
-	c, err := Chain(d, u1, u2)
+	u1, u2 := testenv.MustURL(t, "socks5://hop1.invalid"), testenv.MustURL(t, "socks4a://u2@hop2.invalid:1081")
+	c, err := chain(d, u1, u2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -633,7 +600,7 @@ func TestChainSendsHopAsDomain(t *testing.T) {
 	}
 	roundTrip(t, conn, "two hops")
 	conn.Close()
-	if got := d.dials(); len(got) != 1 || got[0] != "tcp hop1.invalid:1080" {
+	if got := d.Dials(); len(got) != 1 || got[0] != "tcp hop1.invalid:1080" {
 		t.Errorf("forward dials = %q, want only hop 1", got)
 	}
 	if _, err := c.ListenPacket(context.Background()); !errors.Is(err, ErrUDPUnsupported) || !strings.Contains(err.Error(), "chain") {
@@ -641,13 +608,18 @@ func TestChainSendsHopAsDomain(t *testing.T) {
 	}
 }
 
-func mustURL(t *testing.T, s string) *url.URL {
-	t.Helper()
-	u, err := url.Parse(s)
-	if err != nil {
-		t.Fatal(err)
+// chain returns a Client for the last hop that reaches it through the
+// earlier ones, the first through forward (nil: direct).
+func chain(forward Dialer, hops ...*url.URL) (*Client, error) {
+	var c *Client
+	for _, u := range hops {
+		next, err := New(u, forward)
+		if err != nil {
+			return nil, err
+		}
+		c, forward = next, next
 	}
-	return u
+	return c, nil
 }
 
 // pipeServerDialer answers every dial with a minimal SOCKS5 server over

@@ -1,6 +1,6 @@
 package socksclient
 
-// Loopback echo servers and end-to-end checks shared by the tests against
+// End-to-end checks shared by the tests against
 // real servers (Dante, microsocks, our socksserver).
 
 import (
@@ -14,15 +14,6 @@ import (
 
 	"github.com/tunsocks/tunsocks/internal/testenv"
 )
-
-// tcpEcho starts a loopback TCP echo server that half-closes after EOF.
-func tcpEcho(t testing.TB) string {
-	t.Helper()
-	return testenv.TCPServer(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
-		io.Copy(c, c)
-		c.(*net.TCPConn).CloseWrite()
-	})
-}
 
 // checkConnect dials the echo through c and checks data both ways and, with
 // halfClose, that the server passes a half-close on (microsocks does not: it
@@ -155,4 +146,28 @@ func freePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// benchConnect measures one CONNECT and one echoed byte through the SOCKS5
+// server at proxy to a loopback echo.
+func benchConnect(b *testing.B, proxy string) {
+	echoAddr := testenv.TCPEcho(b, "tcp", "127.0.0.1:0")
+	c, err := Parse("socks5://"+proxy, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	one := []byte{1}
+	b.ReportAllocs()
+	for b.Loop() {
+		conn, err := c.DialContext(ctx, "tcp", echoAddr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		conn.Write(one)
+		if _, err := io.ReadFull(conn, one); err != nil {
+			b.Fatal(err)
+		}
+		conn.Close()
+	}
 }

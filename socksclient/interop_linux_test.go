@@ -6,20 +6,17 @@ package socksclient
 // (CI installs the Debian packages dante-server and microsocks).
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,33 +25,12 @@ import (
 	"github.com/tunsocks/tunsocks/socks"
 )
 
-// lockedBuffer collects a peer's output for failure messages.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.b.Len() > 1<<20 {
-		return len(p), nil
-	}
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // startPeer starts a server in its own process group, waits until it
 // accepts on addr and kills the group (the process and any children it
 // forked) when the test ends.
 func startPeer(t testing.TB, addr, path string, args ...string) {
 	t.Helper()
-	out := &lockedBuffer{}
+	out := &testenv.Buffer{Max: 1 << 20} // a peer's output, for failure messages
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -154,7 +130,7 @@ func systemUser(t testing.TB) (user, pass string) {
 
 func TestDanteNoAuth(t *testing.T) {
 	proxy := danted(t, "none")
-	echoAddr, uecho := tcpEcho(t), testenv.UDPEcho(t)
+	echoAddr, uecho := testenv.TCPEcho(t, "tcp", "127.0.0.1:0"), testenv.UDPEcho(t)
 	c, err := Parse("socks5://"+proxy, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +162,7 @@ func TestDanteNoAuth(t *testing.T) {
 func TestDanteUsername(t *testing.T) {
 	proxy := danted(t, "username")
 	user, pass := systemUser(t)
-	echoAddr, uecho := tcpEcho(t), testenv.UDPEcho(t)
+	echoAddr, uecho := testenv.TCPEcho(t, "tcp", "127.0.0.1:0"), testenv.UDPEcho(t)
 	c, err := Parse(fmt.Sprintf("socks5://%s:%s@%s", user, pass, proxy), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -220,7 +196,7 @@ func microsocks(t testing.TB, args ...string) string {
 
 func TestMicrosocks(t *testing.T) {
 	proxy := microsocks(t)
-	echoAddr := tcpEcho(t)
+	echoAddr := testenv.TCPEcho(t, "tcp", "127.0.0.1:0")
 	c, _ := Parse("socks5://"+proxy, nil)
 	checkConnect(t, c, echoAddr, false)
 	// microsocks resolves names itself: "localhost" goes as a name.
@@ -234,7 +210,7 @@ func TestMicrosocks(t *testing.T) {
 
 func TestMicrosocksAuth(t *testing.T) {
 	proxy := microsocks(t, "-u", "alice", "-P", "s3cret")
-	echoAddr := tcpEcho(t)
+	echoAddr := testenv.TCPEcho(t, "tcp", "127.0.0.1:0")
 	c, _ := Parse("socks5://alice:s3cret@"+proxy, nil)
 	checkConnect(t, c, echoAddr, false)
 	bad, _ := Parse("socks5://alice:wrong@"+proxy, nil)
@@ -247,15 +223,15 @@ func TestMicrosocksAuth(t *testing.T) {
 func TestChainMicrosocksDante(t *testing.T) {
 	first := microsocks(t)
 	second := danted(t, "none")
-	echoAddr := tcpEcho(t)
-	c, err := Chain(nil, mustURL(t, "socks5://"+first), mustURL(t, "socks5://"+second))
+	echoAddr := testenv.TCPEcho(t, "tcp", "127.0.0.1:0")
+	c, err := chain(nil, testenv.MustURL(t, "socks5://"+first), testenv.MustURL(t, "socks5://"+second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	checkConnect(t, c, echoAddr, false)
 	// Two microsocks hops, one with auth.
 	third := microsocks(t, "-u", "bob", "-P", "pw")
-	c, err = Chain(nil, mustURL(t, "socks5://"+first), mustURL(t, "socks5://bob:pw@"+third))
+	c, err = chain(nil, testenv.MustURL(t, "socks5://"+first), testenv.MustURL(t, "socks5://bob:pw@"+third))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,23 +241,4 @@ func TestChainMicrosocksDante(t *testing.T) {
 // BenchmarkConnectMicrosocks measures one CONNECT (TCP to the proxy, method
 // negotiation, request, the proxy's own connect to the echo, reply) and one
 // echoed byte, on loopback.
-func BenchmarkConnectMicrosocks(b *testing.B) {
-	proxy := microsocks(b)
-	echoAddr := tcpEcho(b)
-	c, _ := Parse("socks5://"+proxy, nil)
-	ctx := context.Background()
-	one := []byte{1}
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		conn, err := c.DialContext(ctx, "tcp", echoAddr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		conn.Write(one)
-		if _, err := io.ReadFull(conn, one); err != nil {
-			b.Fatal(err)
-		}
-		conn.Close()
-	}
-}
+func BenchmarkConnectMicrosocks(b *testing.B) { benchConnect(b, microsocks(b)) }

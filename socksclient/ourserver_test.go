@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"syscall"
 	"testing"
@@ -45,7 +44,7 @@ func ourServer(t testing.TB, cfg socksserver.Config) string {
 
 func TestOurServerConnect(t *testing.T) {
 	proxy := ourServer(t, socksserver.Config{})
-	echoAddr := tcpEcho(t)
+	echoAddr := testenv.TCPEcho(t, "tcp", "127.0.0.1:0")
 	_, port, _ := net.SplitHostPort(echoAddr)
 	for _, u := range []string{"socks5://", "socks4://", "socks4a://someone@"} {
 		c, err := Parse(u+proxy, nil)
@@ -61,7 +60,7 @@ func TestOurServerConnect(t *testing.T) {
 
 func TestOurServerAuth(t *testing.T) {
 	proxy := ourServer(t, socksserver.Config{Users: map[string]string{"alice": "s3cret"}})
-	echoAddr := tcpEcho(t)
+	echoAddr := testenv.TCPEcho(t, "tcp", "127.0.0.1:0")
 	c, _ := Parse("socks5://alice:s3cret@"+proxy, nil)
 	checkConnect(t, c, echoAddr, true)
 	bad, _ := Parse("socks5://alice:nope@"+proxy, nil)
@@ -173,8 +172,8 @@ func mustUDPAddrOf(t *testing.T, pc *UDPConn, sink *net.UDPConn) *net.UDPAddr {
 func TestOurServerChain(t *testing.T) {
 	first := ourServer(t, socksserver.Config{})
 	second := ourServer(t, socksserver.Config{Users: map[string]string{"bob": "pw"}})
-	echoAddr := tcpEcho(t)
-	c, err := Chain(nil, mustURL(t, "socks5://"+first), mustURL(t, "socks5://bob:pw@"+second))
+	echoAddr := testenv.TCPEcho(t, "tcp", "127.0.0.1:0")
+	c, err := chain(nil, testenv.MustURL(t, "socks5://"+first), testenv.MustURL(t, "socks5://bob:pw@"+second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,21 +199,5 @@ func TestOurServerRefusal(t *testing.T) {
 // BenchmarkConnectOurServer measures one CONNECT and one echoed byte
 // through our socksserver on loopback.
 func BenchmarkConnectOurServer(b *testing.B) {
-	proxy := ourServer(b, socksserver.Config{})
-	echoAddr := tcpEcho(b)
-	c, _ := Parse("socks5://"+proxy, nil)
-	ctx := context.Background()
-	one := []byte{1}
-	b.ReportAllocs()
-	for b.Loop() {
-		conn, err := c.DialContext(ctx, "tcp", echoAddr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		conn.Write(one)
-		if _, err := io.ReadFull(conn, one); err != nil {
-			b.Fatal(err)
-		}
-		conn.Close()
-	}
+	benchConnect(b, ourServer(b, socksserver.Config{}))
 }

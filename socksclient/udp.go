@@ -6,27 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/tunsocks/tunsocks/socks"
 )
-
-// DomainAddr is a UDP address given by name. UDPConn.WriteTo takes one (as a
-// value or a pointer) to send to a name the server resolves, and ReadFrom
-// returns a *DomainAddr when the server reports a sender by name.
-type DomainAddr struct {
-	Host string
-	Port uint16
-}
-
-// Network returns "udp".
-func (a DomainAddr) Network() string { return "udp" }
-
-// String returns "host:port".
-func (a DomainAddr) String() string { return net.JoinHostPort(a.Host, strconv.Itoa(int(a.Port))) }
 
 // ListenPacket opens a UDP association (the SOCKS5 UDP ASSOCIATE command).
 // The association lives as long as its control connection: when the server
@@ -39,10 +24,10 @@ func (a DomainAddr) String() string { return net.JoinHostPort(a.Host, strconv.It
 func (c *Client) ListenPacket(ctx context.Context) (*UDPConn, error) {
 	const op = "socks udp associate"
 	if _, ok := c.forward.(*Client); ok {
-		return nil, c.opError(op, "udp", "", fmt.Errorf("%w through a chain of SOCKS servers: the last server's UDP relay cannot be reached through the earlier ones", ErrUDPUnsupported))
+		return nil, c.opError(op, "udp", nil, fmt.Errorf("%w through a chain of SOCKS servers: the last server's UDP relay cannot be reached through the earlier ones", ErrUDPUnsupported))
 	}
 	if c.version != socks.Version5 {
-		return nil, c.opError(op, "udp", "", fmt.Errorf("%w: SOCKS4 has no UDP; use a socks5:// proxy URL", ErrUDPUnsupported))
+		return nil, c.opError(op, "udp", nil, fmt.Errorf("%w: SOCKS4 has no UDP; use a socks5:// proxy URL", ErrUDPUnsupported))
 	}
 	// The client's own UDP address is not known before the relay is (the
 	// socket is connected to it), so the request carries 0.0.0.0:0, which
@@ -58,13 +43,13 @@ func (c *Client) ListenPacket(ctx context.Context) (*UDPConn, error) {
 	}
 	if bound.Port == 0 {
 		ctrl.Close()
-		return nil, c.opError(op, "udp", "", fmt.Errorf("socks5: server gave UDP relay address %s with port 0", bound))
+		return nil, c.opError(op, "udp", nil, fmt.Errorf("socks5: server gave UDP relay address %s with port 0", bound))
 	}
 	relay := c.boundAddr(ctrl, bound)
 	pc, err := c.forward.DialContext(ctx, "udp", relay)
 	if err != nil {
 		ctrl.Close()
-		return nil, c.opError("dial", "udp", relay, fmt.Errorf("UDP relay: %w", err))
+		return nil, c.opError("dial", "udp", netAddr("udp", relay), fmt.Errorf("UDP relay: %w", err))
 	}
 	u := &UDPConn{
 		ctrl:     ctrl,
@@ -81,8 +66,8 @@ func (c *Client) ListenPacket(ctx context.Context) (*UDPConn, error) {
 
 // UDPConn is a UDP association: a net.PacketConn whose datagrams travel
 // through the server's UDP relay. ReadFrom returns the sender's address (a
-// *net.UDPAddr, or a *DomainAddr if the server names the sender); WriteTo
-// takes a *net.UDPAddr, a DomainAddr or *DomainAddr, or any net.Addr whose
+// *net.UDPAddr, or a socks.Addr if the server names the sender); WriteTo
+// takes a *net.UDPAddr, a socks.Addr or *socks.Addr, or any net.Addr whose
 // String is "host:port" (a name in it is sent as a name, never resolved).
 type UDPConn struct {
 	ctrl  net.Conn // the TCP control connection
@@ -157,7 +142,7 @@ func udpAddr(a socks.Addr) net.Addr {
 	if ap, ok := a.AddrPort(); ok {
 		return net.UDPAddrFromAddrPort(ap)
 	}
-	return &DomainAddr{Host: a.Name, Port: a.Port}
+	return a
 }
 
 // WriteTo sends p to addr through the relay, split into fragments when the
@@ -209,13 +194,31 @@ func socksAddr(addr net.Addr) (socks.Addr, error) {
 			return socks.Addr{}, fmt.Errorf("socksclient: destination %s has no IP", a)
 		}
 		return socks.AddrFromAddrPort(ap), nil
-	case *DomainAddr:
+	case socks.Addr:
+		return checkAddr(a)
+	case *socks.Addr:
 		if a == nil {
 			return socks.Addr{}, errors.New("socksclient: nil destination address")
 		}
-		return socks.ParseAddr(a.String())
+		return checkAddr(*a)
 	}
 	return socks.ParseAddr(addr.String())
+}
+
+// checkAddr checks a destination given as a socks.Addr as ParseAddr would.
+func checkAddr(a socks.Addr) (socks.Addr, error) {
+	switch {
+	case a.Name != "" && a.IP.IsValid():
+		return socks.Addr{}, fmt.Errorf("socksclient: destination has both a name %q and an IP %s", a.Name, a.IP)
+	case a.Name != "" && len(a.Name) > socks.MaxDomainLen:
+		return socks.Addr{}, fmt.Errorf("socksclient: destination name is %d bytes, at most %d fit", len(a.Name), socks.MaxDomainLen)
+	case a.Name == "" && !a.IP.IsValid():
+		return socks.Addr{}, errors.New("socksclient: destination has neither a name nor an IP")
+	case a.IP.Zone() != "":
+		return socks.Addr{}, fmt.Errorf("socksclient: zoned IPv6 address %s cannot be sent over SOCKS", a.IP)
+	}
+	a.IP = a.IP.Unmap()
+	return a, nil
 }
 
 // Close ends the association: it closes the UDP socket and the control

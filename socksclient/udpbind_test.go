@@ -100,7 +100,7 @@ func TestUDPAssociate(t *testing.T) {
 
 	// Outgoing, large, to a name: fragments 1, 2, 3|last, the name intact.
 	big := []byte("0123456789abcdefghijKLMNO")
-	if n, err := pc.WriteTo(big, DomainAddr{Host: "nonexistent.invalid", Port: 53}); err != nil || n != len(big) {
+	if n, err := pc.WriteTo(big, socks.Addr{Name: "nonexistent.invalid", Port: 53}); err != nil || n != len(big) {
 		t.Fatalf("WriteTo = %d, %v", n, err)
 	}
 	var r socks.Reassembler
@@ -126,7 +126,7 @@ func TestUDPAssociate(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A malformed datagram from the relay is dropped, a fragmented one is
-	// reassembled, a name as source comes back as a *DomainAddr.
+	// reassembled, a name as source comes back as a socks.Addr.
 	s.relay.WriteToUDP([]byte{1, 0, 0, 1, 1, 2, 3, 4, 0, 9, 'x'}, client)
 	src := socks.Addr{IP: netip.MustParseAddr("198.51.100.2"), Port: 99}
 	dgrams, err := socks.Fragment(src, []byte("reassembled reply"), 4)
@@ -152,8 +152,8 @@ func TestUDPAssociate(t *testing.T) {
 	if err != nil || string(buf[:n]) != "by name" {
 		t.Fatalf("ReadFrom = %q, %v", buf[:n], err)
 	}
-	if da, ok := from.(*DomainAddr); !ok || da.String() != "sender.invalid:5353" {
-		t.Errorf("sender %#v, want *DomainAddr sender.invalid:5353", from)
+	if da, ok := from.(socks.Addr); !ok || da.String() != "sender.invalid:5353" {
+		t.Errorf("sender %#v, want socks.Addr sender.invalid:5353", from)
 	}
 
 	// The server ends the association: a blocked read fails with net.ErrClosed.
@@ -168,7 +168,7 @@ func TestUDPAssociate(t *testing.T) {
 	if !errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "association ended") {
 		t.Errorf("read after the control connection closed: %v, want net.ErrClosed and 'association ended'", err)
 	}
-	if _, err := pc.WriteTo([]byte("late"), DomainAddr{Host: "x.invalid", Port: 1}); !errors.Is(err, net.ErrClosed) {
+	if _, err := pc.WriteTo([]byte("late"), socks.Addr{Name: "x.invalid", Port: 1}); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("write after the control connection closed: %v, want net.ErrClosed", err)
 	}
 	if err := pc.Close(); err != nil {
@@ -212,7 +212,7 @@ func TestUDPWriteToBadAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pc.Close()
-	for _, a := range []net.Addr{nil, (*net.UDPAddr)(nil), &net.UDPAddr{}, DomainAddr{Port: 1}, DomainAddr{Host: strings.Repeat("a", 256), Port: 1}} {
+	for _, a := range []net.Addr{nil, (*net.UDPAddr)(nil), &net.UDPAddr{}, socks.Addr{Port: 1}, (*socks.Addr)(nil), socks.Addr{Name: strings.Repeat("a", 256), Port: 1}} {
 		if _, err := pc.WriteTo([]byte("x"), a); err == nil {
 			t.Errorf("WriteTo(%#v) succeeded", a)
 		}

@@ -37,6 +37,9 @@ type conn struct {
 	cmd     socks.Command
 	target  string
 	user    string
+	// authUser is the user the server authenticated: the RFC 1929
+	// username, or a SOCKS4 USERID that Socks4UserMustMatch admitted.
+	authUser string
 }
 
 // closeIfHandshaking is called by Shutdown with srv.mu held.
@@ -162,7 +165,7 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 			c.lingerClose()
 			return
 		}
-		c.user = user
+		c.user, c.authUser = user, user
 	}
 
 	req, err := socks.ReadRequest(r)
@@ -178,6 +181,7 @@ func (c *conn) run(ctx context.Context, cmd socks.Command, addr socks.Addr) {
 	if !c.activate() {
 		return
 	}
+	ctx = context.WithValue(ctx, requestKey{}, Request{Client: c.client(), User: c.authUser, Command: cmd})
 	switch cmd {
 	case socks.CmdConnect:
 		c.connect(ctx, addr)
@@ -227,6 +231,7 @@ func (c *conn) serve4(ctx context.Context, r io.Reader) {
 			c.fail(socks.NotAllowed, errors.New(why))
 			return
 		}
+		c.authUser = req.UserID
 	}
 	c.run(ctx, req.Command, req.Addr)
 }
@@ -236,6 +241,9 @@ func (c *conn) serve4(ctx context.Context, r io.Reader) {
 // length nor the content of the password leaks through timing.
 func (s *Server) checkPassword(user, pass string) bool {
 	want, known := s.cfg.Users[user]
+	if s.cfg.Emulate.AcceptBadPassword {
+		return true
+	}
 	if !known {
 		want = "\x00unknown user"
 	}
@@ -253,6 +261,12 @@ func (c *conn) reply(rep socks.Reply, bound netip.AddrPort) error {
 		var a socks.Addr
 		if bound.IsValid() {
 			a = socks.AddrFromAddrPort(bound)
+			if rep == socks.Succeeded && c.srv.cfg.Emulate.BoundZero && (c.cmd == socks.CmdConnect || c.cmd == socks.CmdUDPAssociate) {
+				a.IP = netip.IPv4Unspecified()
+				if bound.Addr().Is6() && !bound.Addr().Is4In6() {
+					a.IP = netip.IPv6Unspecified()
+				}
+			}
 		}
 		var err error
 		if b, err = socks.AppendReply(nil, rep, a); err != nil {

@@ -17,6 +17,10 @@ func (c *conn) connect(ctx context.Context, target socks.Addr) {
 		c.fail(socks.NotAllowed, fmt.Errorf("%w: %s", socks.ErrNotAllowed, why))
 		return
 	}
+	if c.srv.cfg.Emulate.ConnectOnly443 && target.Port != 443 {
+		c.fail(socks.NotAllowed, fmt.Errorf("%w: port %d (emulating a server that allows only port 443)", socks.ErrNotAllowed, target.Port))
+		return
+	}
 	// The dial is bounded by the handshake deadline too: a client that has
 	// waited that long for its reply has given up.
 	dctx, cancel := context.WithDeadline(ctx, c.start.Add(c.srv.cfg.HandshakeTimeout))

@@ -15,8 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tunsocks/tunsocks/internal/testenv"
 	"go.uber.org/goleak"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -242,14 +243,13 @@ func req4(cmd byte, ap netip.AddrPort, user, host string) []byte {
 
 func mustAP(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
-// tcpEcho starts a loopback TCP server that first writes the remote
+// peerEcho starts a loopback TCP server that first writes the remote
 // address it sees and a newline, then echoes and half-closes after EOF.
-func tcpEcho(t testing.TB, network, addr string) string {
+func peerEcho(t testing.TB, network, addr string) string {
 	t.Helper()
 	return testenv.TCPServer(t, network, addr, func(c net.Conn) {
 		io.WriteString(c, c.RemoteAddr().String()+"\n")
-		io.Copy(c, c)
-		c.(*net.TCPConn).CloseWrite()
+		testenv.Echo(c)
 	})
 }
 

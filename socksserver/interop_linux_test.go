@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/tunsocks/tunsocks/internal/testenv"
 	"io"
 	"net"
 	"net/http"
@@ -24,6 +23,8 @@ import (
 	"time"
 
 	"golang.org/x/net/proxy"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 const page = "hello from httptest"
@@ -123,7 +124,7 @@ func TestInteropCurl(t *testing.T) {
 
 func TestInteropNcat(t *testing.T) {
 	ncat := testenv.NeedTool(t, "ncat", "ncat")
-	echo := tcpEcho(t, "tcp4", "127.0.0.1:0")
+	echo := peerEcho(t, "tcp4", "127.0.0.1:0")
 	ehost, eport, _ := net.SplitHostPort(echo)
 	for _, tc := range []struct {
 		typ, auth, version string
@@ -186,7 +187,7 @@ func TestInteropProxychains(t *testing.T) {
 }
 
 func TestInteropXNetProxy(t *testing.T) {
-	echo := tcpEcho(t, "tcp4", "127.0.0.1:0")
+	echo := peerEcho(t, "tcp4", "127.0.0.1:0")
 	_, eport, _ := net.SplitHostPort(echo)
 	for _, tc := range []struct {
 		name   string

@@ -19,16 +19,9 @@ import (
 	"github.com/tunsocks/tunsocks/socks"
 )
 
-// fakeDialer fails every dial with err and counts the calls.
-type fakeDialer struct {
-	err   error
-	calls atomic.Int64
-}
-
-func (f *fakeDialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	f.calls.Add(1)
-	return nil, f.err
-}
+// mustNotDial is the Dialer of a case that must be refused before any dial:
+// the test checks that it recorded none.
+func mustNotDial() *testenv.Dialer { return &testenv.Dialer{Err: errors.New("dialed although denied")} }
 
 func opErr(err error) error {
 	return &net.OpError{Op: "dial", Net: "tcp", Err: err}
@@ -60,8 +53,6 @@ func TestFailures(t *testing.T) {
 		name  string
 		cfg   Config
 		steps []step
-		// dialed, when set, is the fake dialer that must not have been called.
-		notDialed *fakeDialer
 	}{
 		{name: "wrong version", steps: []step{{send: []byte{6, 1, 0}}}},
 		{name: "version 0", steps: []step{{send: []byte{0, 0, 0, 0}}}},
@@ -99,29 +90,30 @@ func TestFailures(t *testing.T) {
 		{name: "request with empty domain", steps: []step{greet,
 			{send: []byte{5, 1, 0, 3, 0, 0, 80}, want: fail5(socks.GeneralFailure)}}},
 		{name: "refused", steps: []step{greet, {send: req5(1, closed), want: fail5(socks.ConnectionRefused)}}},
-		{name: "timeout is host unreachable", cfg: Config{Dialer: &fakeDialer{err: opErr(context.DeadlineExceeded)}},
+		{name: "timeout is host unreachable", cfg: Config{Dialer: &testenv.Dialer{Err: opErr(context.DeadlineExceeded)}},
 			steps: []step{greet, {send: req5(1, somewhere), want: fail5(socks.HostUnreachable)}}},
-		{name: "i/o timeout is host unreachable", cfg: Config{Dialer: &fakeDialer{err: opErr(os.ErrDeadlineExceeded)}},
+		{name: "i/o timeout is host unreachable", cfg: Config{Dialer: &testenv.Dialer{Err: opErr(os.ErrDeadlineExceeded)}},
 			steps: []step{greet, {send: req5(1, somewhere), want: fail5(socks.HostUnreachable)}}},
-		{name: "host unreachable", cfg: Config{Dialer: &fakeDialer{err: opErr(os.NewSyscallError("connect", syscall.EHOSTUNREACH))}},
+		{name: "host unreachable", cfg: Config{Dialer: &testenv.Dialer{Err: opErr(os.NewSyscallError("connect", syscall.EHOSTUNREACH))}},
 			steps: []step{greet, {send: req5(1, somewhere), want: fail5(socks.HostUnreachable)}}},
-		{name: "name not found is host unreachable", cfg: Config{Dialer: &fakeDialer{err: opErr(&net.DNSError{Err: "no such host", Name: "nx.invalid", IsNotFound: true})}},
+		{name: "name not found is host unreachable", cfg: Config{Dialer: &testenv.Dialer{Err: opErr(&net.DNSError{Err: "no such host", Name: "nx.invalid", IsNotFound: true})}},
 			steps: []step{greet, {send: req5Name(1, "nx.invalid", 80), want: fail5(socks.HostUnreachable)}}},
-		{name: "network unreachable", cfg: Config{Dialer: &fakeDialer{err: opErr(os.NewSyscallError("connect", syscall.ENETUNREACH))}},
+		{name: "network unreachable", cfg: Config{Dialer: &testenv.Dialer{Err: opErr(os.NewSyscallError("connect", syscall.ENETUNREACH))}},
 			steps: []step{greet, {send: req5(1, somewhere), want: fail5(socks.NetworkUnreachable)}}},
-		{name: "TTL expired from upstream", cfg: Config{Dialer: &fakeDialer{err: opErr(&socks.ReplyError{Version: 5, Code: socks.TTLExpired})}},
+		{name: "TTL expired from upstream", cfg: Config{Dialer: &testenv.Dialer{Err: opErr(&socks.ReplyError{Version: 5, Code: socks.TTLExpired})}},
 			steps: []step{greet, {send: req5(1, somewhere), want: fail5(socks.TTLExpired)}}},
-		{name: "dialer denies", cfg: Config{Dialer: &fakeDialer{err: opErr(socks.ErrNotAllowed)}},
+		{name: "dialer denies", cfg: Config{Dialer: &testenv.Dialer{Err: opErr(socks.ErrNotAllowed)}},
 			steps: []step{greet, {send: req5(1, somewhere), want: fail5(socks.NotAllowed)}}},
-		{name: "other dial error is general failure", cfg: Config{Dialer: &fakeDialer{err: errors.New("boom")}},
+		{name: "other dial error is general failure", cfg: Config{Dialer: &testenv.Dialer{Err: errors.New("boom")}},
 			steps: []step{greet, {send: req5(1, somewhere), want: fail5(socks.GeneralFailure)}}},
-		{name: "deny-dest", cfg: Config{DenyDest: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}},
+		{name: "deny-dest", cfg: Config{Dialer: mustNotDial(), DenyDest: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}},
 			steps: []step{greet, {send: req5(1, somewhere), want: fail5(socks.NotAllowed)}}},
-		{name: "deny-port", cfg: Config{DenyPorts: []PortRange{{Lo: 25, Hi: 25}, {Lo: 70, Hi: 90}}},
+		{name: "deny-port", cfg: Config{Dialer: mustNotDial(), DenyPorts: []PortRange{{Lo: 25, Hi: 25}, {Lo: 70, Hi: 90}}},
 			steps: []step{greet, {send: req5(1, somewhere), want: fail5(socks.NotAllowed)}}},
-		{name: "deny-port for a domain", cfg: Config{DenyPorts: []PortRange{{Lo: 80, Hi: 80}}},
+		{name: "deny-port for a domain", cfg: Config{Dialer: mustNotDial(), DenyPorts: []PortRange{{Lo: 80, Hi: 80}}},
 			steps: []step{greet, {send: req5Name(1, "example.com", 80), want: fail5(socks.NotAllowed)}}},
 		{name: "deny-dest for a domain resolving into it", cfg: Config{
+			Dialer:   mustNotDial(),
 			DenyDest: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")},
 			LookupNetIP: func(ctx context.Context, network, host string) ([]netip.Addr, error) {
 				return []netip.Addr{netip.MustParseAddr("192.0.2.7"), netip.MustParseAddr("10.1.2.3")}, nil
@@ -135,9 +127,9 @@ func TestFailures(t *testing.T) {
 		{name: "SOCKS4 truncated", steps: []step{{send: []byte{4, 1, 0}, closeWrite: true}}},
 		{name: "SOCKS4 USERID not terminated", steps: []step{{send: []byte{4, 1, 0, 80, 127, 0, 0, 1, 'a', 'b'}, closeWrite: true}}},
 		{name: "SOCKS4a empty domain", steps: []step{{send: []byte{4, 1, 0, 80, 0, 0, 0, 1, 0, 0}, want: fail4}}},
-		{name: "SOCKS4 deny-dest", cfg: Config{DenyDest: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
+		{name: "SOCKS4 deny-dest", cfg: Config{Dialer: mustNotDial(), DenyDest: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}},
 			steps: []step{{send: req4(1, closed, "", ""), want: fail4}}},
-		{name: "SOCKS4 network unreachable", cfg: Config{Dialer: &fakeDialer{err: opErr(syscall.ENETUNREACH)}},
+		{name: "SOCKS4 network unreachable", cfg: Config{Dialer: &testenv.Dialer{Err: opErr(syscall.ENETUNREACH)}},
 			steps: []step{{send: req4(1, somewhere, "", ""), want: fail4}}},
 		{name: "SOCKS4 refused when users are required", cfg: Config{Users: users},
 			steps: []step{{send: req4(1, closed, "alice", ""), want: fail4}}},
@@ -146,7 +138,7 @@ func TestFailures(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			fd, _ := tt.cfg.Dialer.(*fakeDialer)
+			fd, _ := tt.cfg.Dialer.(*testenv.Dialer)
 			srv := startServer(t, tt.cfg)
 			c := dial(t, srv.addr)
 			for _, s := range tt.steps {
@@ -159,7 +151,7 @@ func TestFailures(t *testing.T) {
 				}
 			}
 			expectClosed(t, c)
-			if fd != nil && strings.HasPrefix(tt.name, "deny") && fd.calls.Load() != 0 {
+			if fd != nil && strings.HasPrefix(tt.name, "deny") && len(fd.Dials()) != 0 {
 				t.Errorf("the dialer was called for a denied target")
 			}
 		})
@@ -190,7 +182,7 @@ func TestDeniedIsLogged(t *testing.T) {
 	}
 }
 
-// connectOK runs a CONNECT conversation to the tcpEcho server at target
+// connectOK runs a CONNECT conversation to the peerEcho server at target
 // and checks the bound address against what the target saw, the echo and
 // the half-close in both directions.
 func connectOK(t *testing.T, c *net.TCPConn, request []byte, v4 bool) {
@@ -222,7 +214,7 @@ func connectOK(t *testing.T, c *net.TCPConn, request []byte, v4 bool) {
 }
 
 func TestConnect(t *testing.T) {
-	echo4 := mustAP(tcpEcho(t, "tcp4", "127.0.0.1:0"))
+	echo4 := mustAP(peerEcho(t, "tcp4", "127.0.0.1:0"))
 	users := map[string]string{"alice": "s3cret"}
 	auth := append(append([]byte{1, 5}, "alice"...), append([]byte{6}, "s3cret"...)...)
 
@@ -248,7 +240,7 @@ func TestConnect(t *testing.T) {
 			t.Skipf("SKIPPING: no IPv6 loopback: %v", err)
 		}
 		ln.Close()
-		echo6 := mustAP(tcpEcho(t, "tcp6", "[::1]:0"))
+		echo6 := mustAP(peerEcho(t, "tcp6", "[::1]:0"))
 		srv := startServer(t, Config{}, "[::1]:0")
 		c := dial(t, srv.addr)
 		noAuth(t, c)
@@ -361,7 +353,7 @@ func TestAllowClients(t *testing.T) {
 }
 
 func TestMaxConns(t *testing.T) {
-	echo := mustAP(tcpEcho(t, "tcp4", "127.0.0.1:0"))
+	echo := mustAP(peerEcho(t, "tcp4", "127.0.0.1:0"))
 	srv := startServer(t, Config{MaxConns: 1})
 	first := dial(t, srv.addr)
 	noAuth(t, first)

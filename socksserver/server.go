@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/socks"
+	"github.com/tunsocks/tunsocks/stun"
 )
 
 // Dialer is what the server dials through for CONNECT. *direct.Dialer,
@@ -38,6 +40,35 @@ type Dialer interface {
 // zero direct.Dialer.
 type PacketListener interface {
 	ListenPacket(ctx context.Context, network, address string) (net.PacketConn, error)
+}
+
+// NamePacketConn is the optional capability of a PacketListener's socket
+// to send to a name itself: the server then hands WriteTo a socks.Addr for
+// a domain destination, unresolved (only DenyDest, when set, resolves it
+// to check it), and passes on a socks.Addr sender from ReadFrom as a name
+// in the reply header. The router's front door has it, so a name reaches
+// the outbound its rule picks as a name.
+type NamePacketConn interface {
+	net.PacketConn
+	SendsToNames()
+}
+
+// Request is what the server knows of the request a Dialer, Listener or
+// PacketListener call serves; RequestFromContext finds it in the call's
+// ctx.
+type Request struct {
+	Client  netip.AddrPort // the client's address
+	User    string         // the authenticated user; "" without authentication
+	Command socks.Command
+}
+
+type requestKey struct{}
+
+// RequestFromContext returns the request the ctx of a Dialer, Listener or
+// PacketListener call belongs to.
+func RequestFromContext(ctx context.Context) (Request, bool) {
+	r, ok := ctx.Value(requestKey{}).(Request)
+	return r, ok
 }
 
 // Listener is the optional capability of a Dialer to open the listener of a
@@ -133,6 +164,41 @@ type Config struct {
 	// net.ListenConfig; a server whose listener lives in another network
 	// namespace passes a listener for that namespace.
 	ClientPacketListener PacketListener
+
+	// Emulate makes the server behave like other servers on purpose, so
+	// that what `tunsocks check` reports about them can be reproduced
+	// offline. It is for tests and labs only; the zero value is the
+	// server's own behaviour.
+	Emulate Emulation
+}
+
+// Emulation is a set of test switches (Config.Emulate). The UDP relay's
+// own behaviour is endpoint-independent mapping and filtering (one
+// outbound socket per association, answers accepted from anyone).
+type Emulation struct {
+	// UDPMapping makes the UDP relay use one outbound socket per
+	// destination IP (stun.AddressDependent) or per destination IP and
+	// port (stun.AddressPortDependent), like a symmetric NAT.
+	UDPMapping stun.Behaviour
+	// UDPFiltering makes the UDP relay drop datagrams from a source IP
+	// (stun.AddressDependent), or IP and port (stun.AddressPortDependent),
+	// that the outbound socket has not sent to, like a restricted NAT.
+	UDPFiltering stun.Behaviour
+	// BoundZero replies 0.0.0.0 (or ::) as BND.ADDR of CONNECT and UDP
+	// ASSOCIATE, with the real port, as many servers do.
+	BoundZero bool
+	// AcceptBadPassword accepts any username and password (an open proxy
+	// that only pretends to authenticate). It needs Users.
+	AcceptBadPassword bool
+	// ConnectOnly443 refuses CONNECT (reply 0x02) to every port but 443,
+	// like an HTTPS-only proxy.
+	ConnectOnly443 bool
+}
+
+// udpNAT reports whether the UDP relay emulates a NAT other than its own
+// endpoint-independent one.
+func (e Emulation) udpNAT() bool {
+	return e.UDPMapping > stun.EndpointIndependent || e.UDPFiltering > stun.EndpointIndependent
 }
 
 // listenConfig is the default ClientPacketListener.
@@ -156,7 +222,6 @@ type Server struct {
 	conns     map[*conn]struct{}
 	serves    map[*serveState]struct{}
 	shutdown  bool
-	addr      net.Addr
 	wg        sync.WaitGroup
 
 	active atomic.Int64
@@ -193,6 +258,13 @@ func New(cfg Config) (*Server, error) {
 		if r.Lo > r.Hi {
 			return nil, fmt.Errorf("socksserver: port range %d-%d is empty: the first port must not exceed the second", r.Lo, r.Hi)
 		}
+	}
+	if cfg.Emulate.AcceptBadPassword && len(cfg.Users) == 0 {
+		return nil, errors.New("socksserver: Emulate.AcceptBadPassword needs Users")
+	}
+	if cfg.Emulate.UDPMapping > stun.AddressPortDependent || cfg.Emulate.UDPFiltering > stun.AddressPortDependent ||
+		cfg.Emulate.UDPMapping < 0 || cfg.Emulate.UDPFiltering < 0 {
+		return nil, errors.New("socksserver: Emulate.UDPMapping and UDPFiltering must be one of the stun behaviours")
 	}
 	if cfg.MaxConns < 0 {
 		return nil, fmt.Errorf("socksserver: MaxConns %d: want 0 (unlimited) or more", cfg.MaxConns)
@@ -287,9 +359,6 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.listeners[ln] = struct{}{}
 	s.serves[st] = struct{}{}
-	if s.addr == nil {
-		s.addr = ln.Addr()
-	}
 	s.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	var wg sync.WaitGroup
@@ -424,14 +493,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.log.Warn("grace period over; closing remaining connections", "open", n)
 	<-done
 	return ctx.Err()
-}
-
-// Addr returns the address of the first listener Serve was given, or nil
-// before that.
-func (s *Server) Addr() net.Addr {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.addr
 }
 
 // Active returns the number of connections being served.

@@ -164,7 +164,7 @@ func TestShutdownLetsTransferFinish(t *testing.T) {
 // TestServeContextCancel: cancelling Serve's context closes everything and
 // Serve returns nil.
 func TestServeContextCancel(t *testing.T) {
-	echo := mustAP(tcpEcho(t, "tcp4", "127.0.0.1:0"))
+	echo := mustAP(peerEcho(t, "tcp4", "127.0.0.1:0"))
 	s, err := New(Config{})
 	if err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/lru"
 	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/socks"
 )
@@ -35,6 +36,9 @@ func (c *conn) udpAssociate(ctx context.Context, req socks.Addr) {
 		c.fail(socks.ReplyForError(err), fmt.Errorf("UDP outbound socket: %w", err))
 		return
 	}
+	if em := c.srv.cfg.Emulate; em.udpNAT() {
+		opc = newNATConn(ctx, c.srv.packetListener, opc, em.UDPMapping, em.UDPFiltering)
+	}
 	defer opc.Close()
 
 	relayAddr := addrPortOf(cpc.LocalAddr())
@@ -58,8 +62,9 @@ func (c *conn) udpAssociate(ctx context.Context, req socks.Addr) {
 			Timeout: c.srv.cfg.UDPReassemblyTimeout,
 			MaxSize: c.srv.cfg.UDPMaxReassembly,
 		},
-		names: map[string]nameEntry{},
+		names: lru.NewCache[string, netip.Addr](maxNames),
 	}
+	_, a.sendsNames = opc.(NamePacketConn)
 	if req.Port != 0 {
 		a.clientPort.Store(uint32(req.Port))
 	}
@@ -104,15 +109,11 @@ type association struct {
 	clientPC   net.PacketConn
 	outPC      net.PacketConn
 
-	reasm socks.Reassembler    // used by up only
-	names map[string]nameEntry // used by up only
+	reasm      socks.Reassembler              // used by up only
+	names      *lru.Cache[string, netip.Addr] // names resolved for up
+	sendsNames bool                           // outPC takes names: see NamePacketConn
 
 	foreign, dropped atomic.Int64
-}
-
-type nameEntry struct {
-	ip      netip.Addr
-	expires time.Time
 }
 
 const (
@@ -151,6 +152,13 @@ func (a *association) up(buf []byte) (int, error) {
 	if !ok {
 		return 0, nil
 	}
+	if dst.Name != "" && a.sendsNames {
+		if why := a.srv.denied(a.ctx, dst); why != "" {
+			a.drop("destination denied", errors.New(why))
+			return 0, nil
+		}
+		return a.send(payload, dst)
+	}
 	ip, err := a.resolve(dst)
 	if err != nil {
 		a.drop("cannot resolve destination", err)
@@ -160,13 +168,18 @@ func (a *association) up(buf []byte) (int, error) {
 		a.drop("destination denied", errors.New(why))
 		return 0, nil
 	}
-	to := &net.UDPAddr{IP: ip.AsSlice(), Port: int(dst.Port)}
+	return a.send(payload, &net.UDPAddr{IP: ip.AsSlice(), Port: int(dst.Port)})
+}
+
+// send writes one datagram to the outbound socket.
+func (a *association) send(payload []byte, to net.Addr) (int, error) {
 	if _, err := a.outPC.WriteTo(payload, to); err != nil {
 		if errors.Is(err, net.ErrClosed) {
 			return 0, err
 		}
-		// ICMP errors surface here as ECONNREFUSED and friends: a single
-		// datagram was lost, not the association.
+		// ICMP errors surface here as ECONNREFUSED and friends, and a
+		// rule's refusal as ErrNotAllowed: a single datagram was lost,
+		// not the association.
 		a.drop("send failed", err)
 		return 0, nil
 	}
@@ -187,20 +200,30 @@ func (a *association) down(buf []byte) (int, error) {
 		a.drop("reply before the client's first datagram", nil)
 		return 0, nil
 	}
-	src := addrPortOf(from)
-	if !src.IsValid() {
+	var src socks.Addr
+	if name, ok := from.(socks.Addr); ok && a.sendsNames {
+		src = name
+	} else if ap := addrPortOf(from); ap.IsValid() {
+		src = socks.AddrFromAddrPort(ap)
+	} else {
 		a.drop("reply from an address that is not IP", nil)
 		return 0, nil
 	}
-	hdr, err := socks.AppendUDPHeader(nil, 0, socks.AddrFromAddrPort(src))
+	hdr, err := socks.AppendUDPHeader(nil, 0, src)
 	if err != nil {
 		a.drop("reply header", err)
 		return 0, nil
 	}
-	start := room - len(hdr)
-	copy(buf[start:], hdr)
+	var out []byte
+	if len(hdr) <= room {
+		start := room - len(hdr)
+		copy(buf[start:], hdr)
+		out = buf[start : room+n]
+	} else { // a long name: no room in front
+		out = append(hdr, buf[room:room+n]...)
+	}
 	to := &net.UDPAddr{IP: a.client.AsSlice(), Port: int(port)}
-	if _, err := a.clientPC.WriteTo(buf[start:room+n], to); err != nil {
+	if _, err := a.clientPC.WriteTo(out, to); err != nil {
 		if errors.Is(err, net.ErrClosed) {
 			return 0, err
 		}
@@ -222,8 +245,8 @@ func (a *association) resolve(dst socks.Addr) (netip.Addr, error) {
 		return dst.IP.Unmap(), nil
 	}
 	now := time.Now()
-	if e, ok := a.names[dst.Name]; ok && now.Before(e.expires) {
-		return e.ip, nil
+	if ip, ok := a.names.Get(dst.Name, now); ok {
+		return ip, nil
 	}
 	ctx, cancel := context.WithTimeout(a.ctx, resolveLimit)
 	defer cancel()
@@ -241,9 +264,6 @@ func (a *association) resolve(dst socks.Addr) (netip.Addr, error) {
 			break
 		}
 	}
-	if len(a.names) >= maxNames {
-		clear(a.names)
-	}
-	a.names[dst.Name] = nameEntry{ip: ip, expires: now.Add(nameTTL)}
+	a.names.Put(dst.Name, ip, now.Add(nameTTL))
 	return ip, nil
 }

@@ -19,7 +19,7 @@ import (
 
 	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
-	"github.com/tunsocks/tunsocks/lab"
+	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/socksserver"
 )
@@ -249,17 +249,7 @@ func startRemoteServices(ctx context.Context, wg *sync.WaitGroup) error {
 			return err
 		}
 		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 65535)
-			for {
-				n, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				pc.WriteTo(buf[:n], from)
-			}
-		}()
+		go func() { defer wg.Done(); lab.EchoUDP(pc) }()
 		go func() { defer wg.Done(); <-ctx.Done(); pc.Close() }()
 	}
 	return nil

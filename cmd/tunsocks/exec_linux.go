@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -73,6 +74,7 @@ func execAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	userName := userNameOf(cred)
 	path, err := sandbox.LookPath(args[0], env)
 	if err != nil {
 		return commandError(args[0], err)
@@ -119,9 +121,20 @@ func execAction(c *cli.Context) error {
 	var (
 		sb      *sandbox.Sandbox
 		running atomic.Pointer[sandbox.Sandbox] // once the command runs
-		finder  *procinfo.Finder
+		finder  atomic.Pointer[procinfo.Finder] // the sandbox's sockets, once it exists
 		runErr  error
 	)
+	// The command's sockets live in the sandbox's network namespace: the
+	// process lookup (PROCESS-NAME rules, the logs) asks there, through a
+	// sock_diag socket the sandbox opens inside.
+	lookup := func(network string, src, dst netip.AddrPort) (string, int, error) {
+		f := finder.Load()
+		if f == nil {
+			return "", -1, errors.New("exec: no sandbox yet")
+		}
+		return f.LookupFlow(network, src, dst)
+	}
+	inName := "exec:" + filepath.Base(args[0])
 	hooks := pipelineHooks{
 		device: func(ctx context.Context, w *wiring) (*tun.Device, error) {
 			if w.pool != nil {
@@ -137,12 +150,7 @@ func execAction(c *cli.Context) error {
 			for _, n := range s.Notes() {
 				log.Info("sandbox", "note", n)
 			}
-			if w.finder != nil {
-				// PROCESS-NAME rules: the command's sockets live in the
-				// sandbox's network namespace; look them up there.
-				finder = procinfo.NewFinderIn(2*time.Second, s.TakeSockDiag())
-				w.finder = finder
-			}
+			finder.Store(procinfo.NewFinderIn(2*time.Second, s.TakeSockDiag()))
 			return tun.Open(ctx, tun.Config{FD: s.TakeTUN(), Logger: log})
 		},
 		started: func(string) {
@@ -166,16 +174,27 @@ func execAction(c *cli.Context) error {
 			}
 		},
 	}
+	hooks.lookup = lookup
+	hooks.inbound = &router.Inbound{Type: rules.InExec, Name: inName, User: func(netip.Addr) string { return userName }}
+	var loopback router.Outbound
 	if c.Bool("allow-host-loopback") {
-		out := &outbound.Redirect{Label: "HOST-LOOPBACK", From: hostLoopback, To: netip.AddrFrom4([4]byte{127, 0, 0, 1}),
+		loopback = &outbound.Redirect{Label: "HOST-LOOPBACK", From: hostLoopback, To: netip.AddrFrom4([4]byte{127, 0, 0, 1}),
 			Dialer: &direct.Dialer{Timeout: cfg.DialTimeout}}
-		hooks.decide = func(next router.Decider) router.Decider {
-			return func(m *rules.Metadata) router.Decision {
-				if m.Dst.Addr().Unmap() == hostLoopback {
-					return router.Decision{Action: router.Proxy, Outbound: out, Rule: "--allow-host-loopback"}
-				}
-				return next(m)
+	}
+	debug := log.Enabled(context.Background(), slog.LevelDebug)
+	hooks.decide = func(next router.Decider) router.Decider {
+		return func(m *rules.Metadata) router.Decision {
+			if loopback != nil && m.Dst.Addr().Unmap() == hostLoopback {
+				return router.Decision{Action: router.Proxy, Outbound: loopback, Rule: "--allow-host-loopback"}
 			}
+			if debug && m.Process == "" && m.Src.IsValid() {
+				// The logs say which program of the command's tree
+				// made each flow (rules that need it look it up anyway).
+				if path, uid, err := lookup(m.Network, m.Src, m.Dst); err == nil {
+					m.Process, m.UID = path, uid
+				}
+			}
+			return next(m)
 		}
 	}
 	go func() {
@@ -194,8 +213,8 @@ func execAction(c *cli.Context) error {
 	}()
 
 	perr := runPipeline(ctx, cfg, log, hooks)
-	if finder != nil {
-		finder.Close()
+	if f := finder.Load(); f != nil {
+		f.Close()
 	}
 	if sb == nil {
 		return perr // failed before the sandbox existed
@@ -310,6 +329,19 @@ func execIdentity(name string, env []string) (rootless bool, cred *sandbox.Cred,
 		env = setEnv(env, "LOGNAME", u.Username)
 	}
 	return false, cred, env, nil
+}
+
+// userNameOf names who the command runs as, for IN-USER rules and logs:
+// cred's user, or this process's.
+func userNameOf(cred *sandbox.Cred) string {
+	uid := os.Getuid()
+	if cred != nil {
+		uid = int(cred.UID)
+	}
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		return u.Username
+	}
+	return strconv.Itoa(uid)
 }
 
 func setEnv(env []string, k, v string) []string {

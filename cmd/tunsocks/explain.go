@@ -1,10 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -13,6 +13,7 @@ import (
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/rules"
+	"github.com/tunsocks/tunsocks/socks"
 )
 
 func explainCommand() *cli.Command {
@@ -28,6 +29,9 @@ func explainCommand() *cli.Command {
 			&cli.StringFlag{Name: "process", Usage: "pretend the flow comes from this executable (name or path)"},
 			&cli.IntFlag{Name: "uid", Value: -1, Usage: "pretend the flow comes from this user id"},
 			&cli.StringFlag{Name: "src", Value: "198.18.0.1:40000", Usage: "source address:port of the flow"},
+			&cli.StringFlag{Name: "in-type", Value: rules.InTUN, Usage: "the inbound the flow comes through: tun, wireguard, exec, gateway or socks"},
+			&cli.StringFlag{Name: "in-name", Usage: "the inbound's name (default: the config's TUN name for tun, wg for wireguard, else the type)"},
+			&cli.StringFlag{Name: "in-user", Usage: "the user behind the inbound (a WireGuard peer, a SOCKS user)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -53,21 +57,29 @@ func explainCommand() *cli.Command {
 			if p := c.String("process"); p != "" {
 				m.Process = p
 			}
-			w, err := wire(c.Context, cfg, &direct.Dialer{}, discardLogger())
+			if m.InType, m.InName, m.InUser, err = explainInbound(c, cfg); err != nil {
+				return err
+			}
+			// explain describes a hypothetical flow: no socket to look up
+			// a process for, and no DNS to build.
+			w, err := wire(cfg, &direct.Dialer{}, discardLogger(), wireOptions{})
 			if err != nil {
 				return err
 			}
-			if w.finder != nil && m.Process == "" {
-				w.finder = nil // explain describes a hypothetical flow: no socket to look up
-			}
-			d, mt := w.match(m)
+			d, mt := w.policy.Match(m)
 			out := c.App.Writer
 			fmt.Fprintf(out, "flow:     %s %s -> %s", network, m.Src, c.Args().First())
 			if m.Process != "" {
 				fmt.Fprintf(out, " from %s", m.Process)
 			}
+			if c.IsSet("in-type") || c.IsSet("in-name") || c.IsSet("in-user") {
+				fmt.Fprintf(out, " in %s %s", m.InType, m.InName)
+				if m.InUser != "" {
+					fmt.Fprintf(out, " (user %s)", m.InUser)
+				}
+			}
 			fmt.Fprintln(out)
-			if w.hasRules() {
+			if w.policy.HasRules() {
 				fmt.Fprintf(out, "rule:     %s\n", mt)
 			} else {
 				fmt.Fprintf(out, "rule:     none configured; every flow takes the default proxy\n")
@@ -80,22 +92,44 @@ func explainCommand() *cli.Command {
 
 // explainMetadata turns HOST:PORT into the rules' view of a flow.
 func explainMetadata(target, network string, src netip.AddrPort) (*rules.Metadata, error) {
-	host, portStr, err := net.SplitHostPort(target)
+	a, err := socks.ParseAddr(target)
 	if err != nil {
-		return nil, usagef("%q: want HOST:PORT, like example.com:443 or [2001:db8::1]:22", target)
-	}
-	port, err := strconv.ParseUint(portStr, 10, 16)
-	if err != nil {
-		return nil, usagef("%q: port must be 0 to 65535", target)
+		var ae *net.AddrError // no host:port at all
+		if errors.As(err, &ae) {
+			return nil, usagef("%q: want HOST:PORT, like example.com:443 or [2001:db8::1]:22", target)
+		}
+		return nil, usageError{err} // names the port, the name or the zone that is wrong
 	}
 	m := &rules.Metadata{Network: network, Src: src, UID: -1}
-	if ip, err := netip.ParseAddr(host); err == nil {
-		m.Dst = netip.AddrPortFrom(ip.Unmap(), uint16(port))
+	if a.Name == "" {
+		m.Dst = netip.AddrPortFrom(a.IP, a.Port)
 	} else {
-		m.Host = strings.ToLower(strings.TrimSuffix(host, "."))
-		m.Dst = netip.AddrPortFrom(netip.Addr{}, uint16(port))
+		m.Host = strings.ToLower(strings.TrimSuffix(a.Name, "."))
+		m.Dst = netip.AddrPortFrom(netip.Addr{}, a.Port)
 	}
 	return m, nil
+}
+
+// explainInbound is the inbound the flags describe.
+func explainInbound(c *cli.Context, cfg *config.Config) (typ, name, user string, err error) {
+	typ = strings.ToLower(c.String("in-type"))
+	switch typ {
+	case rules.InTUN, rules.InWireGuard, rules.InExec, rules.InGateway, rules.InSocks:
+	default:
+		return "", "", "", usagef("--in-type %q: want tun, wireguard, exec, gateway or socks", c.String("in-type"))
+	}
+	name = c.String("in-name")
+	if name == "" {
+		switch typ {
+		case rules.InTUN:
+			name = cfg.Tun.Name
+		case rules.InWireGuard:
+			name = "wg"
+		default:
+			name = typ
+		}
+	}
+	return typ, name, c.String("in-user"), nil
 }
 
 // describe names the outbound of a decision, with a chain's hops.

@@ -125,6 +125,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			runCommand(),
 			demoCommand(),
 			explainCommand(),
+			checkCommand(),
 			execCommand(),
 		},
 		// Errors are printed by run, once, with the right exit code.

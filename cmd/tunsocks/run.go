@@ -18,7 +18,9 @@ import (
 
 	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/policy"
 	"github.com/tunsocks/tunsocks/router"
+	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/stack"
 	"github.com/tunsocks/tunsocks/tun"
 )
@@ -59,15 +61,30 @@ func runFlags() []cli.Flag {
 }
 
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
-// the user set override it, and validates the result as a whole.
+// the user set override it, and validates the result as a whole, once.
 func loadRunConfig(c *cli.Context) (*config.Config, error) {
-	cfg := config.Default()
+	flags := func(cfg *config.Config) error { return runFlagsOverride(c, cfg) }
+	var cfg *config.Config
+	var err error
 	if path := c.String("config"); path != "" {
-		var err error
-		if cfg, err = config.Load(path); err != nil {
-			return nil, usageError{err}
+		cfg, err = config.Load(path, flags)
+	} else {
+		cfg = config.Default()
+		if err = flags(cfg); err == nil {
+			err = cfg.Validate()
 		}
 	}
+	if err != nil {
+		return nil, usageError{err}
+	}
+	if cfg.Proxy == "" && len(cfg.Rules) == 0 {
+		return nil, usagef("nothing says where flows go: give --proxy socks5://host:port (or --proxy direct), or a --config with proxy: or rules:")
+	}
+	return cfg, nil
+}
+
+// runFlagsOverride sets in cfg the value of every flag the user gave.
+func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	set := c.IsSet
 	if set("proxy") {
 		cfg.Proxy = c.String("proxy")
@@ -83,7 +100,7 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 		for _, s := range c.StringSlice("tun-addr") {
 			p, err := netip.ParsePrefix(s)
 			if err != nil {
-				return nil, usagef("--tun-addr %q: want an address with prefix length, like 198.18.0.1/15 or fc00::1/18", s)
+				return fmt.Errorf("--tun-addr %q: want an address with prefix length, like 198.18.0.1/15 or fc00::1/18", s)
 			}
 			cfg.Tun.Addrs = append(cfg.Tun.Addrs, p)
 		}
@@ -106,7 +123,7 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 	if set("fwmark") {
 		m := c.Uint("fwmark")
 		if m > 0xffffffff {
-			return nil, usagef("--fwmark %d: want a 32-bit mark", m)
+			return fmt.Errorf("--fwmark %d: want a 32-bit mark", m)
 		}
 		cfg.Fwmark = uint32(m)
 	}
@@ -140,13 +157,7 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 	if set("nameserver") {
 		cfg.DNS.Nameservers = c.StringSlice("nameserver")
 	}
-	if err := cfg.Validate(); err != nil {
-		return nil, usageError{err}
-	}
-	if cfg.Proxy == "" && len(cfg.Rules) == 0 {
-		return nil, usagef("nothing says where flows go: give --proxy socks5://host:port (or --proxy direct), or a --config with proxy: or rules:")
-	}
-	return cfg, nil
+	return nil
 }
 
 func runCommand() *cli.Command {
@@ -203,8 +214,14 @@ type pipelineHooks struct {
 	// its sandbox here, once the wiring (whose DNS address goes into the
 	// sandbox's resolv.conf) exists.
 	device func(ctx context.Context, w *wiring) (*tun.Device, error)
-	// decide, when set, wraps the rules' decider.
+	// decide, when set, wraps the policy's decider.
 	decide func(router.Decider) router.Decider
+	// inbound, when set, is the inbound the device's flows carry instead
+	// of the TUN's.
+	inbound *router.Inbound
+	// lookup, when set, finds the processes of flows for process rules
+	// instead of a Finder of this namespace.
+	lookup policy.ProcessLookup
 }
 
 // inTunNetns runs fn where the TUN lives: through inNetns, or here.
@@ -218,20 +235,18 @@ func (h pipelineHooks) inTunNetns(fn func() error) error {
 // runPipeline is 'tunsocks run': device -> stack -> router -> outbound.
 func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) error {
 	d := &direct.Dialer{Mark: cfg.Fwmark, Interface: cfg.OutInterface, Netns: hooks.netns, Timeout: cfg.DialTimeout}
-	w, err := wire(ctx, cfg, d, log)
+	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true, lookup: hooks.lookup})
 	if err != nil {
 		return err
 	}
 	defer w.close(log)
-	decide := router.Decider(w.decide)
+	rc := w.routerConfig()
+	rc.DialTimeout, rc.TCPIdle, rc.UDPIdle, rc.DNSIdle = cfg.DialTimeout, cfg.TCPIdle, cfg.UDPIdle, cfg.DNSIdle
+	rc.Logger, rc.OnFlow = log, hooks.onFlow
 	if hooks.decide != nil {
-		decide = hooks.decide(decide)
+		rc.Decide = hooks.decide(rc.Decide)
 	}
-	rt, err := router.New(router.Config{
-		Decide: decide, ReverseHost: w.reverse, RealHost: w.realHost, DNS: w.dnsHandler, DialTimeout: cfg.DialTimeout,
-		TCPIdle: cfg.TCPIdle, UDPIdle: cfg.UDPIdle, DNSIdle: cfg.DNSIdle,
-		Logger: log, OnFlow: hooks.onFlow,
-	})
+	rt, err := router.New(rc)
 	if err != nil {
 		return err
 	}
@@ -291,7 +306,12 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if cfg.TCP.ModerateRcvbuf != nil {
 		tcp.DisableModerateReceiveBuffer = !*cfg.TCP.ModerateRcvbuf
 	}
-	scfg := stack.Config{Device: bd, MTU: cfg.Tun.MTU, Handler: rt, Logger: log, TCP: tcp, UDPIdle: cfg.UDPIdle}
+	in := router.Inbound{Type: rules.InTUN, Name: dev.Name()}
+	if hooks.inbound != nil {
+		in = *hooks.inbound
+	}
+	tunIn := rt.Handler(in)
+	scfg := stack.Config{Device: bd, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp, UDPIdle: cfg.UDPIdle}
 	if cfg.TCP.Stack == "system" {
 		// The kernel listener must live where the TUN delivers packets.
 		listen := func(network, address string) (ln net.Listener, err error) {
@@ -311,7 +331,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if err != nil {
 		return err
 	}
-	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, st), "outbound", w.summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
+	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
 	if hooks.started != nil {
 		hooks.started(dev.Name())
 	}
@@ -328,11 +348,13 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		tick = t.C
 	}
 	summary := func(msg string) {
-		s := rt.Stats()
+		s, ss := rt.Stats(), st.Stats()
 		log.Info(msg, "tcp_open", s.TCPOpen.Load(), "udp_open", s.UDPOpen.Load(),
 			"tcp_total", s.TCPTotal.Load(), "udp_total", s.UDPTotal.Load(),
 			"rejected", s.Rejected.Load(), "failed", s.Failed.Load(),
-			"up", s.Up.Load(), "down", s.Down.Load(), "uptime", time.Since(start).Round(time.Second))
+			"up", s.Up.Load(), "down", s.Down.Load(),
+			"tx_drops", ss.TxDrops, "udp_drops", ss.UDPDrops, "rx_errors", ss.RxErrors, "tx_errors", ss.TxErrors,
+			"uptime", time.Since(start).Round(time.Second))
 	}
 	var failed error
 	for done := false; !done; {

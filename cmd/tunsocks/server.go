@@ -13,8 +13,12 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/router"
+	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/socksserver"
+	"github.com/tunsocks/tunsocks/stun"
 )
 
 // serverConfig is everything 'tunsocks server' needs, parsed and validated.
@@ -22,13 +26,20 @@ type serverConfig struct {
 	Listen string
 	Grace  time.Duration
 	Server socksserver.Config
+	// STUN, when valid, runs an RFC 5780 responder on these two
+	// addresses (and their crossed IP/port pairs) beside the server.
+	STUN, STUNAlt netip.AddrPort
+	// Rules, when set, is the config whose policy decides every request
+	// (--config); nil dials every request directly.
+	Rules *config.Config
 }
 
 func serverFlags() []cli.Flag {
 	env := func(name string) []string {
 		return []string{"TUNSOCKS_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
 	}
-	return []cli.Flag{
+	return append([]cli.Flag{
+		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "route every request by the rules and proxies of this tunsocks config (as 'tunsocks run --config' does): DIRECT, REJECT (reply 0x02), a proxy or a chain", EnvVars: env("config")},
 		&cli.StringFlag{Name: "listen", Value: "127.0.0.1:1080", Usage: "address to listen on, host:port; a non-loopback address needs --user/--users or --open", EnvVars: env("listen")},
 		&cli.StringSliceFlag{Name: "user", Usage: "require SOCKS5 username/password auth; NAME:PASSWORD (repeatable; in the env var, comma-separated)", EnvVars: env("user")},
 		&cli.StringFlag{Name: "users", Usage: "file of NAME:PASSWORD lines (# comments) to require SOCKS5 username/password auth", EnvVars: env("users")},
@@ -44,6 +55,20 @@ func serverFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "udp-idle-timeout", Value: socksserver.DefaultUDPIdleTimeout, Usage: "end UDP associations idle this long (0: only when the control connection closes)", EnvVars: env("udp-idle-timeout")},
 		&cli.IntFlag{Name: "max-conns", Usage: "serve at most this many connections at once (0: unlimited)", EnvVars: env("max-conns")},
 		&cli.DurationFlag{Name: "grace", Value: 10 * time.Second, Usage: "on SIGINT/SIGTERM, let open relays finish for this long", EnvVars: env("grace")},
+		&cli.StringFlag{Name: "stun", Usage: "also run an RFC 5780 STUN responder on IP1:PORT1,IP2:PORT2 (two IPs, two ports; for 'tunsocks check --stun')", EnvVars: env("stun")},
+	}, serverTestFlags()...)
+}
+
+// serverTestFlags make the server misbehave or emulate a NAT on purpose,
+// so that every verdict of 'tunsocks check' can be reproduced offline.
+func serverTestFlags() []cli.Flag {
+	const cat = "Test switches (emulate other servers; not for production)"
+	return []cli.Flag{
+		&cli.StringFlag{Name: "test-udp-mapping", Category: cat, Usage: "UDP relay mapping: eim (default), adm or apdm (one outbound socket per destination IP, or IP and port: a symmetric NAT)"},
+		&cli.StringFlag{Name: "test-udp-filtering", Category: cat, Usage: "UDP relay filtering: eif (default), adf or apdf (drop answers from IPs, or IPs and ports, not sent to)"},
+		&cli.BoolFlag{Name: "test-bnd-zero", Category: cat, Usage: "reply BND.ADDR 0.0.0.0 (or ::) to CONNECT and UDP ASSOCIATE"},
+		&cli.BoolFlag{Name: "test-accept-bad-password", Category: cat, Usage: "accept any username and password (needs --user or --users)"},
+		&cli.BoolFlag{Name: "test-connect-only-443", Category: cat, Usage: "refuse CONNECT to every port but 443 (reply 0x02)"},
 	}
 }
 
@@ -164,7 +189,71 @@ func parseServerConfig(c *cli.Context) (*serverConfig, error) {
 	if sc.Grace < 0 {
 		return nil, usagef("--grace %v: want a duration like 10s, or 0 to close relays at once", sc.Grace)
 	}
+	if err := parseServerTestFlags(c, sc); err != nil {
+		return nil, err
+	}
+	if path := c.String("config"); path != "" {
+		if sc.Rules, err = config.Load(path); err != nil {
+			return nil, usageError{err}
+		}
+		if sc.Rules.Proxy == "" && len(sc.Rules.Rules) == 0 {
+			return nil, usagef("--config %s: nothing says where requests go: give it proxy: or rules:", path)
+		}
+	}
 	return sc, nil
+}
+
+// parseServerTestFlags reads --stun and the test switches.
+func parseServerTestFlags(c *cli.Context, sc *serverConfig) error {
+	if s := c.String("stun"); s != "" {
+		p, a, err := stun.ParseServerAddrs(s)
+		if err != nil {
+			return usagef("--stun: %v", err)
+		}
+		sc.STUN, sc.STUNAlt = p, a
+	}
+	em := &sc.Server.Emulate
+	for _, f := range []struct {
+		name string
+		dst  *stun.Behaviour
+	}{{"test-udp-mapping", &em.UDPMapping}, {"test-udp-filtering", &em.UDPFiltering}} {
+		if s := c.String(f.name); s != "" {
+			b, err := stun.ParseBehaviour(s)
+			if err != nil {
+				return usagef("--%s %v", f.name, err)
+			}
+			*f.dst = b
+		}
+	}
+	em.BoundZero = c.Bool("test-bnd-zero")
+	em.ConnectOnly443 = c.Bool("test-connect-only-443")
+	em.AcceptBadPassword = c.Bool("test-accept-bad-password")
+	if em.AcceptBadPassword && len(sc.Server.Users) == 0 {
+		return usagef("--test-accept-bad-password needs users (--user or --users)")
+	}
+	return nil
+}
+
+// serverFrontDoor is the dialer of a server that obeys cfg's policy: each
+// request is decided like a captured flow, as inbound type socks named
+// "socks", with the client's address as its source and the authenticated
+// user as its user. The server has no fake-IP DNS and no process lookups.
+func serverFrontDoor(cfg *config.Config, d *direct.Dialer, log *slog.Logger) (*router.FrontDoor, string, error) {
+	w, err := wire(cfg, d, log, wireOptions{})
+	if err != nil {
+		return nil, "", err
+	}
+	rc := w.routerConfig()
+	rc.DialTimeout, rc.Logger = cfg.DialTimeout, log
+	rt, err := router.New(rc)
+	if err != nil {
+		return nil, "", err
+	}
+	fd := rt.FrontDoor(router.Inbound{Type: rules.InSocks, Name: "socks"}, func(ctx context.Context) (netip.AddrPort, string) {
+		r, _ := socksserver.RequestFromContext(ctx)
+		return r.Client, r.User
+	})
+	return fd, w.policy.Summary(), nil
 }
 
 // redactUser hides the password of a NAME:PASSWORD flag value.
@@ -191,7 +280,8 @@ func serverCommand() *cli.Command {
 		Name:  "server",
 		Usage: "run a SOCKS4/4a/5 server",
 		Description: "Serves SOCKS4, SOCKS4a and SOCKS5 (CONNECT, BIND, UDP ASSOCIATE) with optional\n" +
-			"username/password authentication, dialing directly from this host.\n" +
+			"username/password authentication, dialing directly from this host, or, with --config,\n" +
+			"through the rules and proxies of a tunsocks config (IN-TYPE socks, IN-USER the SOCKS user).\n" +
 			"Runs until SIGINT or SIGTERM, then stops accepting and lets open relays finish within --grace.",
 		Flags: serverFlags(),
 		Action: func(c *cli.Context) error {
@@ -213,6 +303,15 @@ func runServer(ctx context.Context, sc *serverConfig, log *slog.Logger) error {
 	cfg := sc.Server
 	cfg.Dialer = &direct.Dialer{}
 	cfg.Logger = log
+	outbounds := "direct"
+	if sc.Rules != nil {
+		d := &direct.Dialer{Mark: sc.Rules.Fwmark, Interface: sc.Rules.OutInterface, Timeout: sc.Rules.DialTimeout}
+		fd, summary, err := serverFrontDoor(sc.Rules, d, log)
+		if err != nil {
+			return err
+		}
+		cfg.Dialer, outbounds = fd, summary
+	}
 	srv, err := socksserver.New(cfg)
 	if err != nil {
 		return usageError{err}
@@ -222,7 +321,22 @@ func runServer(ctx context.Context, sc *serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	log.Info("SOCKS server listening", "addr", ln.Addr().String(), "auth", len(cfg.Users) > 0, "users", len(cfg.Users))
+	log.Info("SOCKS server listening", "addr", ln.Addr().String(), "auth", len(cfg.Users) > 0, "users", len(cfg.Users), "outbound", outbounds)
+	if sc.STUN.IsValid() {
+		st, err := stun.Listen(ctx, nil, sc.STUN, sc.STUNAlt, log)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		stunDone := make(chan struct{})
+		go func() { st.Serve(context.WithoutCancel(ctx)); close(stunDone) }()
+		defer func() { st.Close(); <-stunDone }()
+		log.Info("STUN responder listening", "primary", sc.STUN.String(), "alternate", sc.STUNAlt.String())
+	}
+	if em := cfg.Emulate; em != (socksserver.Emulation{}) {
+		log.Warn("test switches on: the server emulates other servers' behaviour", "udp_mapping", em.UDPMapping.String(), "udp_filtering", em.UDPFiltering.String(),
+			"bnd_zero", em.BoundZero, "accept_bad_password", em.AcceptBadPassword, "connect_only_443", em.ConnectOnly443)
+	}
 
 	// Serve outlives the signal: after it, relays get the grace period.
 	serveCtx, cancelServe := context.WithCancel(context.WithoutCancel(ctx))

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"github.com/tunsocks/tunsocks/internal/testenv"
 	"io"
 	"net"
 	"os"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 func TestServerUsageErrors(t *testing.T) {

@@ -6,9 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tunsocks/tunsocks/internal/netns"
 	"github.com/tunsocks/tunsocks/internal/testenv"
-	"golang.org/x/sys/unix"
 )
 
 func TestDialPlain(t *testing.T) {

@@ -7,6 +7,20 @@ import (
 	"time"
 )
 
+// MaxDatagram is the size of a packet buffer: the largest UDP payload.
+const MaxDatagram = 65535
+
+// packetBufs are the packet buffers of every packet relay and of the
+// router's own datagram reads.
+var packetBufs = sync.Pool{New: func() any { b := make([]byte, MaxDatagram); return &b }}
+
+// PacketBuf takes a MaxDatagram-byte buffer from the pool the packet relays
+// use; give it back with PutPacketBuf once no datagram is in it.
+func PacketBuf() *[]byte { return packetBufs.Get().(*[]byte) }
+
+// PutPacketBuf returns a buffer taken with PacketBuf.
+func PutPacketBuf(b *[]byte) { packetBufs.Put(b) }
+
 // Pump moves one datagram from one side of a packet relay to the other: it
 // blocks for the next datagram, forwards it (translating addresses and
 // headers as its owner needs) and returns the payload bytes forwarded. A
@@ -21,7 +35,8 @@ type PacketOptions struct {
 	Idle time.Duration
 	// Up and Down, when not nil, count the bytes each pump forwards.
 	Up, Down *atomic.Int64
-	// BufSize is each pump's buffer; 0 means 65535.
+	// BufSize is each pump's buffer; 0 means MaxDatagram, taken from the
+	// shared pool (see PacketBuf) for as long as the pump runs.
 	BufSize int
 	// Activity, when not nil, is the relay's last-activity clock
 	// (time.UnixNano). Callers that move datagrams outside the two pumps
@@ -81,13 +96,16 @@ func Packets(ctx context.Context, opts PacketOptions, up, down Pump, closeAll fu
 			tmu.Unlock()
 		}()
 	}
-	size := opts.BufSize
-	if size <= 0 {
-		size = 65535
-	}
 	run := func(p Pump, total *int64, count *atomic.Int64, done chan<- struct{}) {
 		defer close(done)
-		buf := make([]byte, size)
+		var buf []byte
+		if opts.BufSize <= 0 || opts.BufSize == MaxDatagram {
+			bp := PacketBuf()
+			defer PutPacketBuf(bp)
+			buf = *bp
+		} else {
+			buf = make([]byte, opts.BufSize)
+		}
 		for {
 			n, err := p(buf)
 			if err != nil {

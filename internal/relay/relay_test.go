@@ -173,11 +173,13 @@ func TestPacketsActivityClock(t *testing.T) {
 	var clock atomic.Int64
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := Packets(context.Background(), PacketOptions{Idle: 100 * time.Millisecond, Activity: &clock}, wait, wait, func() { close(closed) })
+		_, _, err := Packets(context.Background(), PacketOptions{Idle: time.Second, Activity: &clock}, wait, wait, func() { close(closed) })
 		done <- err
 	}()
-	// Six idle periods' worth of outside activity.
-	for range 20 {
+	// Two idle periods' worth of outside activity, refreshed every 30 ms:
+	// the idle period is long against the refresh so a loaded machine's
+	// scheduling delays cannot make the clock look stale.
+	for range 70 {
 		clock.Store(time.Now().UnixNano())
 		select {
 		case err := <-done:

@@ -5,8 +5,12 @@ package testenv
 
 import (
 	"bytes"
+	"context"
+	"errors"
+	"io"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,6 +60,11 @@ func NeedTool(t testing.TB, name, pkg string) string {
 // Buffer is a bytes.Buffer safe for a process's or goroutine's writes while
 // a test reads it.
 type Buffer struct {
+	// Max, when positive, bounds what is kept: writes once the buffer
+	// holds more than Max bytes are discarded (and reported as written), so
+	// a chatty peer program cannot fill memory.
+	Max int
+
 	mu sync.Mutex
 	b  bytes.Buffer
 }
@@ -63,6 +72,9 @@ type Buffer struct {
 func (s *Buffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.Max > 0 && s.b.Len() > s.Max {
+		return len(p), nil
+	}
 	return s.b.Write(p)
 }
 
@@ -138,6 +150,23 @@ func TCPServer(t testing.TB, network, addr string, serve func(c net.Conn)) strin
 	return ln.Addr().String()
 }
 
+// Echo copies what c reads back to c until EOF, then half-closes c's write
+// side when c is a TCP connection (or anything with CloseWrite).
+func Echo(c net.Conn) {
+	io.Copy(c, c)
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}
+
+// TCPEcho starts a TCP echo server (see Echo) on network/addr, for example
+// "tcp", "127.0.0.1:0", stopped when the test ends. It returns the
+// listener's address.
+func TCPEcho(t testing.TB, network, addr string) string {
+	t.Helper()
+	return TCPServer(t, network, addr, Echo)
+}
+
 // UDPEcho starts a loopback UDP echo server, stopped when the test ends.
 func UDPEcho(t testing.TB) *net.UDPConn {
 	t.Helper()
@@ -183,4 +212,65 @@ func ClosedPort(t testing.TB) netip.AddrPort {
 		t.Fatal(err)
 	}
 	return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), uint16(sa.(*syscall.SockaddrInet4).Port))
+}
+
+// MustURL parses s or fails the test.
+func MustURL(t testing.TB, s string) *url.URL {
+	t.Helper()
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// Dialer is a scripted forward dialer (the DialContext of socksclient's
+// and socksserver's Dialer interfaces) that records every dial. With Err
+// set, every dial fails with Err. Otherwise each dial returns one end of a
+// net.Pipe and runs Serve on the other end, which is closed when Serve
+// returns; use NewDialer so that the test waits for those goroutines.
+type Dialer struct {
+	Err   error
+	Serve func(c net.Conn)
+
+	mu     sync.Mutex
+	dialed []string
+	wg     sync.WaitGroup
+}
+
+// NewDialer returns a Dialer that runs serve on the server end of every
+// dial; the test's cleanup waits until every serve has returned.
+func NewDialer(t testing.TB, serve func(c net.Conn)) *Dialer {
+	d := &Dialer{Serve: serve}
+	t.Cleanup(d.wg.Wait)
+	return d
+}
+
+// DialContext records "network address" and fails with d.Err or returns a
+// pipe served by d.Serve.
+func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	d.mu.Lock()
+	d.dialed = append(d.dialed, network+" "+address)
+	d.mu.Unlock()
+	if d.Err != nil {
+		return nil, d.Err
+	}
+	if d.Serve == nil {
+		return nil, errors.New("testenv.Dialer: neither Err nor Serve is set")
+	}
+	cli, srv := net.Pipe()
+	d.wg.Add(1)
+	go func() {
+		defer d.wg.Done()
+		defer srv.Close()
+		d.Serve(srv)
+	}()
+	return cli, nil
+}
+
+// Dials returns what was dialed so far, "network address" each, in order.
+func (d *Dialer) Dials() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.dialed...)
 }

@@ -17,7 +17,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
-	"github.com/tunsocks/tunsocks/lab"
+	"github.com/tunsocks/tunsocks/internal/lab"
 )
 
 // config is what the command line sets.

@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/tunsocks/tunsocks/lab"
+	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/socksclient"
 )
 

@@ -11,7 +11,10 @@
 // them.
 package lab
 
-import "net/netip"
+import (
+	"net"
+	"net/netip"
+)
 
 // Addresses inside every lab. They exist only in the lab's own namespaces.
 var (
@@ -39,4 +42,17 @@ type Lab struct {
 type Options struct {
 	// MTU of the veth links; 0 means 1500.
 	MTU int
+}
+
+// EchoUDP sends every datagram pc receives back to its sender until pc is
+// closed: the remote host's UDP echo service of the demo and the e2e tests.
+func EchoUDP(pc net.PacketConn) {
+	buf := make([]byte, 65535)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		pc.WriteTo(buf[:n], from)
+	}
 }

@@ -1,0 +1,102 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tunsocks/tunsocks/rules"
+	"github.com/tunsocks/tunsocks/socks"
+)
+
+// TestFrontDoorPackets: a front door's association decides each datagram
+// by its destination, passes names on unresolved, hands back the replies
+// from their senders, drops rejected datagrams with ErrNotAllowed, and
+// tags every decision with the front door's inbound and the request's
+// client and user.
+func TestFrontDoorPackets(t *testing.T) {
+	pc := &fakePC{replies: make(chan dgram, 8), closed: make(chan struct{}), sent: make(chan string, 8)}
+	named := newRealPC(func(to socks.Addr) socks.Addr { return to })
+	up := &fakeOutbound{name: "up", listen: func() (PacketConn, error) { return pc, nil }}
+	byName := &fakeOutbound{name: "byname", listen: func() (PacketConn, error) { return named, nil }}
+	var mu sync.Mutex
+	var seen []rules.Metadata
+	r, _ := newRouter(t, func(m *rules.Metadata) Decision {
+		mu.Lock()
+		seen = append(seen, *m)
+		mu.Unlock()
+		switch {
+		case m.Host == "blocked.test":
+			return Decision{Action: Reject, Rule: "DOMAIN,blocked.test,REJECT"}
+		case m.Host != "":
+			return Decision{Action: Proxy, Outbound: byName}
+		}
+		return Decision{Action: Proxy, Outbound: up}
+	}, nil)
+	client := netip.MustParseAddrPort("192.168.1.5:4000")
+	fd := r.FrontDoor(Inbound{Type: rules.InSocks, Name: "socks"}, func(context.Context) (netip.AddrPort, string) { return client, "alice" })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := fd.ListenPacket(ctx, "udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.WriteTo([]byte("x"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.1:7"))); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-pc.sent; a != "192.0.2.1:7" {
+		t.Fatalf("sent to %s", a)
+	}
+	if _, err := p.WriteTo([]byte("y"), socks.Addr{Name: "example.com", Port: 53}); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-named.sent; a != "example.com:53" {
+		t.Fatalf("sent to %s, want the name unresolved", a)
+	}
+	if _, err := p.WriteTo([]byte("z"), socks.Addr{Name: "blocked.test", Port: 53}); !errors.Is(err, socks.ErrNotAllowed) {
+		t.Fatalf("rejected datagram: %v, want ErrNotAllowed", err)
+	}
+	got := map[string]string{}
+	b := make([]byte, 100)
+	p.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for range 3 { // re:x and other from up, re:y from byname
+		n, from, err := p.ReadFrom(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[string(b[:n])] = from.String()
+	}
+	want := map[string]string{"re:x": "192.0.2.1:7", "other": "192.0.2.99:9999", "re:y": "example.com:53"}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("reply %q from %q, want from %q (all: %v)", k, got[k], v, got)
+		}
+	}
+	p.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, _, err := p.ReadFrom(b); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("read past the deadline: %v", err)
+	}
+	p.Close()
+	if _, _, err := p.ReadFrom(b); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("read after Close: %v", err)
+	}
+	for _, c := range []chan struct{}{pc.closed, named.closed} {
+		select {
+		case <-c:
+		default:
+			t.Error("a session outlived Close")
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, m := range seen {
+		if m.InType != "socks" || m.InName != "socks" || m.InUser != "alice" || m.Src != client || m.Network != "udp" {
+			t.Errorf("metadata %+v", m)
+		}
+	}
+}
