@@ -62,7 +62,7 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 	m, target := r.metadata("tcp", in, req.Src(), ipAddr(req.Dst()))
 	d := r.decide(ctx, m)
 	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, InType: in.typ, InName: in.name, InUser: in.user,
-		Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
+		Process: m.Process, Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
 	switch {
 	case d.Action == RejectDrop:
 		if dr, ok := req.(dropper); ok {
@@ -189,7 +189,7 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	first := s.route(ctx, (*bp)[:n], dst)
 	relay.PutPacketBuf(bp)
 	if rec.Outbound == "" {
-		rec.Outbound, rec.Rule, rec.Host = first.name, first.rule, first.host
+		rec.Outbound, rec.Rule, rec.Host, rec.Process = first.name, first.rule, first.host, first.process
 	}
 	if first.err != nil {
 		rec.Err = first.err
@@ -386,6 +386,7 @@ type routeResult struct {
 	n          int
 	name, rule string
 	host       string
+	process    string
 	err        error
 }
 
@@ -399,7 +400,7 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 	}
 	m, target := r.metadata("udp", s.in, s.f.Src(), ipAddr(dst))
 	d := r.decide(ctx, m)
-	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host}
+	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host, process: m.Process}
 	if d.Action != Proxy || d.Outbound == nil {
 		r.stats.Rejected.Add(1)
 		if u, ok := s.f.(unreacher); ok && d.Action == Reject {

@@ -82,6 +82,7 @@ type FlowRecord struct {
 	InType   string // the inbound the flow came through (see Inbound); "" when untagged
 	InName   string
 	InUser   string
+	Process  string // the app's executable, when a rule or the inbound looked it up
 	Outbound string // outbound name, or REJECT / REJECT-DROP
 	Rule     string
 	Up, Down int64
@@ -259,6 +260,9 @@ func (r *Router) decide(ctx context.Context, m *rules.Metadata) Decision {
 		if m.InUser != "" {
 			attrs = append(attrs, "user", m.InUser)
 		}
+		if m.Process != "" {
+			attrs = append(attrs, "proc", m.Process)
+		}
 		r.log.Debug("decision", attrs...)
 	}
 	return d
@@ -289,6 +293,9 @@ func (r *Router) finish(rec FlowRecord) {
 	}
 	if rec.InUser != "" {
 		attrs = append(attrs, "user", rec.InUser)
+	}
+	if rec.Process != "" {
+		attrs = append(attrs, "proc", rec.Process)
 	}
 	if rec.Err != nil && !errors.Is(rec.Err, relay.ErrIdle) {
 		r.log.Info("flow failed", append(attrs, "err", rec.Err)...)
