@@ -172,6 +172,11 @@ func TestExecCurl(t *testing.T) {
 	if !logged(x.upstream, "target=name.test:80") {
 		t.Errorf("the SOCKS server did not get the name")
 	}
+	// tunsocks' log names the inbound and the program of the flow.
+	curl, _ := filepath.EvalSymlinks(testenv.NeedTool(t, "curl", "curl"))
+	if !strings.Contains(out, "in=exec:sh") || !strings.Contains(out, "proc="+curl) || !strings.Contains(out, "host=name.test") {
+		t.Errorf("the flow log lacks in=exec:sh, proc=%s or host=name.test:\n%s", curl, out)
+	}
 
 	// Outside exec, in the same host: direct, and the upstream never hears.
 	before := strings.Count(x.upstream.out.String(), "request")
@@ -601,4 +606,27 @@ rules:
 	body := binary + " exec --config " + cfg + " -- sh -c '" + script + "'"
 	out, code = x.appRun(40*time.Second, "unshare", "-m", "--propagation", "private", "sh", "-c", rootlessScript(true, body))
 	check("rootless", out, code)
+}
+
+// TestExecInboundRule: IN-NAME and IN-TYPE rules tell exec's commands
+// apart: `exec -- curl` is exec:curl, `exec -- sh -c curl` is exec:sh.
+func TestExecInboundRule(t *testing.T) {
+	x := newExecEnv(t)
+	cfg := filepath.Join(t.TempDir(), "tunsocks.yaml")
+	os.WriteFile(cfg, []byte(`proxies:
+  - name: up
+    url: `+execSocks+`
+rules:
+  - IN-NAME,exec:curl,up
+  - AND,((IN-TYPE,exec),(DST-PORT,80)),REJECT
+  - MATCH,up
+`), 0o644)
+	out, code := x.execIn(30*time.Second, "--config", cfg, "--", "curl", "-sS", "-m", "10", "http://name.test/")
+	if code != 0 || !strings.Contains(out, "hello from remote, you are "+lab.ProxyUp4.Addr().String()) {
+		t.Errorf("exec -- curl (IN-NAME,exec:curl,up): exit %d\n%s", code, out)
+	}
+	out, code = x.execIn(30*time.Second, "--config", cfg, "--", "sh", "-c", "curl -sS -m 10 http://name.test/")
+	if code != 7 || strings.Contains(out, "hello from remote") {
+		t.Errorf("exec -- sh -c curl (IN-TYPE exec, port 80: REJECT): exit %d, want 7 (refused at once)\n%s", code, out)
+	}
 }
