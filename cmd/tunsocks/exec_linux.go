@@ -181,7 +181,7 @@ func execAction(c *cli.Context) error {
 		loopback = &outbound.Redirect{Label: "HOST-LOOPBACK", From: hostLoopback, To: netip.AddrFrom4([4]byte{127, 0, 0, 1}),
 			Dialer: &direct.Dialer{Timeout: cfg.DialTimeout}}
 	}
-	debug := log.Enabled(context.Background(), slog.LevelDebug)
+	debug := log.Enabled(ctx, slog.LevelDebug)
 	hooks.decide = func(next router.Decider) router.Decider {
 		return func(m *rules.Metadata) router.Decision {
 			if loopback != nil && m.Dst.Addr().Unmap() == hostLoopback {
