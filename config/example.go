@@ -20,7 +20,7 @@ tun:
   addrs:                   # addresses of the device
     - 198.18.0.1/15
     - fc00::1/18
-  mtu: 1500                # 576 to 65535
+  mtu: 1500                # 576 to 65535; IPv6 addresses need 1280
   offload: true            # TSO/GRO offload (Linux)
   pcap: ""                 # write every packet to this pcap file
 

@@ -37,7 +37,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "tun", Value: d.Tun.Name, Usage: "TUN device to create (or attach to)", EnvVars: env("tun")},
 		&cli.IntFlag{Name: "tun-fd", Value: -1, Usage: "adopt an already open TUN descriptor (Android VpnService); addresses and routes are left alone", EnvVars: env("tun-fd")},
 		&cli.StringSliceFlag{Name: "tun-addr", Value: cli.NewStringSlice("198.18.0.1/15", "fc00::1/18"), Usage: "address of the TUN device, CIDR (repeatable)", EnvVars: env("tun-addr")},
-		&cli.IntFlag{Name: "mtu", Value: d.Tun.MTU, Usage: "MTU of the TUN device (576..65535)", EnvVars: env("mtu")},
+		&cli.IntFlag{Name: "mtu", Value: d.Tun.MTU, Usage: "MTU of the TUN device (576..65535; IPv6 addresses need 1280)", EnvVars: env("mtu")},
 		&cli.BoolFlag{Name: "offload", Value: true, Usage: "use the TUN's TSO/GRO offload (virtio-net header) on Linux", EnvVars: env("offload")},
 		&cli.StringFlag{Name: "pcap", Usage: "write every packet crossing the TUN to this pcap file", EnvVars: env("pcap")},
 		&cli.DurationFlag{Name: "tcp-idle", Value: d.TCPIdle, Usage: "close TCP flows idle this long", EnvVars: env("tcp-idle")},
@@ -272,8 +272,19 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	}
 	defer dev.Close()
 
-	var bd tun.BatchDevice = dev
-	var sysListeners []netip.AddrPort // system TCP mode's kernel listeners
+	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC}
+	if cfg.TCP.SACK != nil {
+		tcp.DisableSACK = !*cfg.TCP.SACK
+	}
+	if cfg.TCP.ModerateRcvbuf != nil {
+		tcp.DisableModerateReceiveBuffer = !*cfg.TCP.ModerateRcvbuf
+	}
+	in := router.Inbound{Type: rules.InTUN, Name: dev.Name()}
+	if hooks.inbound != nil {
+		in = *hooks.inbound
+	}
+	tunIn := rt.Handler(in)
+	scfg := stack.Config{Device: dev, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp}
 	if cfg.Tun.Pcap != "" {
 		f, err := os.Create(cfg.Tun.Pcap)
 		if err != nil {
@@ -290,28 +301,10 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			}
 			f.Close()
 		}()
-		var skip func([]byte) bool
-		if cfg.TCP.Stack == "system" {
-			// sysListeners is filled by the listen func below, inside
-			// stack.New, before any packet moves.
-			skip = func(pkt []byte) bool { return stack.SystemTCPTranslated(pkt, sysListeners) }
-		}
-		bd = tun.CaptureSkipping(dev, p, skip)
+		// The stack records the app's packets, without system TCP's
+		// translated leg.
+		scfg.Tap = p
 	}
-
-	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC}
-	if cfg.TCP.SACK != nil {
-		tcp.DisableSACK = !*cfg.TCP.SACK
-	}
-	if cfg.TCP.ModerateRcvbuf != nil {
-		tcp.DisableModerateReceiveBuffer = !*cfg.TCP.ModerateRcvbuf
-	}
-	in := router.Inbound{Type: rules.InTUN, Name: dev.Name()}
-	if hooks.inbound != nil {
-		in = *hooks.inbound
-	}
-	tunIn := rt.Handler(in)
-	scfg := stack.Config{Device: bd, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp, UDPIdle: cfg.UDPIdle}
 	if cfg.TCP.Stack == "system" {
 		// The kernel listener must live where the TUN delivers packets.
 		listen := func(network, address string) (ln net.Listener, err error) {
@@ -319,10 +312,6 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 				ln, err = stack.ListenSystemTCP(ctx, network, address)
 				return err
 			})
-			if err == nil {
-				a := ln.Addr().(*net.TCPAddr).AddrPort()
-				sysListeners = append(sysListeners, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
-			}
 			return ln, err
 		}
 		scfg.SystemTCP = &stack.SystemTCP{Addrs: cfg.Tun.Addrs, Listen: listen}
@@ -355,6 +344,21 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			"up", s.Up.Load(), "down", s.Down.Load(),
 			"tx_drops", ss.TxDrops, "udp_drops", ss.UDPDrops, "rx_errors", ss.RxErrors, "tx_errors", ss.TxErrors,
 			"uptime", time.Since(start).Round(time.Second))
+		// What the abuse limits did, only once they did something: a
+		// quiet line on a quiet host.
+		var limits []any
+		for _, c := range []struct {
+			name string
+			n    uint64
+		}{{"tcp_shed", ss.TCPShed}, {"tcp_handshake_timeouts", ss.TCPHandshakeTimeouts}, {"udp_evicted", ss.UDPEvicted},
+			{"udp_rate_limited", ss.UDPRateLimited}, {"bad_checksums", ss.BadChecksums}, {"rx_drops", ss.RxDrops}, {"rx_lost", ss.RxLost}} {
+			if c.n > 0 {
+				limits = append(limits, c.name, c.n)
+			}
+		}
+		if len(limits) > 0 {
+			log.Info(msg+": limits", limits...)
+		}
 	}
 	var failed error
 	for done := false; !done; {

@@ -139,7 +139,7 @@ func WithNetlink(ns string, fn func(h *netlink.Handle) error) error {
 
 // RouteDefaultVia waits up to timeout for device dev to appear and come up
 // in the app host, then points the app host's IPv4 and IPv6 default routes
-// at it. The proxy host stays reachable through its own, more specific,
+// at it (IPv4 only when its MTU is below IPv6's 1280). The proxy host stays reachable through its own, more specific,
 // connected route, so tunsocks' upstream connections never loop.
 func (l *Lab) RouteDefaultVia(dev string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
@@ -157,6 +157,9 @@ func (l *Lab) RouteDefaultVia(dev string, timeout time.Duration) error {
 			time.Sleep(20 * time.Millisecond)
 		}
 		for _, dst := range []netip.Prefix{defaultRoute4, defaultRoute6} {
+			if dst.Addr().Is6() && link.Attrs().MTU < 1280 {
+				continue // the kernel runs no IPv6 on such a link
+			}
 			r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipnet(dst), Scope: netlink.SCOPE_LINK}
 			if err := h.RouteReplace(r); err != nil {
 				return fmt.Errorf("lab: default route %s via %s: %w", dst, dev, err)
