@@ -49,6 +49,8 @@ type Config struct {
 
 	TCP TCPConfig `yaml:",inline"`
 
+	Sniff SniffConfig `yaml:",inline"`
+
 	// Proxies are the named upstreams rules can send flows to.
 	Proxies []Proxy `yaml:"proxies"`
 
@@ -56,6 +58,10 @@ type Config struct {
 	Rules []rules.Line `yaml:"rules"`
 
 	DNS DNSConfig `yaml:"dns"`
+
+	// WireGuard, when set, runs the WireGuard inbound (phones join by QR
+	// code); nil: off.
+	WireGuard *WireGuardConfig `yaml:"wireguard"`
 
 	// Path is the file the config came from ("" when built in code). It
 	// names the file in errors and is the base of relative RULE-SET paths.
@@ -187,6 +193,7 @@ func Default() *Config {
 		DialTimeout:     DefaultDialTimeout,
 		SummaryInterval: DefaultSummaryInterval,
 		TCP:             TCPConfig{SACK: &sack, ModerateRcvbuf: &mod, Buf: DefaultTCPBuf, CC: DefaultTCPCC, Stack: DefaultTCPStack},
+		Sniff:           defaultSniff(),
 		DNS: DNSConfig{
 			FakeIPRange:  netip.MustParsePrefix(DefaultFakeIPRange),
 			FakeIPRange6: netip.MustParsePrefix(DefaultFakeIPRange6),

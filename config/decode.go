@@ -423,6 +423,10 @@ func (d *decoder) top(n *yaml.Node) {
 		"proxies":   func(_, v *yaml.Node) { d.proxies(v) },
 		"rules":     func(_, v *yaml.Node) { d.rules(v) },
 		"dns":       func(_, v *yaml.Node) { d.dns(v) },
+		"wireguard": func(_, v *yaml.Node) { d.wireguard(v) },
+	}
+	for k, f := range d.sniffFields() {
+		fields[k] = f
 	}
 	d.mapping(n, "", fields, topHints())
 }

@@ -39,6 +39,19 @@ tcp-buf: 4194304           # max TCP buffer per flow, bytes (65536 to 67108864)
 tcp-cc: cubic              # cubic or reno
 tcp-stack: gvisor          # who terminates the app's TCP: gvisor or system (the host kernel)
 
+# Sniffing: a flow to a real address (an app that resolved the name itself,
+# with DNS over HTTPS or a cached address) gets its name from its first
+# bytes: TLS server_name, HTTP Host, the ClientHello of a QUIC Initial.
+# Such a flow's handshake completes before the upstream is dialed, so a
+# refused upstream closes it instead of refusing its SYN; flows that need
+# no name keep being dialed first.
+sniff: auto                # auto: when a domain rule could match the flow; true: every flow; false
+sniff-timeout: 300ms       # wait this long for the first bytes, then go by address (10ms to 10s)
+sniff-override-destination: true  # give the upstream the name; false: the address (rules still see the name)
+sniff-ports: []            # sniff only flows to these ports, e.g. [443, 80, 8000-9000]; empty: all
+sniff-cidrs: []            # sniff only flows to these destinations; empty: all
+sniff-server-first-ports: [21-23, 25, 110, 143, 587, 3306, 5900]  # dialed at once: the server speaks first
+
 # Named upstreams for rules. Each has a url or a chain (not both).
 proxies:
   - name: corp
@@ -79,5 +92,22 @@ dns:
     - tcp://1.1.1.1:53
   dns-hijack: false        # answer every query to port 53, whatever its address
   cache-file: ""           # keep the fake-IP mappings across restarts
+
+# Phones and tablets join over WireGuard: their stock app scans the QR code
+# tunsocks prints, and their traffic takes the rules above. 'tunsocks wg'
+# runs only this inbound, with no TUN and no root.
+# wireguard:
+#   listen: ":51820"         # UDP; an address here is also the endpoint
+#   peers: [pixel, ipad]     # added to the state file when missing
+#   endpoint: ""             # host:port phones reach; "" chooses one
+#   state: ""                # keys and peers; "" is ~/.config/tunsocks/wg.json
+#   qr-png: ""               # write DIR/NAME.png and DIR/NAME.conf
+#   qr: true                 # QR codes in the terminal
+#   range: [10.7.0.0/24, fd07::/64]  # tunnel addresses
+#   mtu: 1420
+#   block-quic: true         # UDP/443 gets port unreachable: apps use TCP
+#   block-dot: true          # TCP/853 gets a RST: Private DNS falls back
+#   pcap: ""                 # every peer's packets to this file
+#   pcap-peers: ""           # or one file per peer: DIR/NAME.pcap
 `
 }

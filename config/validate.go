@@ -117,6 +117,7 @@ func (v *validator) values() {
 		v.fail("out-interface", "out-interface %q: want an interface name like eth0", c.OutInterface)
 	}
 	v.dns()
+	v.sniff()
 }
 
 func (v *validator) dns() {

@@ -152,7 +152,7 @@ func TestSYNFlood(t *testing.T) {
 			// Before the real request: tunsocks has taken in the flood
 			// (at least the 1,024 attempts that filled gVisor's table
 			// before), and the count has stopped growing.
-			e.waitLogSettles(t, "decision net=tcp src=10.99.", 1024)
+			e.waitLogSettles(t, "decision net=tcp in=tsk0 src=10.99.", 1024)
 			e.httpWithin(t, 3*time.Second)
 		})
 	}

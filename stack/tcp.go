@@ -129,7 +129,7 @@ func (r *TCPRequest) acceptGVisor() (Conn, error) {
 		_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, o.KeepAliveCount)
 		ep.SocketOptions().SetKeepAlive(true)
 	}
-	c := &tcpConn{Conn: gonet.NewTCPConn(wq, ep), s: r.s}
+	c := &tcpConn{Conn: gonet.NewTCPConn(wq, ep), ep: ep, s: r.s}
 	if !r.s.addConn(c) {
 		ep.Abort()
 		return nil, errStackClosed
@@ -306,12 +306,25 @@ func (s *Stack) handleRequest(r *TCPRequest) {
 type tcpConn struct {
 	Conn // *gonet.TCPConn, or in system TCP mode *net.TCPConn
 	s    *Stack
+	// ep is the gVisor endpoint behind Conn; nil in system TCP mode.
+	ep tcpip.Endpoint
 	// kernel and nat are set in system TCP mode: the kernel socket for
 	// the relay to splice on, and the translation that expires after
 	// Close.
 	kernel    *net.TCPConn
 	nat       *natEntry
 	closeOnce sync.Once
+}
+
+// SetLinger is net.TCPConn's SetLinger: with 0, Close resets the
+// connection (RST) instead of closing it (a flow accepted before its
+// upstream refused it); negative restores the graceful close.
+func (c *tcpConn) SetLinger(sec int) error {
+	if c.kernel != nil {
+		return c.kernel.SetLinger(sec)
+	}
+	c.ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: sec >= 0, Timeout: time.Duration(max(sec, 0)) * time.Second})
+	return nil
 }
 
 func (c *tcpConn) Read(p []byte) (int, error) {

@@ -13,6 +13,7 @@ import (
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/rules"
+	"github.com/tunsocks/tunsocks/sniff"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
@@ -32,6 +33,7 @@ func explainCommand() *cli.Command {
 			&cli.StringFlag{Name: "in-type", Value: rules.InTUN, Usage: "the inbound the flow comes through: tun, wireguard, exec, gateway or socks"},
 			&cli.StringFlag{Name: "in-name", Usage: "the inbound's name (default: the config's TUN name for tun, wg for wireguard, else the type)"},
 			&cli.StringFlag{Name: "in-user", Usage: "the user behind the inbound (a WireGuard peer, a SOCKS user)"},
+			&cli.StringFlag{Name: "sni", Usage: "pretend the flow to the address HOST told this name in its first bytes (TLS SNI, HTTP Host, QUIC)"},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() != 1 {
@@ -60,11 +62,33 @@ func explainCommand() *cli.Command {
 			if m.InType, m.InName, m.InUser, err = explainInbound(c, cfg); err != nil {
 				return err
 			}
+			sni := c.String("sni")
+			if sni != "" {
+				name, ok := sniff.Name(sni)
+				switch {
+				case !ok:
+					return usagef("--sni %q: want a DNS name like example.com", sni)
+				case m.Host != "":
+					return usagef("--sni names what a flow to an address told; give HOST as an address like 203.0.113.7, not the name %q", m.Host)
+				}
+				sni = name
+			}
 			// explain describes a hypothetical flow: no socket to look up
 			// a process for, and no DNS to build.
 			w, err := wire(cfg, &direct.Dialer{}, discardLogger(), wireOptions{})
 			if err != nil {
 				return err
+			}
+			// A flow to an address: would it wait for its name? Only then
+			// does a sniffed name (--sni) take part.
+			sniffed, wait := false, ""
+			if m.Host == "" {
+				sniffed, wait = w.sniffWant(m)
+				if sni != "" && sniffed {
+					m.Host, m.RealDst = sni, true
+				} else if sni != "" {
+					wait += "; so --sni changes nothing"
+				}
 			}
 			d, mt := w.policy.Match(m)
 			out := c.App.Writer
@@ -78,13 +102,22 @@ func explainCommand() *cli.Command {
 					fmt.Fprintf(out, " (user %s)", m.InUser)
 				}
 			}
+			if m.RealDst {
+				fmt.Fprintf(out, ", sniffed name %s", m.Host)
+			}
 			fmt.Fprintln(out)
+			if wait != "" {
+				fmt.Fprintf(out, "sniff:    %s\n", wait)
+			}
 			if w.policy.HasRules() {
 				fmt.Fprintf(out, "rule:     %s\n", mt)
 			} else {
 				fmt.Fprintf(out, "rule:     none configured; every flow takes the default proxy\n")
 			}
 			fmt.Fprintf(out, "outbound: %s\n", describe(cfg, d))
+			if sniffed {
+				fmt.Fprintf(out, "dial:     %s\n", w.sniffDial(m, d))
+			}
 			return nil
 		},
 	}

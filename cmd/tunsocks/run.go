@@ -30,14 +30,14 @@ func runFlags() []cli.Flag {
 		return []string{"TUNSOCKS_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
 	}
 	d := config.Default()
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file (proxies, rules, dns and every flag below); flags override it", EnvVars: env("config")},
 		&cli.BoolFlag{Name: "print-example-config", Usage: "print a commented example config and exit"},
 		&cli.StringFlag{Name: "proxy", Usage: "default upstream: socks5://[user:pass@]host:port, socks4://, socks4a://, http://, a proxy name from the config, or 'direct'", EnvVars: env("proxy")},
 		&cli.StringFlag{Name: "tun", Value: d.Tun.Name, Usage: "TUN device to create (or attach to)", EnvVars: env("tun")},
 		&cli.IntFlag{Name: "tun-fd", Value: -1, Usage: "adopt an already open TUN descriptor (Android VpnService); addresses and routes are left alone", EnvVars: env("tun-fd")},
 		&cli.StringSliceFlag{Name: "tun-addr", Value: cli.NewStringSlice("198.18.0.1/15", "fc00::1/18"), Usage: "address of the TUN device, CIDR (repeatable)", EnvVars: env("tun-addr")},
-		&cli.IntFlag{Name: "mtu", Value: d.Tun.MTU, Usage: "MTU of the TUN device (576..65535; IPv6 addresses need 1280)", EnvVars: env("mtu")},
+		&cli.IntFlag{Name: "mtu", Value: d.Tun.MTU, Usage: "MTU of the TUN device (576..65535)", EnvVars: env("mtu")},
 		&cli.BoolFlag{Name: "offload", Value: true, Usage: "use the TUN's TSO/GRO offload (virtio-net header) on Linux", EnvVars: env("offload")},
 		&cli.StringFlag{Name: "pcap", Usage: "write every packet crossing the TUN to this pcap file", EnvVars: env("pcap")},
 		&cli.DurationFlag{Name: "tcp-idle", Value: d.TCPIdle, Usage: "close TCP flows idle this long", EnvVars: env("tcp-idle")},
@@ -57,13 +57,22 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
 		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
-	}
+	}, sniffFlags(env)...)
 }
 
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
 // the user set override it, and validates the result as a whole, once.
 func loadRunConfig(c *cli.Context) (*config.Config, error) {
-	flags := func(cfg *config.Config) error { return runFlagsOverride(c, cfg) }
+	return loadConfigWith(c, func(cfg *config.Config) error {
+		if err := tunFlagsOverride(c, cfg); err != nil {
+			return err
+		}
+		return runFlagsOverride(c, cfg)
+	})
+}
+
+// loadConfigWith is loadRunConfig with the flags applied by flags.
+func loadConfigWith(c *cli.Context, flags func(*config.Config) error) (*config.Config, error) {
 	var cfg *config.Config
 	var err error
 	if path := c.String("config"); path != "" {
@@ -83,12 +92,9 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 	return cfg, nil
 }
 
-// runFlagsOverride sets in cfg the value of every flag the user gave.
-func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
+// tunFlagsOverride sets in cfg the TUN's flags the user gave (run's only).
+func tunFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	set := c.IsSet
-	if set("proxy") {
-		cfg.Proxy = c.String("proxy")
-	}
 	if set("tun") {
 		cfg.Tun.Name = c.String("tun")
 	}
@@ -113,6 +119,19 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	}
 	if set("pcap") {
 		cfg.Tun.Pcap = c.String("pcap")
+	}
+	if set("tcp-stack") {
+		cfg.TCP.Stack = c.String("tcp-stack")
+	}
+	return nil
+}
+
+// runFlagsOverride sets in cfg the value of every other flag the user gave
+// (run's and wg's).
+func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
+	set := c.IsSet
+	if set("proxy") {
+		cfg.Proxy = c.String("proxy")
 	}
 	for name, dst := range map[string]*time.Duration{"tcp-idle": &cfg.TCPIdle, "udp-idle": &cfg.UDPIdle, "dns-idle": &cfg.DNSIdle,
 		"dial-timeout": &cfg.DialTimeout, "summary-interval": &cfg.SummaryInterval} {
@@ -144,9 +163,6 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	if set("tcp-cc") {
 		cfg.TCP.CC = c.String("tcp-cc")
 	}
-	if set("tcp-stack") {
-		cfg.TCP.Stack = c.String("tcp-stack")
-	}
 	if set("dns") {
 		v := c.Bool("dns")
 		cfg.DNS.Enable = &v
@@ -157,7 +173,7 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	if set("nameserver") {
 		cfg.DNS.Nameservers = c.StringSlice("nameserver")
 	}
-	return nil
+	return applySniffFlags(c, cfg)
 }
 
 func runCommand() *cli.Command {
@@ -196,7 +212,7 @@ func runCommand() *cli.Command {
 				}
 				defer stop()
 			}
-			return runPipeline(c.Context, cfg, log, pipelineHooks{})
+			return runPipeline(c.Context, cfg, log, pipelineHooks{stdout: c.App.Writer})
 		},
 	}
 }
@@ -210,18 +226,23 @@ type pipelineHooks struct {
 	// started is called once the device is up, with its name.
 	started func(dev string)
 	onFlow  func(router.FlowRecord)
+	// noTUN runs without a TUN ('tunsocks wg': the WireGuard inbound
+	// alone, unprivileged).
+	noTUN bool
 	// device, when set, provides the TUN instead of cfg.Tun: exec builds
 	// its sandbox here, once the wiring (whose DNS address goes into the
 	// sandbox's resolv.conf) exists.
 	device func(ctx context.Context, w *wiring) (*tun.Device, error)
 	// decide, when set, wraps the policy's decider.
 	decide func(router.Decider) router.Decider
-	// inbound, when set, is the inbound the device's flows carry instead
-	// of the TUN's.
+	// inbound, when set, is the inbound the TUN's flows carry instead of
+	// the TUN's own.
 	inbound *router.Inbound
 	// lookup, when set, finds the processes of flows for process rules
 	// instead of a Finder of this namespace.
 	lookup policy.ProcessLookup
+	// stdout is where client configs and QR codes are printed.
+	stdout io.Writer
 }
 
 // inTunNetns runs fn where the TUN lives: through inNetns, or here.
@@ -232,17 +253,29 @@ func (h pipelineHooks) inTunNetns(fn func() error) error {
 	return fn()
 }
 
-// runPipeline is 'tunsocks run': device -> stack -> router -> outbound.
+// runPipeline is 'tunsocks run' (and 'tunsocks wg'): inbounds (the TUN,
+// the WireGuard peers) -> stack -> router -> outbound.
 func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) error {
 	d := &direct.Dialer{Mark: cfg.Fwmark, Interface: cfg.OutInterface, Netns: hooks.netns, Timeout: cfg.DialTimeout}
+	var wgs *wgState
+	if cfg.WireGuard != nil {
+		var err error
+		if wgs, err = openWGState(cfg.WireGuard, log); err != nil {
+			return err
+		}
+	}
 	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true, lookup: hooks.lookup})
 	if err != nil {
 		return err
 	}
 	defer w.close(log)
 	rc := w.routerConfig()
+	if wgs != nil {
+		rc = w.wireGuardPolicy(rc, cfg.WireGuard, wgs.state)
+	}
 	rc.DialTimeout, rc.TCPIdle, rc.UDPIdle, rc.DNSIdle = cfg.DialTimeout, cfg.TCPIdle, cfg.UDPIdle, cfg.DNSIdle
 	rc.Logger, rc.OnFlow = log, hooks.onFlow
+	rc.Sniff = w.sniffConfig()
 	if hooks.decide != nil {
 		rc.Decide = hooks.decide(rc.Decide)
 	}
@@ -250,28 +283,6 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if err != nil {
 		return err
 	}
-
-	var dev *tun.Device
-	open := func() error {
-		var err error
-		dev, err = tun.Open(ctx, tun.Config{Name: cfg.Tun.Name, FD: cfg.Tun.FD, Addrs: cfg.Tun.Addrs, MTU: cfg.Tun.MTU, Offload: cfg.Tun.Offload, Logger: log})
-		return err
-	}
-	if hooks.device != nil {
-		open = func() error {
-			var err error
-			dev, err = hooks.device(ctx, w)
-			return err
-		}
-	}
-	if err := hooks.inTunNetns(open); err != nil {
-		if hooks.device == nil && errors.Is(err, os.ErrPermission) {
-			return fmt.Errorf("%w (creating a TUN device needs root or CAP_NET_ADMIN)", err)
-		}
-		return err
-	}
-	defer dev.Close()
-
 	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC}
 	if cfg.TCP.SACK != nil {
 		tcp.DisableSACK = !*cfg.TCP.SACK
@@ -279,53 +290,29 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if cfg.TCP.ModerateRcvbuf != nil {
 		tcp.DisableModerateReceiveBuffer = !*cfg.TCP.ModerateRcvbuf
 	}
-	in := router.Inbound{Type: rules.InTUN, Name: dev.Name()}
-	if hooks.inbound != nil {
-		in = *hooks.inbound
-	}
-	tunIn := rt.Handler(in)
-	scfg := stack.Config{Device: dev, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp}
-	if cfg.Tun.Pcap != "" {
-		f, err := os.Create(cfg.Tun.Pcap)
-		if err != nil {
-			return fmt.Errorf("pcap: %w", err)
+
+	var tr *tunRun
+	if !hooks.noTUN {
+		if tr, err = startTUN(ctx, cfg, w, rt, tcp, hooks, log); err != nil {
+			return err
 		}
-		p, err := tun.NewPcap(f, 0)
-		if err != nil {
-			f.Close()
-			return fmt.Errorf("pcap: %w", err)
+		defer tr.close()
+		log.Info("tunsocks running", "tun", tr.dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, tr.st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode, "pcap", cfg.Tun.Pcap)
+	}
+	var wgr *wgRun
+	if wgs != nil {
+		if wgr, err = startWireGuard(ctx, cfg, wgs, rt, d, tcp, hooks.stdout, log); err != nil {
+			return err
 		}
-		defer func() {
-			if err := p.Close(); err != nil {
-				log.Warn("pcap not fully written", "file", cfg.Tun.Pcap, "err", err)
-			}
-			f.Close()
-		}()
-		// The stack records the app's packets, without system TCP's
-		// translated leg.
-		scfg.Tap = p
-	}
-	if cfg.TCP.Stack == "system" {
-		// The kernel listener must live where the TUN delivers packets.
-		listen := func(network, address string) (ln net.Listener, err error) {
-			err = hooks.inTunNetns(func() error {
-				ln, err = stack.ListenSystemTCP(ctx, network, address)
-				return err
-			})
-			return ln, err
+		defer wgr.close()
+		if hooks.noTUN {
+			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode)
 		}
-		scfg.SystemTCP = &stack.SystemTCP{Addrs: cfg.Tun.Addrs, Listen: listen}
 	}
-	st, err := stack.New(ctx, scfg)
-	if err != nil {
-		return err
-	}
-	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
-	if hooks.started != nil {
-		hooks.started(dev.Name())
+	if hooks.started != nil && tr != nil {
+		hooks.started(tr.dev.Name())
 	}
 	if err := w.serveExtraDNS(ctx, log); err != nil {
-		st.Close()
 		return err
 	}
 
@@ -336,14 +323,25 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		defer t.Stop()
 		tick = t.C
 	}
+	peers := func() string { return wgr.peerSummary() }
 	summary := func(msg string) {
-		s, ss := rt.Stats(), st.Stats()
-		log.Info(msg, "tcp_open", s.TCPOpen.Load(), "udp_open", s.UDPOpen.Load(),
+		s := rt.Stats()
+		attrs := []any{"tcp_open", s.TCPOpen.Load(), "udp_open", s.UDPOpen.Load(),
 			"tcp_total", s.TCPTotal.Load(), "udp_total", s.UDPTotal.Load(),
-			"rejected", s.Rejected.Load(), "failed", s.Failed.Load(),
-			"up", s.Up.Load(), "down", s.Down.Load(),
-			"tx_drops", ss.TxDrops, "udp_drops", ss.UDPDrops, "rx_errors", ss.RxErrors, "tx_errors", ss.TxErrors,
-			"uptime", time.Since(start).Round(time.Second))
+			"rejected", s.Rejected.Load(), "failed", s.Failed.Load(), "sniffed", s.Sniffed.Load(),
+			"up", s.Up.Load(), "down", s.Down.Load()}
+		// The stacks' counters, the TUN's and the WireGuard peers' together.
+		var ss stack.Stats
+		for _, st := range []*stack.Stack{tr.stack(), wgr.stack()} {
+			if st != nil {
+				ss = addStackStats(ss, st.Stats())
+			}
+		}
+		attrs = append(attrs, "tx_drops", ss.TxDrops, "udp_drops", ss.UDPDrops, "rx_errors", ss.RxErrors, "tx_errors", ss.TxErrors)
+		if wgr != nil {
+			attrs = append(attrs, "wg_peers", peers())
+		}
+		log.Info(msg, append(attrs, "uptime", time.Since(start).Round(time.Second))...)
 		// What the abuse limits did, only once they did something: a
 		// quiet line on a quiet host.
 		var limits []any
@@ -360,24 +358,173 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			log.Info(msg+": limits", limits...)
 		}
 	}
+	var tunFailed, wgFailed <-chan struct{}
+	var reload <-chan time.Time
+	if tr != nil {
+		tunFailed = tr.st.Failed()
+	}
+	if wgr != nil {
+		wgFailed = wgr.st.Failed()
+		t := time.NewTicker(wgReloadInterval)
+		defer t.Stop()
+		reload = t.C
+	}
 	var failed error
 	for done := false; !done; {
 		select {
 		case <-tick:
 			summary("summary")
+		case <-reload:
+			wgr.reload(log)
 		case <-ctx.Done():
 			done = true
-		case <-st.Failed():
+		case <-tunFailed:
 			// The TUN went away under us (deleted, or its descriptor
 			// closed): nothing can flow any more, so say so and exit
 			// non-zero instead of sitting there.
-			failed = fmt.Errorf("TUN device %s stopped working: %w", dev.Name(), st.Err())
+			failed = fmt.Errorf("TUN device %s stopped working: %w", tr.dev.Name(), tr.st.Err())
+			done = true
+		case <-wgFailed:
+			failed = fmt.Errorf("WireGuard inbound stopped working: %w", wgr.st.Err())
 			done = true
 		}
 	}
-	err = st.Close()
+	if wgr != nil {
+		// The peers' counters go with the device: read them first.
+		final := wgr.peerSummary()
+		peers = func() string { return final }
+	}
+	var errs []error
+	if tr != nil {
+		errs = append(errs, tr.st.Close())
+	}
+	if wgr != nil {
+		errs = append(errs, wgr.st.Close())
+	}
 	summary("final summary")
-	return errors.Join(failed, err)
+	return errors.Join(failed, errors.Join(errs...))
+}
+
+// addStackStats adds the counters the summary shows.
+func addStackStats(a, b stack.Stats) stack.Stats {
+	a.TxDrops += b.TxDrops
+	a.UDPDrops += b.UDPDrops
+	a.RxErrors += b.RxErrors
+	a.TxErrors += b.TxErrors
+	a.TCPShed += b.TCPShed
+	a.TCPHandshakeTimeouts += b.TCPHandshakeTimeouts
+	a.UDPEvicted += b.UDPEvicted
+	a.UDPRateLimited += b.UDPRateLimited
+	a.BadChecksums += b.BadChecksums
+	a.RxDrops += b.RxDrops
+	a.RxLost += b.RxLost
+	return a
+}
+
+// stack is the TUN's stack; nil without a TUN.
+func (t *tunRun) stack() *stack.Stack {
+	if t == nil {
+		return nil
+	}
+	return t.st
+}
+
+// tunRun is the TUN inbound: the device, its capture and its stack.
+type tunRun struct {
+	dev     *tun.Device
+	st      *stack.Stack
+	closers []func()
+}
+
+func (t *tunRun) close() {
+	_ = t.st.Close()
+	t.dev.Close()
+	for _, c := range t.closers {
+		c()
+	}
+}
+
+// startTUN opens the TUN device and starts its stack, whose flows the
+// router gets tagged as the TUN's.
+func startTUN(ctx context.Context, cfg *config.Config, w *wiring, rt *router.Router, tcp stack.TCPOptions, hooks pipelineHooks, log *slog.Logger) (_ *tunRun, err error) {
+	tr := &tunRun{}
+	open := func() error {
+		var err error
+		tr.dev, err = tun.Open(ctx, tun.Config{Name: cfg.Tun.Name, FD: cfg.Tun.FD, Addrs: cfg.Tun.Addrs, MTU: cfg.Tun.MTU, Offload: cfg.Tun.Offload, Logger: log})
+		return err
+	}
+	if hooks.device != nil {
+		open = func() error {
+			var err error
+			tr.dev, err = hooks.device(ctx, w)
+			return err
+		}
+	}
+	if err := hooks.inTunNetns(open); err != nil {
+		if hooks.device == nil && errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("%w (creating a TUN device needs root or CAP_NET_ADMIN)", err)
+		}
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			tr.dev.Close()
+			for _, c := range tr.closers {
+				c()
+			}
+		}
+	}()
+
+	in := router.Inbound{Type: rules.InTUN, Name: tr.dev.Name()}
+	if hooks.inbound != nil {
+		in = *hooks.inbound
+	}
+	tunIn := rt.Handler(in)
+	scfg := stack.Config{Device: tr.dev, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp}
+	if cfg.Tun.Pcap != "" {
+		p, closePcap, err := createPcap(cfg.Tun.Pcap, log)
+		if err != nil {
+			return nil, err
+		}
+		tr.closers = append(tr.closers, closePcap)
+		// The stack records the app's packets, without system TCP's
+		// translated leg.
+		scfg.Tap = p
+	}
+	if cfg.TCP.Stack == "system" {
+		// The kernel listener must live where the TUN delivers packets.
+		listen := func(network, address string) (ln net.Listener, err error) {
+			err = hooks.inTunNetns(func() error {
+				ln, err = stack.ListenSystemTCP(ctx, network, address)
+				return err
+			})
+			return ln, err
+		}
+		scfg.SystemTCP = &stack.SystemTCP{Addrs: cfg.Tun.Addrs, Listen: listen}
+	}
+	if tr.st, err = stack.New(ctx, scfg); err != nil {
+		return nil, err
+	}
+	return tr, nil
+}
+
+// createPcap creates a pcap file; the returned func flushes and closes it.
+func createPcap(path string, log *slog.Logger) (*tun.Pcap, func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pcap: %w", err)
+	}
+	p, err := tun.NewPcap(f, 0)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("pcap: %w", err)
+	}
+	return p, func() {
+		if err := p.Close(); err != nil {
+			log.Warn("pcap not fully written", "file", path, "err", err)
+		}
+		f.Close()
+	}, nil
 }
 
 // startTrace records a Go execution trace until the returned stop is

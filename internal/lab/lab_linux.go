@@ -59,6 +59,16 @@ func New(opts Options) (_ *Lab, err error) {
 	return l, nil
 }
 
+// Link makes a veth pair between two namespaces (the lab's or others a
+// test made, such as a second app host), named nameA in nsA and nameB in
+// nsB, addresses both ends and brings them up.
+func (l *Lab) Link(nsA, nameA string, a4, a6 netip.Prefix, nsB, nameB string, b4, b6 netip.Prefix, mtu int) error {
+	if mtu == 0 {
+		mtu = 1500
+	}
+	return l.link(nsA, nameA, a4, a6, nsB, nameB, b4, b6, mtu)
+}
+
 // link makes a veth pair between two namespaces and addresses both ends.
 func (l *Lab) link(nsA, nameA string, a4, a6 netip.Prefix, nsB, nameB string, b4, b6 netip.Prefix, mtu int) error {
 	nsBHandle, err := vnetns.GetFromName(nsB)
