@@ -168,6 +168,17 @@ func TestKeys(t *testing.T) {
 		{"tcp-buf: 1_048_576", func(c *Config) bool { return c.TCP.Buf == 1<<20 }},
 		{"tcp-cc: reno", func(c *Config) bool { return c.TCP.CC == "reno" }},
 		{"tcp-stack: system", func(c *Config) bool { return c.TCP.Stack == "system" }},
+		{"max-memory: 512MiB", func(c *Config) bool { return c.Limits.MaxMemory == 512<<20 && c.Line("max-memory") == 1 }},
+		{"max-memory: 2G", func(c *Config) bool { return c.Limits.MaxMemory == 2<<30 }},
+		{"max-memory: 0", func(c *Config) bool { return c.Limits.MaxMemory == 0 }},
+		{"max-memory: 134217728", func(c *Config) bool { return c.Limits.MaxMemory == 128<<20 }},
+		{"tcp-max-in-flight: 64\ntcp-max-in-flight-per-source: 16\ntcp-handshake-timeout: 2s", func(c *Config) bool {
+			return c.Limits.TCPMaxInFlight == 64 && c.Limits.TCPMaxInFlightPerSource == 16 && c.Limits.TCPHandshakeTimeout == 2*time.Second
+		}},
+		{"udp-max-flows: 100\nudp-max-flows-per-source: 10\nudp-flow-rate: 50\nudp-flow-rate-per-source: 5", func(c *Config) bool {
+			l := c.Limits
+			return l.UDPMaxFlows == 100 && l.UDPMaxFlowsPerSource == 10 && l.UDPFlowRate == 50 && l.UDPFlowRatePerSource == 5
+		}},
 		{"proxies:\n  - name: a\n    url: socks5h://h\n  - name: b\n    chain: [a]", func(c *Config) bool {
 			return len(c.Proxies) == 2 && c.Proxies[0].URL.Scheme == "socks5h" && c.Proxies[0].Line == 2 &&
 				reflect.DeepEqual(c.Proxies[1].Chain, []string{"a"}) && c.Proxies[1].Line == 4
@@ -177,6 +188,12 @@ func TestKeys(t *testing.T) {
 		}},
 		{"rules: ['DOMAIN,a.com,DIRECT']", func(c *Config) bool { return len(c.Rules) == 1 && c.Ruleset != nil }},
 		{"rules:", func(c *Config) bool { return len(c.Rules) == 0 && c.Ruleset == nil }},
+		{"api: {listen: '127.0.0.1:9090'}", func(c *Config) bool { return c.API.Listen == "127.0.0.1:9090" && c.API.Secret == "" }},
+		{"api: {listen: 'localhost:9090', metrics: ':9091'}", func(c *Config) bool { return c.API.Metrics == ":9091" }},
+		{"api: {listen: '0.0.0.0:9090', secret: 'a&b'}", func(c *Config) bool { return c.API.Secret == "a&b" }},
+		{"api: {listen: '[::1]:0', allow-origins: ['https://metacubex.github.io', '*']}", func(c *Config) bool {
+			return reflect.DeepEqual(c.API.AllowOrigins, []string{"https://metacubex.github.io", "*"})
+		}},
 		{"dns: {enable: true}", func(c *Config) bool { return c.DNS.Enable != nil && *c.DNS.Enable }},
 		{"dns: {enable: false}", func(c *Config) bool { return c.DNS.Enable != nil && !*c.DNS.Enable }},
 		{"dns: {listen: '127.0.0.1:5353'}", func(c *Config) bool { return c.DNS.Listen == "127.0.0.1:5353" }},
@@ -194,6 +211,21 @@ func TestKeys(t *testing.T) {
 		{"dns: {dns-hijack: true}", func(c *Config) bool { return c.DNS.Hijack }},
 		{"dns: {cache-file: /var/lib/tunsocks/fakeip}", func(c *Config) bool { return c.DNS.CacheFile == "/var/lib/tunsocks/fakeip" }},
 		{"dns: {fake-ip-ttl: 1m}", func(c *Config) bool { return c.DNS.FakeIPTTL == time.Minute }},
+		{"route: {auto-route: true, kill-switch: yes, lan-access: false}", func(c *Config) bool {
+			return c.Route.AutoRoute && c.Route.KillSwitch && !c.Route.LANAccess
+		}},
+		{"route: {exclude: [10.1.2.3/8, '2001:db8::/32']}", func(c *Config) bool {
+			return reflect.DeepEqual(c.Route.Exclude, []netip.Prefix{pfx("10.0.0.0/8"), pfx("2001:db8::/32")})
+		}},
+		{"route: {auto-route: true, exclude-uid: ['1000', '2000-2999'], include-uid: [0]}", func(c *Config) bool {
+			return reflect.DeepEqual(c.Route.ExcludeUID, []UIDRange{{1000, 1000}, {2000, 2999}}) && reflect.DeepEqual(c.Route.IncludeUID, []UIDRange{{0, 0}})
+		}},
+		{"route: {auto-route: true, include-cgroup: [/user.slice/a.scope]}", func(c *Config) bool {
+			return reflect.DeepEqual(c.Route.IncludeCgroup, []string{"/user.slice/a.scope"})
+		}},
+		{"route: {dns-config: resolved, rule-priority: 500, route-table: 77, gateway: eth1}", func(c *Config) bool {
+			return c.Route.DNSConfig == "resolved" && c.Route.RulePriority == 500 && c.Route.RouteTable == 77 && c.Route.Gateway == "eth1"
+		}},
 		// Anchors and aliases work.
 		{"x-common: &d 42s\n", nil},
 		{"tcp-idle: &d 42s\nudp-idle: *d", func(c *Config) bool { return c.UDPIdle == 42*time.Second }},
@@ -220,7 +252,7 @@ func TestErrors(t *testing.T) {
 		{"- 1\n- 2", []string{file + ":1: the file must be a mapping"}},
 		{"proxy: direct\n---\nproxy: direct", []string{file + ":2: a second YAML document"}},
 		{"proxie: x", []string{file + `:1: unknown key "proxie"; did you mean "proxies"?`}},
-		{"zzzzzzzz: 1", []string{file + `:1: unknown key "zzzzzzzz"; known keys: dial-timeout, dns,`}},
+		{"zzzzzzzz: 1", []string{file + `:1: unknown key "zzzzzzzz"; known keys: api, dial-timeout, dns,`}},
 		{"\nmtu: 1400", []string{file + `:2: unknown key "mtu"; write it under tun: as "mtu"`}},
 		{"proxy-groups: []", []string{file + `:1: unknown key "proxy-groups"; proxy groups are not supported`}},
 		{"tcp-idle: 1s\ntcp-idle: 2s", []string{file + `:2: key "tcp-idle" repeated (first at line 1)`}},
@@ -228,6 +260,12 @@ func TestErrors(t *testing.T) {
 		{"? [a]\n: 1", []string{file + ":1: top level: a key must be a plain name"}},
 		// Values.
 		{"proxy: [a]", []string{file + ":1: proxy: want a string, not a list"}},
+		{"max-memory: lots", []string{file + `:1: max-memory "lots": want a size like 512MiB or 1GiB, or 0 for none`}},
+		{"max-memory: 1MB", []string{file + `:1: max-memory "1MB": want a size`}},
+		{"max-memory: 1MiB", []string{file + ":1: max-memory 1048576 bytes: want at least 64MiB, or 0 for none"}},
+		{"udp-max-flows: -1", []string{file + ":1: udp-max-flows -1: want 0 to"}},
+		{"udp-max-flows: 10\nudp-max-flows-per-source: 20", []string{file + ":2: udp-max-flows-per-source 20 exceeds udp-max-flows 10"}},
+		{"tcp-handshake-timeout: -1s", []string{file + ":1: tcp-handshake-timeout -1s: want a positive duration"}},
 		{"proxy:", []string{file + ":1: proxy has no value"}},
 		{"tun: 3", []string{file + ":1: tun: want a mapping of keys, not a single value"}},
 		{"tun:\n  nme: x", []string{file + `:2: unknown key "nme" in tun; did you mean "name"?`}},
@@ -252,6 +290,13 @@ func TestErrors(t *testing.T) {
 		{"dial-timeout: 0s", []string{file + ":1: dial-timeout 0s: want a positive duration"}},
 		{"summary-interval: -5s", []string{file + ":1: summary-interval -5s: want a duration like 5s, or 0 for never"}},
 		{"fwmark: 4294967296", []string{file + ":1: fwmark 4294967296: want 0 to 4294967295"}},
+		{"route: {exclude: [10.0.0.300/8]}", []string{file + `:1: route.exclude "10.0.0.300/8": want a CIDR like 10.0.0.0/8`}},
+		{"route:\n  exclude-uid: [5-3]", []string{file + `:2: route.exclude-uid: uid range "5-3": want N or N-M with N <= M`}},
+		{"route: {dns-config: systemd}", []string{file + `:1: route.dns-config "systemd": want auto, resolved or none`}},
+		{"route: {route-table: 254}", []string{file + ":1: route.route-table 254: that is a table of the system"}},
+		{"route: {rule-priority: 32766}", []string{file + ":1: route.rule-priority 32766: want 1 to 32756"}},
+		{"route:\n  include-uid: [1000]", []string{file + ":2: route.include-cgroup and route.include-uid choose what auto-route captures: set route.auto-route: true"}},
+		{"route: {strict-route: true}", []string{file + `:1: unknown key "strict-route" in route; tunsocks' strict route is "kill-switch: true"`}},
 		{"fwmark: -1", []string{file + ":1: fwmark -1: want 0 to 4294967295"}},
 		{"out-interface: 'eth 0'", []string{file + `:1: out-interface "eth 0": want an interface name`}},
 		{"tcp-sack: 2", []string{file + `:1: tcp-sack "2": want true or false`}},
@@ -293,6 +338,15 @@ func TestErrors(t *testing.T) {
 		{"rules:\n  - {a: 1}", []string{file + ":2: rules: want a rule written as text"}},
 		{"rules:\n  -\n", []string{file + ":2: rules: empty rule"}},
 		{"rules:\n  - |\n    MATCH,DIRECT\n    MATCH,DIRECT\n", []string{file + ":2: rules: a rule is one line"}},
+		// API.
+		{"api:\n  listen: '0.0.0.0:9090'", []string{file + `:2: api.listen "0.0.0.0:9090" is reachable from other hosts and api.secret is empty`}},
+		{"api: {listen: ':9090'}", []string{file + `:1: api.listen ":9090" is reachable from other hosts and api.secret is empty`}},
+		{"api: {listen: 'example.com:9090', secret: secret}", []string{file + `:1: api.listen "example.com:9090": want an IP address or localhost`}},
+		{"api: {listen: '127.0.0.1'}", []string{file + `:1: api.listen "127.0.0.1": want address:port`}},
+		{"api: {metrics: '127.0.0.1:x'}", []string{file + `:1: api.metrics "127.0.0.1:x": want a port`}},
+		{"api: {allow-origins: ['metacubex.github.io']}", []string{file + `:1: api.allow-origins "metacubex.github.io": want an origin like https://`}},
+		{"api:\n  external-controller: 127.0.0.1:9090", []string{file + `:2: unknown key "external-controller" in api; write the address as "listen"`}},
+		{"external-controller: 127.0.0.1:9090", []string{file + `:1: unknown key "external-controller"; write it under api: as "listen"`}},
 		// DNS.
 		{"dns: [x]", []string{file + ":1: dns: want a mapping of keys, not a list"}},
 		{"dns:\n  nameservers: [1.1.1.1]", []string{file + `:2: unknown key "nameservers" in dns; did you mean "nameserver"?`}},
@@ -340,8 +394,9 @@ func TestErrors(t *testing.T) {
 				t.Errorf("Parse(%q) error:\n%v\nwant it to contain %q", tt.src, err, w)
 			}
 		}
-		// Passwords never appear in errors.
-		if strings.Contains(err.Error(), "secret") {
+		// Passwords never appear in errors (the tests' password is
+		// "secret"; the key api.secret and its flag may be named).
+		if strings.Contains(strings.NewReplacer("api.secret", "", "--api-secret", "").Replace(err.Error()), "secret") {
 			t.Errorf("Parse(%q) error leaks a password: %v", tt.src, err)
 		}
 		// Every line of the message names the file and a line.
@@ -640,4 +695,18 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("error without the file name: %v", err)
 		}
 	})
+}
+
+func TestParseSize(t *testing.T) {
+	for s, want := range map[string]int64{"0": 0, "1024": 1024, "64K": 64 << 10, "512MiB": 512 << 20, "1G": 1 << 30,
+		"1 GiB": 1 << 30, "2gib": 2 << 30, "1_000B": 1000, "1T": 1 << 40} {
+		if got, err := ParseSize(s); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "x", "1MB", "1.5G", "-1", "GiB", "99999999999T"} {
+		if got, err := ParseSize(s); err == nil {
+			t.Errorf("ParseSize(%q) = %d, want an error", s, got)
+		}
+	}
 }

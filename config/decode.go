@@ -202,7 +202,9 @@ func topHints() map[string]string {
 		"mixed-port":          "a Clash setting tunsocks does not use; `tunsocks server` is the SOCKS server",
 		"log-level":           "set it with the --log-level flag",
 		"allow-lan":           "a Clash setting tunsocks does not use",
-		"external-controller": "a Clash setting tunsocks does not use",
+		"external-controller": `write it under api: as "listen" (the Clash-compatible API)`,
+		"secret":              `write it under api: as "secret"`,
+		"external-ui":         "the page is built in: /ui/ on the api: listen address",
 	}
 }
 
@@ -397,6 +399,11 @@ func (d *decoder) top(n *yaml.Node) {
 	durs := func(key string, dst *time.Duration) func(k, v *yaml.Node) {
 		return func(_, v *yaml.Node) { d.duration(v, key, dst, key) }
 	}
+	counts := func(key string, dst *int) func(k, v *yaml.Node) {
+		return func(_, v *yaml.Node) {
+			d.integer(v, key, 0, 1<<31-1, func(n int64) { *dst = int(n) }, key)
+		}
+	}
 	fields := map[string]func(k, v *yaml.Node){
 		"proxy":            func(_, v *yaml.Node) { d.str(v, "proxy", &c.Proxy, "proxy") },
 		"tun":              func(_, v *yaml.Node) { d.tun(v) },
@@ -420,15 +427,120 @@ func (d *decoder) top(n *yaml.Node) {
 		},
 		"tcp-cc":    func(_, v *yaml.Node) { d.str(v, "tcp-cc", &c.TCP.CC, "tcp-cc") },
 		"tcp-stack": func(_, v *yaml.Node) { d.str(v, "tcp-stack", &c.TCP.Stack, "tcp-stack") },
-		"proxies":   func(_, v *yaml.Node) { d.proxies(v) },
-		"rules":     func(_, v *yaml.Node) { d.rules(v) },
-		"dns":       func(_, v *yaml.Node) { d.dns(v) },
-		"wireguard": func(_, v *yaml.Node) { d.wireguard(v) },
+		"max-memory": func(_, v *yaml.Node) {
+			s, ok := d.scalar(v, "max-memory", "a size like 512MiB or 1GiB, or 0 for none")
+			if !ok {
+				return
+			}
+			n, err := ParseSize(s)
+			if err != nil {
+				d.failErr(deref(v).Line, err, "max-memory %q: want a size like 512MiB or 1GiB, or 0 for none", s)
+				return
+			}
+			c.Limits.MaxMemory = n
+			d.c.setLine("max-memory", deref(v).Line)
+		},
+		"tcp-max-in-flight":            counts("tcp-max-in-flight", &c.Limits.TCPMaxInFlight),
+		"tcp-max-in-flight-per-source": counts("tcp-max-in-flight-per-source", &c.Limits.TCPMaxInFlightPerSource),
+		"tcp-handshake-timeout":        durs("tcp-handshake-timeout", &c.Limits.TCPHandshakeTimeout),
+		"udp-max-flows":                counts("udp-max-flows", &c.Limits.UDPMaxFlows),
+		"udp-max-flows-per-source":     counts("udp-max-flows-per-source", &c.Limits.UDPMaxFlowsPerSource),
+		"udp-flow-rate":                counts("udp-flow-rate", &c.Limits.UDPFlowRate),
+		"udp-flow-rate-per-source":     counts("udp-flow-rate-per-source", &c.Limits.UDPFlowRatePerSource),
+		"proxies":                      func(_, v *yaml.Node) { d.proxies(v) },
+		"rules":                        func(_, v *yaml.Node) { d.rules(v) },
+		"dns":                          func(_, v *yaml.Node) { d.dns(v) },
+		"api":                          func(_, v *yaml.Node) { d.api(v) },
+		"wireguard":                    func(_, v *yaml.Node) { d.wireguard(v) },
+		"route":                        func(_, v *yaml.Node) { d.route(v) },
 	}
 	for k, f := range d.sniffFields() {
 		fields[k] = f
 	}
 	d.mapping(n, "", fields, topHints())
+}
+
+func (d *decoder) api(n *yaml.Node) {
+	s := &d.c.API
+	fields := map[string]func(k, v *yaml.Node){
+		"listen":  func(_, v *yaml.Node) { d.str(v, "api.listen", &s.Listen, "api.listen") },
+		"secret":  func(_, v *yaml.Node) { d.str(v, "api.secret", &s.Secret, "api.secret") },
+		"metrics": func(_, v *yaml.Node) { d.str(v, "api.metrics", &s.Metrics, "api.metrics") },
+		"allow-origins": func(_, v *yaml.Node) {
+			s.AllowOrigins = nil
+			d.strs(v, "api.allow-origins", "origins like https://metacubex.github.io", func(_ int, str string, line int) {
+				s.AllowOrigins = append(s.AllowOrigins, str)
+				d.c.setLine("api.allow-origins."+strconv.Itoa(len(s.AllowOrigins)-1), line)
+			})
+		},
+	}
+	hints := map[string]string{
+		"external-controller": `write the address as "listen"`,
+		"addr":                `write the address as "listen"`,
+		"token":               `write it as "secret"`,
+		"external-ui":         "the page is built in, at /ui/ on the API's address",
+	}
+	d.mapping(n, "api", fields, hints)
+}
+
+func (d *decoder) route(n *yaml.Node) {
+	r := &d.c.Route
+	flag := func(key string, dst *bool) func(k, v *yaml.Node) {
+		return func(_, v *yaml.Node) { d.boolean(v, "route."+key, func(b bool) { *dst = b }, "route."+key) }
+	}
+	uids := func(key string, dst *[]UIDRange) func(k, v *yaml.Node) {
+		return func(_, v *yaml.Node) {
+			*dst = nil
+			d.strs(v, "route."+key, "user ids or ranges like 1000 or 1000-1999", func(_ int, str string, line int) {
+				u, err := ParseUIDRange(str)
+				if err != nil {
+					d.fail(line, "route.%s: %v", key, err)
+					return
+				}
+				*dst = append(*dst, u)
+				d.c.setLine("route."+key+"."+strconv.Itoa(len(*dst)-1), line)
+			})
+		}
+	}
+	fields := map[string]func(k, v *yaml.Node){
+		"auto-route":  flag("auto-route", &r.AutoRoute),
+		"kill-switch": flag("kill-switch", &r.KillSwitch),
+		"lan-access":  flag("lan-access", &r.LANAccess),
+		"exclude": func(_, v *yaml.Node) {
+			r.Exclude = nil
+			d.strs(v, "route.exclude", "CIDRs like 10.0.0.0/8", func(_ int, str string, line int) {
+				p, err := netip.ParsePrefix(strings.TrimSpace(str))
+				if err != nil {
+					d.fail(line, "route.exclude %q: want a CIDR like 10.0.0.0/8 or 2001:db8::/32", str)
+					return
+				}
+				r.Exclude = append(r.Exclude, p.Masked())
+			})
+		},
+		"exclude-uid": uids("exclude-uid", &r.ExcludeUID),
+		"include-uid": uids("include-uid", &r.IncludeUID),
+		"include-cgroup": func(_, v *yaml.Node) {
+			r.IncludeCgroup = nil
+			d.strs(v, "route.include-cgroup", "cgroup paths like /user.slice/user-1000.slice/app.scope", func(_ int, str string, line int) {
+				r.IncludeCgroup = append(r.IncludeCgroup, str)
+				d.c.setLine("route.include-cgroup."+strconv.Itoa(len(r.IncludeCgroup)-1), line)
+			})
+		},
+		"dns-config": func(_, v *yaml.Node) { d.str(v, "route.dns-config", &r.DNSConfig, "route.dns-config") },
+		"rule-priority": func(_, v *yaml.Node) {
+			d.integer(v, "route.rule-priority", 1, 32756, func(n int64) { r.RulePriority = int(n) }, "route.rule-priority")
+		},
+		"route-table": func(_, v *yaml.Node) {
+			d.integer(v, "route.route-table", 1, 0xfffffff0, func(n int64) { r.RouteTable = int(n) }, "route.route-table")
+		},
+		"gateway": func(_, v *yaml.Node) { d.str(v, "route.gateway", &r.Gateway, "route.gateway") },
+	}
+	hints := map[string]string{
+		"strict-route":  `tunsocks' strict route is "kill-switch: true"`,
+		"auto-redirect": "tunsocks routes with policy rules only; drop it",
+		"table":         `did you mean "route-table"?`,
+	}
+	d.mapping(n, "route", fields, hints)
 }
 
 func (d *decoder) tun(n *yaml.Node) {

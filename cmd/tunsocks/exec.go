@@ -12,7 +12,19 @@ import (
 var hostLoopback = netip.AddrFrom4([4]byte{169, 254, 1, 2})
 
 func execCommand() *cli.Command {
-	flags := append(runFlags(),
+	// run's flags, less those that route the host: exec routes nothing
+	// but its sandbox.
+	route := map[string]bool{}
+	for _, f := range routeFlags() {
+		route[f.Names()[0]] = true
+	}
+	var flags []cli.Flag
+	for _, f := range runFlags() {
+		if !route[f.Names()[0]] {
+			flags = append(flags, f)
+		}
+	}
+	flags = append(flags,
 		&cli.StringFlag{Name: "user", Usage: "as root: run the command as this user (name or uid) instead of the invoking one (SUDO_UID under sudo, else root without capabilities)"},
 		&cli.StringFlag{Name: "name", Usage: "publish this exec as NAME, so that 'tunsocks exec --join NAME -- CMD' runs more commands in it"},
 		&cli.StringFlag{Name: "join", Usage: "run the command inside the running exec published as NAME, through its tunsocks (no other flag applies)"},

@@ -51,13 +51,18 @@ func execAction(c *cli.Context) error {
 		// The terminal is the command's: tunsocks speaks up for trouble only.
 		c.Set("log-level", "warn")
 	}
-	log, err := newLogger(c)
+	log, hub, level, err := newLiveLogger(c)
 	if err != nil {
 		return err
 	}
 	cfg, err := loadRunConfig(c)
 	if err != nil {
 		return err
+	}
+	if routing(cfg) {
+		// A config shared with 'run': its host routing is not exec's.
+		log.Info("exec routes its sandbox only: the config's auto-route and gateway are ignored")
+		cfg.Route.AutoRoute, cfg.Route.Gateway = false, ""
 	}
 	if cfg.Tun.FD >= 0 {
 		return usagef("--tun-fd: exec creates its own TUN inside its sandbox")
@@ -136,6 +141,7 @@ func execAction(c *cli.Context) error {
 	}
 	inName := "exec:" + filepath.Base(args[0])
 	hooks := pipelineHooks{
+		logs: hub, level: level,
 		device: func(ctx context.Context, w *wiring) (*tun.Device, error) {
 			if w.pool != nil {
 				spec.ResolvConf = sandbox.ResolvConf(w.pool.DNSAddr(), w.pool.DNSAddr6())

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -20,12 +21,15 @@ import (
 func explainCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "explain",
-		Usage:     "show which rule and outbound a flow to HOST:PORT would take",
+		Usage:     "show which rule and outbound a flow to HOST:PORT would take (--route: which routing rule of this host catches it)",
 		ArgsUsage: "HOST:PORT",
 		Description: "Reads the config like 'tunsocks run' does and prints the rule that matches a flow to\n" +
 			"HOST:PORT, why, and the outbound (and chain) that would carry it. Nothing is dialed.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file", Required: true, EnvVars: []string{"TUNSOCKS_CONFIG"}},
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file (not needed with --route)", EnvVars: []string{"TUNSOCKS_CONFIG"}},
+			&cli.StringFlag{Name: "route", Usage: "HOST:PORT: which of the policy rules a running --auto-route installed catches a flow from this host"},
+			&cli.StringFlag{Name: "tun", Usage: "with --route: the run that serves this TUN device (when several run)"},
+			stateDirFlag(),
 			&cli.StringFlag{Name: "network", Value: "tcp", Usage: "tcp or udp"},
 			&cli.StringFlag{Name: "process", Usage: "pretend the flow comes from this executable (name or path)"},
 			&cli.IntFlag{Name: "uid", Value: -1, Usage: "pretend the flow comes from this user id"},
@@ -33,9 +37,16 @@ func explainCommand() *cli.Command {
 			&cli.StringFlag{Name: "in-type", Value: rules.InTUN, Usage: "the inbound the flow comes through: tun, wireguard, exec, gateway or socks"},
 			&cli.StringFlag{Name: "in-name", Usage: "the inbound's name (default: the config's TUN name for tun, wg for wireguard, else the type)"},
 			&cli.StringFlag{Name: "in-user", Usage: "the user behind the inbound (a WireGuard peer, a SOCKS user)"},
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON (the shape of the API's /connections/{id}/explain decisions)"},
 			&cli.StringFlag{Name: "sni", Usage: "pretend the flow to the address HOST told this name in its first bytes (TLS SNI, HTTP Host, QUIC)"},
 		},
 		Action: func(c *cli.Context) error {
+			if r := c.String("route"); r != "" {
+				return explainRoute(c, r)
+			}
+			if !c.IsSet("config") {
+				return usagef("explain needs --config FILE (or --route HOST:PORT for this host's routing)")
+			}
 			if c.NArg() != 1 {
 				return usagef("explain takes one HOST:PORT, like example.com:443 or 10.0.0.1:22")
 			}
@@ -92,6 +103,11 @@ func explainCommand() *cli.Command {
 			}
 			d, mt := w.policy.Match(m)
 			out := c.App.Writer
+			if c.Bool("json") {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(explained{Flow: explainedFlowOf(m, c.Args().First()), explainedDecision: explainDecision(cfg, d, &mt)})
+			}
 			fmt.Fprintf(out, "flow:     %s %s -> %s", network, m.Src, c.Args().First())
 			if m.Process != "" {
 				fmt.Fprintf(out, " from %s", m.Process)

@@ -36,7 +36,18 @@ type StreamOptions struct {
 	HalfClose time.Duration
 	// Up and Down, when not nil, are increased as bytes move a->b and b->a,
 	// while they move, so a summary can report live flows.
-	Up, Down *atomic.Int64
+	Up, Down Counter
+	// Activity, when not nil, is the pair's last-activity clock
+	// (time.UnixNano of the last bytes moved either way), so the caller can
+	// tell the flows idle the longest. Bytes spliced are seen when a splice
+	// returns, at the latest when the source runs dry.
+	Activity *atomic.Int64
+}
+
+// Counter counts bytes as they move; *atomic.Int64 is one. A caller that
+// counts each flow and a total passes a Counter that adds to both.
+type Counter interface {
+	Add(delta int64) (new int64)
 }
 
 // closeWriter is a connection that can send a FIN without closing its read side.
@@ -48,7 +59,10 @@ type closeWriter interface{ CloseWrite() error }
 // that is not an ordinary end of stream (io.EOF, net.ErrClosed and a reset
 // after the other side finished are ordinary).
 func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down int64, err error) {
-	p := &pair{a: a, b: b, opts: opts}
+	p := &pair{a: a, b: b, opts: opts, last: opts.Activity}
+	if p.last == nil {
+		p.last = new(atomic.Int64)
+	}
 	stop := context.AfterFunc(ctx, p.closeBoth)
 	defer stop()
 	p.touch()
@@ -64,11 +78,11 @@ func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down in
 	}
 	upc := make(chan result, 1)
 	go func() {
-		n, err := copyHalf(b, a, opts.Up, p.touch, &p.last, opts.Idle)
+		n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
 		p.finished(err)
 		upc <- result{n, err}
 	}()
-	down, derr := copyHalf(a, b, opts.Down, p.touch, &p.last, opts.Idle)
+	down, derr := copyHalf(a, b, opts.Down, p.touch, p.last, opts.Idle)
 	p.finished(derr)
 	up = (<-upc).n
 
@@ -86,7 +100,7 @@ func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down in
 type pair struct {
 	a, b      net.Conn
 	opts      StreamOptions
-	last      atomic.Int64 // UnixNano of the last byte moved either way
+	last      *atomic.Int64 // UnixNano of the last byte moved either way
 	closeOnce sync.Once
 	closed    atomic.Bool
 
@@ -127,12 +141,11 @@ func (p *pair) finished(err error) {
 // ErrIdle is returned by Stream and Packets when they closed an idle pair.
 var ErrIdle = errors.New("relay: idle timeout")
 
-// spliceChunk is how much one ReadFrom call may splice before the counters
-// and activity time are brought up to date.
-const spliceChunk = 1 << 20
-
 // copyHalf copies src to dst and, at src's EOF, half-closes dst (or closes it
 // when it cannot half-close). It returns nil for an ordinary end.
+//
+// Between two kernel TCP sockets (on Linux) the bytes move inside the
+// kernel (see splice_linux.go); otherwise through a pooled buffer.
 //
 // The idle timer is a read deadline on src, set once and renewed only when
 // it fires (renewing it before every read costs a timer per read on a
@@ -141,17 +154,19 @@ const spliceChunk = 1 << 20
 // sets the next deadline and reads on; otherwise the pair is idle. Deadlines
 // fire every Idle and "recently" means within 2 x Idle, so a pair silent for
 // Idle is closed after at most 3 x Idle. This costs no goroutine or timer of
-// its own, and it works the same on the splice path, where bytes move inside
-// the kernel and are counted only when a ReadFrom chunk returns.
-func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic.Int64, idle time.Duration) (int64, error) {
+// its own.
+func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64, idle time.Duration) (int64, error) {
 	var total int64
-	srcTCP, dstTCP := tcpOf(src), tcpOf(dst)
-	splice := srcTCP != nil && dstTCP != nil
-	var bp *[]byte
-	if !splice {
-		bp = bufPool.Get().(*[]byte)
-		defer bufPool.Put(bp)
+	var sp *splicer
+	if srcTCP, dstTCP := tcpOf(src), tcpOf(dst); srcTCP != nil && dstTCP != nil {
+		sp = newSplicer(dstTCP, srcTCP)
 	}
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}()
 	if idle > 0 {
 		src.SetReadDeadline(time.Now().Add(idle))
 	}
@@ -159,13 +174,19 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 		var n int64
 		var err error
 		eof := false
-		if splice {
-			// *net.TCPConn.ReadFrom splices TCP->TCP in the kernel on Linux,
-			// and it does so for an *io.LimitedReader around a TCPConn too.
-			lr := &io.LimitedReader{R: srcTCP, N: spliceChunk}
-			n, err = dstTCP.ReadFrom(lr)
-			eof = err == nil && lr.N > 0
+		if sp != nil {
+			n, eof, err = sp.move()
+			if err == errNoSplice {
+				sp = nil
+				continue
+			}
 		} else {
+			// The buffer is taken for the first read and kept: a direction
+			// that is not spliced has a netstack conn on one side, whose
+			// reads cannot be waited for without one.
+			if bp == nil {
+				bp = bufPool.Get().(*[]byte)
+			}
 			var nr int
 			nr, err = src.Read(*bp)
 			if nr > 0 {
@@ -190,25 +211,30 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 		}
 		if err != nil {
 			if idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-				// Bytes the other direction splices are counted only when its
-				// own ReadFrom returns, at the latest one idle period after they
-				// moved; so "nothing for 2 x idle" is what proves "nothing
-				// for idle".
 				if time.Since(time.Unix(0, last.Load())) < 2*idle {
 					src.SetReadDeadline(time.Now().Add(idle))
 					continue
+				}
+				if sp != nil {
+					sp.close()
 				}
 				return total, ErrIdle
 			}
 			if isOrdinary(err) {
 				eof = true
 			} else {
+				if sp != nil {
+					sp.close()
+				}
 				return total, err
 			}
 		}
 		if eof {
 			break
 		}
+	}
+	if sp != nil {
+		sp.close()
 	}
 	if cw, ok := dst.(closeWriter); ok {
 		cw.CloseWrite()
