@@ -3,9 +3,12 @@ package e2e
 import (
 	"context"
 	"debug/elf"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -628,5 +631,105 @@ rules:
 	out, code = x.execIn(30*time.Second, "--config", cfg, "--", "sh", "-c", "curl -sS -m 10 http://name.test/")
 	if code != 7 || strings.Contains(out, "hello from remote") {
 		t.Errorf("exec -- sh -c curl (IN-TYPE exec, port 80: REJECT): exit %d, want 7 (refused at once)\n%s", code, out)
+	}
+}
+
+// TestExecAPI: exec serves run's API over its flows. The flow table lists
+// the command's flow as inbound exec:curl with the process found in the
+// sandbox, the metrics count it by that inbound, and closing the flow there
+// resets the command's connection (curl exits 56, and exec with it). A
+// config shared with run, with auto-route in it, routes nothing: the app
+// host's policy rules stay as they were.
+func TestExecAPI(t *testing.T) {
+	x := newExecEnv(t)
+	curl, err := filepath.EvalSymlinks(testenv.NeedTool(t, "curl", "curl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A service on the remote host that never answers: curl's flow stays open.
+	if err := x.lab.Do(x.lab.Remote, func() error {
+		ln, err := net.Listen("tcp", netip.AddrPortFrom(remote4, 8091).String())
+		if err != nil {
+			return err
+		}
+		x.serve(ln, func(c net.Conn) { io.Copy(io.Discard, c) }, nil)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	rulesBefore, _ := x.appRun(10*time.Second, "ip", "rule", "show")
+	cfg := filepath.Join(t.TempDir(), "tunsocks.yaml")
+	os.WriteFile(cfg, []byte(`proxies:
+  - name: up
+    url: `+execSocks+`
+rules:
+  - MATCH,up
+route:
+  auto-route: true
+  kill-switch: true
+`), 0o644)
+	p := x.start(x.lab.App, binary, "exec", "--config", cfg, "--api", apiAddr, "--api-secret", apiSecret, "--metrics", metricsAddr,
+		"--", "curl", "-sS", "-m", "60", "http://name.test:8091/")
+	a := &apiEnv{env: x.env}
+	a.http = &http.Client{Transport: &http.Transport{DialContext: x.app.DialContext}, Timeout: 20 * time.Second}
+	t.Cleanup(a.http.CloseIdleConnections)
+
+	// The API listens before the sandbox exists; poll until curl's flow
+	// is in the table.
+	var flow conn
+	for deadline := time.Now().Add(20 * time.Second); flow.ID == ""; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no flow to port 8091 in /connections:\n%s", p.out.String())
+		}
+		select {
+		case <-p.done:
+			t.Fatalf("exec ended early:\n%s", p.out.String())
+		default:
+		}
+		req, _ := http.NewRequestWithContext(x.ctx, "GET", "http://"+apiAddr+"/connections", nil)
+		req.Header.Set("Authorization", "Bearer "+apiSecret)
+		resp, err := a.http.Do(req)
+		if err != nil {
+			continue // not listening yet
+		}
+		var snap struct{ Connections []conn }
+		err = json.NewDecoder(resp.Body).Decode(&snap)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatalf("/connections: %v", err)
+		}
+		for _, c := range snap.Connections {
+			if c.Metadata.DestinationPort == "8091" {
+				flow = c
+			}
+		}
+	}
+	if flow.Metadata.InboundName != "exec:curl" || flow.Metadata.ProcessPath != curl || flow.Metadata.Process != filepath.Base(curl) ||
+		len(flow.Chains) != 1 || flow.Chains[0] != "up" {
+		t.Errorf("flow %+v\nwant inbound exec:curl, process %s, through up", flow, curl)
+	}
+	var counted bool
+	for _, l := range strings.Split(a.scrape(t), "\n") {
+		if strings.HasPrefix(l, "tunsocks_connections_total{") && strings.Contains(l, `inbound="exec:curl"`) && strings.Contains(l, `network="tcp"`) {
+			counted = true
+		}
+	}
+	if !counted {
+		t.Errorf("tunsocks_connections_total has no tcp flow of inbound exec:curl")
+	}
+	if rules, _ := x.appRun(10*time.Second, "ip", "rule", "show"); rules != rulesBefore {
+		t.Errorf("exec with auto-route in its config changed the host's rules:\n%s\nwas:\n%s", rules, rulesBefore)
+	}
+
+	if code, b := a.do(t, "DELETE", "/connections/"+flow.ID, ""); code/100 != 2 {
+		t.Fatalf("DELETE /connections/%s: %d %s", flow.ID, code, b)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("curl still runs after its flow was closed:\n%s", p.out.String())
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 56 || !strings.Contains(p.out.String(), "reset") {
+		t.Errorf("exit %d, want curl's 56 (connection reset):\n%s", code, p.out.String())
 	}
 }

@@ -24,6 +24,9 @@ func TestExecUsage(t *testing.T) {
 		{[]string{"--", "true"}, exitUsage, "nothing says where flows go"},
 		{[]string{"--proxy", "direct", "--", "no-such-command-tunsocks"}, 127, "exec: no-such-command-tunsocks: command not found"},
 		{[]string{"--join", "no-such-exec", "--", "true"}, exitFailure, `no exec named "no-such-exec" is running`},
+		// exec routes its sandbox only: run's host routing flags are not its.
+		{[]string{"--proxy", "direct", "--auto-route", "--", "true"}, exitUsage, "flag provided but not defined: -auto-route"},
+		{[]string{"--proxy", "direct", "--include-cgroup", "/a.scope", "--", "true"}, exitUsage, "flag provided but not defined: -include-cgroup"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
