@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/lab"
@@ -328,23 +329,27 @@ func TestExecChildrenAndUDP(t *testing.T) {
 	}
 }
 
-// TestExecSignals: SIGINT to tunsocks exec reaches the command, whose exit
-// status tunsocks exits with.
+// TestExecSignals: SIGINT, SIGTERM and SIGHUP to tunsocks exec reach the
+// command (tunsocks does not end on them), whose exit status tunsocks
+// exits with.
 func TestExecSignals(t *testing.T) {
 	x := newExecEnv(t)
-	p := x.start(x.lab.App, binary, "exec", "--proxy", execSocks, "--", "sh", "-c",
-		`trap 'echo got-INT; exit 5' INT; echo ready; while :; do sleep 0.1; done`)
-	if !waitOutput(p, "ready", 20*time.Second) {
-		t.Fatalf("the command did not start:\n%s", p.out.String())
-	}
-	syscall.Kill(p.cmd.Process.Pid, syscall.SIGINT)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("tunsocks still runs after SIGINT:\n%s", p.out.String())
-	}
-	if code := p.cmd.ProcessState.ExitCode(); code != 5 || !strings.Contains(p.out.String(), "got-INT") {
-		t.Errorf("exit %d, want 5 from the command's trap:\n%s", code, p.out.String())
+	for i, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
+		name := strings.TrimPrefix(unix.SignalName(sig), "SIG")
+		p := x.start(x.lab.App, binary, "exec", "--proxy", execSocks, "--", "sh", "-c",
+			fmt.Sprintf(`trap 'echo got-%s; exit %d' %s; echo ready; while :; do sleep 0.1; done`, name, 5+i, name))
+		if !waitOutput(p, "ready", 20*time.Second) {
+			t.Fatalf("the command did not start:\n%s", p.out.String())
+		}
+		syscall.Kill(p.cmd.Process.Pid, sig)
+		select {
+		case <-p.done:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("tunsocks still runs after SIG%s:\n%s", name, p.out.String())
+		}
+		if code := p.cmd.ProcessState.ExitCode(); code != 5+i || !strings.Contains(p.out.String(), "got-"+name) {
+			t.Errorf("SIG%s: exit %d, want %d from the command's trap:\n%s", name, code, 5+i, p.out.String())
+		}
 	}
 }
 
