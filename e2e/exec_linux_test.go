@@ -361,7 +361,7 @@ func TestExecKilled(t *testing.T) {
 	script := `trap 'echo hangup' HUP; echo ready
 while ip link show tunsocks0 >/dev/null 2>&1; do sleep 0.05; done
 ip route get ` + remote4.String() + ` 2>&1; curl -sS -m 20 http://` + remote4.String() + `/ 2>/dev/null; echo curl=$?`
-	p := x.start(x.lab.App, binary, "exec", "--proxy", execSocks, "--", "sh", "-c", script)
+	p := x.start(x.lab.App, binary, "exec", "--proxy", execSocks, "--name", "e2e-killed", "--", "sh", "-c", script)
 	if !waitOutput(p, "ready", 20*time.Second) {
 		t.Fatalf("the command did not start:\n%s", p.out.String())
 	}
@@ -387,6 +387,19 @@ ip route get ` + remote4.String() + ` 2>&1; curl -sS -m 20 http://` + remote4.St
 	}
 	if out, _ := x.appRun(10*time.Second, "ip", "-o", "link", "show", "type", "tun"); strings.TrimSpace(out) != "" {
 		t.Errorf("TUN devices left in the app host: %s", out)
+	}
+	// The one thing a SIGKILL leaves is --name's socket file, which
+	// nothing answers: a join says so, and the next exec of that name
+	// takes the name over and removes it when it ends.
+	if out, code := x.execIn(20*time.Second, "--join", "e2e-killed", "--", "true"); code != 1 || !strings.Contains(out, "is not running any more") {
+		t.Errorf("joining the killed exec: exit %d\n%s", code, out)
+	}
+	if out, code := x.appRun(20*time.Second, binary, "--log-level", "info", "exec", "--proxy", execSocks, "--name", "e2e-killed", "--", "true"); code != 0 ||
+		!strings.Contains(out, "joinable") || strings.Contains(out, "cannot publish") {
+		t.Errorf("an exec named like the killed one: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat("/run/tunsocks/e2e-killed.sock"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the killed exec's socket is left after the next one ended: %v", err)
 	}
 }
 
@@ -487,6 +500,10 @@ func TestExecJoin(t *testing.T) {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	if out, code := x.execIn(20*time.Second, "--proxy", execSocks, "--name", "e2e-join", "--", "echo", "ran"); code != 2 ||
+		!strings.Contains(out, `--name: an exec named "e2e-join" is already running`) || strings.Contains(out, "ran") {
+		t.Errorf("a second exec of the same name: exit %d\n%s\nwant exit 2, the name taken, and the command not run", code, out)
 	}
 	out, code := x.execIn(30*time.Second, "--join", "e2e-join", "--", "sh", "-c", "readlink /proc/self/ns/net; curl -sS -m 10 http://join.test/; exit 3")
 	if code != 3 || !strings.Contains(out, "hello from remote, you are "+lab.ProxyUp4.Addr().String()) {

@@ -41,6 +41,20 @@ func (p *publication) close() {
 	os.Remove(filepath.Dir(p.path))
 }
 
+// CheckFree returns an error when a running sandbox already answers on the
+// socket of name in dir, so that a second one does not start under a name
+// it cannot publish. A socket left by a sandbox whose caller was killed
+// answers nothing: the name is free, and Publish replaces the socket.
+func CheckFree(dir, name string) error {
+	path := filepath.Join(dir, name+".sock")
+	c, err := net.Dial("unixpacket", path)
+	if err != nil {
+		return nil
+	}
+	c.Close()
+	return fmt.Errorf("an exec named %q is already running (%s): pick another name, or --join it", name, path)
+}
+
 // Publish makes the sandbox joinable by name: Join with the socket it
 // returns (dir/name.sock) runs a command inside. Only the command's user
 // and root may join. Close removes the socket; a socket left by a sandbox

@@ -63,6 +63,9 @@ func (s *Sandbox) Close() error { return nil }
 // Publish is Linux-only.
 func (s *Sandbox) Publish(dir, name string) (string, error) { return "", unsupported() }
 
+// CheckFree is Linux-only.
+func CheckFree(dir, name string) error { return unsupported() }
+
 // LookPath is Linux-only.
 func LookPath(file string, env []string) (string, error) { return "", unsupported() }
 

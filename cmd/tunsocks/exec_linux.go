@@ -93,6 +93,9 @@ func execAction(c *cli.Context) error {
 		if pubDir, err = sandbox.SocketDir(os.Getuid(), os.Getenv); err != nil {
 			return usagef("--name: %v", err)
 		}
+		if err := sandbox.CheckFree(pubDir, name); err != nil {
+			return usagef("--name: %v", err)
+		}
 	}
 	if rootless {
 		exe, _ := os.Executable()
