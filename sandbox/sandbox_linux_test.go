@@ -1104,3 +1104,28 @@ func TestSocketDir(t *testing.T) {
 		t.Errorf("user without XDG_RUNTIME_DIR: %v", err)
 	}
 }
+
+// TestCheckFree: a name is taken only while something answers on its
+// socket; a socket file left by a killed caller does not hold it.
+func TestCheckFree(t *testing.T) {
+	dir := t.TempDir()
+	if err := CheckFree(dir, "work"); err != nil {
+		t.Errorf("no socket: %v", err)
+	}
+	path := filepath.Join(dir, "work.sock")
+	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckFree(dir, "work"); err == nil || !strings.Contains(err.Error(), `an exec named "work" is already running`) {
+		t.Errorf("a live socket: %v, want the name taken", err)
+	}
+	l.SetUnlinkOnClose(false) // as a SIGKILL leaves it
+	l.Close()
+	if _, err := os.Lstat(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckFree(dir, "work"); err != nil {
+		t.Errorf("a socket nothing answers: %v", err)
+	}
+}
