@@ -235,17 +235,24 @@ func (s *Sandbox) Run() error {
 	if err != nil {
 		return fmt.Errorf("sandbox: talking to the init: %w", err)
 	}
+	var m message
 	select {
-	case m := <-s.started:
-		if m.Op == opError {
-			return fmt.Errorf("starting %s: %w", s.spec.Args[0], m.err())
-		}
-		s.log.Debug("sandbox command started", "path", s.path, "pid_inside", m.Pid)
-		return nil
+	case m = <-s.started:
 	case <-s.readerDone:
-		<-s.initDone
-		return fmt.Errorf("sandbox: the init ended before the command started: %v", s.initErr)
+		// read passes the start on before it ends: a command that ended
+		// at once, and the init with it, has started all the same.
+		select {
+		case m = <-s.started:
+		default:
+			<-s.initDone
+			return fmt.Errorf("sandbox: the init ended before the command started: %v", s.initErr)
+		}
 	}
+	if m.Op == opError {
+		return fmt.Errorf("starting %s: %w", s.spec.Args[0], m.err())
+	}
+	s.log.Debug("sandbox command started", "path", s.path, "pid_inside", m.Pid)
+	return nil
 }
 
 // Signal passes sig to the command (not to its children: a shell passes it

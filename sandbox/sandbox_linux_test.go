@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -1127,5 +1128,31 @@ func TestCheckFree(t *testing.T) {
 	}
 	if err := CheckFree(dir, "work"); err != nil {
 		t.Errorf("a socket nothing answers: %v", err)
+	}
+}
+
+// TestRunCommandThatEndsAtOnce: a command that ends before Run looks (the
+// init has reported its start and its exit, and gone) has started all
+// the same. Before, Run picked at random between the start and the init's
+// end, and `tunsocks exec -- true` failed now and then with "the init
+// ended before the command started".
+func TestRunCommandThatEndsAtOnce(t *testing.T) {
+	for range 64 {
+		ch, peer, err := socketpair()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := &Sandbox{spec: Spec{Args: []string{"true"}}, log: slog.New(slog.DiscardHandler), ctl: ch,
+			started: make(chan message, 1), readerDone: make(chan struct{}), initDone: make(chan struct{})}
+		// What read leaves when the init has come and gone.
+		s.started <- message{Op: opStarted, Pid: 2}
+		close(s.readerDone)
+		close(s.initDone)
+		err = s.Run()
+		ch.close()
+		peer.Close()
+		if err != nil {
+			t.Fatalf("Run of a command that ended at once: %v", err)
+		}
 	}
 }
