@@ -365,6 +365,7 @@ ip route get ` + remote4.String() + ` 2>&1; curl -sS -m 20 http://` + remote4.St
 	if !waitOutput(p, "ready", 20*time.Second) {
 		t.Fatalf("the command did not start:\n%s", p.out.String())
 	}
+	waitJoinable(t, "e2e-killed") // published once the command runs
 	pgid := p.cmd.Process.Pid
 	syscall.Kill(p.cmd.Process.Pid, syscall.SIGKILL) // tunsocks alone, not its group
 	select {
@@ -494,13 +495,7 @@ func TestExecJoin(t *testing.T) {
 	if !waitOutput(p, "ready", 20*time.Second) {
 		t.Fatalf("the command did not start:\n%s", p.out.String())
 	}
-	const sock = "/run/tunsocks/e2e-join.sock"
-	for range 100 {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	sock := waitJoinable(t, "e2e-join")
 	if out, code := x.execIn(20*time.Second, "--proxy", execSocks, "--name", "e2e-join", "--", "echo", "ran"); code != 2 ||
 		!strings.Contains(out, `--name: an exec named "e2e-join" is already running`) || strings.Contains(out, "ran") {
 		t.Errorf("a second exec of the same name: exit %d\n%s\nwant exit 2, the name taken, and the command not run", code, out)
@@ -556,6 +551,27 @@ func TestExecHostLoopback(t *testing.T) {
 	if out, code := x.execIn(30*time.Second, "--proxy", execSocks, "--", "sh", "-c", "curl -sS -m 5 http://127.0.0.1:8089/"); code == 0 || strings.Contains(out, "loopback-ok") {
 		t.Errorf("127.0.0.1 inside reached the host's loopback: exit %d\n%s", code, out)
 	}
+}
+
+// waitJoinable waits until the exec named name answers on its socket
+// (a socket file alone may be a killed one's), and returns the socket.
+// The socket is removed when the test ends, should the test leave it.
+func waitJoinable(t *testing.T, name string) string {
+	t.Helper()
+	sock := "/run/tunsocks/" + name + ".sock"
+	t.Cleanup(func() {
+		os.Remove(sock)
+		os.Remove(filepath.Dir(sock)) // when empty
+	})
+	for range 200 {
+		if c, err := net.Dial("unixpacket", sock); err == nil {
+			c.Close()
+			return sock
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("exec %q never answered on %s", name, sock)
+	return ""
 }
 
 func waitOutput(p *proc, s string, d time.Duration) bool {
