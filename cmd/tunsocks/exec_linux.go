@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -128,7 +129,7 @@ func execAction(c *cli.Context) error {
 	done := make(chan ended, 1)
 	var (
 		sb      *sandbox.Sandbox
-		running atomic.Pointer[sandbox.Sandbox] // once the command runs
+		gate    signalGate // where signals go: the command once it runs
 		finder  atomic.Pointer[procinfo.Finder] // the sandbox's sockets, once it exists
 		runErr  error
 	)
@@ -163,12 +164,14 @@ func execAction(c *cli.Context) error {
 			return tun.Open(ctx, tun.Config{FD: s.TakeTUN(), Logger: log})
 		},
 		started: func(string) {
+			gate.starting()
 			if err := sb.Run(); err != nil {
+				gate.ran(nil)
 				runErr = err
 				cancel()
 				return
 			}
-			running.Store(sb)
+			gate.ran(sb)
 			go func() {
 				exit, err := sb.Wait()
 				done <- ended{exit, err}
@@ -206,17 +209,11 @@ func execAction(c *cli.Context) error {
 			return next(m)
 		}
 	}
+	gate.log = log
 	go func() {
 		for s := range sigs {
-			if sb := running.Load(); sb != nil {
-				if err := sb.Forward(s.(syscall.Signal)); err != nil {
-					log.Debug("passing a signal on", "signal", s, "err", err)
-				}
-				continue
-			}
-			// Not running yet: give up starting.
-			if s == syscall.SIGINT || s == syscall.SIGTERM {
-				cancel()
+			if !gate.pass(s.(syscall.Signal)) && (s == syscall.SIGINT || s == syscall.SIGTERM) {
+				cancel() // the command does not run yet: give up starting
 			}
 		}
 	}()
@@ -251,6 +248,66 @@ func execAction(c *cli.Context) error {
 		perr = errors.New("exec: stopped before the command ended")
 	}
 	return perr
+}
+
+// signalGate passes signals on to the command once it runs. While it is
+// being started (it may already run, and have told the terminal it is
+// ready, before Run returns) they are held, and passed on if it started.
+type signalGate struct {
+	log     *slog.Logger
+	mu      sync.Mutex
+	sb      signalTarget // the command runs
+	start   bool         // Run is under way
+	pending []syscall.Signal
+}
+
+// signalTarget is a running command (*sandbox.Sandbox).
+type signalTarget interface{ Forward(syscall.Signal) error }
+
+// maxHeldSignals bounds what a start holds: a few keys pressed meanwhile.
+const maxHeldSignals = 16
+
+func (g *signalGate) starting() {
+	g.mu.Lock()
+	g.start = true
+	g.mu.Unlock()
+}
+
+// ran ends the start: sb is the sandbox whose command runs, nil if it
+// could not start (held signals are then dropped).
+func (g *signalGate) ran(sb signalTarget) {
+	g.mu.Lock()
+	held := g.pending
+	g.sb, g.start, g.pending = sb, false, nil
+	g.mu.Unlock()
+	if sb != nil {
+		for _, s := range held {
+			g.forward(sb, s)
+		}
+	}
+}
+
+// pass passes s on, or holds it while the command is being started;
+// false when there is no command to give it to.
+func (g *signalGate) pass(s syscall.Signal) bool {
+	g.mu.Lock()
+	sb := g.sb
+	if sb == nil && g.start && len(g.pending) < maxHeldSignals {
+		g.pending = append(g.pending, s)
+	}
+	start := g.start
+	g.mu.Unlock()
+	if sb != nil {
+		g.forward(sb, s)
+		return true
+	}
+	return start
+}
+
+func (g *signalGate) forward(sb signalTarget, s syscall.Signal) {
+	if err := sb.Forward(s); err != nil {
+		g.log.Debug("passing a signal on", "signal", s, "err", err)
+	}
 }
 
 // startError explains a sandbox that could not be built.

@@ -5,6 +5,7 @@ import (
 	"os/user"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/tunsocks/tunsocks/internal/testenv"
@@ -72,5 +73,49 @@ func TestExecIdentity(t *testing.T) {
 	}
 	if _, _, _, err := execIdentity("no-such-user-tunsocks", nil); err == nil {
 		t.Error("--user of an unknown user accepted")
+	}
+}
+
+type signalRecorder struct{ got []syscall.Signal }
+
+func (r *signalRecorder) Forward(s syscall.Signal) error {
+	r.got = append(r.got, s)
+	return nil
+}
+
+// TestSignalGate: before the start, a signal is not the command's (exec
+// gives up starting on INT and TERM); during it, it is held and passed on
+// once the command runs (it may have started, and said so, before Run
+// returned: exec used to give up then and kill it); after it, it is passed
+// on at once. A failed start drops what was held.
+func TestSignalGate(t *testing.T) {
+	g := &signalGate{log: discardLogger()}
+	if g.pass(syscall.SIGTERM) {
+		t.Error("a signal before the start was taken")
+	}
+	g.starting()
+	if !g.pass(syscall.SIGTERM) || !g.pass(syscall.SIGHUP) {
+		t.Error("a signal during the start was not held")
+	}
+	r := &signalRecorder{}
+	g.ran(r)
+	if !slices.Equal(r.got, []syscall.Signal{syscall.SIGTERM, syscall.SIGHUP}) {
+		t.Errorf("held signals passed on: %v, want TERM then HUP", r.got)
+	}
+	if !g.pass(syscall.SIGINT) || !slices.Equal(r.got, []syscall.Signal{syscall.SIGTERM, syscall.SIGHUP, syscall.SIGINT}) {
+		t.Errorf("a signal once the command runs: %v", r.got)
+	}
+
+	g = &signalGate{log: discardLogger()}
+	g.starting()
+	for range 2 * maxHeldSignals {
+		g.pass(syscall.SIGWINCH)
+	}
+	if len(g.pending) != maxHeldSignals {
+		t.Errorf("%d signals held, want at most %d", len(g.pending), maxHeldSignals)
+	}
+	g.ran(nil)
+	if g.pass(syscall.SIGINT) || len(g.pending) != 0 {
+		t.Error("after a failed start, a signal was taken or signals are still held")
 	}
 }
