@@ -128,10 +128,10 @@ func execAction(c *cli.Context) error {
 	}
 	done := make(chan ended, 1)
 	var (
-		sb      *sandbox.Sandbox
-		gate    signalGate // where signals go: the command once it runs
-		finder  atomic.Pointer[procinfo.Finder] // the sandbox's sockets, once it exists
-		runErr  error
+		sb     *sandbox.Sandbox
+		gate   signalGate                      // where signals go: the command once it runs
+		finder atomic.Pointer[procinfo.Finder] // the sandbox's sockets, once it exists
+		runErr error
 	)
 	// The command's sockets live in the sandbox's network namespace: the
 	// process lookup (PROCESS-NAME rules, the logs) asks there, through a
