@@ -31,6 +31,8 @@ const (
 type sysFinder struct {
 	proc string // /proc
 
+	diag *diagConn // nil: this process's network namespace
+
 	scanMu sync.Mutex // one /proc scan at a time
 	mu     sync.Mutex
 	inodes map[uint32]pidFD // socket inode -> holder, from earlier scans
@@ -40,6 +42,24 @@ type pidFD struct{ pid, fd string }
 
 func newSysFinder() *sysFinder {
 	return &sysFinder{proc: "/proc", inodes: map[uint32]pidFD{}}
+}
+
+// NewFinderIn is NewFinder for the sockets of another network namespace
+// (an exec sandbox's): diag is a NETLINK_SOCK_DIAG socket opened there, and
+// every kernel query goes through it, one at a time. Processes are still
+// found in this process's /proc, so they must live in its PID namespace or
+// one below it. The Finder owns diag; Close closes it.
+func NewFinderIn(ttl time.Duration, diag *os.File) *Finder {
+	f := NewFinder(ttl)
+	f.sys.diag = &diagConn{f: diag}
+	return f
+}
+
+func (s *sysFinder) close() error {
+	if s.diag == nil {
+		return nil
+	}
+	return s.diag.f.Close()
 }
 
 func (s *sysFinder) lookup(network string, src, dst netip.AddrPort) (string, int, error) {
@@ -53,7 +73,7 @@ func (s *sysFinder) owner(network string, addr netip.AddrPort) (Owner, error) {
 
 func (s *sysFinder) find(network string, src, dst netip.AddrPort) (Owner, error) {
 	o := Owner{PID: -1, UID: -1}
-	inode, uid, err := findSocket(network, src, dst)
+	inode, uid, err := findSocket(s.diag, network, src, dst)
 	if err != nil {
 		return o, err
 	}
@@ -89,7 +109,7 @@ type diagSock struct {
 // walks its whole established table, a few hundred microseconds), preferring
 // a socket bound to exactly src over a wildcard one, and a connected socket
 // over a listener.
-func findSocket(network string, src, dst netip.AddrPort) (uint32, int, error) {
+func findSocket(d *diagConn, network string, src, dst netip.AddrPort) (uint32, int, error) {
 	proto := uint8(unix.IPPROTO_TCP)
 	if network == "udp" {
 		proto = unix.IPPROTO_UDP
@@ -100,7 +120,7 @@ func findSocket(network string, src, dst netip.AddrPort) (uint32, int, error) {
 		if a.Is4() {
 			family = unix.AF_INET
 		}
-		if s, err := diagExact(family, proto, src, dst); err == nil && s.inode != 0 {
+		if s, err := diagExact(d, family, proto, src, dst); err == nil && s.inode != 0 {
 			return s.inode, s.uid, nil
 		}
 	}
@@ -118,7 +138,7 @@ func findSocket(network string, src, dst netip.AddrPort) (uint32, int, error) {
 	}
 	var errs []error
 	for _, q := range queries {
-		socks, err := diagDump(q.family, proto, src.Port())
+		socks, err := diagDump(d, q.family, proto, src.Port())
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -155,7 +175,7 @@ func findSocket(network string, src, dst netip.AddrPort) (uint32, int, error) {
 
 // diagExact asks for the one socket with local address src and remote
 // address dst.
-func diagExact(family, proto uint8, src, dst netip.AddrPort) (diagSock, error) {
+func diagExact(d *diagConn, family, proto uint8, src, dst netip.AddrPort) (diagSock, error) {
 	req := diagRequest(family, proto, 0)
 	req = req[:unix.NLMSG_HDRLEN+sizeofReqV2] // no bytecode
 	ne := binary.NativeEndian
@@ -173,7 +193,7 @@ func diagExact(family, proto uint8, src, dst netip.AddrPort) (diagSock, error) {
 		copy(id[4:], a[:])
 		copy(id[20:], b[:])
 	}
-	socks, err := diagExchange(req, family)
+	socks, err := d.exchange(req, family)
 	if err != nil {
 		return diagSock{}, err
 	}
@@ -185,20 +205,54 @@ func diagExact(family, proto uint8, src, dst netip.AddrPort) (diagSock, error) {
 
 // diagDump lists the sockets of family and proto whose local port is port,
 // filtered in the kernel with sock_diag bytecode.
-func diagDump(family, proto uint8, port uint16) ([]diagSock, error) {
-	return diagExchange(diagRequest(family, proto, port), family)
+func diagDump(d *diagConn, family, proto uint8, port uint16) ([]diagSock, error) {
+	return d.exchange(diagRequest(family, proto, port), family)
 }
 
-// diagExchange sends a sock_diag request and collects the sockets of family
-// in the reply, up to NLMSG_DONE, an error, or (for a single-socket request)
+// diagConn is where sock_diag requests go. A nil one opens a socket for
+// each request, in this process's network namespace; otherwise f is a
+// socket opened in another namespace, shared by the requests in turn.
+type diagConn struct {
+	mu  sync.Mutex
+	f   *os.File
+	seq uint32
+}
+
+// exchange sends a sock_diag request and collects the sockets of family in
+// the reply, up to NLMSG_DONE, an error, or (for a single-socket request)
 // the first answer.
-func diagExchange(req []byte, family uint8) ([]diagSock, error) {
-	dump := binary.NativeEndian.Uint16(req[6:])&unix.NLM_F_DUMP != 0
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+func (d *diagConn) exchange(req []byte, family uint8) ([]diagSock, error) {
+	if d == nil {
+		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+		if err != nil {
+			return nil, fmt.Errorf("sock_diag socket: %w", err)
+		}
+		defer unix.Close(fd)
+		return diagExchange(fd, req, family)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// A fresh sequence number: the answer to an earlier request that
+	// timed out may still arrive, and is skipped.
+	d.seq++
+	binary.NativeEndian.PutUint32(req[8:], d.seq)
+	rc, err := d.f.SyscallConn()
 	if err != nil {
 		return nil, fmt.Errorf("sock_diag socket: %w", err)
 	}
-	defer unix.Close(fd)
+	var socks []diagSock
+	var xerr error
+	if err := rc.Control(func(fd uintptr) { socks, xerr = diagExchange(int(fd), req, family) }); err != nil {
+		return nil, fmt.Errorf("sock_diag socket: %w", err)
+	}
+	return socks, xerr
+}
+
+// diagExchange is one request and its answer on the netlink socket fd.
+// Messages whose sequence number is not the request's are skipped.
+func diagExchange(fd int, req []byte, family uint8) ([]diagSock, error) {
+	dump := binary.NativeEndian.Uint16(req[6:])&unix.NLM_F_DUMP != 0
+	seq := binary.NativeEndian.Uint32(req[8:])
 	tv := unix.NsecToTimeval(diagTimeout.Nanoseconds())
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
 		return nil, fmt.Errorf("sock_diag timeout: %w", err)
@@ -231,6 +285,9 @@ func diagExchange(req []byte, family uint8) ([]diagSock, error) {
 		}
 		for _, m := range msgs {
 			n++
+			if m.seq != seq {
+				continue
+			}
 			switch m.typ {
 			case unix.NLMSG_DONE:
 				return out, nil
@@ -262,6 +319,7 @@ func diagExchange(req []byte, family uint8) ([]diagSock, error) {
 
 type nlMsg struct {
 	typ  uint16
+	seq  uint32
 	data []byte
 }
 
@@ -273,7 +331,7 @@ func parseNetlink(b []byte) ([]nlMsg, error) {
 		if l < unix.NLMSG_HDRLEN || l > len(b) {
 			return nil, fmt.Errorf("bad netlink message length %d of %d", l, len(b))
 		}
-		out = append(out, nlMsg{typ: binary.NativeEndian.Uint16(b[4:]), data: b[unix.NLMSG_HDRLEN:l]})
+		out = append(out, nlMsg{typ: binary.NativeEndian.Uint16(b[4:]), seq: binary.NativeEndian.Uint32(b[8:]), data: b[unix.NLMSG_HDRLEN:l]})
 		l = (l + unix.NLMSG_ALIGNTO - 1) &^ (unix.NLMSG_ALIGNTO - 1)
 		if l >= len(b) {
 			break

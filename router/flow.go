@@ -78,7 +78,7 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 	}
 	d := r.decide(ctx, m)
 	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, InType: in.typ, InName: in.name, InUser: in.user,
-		Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
+		Process: m.Process, Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
 	r.countFlow("tcp", in, rec.Outbound, d)
 	d.Hits.Hit()
 	switch {
@@ -263,7 +263,7 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	relay.PutPacketBuf(bp)
 	e.upC.Add(int64(first.n))
 	if rec.Outbound == "" {
-		rec.Outbound, rec.Rule, rec.Host = first.name, first.rule, first.host
+		rec.Outbound, rec.Rule, rec.Host, rec.Process = first.name, first.rule, first.host, first.process
 		r.countFlow("udp", in, first.name, first.d)
 		first.d.Hits.Hit()
 		if first.m != nil {
@@ -506,6 +506,7 @@ type routeResult struct {
 	n          int
 	name, rule string
 	host       string
+	process    string
 	err        error
 	// The decision and what it was made on, for the flow's first datagram
 	// (m is nil for DNS answered in-process).
@@ -529,7 +530,7 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 		m.Host, m.RealDst = s.sniffHost, true
 	}
 	d := r.decide(ctx, m)
-	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host, d: d, m: m, target: target}
+	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host, process: m.Process, d: d, m: m, target: target}
 	if d.Action != Proxy || d.Outbound == nil {
 		r.stats.Rejected.Add(1)
 		if u, ok := s.f.(unreacher); ok && d.Action == Reject {

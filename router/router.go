@@ -92,6 +92,7 @@ type FlowRecord struct {
 	InType    string // the inbound the flow came through (see Inbound); "" when untagged
 	InName    string
 	InUser    string
+	Process   string // the app's executable, when a rule or the inbound looked it up
 	Outbound  string // outbound name, or REJECT / REJECT-DROP
 	Rule      string
 	Up, Down  int64
@@ -356,6 +357,9 @@ func (r *Router) decide(ctx context.Context, m *rules.Metadata) Decision {
 		if m.InUser != "" {
 			attrs = append(attrs, "user", m.InUser)
 		}
+		if m.Process != "" {
+			attrs = append(attrs, "proc", m.Process)
+		}
 		r.log.Debug("decision", attrs...)
 	}
 	return d
@@ -389,6 +393,9 @@ func (r *Router) finish(rec FlowRecord) {
 	}
 	if rec.InUser != "" {
 		attrs = append(attrs, "user", rec.InUser)
+	}
+	if rec.Process != "" {
+		attrs = append(attrs, "proc", rec.Process)
 	}
 	switch {
 	case errors.Is(rec.Err, ErrClosedByRequest):

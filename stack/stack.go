@@ -380,7 +380,6 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		s.sys.link = s.link
 		s.sys.run()
 	}
-	s.link.start()
 
 	fail := func(what string, terr tcpip.Error) (*Stack, error) {
 		cancel()
@@ -420,6 +419,9 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 	gs.SetTransportProtocolHandler(udp.ProtocolNumber, s.handleUDPPacket)
 	gs.SetTransportProtocolHandler(icmp.ProtocolNumber4, s.handleICMPv4)
 
+	// Only now: packets already waiting on the device (a TUN brought up
+	// before the stack) must meet a finished stack, not race with it.
+	s.link.start()
 	if s.sys != nil {
 		s.sys.selfTest()
 	}

@@ -26,20 +26,9 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	if cfg.FD != NoFD {
 		return nil, fmt.Errorf("tun: invalid descriptor %d (use -1 to create by name)", cfg.FD)
 	}
-	mtu := cfg.MTU
-	if mtu == 0 {
-		mtu = DefaultMTU
-	}
-	if mtu < 68 || mtu > 65535 {
-		return nil, fmt.Errorf("tun: MTU %d out of range 68..65535", mtu)
-	}
-	if len(cfg.Name) >= unix.IFNAMSIZ {
-		return nil, fmt.Errorf("tun: name %q longer than %d bytes", cfg.Name, unix.IFNAMSIZ-1)
-	}
-	for _, p := range cfg.Addrs {
-		if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
-			return nil, fmt.Errorf("tun: invalid address prefix %v", p)
-		}
+	mtu, err := cfg.checkCreate()
+	if err != nil {
+		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -87,6 +76,27 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	log.Debug("tun opened", "name", name, "index", d.index, "created", d.created, "mtu", mtu,
 		"batch", dev.BatchSize(), "addrs", cfg.Addrs)
 	return d, nil
+}
+
+// checkCreate validates the parts of cfg that creating a device uses and
+// returns the MTU to set.
+func (cfg Config) checkCreate() (int, error) {
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = DefaultMTU
+	}
+	if mtu < 68 || mtu > 65535 {
+		return 0, fmt.Errorf("tun: MTU %d out of range 68..65535", mtu)
+	}
+	if len(cfg.Name) >= unix.IFNAMSIZ {
+		return 0, fmt.Errorf("tun: name %q longer than %d bytes", cfg.Name, unix.IFNAMSIZ-1)
+	}
+	for _, p := range cfg.Addrs {
+		if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
+			return 0, fmt.Errorf("tun: invalid address prefix %v", p)
+		}
+	}
+	return mtu, nil
 }
 
 // createPlain is wgtun.CreateTUN without IFF_VNET_HDR: one packet per call,

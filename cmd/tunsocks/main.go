@@ -21,6 +21,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/tunsocks/tunsocks/api"
+	"github.com/tunsocks/tunsocks/sandbox"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3";
@@ -35,6 +36,11 @@ const (
 )
 
 func main() {
+	if sandbox.IsInit(os.Args) {
+		// This process is an exec sandbox's init (re-executed by
+		// sandbox.Start): nothing else of tunsocks runs in it.
+		os.Exit(sandbox.RunInit())
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args, os.Stdout, os.Stderr)
 	stop()
@@ -122,6 +128,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			demoCommand(),
 			explainCommand(),
 			checkCommand(),
+			execCommand(),
 			cleanupCommand(),
 		},
 		// Errors are printed by run, once, with the right exit code.

@@ -24,6 +24,7 @@ import (
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/memguard"
 	"github.com/tunsocks/tunsocks/metrics"
+	"github.com/tunsocks/tunsocks/policy"
 	"github.com/tunsocks/tunsocks/procinfo"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/rules"
@@ -303,6 +304,18 @@ type pipelineHooks struct {
 	// noTUN runs without a TUN ('tunsocks wg': the WireGuard inbound
 	// alone, unprivileged).
 	noTUN bool
+	// device, when set, provides the TUN instead of cfg.Tun: exec builds
+	// its sandbox here, once the wiring (whose DNS address goes into the
+	// sandbox's resolv.conf) exists.
+	device func(ctx context.Context, w *wiring) (*tun.Device, error)
+	// decide, when set, wraps the policy's decider.
+	decide func(router.Decider) router.Decider
+	// inbound, when set, is the inbound the TUN's flows carry instead of
+	// the TUN's own.
+	inbound *router.Inbound
+	// lookup, when set, finds the processes of flows for process rules
+	// instead of a Finder of this namespace.
+	lookup policy.ProcessLookup
 	// stdout is where client configs and QR codes are printed.
 	stdout io.Writer
 	// stateDir is where host routing records what it installs; notice
@@ -354,7 +367,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	}
 	reg := metrics.NewRegistry()
 	registerProcessMetrics(reg, time.Now())
-	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true, dnsObserve: dnsMetrics(reg)})
+	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true, lookup: hooks.lookup, dnsObserve: dnsMetrics(reg)})
 	if err != nil {
 		return err
 	}
@@ -376,10 +389,16 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		rc.Admit = guard.Allow
 	}
 	rc.Sniff = w.sniffConfig()
+	if hooks.decide != nil {
+		rc.Decide = hooks.decide(rc.Decide)
+	}
 	if cfg.API.Listen != "" {
 		// The flow table shows every flow's process; looked up only while
-		// someone lists the flows.
-		rc.Process = procinfo.NewFinder(2 * time.Second).LookupFlow
+		// someone lists the flows (exec: in its sandbox).
+		rc.Process = hooks.lookup
+		if rc.Process == nil {
+			rc.Process = procinfo.NewFinder(2 * time.Second).LookupFlow
+		}
 	}
 	rt, err = router.New(rc)
 	if err != nil {
@@ -419,7 +438,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 
 	var tr *tunRun
 	if !hooks.noTUN {
-		if tr, err = startTUN(ctx, cfg, rt, tcp, hooks, log); err != nil {
+		if tr, err = startTUN(ctx, cfg, w, rt, tcp, hooks, log); err != nil {
 			return err
 		}
 		defer tr.close()
@@ -629,15 +648,22 @@ func (t *tunRun) close() {
 
 // startTUN opens the TUN device and starts its stack, whose flows the
 // router gets tagged as the TUN's.
-func startTUN(ctx context.Context, cfg *config.Config, rt *router.Router, tcp stack.TCPOptions, hooks pipelineHooks, log *slog.Logger) (_ *tunRun, err error) {
+func startTUN(ctx context.Context, cfg *config.Config, w *wiring, rt *router.Router, tcp stack.TCPOptions, hooks pipelineHooks, log *slog.Logger) (_ *tunRun, err error) {
 	tr := &tunRun{}
 	open := func() error {
 		var err error
 		tr.dev, err = tun.Open(ctx, tun.Config{Name: cfg.Tun.Name, FD: cfg.Tun.FD, Addrs: cfg.Tun.Addrs, MTU: cfg.Tun.MTU, Offload: cfg.Tun.Offload, Logger: log})
 		return err
 	}
+	if hooks.device != nil {
+		open = func() error {
+			var err error
+			tr.dev, err = hooks.device(ctx, w)
+			return err
+		}
+	}
 	if err := hooks.inTunNetns(open); err != nil {
-		if errors.Is(err, os.ErrPermission) {
+		if hooks.device == nil && errors.Is(err, os.ErrPermission) {
 			return nil, fmt.Errorf("%w (creating a TUN device needs root or CAP_NET_ADMIN)", err)
 		}
 		return nil, err
@@ -651,7 +677,11 @@ func startTUN(ctx context.Context, cfg *config.Config, rt *router.Router, tcp st
 		}
 	}()
 
-	tunIn := rt.Handler(router.Inbound{Type: rules.InTUN, Name: tr.dev.Name()})
+	in := router.Inbound{Type: rules.InTUN, Name: tr.dev.Name()}
+	if hooks.inbound != nil {
+		in = *hooks.inbound
+	}
+	tunIn := rt.Handler(in)
 	scfg := stack.Config{Device: tr.dev, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp}
 	udpLimits(&scfg, cfg.Limits)
 	if cfg.Tun.Pcap != "" {

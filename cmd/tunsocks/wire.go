@@ -40,6 +40,9 @@ type wireOptions struct {
 	dns bool
 	// process looks up the process of a flow for process rules.
 	process bool
+	// lookup, when set, is how: exec looks sockets up in its sandbox's
+	// network namespace. nil: a Finder of this one.
+	lookup policy.ProcessLookup
 	// dnsObserve, when set, is told of every DNS query answered (metrics).
 	dnsObserve func(qtype, answer string)
 }
@@ -108,7 +111,10 @@ func (w *wiring) buildPolicy(cfg *config.Config, log *slog.Logger) (*policy.Poli
 		pc.Default = outbounds[cfg.Proxy]
 	}
 	if w.opts.process && cfg.Ruleset != nil && cfg.Ruleset.NeedsProcess() {
-		pc.Process = procinfo.NewFinder(2 * time.Second).LookupFlow
+		pc.Process = w.opts.lookup
+		if pc.Process == nil {
+			pc.Process = procinfo.NewFinder(2 * time.Second).LookupFlow
+		}
 	}
 	if w.pool != nil {
 		pc.Pool, pc.RealNames, pc.Nameservers = w.pool, w.names, cfg.DNS.Servers
