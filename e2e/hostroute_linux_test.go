@@ -671,6 +671,20 @@ func TestGatewayDevice(t *testing.T) {
 	if n := hl.socksRequests("web.test:80", 1); n != 1 {
 		t.Errorf("SOCKS server logged %d requests for web.test:80, want 1", n)
 	}
+	// The device's flow is tagged as the gateway's (IN-TYPE gateway,
+	// IN-NAME lan0), not as the TUN's.
+	tagged := false
+	for _, l := range strings.Split(run.out.String(), "\n") {
+		if strings.Contains(l, "msg=decision") && strings.Contains(l, "host=web.test") {
+			if !strings.Contains(l, "in=lan0") || !strings.Contains(l, "src="+hrDevice.String()+":") {
+				t.Errorf("the device's flow: %s\nwant in=lan0 and src=%s", l, hrDevice)
+			}
+			tagged = true
+		}
+	}
+	if !tagged {
+		t.Error("no decision logged for the device's flow to web.test")
+	}
 	if got := hl.requestsTo(web4); len(got) != 1 || got[0] == hrHostUp.String() || got[0] == hrDevice.String() {
 		t.Errorf("web server saw %v, want one request from the SOCKS server", got)
 	}

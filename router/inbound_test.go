@@ -50,6 +50,14 @@ func TestHandlerTagsFlowsWithInbound(t *testing.T) {
 		}
 		return ""
 	}}
+	// A TUN that also carries a gateway's forwarded flows: sources on the
+	// LAN 192.168.50.0/24 are tagged as the gateway's, others stay the TUN's.
+	gw := Inbound{Type: rules.InTUN, Name: "tsk0", Classify: func(src netip.Addr) (string, string) {
+		if netip.MustParsePrefix("192.168.50.0/24").Contains(src) {
+			return rules.InGateway, "lan0"
+		}
+		return "", ""
+	}}
 	for _, tc := range []struct {
 		name    string
 		h       stack.Handler
@@ -59,6 +67,8 @@ func TestHandlerTagsFlowsWithInbound(t *testing.T) {
 		{"tagged", r.Handler(in), flowIn{"wireguard", "wg", "pixel"}, netip.MustParsePrefix("10.0.0.2/24")},
 		{"tagged other peer", r.Handler(in), flowIn{"wireguard", "wg", ""}, netip.MustParsePrefix("10.0.0.3/24")},
 		{"untagged", r, flowIn{}, netip.MustParsePrefix("10.0.0.2/24")},
+		{"forwarded by a gateway", r.Handler(gw), flowIn{"gateway", "lan0", ""}, netip.MustParsePrefix("192.168.50.7/24")},
+		{"the host's own through the gateway's TUN", r.Handler(gw), flowIn{"tun", "tsk0", ""}, netip.MustParsePrefix("198.18.0.1/15")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s.mu.Lock()

@@ -181,6 +181,11 @@ type Inbound struct {
 	// User names the user behind a flow from its source address (a
 	// WireGuard peer by its tunnel address); nil, or "", for none.
 	User func(src netip.Addr) string
+	// Classify, when not nil, may re-tag a flow by its source: a TUN that
+	// also carries what devices forward through this host (gateway mode)
+	// tags their flows rules.InGateway with the interface's name. A ""
+	// type keeps Type and Name.
+	Classify func(src netip.Addr) (typ, name string)
 }
 
 // flowIn is an Inbound resolved for one flow.
@@ -191,6 +196,11 @@ func (in *Inbound) tag(src netip.AddrPort) flowIn {
 		return flowIn{}
 	}
 	f := flowIn{typ: in.Type, name: in.Name}
+	if in.Classify != nil {
+		if typ, name := in.Classify(src.Addr().Unmap()); typ != "" {
+			f.typ, f.name = typ, name
+		}
+	}
 	if in.User != nil {
 		f.user = in.User(src.Addr().Unmap())
 	}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/tunsocks/tunsocks/api"
 	"github.com/tunsocks/tunsocks/config"
+	"github.com/tunsocks/tunsocks/hostnet"
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/memguard"
 	"github.com/tunsocks/tunsocks/metrics"
@@ -678,6 +679,17 @@ func startTUN(ctx context.Context, cfg *config.Config, w *wiring, rt *router.Rou
 	}()
 
 	in := router.Inbound{Type: rules.InTUN, Name: tr.dev.Name()}
+	if gw := cfg.Route.Gateway; gw != "" {
+		// The TUN carries the host's own flows and those its gateway
+		// devices forward: tag the latter IN-TYPE gateway, IN-NAME gw.
+		forwarded := hostnet.ForwardedFrom(gw)
+		in.Classify = func(src netip.Addr) (string, string) {
+			if forwarded(src) {
+				return rules.InGateway, gw
+			}
+			return "", ""
+		}
+	}
 	if hooks.inbound != nil {
 		in = *hooks.inbound
 	}
