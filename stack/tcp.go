@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -77,7 +79,7 @@ func (r *TCPRequest) Accept() (Conn, error) {
 		ep.SocketOptions().SetKeepAlive(true)
 	}
 
-	c := &tcpConn{TCPConn: gonet.NewTCPConn(&wq, ep), s: r.s}
+	c := &tcpConn{TCPConn: gonet.NewTCPConn(&wq, ep), s: r.s, ep: ep, wq: &wq}
 	s := r.s
 	s.mu.Lock()
 	if s.closed {
@@ -166,11 +168,79 @@ func (s *Stack) handleRequest(r *TCPRequest) {
 	}
 }
 
-// tcpConn counts payload bytes and unregisters itself on Close.
+// tcpConn counts payload bytes and unregisters itself on Close. It can
+// wait for the app's next bytes without a buffer (WaitRead).
 type tcpConn struct {
 	*gonet.TCPConn
 	s         *Stack
+	ep        tcpip.Endpoint
+	wq        *waiter.Queue
 	closeOnce sync.Once
+
+	readDeadline atomic.Int64 // UnixNano, 0 for none: gonet keeps its own private copy
+	waitTimer    *time.Timer  // WaitRead's, made on its first timed wait
+}
+
+// WaitRead returns once a Read would not block: the app's bytes, its FIN
+// or an error are waiting, or the connection was closed. It holds no
+// buffer while it waits, so a relay of an idle connection holds none
+// (relay.ReadWaiter). When the read deadline passes first it returns an
+// error wrapping os.ErrDeadlineExceeded, as Read would. One goroutine at a
+// time may call it (the connection's reader).
+func (c *tcpConn) WaitRead() error {
+	if c.ep.Readiness(waiter.ReadableEvents) != 0 {
+		return nil
+	}
+	entry, notify := waiter.NewChannelEntry(waiter.ReadableEvents)
+	c.wq.EventRegister(&entry)
+	defer c.wq.EventUnregister(&entry)
+	for c.ep.Readiness(waiter.ReadableEvents) == 0 {
+		var expired <-chan time.Time
+		if d := c.readDeadline.Load(); d != 0 {
+			left := time.Until(time.Unix(0, d))
+			if left <= 0 {
+				return &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.ErrDeadlineExceeded}
+			}
+			if c.waitTimer == nil {
+				c.waitTimer = time.NewTimer(left)
+			} else {
+				c.waitTimer.Reset(left)
+			}
+			expired = c.waitTimer.C
+		}
+		select {
+		case <-notify:
+		case <-expired:
+		}
+		if c.waitTimer != nil {
+			c.waitTimer.Stop()
+		}
+	}
+	return nil
+}
+
+// SetDeadline and SetReadDeadline also wake a WaitRead, which looks at the
+// new deadline.
+func (c *tcpConn) SetDeadline(t time.Time) error {
+	err := c.TCPConn.SetDeadline(t)
+	c.setReadDeadline(t)
+	return err
+}
+
+func (c *tcpConn) SetReadDeadline(t time.Time) error {
+	err := c.TCPConn.SetReadDeadline(t)
+	c.setReadDeadline(t)
+	return err
+}
+
+func (c *tcpConn) setReadDeadline(t time.Time) {
+	var d int64
+	if !t.IsZero() {
+		d = t.UnixNano()
+	}
+	if c.readDeadline.Swap(d) != d {
+		c.wq.Notify(waiter.ReadableEvents)
+	}
 }
 
 func (c *tcpConn) Read(p []byte) (int, error) {
@@ -199,11 +269,13 @@ func (c *tcpConn) Close() error {
 	return nil
 }
 
-// SetDeadline and friends are promoted from gonet.TCPConn; listed here so
-// the wrapper's method set is obvious.
+// SetWriteDeadline and CloseWrite are promoted from gonet.TCPConn; listed
+// here so the wrapper's method set is obvious.
 var _ interface {
 	SetDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
 	CloseWrite() error
+	WaitRead() error
 } = (*tcpConn)(nil)
 
 // acceptSystem completes the app's handshake in system TCP mode.

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/memtrim"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/stack"
@@ -54,6 +55,8 @@ func runFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "dns", Usage: "answer DNS on the TUN with fake IPs (default: on when a rule needs a domain)", EnvVars: env("dns")},
 		&cli.BoolFlag{Name: "dns-hijack", Usage: "answer every DNS query to port 53, whatever its address", EnvVars: env("dns-hijack")},
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
+		&cli.BoolFlag{Name: "memtrim", Value: true, Hidden: true, Usage: "give free heap back to the system after a burst, once traffic is quiet (false to measure without)"},
+		&cli.StringFlag{Name: "pprof", Hidden: true, Usage: "serve runtime profiles on this loopback address (GET /debug/pprof/heap?gc=1; for scripts/bench.sh -heap-profiles)"},
 		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
 	}
@@ -195,7 +198,12 @@ func runCommand() *cli.Command {
 				}
 				defer stop()
 			}
-			return runPipeline(c.Context, cfg, log, pipelineHooks{})
+			if addr := c.String("pprof"); addr != "" {
+				if err := startPprof(c.Context, addr, log); err != nil {
+					return err
+				}
+			}
+			return runPipeline(c.Context, cfg, log, pipelineHooks{noTrim: !c.Bool("memtrim")})
 		},
 	}
 }
@@ -209,6 +217,8 @@ type pipelineHooks struct {
 	// started is called once the device is up, with its name.
 	started func(dev string)
 	onFlow  func(router.FlowRecord)
+	// noTrim leaves memory to the runtime alone (see internal/memtrim).
+	noTrim bool
 }
 
 // inTunNetns runs fn where the TUN lives: through inNetns, or here.
@@ -311,6 +321,21 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if err := w.serveExtraDNS(ctx, log); err != nil {
 		st.Close()
 		return err
+	}
+
+	if !hooks.noTrim {
+		// After a burst (a bulk transfer, thousands of handshakes) the
+		// runtime keeps the heap and the grown stacks; once traffic is
+		// quiet they go back to the system. A new flow counts as 4 KiB
+		// of activity.
+		s := rt.Stats()
+		tr := memtrim.New(func() uint64 {
+			return uint64(s.Up.Load()+s.Down.Load()) + uint64(s.TCPTotal.Load()+s.UDPTotal.Load())<<12
+		}, memtrim.Options{})
+		tctx, stopTrim := context.WithCancel(ctx)
+		trimDone := make(chan struct{})
+		go func() { tr.Run(tctx); close(trimDone) }()
+		defer func() { stopTrim(); <-trimDone }()
 	}
 
 	start := time.Now()

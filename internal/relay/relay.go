@@ -19,8 +19,9 @@ import (
 )
 
 // bufSize is the copy buffer of one direction: big enough for a TSO-sized
-// read from a netstack conn, small enough that 10,000 relays cost 640 MiB at
-// worst and far less in practice since buffers are pooled between reads.
+// read from a netstack conn. A direction holds one only while bytes move:
+// it waits for the next bytes without one when its source can (see
+// ReadWaiter and readKernel), so an idle relay holds none.
 const bufSize = 32 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
@@ -41,6 +42,16 @@ type StreamOptions struct {
 
 // closeWriter is a connection that can send a FIN without closing its read side.
 type closeWriter interface{ CloseWrite() error }
+
+// ReadWaiter is a connection that can wait for its next bytes without a
+// buffer (the netstack's connections): WaitRead returns once a Read would
+// not block (bytes, the end of the stream or an error are there), or with
+// an error wrapping os.ErrDeadlineExceeded when the read deadline passes.
+// The relay then takes a buffer from its pool only for the Read, so an
+// idle connection holds none.
+type ReadWaiter interface {
+	WaitRead() error
+}
 
 // Stream relays between a and b until both directions have finished, the
 // pair has been idle for opts.Idle, or ctx is done. It closes a and b before
@@ -147,11 +158,16 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 	var total int64
 	srcTCP, dstTCP := tcpOf(src), tcpOf(dst)
 	splice := srcTCP != nil && dstTCP != nil
+	// The buffer is held only while bytes move: read takes it from the
+	// pool once bytes are there (where src can say so), and the loop puts
+	// it back before the next wait.
+	read := pooledRead(src)
 	var bp *[]byte
-	if !splice {
-		bp = bufPool.Get().(*[]byte)
-		defer bufPool.Put(bp)
-	}
+	defer func() {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}()
 	if idle > 0 {
 		src.SetReadDeadline(time.Now().Add(idle))
 	}
@@ -167,7 +183,7 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 			eof = err == nil && lr.N > 0
 		} else {
 			var nr int
-			nr, err = src.Read(*bp)
+			nr, err = read(&bp)
 			if nr > 0 {
 				nw, werr := dst.Write((*bp)[:nr])
 				n = int64(nw)
@@ -179,6 +195,12 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 			}
 			if err == io.EOF {
 				eof, err = true, nil
+			}
+			if bp != nil && nr < len(*bp) {
+				// A short read: the source is likely drained, and the
+				// next read likely waits. Wait without the buffer.
+				bufPool.Put(bp)
+				bp = nil
 			}
 		}
 		if n > 0 {
@@ -216,6 +238,38 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 		dst.Close()
 	}
 	return total, nil
+}
+
+// pooledRead returns how copyHalf reads src: into *bp, which it takes from
+// the pool if nil, once bytes are there when src can wait without a
+// buffer (a kernel TCP socket, through the runtime poller; a ReadWaiter);
+// otherwise as a plain Read into a buffer taken first.
+func pooledRead(src net.Conn) func(bp **[]byte) (int, error) {
+	get := func(bp **[]byte) {
+		if *bp == nil {
+			*bp = bufPool.Get().(*[]byte)
+		}
+	}
+	if tc, ok := src.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil && canReadKernel {
+			return func(bp **[]byte) (int, error) { return readKernel(tc, rc, bp, get) }
+		}
+	}
+	if w, ok := src.(ReadWaiter); ok {
+		return func(bp **[]byte) (int, error) {
+			if *bp == nil {
+				if err := w.WaitRead(); err != nil {
+					return 0, err
+				}
+				get(bp)
+			}
+			return src.Read(**bp)
+		}
+	}
+	return func(bp **[]byte) (int, error) {
+		get(bp)
+		return src.Read(**bp)
+	}
 }
 
 // KernelConner is a connection that wraps a kernel TCP socket and lets the

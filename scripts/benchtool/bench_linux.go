@@ -41,6 +41,7 @@ type config struct {
 	skipIperf bool            // no iperf3 rows
 	aaCheck   bool            // the tunsocks columns' rate runs go to the SOCKS server directly
 	runArgs   string          // extra arguments for tunsocks run
+	heapDir   string          // where tunsocks' heap profiles go ("" for none)
 	runEnv    string          // extra environment for tunsocks run
 	tunPaths  []path          // TUN columns measured: tunPath (gVisor), sysPath (--tcp-stack system), peers
 }
@@ -58,12 +59,12 @@ const (
 	limitAfterBulk    = 1.25     // RSS after bulk and idle, over RSS at start
 	limitPerConn      = 12 << 10 // memory per idle TCP connection
 	limitRSSAt10k     = 200 << 20
-	maxOpenFiles      = 20000 // this machine's hard limit of open files
-	udpEchoPort       = 7100  // the remote host's UDP echo service
-	udpHeldPortBase   = 2000  // app source ports of the held UDP flows
-	udpFloodPortBase  = 10000 // and of the offered ones
-	idleOpenWorkers   = 8     // goroutines opening and poking idle connections
-	idleSettle        = 3 * time.Second
+	maxOpenFiles      = 20000            // this machine's hard limit of open files
+	udpEchoPort       = 7100             // the remote host's UDP echo service
+	udpHeldPortBase   = 2000             // app source ports of the held UDP flows
+	udpFloodPortBase  = 10000            // and of the offered ones
+	idleOpenWorkers   = 8                // goroutines opening and poking idle connections
+	idleSettle        = 10 * time.Second // idle before RSS is read: tunsocks gives a burst's memory back after 2-4 s quiet
 	idleOpenTimeLimit = 3 * time.Minute
 )
 

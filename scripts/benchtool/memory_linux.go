@@ -1,14 +1,19 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -23,6 +28,10 @@ import (
 // below tunsocks' default per-source new-flow rate (250/s), so the row
 // measures flows, not the rate limit.
 const udpHeldRate = 200
+
+// pprofAddr is where tunsocks serves its profiles in the app host when
+// -heap-profiles is set.
+const pprofAddr = "127.0.0.1:6061"
 
 // measureCopyRTT fills p's round-trip rows through the copying SOCKS
 // server.
@@ -91,6 +100,7 @@ func (b *bench) measureIdle(ctx context.Context, l *lab.Lab, p path, mtu int, ts
 	}
 	time.Sleep(time.Second) // let the probe's flow finish
 	before, berr := rss(ts.pid)
+	b.heapProfile(l, p, "idle-0")
 	var conns []net.Conn
 	defer func() {
 		for _, c := range conns {
@@ -123,6 +133,7 @@ func (b *bench) measureIdle(ctx context.Context, l *lab.Lab, p path, mtu int, ts
 			err = berr
 		}
 		b.record(rp, p, (v-before)/float64(n), err)
+		b.heapProfile(l, p, fmt.Sprintf("idle-%d", n))
 		if n == b.cfg.idleMax {
 			b.record(b.tab.declare(rssScaledRow(n), memory, 0), p, before+(v-before)*10000/float64(n), err)
 			ok, err := poke(ctx, l, conns)
@@ -130,6 +141,54 @@ func (b *bench) measureIdle(ctx context.Context, l *lab.Lab, p path, mtu int, ts
 		}
 	}
 	return nil
+}
+
+// heapProfile saves a heap profile of tunsocks (not of a peer) into
+// -heap-profiles DIR, as PATH-WHAT.heap, when that flag is set; tunsocks
+// then runs with --pprof on pprofAddr in the app host.
+func (b *bench) heapProfile(l *lab.Lab, p path, what string) {
+	if b.cfg.heapDir == "" || p.isPeer() {
+		return
+	}
+	for _, what := range []string{what + ".memstats", what + ".heap"} {
+		if err := b.fetchProfile(l, p, what); err != nil {
+			fmt.Fprintf(b.log, "%-10s  profile %s: error: %v\n", p, what, err)
+		}
+	}
+}
+
+// fetchProfile saves /debug/pprof/heap (what ends in .heap) or
+// /debug/memstats into -heap-profiles DIR.
+func (b *bench) fetchProfile(l *lab.Lab, p path, what string) error {
+	file := filepath.Join(b.cfg.heapDir, fmt.Sprintf("%s-%s", p, what))
+	url := "/debug/pprof/heap?gc=1"
+	if strings.HasSuffix(what, ".memstats") {
+		url = "/debug/memstats"
+	}
+	return l.Do(l.App, func() error {
+		c, err := net.DialTimeout("tcp", pprofAddr, ioTimeout)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.WriteString(c, "GET "+url+" HTTP/1.0\r\nHost: tunsocks\r\n\r\n"); err != nil {
+			return err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET heap profile: %s", resp.Status)
+		}
+		data, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(file, data, 0o644)
+	})
 }
 
 // openIdle opens n connections with idleOpenWorkers goroutines, each

@@ -54,6 +54,9 @@ func (b *bench) tunCommand(p path, mtu int, socks netip.AddrPort, dir string) (s
 		if p == sysPath {
 			args = append(args, "--tcp-stack", "system")
 		}
+		if b.cfg.heapDir != "" {
+			args = append(args, "--pprof", pprofAddr)
+		}
 		return b.cfg.tunsocks, append(args, strings.Fields(b.cfg.runArgs)...), nil
 	case t2sPath:
 		// tun2socks creates the device and leaves it down, without an
