@@ -62,7 +62,7 @@ func (b *bench) tunCommand(p path, mtu int, socks netip.AddrPort, dir string) (s
 		// tun2socks creates the device and leaves it down, without an
 		// address; benchtool brings it up (see upAndRoute).
 		return b.cfg.peers[p], []string{"-device", "tun://" + tunDev, "-proxy", "socks5://" + socks.String(),
-			"-mtu", strconv.Itoa(mtu), "-loglevel", "warning"}, nil
+			"-mtu", strconv.Itoa(mtu), "-loglevel", "warn"}, nil
 	case hevPath:
 		// hev-socks5-tunnel reads one YAML file; its defaults otherwise
 		// (UDP relayed by UDP ASSOCIATE, 64 KiB TCP buffers, 86,016-byte
