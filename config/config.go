@@ -57,6 +57,10 @@ type Config struct {
 
 	DNS DNSConfig `yaml:"dns"`
 
+	// WireGuard, when set, runs the WireGuard inbound (phones join by QR
+	// code); nil: off.
+	WireGuard *WireGuardConfig `yaml:"wireguard"`
+
 	// Path is the file the config came from ("" when built in code). It
 	// names the file in errors and is the base of relative RULE-SET paths.
 	Path string `yaml:"-"`
@@ -74,7 +78,7 @@ type TunConfig struct {
 	Name    string         `yaml:"name"`    // device to create or attach to
 	FD      int            `yaml:"fd"`      // adopt this open descriptor; -1: none
 	Addrs   []netip.Prefix `yaml:"addrs"`   // addresses of the device
-	MTU     int            `yaml:"mtu"`     // 576..65535
+	MTU     int            `yaml:"mtu"`     // 576..65535; 1280 or more with an IPv6 address
 	Offload bool           `yaml:"offload"` // TSO/GRO offload on Linux
 	Pcap    string         `yaml:"pcap"`    // write every packet to this pcap file; "": none
 }
@@ -154,9 +158,12 @@ const (
 	DefaultFakeIPTTL       = 10 * time.Second
 )
 
-// Limits checked by Validate.
+// Limits checked by Validate. MinMTU is what the netstack takes for IPv4
+// (stack.MinMTU); a TUN with an IPv6 address needs MinMTU6 (the kernel and
+// the netstack both refuse IPv6 below it).
 const (
 	MinMTU       = 576
+	MinMTU6      = 1280
 	MaxMTU       = 65535
 	MinTCPBuf    = 64 << 10
 	MaxTCPBuf    = 64 << 20

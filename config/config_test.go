@@ -150,6 +150,8 @@ func TestKeys(t *testing.T) {
 		}},
 		{"tun: {addrs: 10.9.0.1/24}", func(c *Config) bool { return reflect.DeepEqual(c.Tun.Addrs, []netip.Prefix{pfx("10.9.0.1/24")}) }},
 		{"tun: {mtu: 9000}", func(c *Config) bool { return c.Tun.MTU == 9000 }},
+		// Below 1280 an IPv4-only device is fine.
+		{"tun: {mtu: 576, addrs: [198.18.0.1/15]}", func(c *Config) bool { return c.Tun.MTU == 576 }},
 		{"tun: {offload: false}", func(c *Config) bool { return !c.Tun.Offload }},
 		{"tun: {offload: off}", func(c *Config) bool { return !c.Tun.Offload }},
 		{"tun: {pcap: /tmp/x.pcap}", func(c *Config) bool { return c.Tun.Pcap == "/tmp/x.pcap" }},
@@ -241,6 +243,7 @@ func TestErrors(t *testing.T) {
 		{"tun: {mtu: 99999}", []string{file + ":1: tun.mtu 99999: want 576 to 65535"}},
 		{"tun: {mtu: 1e3}", []string{file + `:1: tun.mtu "1e3": want a whole number`}},
 		{"tun: {mtu: 99999999999999999999}", []string{file + ":1: tun.mtu 99999999999999999999: want 576 to 65535"}},
+		{"tun: {mtu: 576}", []string{file + ":1: tun.mtu 576: IPv6 needs an MTU of at least 1280, and tun.addrs has fc00::1/18"}},
 		{"tun: {offload: maybe}", []string{file + `:1: tun.offload "maybe": want true or false`}},
 		{"\n\n\n\n\n\ntcp-idle: 5x", []string{file + `:7: tcp-idle "5x": want a duration like 30s or 5m`}},
 		{"tcp-idle: 30", []string{file + ":1: tcp-idle 30: want a duration with a unit, like 30s or 5m"}},

@@ -423,6 +423,7 @@ func (d *decoder) top(n *yaml.Node) {
 		"proxies":   func(_, v *yaml.Node) { d.proxies(v) },
 		"rules":     func(_, v *yaml.Node) { d.rules(v) },
 		"dns":       func(_, v *yaml.Node) { d.dns(v) },
+		"wireguard": func(_, v *yaml.Node) { d.wireguard(v) },
 	}
 	d.mapping(n, "", fields, topHints())
 }

@@ -20,7 +20,7 @@ tun:
   addrs:                   # addresses of the device
     - 198.18.0.1/15
     - fc00::1/18
-  mtu: 1500                # 576 to 65535
+  mtu: 1500                # 576 to 65535; IPv6 addresses need 1280
   offload: true            # TSO/GRO offload (Linux)
   pcap: ""                 # write every packet to this pcap file
 
@@ -79,5 +79,22 @@ dns:
     - tcp://1.1.1.1:53
   dns-hijack: false        # answer every query to port 53, whatever its address
   cache-file: ""           # keep the fake-IP mappings across restarts
+
+# Phones and tablets join over WireGuard: their stock app scans the QR code
+# tunsocks prints, and their traffic takes the rules above. 'tunsocks wg'
+# runs only this inbound, with no TUN and no root.
+# wireguard:
+#   listen: ":51820"         # UDP; an address here is also the endpoint
+#   peers: [pixel, ipad]     # added to the state file when missing
+#   endpoint: ""             # host:port phones reach; "" chooses one
+#   state: ""                # keys and peers; "" is ~/.config/tunsocks/wg.json
+#   qr-png: ""               # write DIR/NAME.png and DIR/NAME.conf
+#   qr: true                 # QR codes in the terminal
+#   range: [10.7.0.0/24, fd07::/64]  # tunnel addresses
+#   mtu: 1420
+#   block-quic: true         # UDP/443 gets port unreachable: apps use TCP
+#   block-dot: true          # TCP/853 gets a RST: Private DNS falls back
+#   pcap: ""                 # every peer's packets to this file
+#   pcap-peers: ""           # or one file per peer: DIR/NAME.pcap
 `
 }

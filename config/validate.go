@@ -75,6 +75,16 @@ func (v *validator) values() {
 	}
 	if c.Tun.MTU < MinMTU || c.Tun.MTU > MaxMTU {
 		v.fail("tun.mtu", "tun.mtu %d: want %d to %d", c.Tun.MTU, MinMTU, MaxMTU)
+	} else if c.Tun.MTU < MinMTU6 && c.Tun.FD == -1 {
+		// The kernel refuses IPv6 addresses on such a link, and the
+		// netstack sends no IPv6 on it: say so before the TUN exists.
+		for _, p := range c.Tun.Addrs {
+			if p.IsValid() && p.Addr().Is6() {
+				v.fail("tun.mtu", "tun.mtu %d: IPv6 needs an MTU of at least %d, and tun.addrs has %v; "+
+					"give IPv4 addresses only (e.g. --tun-addr 198.18.0.1/15) or an MTU of %d or more", c.Tun.MTU, MinMTU6, p, MinMTU6)
+				break
+			}
+		}
 	}
 	for _, d := range []struct {
 		key string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
 )
 
 // Intercept is the router's DNS hook: it claims DNS to the DNS address of
@@ -14,6 +15,7 @@ type Intercept struct {
 	srv          *Server
 	addr4, addr6 netip.Addr
 	hijack       bool
+	also         []netip.Addr // more addresses answered here (see Also)
 }
 
 // NewIntercept returns the hook for s, which must have a Pool.
@@ -27,7 +29,18 @@ func (h *Intercept) Intercept(dst netip.AddrPort) bool {
 		return false
 	}
 	a := dst.Addr().Unmap()
-	return h.hijack || a == h.addr4 || (h.addr6.IsValid() && a == h.addr6)
+	return h.hijack || a == h.addr4 || (h.addr6.IsValid() && a == h.addr6) || slices.Contains(h.also, a)
+}
+
+// Also claims DNS to these addresses too: the WireGuard server's tunnel
+// addresses, which its peers' configs name as their DNS server. Call it
+// before the hook is in use.
+func (h *Intercept) Also(addrs ...netip.Addr) {
+	for _, a := range addrs {
+		if a.IsValid() {
+			h.also = append(h.also, a.Unmap())
+		}
+	}
 }
 
 // Handle answers one query datagram (see Server.Handle).

@@ -14,6 +14,18 @@ var (
 	errAlreadyDecided  = errors.New("stack: TCP request already accepted or rejected")
 	errFamilyMismatch  = errors.New("stack: address family of source and destination differ")
 	errInvalidAddrPort = errors.New("stack: invalid address:port")
+	// errShed: the attempt was given up to make room for newer ones
+	// (TCPOptions.MaxInFlight, MaxInFlightPerSource).
+	errShed = fmt.Errorf("stack: connection attempt shed, too many handshakes in flight: %w", syscall.ECONNABORTED)
+	// errHandshakeTimeout: the app did not complete its handshake within
+	// TCPOptions.HandshakeTimeout.
+	errHandshakeTimeout = fmt.Errorf("stack: the app did not complete its handshake in time: %w", syscall.ETIMEDOUT)
+	// errHandshakeAborted: system TCP's wait for the kernel's accept was
+	// aborted (for errShed or errHandshakeTimeout).
+	errHandshakeAborted = errors.New("stack: handshake aborted")
+	// errEvicted: a UDP flow was closed to make room for a new one
+	// (Config.MaxUDPFlows, MaxUDPFlowsPerSource).
+	errEvicted = fmt.Errorf("stack: udp flow evicted for a newer one: %w", net.ErrClosed)
 )
 
 // convertError turns a tcpip.Error into an error that keeps the meaning

@@ -53,12 +53,17 @@ const maxCoalesced = 65535
 type linkEndpoint struct {
 	dev Device
 	mtu uint32
-	// divert, when set (system TCP mode), sees every packet read before
-	// gVisor does: it may take it (mine) and rewrite it in place for
-	// writing back to the device (write).
-	divert func(pkt []byte) (mine, write bool)
-	batch  int
-	log    *slog.Logger
+	// vdev is dev when it reports which packets' checksums the kernel
+	// validated (ValidatingDevice); nil otherwise.
+	vdev ValidatingDevice
+	// sys, when set (system TCP mode), sees every packet read before
+	// gVisor does (divert): it may take it and rewrite it in place for
+	// writing back to the device.
+	sys *sysTCP
+	// tap, when set, records the app's packets (Config.Tap).
+	tap   PacketTap
+	batch int
+	log   *slog.Logger
 
 	mu         sync.RWMutex
 	dispatcher gstack.NetworkDispatcher
@@ -90,11 +95,24 @@ type linkEndpoint struct {
 	pktsIn, pktsOut, bytesIn, bytesOut atomic.Uint64
 	gsoOut                             atomic.Uint64 // packets written with WriteGSO
 	txDrops, rxDrops, rxErrors         atomic.Uint64
-	txErrors                           atomic.Uint64
+	txErrors, rxLost, badChecksums     atomic.Uint64
+	readBufSize                        int
 }
 
-func newLinkEndpoint(dev Device, mtu uint32, readBufSize int, queueLen int, useGSO bool, divert func([]byte) (bool, bool), log *slog.Logger) *linkEndpoint {
-	batch := dev.BatchSize()
+type linkConfig struct {
+	dev         Device
+	mtu         uint32
+	readBufSize int
+	queueLen    int
+	gso         bool // use the device's segmentation offload, if any
+	sys         *sysTCP
+	tap         PacketTap
+	log         *slog.Logger
+}
+
+// newLinkEndpoint makes the endpoint; start starts its packet loops.
+func newLinkEndpoint(c linkConfig) *linkEndpoint {
+	batch := c.dev.BatchSize()
 	if batch < 1 {
 		batch = 1
 	}
@@ -102,26 +120,57 @@ func newLinkEndpoint(dev Device, mtu uint32, readBufSize int, queueLen int, useG
 		batch = 512
 	}
 	e := &linkEndpoint{
-		dev:    dev,
-		mtu:    mtu,
-		divert: divert,
-		batch:  batch,
-		log:    log,
-		qlimit: queueLen,
-		qready: make(chan struct{}, 1),
-		done:   make(chan struct{}),
-		failed: make(chan struct{}),
+		dev:         c.dev,
+		mtu:         c.mtu,
+		sys:         c.sys,
+		tap:         c.tap,
+		batch:       batch,
+		log:         c.log,
+		qlimit:      c.queueLen,
+		qready:      make(chan struct{}, 1),
+		done:        make(chan struct{}),
+		failed:      make(chan struct{}),
+		readBufSize: c.readBufSize,
 	}
-	if g, ok := dev.(GSODevice); ok && useGSO {
-		if m := g.GSOMaxSize(); m > int(mtu) {
+	e.vdev, _ = c.dev.(ValidatingDevice)
+	if g, ok := c.dev.(GSODevice); ok && c.gso {
+		if m := g.GSOMaxSize(); m > int(c.mtu) {
 			e.gso, e.gsoMax = g, min(m, maxCoalesced)
 		}
 	}
-	e.wg.Add(2)
-	go e.readLoop(readBufSize)
-	go e.writeLoop()
 	e.gro.Init(true)
 	return e
+}
+
+// start starts the read and write loops.
+func (e *linkEndpoint) start() {
+	e.wg.Add(2)
+	go e.readLoop(e.readBufSize)
+	go e.writeLoop()
+}
+
+// record hands pkt to the tap unless it is system TCP's translated leg.
+func (e *linkEndpoint) record(now time.Time, pkt []byte) {
+	if e.sys != nil && e.sys.inner(pkt) {
+		return
+	}
+	_ = e.tap.WritePacket(now, pkt)
+}
+
+// writeRaw writes one packet built outside the packet loops (system TCP's
+// RSTs, SYNs and self-test probes) to the device.
+func (e *linkEndpoint) writeRaw(pkt []byte) error {
+	if e.tap != nil {
+		e.record(time.Now(), pkt)
+	}
+	buf := make([]byte, headroom+len(pkt))
+	copy(buf[headroom:], pkt)
+	if _, err := e.dev.Write([][]byte{buf}, headroom); err != nil {
+		e.txErrors.Add(1)
+		return err
+	}
+	e.pktsOut.Add(1)
+	return nil
 }
 
 // readLoop runs until the device is closed or fails persistently.
@@ -129,7 +178,7 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 	defer e.wg.Done()
 	bufs := make([][]byte, e.batch)
 	for i := range bufs {
-		if e.divert != nil {
+		if e.sys != nil {
 			// Diverted packets are written back from these buffers; spare
 			// capacity lets the device's GRO join a flow's segments into
 			// the first one (untouched pages cost no memory).
@@ -139,21 +188,43 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 		}
 	}
 	sizes := make([]int, e.batch)
+	valid := make([]bool, e.batch)
 	var back [][]byte // diverted packets to write back, per batch
 	consecutiveErrs := 0
 	for {
-		n, err := e.dev.Read(bufs, sizes, headroom)
+		var n int
+		var err error
+		if e.vdev != nil {
+			n, err = e.vdev.ReadValidated(bufs, sizes, valid, headroom)
+		} else {
+			n, err = e.dev.Read(bufs, sizes, headroom)
+		}
 		if n > 0 {
 			e.mu.RLock()
 			e.gro.Dispatcher = e.dispatcher
 			e.mu.RUnlock()
+			var now time.Time
+			if e.tap != nil {
+				now = time.Now()
+			}
 			for i := range n {
 				pkt := bufs[i][headroom : headroom+sizes[i]]
-				if e.divert != nil {
-					if mine, write := e.divert(pkt); mine {
+				if e.tap != nil {
+					e.record(now, pkt)
+				}
+				if !valid[i] && !checksumsOK(pkt) {
+					e.pktsIn.Add(1)
+					e.badChecksums.Add(1)
+					continue
+				}
+				if e.sys != nil {
+					if mine, write := e.sys.divert(pkt); mine {
 						e.pktsIn.Add(1)
 						e.bytesIn.Add(uint64(len(pkt)))
 						if write {
+							if e.tap != nil {
+								e.record(now, pkt)
+							}
 							back = append(back, bufs[i][:headroom+sizes[i]])
 						}
 						continue
@@ -183,6 +254,15 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 			consecutiveErrs = 0
 			continue
 		}
+		if errors.Is(err, ErrPacketsLost) {
+			// Declared non-fatal by the Device contract (wireguard-go's
+			// ErrTooManySegments): count it and read on at once.
+			if k := e.rxLost.Add(1); k&(k-1) == 0 { // log the 1st, 2nd, 4th, 8th...
+				e.log.Debug("tun read lost packets", "err", err, "times", k)
+			}
+			consecutiveErrs = 0
+			continue
+		}
 		if e.closing.Load() {
 			return
 		}
@@ -197,10 +277,9 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 			e.fail(fmt.Errorf("the device was closed or removed: %w", err))
 			return
 		}
-		// Per-packet trouble (a malformed offload header, more segments
-		// than buffers) is not fatal: the packet is lost and counted. A
-		// device that only returns errors is dead; give up after a while
-		// instead of spinning.
+		// Any other error: a malformed offload header, say. The packet is
+		// lost and counted. A device that only returns errors is dead;
+		// give up after a while instead of spinning.
 		e.rxErrors.Add(1)
 		consecutiveErrs++
 		if consecutiveErrs == 1 || consecutiveErrs%100 == 0 {
@@ -304,6 +383,12 @@ func (e *linkEndpoint) writeLoop() {
 		if len(bufs) == 0 {
 			return true
 		}
+		if e.tap != nil {
+			now := time.Now()
+			for _, b := range bufs {
+				e.record(now, b[headroom:])
+			}
+		}
 		_, err := e.dev.Write(bufs, headroom)
 		k := len(bufs)
 		bufs = bufs[:0]
@@ -346,6 +431,11 @@ func (e *linkEndpoint) writeLoop() {
 				gsoBuf = b[:0]
 				e.bytesOut.Add(uint64(len(b) - headroom))
 				pkt.DecRef()
+				if e.tap != nil {
+					// As a capture on a NIC with TSO shows it: one large
+					// segment, checksum left to the kernel.
+					e.record(time.Now(), b[headroom:])
+				}
 				if err := e.gso.WriteGSO(b[headroom-vnetHdrLen:]); err != nil {
 					if isClosedErr(err) {
 						e.dropPending(taken[i+1:])
@@ -451,13 +541,21 @@ func (e *linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
 // Capabilities implements gstack.LinkEndpoint.
 //
-// Receive: checksums are not verified again. What the device delivers was
-// made by the local kernel (or, with offload, completed by the TUN reader
-// when it split a segmentation-offloaded packet), and in router mode it
-// crossed a link whose own CRC protects it; verifying every L4 checksum in
-// gVisor cost about an eighth of tunsocks' CPU at 3 Gbit/s
-// (scripts/bench.sh, single stream MTU 1500: 0.30x -> 0.34x of the
-// SOCKS-only path, together with the TIME-WAIT setting in setTCPOptions).
+// Receive: gVisor does not verify checksums again; the read loop does it
+// before GRO, for every TCP and UDP packet the device did not vouch for
+// (ValidatingDevice), and drops bad ones (Stats.BadChecksums). The
+// capability is per link, not per packet (gVisor's NIC sets every packet's
+// RXChecksumValidated from it, stack/nic.go), so gVisor cannot be told to
+// check only some. Packets the Linux TUN vouches for are those it split
+// from a GSO packet or completed a partial checksum of (correct by
+// construction) and those the kernel validated (DATA_VALID): with offload
+// on, all of a local app's traffic. Verifying those again in gVisor cost
+// about an eighth of tunsocks' CPU at 3 Gbit/s (scripts/bench.sh, single
+// stream MTU 1500, 2026-11-23, gVisor v0.0.0-20260905035102-160fafc42237:
+// 0.30x -> 0.34x of the SOCKS-only path, together with the TIME-WAIT
+// setting in setTCPOptions). Not verified: IP fragments (their transport
+// checksum covers the reassembled datagram), except UDP datagrams larger
+// than one packet, which handleUDPPacket checks after reassembly.
 //
 // Send: checksums are computed, except that TCP over a GSODevice leaves
 // them to the kernel (see SupportedGSO): the Linux device's GRO, which the
@@ -518,7 +616,8 @@ func (e *linkEndpoint) Close() {
 // with a virtio_net_hdr. Toward the app that replaces, per 64 KiB, about 45
 // trips through gVisor's sender, 45 software checksums, and the device's
 // GRO re-validating those checksums and copying the segments back together
-// by one write. Measured by scripts/bench.sh (see the README).
+// by one write. Measured by scripts/bench.sh on 2026-11-23 with gVisor
+// v0.0.0-20260905035102-160fafc42237 (see the README's figures).
 func (e *linkEndpoint) SupportedGSO() gstack.SupportedGSO {
 	if e.gso == nil {
 		return gstack.GSONotSupported

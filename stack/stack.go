@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +37,29 @@ type Device interface {
 	Close() error
 }
 
+// ErrPacketsLost is what a Device's Read wraps (errors.Is) when some packets
+// of that read were lost but the device is fine, e.g. wireguard-go's
+// tun.ErrTooManySegments: a segmentation-offloaded packet split into more
+// segments than there were buffers ("this error should not cause reads to
+// cease"). The n packets Read reports are still valid. The stack counts the
+// loss (Stats.RxLost) and reads on at once; any other error is treated as
+// trouble with the device itself.
+var ErrPacketsLost = errors.New("stack: device lost packets of a read")
+
+// ValidatingDevice is implemented by a Device that knows, per packet, whether
+// the kernel validated or computed its checksums (the Linux TUN with
+// IFF_VNET_HDR: its virtio-net header says so for packets of a GSO batch,
+// packets with a partial checksum and packets the receiving NIC validated).
+// ReadValidated is Read that also sets valid[i] for each packet returned
+// (len(valid) == len(bufs)): true when the IPv4 header checksum and the TCP
+// or UDP checksum are known to be correct. The stack verifies the checksums
+// of every other TCP and UDP packet itself and drops bad ones
+// (Stats.BadChecksums); from a Device without this method that is every
+// packet.
+type ValidatingDevice interface {
+	ReadValidated(bufs [][]byte, sizes []int, valid []bool, offset int) (int, error)
+}
+
 // GSODevice is implemented by a Device that also accepts TCP segments
 // longer than the MTU, each preceded by a Linux virtio_net_hdr (tun.Device
 // on Linux when opened with IFF_VNET_HDR). GSOMaxSize is the largest IP
@@ -59,6 +83,8 @@ type Handler interface {
 }
 
 // TCPOptions tune the netstack's TCP. Zero values take the defaults below.
+// MaxInFlight, MaxInFlightPerSource and HandshakeTimeout apply to both TCP
+// stacks (gVisor and SystemTCP).
 type TCPOptions struct {
 	// SACK enables selective acknowledgements. Default on (set
 	// DisableSACK to turn it off): loss between app and stack is rare, but
@@ -76,7 +102,8 @@ type TCPOptions struct {
 	// an internet bandwidth-delay product; they absorb the mismatch between
 	// a fast app and a slower upstream. Default 4 MiB each.
 	SendBuf, RecvBuf int
-	// CongestionControl is "cubic" (default, what Linux uses) or "reno".
+	// CongestionControl is "cubic" (default) or "reno"; see
+	// setTCPOptions for why cubic.
 	CongestionControl string
 	// KeepAliveIdle, when > 0, enables keepalives on every accepted
 	// connection after this much idle time; probes go every
@@ -90,29 +117,78 @@ type TCPOptions struct {
 	// the device takes segmentation-offloaded packets (see GSODevice).
 	// For comparisons and for kernels that misbehave; default off.
 	DisableGSO bool
-	// MaxInFlight bounds handshakes waiting for the Handler's decision;
-	// SYNs beyond it are ignored (the app retransmits). Default 1024.
+	// MaxInFlight bounds the app's connection attempts in flight: SYNs
+	// held while the Handler decides, and accepted attempts whose app has
+	// not completed its handshake yet. At the bound the OLDEST attempt is
+	// shed to admit the new one (a deciding one is dropped silently and
+	// its Handler's context cancelled; an accepting one has its handshake
+	// aborted), so SYNs that are never completed (spoofed sources) cannot
+	// lock new connections out. Default 1024 (DefaultMaxInFlight).
 	MaxInFlight int
+	// MaxInFlightPerSource is the same bound per app source address (one
+	// device behind a gateway); at it, that source's oldest attempt is
+	// shed. Default 512 (DefaultMaxInFlightPerSource), at most
+	// MaxInFlight.
+	MaxInFlightPerSource int
+	// HandshakeTimeout bounds how long Accept waits for the app to
+	// complete its handshake. The app is one hop away; a handshake still
+	// open after this is not coming (a spoofed SYN, an app that gave up),
+	// and the Handler learns it from Accept's error and closes the
+	// upstream connection it dialed. Default 5s (DefaultHandshakeTimeout);
+	// gVisor resends its SYN-ACK after 1 s and 3 s within it.
+	HandshakeTimeout time.Duration
+}
+
+// PacketTap records packets (tun.Pcap satisfies it). WritePacket must not
+// keep pkt after it returns; its error is ignored (the tap reports it
+// itself, e.g. on Close).
+type PacketTap interface {
+	WritePacket(t time.Time, pkt []byte) error
 }
 
 // Config configures New.
 type Config struct {
 	// Device is required; New takes ownership of it.
 	Device Device
-	// MTU of the link; 0 asks the device. Must be 1280..65535 (IPv6
-	// needs 1280).
+	// MTU of the link; 0 asks the device. Must be MinMTU..65535; IPv6
+	// needs at least 1280 (MinMTU6): below that the stack carries IPv4
+	// only, and the device should have no IPv6 address.
 	MTU int
 	// Handler is required.
 	Handler Handler
 	// Logger; nil discards.
 	Logger *slog.Logger
 	TCP    TCPOptions
-	// UDPIdle closes a UDP flow that has seen no datagram either way for
-	// this long. Default 60s.
-	UDPIdle time.Duration
 	// UDPQueue is how many datagrams per flow wait for the Handler's
-	// ReadFrom; more are dropped and counted. Default 256.
+	// ReadFrom; more are dropped and counted (UDPDrops). Default 256.
 	UDPQueue int
+	// UDPQueueBytes bounds the payload bytes waiting in all flows' queues
+	// together; more datagrams are dropped and counted (UDPDrops).
+	// Default 16 MiB (DefaultUDPQueueBytes).
+	UDPQueueBytes int
+	// MaxUDPFlows bounds the UDP flows open at once (a flow is one app
+	// source address:port), and MaxUDPFlowsPerSource the flows of one app
+	// source address. A datagram that would open a flow beyond either
+	// bound first closes the least recently active flow (of that source,
+	// or of all; counted in UDPEvicted), whose Handler then sees ReadFrom
+	// fail with net.ErrClosed. Defaults 2048 and 512
+	// (DefaultMaxUDPFlows, DefaultMaxUDPFlowsPerSource); the per-source
+	// bound is at most MaxUDPFlows. Most flows are short (a DNS query is
+	// one), so evicting the least recently active is mostly evicting the
+	// finished; each open flow costs the Handler an upstream socket or
+	// two (a SOCKS UDP association is a TCP and a UDP socket).
+	MaxUDPFlows, MaxUDPFlowsPerSource int
+	// NewUDPFlowRate bounds how many flows a second the app's datagrams
+	// may open, and NewUDPFlowRatePerSource how many one app source
+	// address may (each with a burst of a second's worth). A datagram
+	// that would open a flow beyond either is dropped and counted
+	// (UDPRateLimited); flows already open are not affected. Every new
+	// flow costs the Handler an upstream association, so a flood of new
+	// source ports must not take the CPU and the upstream that TCP and the
+	// other flows need. Defaults 1000 and 250 (DefaultNewUDPFlowRate,
+	// DefaultNewUDPFlowRatePerSource); the per-source rate is at most the
+	// total.
+	NewUDPFlowRate, NewUDPFlowRatePerSource int
 	// TxQueue is how many outbound packets wait for the device writer;
 	// more are dropped and counted. Default 4096.
 	TxQueue int
@@ -120,20 +196,37 @@ type Config struct {
 	// connections instead of gVisor (see SystemTCP). UDP and ICMP are
 	// unchanged.
 	SystemTCP *SystemTCP
+	// Tap, when set, records every packet the app sends into the device
+	// and every packet written to it for the app, as a capture on the TUN
+	// would show them, except system TCP mode's translated leg (the
+	// packets between the kernel listener and its fake peers, which are
+	// not the app's traffic). Recording happens on the packet path.
+	Tap PacketTap
 	// CloseTimeout bounds how long Close waits for handler goroutines to
 	// return after their flows were closed and their context cancelled.
 	// Default 5s.
 	CloseTimeout time.Duration
 }
 
-// Defaults.
+// Defaults and limits.
 const (
-	DefaultBufSize      = 4 << 20
-	DefaultUDPIdle      = 60 * time.Second
-	DefaultUDPQueue     = 256
-	DefaultTxQueue      = 4096
-	DefaultMaxInFlight  = 1024
-	DefaultCloseTimeout = 5 * time.Second
+	DefaultBufSize                 = 4 << 20
+	DefaultUDPQueue                = 256
+	DefaultUDPQueueBytes           = 16 << 20
+	DefaultMaxUDPFlows             = 2048
+	DefaultMaxUDPFlowsPerSource    = 512
+	DefaultNewUDPFlowRate          = 1000
+	DefaultNewUDPFlowRatePerSource = 250
+	DefaultTxQueue                 = 4096
+	DefaultMaxInFlight             = 1024
+	DefaultMaxInFlightPerSource    = 512
+	DefaultHandshakeTimeout        = 5 * time.Second
+	DefaultCloseTimeout            = 5 * time.Second
+	// MinMTU is the smallest MTU the stack takes: the datagram size
+	// every IPv4 host must accept (RFC 791). MinMTU6 is IPv6's minimum
+	// link MTU (RFC 8200); below it gVisor sends no IPv6 at all.
+	MinMTU  = 576
+	MinMTU6 = header.IPv6MinimumMTU
 )
 
 const nicID tcpip.NICID = 1
@@ -146,6 +239,7 @@ type Stack struct {
 	handler Handler
 	log     *slog.Logger
 	cfg     Config
+	epoch   time.Time // for clock
 
 	ctx    context.Context // parent of every handler context
 	cancel context.CancelFunc
@@ -153,8 +247,13 @@ type Stack struct {
 	mu       sync.Mutex
 	closed   bool
 	tcpConns map[*tcpConn]struct{}
-	sysConns map[*sysConn]struct{}
-	udpFlows map[flowKey]*UDPFlow
+
+	hs *handshakes // TCP attempts in flight
+
+	udpMu     sync.Mutex // guards udpFlows, the flows' table links, udpClosed
+	udpFlows  udpTable
+	udpClosed bool
+	udpQueued atomic.Int64 // payload bytes in all flows' queues
 
 	sys *sysTCP // nil unless Config.SystemTCP
 
@@ -163,28 +262,54 @@ type Stack struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	tcpOpen, udpOpen                atomic.Int64
-	tcpTotal, udpTotal, tcpRejected atomic.Uint64
-	bytesUp, bytesDown              atomic.Uint64
-	udpDrops, udpBadChecksum        atomic.Uint64
-	udpSendErrors, handlerUndecided atomic.Uint64
+	tcpOpen, udpOpen                         atomic.Int64
+	tcpTotal, udpTotal, tcpRejected          atomic.Uint64
+	bytesUp, bytesDown                       atomic.Uint64
+	udpDrops, udpEvicted, udpRateLimited     atomic.Uint64
+	udpSendErrors, handlerUndecided, tcpShed atomic.Uint64
+	tcpHandshakeTimeouts                     atomic.Uint64
 }
 
-// Stats is a snapshot of the stack's counters.
+// Stats is a snapshot of the stack's counters. The drop and error counters
+// (from TCPShed on) are what an operator watches: each one rising means
+// packets or flows the stack refused.
 type Stats struct {
 	TCPOpen, UDPOpen   int64  // flows open now
 	TCPTotal, UDPTotal uint64 // flows handed to the Handler so far
 	TCPRejected        uint64
+	TCPInFlight        int64 // connection attempts in flight now (MaxInFlight)
 	// BytesUp and BytesDown are the payload read from and written to
 	// the flows' Conns. In system TCP mode a relay that splices on the
 	// kernel socket (KernelConn) bypasses them.
-	BytesUp            uint64 // payload app -> handler (TCP and UDP)
-	BytesDown          uint64 // payload handler -> app
-	UDPDrops           uint64 // datagrams dropped because a flow's queue was full
-	PacketsIn          uint64 // packets read from the device
-	PacketsOut         uint64 // packets written to the device
-	TxDrops            uint64 // outbound packets dropped: device queue full
-	RxErrors, TxErrors uint64 // device read/write errors
+	BytesUp    uint64 // payload app -> handler (TCP and UDP)
+	BytesDown  uint64 // payload handler -> app
+	PacketsIn  uint64 // packets read from the device
+	PacketsOut uint64 // packets written to the device
+
+	// TCPShed counts connection attempts given up to admit newer ones
+	// (MaxInFlight, MaxInFlightPerSource); TCPHandshakeTimeouts accepted
+	// attempts whose app did not complete its handshake in time
+	// (HandshakeTimeout).
+	TCPShed, TCPHandshakeTimeouts uint64
+	// UDPEvicted counts flows closed to admit newer ones (MaxUDPFlows,
+	// MaxUDPFlowsPerSource); UDPRateLimited datagrams dropped because
+	// they would have opened a flow beyond NewUDPFlowRate or
+	// NewUDPFlowRatePerSource; UDPDrops datagrams dropped because a
+	// flow's queue or the queues' byte budget was full, or no flow could
+	// be made room for; UDPSendErrors datagrams toward the app that
+	// gVisor refused.
+	UDPEvicted, UDPRateLimited, UDPDrops, UDPSendErrors uint64
+	// BadChecksums counts TCP and UDP packets from the device dropped
+	// for a wrong checksum (or a wrong IPv4 header checksum).
+	BadChecksums uint64
+	// RxDrops counts packets read that were neither IPv4 nor IPv6, or
+	// that gVisor found malformed.
+	RxDrops uint64
+	// RxLost counts reads in which the device lost packets but went on
+	// (ErrPacketsLost); RxErrors and TxErrors other device read and
+	// write errors; TxDrops outbound packets dropped because the device
+	// queue was full.
+	RxLost, RxErrors, TxErrors, TxDrops uint64
 }
 
 // New builds the netstack on cfg.Device and starts its packet loops. ctx is
@@ -231,24 +356,31 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		handler:  cfg.Handler,
 		log:      log,
 		cfg:      cfg,
+		epoch:    time.Now(),
 		ctx:      sctx,
 		cancel:   cancel,
 		tcpConns: make(map[*tcpConn]struct{}),
-		sysConns: make(map[*sysConn]struct{}),
-		udpFlows: make(map[flowKey]*UDPFlow),
+		hs:       newHandshakes(cfg.TCP.MaxInFlight, cfg.TCP.MaxInFlightPerSource),
+		udpFlows: udpTable{flows: make(map[flowKey]*UDPFlow), bySrc: make(map[netip.Addr]*srcFlows),
+			rate: fullBucket(cfg.NewUDPFlowRate, 0)},
 	}
-	var divert func([]byte) (bool, bool)
 	if cfg.SystemTCP != nil {
-		if s.sys, err = newSysTCP(s, *cfg.SystemTCP); err != nil {
+		if s.sys, err = newSysTCP(sctx, s, *cfg.SystemTCP); err != nil {
 			// As when the self-test fails: say so, and TCP goes through
 			// gVisor.
 			log.Warn("system TCP unavailable; TCP goes through gVisor instead", "err", err)
 			s.sys = nil
-		} else {
-			divert = s.sys.divert
 		}
 	}
-	s.link = newLinkEndpoint(cfg.Device, uint32(cfg.MTU), readBufSize, cfg.TxQueue, !cfg.TCP.DisableGSO, divert, log)
+	s.link = newLinkEndpoint(linkConfig{
+		dev: cfg.Device, mtu: uint32(cfg.MTU), readBufSize: readBufSize, queueLen: cfg.TxQueue,
+		gso: !cfg.TCP.DisableGSO, sys: s.sys, tap: cfg.Tap, log: log,
+	})
+	if s.sys != nil {
+		s.sys.link = s.link
+		s.sys.run()
+	}
+	s.link.start()
 
 	fail := func(what string, terr tcpip.Error) (*Stack, error) {
 		cancel()
@@ -279,7 +411,11 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		{Destination: header.IPv6EmptySubnet, NIC: nicID},
 	})
 
-	fwd := tcp.NewForwarder(gs, 0, cfg.TCP.MaxInFlight, s.forwardTCP)
+	// The forwarder's own bound only backs ours up (see handshakes): it
+	// ignores SYNs beyond it, where ours sheds the oldest attempt. Shed
+	// attempts leave gVisor's table a moment later (when their
+	// CreateEndpoint returns), hence the margin.
+	fwd := tcp.NewForwarder(gs, 0, 2*cfg.TCP.MaxInFlight+64, s.forwardTCP)
 	gs.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
 	gs.SetTransportProtocolHandler(udp.ProtocolNumber, s.handleUDPPacket)
 	gs.SetTransportProtocolHandler(icmp.ProtocolNumber4, s.handleICMPv4)
@@ -303,8 +439,8 @@ func withDefaults(cfg Config) (Config, error) {
 		}
 		cfg.MTU = m
 	}
-	if cfg.MTU < header.IPv6MinimumMTU || cfg.MTU > 65535 {
-		return cfg, fmt.Errorf("stack: MTU %d out of range %d..65535", cfg.MTU, header.IPv6MinimumMTU)
+	if cfg.MTU < MinMTU || cfg.MTU > 65535 {
+		return cfg, fmt.Errorf("stack: MTU %d out of range %d..65535 (IPv6 needs %d)", cfg.MTU, MinMTU, MinMTU6)
 	}
 	t := &cfg.TCP
 	if t.SendBuf == 0 {
@@ -333,30 +469,57 @@ func withDefaults(cfg Config) (Config, error) {
 	if t.KeepAliveCount == 0 {
 		t.KeepAliveCount = 4
 	}
+	if t.MaxInFlight < 0 || t.MaxInFlightPerSource < 0 || t.HandshakeTimeout < 0 {
+		return cfg, fmt.Errorf("stack: negative MaxInFlight %d, MaxInFlightPerSource %d or HandshakeTimeout %v",
+			t.MaxInFlight, t.MaxInFlightPerSource, t.HandshakeTimeout)
+	}
 	if t.MaxInFlight == 0 {
 		t.MaxInFlight = DefaultMaxInFlight
 	}
-	if t.MaxInFlight < 0 {
-		return cfg, fmt.Errorf("stack: MaxInFlight %d < 0", t.MaxInFlight)
+	if t.MaxInFlightPerSource == 0 {
+		t.MaxInFlightPerSource = DefaultMaxInFlightPerSource
 	}
-	if cfg.UDPIdle == 0 {
-		cfg.UDPIdle = DefaultUDPIdle
+	t.MaxInFlightPerSource = min(t.MaxInFlightPerSource, t.MaxInFlight)
+	if t.HandshakeTimeout == 0 {
+		t.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if cfg.UDPQueue < 0 || cfg.UDPQueueBytes < 0 || cfg.MaxUDPFlows < 0 || cfg.MaxUDPFlowsPerSource < 0 ||
+		cfg.NewUDPFlowRate < 0 || cfg.NewUDPFlowRatePerSource < 0 || cfg.TxQueue < 0 || cfg.CloseTimeout < 0 {
+		return cfg, errors.New("stack: negative UDPQueue, UDPQueueBytes, MaxUDPFlows, MaxUDPFlowsPerSource, " +
+			"NewUDPFlowRate, NewUDPFlowRatePerSource, TxQueue or CloseTimeout")
 	}
 	if cfg.UDPQueue == 0 {
 		cfg.UDPQueue = DefaultUDPQueue
 	}
+	if cfg.UDPQueueBytes == 0 {
+		cfg.UDPQueueBytes = DefaultUDPQueueBytes
+	}
+	if cfg.MaxUDPFlows == 0 {
+		cfg.MaxUDPFlows = DefaultMaxUDPFlows
+	}
+	if cfg.MaxUDPFlowsPerSource == 0 {
+		cfg.MaxUDPFlowsPerSource = DefaultMaxUDPFlowsPerSource
+	}
+	cfg.MaxUDPFlowsPerSource = min(cfg.MaxUDPFlowsPerSource, cfg.MaxUDPFlows)
+	if cfg.NewUDPFlowRate == 0 {
+		cfg.NewUDPFlowRate = DefaultNewUDPFlowRate
+	}
+	if cfg.NewUDPFlowRatePerSource == 0 {
+		cfg.NewUDPFlowRatePerSource = DefaultNewUDPFlowRatePerSource
+	}
+	cfg.NewUDPFlowRatePerSource = min(cfg.NewUDPFlowRatePerSource, cfg.NewUDPFlowRate)
 	if cfg.TxQueue == 0 {
 		cfg.TxQueue = DefaultTxQueue
 	}
 	if cfg.CloseTimeout == 0 {
 		cfg.CloseTimeout = DefaultCloseTimeout
 	}
-	if cfg.UDPIdle < 0 || cfg.UDPQueue < 0 || cfg.TxQueue < 0 || cfg.CloseTimeout < 0 {
-		return cfg, errors.New("stack: negative UDPIdle, UDPQueue, TxQueue or CloseTimeout")
-	}
 	return cfg, nil
 }
 
+// setTCPOptions applies the TCP tuning. Each choice names what it rests on:
+// gVisor v0.0.0-20260905035102-160fafc42237 (go.mod), measured with
+// scripts/bench.sh on 2026-11-23 unless said otherwise.
 func setTCPOptions(gs *gstack.Stack, o TCPOptions) error {
 	sack := tcpip.TCPSACKEnabled(!o.DisableSACK)
 	moderate := tcpip.TCPModerateReceiveBufferOption(!o.DisableModerateReceiveBuffer)
@@ -364,6 +527,14 @@ func setTCPOptions(gs *gstack.Stack, o TCPOptions) error {
 	// if smaller) and let moderation grow the receive side toward the max.
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: min(tcp.DefaultSendBufferSize, o.SendBuf), Max: o.SendBuf}
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: min(tcp.DefaultReceiveBufferSize, o.RecvBuf), Max: o.RecvBuf}
+	// Cubic by default, as Linux. https://github.com/google/gvisor/issues/11632
+	// reports an int overflow in the sender's congestion-window
+	// arithmetic, more likely to trigger with cubic (tailscale runs reno
+	// for it). The pinned gVisor computes cubic's window in float64 and
+	// bounds its target per RFC 9438 section 4.2 (transport/tcp/cubic.go),
+	// and the e2e suite's 256 MiB transfers each way and scripts/bench.sh
+	// showed no collapse on 2026-11-23; --tcp-cc reno is the way out if
+	// one appears.
 	cc := tcpip.CongestionControlOption(o.CongestionControl)
 	// TIME-WAIT guards against old segments of a previous connection
 	// arriving late; between the app and this stack there is one local
@@ -373,8 +544,10 @@ func setTCPOptions(gs *gstack.Stack, o TCPOptions) error {
 	reuse := tcpip.TCPTimeWaitReuseOption(tcpip.TCPTimeWaitReuseGlobal)
 	// RACK walks the whole retransmit queue on every ACK; with multi-MiB
 	// send buffers toward an app one local hop away (no loss, no
-	// reordering) that walk was the stack's top cost on downloads.
-	// Loss recovery falls back to duplicate-ACK counting (and SACK).
+	// reordering) that walk was the stack's top cost on downloads (go
+	// tool pprof under scripts/bench.sh, 2026-11-23). Loss recovery falls
+	// back to duplicate-ACK counting (and SACK). tailscale turns RACK off
+	// in its netstack too.
 	rec := tcpip.TCPRecovery(0)
 	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &snd, &rcv, &cc, &tw, &reuse, &rec} {
 		if terr := gs.SetTransportProtocolOption(tcp.ProtocolNumber, opt); terr != nil {
@@ -386,20 +559,30 @@ func setTCPOptions(gs *gstack.Stack, o TCPOptions) error {
 
 // Stats returns the counters. Safe to call at any time, also after Close.
 func (s *Stack) Stats() Stats {
+	gst := s.gs.Stats()
 	return Stats{
-		TCPOpen:     s.tcpOpen.Load(),
-		UDPOpen:     s.udpOpen.Load(),
-		TCPTotal:    s.tcpTotal.Load(),
-		UDPTotal:    s.udpTotal.Load(),
-		TCPRejected: s.tcpRejected.Load(),
-		BytesUp:     s.bytesUp.Load(),
-		BytesDown:   s.bytesDown.Load(),
-		UDPDrops:    s.udpDrops.Load(),
-		PacketsIn:   s.link.pktsIn.Load(),
-		PacketsOut:  s.link.pktsOut.Load(),
-		TxDrops:     s.link.txDrops.Load(),
-		RxErrors:    s.link.rxErrors.Load(),
-		TxErrors:    s.link.txErrors.Load(),
+		TCPOpen:              s.tcpOpen.Load(),
+		UDPOpen:              s.udpOpen.Load(),
+		TCPTotal:             s.tcpTotal.Load(),
+		UDPTotal:             s.udpTotal.Load(),
+		TCPRejected:          s.tcpRejected.Load(),
+		TCPInFlight:          int64(s.hs.len()),
+		BytesUp:              s.bytesUp.Load(),
+		BytesDown:            s.bytesDown.Load(),
+		PacketsIn:            s.link.pktsIn.Load(),
+		PacketsOut:           s.link.pktsOut.Load(),
+		TCPShed:              s.tcpShed.Load(),
+		TCPHandshakeTimeouts: s.tcpHandshakeTimeouts.Load(),
+		UDPEvicted:           s.udpEvicted.Load(),
+		UDPRateLimited:       s.udpRateLimited.Load(),
+		UDPDrops:             s.udpDrops.Load(),
+		UDPSendErrors:        s.udpSendErrors.Load(),
+		BadChecksums:         s.link.badChecksums.Load(),
+		RxDrops:              s.link.rxDrops.Load() + gst.IP.MalformedPacketsReceived.Value(),
+		RxLost:               s.link.rxLost.Load(),
+		RxErrors:             s.link.rxErrors.Load(),
+		TxErrors:             s.link.txErrors.Load(),
+		TxDrops:              s.link.txDrops.Load(),
 	}
 }
 
@@ -435,16 +618,9 @@ func (s *Stack) Close() error {
 func (s *Stack) close() error {
 	s.mu.Lock()
 	s.closed = true
-	conns := make([]interface{ Close() error }, 0, len(s.tcpConns)+len(s.sysConns))
+	conns := make([]*tcpConn, 0, len(s.tcpConns))
 	for c := range s.tcpConns {
 		conns = append(conns, c)
-	}
-	for c := range s.sysConns {
-		conns = append(conns, c)
-	}
-	flows := make([]*UDPFlow, 0, len(s.udpFlows))
-	for _, f := range s.udpFlows {
-		flows = append(flows, f)
 	}
 	s.mu.Unlock()
 
@@ -452,9 +628,12 @@ func (s *Stack) close() error {
 	for _, c := range conns {
 		_ = c.Close()
 	}
-	for _, f := range flows {
-		f.closeWith(errStackClosed)
+	s.udpMu.Lock()
+	s.udpClosed = true
+	for _, f := range s.udpFlows.flows {
+		f.closeLocked(errStackClosed)
 	}
+	s.udpMu.Unlock()
 
 	if s.sys != nil {
 		s.sys.close()
@@ -487,10 +666,12 @@ func (s *Stack) close() error {
 	}
 }
 
-// goHandler starts fn as a tracked handler goroutine; false when closing.
-// Must be called with s.mu held.
+// goHandlerLocked starts fn as a tracked handler goroutine; false when the
+// stack is closing. Must be called with s.udpMu held (the only caller, UDP,
+// checks udpClosed under it; close sets udpClosed before it waits for the
+// handlers, so no handler starts after that).
 func (s *Stack) goHandlerLocked(fn func()) bool {
-	if s.closed {
+	if s.udpClosed {
 		return false
 	}
 	s.handlers.Add(1)

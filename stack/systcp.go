@@ -11,8 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
 
 // SystemTCP configures the system TCP mode (Config.SystemTCP): the app's TCP
@@ -28,7 +26,13 @@ import (
 //
 // The kernel's TCP is cheaper per packet and per connection than gVisor's,
 // and Handler semantics are kept: the app's SYN is held until the Handler
-// decides, so a refused upstream still gives the app a RST at once.
+// decides, so a refused upstream still gives the app a RST at once. How
+// many attempts may be in flight and how long the app has to complete its
+// handshake are TCPOptions (MaxInFlight, MaxInFlightPerSource,
+// HandshakeTimeout), the same for both TCP stacks.
+//
+// Everything of this mode stays inside the stack: the listeners, the
+// translation, and leaving the translated leg out of Config.Tap.
 type SystemTCP struct {
 	// Addrs are the TUN device's own addresses with their prefixes, as
 	// given to the device (e.g. 198.18.0.1/15, fc00::1/18). The first
@@ -37,11 +41,9 @@ type SystemTCP struct {
 	// unused.
 	Addrs []netip.Prefix
 	// Listen opens a listener where the TUN's packets are delivered (the
-	// TUN's network namespace). nil means ListenSystemTCP.
+	// TUN's network namespace). nil means ListenSystemTCP with New's
+	// context.
 	Listen func(network, address string) (net.Listener, error)
-	// AcceptTimeout bounds how long Accept waits for the kernel to finish
-	// the app's handshake. Default 10s.
-	AcceptTimeout time.Duration
 }
 
 // ListenSystemTCP opens the kind of listener SystemTCP.Listen should
@@ -50,24 +52,6 @@ type SystemTCP struct {
 func ListenSystemTCP(ctx context.Context, network, address string) (net.Listener, error) {
 	lc := net.ListenConfig{KeepAlive: -1}
 	return lc.Listen(ctx, network, address)
-}
-
-// SystemTCPTranslated reports whether pkt belongs to the inner leg of
-// system TCP mode: to or from the kernel listener at one of listeners (the
-// addresses SystemTCP.Listen's listeners got). App traffic never has a
-// listener's address and port as an end, so a capture of what the app sent
-// and received leaves exactly these packets out.
-func SystemTCPTranslated(pkt []byte, listeners []netip.AddrPort) bool {
-	p, ok := parseTCP(pkt)
-	if !ok {
-		return false
-	}
-	for _, l := range listeners {
-		if p.src == l || p.dst == l {
-			return true
-		}
-	}
-	return false
 }
 
 // natGrace is how long a closed connection's translation is kept, for the
@@ -118,9 +102,10 @@ type sysTCP struct {
 	fams []*sysFamily
 	// start hands a new held SYN to the Handler (Stack.startSystemRequest).
 	start func(e *natEntry, src, dst netip.AddrPort)
-	// dev and log are the Stack's.
-	dev Device
-	log *slog.Logger
+	// link writes the packets built here (RSTs, SYNs, the self-test's
+	// probes) to the device; set by New before any packet moves.
+	link *linkEndpoint
+	log  *slog.Logger
 
 	// off is set when the self-test found that the kernel does not take
 	// the translated packets (a firewall): every packet goes to gVisor.
@@ -135,16 +120,13 @@ type sysTCP struct {
 	wg   sync.WaitGroup
 }
 
-func newSysTCP(s *Stack, cfg SystemTCP) (*sysTCP, error) {
+func newSysTCP(ctx context.Context, s *Stack, cfg SystemTCP) (*sysTCP, error) {
 	if cfg.Listen == nil {
 		cfg.Listen = func(network, address string) (net.Listener, error) {
-			return ListenSystemTCP(context.Background(), network, address)
+			return ListenSystemTCP(ctx, network, address)
 		}
 	}
-	if cfg.AcceptTimeout == 0 {
-		cfg.AcceptTimeout = 10 * time.Second
-	}
-	t := &sysTCP{cfg: cfg, start: s.startSystemRequest, dev: s.dev, log: s.log, byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}, done: make(chan struct{})}
+	t := &sysTCP{cfg: cfg, start: s.startSystemRequest, log: s.log, byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}, done: make(chan struct{})}
 	for _, p := range cfg.Addrs {
 		a := p.Addr().Unmap()
 		if t.family(a) != nil {
@@ -171,13 +153,35 @@ func newSysTCP(s *Stack, cfg SystemTCP) (*sysTCP, error) {
 	if len(t.fams) == 0 {
 		return nil, errors.New("stack: system TCP needs the TUN's addresses")
 	}
+	return t, nil
+}
+
+// run starts the accept loops and the sweeper.
+func (t *sysTCP) run() {
 	for _, f := range t.fams {
 		t.wg.Add(1)
 		go t.acceptLoop(f)
 	}
 	t.wg.Add(1)
 	go t.sweep()
-	return t, nil
+}
+
+// inner reports whether pkt belongs to the translated leg: to or from one
+// of the kernel listeners. App traffic never has a listener's address and
+// port as an end, so a capture of what the app sent and received leaves
+// exactly these packets out (Config.Tap).
+func (t *sysTCP) inner(pkt []byte) bool {
+	p, ok := parseTCP(pkt)
+	if !ok {
+		return false
+	}
+	for _, f := range t.fams {
+		l := netip.AddrPortFrom(f.self, f.lport)
+		if p.src == l || p.dst == l {
+			return true
+		}
+	}
+	return false
 }
 
 func (t *sysTCP) closeListeners() {
@@ -204,133 +208,6 @@ func (t *sysTCP) family(a netip.Addr) *sysFamily {
 
 func (f *sysFamily) isFake(a netip.Addr) bool {
 	return a.Is4() == f.self.Is4() && !a.Less(f.fakes[0]) && !f.fakes[len(f.fakes)-1].Less(a)
-}
-
-// tcpPacket is the parsed view of one IPv4 or IPv6 TCP packet.
-type tcpPacket struct {
-	b        []byte
-	v6       bool
-	ihl      int // IP header length; TCP starts here
-	src, dst netip.AddrPort
-	flags    byte
-}
-
-const (
-	tcpFIN = 0x01
-	tcpSYN = 0x02
-	tcpRST = 0x04
-	tcpACK = 0x10
-)
-
-func parseTCP(b []byte) (tcpPacket, bool) {
-	p := tcpPacket{b: b}
-	switch {
-	case len(b) >= 20 && b[0]>>4 == 4:
-		p.ihl = int(b[0]&0xf) * 4
-		if b[9] != 6 || p.ihl < 20 || len(b) < p.ihl+20 || binary.BigEndian.Uint16(b[6:])&0x3fff != 0 {
-			return p, false // not TCP, or a fragment
-		}
-		p.src = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[12:16])), binary.BigEndian.Uint16(b[p.ihl:]))
-		p.dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[16:20])), binary.BigEndian.Uint16(b[p.ihl+2:]))
-	case len(b) >= 60 && b[0]>>4 == 6:
-		if b[6] != 6 { // extension headers are left to gVisor
-			return p, false
-		}
-		p.v6, p.ihl = true, 40
-		p.src = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])), binary.BigEndian.Uint16(b[40:]))
-		p.dst = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[24:40])), binary.BigEndian.Uint16(b[42:]))
-	default:
-		return p, false
-	}
-	p.flags = b[p.ihl+13]
-	return p, true
-}
-
-func (p *tcpPacket) seq() uint32 { return binary.BigEndian.Uint32(p.b[p.ihl+4:]) }
-
-// rewrite sets the packet's addresses and ports and recomputes its checksums.
-func (p *tcpPacket) rewrite(src, dst netip.AddrPort) {
-	b := p.b
-	if p.v6 {
-		s, d := src.Addr().As16(), dst.Addr().As16()
-		copy(b[8:24], s[:])
-		copy(b[24:40], d[:])
-	} else {
-		s, d := src.Addr().As4(), dst.Addr().As4()
-		copy(b[12:16], s[:])
-		copy(b[16:20], d[:])
-		b[10], b[11] = 0, 0
-		binary.BigEndian.PutUint16(b[10:], ^checksum.Checksum(b[:p.ihl], 0))
-	}
-	binary.BigEndian.PutUint16(b[p.ihl:], src.Port())
-	binary.BigEndian.PutUint16(b[p.ihl+2:], dst.Port())
-	p.src, p.dst = src, dst
-	setTCPChecksum(b, p.ihl, p.v6)
-}
-
-// translate is rewrite for a packet whose checksums are valid (every
-// packet the device reads): it updates them for the changed addresses and
-// ports (RFC 1624) instead of summing the whole segment again.
-func (p *tcpPacket) translate(src, dst netip.AddrPort) {
-	b := p.b
-	seg := b[p.ihl:]
-	tcpSum := uint32(^binary.BigEndian.Uint16(seg[16:]))
-	var ipSum uint32
-	if !p.v6 {
-		ipSum = uint32(^binary.BigEndian.Uint16(b[10:]))
-	}
-	// put replaces the 16-bit words at b[off:] with new, accounting for
-	// the change in the TCP checksum (addresses are in its pseudo-header,
-	// ports in its header) and, for IPv4 addresses, the header checksum.
-	put := func(off int, new []byte, inIPHeader bool) {
-		for i := 0; i < len(new); i += 2 {
-			old := binary.BigEndian.Uint16(b[off+i:])
-			nw := binary.BigEndian.Uint16(new[i:])
-			tcpSum += uint32(^old) + uint32(nw)
-			if inIPHeader {
-				ipSum += uint32(^old) + uint32(nw)
-			}
-		}
-		copy(b[off:], new)
-	}
-	var port [2]byte
-	if p.v6 {
-		s16, d16 := src.Addr().As16(), dst.Addr().As16()
-		put(8, s16[:], false)
-		put(24, d16[:], false)
-	} else {
-		s4, d4 := src.Addr().As4(), dst.Addr().As4()
-		put(12, s4[:], true)
-		put(16, d4[:], true)
-		binary.BigEndian.PutUint16(b[10:], ^fold(ipSum))
-	}
-	binary.BigEndian.PutUint16(port[:], src.Port())
-	put(p.ihl, port[:], false)
-	binary.BigEndian.PutUint16(port[:], dst.Port())
-	put(p.ihl+2, port[:], false)
-	binary.BigEndian.PutUint16(seg[16:], ^fold(tcpSum))
-	p.src, p.dst = src, dst
-}
-
-func fold(sum uint32) uint16 {
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return uint16(sum)
-}
-
-// setTCPChecksum computes the TCP checksum of the packet in b.
-func setTCPChecksum(b []byte, ihl int, v6 bool) {
-	seg := b[ihl:]
-	seg[16], seg[17] = 0, 0
-	addrs := b[12:20]
-	if v6 {
-		addrs = b[8:40]
-	}
-	sum := checksum.Checksum(addrs, 0)
-	sum = checksum.Combine(sum, 6)
-	sum = checksum.Combine(sum, uint16(len(seg)))
-	binary.BigEndian.PutUint16(seg[16:], ^checksum.Checksum(seg, sum))
 }
 
 // divert handles one TCP packet read from the device, rewriting it in place.
@@ -427,7 +304,7 @@ func (t *sysTCP) selfTest() {
 		t.mu.Unlock()
 		const isn = 0x74736b30
 		listener := netip.AddrPortFrom(f.self, f.lport)
-		err := t.write(segment(fake, listener, isn, 0, tcpSYN, 65535))
+		err := t.link.writeRaw(segment(fake, listener, isn, 0, tcpSYN, 65535))
 		ok := false
 		if err == nil {
 			select {
@@ -437,7 +314,7 @@ func (t *sysTCP) selfTest() {
 			}
 		}
 		// Whatever the kernel holds for the probe, reset it.
-		_ = t.write(segment(fake, listener, isn+1, 0, tcpRST, 0))
+		_ = t.link.writeRaw(segment(fake, listener, isn+1, 0, tcpRST, 0))
 		t.mu.Lock()
 		delete(t.byFake, fake)
 		t.mu.Unlock()
@@ -453,34 +330,6 @@ func (t *sysTCP) selfTest() {
 			return
 		}
 	}
-}
-
-// segment builds a bare TCP segment (IPv4 or IPv6 after src's family, no
-// options, no payload) with valid checksums.
-func segment(src, dst netip.AddrPort, seq, ack uint32, flags byte, window uint16) []byte {
-	ihl := 20
-	if src.Addr().Is6() {
-		ihl = 40
-	}
-	b := make([]byte, ihl+20)
-	if ihl == 40 {
-		b[0] = 6 << 4
-		binary.BigEndian.PutUint16(b[4:], 20)
-		b[6], b[7] = 6, 64
-	} else {
-		b[0] = 4<<4 | 5
-		binary.BigEndian.PutUint16(b[2:], uint16(len(b)))
-		b[8], b[9] = 64, 6
-	}
-	tcp := b[ihl:]
-	binary.BigEndian.PutUint32(tcp[4:], seq)
-	binary.BigEndian.PutUint32(tcp[8:], ack)
-	tcp[12] = 5 << 4
-	tcp[13] = flags
-	binary.BigEndian.PutUint16(tcp[14:], window)
-	p := tcpPacket{b: b, v6: ihl == 40, ihl: ihl}
-	p.rewrite(src, dst)
-	return b
 }
 
 // allocLocked picks a fake peer address and port no entry uses.
@@ -509,35 +358,39 @@ func (t *sysTCP) remove(e *natEntry) {
 }
 
 // accept lets the held SYN through to the listener and waits for the
-// kernel to complete the handshake.
-func (t *sysTCP) accept(e *natEntry) (*net.TCPConn, error) {
+// kernel to complete the handshake, or for abort to be closed (the request
+// was shed, or its handshake timed out; see TCPRequest.Accept).
+func (t *sysTCP) accept(e *natEntry, abort <-chan struct{}) (*net.TCPConn, error) {
 	f := t.family(e.app[0].Addr())
 	t.mu.Lock()
 	syn := e.syn
 	e.syn, e.state = nil, natAccepting
 	t.mu.Unlock()
 	p, _ := parseTCP(syn)
-	p.rewrite(e.fake, netip.AddrPortFrom(f.self, f.lport))
-	err := t.write(syn)
+	listener := netip.AddrPortFrom(f.self, f.lport)
+	p.rewrite(e.fake, listener)
+	err := t.link.writeRaw(syn)
 	if err != nil {
 		t.remove(e)
 		return nil, err
 	}
-	timer := time.NewTimer(t.cfg.AcceptTimeout)
-	defer timer.Stop()
 	select {
 	case c := <-e.accepted:
 		return c, nil
-	case <-timer.C:
-		err = fmt.Errorf("the app did not complete its handshake within %v", t.cfg.AcceptTimeout)
+	case <-abort:
+		err = errHandshakeAborted
 	case <-t.done:
 		err = errStackClosed
 	}
 	t.remove(e)
 	select {
 	case c := <-e.accepted: // accepted just as we gave up
+		c.SetLinger(0)
 		c.Close()
 	default:
+		// The kernel holds a half-open connection from the fake peer:
+		// reset it (the app's ACK would carry e.isn+1).
+		_ = t.link.writeRaw(segment(e.fake, listener, e.isn+1, 0, tcpRST, 0))
 	}
 	return nil, err
 }
@@ -624,14 +477,6 @@ func (t *sysTCP) sweep() {
 	}
 }
 
-// write sends packets built outside the read loop to the device.
-func (t *sysTCP) write(pkt []byte) error {
-	buf := make([]byte, headroom+len(pkt))
-	copy(buf[headroom:], pkt)
-	_, err := t.dev.Write([][]byte{buf}, headroom)
-	return err
-}
-
 // writeRST answers the app's packet p with a RST from its destination.
 func (t *sysTCP) writeRST(p tcpPacket) {
 	seg := p.b[p.ihl:]
@@ -653,7 +498,7 @@ func (t *sysTCP) writeRST(p tcpPacket) {
 		flags |= tcpACK
 	}
 	b := segment(p.dst, p.src, outSeq, outAck, flags, 0)
-	if err := t.write(b); err != nil {
+	if err := t.link.writeRaw(b); err != nil {
 		t.log.Debug("system TCP: write RST", "err", err)
 	}
 }

@@ -1,10 +1,10 @@
 package stack
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,10 +29,27 @@ type TCPRequest struct {
 	fr       *tcp.ForwarderRequest // gVisor mode
 	nat      *natEntry             // system TCP mode
 	src, dst netip.AddrPort
+	cancel   context.CancelCauseFunc // the Handler's context
 
-	mu      sync.Mutex
-	decided bool
+	// The handshake table's links (Stack.hs.mu).
+	hsPrev, hsNext *TCPRequest
+	inTable        bool
+
+	mu       sync.Mutex
+	state    reqState
+	shed     bool          // shed while the Handler was deciding
+	abortWhy error         // why an accepting handshake was aborted
+	wq       *waiter.Queue // gVisor: the pending handshake's queue
+	abort    chan struct{} // system TCP: closed to abort the handshake
 }
+
+type reqState uint8
+
+const (
+	reqDeciding  reqState = iota // the Handler has not called Accept or Reject
+	reqAccepting                 // Accept waits for the app's handshake
+	reqDone
+)
 
 // Src is the app's address and port.
 func (r *TCPRequest) Src() netip.AddrPort { return r.src }
@@ -40,32 +57,67 @@ func (r *TCPRequest) Src() netip.AddrPort { return r.src }
 // Dst is the address and port the app connects to.
 func (r *TCPRequest) Dst() netip.AddrPort { return r.dst }
 
-func (r *TCPRequest) decide() bool {
+// decide moves a deciding request to next; false if it was decided already.
+func (r *TCPRequest) decide(next reqState) (ok, shed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.decided {
-		return false
+	if r.state != reqDeciding {
+		return false, r.shed
 	}
-	r.decided = true
-	return true
+	r.state = next
+	return true, false
 }
 
 // Accept completes the app's handshake and returns the connection. It blocks
-// until the app acknowledges our SYN-ACK (or gives up). A second call, or a
-// call after Reject, returns an error.
+// until the app acknowledges our SYN-ACK, for at most
+// TCPOptions.HandshakeTimeout, and fails when the attempt is shed to make
+// room for newer ones (TCPOptions.MaxInFlight). A second call, a call after
+// Reject, or after the attempt was shed, returns an error.
 func (r *TCPRequest) Accept() (Conn, error) {
-	if !r.decide() {
+	ok, shed := r.decide(reqAccepting)
+	if !ok {
+		if shed {
+			return nil, r.opError(errShed)
+		}
 		return nil, errAlreadyDecided
 	}
+	defer r.s.hs.remove(r)
+	timer := time.AfterFunc(r.s.cfg.TCP.HandshakeTimeout, func() { r.abortHandshake(errHandshakeTimeout) })
+	var c Conn
+	var err error
 	if r.nat != nil {
-		return r.acceptSystem()
+		c, err = r.acceptSystem()
+	} else {
+		c, err = r.acceptGVisor()
 	}
-	var wq waiter.Queue
-	ep, terr := r.fr.CreateEndpoint(&wq)
+	timer.Stop()
+	r.mu.Lock()
+	r.state = reqDone
+	why := r.abortWhy
+	r.mu.Unlock()
+	if err != nil {
+		if why != nil {
+			err = fmt.Errorf("%w (%w)", why, err)
+		}
+		return nil, r.opError(err)
+	}
+	return c, nil
+}
+
+func (r *TCPRequest) opError(err error) error {
+	return &net.OpError{Op: "accept", Net: "tcp", Source: net.TCPAddrFromAddrPort(r.dst),
+		Addr: net.TCPAddrFromAddrPort(r.src), Err: err}
+}
+
+func (r *TCPRequest) acceptGVisor() (Conn, error) {
+	wq := new(waiter.Queue)
+	r.mu.Lock()
+	r.wq = wq
+	r.mu.Unlock()
+	ep, terr := r.fr.CreateEndpoint(wq)
 	if terr != nil {
 		r.fr.Complete(true)
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Source: net.TCPAddrFromAddrPort(r.dst),
-			Addr: net.TCPAddrFromAddrPort(r.src), Err: convertError(terr)}
+		return nil, convertError(terr)
 	}
 	r.fr.Complete(false)
 
@@ -78,27 +130,101 @@ func (r *TCPRequest) Accept() (Conn, error) {
 		_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, o.KeepAliveCount)
 		ep.SocketOptions().SetKeepAlive(true)
 	}
-
-	c := &tcpConn{TCPConn: gonet.NewTCPConn(&wq, ep), s: r.s, ep: ep, wq: &wq}
-	s := r.s
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	c := &tcpConn{Conn: gonet.NewTCPConn(wq, ep), s: r.s, ep: ep, wq: wq}
+	if !r.s.addConn(c) {
 		ep.Abort()
 		return nil, errStackClosed
 	}
-	s.tcpConns[c] = struct{}{}
-	s.mu.Unlock()
-	s.tcpOpen.Add(1)
 	return c, nil
+}
+
+// acceptSystem completes the app's handshake in system TCP mode.
+func (r *TCPRequest) acceptSystem() (Conn, error) {
+	s := r.s
+	tc, err := s.sys.accept(r.nat, r.abort)
+	if err != nil {
+		return nil, err
+	}
+	c := &tcpConn{Conn: tc, s: s, kernel: tc, nat: r.nat}
+	if !s.addConn(c) {
+		tc.SetLinger(0)
+		tc.Close()
+		s.sys.remove(r.nat)
+		return nil, errStackClosed
+	}
+	return c, nil
+}
+
+// abortHandshake makes a pending Accept give up, for why.
+func (r *TCPRequest) abortHandshake(why error) {
+	r.mu.Lock()
+	if r.state != reqAccepting || r.abortWhy != nil {
+		r.mu.Unlock()
+		return
+	}
+	r.abortWhy = why
+	r.mu.Unlock()
+	if why == errHandshakeTimeout {
+		r.s.tcpHandshakeTimeouts.Add(1)
+	}
+	if r.nat != nil {
+		close(r.abort)
+		return
+	}
+	r.poke()
+}
+
+// poke wakes gVisor's Forwarder out of CreateEndpoint, which waits for a
+// writable event on our queue and then looks at the endpoint's state: still
+// in SYN-RCVD, it closes the endpoint and fails (transport/tcp/accept.go
+// performHandshake in the pinned gVisor). The wait is registered inside
+// CreateEndpoint, so an event sent before it would be lost: poke repeats
+// until Accept has returned.
+func (r *TCPRequest) poke() {
+	r.mu.Lock()
+	wq := r.wq
+	waiting := r.state == reqAccepting
+	r.mu.Unlock()
+	if !waiting {
+		return
+	}
+	if wq != nil {
+		wq.Notify(waiter.WritableEvents)
+	}
+	time.AfterFunc(pokeInterval, r.poke)
+}
+
+const pokeInterval = 20 * time.Millisecond
+
+// shed gives up the attempt to make room for newer ones (see handshakes).
+func (r *TCPRequest) shedAttempt() {
+	r.s.tcpShed.Add(1)
+	r.mu.Lock()
+	switch r.state {
+	case reqDeciding:
+		r.state, r.shed = reqDone, true
+		r.mu.Unlock()
+		r.cancel(errShed) // stops the Handler's upstream dial
+		if r.nat != nil {
+			r.s.sys.remove(r.nat)
+		} else {
+			r.fr.Complete(false)
+		}
+	case reqAccepting:
+		r.mu.Unlock()
+		r.abortHandshake(errShed)
+	default:
+		r.mu.Unlock()
+	}
 }
 
 // Reject answers the app's SYN with a RST at once ("connection refused").
 // It does nothing after Accept or a previous Reject.
 func (r *TCPRequest) Reject() {
-	if !r.decide() {
+	if ok, _ := r.decide(reqDone); !ok {
 		return
 	}
+	r.s.hs.remove(r)
 	r.s.tcpRejected.Add(1)
 	if r.nat != nil {
 		r.s.sys.reject(r.nat)
@@ -110,9 +236,10 @@ func (r *TCPRequest) Reject() {
 // Drop discards the app's SYN without any answer (REJECT-DROP): the app
 // sees a connect timeout, as if the destination did not exist.
 func (r *TCPRequest) Drop() {
-	if !r.decide() {
+	if ok, _ := r.decide(reqDone); !ok {
 		return
 	}
+	r.s.hs.remove(r)
 	r.s.tcpRejected.Add(1)
 	if r.nat != nil {
 		r.s.sys.remove(r.nat)
@@ -137,11 +264,11 @@ func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 // startSystemRequest hands a SYN the system TCP mode holds to the Handler,
 // on a goroutine of its own (the packet loop must not wait).
 func (s *Stack) startSystemRequest(e *natEntry, src, dst netip.AddrPort) {
-	go s.handleRequest(&TCPRequest{s: s, nat: e, src: src, dst: dst})
+	go s.handleRequest(&TCPRequest{s: s, nat: e, src: src, dst: dst, abort: make(chan struct{})})
 }
 
-// handleRequest runs the Handler for r on the calling goroutine, which it
-// tracks for Close.
+// handleRequest admits r to the handshake table and runs the Handler for it
+// on the calling goroutine, which it tracks for Close.
 func (s *Stack) handleRequest(r *TCPRequest) {
 	growStack()
 	s.mu.Lock()
@@ -153,10 +280,17 @@ func (s *Stack) handleRequest(r *TCPRequest) {
 	s.handlers.Add(1)
 	s.mu.Unlock()
 	defer s.handlers.Done()
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	defer cancel(nil)
+	r.cancel = cancel
+	if victim := s.hs.add(r); victim != nil {
+		victim.shedAttempt()
+	}
 	s.tcpTotal.Add(1)
-	s.handler.HandleTCP(s.ctx, r)
-	if r.decide() {
+	s.handler.HandleTCP(ctx, r)
+	if ok, _ := r.decide(reqDone); ok {
 		// The handler broke its contract; never leave the app hanging.
+		s.hs.remove(r)
 		s.handlerUndecided.Add(1)
 		s.tcpRejected.Add(1)
 		if r.nat != nil {
@@ -168,100 +302,52 @@ func (s *Stack) handleRequest(r *TCPRequest) {
 	}
 }
 
-// tcpConn counts payload bytes and unregisters itself on Close. It can
-// wait for the app's next bytes without a buffer (WaitRead).
+// tcpConn is an accepted connection of either TCP stack: it counts payload
+// bytes and unregisters itself on Close.
 type tcpConn struct {
-	*gonet.TCPConn
-	s         *Stack
-	ep        tcpip.Endpoint
-	wq        *waiter.Queue
+	Conn // *gonet.TCPConn, or in system TCP mode *net.TCPConn
+	s    *Stack
+	// kernel and nat are set in system TCP mode: the kernel socket for
+	// the relay to splice on, and the translation that expires after
+	// Close.
+	kernel    *net.TCPConn
+	nat       *natEntry
 	closeOnce sync.Once
 
+	// ep and wq are set in gVisor mode, for WaitRead (see waitread.go).
+	ep           tcpip.Endpoint
+	wq           *waiter.Queue
 	readDeadline atomic.Int64 // UnixNano, 0 for none: gonet keeps its own private copy
 	waitTimer    *time.Timer  // WaitRead's, made on its first timed wait
 }
 
-// WaitRead returns once a Read would not block: the app's bytes, its FIN
-// or an error are waiting, or the connection was closed. It holds no
-// buffer while it waits, so a relay of an idle connection holds none
-// (relay.ReadWaiter). When the read deadline passes first it returns an
-// error wrapping os.ErrDeadlineExceeded, as Read would. One goroutine at a
-// time may call it (the connection's reader).
-func (c *tcpConn) WaitRead() error {
-	if c.ep.Readiness(waiter.ReadableEvents) != 0 {
-		return nil
-	}
-	entry, notify := waiter.NewChannelEntry(waiter.ReadableEvents)
-	c.wq.EventRegister(&entry)
-	defer c.wq.EventUnregister(&entry)
-	for c.ep.Readiness(waiter.ReadableEvents) == 0 {
-		var expired <-chan time.Time
-		if d := c.readDeadline.Load(); d != 0 {
-			left := time.Until(time.Unix(0, d))
-			if left <= 0 {
-				return &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.ErrDeadlineExceeded}
-			}
-			if c.waitTimer == nil {
-				c.waitTimer = time.NewTimer(left)
-			} else {
-				c.waitTimer.Reset(left)
-			}
-			expired = c.waitTimer.C
-		}
-		select {
-		case <-notify:
-		case <-expired:
-		}
-		if c.waitTimer != nil {
-			c.waitTimer.Stop()
-		}
-	}
-	return nil
-}
-
-// SetDeadline and SetReadDeadline also wake a WaitRead, which looks at the
-// new deadline.
-func (c *tcpConn) SetDeadline(t time.Time) error {
-	err := c.TCPConn.SetDeadline(t)
-	c.setReadDeadline(t)
-	return err
-}
-
-func (c *tcpConn) SetReadDeadline(t time.Time) error {
-	err := c.TCPConn.SetReadDeadline(t)
-	c.setReadDeadline(t)
-	return err
-}
-
-func (c *tcpConn) setReadDeadline(t time.Time) {
-	var d int64
-	if !t.IsZero() {
-		d = t.UnixNano()
-	}
-	if c.readDeadline.Swap(d) != d {
-		c.wq.Notify(waiter.ReadableEvents)
-	}
-}
-
 func (c *tcpConn) Read(p []byte) (int, error) {
-	n, err := c.TCPConn.Read(p)
+	n, err := c.Conn.Read(p)
 	c.s.bytesUp.Add(uint64(n))
 	return n, err
 }
 
 func (c *tcpConn) Write(p []byte) (int, error) {
-	n, err := c.TCPConn.Write(p)
+	n, err := c.Conn.Write(p)
 	c.s.bytesDown.Add(uint64(n))
 	return n, err
 }
 
+// KernelConn lets the relay splice on the kernel socket
+// (relay.KernelConner); nil for a gVisor connection. Bytes spliced bypass
+// the counters.
+func (c *tcpConn) KernelConn() *net.TCPConn { return c.kernel }
+
 func (c *tcpConn) Close() error {
-	err := c.TCPConn.Close()
+	err := c.Conn.Close()
 	c.closeOnce.Do(func() {
 		c.s.mu.Lock()
 		delete(c.s.tcpConns, c)
 		c.s.mu.Unlock()
 		c.s.tcpOpen.Add(-1)
+		if c.nat != nil {
+			c.s.sys.closed(c.nat)
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("stack: close: %w", err)
@@ -269,72 +355,16 @@ func (c *tcpConn) Close() error {
 	return nil
 }
 
-// SetWriteDeadline and CloseWrite are promoted from gonet.TCPConn; listed
-// here so the wrapper's method set is obvious.
-var _ interface {
-	SetDeadline(time.Time) error
-	SetWriteDeadline(time.Time) error
-	CloseWrite() error
-	WaitRead() error
-} = (*tcpConn)(nil)
-
-// acceptSystem completes the app's handshake in system TCP mode.
-func (r *TCPRequest) acceptSystem() (Conn, error) {
-	s := r.s
-	tc, err := s.sys.accept(r.nat)
-	if err != nil {
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Source: net.TCPAddrFromAddrPort(r.dst),
-			Addr: net.TCPAddrFromAddrPort(r.src), Err: err}
-	}
-	c := &sysConn{TCPConn: tc, s: s, nat: r.nat}
+// addConn registers an accepted connection; false when the stack closed.
+func (s *Stack) addConn(c *tcpConn) bool {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		s.mu.Unlock()
-		tc.SetLinger(0)
-		tc.Close()
-		s.sys.remove(r.nat)
-		return nil, errStackClosed
+		return false
 	}
-	s.sysConns[c] = struct{}{}
-	s.mu.Unlock()
+	s.tcpConns[c] = struct{}{}
 	s.tcpOpen.Add(1)
-	return c, nil
-}
-
-// sysConn is an app connection the kernel terminated (system TCP mode). It
-// counts payload bytes, and on Close lets its translation expire.
-type sysConn struct {
-	*net.TCPConn
-	s         *Stack
-	nat       *natEntry
-	closeOnce sync.Once
-}
-
-func (c *sysConn) Read(p []byte) (int, error) {
-	n, err := c.TCPConn.Read(p)
-	c.s.bytesUp.Add(uint64(n))
-	return n, err
-}
-
-func (c *sysConn) Write(p []byte) (int, error) {
-	n, err := c.TCPConn.Write(p)
-	c.s.bytesDown.Add(uint64(n))
-	return n, err
-}
-
-// KernelConn lets the relay splice on the kernel socket (relay.KernelConner).
-func (c *sysConn) KernelConn() *net.TCPConn { return c.TCPConn }
-
-func (c *sysConn) Close() error {
-	err := c.TCPConn.Close()
-	c.closeOnce.Do(func() {
-		c.s.mu.Lock()
-		delete(c.s.sysConns, c)
-		c.s.mu.Unlock()
-		c.s.tcpOpen.Add(-1)
-		c.s.sys.closed(c.nat)
-	})
-	return err
+	return true
 }
 
 // growStack makes the calling goroutine's stack about 16 KiB in one step,
@@ -343,9 +373,10 @@ func (c *sysConn) Close() error {
 // the router, gVisor's handshake under Accept); growing there, doubling by
 // doubling with every frame copied each time, took about 4.5% of tunsocks'
 // CPU at a high connection rate (go tool pprof of `tunsocks run
-// --cpuprofile` under scripts/bench.sh). The memory is what the goroutine
-// would reach anyway, and the garbage collector shrinks the stack again
-// while the goroutine idles in the relay.
+// --cpuprofile` under scripts/bench.sh, 2026-11-23, gVisor
+// 20260905035102-160fafc42237). The memory is what the goroutine would
+// reach anyway, and the garbage collector shrinks the stack again while the
+// goroutine idles in the relay.
 //
 //go:noinline
 func growStack() {

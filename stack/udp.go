@@ -39,13 +39,21 @@ import (
 //     (allowed because spoofing is on). gVisor adds the IP header and
 //     fragments datagrams larger than the MTU, which hand-built IP packets
 //     would have to do themselves.
+//   - Limits: at most Config.MaxUDPFlows flows, Config.MaxUDPFlowsPerSource
+//     per app source address; a new flow beyond either closes the least
+//     recently active one (of that source, or of all) first. New flows are
+//     also rate limited (Config.NewUDPFlowRate, NewUDPFlowRatePerSource):
+//     every flow costs the Handler an upstream association, and a flood of
+//     new source ports must not take the CPU and the upstream that TCP
+//     needs. A flow's queue holds at most Config.UDPQueue datagrams, all
+//     flows' queues together Config.UDPQueueBytes of payload; the buffers
+//     come from a pool and go back as soon as the Handler has read them,
+//     so an idle flow holds no buffer at all.
+//   - Lifetime: the stack has no idle timer. The Handler closes flows it
+//     no longer needs (the router's idle timer), and the caps bound what
+//     it forgets.
 
 type flowKey = netip.AddrPort
-
-type datagram struct {
-	b   []byte
-	dst netip.AddrPort
-}
 
 // UDPFlow is every datagram one app source address:port sends, to any
 // destination, and the way back to it from any remote.
@@ -53,15 +61,18 @@ type UDPFlow struct {
 	s   *Stack
 	src netip.AddrPort
 
-	queue chan datagram
+	q dgramQueue
 
-	closeOnce sync.Once
-	closed    chan struct{}
-	closeErr  error // why the flow closed; set before closed is closed
+	closed   chan struct{}
+	closeErr error // why the flow closed; set before closed is closed
 
-	lastActive atomic.Int64 // unix nanoseconds
-	idle       time.Duration
-	idleTimer  *time.Timer
+	// Stack.udpMu: the flow table's recency list (most recent first)
+	// and when the flow was last put at its front.
+	prev, next *UDPFlow
+	listedAt   int64
+	isClosed   bool
+
+	lastWrite atomic.Int64 // Stack.clock of the last WriteTo
 
 	rd deadline
 }
@@ -72,28 +83,35 @@ func (f *UDPFlow) Src() netip.AddrPort { return f.src }
 // ReadFrom returns the next datagram the app sent from Src and the
 // destination it was sent to. A datagram longer than p is truncated and
 // reported with an error wrapping io.ErrShortBuffer (n is still valid).
-// After Close or idle expiry it returns an error wrapping net.ErrClosed; when
-// the read deadline passes, one wrapping os.ErrDeadlineExceeded.
+// After Close, or after the flow was evicted for a newer one
+// (Config.MaxUDPFlows), it returns an error wrapping net.ErrClosed; when the
+// read deadline passes, one wrapping os.ErrDeadlineExceeded.
 func (f *UDPFlow) ReadFrom(p []byte) (int, netip.AddrPort, error) {
-	// A queued datagram wins over a closed flow only if the flow is open;
-	// check closed first so Close takes effect at once.
-	select {
-	case <-f.closed:
-		return 0, netip.AddrPort{}, f.opError("read", f.closeErr)
-	default:
-	}
-	select {
-	case d := <-f.queue:
-		n := copy(p, d.b)
-		f.s.bytesUp.Add(uint64(n))
-		if n < len(d.b) {
-			return n, d.dst, f.opError("read", fmt.Errorf("datagram of %d bytes truncated to %d: %w", len(d.b), n, io.ErrShortBuffer))
+	for {
+		// A queued datagram wins over a closed flow only if the flow is
+		// open; check closed first so Close takes effect at once.
+		select {
+		case <-f.closed:
+			return 0, netip.AddrPort{}, f.opError("read", f.closeErr)
+		default:
 		}
-		return n, d.dst, nil
-	case <-f.closed:
-		return 0, netip.AddrPort{}, f.opError("read", f.closeErr)
-	case <-f.rd.wait():
-		return 0, netip.AddrPort{}, f.opError("read", os.ErrDeadlineExceeded)
+		if d := f.q.pop(); d != nil {
+			n := copy(p, d.b)
+			size, dst := len(d.b), d.dst
+			f.s.releaseDgram(d)
+			f.s.bytesUp.Add(uint64(n))
+			if n < size {
+				return n, dst, f.opError("read", fmt.Errorf("datagram of %d bytes truncated to %d: %w", size, n, io.ErrShortBuffer))
+			}
+			return n, dst, nil
+		}
+		select {
+		case <-f.q.ready:
+		case <-f.closed:
+			return 0, netip.AddrPort{}, f.opError("read", f.closeErr)
+		case <-f.rd.wait():
+			return 0, netip.AddrPort{}, f.opError("read", os.ErrDeadlineExceeded)
+		}
 	}
 }
 
@@ -109,7 +127,7 @@ func (f *UDPFlow) WriteTo(p []byte, from netip.AddrPort) (int, error) {
 	if err := f.s.sendUDP(from, f.src, p); err != nil {
 		return 0, f.opError("write", err)
 	}
-	f.touch()
+	f.lastWrite.Store(f.s.clock())
 	f.s.bytesDown.Add(uint64(len(p)))
 	return len(p), nil
 }
@@ -128,36 +146,24 @@ func (f *UDPFlow) Close() error {
 }
 
 func (f *UDPFlow) closeWith(cause error) {
-	f.closeOnce.Do(func() {
-		f.s.mu.Lock()
-		if f.s.udpFlows[f.src] == f {
-			delete(f.s.udpFlows, f.src)
-		}
-		f.closeErr = cause
-		close(f.closed)
-		f.s.mu.Unlock()
-		f.idleTimer.Stop()
-		f.rd.stop()
-		f.s.udpOpen.Add(-1)
-	})
+	f.s.udpMu.Lock()
+	f.closeLocked(cause)
+	f.s.udpMu.Unlock()
 }
 
-func (f *UDPFlow) touch() { f.lastActive.Store(time.Now().UnixNano()) }
-
-// checkIdle runs from the idle timer. Resetting a timer on every datagram
-// would cost more than remembering the last activity and re-arming for the
-// remainder when the timer fires.
-func (f *UDPFlow) checkIdle() {
-	since := time.Duration(time.Now().UnixNano() - f.lastActive.Load())
-	if since >= f.idle {
-		f.closeWith(fmt.Errorf("stack: udp flow idle for %v: %w", f.idle, net.ErrClosed))
+// closeLocked takes the flow out of the table and ends it. s.udpMu held.
+func (f *UDPFlow) closeLocked(cause error) {
+	if f.isClosed {
 		return
 	}
-	select {
-	case <-f.closed:
-	default:
-		f.idleTimer.Reset(f.idle - since)
-	}
+	f.isClosed = true
+	s := f.s
+	s.udpFlows.remove(f)
+	f.closeErr = cause
+	close(f.closed)
+	f.rd.stop()
+	f.q.drain(s)
+	s.udpOpen.Add(-1)
 }
 
 func (f *UDPFlow) opError(op string, err error) error {
@@ -171,14 +177,18 @@ func (s *Stack) handleUDPPacket(id gstack.TransportEndpointID, pkt *gstack.Packe
 		return false // gVisor counts it as malformed
 	}
 	netHdr := pkt.Network()
+	// The link endpoint verified the checksum of every datagram that
+	// arrived in one packet (or knew it good); one larger than a packet
+	// was reassembled from fragments, which it cannot verify.
+	validated := pkt.RXChecksumValidated && len(pkt.NetworkHeader().Slice())+int(hdr.Length()) <= int(s.link.mtu)
 	lengthValid, csumValid := header.UDPValid(hdr, func() uint16 { return pkt.Data().Checksum() },
 		uint16(pkt.Data().Size()), pkt.NetworkProtocolNumber,
-		netHdr.SourceAddress(), netHdr.DestinationAddress(), pkt.RXChecksumValidated)
+		netHdr.SourceAddress(), netHdr.DestinationAddress(), validated)
 	if !lengthValid {
 		return false
 	}
 	if !csumValid {
-		s.udpBadChecksum.Add(1)
+		s.link.badChecksums.Add(1)
 		return true // drop silently, like a socket would
 	}
 	src := netip.AddrPortFrom(addrFromTCPIP(id.RemoteAddress), id.RemotePort)
@@ -186,48 +196,305 @@ func (s *Stack) handleUDPPacket(id gstack.TransportEndpointID, pkt *gstack.Packe
 	if !src.Addr().IsValid() || !dst.Addr().IsValid() {
 		return false
 	}
-	payload := pkt.Data().AsRange().ToSlice()
-	if l := int(hdr.Length()) - header.UDPMinimumSize; l < len(payload) {
-		payload = payload[:l] // drop link padding
-	}
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	size := min(pkt.Data().Size(), int(hdr.Length())-header.UDPMinimumSize) // without link padding
+	if s.udpQueued.Add(int64(size)) > int64(s.cfg.UDPQueueBytes) {
+		s.udpQueued.Add(-int64(size))
+		s.udpDrops.Add(1)
 		return true
 	}
-	f := s.udpFlows[src]
-	if f == nil {
-		f = s.newFlowLocked(src)
+	d := s.newDgram(size, dst)
+	_, _ = pkt.Data().ReadTo(d, true)
+	d.b = d.b[:size]
+
+	s.udpMu.Lock()
+	defer s.udpMu.Unlock()
+	if s.udpClosed {
+		s.releaseDgram(d)
+		return true
 	}
-	f.touch()
-	select {
-	case f.queue <- datagram{b: payload, dst: dst}:
-	default:
+	now := s.clock()
+	f := s.udpFlows.flows[src]
+	if f == nil {
+		if f = s.newFlowLocked(src, now); f == nil {
+			s.releaseDgram(d) // counted by newFlowLocked
+			return true
+		}
+	} else {
+		s.udpFlows.touch(f, now)
+	}
+	if !f.q.push(d, s.cfg.UDPQueue) {
+		s.releaseDgram(d)
 		s.udpDrops.Add(1)
 	}
 	return true
 }
 
-// newFlowLocked registers a flow and starts the Handler for it.
-func (s *Stack) newFlowLocked(src netip.AddrPort) *UDPFlow {
+// newFlowLocked registers a flow, evicting the least recently active one
+// when a cap is reached, and starts the Handler for it. nil when the new
+// flow rate is exceeded or no flow could be made room for. s.udpMu held.
+func (s *Stack) newFlowLocked(src netip.AddrPort, now int64) *UDPFlow {
+	t := &s.udpFlows
+	cfg := &s.cfg
+	ss := t.bySrc[src.Addr()]
+	if ss == nil {
+		ss = &srcFlows{bucket: fullBucket(cfg.NewUDPFlowRatePerSource, now)}
+	}
+	if !ss.bucket.ready(now, cfg.NewUDPFlowRatePerSource) || !t.rate.ready(now, cfg.NewUDPFlowRate) {
+		s.udpRateLimited.Add(1)
+		return nil
+	}
+	var victim *UDPFlow
+	if ss.n >= cfg.MaxUDPFlowsPerSource {
+		victim = t.lru(src.Addr(), true)
+	} else if len(t.flows) >= cfg.MaxUDPFlows {
+		victim = t.lru(netip.Addr{}, false)
+	}
+	if victim != nil {
+		victim.closeLocked(errEvicted)
+		s.udpEvicted.Add(1)
+	}
+	if ss.n >= cfg.MaxUDPFlowsPerSource || len(t.flows) >= cfg.MaxUDPFlows {
+		s.udpDrops.Add(1)
+		return nil
+	}
+	ss.bucket.take()
+	t.rate.take()
 	f := &UDPFlow{
 		s:      s,
 		src:    src,
-		queue:  make(chan datagram, s.cfg.UDPQueue),
 		closed: make(chan struct{}),
-		idle:   s.cfg.UDPIdle,
 	}
+	f.q.ready = make(chan struct{}, 1)
 	f.rd.init()
-	f.touch()
-	// Arm after the field is set so the timer's goroutine sees it.
-	f.idleTimer = time.AfterFunc(time.Hour, f.checkIdle)
-	f.idleTimer.Reset(f.idle)
-	s.udpFlows[src] = f
+	t.add(f, ss, now)
 	s.udpOpen.Add(1)
 	s.udpTotal.Add(1)
 	s.goHandlerLocked(func() { s.handler.HandleUDP(s.ctx, f) })
 	return f
+}
+
+// rateBucket is a token bucket of new flows: rate tokens a second, at most
+// a second's worth saved up.
+type rateBucket struct {
+	tokens float64
+	last   int64 // Stack.clock of the last refill
+}
+
+func fullBucket(rate int, now int64) rateBucket { return rateBucket{tokens: float64(rate), last: now} }
+
+// ready refills the bucket and reports whether it holds a token.
+func (b *rateBucket) ready(now int64, rate int) bool {
+	if now > b.last {
+		b.tokens = min(float64(rate), b.tokens+float64(now-b.last)*float64(rate)/1e9)
+		b.last = now
+	}
+	return b.tokens >= 1
+}
+
+func (b *rateBucket) take() { b.tokens-- }
+
+// clock is a monotonic time in nanoseconds, for flow recency.
+func (s *Stack) clock() int64 { return int64(time.Since(s.epoch)) }
+
+// udpTable is the flows by app source, with a recency list (Stack.udpMu).
+type udpTable struct {
+	flows      map[flowKey]*UDPFlow
+	bySrc      map[netip.Addr]*srcFlows
+	rate       rateBucket // new flows of all sources (Config.NewUDPFlowRate)
+	head, tail *UDPFlow   // most, least recently active
+}
+
+// srcFlows is what the table knows of one app source address while it has
+// flows: how many, and its new-flow rate (Config.NewUDPFlowRatePerSource).
+type srcFlows struct {
+	n      int
+	bucket rateBucket
+}
+
+func (t *udpTable) add(f *UDPFlow, ss *srcFlows, now int64) {
+	t.flows[f.src] = f
+	if ss.n == 0 {
+		t.bySrc[f.src.Addr()] = ss
+	}
+	ss.n++
+	t.pushFront(f, now)
+}
+
+func (t *udpTable) remove(f *UDPFlow) {
+	if t.flows[f.src] == f {
+		delete(t.flows, f.src)
+	}
+	if ss := t.bySrc[f.src.Addr()]; ss != nil {
+		if ss.n--; ss.n <= 0 {
+			delete(t.bySrc, f.src.Addr())
+		}
+	}
+	t.unlink(f)
+}
+
+// touch marks f as just active: a datagram from the app.
+func (t *udpTable) touch(f *UDPFlow, now int64) {
+	if t.head != f {
+		t.unlink(f)
+		t.pushFront(f, now)
+	}
+	f.listedAt = now
+}
+
+func (t *udpTable) pushFront(f *UDPFlow, now int64) {
+	f.prev, f.next = nil, t.head
+	if t.head != nil {
+		t.head.prev = f
+	} else {
+		t.tail = f
+	}
+	t.head = f
+	f.listedAt = now
+}
+
+func (t *udpTable) unlink(f *UDPFlow) {
+	if f.prev != nil {
+		f.prev.next = f.next
+	} else if t.head == f {
+		t.head = f.next
+	}
+	if f.next != nil {
+		f.next.prev = f.prev
+	} else if t.tail == f {
+		t.tail = f.prev
+	}
+	f.prev, f.next = nil, nil
+}
+
+// lru returns the least recently active flow (of src when bySource). The
+// list orders flows by the app's datagrams; a flow the Handler wrote to
+// since it was last listed gets a second chance at the front instead.
+func (t *udpTable) lru(src netip.Addr, bySource bool) *UDPFlow {
+	var fallback *UDPFlow
+	for f, n := t.tail, len(t.flows); f != nil && n > 0; n-- {
+		prev := f.prev
+		if bySource && f.src.Addr() != src {
+			f = prev
+			continue
+		}
+		if fallback == nil {
+			fallback = f
+		}
+		if w := f.lastWrite.Load(); w > f.listedAt {
+			t.unlink(f)
+			t.pushFront(f, w)
+			f = prev
+			continue
+		}
+		return f
+	}
+	return fallback
+}
+
+// dgram is one queued datagram in a pooled buffer.
+type dgram struct {
+	b     []byte // the payload, in buf
+	buf   []byte
+	dst   netip.AddrPort
+	class int
+}
+
+// Write appends to b (gVisor's PacketData.ReadTo copies into it).
+func (d *dgram) Write(p []byte) (int, error) {
+	d.b = append(d.b, p...)
+	return len(p), nil
+}
+
+// Buffer classes: most datagrams fit a small buffer; a large one takes a
+// buffer of the largest size.
+var dgramSizes = [...]int{2048, 65536}
+
+// dgramPools hold dgrams by buffer class. Pools are the one kind of
+// package-level state the house allows; they hold only free buffers.
+var dgramPools [len(dgramSizes)]sync.Pool
+
+func (s *Stack) newDgram(size int, dst netip.AddrPort) *dgram {
+	class := 0
+	for class < len(dgramSizes)-1 && size > dgramSizes[class] {
+		class++
+	}
+	d, _ := dgramPools[class].Get().(*dgram)
+	if d == nil || cap(d.buf) < size {
+		d = &dgram{buf: make([]byte, max(dgramSizes[class], size)), class: class}
+	}
+	d.b, d.dst = d.buf[:0], dst
+	return d
+}
+
+// releaseDgram returns d's buffer to its pool and to the queue budget.
+func (s *Stack) releaseDgram(d *dgram) {
+	s.udpQueued.Add(-int64(len(d.b)))
+	d.b = nil
+	dgramPools[d.class].Put(d)
+}
+
+// dgramQueue is a flow's FIFO of datagrams waiting for ReadFrom. Empty, it
+// holds no memory beyond a few pointers.
+type dgramQueue struct {
+	mu    sync.Mutex
+	items []*dgram
+	head  int
+	dead  bool          // drained: the flow closed
+	ready chan struct{} // capacity 1: "something was pushed"
+}
+
+func (q *dgramQueue) push(d *dgram, limit int) bool {
+	q.mu.Lock()
+	if q.dead || len(q.items)-q.head >= limit {
+		q.mu.Unlock()
+		return false
+	}
+	if q.head > 0 && len(q.items) == cap(q.items) {
+		// Reuse the consumed front instead of growing.
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items, q.head = q.items[:n], 0
+	}
+	q.items = append(q.items, d)
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (q *dgramQueue) pop() *dgram {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.items) {
+		return nil
+	}
+	d := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
+	if q.head == len(q.items) {
+		// Empty: keep a small backing array for the next datagram, let
+		// a large one go.
+		if cap(q.items) > 8 {
+			q.items = nil
+		} else {
+			q.items = q.items[:0]
+		}
+		q.head = 0
+	}
+	return d
+}
+
+// drain releases every queued datagram; later pushes fail.
+func (q *dgramQueue) drain(s *Stack) {
+	q.mu.Lock()
+	items := q.items[q.head:]
+	q.items, q.head, q.dead = nil, 0, true
+	q.mu.Unlock()
+	for _, d := range items {
+		s.releaseDgram(d)
+	}
 }
 
 // sendUDP sends payload from -> to through gVisor's network layer.

@@ -11,6 +11,8 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"github.com/google/gopacket/pcapgo"
+
+	"github.com/tunsocks/tunsocks/stack"
 )
 
 // Pcap writes packets to a pcap file with link type RAW (IPv4/IPv6 without a
@@ -107,31 +109,44 @@ func (p *Pcap) Close() error {
 // (the Linux device coalesces them in place). Recording errors never fail
 // the packet path; the first one is reported by p's Flush and Close.
 // Closing the returned device closes dev but not p.
+//
+// The stack records packets itself when given the Pcap as stack.Config.Tap,
+// leaving out what is not the app's traffic (system TCP mode's translated
+// leg); Capture is for other users of a device.
 func Capture(dev BatchDevice, p *Pcap) BatchDevice {
-	return CaptureSkipping(dev, p, nil)
-}
-
-// CaptureSkipping is Capture, except that packets for which skip returns
-// true are not recorded (tunsocks' own translated packets in system TCP
-// mode, which are not the app's traffic). skip may be nil.
-func CaptureSkipping(dev BatchDevice, p *Pcap, skip func(pkt []byte) bool) BatchDevice {
-	return &captureDevice{BatchDevice: dev, p: p, skip: skip}
+	return &captureDevice{BatchDevice: dev, p: p}
 }
 
 type captureDevice struct {
 	BatchDevice
-	p    *Pcap
-	skip func([]byte) bool
+	p *Pcap
 }
 
 func (c *captureDevice) record(now time.Time, pkt []byte) {
-	if c.skip == nil || !c.skip(pkt) {
-		_ = c.p.WritePacket(now, pkt)
-	}
+	_ = c.p.WritePacket(now, pkt)
 }
 
 func (c *captureDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := c.BatchDevice.Read(bufs, sizes, offset)
+	if n > 0 {
+		now := time.Now()
+		for i := range n {
+			c.record(now, bufs[i][offset:offset+sizes[i]])
+		}
+	}
+	return n, err
+}
+
+// ReadValidated passes the wrapped device's checksum knowledge through
+// (stack.ValidatingDevice); a device without it validated nothing.
+func (c *captureDevice) ReadValidated(bufs [][]byte, sizes []int, valid []bool, offset int) (int, error) {
+	v, ok := c.BatchDevice.(stack.ValidatingDevice)
+	if !ok {
+		n, err := c.Read(bufs, sizes, offset)
+		clear(valid[:n])
+		return n, err
+	}
+	n, err := v.ReadValidated(bufs, sizes, valid, offset)
 	if n > 0 {
 		now := time.Now()
 		for i := range n {
@@ -151,17 +166,10 @@ func (c *captureDevice) Write(bufs [][]byte, offset int) (int, error) {
 	return c.BatchDevice.Write(bufs, offset)
 }
 
-// GSODevice is implemented by devices that accept segmentation-offloaded
-// packets (*Device on Linux with IFF_VNET_HDR).
-type GSODevice interface {
-	GSOMaxSize() int
-	WriteGSO(b []byte) error
-}
-
 // GSOMaxSize passes through the wrapped device's GSOMaxSize (0 if it has
 // none).
 func (c *captureDevice) GSOMaxSize() int {
-	if g, ok := c.BatchDevice.(GSODevice); ok {
+	if g, ok := c.BatchDevice.(stack.GSODevice); ok {
 		return g.GSOMaxSize()
 	}
 	return 0
@@ -171,7 +179,7 @@ func (c *captureDevice) GSOMaxSize() int {
 // NIC with TSO would show it (one large segment, checksum left to the
 // kernel), then writes it.
 func (c *captureDevice) WriteGSO(b []byte) error {
-	g, ok := c.BatchDevice.(GSODevice)
+	g, ok := c.BatchDevice.(stack.GSODevice)
 	if !ok {
 		return errors.New("tun: WriteGSO on a device without segmentation offload")
 	}
@@ -182,6 +190,6 @@ func (c *captureDevice) WriteGSO(b []byte) error {
 }
 
 var (
-	_ GSODevice = (*Device)(nil)
-	_ GSODevice = (*captureDevice)(nil)
+	_ stack.GSODevice        = (*captureDevice)(nil)
+	_ stack.ValidatingDevice = (*captureDevice)(nil)
 )

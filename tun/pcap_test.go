@@ -22,9 +22,8 @@ type closeRecorder struct {
 func (c *closeRecorder) Close() error { c.closed = true; return nil }
 
 // newCapturePipe returns an in-memory device and its peer, a Pcap over out,
-// and the device wrapped in a capture that leaves out what skip matches
-// (nothing when skip is nil).
-func newCapturePipe(t *testing.T, out *closeRecorder, skip func([]byte) bool) (*tuntest.Peer, *tun.Pcap, tun.BatchDevice) {
+// and the device wrapped in a capture.
+func newCapturePipe(t *testing.T, out *closeRecorder) (*tuntest.Peer, *tun.Pcap, tun.BatchDevice) {
 	t.Helper()
 	p, err := tun.NewPcap(out, 0)
 	if err != nil {
@@ -32,15 +31,12 @@ func newCapturePipe(t *testing.T, out *closeRecorder, skip func([]byte) bool) (*
 	}
 	dev, peer := tuntest.NewPipe(1500)
 	t.Cleanup(func() { dev.Close() })
-	if skip == nil {
-		return peer, p, tun.Capture(dev, p)
-	}
-	return peer, p, tun.CaptureSkipping(dev, p, skip)
+	return peer, p, tun.Capture(dev, p)
 }
 
 func TestCaptureRecordsBothDirections(t *testing.T) {
 	var out closeRecorder
-	peer, p, cdev := newCapturePipe(t, &out, nil)
+	peer, p, cdev := newCapturePipe(t, &out)
 
 	in := []byte{0x45, 0, 0, 20, 1, 2, 3, 4, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1}
 	if err := peer.Inject(in); err != nil {
@@ -126,48 +122,5 @@ func TestPcapSnaplen(t *testing.T) {
 	}
 	if _, err := tun.NewPcap(nil, 0); err == nil {
 		t.Fatal("nil writer accepted")
-	}
-}
-
-func TestCaptureSkipping(t *testing.T) {
-	var out closeRecorder
-	// Skip packets whose first payload byte after the version is 0xEE.
-	peer, p, cdev := newCapturePipe(t, &out, func(pkt []byte) bool { return len(pkt) > 1 && pkt[1] == 0xEE })
-	keep := append(make([]byte, tun.Headroom), 0x60, 1, 2, 3)
-	drop := append(make([]byte, tun.Headroom), 0x60, 0xEE, 2, 3)
-	if _, err := cdev.Write([][]byte{keep, drop}, tun.Headroom); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	for range 2 { // both reach the device, recorded or not
-		if _, err := peer.Next(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := peer.Inject([]byte{0x60, 0xEE, 9, 9}); err != nil {
-		t.Fatal(err)
-	}
-	bufs := [][]byte{make([]byte, tun.Headroom+1500)}
-	if n, err := cdev.Read(bufs, []int{0}, tun.Headroom); n != 1 || err != nil {
-		t.Fatalf("Read = %d, %v", n, err)
-	}
-	if err := p.Close(); err != nil {
-		t.Fatal(err)
-	}
-	r, err := pcapgo.NewReader(&out.Buffer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got [][]byte
-	for range 10 {
-		data, _, err := r.ReadPacketData()
-		if err != nil {
-			break
-		}
-		got = append(got, data)
-	}
-	if len(got) != 1 || !bytes.Equal(got[0], keep[tun.Headroom:]) {
-		t.Fatalf("recorded %x, want only %x", got, keep[tun.Headroom:])
 	}
 }

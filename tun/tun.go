@@ -17,6 +17,8 @@ import (
 	"sync"
 
 	wgtun "golang.zx2c4.com/wireguard/tun"
+
+	"github.com/tunsocks/tunsocks/stack"
 )
 
 // Headroom is the number of bytes a caller must reserve in front of every
@@ -99,9 +101,12 @@ type Device struct {
 	gone func() bool
 
 	// vnet is the descriptor when it was opened with IFF_VNET_HDR, so
-	// WriteGSO can hand the kernel segmentation-offloaded packets; nil
-	// otherwise.
-	vnet io.Writer
+	// WriteGSO can hand the kernel segmentation-offloaded packets, and
+	// reads see the virtio header (see splitVnet); nil otherwise.
+	vnet io.ReadWriter
+
+	readMu  sync.Mutex // serialises reads of vnet into readBuf
+	readBuf []byte     // one virtio read: header and a packet of up to 64 KiB
 }
 
 // VnetHdrLen is the size of the virtio_net_hdr (Linux ABI, native byte
@@ -141,9 +146,37 @@ func (d *Device) WriteGSO(b []byte) error {
 }
 
 // Read reads up to len(bufs) packets into bufs[i][offset:]; see BatchDevice.
+// A segmentation-offloaded packet with more segments than bufs yields the
+// segments that fit and an error wrapping stack.ErrPacketsLost (and
+// wireguard-go's tun.ErrTooManySegments); reading may go on.
 func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	n, err := d.dev.Read(bufs, sizes, offset)
-	if err != nil && !errors.Is(err, os.ErrClosed) && d.gone != nil && d.gone() {
+	return d.ReadValidated(bufs, sizes, nil, offset)
+}
+
+// ReadValidated is Read that also reports, in valid[i] (when valid is not
+// nil; len(valid) >= len(bufs)), whether packet i's checksums are known to be
+// correct: the kernel validated them, or they were computed while splitting
+// a segmentation-offloaded packet or completing a partial checksum. Without
+// IFF_VNET_HDR nothing is known and every valid[i] is false
+// (stack.ValidatingDevice).
+func (d *Device) ReadValidated(bufs [][]byte, sizes []int, valid []bool, offset int) (int, error) {
+	var n int
+	var err error
+	if d.vnet != nil {
+		d.readMu.Lock()
+		var m int
+		if m, err = d.vnet.Read(d.readBuf); err == nil {
+			n, err = splitVnet(d.readBuf[:m], bufs, sizes, valid, offset)
+		}
+		d.readMu.Unlock()
+	} else {
+		n, err = d.dev.Read(bufs, sizes, offset)
+		if valid != nil {
+			clear(valid[:n])
+		}
+		err = wrapReadErr(err)
+	}
+	if err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, stack.ErrPacketsLost) && d.gone != nil && d.gone() {
 		// The interface was deleted under us. Depending on where the
 		// read was, the descriptor reports that as EBADFD (which
 		// wireguard-go turns into os.ErrClosed) or as "not pollable";
@@ -192,7 +225,11 @@ func (d *Device) Close() error {
 	return d.closeErr
 }
 
-var _ BatchDevice = (*Device)(nil)
+var (
+	_ BatchDevice            = (*Device)(nil)
+	_ stack.ValidatingDevice = (*Device)(nil)
+	_ stack.GSODevice        = (*Device)(nil)
+)
 
 func discardIfNil(l *slog.Logger) *slog.Logger {
 	if l == nil {

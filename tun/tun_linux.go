@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -76,7 +75,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("tun: device name: %w", err)
 	}
 	d := &Device{dev: dev, name: name, created: !existed, log: log}
-	d.vnet = vnetWriter(dev)
+	d.setVnet(dev)
 	d.gone = goneProbe(dev)
 	if err := d.configure(ctx, nl, cfg.Addrs, mtu); err != nil {
 		d.Close()
@@ -198,7 +197,7 @@ func adopt(ctx context.Context, cfg Config, log *slog.Logger) (*Device, error) {
 		return nil, fmt.Errorf("tun: adopt descriptor %d: %w", cfg.FD, err)
 	}
 	d := &Device{dev: dev, name: name, adopted: true, log: log}
-	d.vnet = vnetWriter(dev)
+	d.setVnet(dev)
 	d.gone = goneProbe(dev)
 	if iface, err := net.InterfaceByName(name); err == nil {
 		d.index = iface.Index
@@ -226,19 +225,20 @@ func goneProbe(dev wgtun.Device) func() bool {
 	}
 }
 
-// vnetWriter returns the device's descriptor as a writer for WriteGSO when
-// it was opened with IFF_VNET_HDR (wireguard-go's CreateTUN, or an adopted
-// descriptor opened that way), nil otherwise.
-func vnetWriter(dev wgtun.Device) io.Writer {
+// setVnet keeps the device's descriptor for WriteGSO and for reading with
+// the virtio header when it was opened with IFF_VNET_HDR (wireguard-go's
+// CreateTUN, or an adopted descriptor opened that way).
+func (d *Device) setVnet(dev wgtun.Device) {
 	fd, ok := dev.(interface{ File() *os.File })
 	if !ok {
-		return nil
+		return
 	}
 	f := fd.File()
 	if flags, err := tunFlags(f); err != nil || flags&unix.IFF_VNET_HDR == 0 {
-		return nil
+		return
 	}
-	return vnetFile{f}
+	d.vnet = vnetFile{f}
+	d.readBuf = make([]byte, VnetHdrLen+65535)
 }
 
 // tunFlags asks the TUN descriptor for its interface flags (TUNGETIFF).
@@ -265,8 +265,16 @@ func tunFlags(f *os.File) (uint16, error) {
 }
 
 // vnetFile reports a descriptor whose interface is gone (EBADFD) as closed,
-// as wireguard-go's Write does.
+// as wireguard-go's Read and Write do.
 type vnetFile struct{ f *os.File }
+
+func (v vnetFile) Read(b []byte) (int, error) {
+	n, err := v.f.Read(b)
+	if errors.Is(err, unix.EBADFD) {
+		return n, os.ErrClosed
+	}
+	return n, err
+}
 
 func (v vnetFile) Write(b []byte) (int, error) {
 	n, err := v.f.Write(b)

@@ -1,7 +1,9 @@
 package tun
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -13,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 
 	"github.com/tunsocks/tunsocks/internal/testenv"
 )
@@ -335,5 +338,95 @@ func TestReadReportsDeletedInterface(t *testing.T) {
 				t.Errorf("offload=%v: Read after the interface was deleted: %v, want os.ErrClosed", offload, err)
 			}
 		})
+	}
+}
+
+// TestReadValidatedFollowsTheKernel: with offload, a local socket's
+// datagram leaves its checksum to the "hardware" (NEEDS_CSUM), so the
+// device completes it and vouches for it; a raw socket's packet with a
+// wrong checksum comes through as it was, not vouched for. Without offload
+// nothing is vouched for.
+func TestReadValidatedFollowsTheKernel(t *testing.T) {
+	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
+	for _, offload := range []bool{true, false} {
+		inNetns(t, func(nl *netlink.Handle) {
+			dev, err := Open(context.Background(), Config{Name: "tscsum0", FD: NoFD, Addrs: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")}, MTU: 1500, Offload: offload})
+			if err != nil {
+				t.Errorf("Open: %v", err)
+				return
+			}
+			defer dev.Close()
+			sock, err := net.Dial("udp", "10.9.0.2:9")
+			if err != nil {
+				t.Errorf("dial: %v", err)
+				return
+			}
+			defer sock.Close()
+			raw, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+			if err != nil {
+				t.Errorf("raw socket: %v", err)
+				return
+			}
+			defer unix.Close(raw)
+			// A UDP datagram 10.9.0.1:7 -> 10.9.0.2:9 whose checksum is wrong.
+			bad := []byte{0x45, 0, 0, 33, 0, 1, 0, 0, 64, 17, 0, 0, 10, 9, 0, 1, 10, 9, 0, 2,
+				0, 7, 0, 9, 0, 13, 0xde, 0xad, 'b', 'a', 'd', '!', '!'}
+			binary.BigEndian.PutUint16(bad[10:], ^checksum.Checksum(bad[:20], 0))
+
+			bufs, sizes, valid := newBufs(max(dev.BatchSize(), 1), 65535)
+			seen := map[string]bool{}
+			deadline := time.Now().Add(10 * time.Second)
+			for len(seen) < 2 && time.Now().Before(deadline) {
+				sock.Write([]byte("probe"))
+				unix.Sendto(raw, bad, 0, &unix.SockaddrInet4{Addr: [4]byte{10, 9, 0, 2}})
+				n, err := readValidatedWithTimeout(dev, bufs, sizes, valid, time.Second)
+				if err != nil {
+					continue
+				}
+				for j := range n {
+					pkt := bufs[j][Headroom : Headroom+sizes[j]]
+					if len(pkt) < 28 || pkt[0]>>4 != 4 || pkt[9] != unix.IPPROTO_UDP {
+						continue
+					}
+					switch string(pkt[28:]) {
+					case "probe":
+						seen["probe"] = true
+						if valid[j] != offload {
+							t.Errorf("offload=%v: local datagram reported valid=%v", offload, valid[j])
+						}
+						if offload {
+							transportValid(t, pkt, 20)
+						}
+					case "bad!!":
+						seen["bad"] = true
+						if valid[j] || !bytes.Equal(pkt, bad) {
+							t.Errorf("offload=%v: raw packet valid=%v, changed %v", offload, valid[j], !bytes.Equal(pkt, bad))
+						}
+					}
+				}
+			}
+			if len(seen) != 2 {
+				t.Errorf("offload=%v: saw %v, want the probe and the bad packet", offload, seen)
+			}
+		})
+	}
+}
+
+func readValidatedWithTimeout(dev *Device, bufs [][]byte, sizes []int, valid []bool, d time.Duration) (int, error) {
+	type res struct {
+		n   int
+		err error
+	}
+	c := make(chan res, 1)
+	go func() {
+		n, err := dev.ReadValidated(bufs, sizes, valid, Headroom)
+		c <- res{n, err}
+	}()
+	select {
+	case r := <-c:
+		return r.n, r.err
+	case <-time.After(d):
+		r := <-c // let the Read finish before anyone reuses bufs
+		return r.n, r.err
 	}
 }

@@ -116,6 +116,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 		Commands: []*cli.Command{
 			serverCommand(),
 			runCommand(),
+			wgCommand(),
 			demoCommand(),
 			explainCommand(),
 			checkCommand(),

@@ -65,7 +65,16 @@ func runFlags() []cli.Flag {
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
 // the user set override it, and validates the result as a whole, once.
 func loadRunConfig(c *cli.Context) (*config.Config, error) {
-	flags := func(cfg *config.Config) error { return runFlagsOverride(c, cfg) }
+	return loadConfigWith(c, func(cfg *config.Config) error {
+		if err := tunFlagsOverride(c, cfg); err != nil {
+			return err
+		}
+		return runFlagsOverride(c, cfg)
+	})
+}
+
+// loadConfigWith is loadRunConfig with the flags applied by flags.
+func loadConfigWith(c *cli.Context, flags func(*config.Config) error) (*config.Config, error) {
 	var cfg *config.Config
 	var err error
 	if path := c.String("config"); path != "" {
@@ -85,12 +94,9 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 	return cfg, nil
 }
 
-// runFlagsOverride sets in cfg the value of every flag the user gave.
-func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
+// tunFlagsOverride sets in cfg the TUN's flags the user gave (run's only).
+func tunFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	set := c.IsSet
-	if set("proxy") {
-		cfg.Proxy = c.String("proxy")
-	}
 	if set("tun") {
 		cfg.Tun.Name = c.String("tun")
 	}
@@ -115,6 +121,19 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	}
 	if set("pcap") {
 		cfg.Tun.Pcap = c.String("pcap")
+	}
+	if set("tcp-stack") {
+		cfg.TCP.Stack = c.String("tcp-stack")
+	}
+	return nil
+}
+
+// runFlagsOverride sets in cfg the value of every other flag the user gave
+// (run's and wg's).
+func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
+	set := c.IsSet
+	if set("proxy") {
+		cfg.Proxy = c.String("proxy")
 	}
 	for name, dst := range map[string]*time.Duration{"tcp-idle": &cfg.TCPIdle, "udp-idle": &cfg.UDPIdle, "dns-idle": &cfg.DNSIdle,
 		"dial-timeout": &cfg.DialTimeout, "summary-interval": &cfg.SummaryInterval} {
@@ -145,9 +164,6 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	}
 	if set("tcp-cc") {
 		cfg.TCP.CC = c.String("tcp-cc")
-	}
-	if set("tcp-stack") {
-		cfg.TCP.Stack = c.String("tcp-stack")
 	}
 	if set("dns") {
 		v := c.Bool("dns")
@@ -203,7 +219,7 @@ func runCommand() *cli.Command {
 					return err
 				}
 			}
-			return runPipeline(c.Context, cfg, log, pipelineHooks{noTrim: !c.Bool("memtrim")})
+			return runPipeline(c.Context, cfg, log, pipelineHooks{stdout: c.App.Writer, noTrim: !c.Bool("memtrim")})
 		},
 	}
 }
@@ -217,6 +233,11 @@ type pipelineHooks struct {
 	// started is called once the device is up, with its name.
 	started func(dev string)
 	onFlow  func(router.FlowRecord)
+	// noTUN runs without a TUN ('tunsocks wg': the WireGuard inbound
+	// alone, unprivileged).
+	noTUN bool
+	// stdout is where client configs and QR codes are printed.
+	stdout io.Writer
 	// noTrim leaves memory to the runtime alone (see internal/memtrim).
 	noTrim bool
 }
@@ -229,63 +250,32 @@ func (h pipelineHooks) inTunNetns(fn func() error) error {
 	return fn()
 }
 
-// runPipeline is 'tunsocks run': device -> stack -> router -> outbound.
+// runPipeline is 'tunsocks run' (and 'tunsocks wg'): inbounds (the TUN,
+// the WireGuard peers) -> stack -> router -> outbound.
 func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) error {
 	d := &direct.Dialer{Mark: cfg.Fwmark, Interface: cfg.OutInterface, Netns: hooks.netns, Timeout: cfg.DialTimeout}
+	var wgs *wgState
+	if cfg.WireGuard != nil {
+		var err error
+		if wgs, err = openWGState(cfg.WireGuard, log); err != nil {
+			return err
+		}
+	}
 	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true})
 	if err != nil {
 		return err
 	}
 	defer w.close(log)
 	rc := w.routerConfig()
+	if wgs != nil {
+		rc = w.wireGuardPolicy(rc, cfg.WireGuard, wgs.state)
+	}
 	rc.DialTimeout, rc.TCPIdle, rc.UDPIdle, rc.DNSIdle = cfg.DialTimeout, cfg.TCPIdle, cfg.UDPIdle, cfg.DNSIdle
 	rc.Logger, rc.OnFlow = log, hooks.onFlow
 	rt, err := router.New(rc)
 	if err != nil {
 		return err
 	}
-
-	var dev *tun.Device
-	open := func() error {
-		var err error
-		dev, err = tun.Open(ctx, tun.Config{Name: cfg.Tun.Name, FD: cfg.Tun.FD, Addrs: cfg.Tun.Addrs, MTU: cfg.Tun.MTU, Offload: cfg.Tun.Offload, Logger: log})
-		return err
-	}
-	if err := hooks.inTunNetns(open); err != nil {
-		if errors.Is(err, os.ErrPermission) {
-			return fmt.Errorf("%w (creating a TUN device needs root or CAP_NET_ADMIN)", err)
-		}
-		return err
-	}
-	defer dev.Close()
-
-	var bd tun.BatchDevice = dev
-	var sysListeners []netip.AddrPort // system TCP mode's kernel listeners
-	if cfg.Tun.Pcap != "" {
-		f, err := os.Create(cfg.Tun.Pcap)
-		if err != nil {
-			return fmt.Errorf("pcap: %w", err)
-		}
-		p, err := tun.NewPcap(f, 0)
-		if err != nil {
-			f.Close()
-			return fmt.Errorf("pcap: %w", err)
-		}
-		defer func() {
-			if err := p.Close(); err != nil {
-				log.Warn("pcap not fully written", "file", cfg.Tun.Pcap, "err", err)
-			}
-			f.Close()
-		}()
-		var skip func([]byte) bool
-		if cfg.TCP.Stack == "system" {
-			// sysListeners is filled by the listen func below, inside
-			// stack.New, before any packet moves.
-			skip = func(pkt []byte) bool { return stack.SystemTCPTranslated(pkt, sysListeners) }
-		}
-		bd = tun.CaptureSkipping(dev, p, skip)
-	}
-
 	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC}
 	if cfg.TCP.SACK != nil {
 		tcp.DisableSACK = !*cfg.TCP.SACK
@@ -293,33 +283,29 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	if cfg.TCP.ModerateRcvbuf != nil {
 		tcp.DisableModerateReceiveBuffer = !*cfg.TCP.ModerateRcvbuf
 	}
-	tunIn := rt.Handler(router.Inbound{Type: rules.InTUN, Name: dev.Name()})
-	scfg := stack.Config{Device: bd, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp, UDPIdle: cfg.UDPIdle}
-	if cfg.TCP.Stack == "system" {
-		// The kernel listener must live where the TUN delivers packets.
-		listen := func(network, address string) (ln net.Listener, err error) {
-			err = hooks.inTunNetns(func() error {
-				ln, err = stack.ListenSystemTCP(ctx, network, address)
-				return err
-			})
-			if err == nil {
-				a := ln.Addr().(*net.TCPAddr).AddrPort()
-				sysListeners = append(sysListeners, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
-			}
-			return ln, err
+
+	var tr *tunRun
+	if !hooks.noTUN {
+		if tr, err = startTUN(ctx, cfg, rt, tcp, hooks, log); err != nil {
+			return err
 		}
-		scfg.SystemTCP = &stack.SystemTCP{Addrs: cfg.Tun.Addrs, Listen: listen}
+		defer tr.close()
+		log.Info("tunsocks running", "tun", tr.dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, tr.st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
 	}
-	st, err := stack.New(ctx, scfg)
-	if err != nil {
-		return err
+	var wgr *wgRun
+	if wgs != nil {
+		if wgr, err = startWireGuard(ctx, cfg, wgs, rt, d, tcp, hooks.stdout, log); err != nil {
+			return err
+		}
+		defer wgr.close()
+		if hooks.noTUN {
+			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary())
+		}
 	}
-	log.Info("tunsocks running", "tun", dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
-	if hooks.started != nil {
-		hooks.started(dev.Name())
+	if hooks.started != nil && tr != nil {
+		hooks.started(tr.dev.Name())
 	}
 	if err := w.serveExtraDNS(ctx, log); err != nil {
-		st.Close()
 		return err
 	}
 
@@ -345,33 +331,197 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		defer t.Stop()
 		tick = t.C
 	}
+	peers := func() string { return wgr.peerSummary() }
 	summary := func(msg string) {
-		s, ss := rt.Stats(), st.Stats()
-		log.Info(msg, "tcp_open", s.TCPOpen.Load(), "udp_open", s.UDPOpen.Load(),
+		s := rt.Stats()
+		attrs := []any{"tcp_open", s.TCPOpen.Load(), "udp_open", s.UDPOpen.Load(),
 			"tcp_total", s.TCPTotal.Load(), "udp_total", s.UDPTotal.Load(),
 			"rejected", s.Rejected.Load(), "failed", s.Failed.Load(),
-			"up", s.Up.Load(), "down", s.Down.Load(),
-			"tx_drops", ss.TxDrops, "udp_drops", ss.UDPDrops, "rx_errors", ss.RxErrors, "tx_errors", ss.TxErrors,
-			"uptime", time.Since(start).Round(time.Second))
+			"up", s.Up.Load(), "down", s.Down.Load()}
+		// The stacks' counters, the TUN's and the WireGuard peers' together.
+		var ss stack.Stats
+		for _, st := range []*stack.Stack{tr.stack(), wgr.stack()} {
+			if st != nil {
+				ss = addStackStats(ss, st.Stats())
+			}
+		}
+		attrs = append(attrs, "tx_drops", ss.TxDrops, "udp_drops", ss.UDPDrops, "rx_errors", ss.RxErrors, "tx_errors", ss.TxErrors)
+		if wgr != nil {
+			attrs = append(attrs, "wg_peers", peers())
+		}
+		log.Info(msg, append(attrs, "uptime", time.Since(start).Round(time.Second))...)
+		// What the abuse limits did, only once they did something: a
+		// quiet line on a quiet host.
+		var limits []any
+		for _, c := range []struct {
+			name string
+			n    uint64
+		}{{"tcp_shed", ss.TCPShed}, {"tcp_handshake_timeouts", ss.TCPHandshakeTimeouts}, {"udp_evicted", ss.UDPEvicted},
+			{"udp_rate_limited", ss.UDPRateLimited}, {"bad_checksums", ss.BadChecksums}, {"rx_drops", ss.RxDrops}, {"rx_lost", ss.RxLost}} {
+			if c.n > 0 {
+				limits = append(limits, c.name, c.n)
+			}
+		}
+		if len(limits) > 0 {
+			log.Info(msg+": limits", limits...)
+		}
+	}
+	var tunFailed, wgFailed <-chan struct{}
+	var reload <-chan time.Time
+	if tr != nil {
+		tunFailed = tr.st.Failed()
+	}
+	if wgr != nil {
+		wgFailed = wgr.st.Failed()
+		t := time.NewTicker(wgReloadInterval)
+		defer t.Stop()
+		reload = t.C
 	}
 	var failed error
 	for done := false; !done; {
 		select {
 		case <-tick:
 			summary("summary")
+		case <-reload:
+			wgr.reload(log)
 		case <-ctx.Done():
 			done = true
-		case <-st.Failed():
+		case <-tunFailed:
 			// The TUN went away under us (deleted, or its descriptor
 			// closed): nothing can flow any more, so say so and exit
 			// non-zero instead of sitting there.
-			failed = fmt.Errorf("TUN device %s stopped working: %w", dev.Name(), st.Err())
+			failed = fmt.Errorf("TUN device %s stopped working: %w", tr.dev.Name(), tr.st.Err())
+			done = true
+		case <-wgFailed:
+			failed = fmt.Errorf("WireGuard inbound stopped working: %w", wgr.st.Err())
 			done = true
 		}
 	}
-	err = st.Close()
+	if wgr != nil {
+		// The peers' counters go with the device: read them first.
+		final := wgr.peerSummary()
+		peers = func() string { return final }
+	}
+	var errs []error
+	if tr != nil {
+		errs = append(errs, tr.st.Close())
+	}
+	if wgr != nil {
+		errs = append(errs, wgr.st.Close())
+	}
 	summary("final summary")
-	return errors.Join(failed, err)
+	return errors.Join(failed, errors.Join(errs...))
+}
+
+// addStackStats adds the counters the summary shows.
+func addStackStats(a, b stack.Stats) stack.Stats {
+	a.TxDrops += b.TxDrops
+	a.UDPDrops += b.UDPDrops
+	a.RxErrors += b.RxErrors
+	a.TxErrors += b.TxErrors
+	a.TCPShed += b.TCPShed
+	a.TCPHandshakeTimeouts += b.TCPHandshakeTimeouts
+	a.UDPEvicted += b.UDPEvicted
+	a.UDPRateLimited += b.UDPRateLimited
+	a.BadChecksums += b.BadChecksums
+	a.RxDrops += b.RxDrops
+	a.RxLost += b.RxLost
+	return a
+}
+
+// stack is the TUN's stack; nil without a TUN.
+func (t *tunRun) stack() *stack.Stack {
+	if t == nil {
+		return nil
+	}
+	return t.st
+}
+
+// tunRun is the TUN inbound: the device, its capture and its stack.
+type tunRun struct {
+	dev     *tun.Device
+	st      *stack.Stack
+	closers []func()
+}
+
+func (t *tunRun) close() {
+	_ = t.st.Close()
+	t.dev.Close()
+	for _, c := range t.closers {
+		c()
+	}
+}
+
+// startTUN opens the TUN device and starts its stack, whose flows the
+// router gets tagged as the TUN's.
+func startTUN(ctx context.Context, cfg *config.Config, rt *router.Router, tcp stack.TCPOptions, hooks pipelineHooks, log *slog.Logger) (_ *tunRun, err error) {
+	tr := &tunRun{}
+	open := func() error {
+		var err error
+		tr.dev, err = tun.Open(ctx, tun.Config{Name: cfg.Tun.Name, FD: cfg.Tun.FD, Addrs: cfg.Tun.Addrs, MTU: cfg.Tun.MTU, Offload: cfg.Tun.Offload, Logger: log})
+		return err
+	}
+	if err := hooks.inTunNetns(open); err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return nil, fmt.Errorf("%w (creating a TUN device needs root or CAP_NET_ADMIN)", err)
+		}
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			tr.dev.Close()
+			for _, c := range tr.closers {
+				c()
+			}
+		}
+	}()
+
+	tunIn := rt.Handler(router.Inbound{Type: rules.InTUN, Name: tr.dev.Name()})
+	scfg := stack.Config{Device: tr.dev, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp}
+	if cfg.Tun.Pcap != "" {
+		p, closePcap, err := createPcap(cfg.Tun.Pcap, log)
+		if err != nil {
+			return nil, err
+		}
+		tr.closers = append(tr.closers, closePcap)
+		// The stack records the app's packets, without system TCP's
+		// translated leg.
+		scfg.Tap = p
+	}
+	if cfg.TCP.Stack == "system" {
+		// The kernel listener must live where the TUN delivers packets.
+		listen := func(network, address string) (ln net.Listener, err error) {
+			err = hooks.inTunNetns(func() error {
+				ln, err = stack.ListenSystemTCP(ctx, network, address)
+				return err
+			})
+			return ln, err
+		}
+		scfg.SystemTCP = &stack.SystemTCP{Addrs: cfg.Tun.Addrs, Listen: listen}
+	}
+	if tr.st, err = stack.New(ctx, scfg); err != nil {
+		return nil, err
+	}
+	return tr, nil
+}
+
+// createPcap creates a pcap file; the returned func flushes and closes it.
+func createPcap(path string, log *slog.Logger) (*tun.Pcap, func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("pcap: %w", err)
+	}
+	p, err := tun.NewPcap(f, 0)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("pcap: %w", err)
+	}
+	return p, func() {
+		if err := p.Close(); err != nil {
+			log.Warn("pcap not fully written", "file", path, "err", err)
+		}
+		f.Close()
+	}, nil
 }
 
 // startTrace records a Go execution trace until the returned stop is

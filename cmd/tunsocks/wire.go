@@ -104,6 +104,9 @@ func dnsEnabled(cfg *config.Config) bool {
 	if cfg.DNS.Enable != nil {
 		return *cfg.DNS.Enable
 	}
+	if cfg.WireGuard != nil {
+		return true // phones' names become fake IPs, so a CONNECT carries the name
+	}
 	return cfg.Ruleset != nil && cfg.Ruleset.NeedsDomain()
 }
 

@@ -59,6 +59,16 @@ func New(opts Options) (_ *Lab, err error) {
 	return l, nil
 }
 
+// Link makes a veth pair between two namespaces (the lab's or others a
+// test made, such as a second app host), named nameA in nsA and nameB in
+// nsB, addresses both ends and brings them up.
+func (l *Lab) Link(nsA, nameA string, a4, a6 netip.Prefix, nsB, nameB string, b4, b6 netip.Prefix, mtu int) error {
+	if mtu == 0 {
+		mtu = 1500
+	}
+	return l.link(nsA, nameA, a4, a6, nsB, nameB, b4, b6, mtu)
+}
+
 // link makes a veth pair between two namespaces and addresses both ends.
 func (l *Lab) link(nsA, nameA string, a4, a6 netip.Prefix, nsB, nameB string, b4, b6 netip.Prefix, mtu int) error {
 	nsBHandle, err := vnetns.GetFromName(nsB)
@@ -139,7 +149,7 @@ func WithNetlink(ns string, fn func(h *netlink.Handle) error) error {
 
 // RouteDefaultVia waits up to timeout for device dev to appear and come up
 // in the app host, then points the app host's IPv4 and IPv6 default routes
-// at it. The proxy host stays reachable through its own, more specific,
+// at it (IPv4 only when its MTU is below IPv6's 1280). The proxy host stays reachable through its own, more specific,
 // connected route, so tunsocks' upstream connections never loop.
 func (l *Lab) RouteDefaultVia(dev string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
@@ -157,6 +167,9 @@ func (l *Lab) RouteDefaultVia(dev string, timeout time.Duration) error {
 			time.Sleep(20 * time.Millisecond)
 		}
 		for _, dst := range []netip.Prefix{defaultRoute4, defaultRoute6} {
+			if dst.Addr().Is6() && link.Attrs().MTU < 1280 {
+				continue // the kernel runs no IPv6 on such a link
+			}
 			r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: ipnet(dst), Scope: netlink.SCOPE_LINK}
 			if err := h.RouteReplace(r); err != nil {
 				return fmt.Errorf("lab: default route %s via %s: %w", dst, dev, err)

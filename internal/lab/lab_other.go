@@ -31,3 +31,8 @@ func (l *Lab) Close() error { return nil }
 
 // CleanupStale is Linux-only.
 func CleanupStale() ([]string, error) { return nil, nil }
+
+// Link is Linux-only.
+func (l *Lab) Link(string, string, netip.Prefix, netip.Prefix, string, string, netip.Prefix, netip.Prefix, int) error {
+	return nil
+}
