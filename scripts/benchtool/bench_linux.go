@@ -125,6 +125,8 @@ func (b *bench) run(ctx context.Context) error {
 			if c := b.cfg.copySocks.name; c != "" {
 				b.tab.declare(rttRow(b.cfg, 50, c), latency, targetRTT)
 				b.tab.declare(rttRow(b.cfg, 99, c), latency, 0)
+				b.tab.declare(rttSwitchesRow(c), factor, 0)
+				b.tab.declare(rttCPURow(c), latency, 0)
 			}
 			b.tab.declare(rssStartRow(mtu), memory, 0).limitTo(limitStartRSS)
 			if b.cfg.bulk > 0 {
@@ -272,6 +274,13 @@ func rttRow(c config, pct int, server string) string {
 		return fmt.Sprintf("1-byte request/response p%d (%d round trips), copying SOCKS server (%s)", pct, c.rtts, server)
 	}
 	return fmt.Sprintf("1-byte request/response p%d (%d round trips)", pct, c.rtts)
+}
+
+func rttSwitchesRow(server string) string {
+	return fmt.Sprintf("TUN program context switches per round trip, copying SOCKS server (%s)", server)
+}
+func rttCPURow(server string) string {
+	return fmt.Sprintf("TUN program CPU time per round trip, copying SOCKS server (%s)", server)
 }
 
 func rssStartRow(mtu int) string {

@@ -26,6 +26,7 @@ const (
 	copySocksPort = 1081            // the copying SOCKS server (-copy-socks)
 	ioTimeout     = 5 * time.Second // any single connect, read or write
 	maxErrsWorker = 10              // a connection-rate worker gives up after this many failures
+	rttWarmup     = 20              // round trips before the measured ones
 )
 
 var (
@@ -151,7 +152,7 @@ func rtt(ctx context.Context, l *lab.Lab, dial dialFunc, n int) (p50, p99 time.D
 		stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 		defer stop()
 		buf := make([]byte, 1)
-		for range 20 { // warm up
+		for range rttWarmup {
 			if err := echoOnce(c, buf); err != nil {
 				return err
 			}

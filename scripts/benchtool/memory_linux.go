@@ -48,13 +48,36 @@ func (b *bench) measureCopyRTT(ctx context.Context, l *lab.Lab, p path) error {
 	if err != nil {
 		return err
 	}
+	var cs0, cpu0 float64
+	var serr error
+	if p.throughTUN() {
+		cs0, serr = ctxSwitches(b.tunPid)
+		cpu0 = cpuSeconds(b.tunPid, &serr)
+	}
 	p50, p99, err := rtt(ctx, l, dial, b.cfg.rtts)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
 	b.record(r50, p, p50.Seconds(), err)
 	b.record(r99, p, p99.Seconds(), err)
+	if p.throughTUN() {
+		cs1, err1 := ctxSwitches(b.tunPid)
+		cpu1 := cpuSeconds(b.tunPid, &err1)
+		if err == nil {
+			err = errors.Join(serr, err1)
+		}
+		n := float64(b.cfg.rtts + rttWarmup)
+		b.record(b.tab.declare(rttSwitchesRow(name), factor, 0), p, (cs1-cs0)/n, err)
+		b.record(b.tab.declare(rttCPURow(name), latency, 0), p, (cpu1-cpu0)/n, err)
+	}
 	return nil
+}
+
+// cpuSeconds is cpuTime in seconds, its error joined into *err.
+func cpuSeconds(pid int, err *error) float64 {
+	d, e := cpuTime(pid)
+	*err = errors.Join(*err, e)
+	return d.Seconds()
 }
 
 // measureBulk runs iperf3 in both directions with 4 streams for cfg.bulk,
