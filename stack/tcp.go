@@ -319,6 +319,8 @@ type tcpConn struct {
 	wq           *waiter.Queue
 	readDeadline atomic.Int64 // UnixNano, 0 for none: gonet keeps its own private copy
 	waitTimer    *time.Timer  // WaitRead's, made on its first timed wait
+	nmu          sync.Mutex
+	notify       *waiter.Entry // NotifyRead's registration
 }
 
 func (c *tcpConn) Read(p []byte) (int, error) {

@@ -3,6 +3,7 @@ package stack
 import (
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -47,6 +48,36 @@ func (c *tcpConn) WaitRead() error {
 	return nil
 }
 
+// NotifyRead calls fn once, when a Read would not block (the app's bytes,
+// its FIN or an error are waiting, or the connection was closed), at once
+// if that is so already: from the goroutine that made it readable, so fn
+// must not block. A relay direction parks on it instead of a goroutine
+// (relay.ReadNotifier). A later call replaces the earlier registration.
+// In system TCP mode it calls fn at once.
+func (c *tcpConn) NotifyRead(fn func()) {
+	if c.ep == nil {
+		fn()
+		return
+	}
+	var fired atomic.Bool
+	once := func(waiter.EventMask) {
+		if fired.CompareAndSwap(false, true) {
+			fn()
+		}
+	}
+	e := waiter.NewFunctionEntry(waiter.ReadableEvents, once)
+	c.nmu.Lock()
+	if c.notify != nil {
+		c.wq.EventUnregister(c.notify)
+	}
+	c.notify = &e
+	c.wq.EventRegister(&e)
+	c.nmu.Unlock()
+	if c.ep.Readiness(waiter.ReadableEvents) != 0 {
+		once(waiter.ReadableEvents)
+	}
+}
+
 // SetDeadline and SetReadDeadline also wake a WaitRead, which looks at the
 // new deadline.
 func (c *tcpConn) SetDeadline(t time.Time) error {
@@ -76,6 +107,7 @@ func (c *tcpConn) setReadDeadline(t time.Time) {
 
 var _ interface {
 	WaitRead() error
+	NotifyRead(func())
 	SetDeadline(time.Time) error
 	SetReadDeadline(time.Time) error
 } = (*tcpConn)(nil)

@@ -43,6 +43,16 @@ type StreamOptions struct {
 // closeWriter is a connection that can send a FIN without closing its read side.
 type closeWriter interface{ CloseWrite() error }
 
+// ReadNotifier is a connection that can call back once it has something
+// to read (the netstack's connections): NotifyRead calls fn once, when a
+// Read would not block (bytes, the end of the stream or an error are
+// there, or the connection was closed), at once if that is so already.
+// fn must not block. The relay direction reading such a connection then
+// needs no goroutine while the connection is idle.
+type ReadNotifier interface {
+	NotifyRead(fn func())
+}
+
 // ReadWaiter is a connection that can wait for its next bytes without a
 // buffer (the netstack's connections): WaitRead returns once a Read would
 // not block (bytes, the end of the stream or an error are there), or with
@@ -69,16 +79,23 @@ func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down in
 	// short connections a second. The router passes the app's netstack
 	// conn as a; writing into the netstack is the deeper call chain, and
 	// the caller's stack has already grown through the netstack's handshake.
-	type result struct {
-		n   int64
-		err error
-	}
 	upc := make(chan result, 1)
-	go func() {
-		n, err := copyHalf(b, a, opts.Up, p.touch, &p.last, opts.Idle)
-		p.finished(err)
-		upc <- result{n, err}
-	}()
+	if n, ok := a.(ReadNotifier); ok && tcpOf(a) == nil {
+		// a->b needs no goroutine while a is idle: it runs when a has
+		// bytes and parks on a's notification again once it is drained.
+		// Its idle time is watched by a timer (see watchIdle).
+		h := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: upc}
+		if opts.Idle > 0 {
+			defer p.watchIdle(opts.Idle).Stop()
+		}
+		n.NotifyRead(h.wake)
+	} else {
+		go func() {
+			n, err := copyHalf(b, a, opts.Up, p.touch, &p.last, opts.Idle)
+			p.finished(err)
+			upc <- result{n, err}
+		}()
+	}
 	down, derr := copyHalf(a, b, opts.Down, p.touch, &p.last, opts.Idle)
 	p.finished(derr)
 	up = (<-upc).n
@@ -91,6 +108,12 @@ func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down in
 	p.mu.Unlock()
 	p.closeBoth()
 	return up, down, first
+}
+
+// result is how a direction of a Stream ended.
+type result struct {
+	n   int64
+	err error
 }
 
 // pair is the state both directions of a Stream share.
@@ -133,6 +156,99 @@ func (p *pair) finished(err error) {
 	if p.ended == 1 && p.opts.HalfClose > 0 {
 		p.halfTimer = time.AfterFunc(p.opts.HalfClose, p.closeBoth)
 	}
+}
+
+// notifiedHalf is the a->b direction of a Stream whose a is a
+// ReadNotifier: it copies on a goroutine of its own only while a has
+// bytes, and parks on a's notification when a is drained.
+type notifiedHalf struct {
+	p        *pair
+	src, dst net.Conn
+	n        ReadNotifier
+	count    *atomic.Int64
+	total    int64 // touched by one run at a time
+	done     chan<- result
+}
+
+// wake is the notification: src has something to read.
+func (h *notifiedHalf) wake() { go h.run() }
+
+// run copies until src is drained (then parks again) or ends (then
+// finishes the direction as copyHalf would).
+func (h *notifiedHalf) run() {
+	bp := bufPool.Get().(*[]byte)
+	defer func() {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}()
+	for {
+		nr, err := h.src.Read(*bp)
+		if nr > 0 {
+			nw, werr := h.dst.Write((*bp)[:nr])
+			if nw > 0 {
+				h.total += int64(nw)
+				h.p.touch()
+				if h.count != nil {
+					h.count.Add(int64(nw))
+				}
+			}
+			if werr == nil && nw != nr {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil && err == nil {
+				err = werr
+			}
+		}
+		if err != nil {
+			if err == io.EOF || isOrdinary(err) {
+				if cw, ok := h.dst.(closeWriter); ok {
+					cw.CloseWrite()
+				} else {
+					h.dst.Close()
+				}
+				err = nil
+			}
+			h.p.finished(err)
+			h.done <- result{h.total, err}
+			return
+		}
+		if nr < len(*bp) {
+			// Drained: park. The next run may start at once, on another
+			// goroutine; this one touches nothing of h after this.
+			bufPool.Put(bp)
+			bp = nil
+			h.n.NotifyRead(h.wake)
+			return
+		}
+	}
+}
+
+// watchIdle closes the pair once nothing has moved either way for idle,
+// looking every idle: the idle timer of a direction that parks without a
+// goroutine (and so without a read deadline). Stop the returned timer when
+// the Stream ends.
+func (p *pair) watchIdle(idle time.Duration) *time.Timer {
+	var t *time.Timer
+	var mu sync.Mutex // orders the assignment of t before check uses it
+	check := func() {
+		if time.Since(time.Unix(0, p.last.Load())) < idle {
+			mu.Lock()
+			t.Reset(idle)
+			mu.Unlock()
+			return
+		}
+		p.mu.Lock()
+		if p.first == nil && !p.closed.Load() {
+			p.first = ErrIdle
+		}
+		p.mu.Unlock()
+		p.closeBoth()
+	}
+	mu.Lock()
+	t = time.AfterFunc(idle, check)
+	mu.Unlock()
+	return t
 }
 
 // ErrIdle is returned by Stream and Packets when they closed an idle pair.
