@@ -475,6 +475,7 @@ func (b *bench) measureTUN(ctx context.Context, l *lab.Lab, p path, mtu int, ful
 		time.Sleep(time.Second) // let the probe's flow finish
 		startRSS, startErr = rss(ts.pid)
 		b.record(b.tab.declare(rssStartRow(mtu), memory, 0), p, startRSS, startErr)
+		b.heapProfile(l, p, "start")
 	}
 	err = b.measure(ctx, l, p, mtu, full)
 	if err == nil && full && b.cfg.bulk > 0 {

@@ -108,6 +108,7 @@ func (b *bench) measureBulk(ctx context.Context, l *lab.Lab, p path, mtu int, ts
 		err = startErr
 	}
 	b.record(f, p, v/startRSS, err)
+	b.heapProfile(l, p, "after-bulk")
 	return nil
 }
 
