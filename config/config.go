@@ -15,9 +15,11 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tunsocks/tunsocks/dns"
@@ -49,6 +51,8 @@ type Config struct {
 
 	TCP TCPConfig `yaml:",inline"`
 
+	Sniff SniffConfig `yaml:",inline"`
+
 	// Proxies are the named upstreams rules can send flows to.
 	Proxies []Proxy `yaml:"proxies"`
 
@@ -60,6 +64,8 @@ type Config struct {
 	// WireGuard, when set, runs the WireGuard inbound (phones join by QR
 	// code); nil: off.
 	WireGuard *WireGuardConfig `yaml:"wireguard"`
+
+	Route RouteConfig `yaml:"route"`
 
 	// Path is the file the config came from ("" when built in code). It
 	// names the file in errors and is the base of relative RULE-SET paths.
@@ -112,6 +118,55 @@ type Proxy struct {
 	decodeErr  bool  // url or chain did not decode (already reported)
 	chainLines []int // line of each Chain member, when known
 }
+
+// RouteConfig is the `route:` section: how tunsocks routes the host (or
+// devices behind it) into its TUN. The keys are the flags' names.
+type RouteConfig struct {
+	AutoRoute     bool           `yaml:"auto-route"`     // capture every app of this host
+	KillSwitch    bool           `yaml:"kill-switch"`    // fail closed when tunsocks dies
+	LANAccess     bool           `yaml:"lan-access"`     // non-default routes of main stay direct
+	Exclude       []netip.Prefix `yaml:"exclude"`        // destinations that go direct
+	ExcludeUID    []UIDRange     `yaml:"exclude-uid"`    // users whose sockets go direct
+	IncludeCgroup []string       `yaml:"include-cgroup"` // capture only these cgroups' sockets
+	IncludeUID    []UIDRange     `yaml:"include-uid"`    // capture only these users' sockets
+	DNSConfig     string         `yaml:"dns-config"`     // auto, resolved or none
+	RulePriority  int            `yaml:"rule-priority"`  // first priority of the rule block
+	RouteTable    int            `yaml:"route-table"`    // tunsocks' routing table
+	Gateway       string         `yaml:"gateway"`        // capture what devices on this interface forward
+}
+
+// UIDRange is an inclusive range of user ids, written N or N-M.
+type UIDRange struct{ Start, End uint32 }
+
+func (r UIDRange) String() string {
+	if r.Start == r.End {
+		return strconv.FormatUint(uint64(r.Start), 10)
+	}
+	return strconv.FormatUint(uint64(r.Start), 10) + "-" + strconv.FormatUint(uint64(r.End), 10)
+}
+
+// ParseUIDRange parses "N" or "N-M" (N <= M).
+func ParseUIDRange(s string) (UIDRange, error) {
+	lo, hi, isRange := strings.Cut(strings.TrimSpace(s), "-")
+	a, err := strconv.ParseUint(lo, 10, 32)
+	if err != nil {
+		return UIDRange{}, fmt.Errorf("uid range %q: want N or N-M (user ids, like 1000 or 1000-1999)", s)
+	}
+	b := a
+	if isRange {
+		if b, err = strconv.ParseUint(hi, 10, 32); err != nil || b < a {
+			return UIDRange{}, fmt.Errorf("uid range %q: want N or N-M with N <= M", s)
+		}
+	}
+	return UIDRange{Start: uint32(a), End: uint32(b)}, nil
+}
+
+// Route defaults.
+const (
+	DefaultRulePriority = 9100
+	DefaultRouteTable   = 29811
+	DefaultDNSConfig    = "auto"
+)
 
 // DNSConfig is the `dns:` section: the fake-IP responder.
 type DNSConfig struct {
@@ -191,11 +246,13 @@ func Default() *Config {
 		DialTimeout:     DefaultDialTimeout,
 		SummaryInterval: DefaultSummaryInterval,
 		TCP:             TCPConfig{SACK: &sack, ModerateRcvbuf: &mod, Buf: DefaultTCPBuf, CC: DefaultTCPCC, Stack: DefaultTCPStack},
+		Sniff:           defaultSniff(),
 		DNS: DNSConfig{
 			FakeIPRange:  netip.MustParsePrefix(DefaultFakeIPRange),
 			FakeIPRange6: netip.MustParsePrefix(DefaultFakeIPRange6),
 			FakeIPTTL:    DefaultFakeIPTTL,
 		},
+		Route: RouteConfig{LANAccess: true, DNSConfig: DefaultDNSConfig, RulePriority: DefaultRulePriority, RouteTable: DefaultRouteTable},
 	}
 }
 

@@ -194,6 +194,21 @@ func TestKeys(t *testing.T) {
 		{"dns: {dns-hijack: true}", func(c *Config) bool { return c.DNS.Hijack }},
 		{"dns: {cache-file: /var/lib/tunsocks/fakeip}", func(c *Config) bool { return c.DNS.CacheFile == "/var/lib/tunsocks/fakeip" }},
 		{"dns: {fake-ip-ttl: 1m}", func(c *Config) bool { return c.DNS.FakeIPTTL == time.Minute }},
+		{"route: {auto-route: true, kill-switch: yes, lan-access: false}", func(c *Config) bool {
+			return c.Route.AutoRoute && c.Route.KillSwitch && !c.Route.LANAccess
+		}},
+		{"route: {exclude: [10.1.2.3/8, '2001:db8::/32']}", func(c *Config) bool {
+			return reflect.DeepEqual(c.Route.Exclude, []netip.Prefix{pfx("10.0.0.0/8"), pfx("2001:db8::/32")})
+		}},
+		{"route: {auto-route: true, exclude-uid: ['1000', '2000-2999'], include-uid: [0]}", func(c *Config) bool {
+			return reflect.DeepEqual(c.Route.ExcludeUID, []UIDRange{{1000, 1000}, {2000, 2999}}) && reflect.DeepEqual(c.Route.IncludeUID, []UIDRange{{0, 0}})
+		}},
+		{"route: {auto-route: true, include-cgroup: [/user.slice/a.scope]}", func(c *Config) bool {
+			return reflect.DeepEqual(c.Route.IncludeCgroup, []string{"/user.slice/a.scope"})
+		}},
+		{"route: {dns-config: resolved, rule-priority: 500, route-table: 77, gateway: eth1}", func(c *Config) bool {
+			return c.Route.DNSConfig == "resolved" && c.Route.RulePriority == 500 && c.Route.RouteTable == 77 && c.Route.Gateway == "eth1"
+		}},
 		// Anchors and aliases work.
 		{"x-common: &d 42s\n", nil},
 		{"tcp-idle: &d 42s\nudp-idle: *d", func(c *Config) bool { return c.UDPIdle == 42*time.Second }},
@@ -252,6 +267,13 @@ func TestErrors(t *testing.T) {
 		{"dial-timeout: 0s", []string{file + ":1: dial-timeout 0s: want a positive duration"}},
 		{"summary-interval: -5s", []string{file + ":1: summary-interval -5s: want a duration like 5s, or 0 for never"}},
 		{"fwmark: 4294967296", []string{file + ":1: fwmark 4294967296: want 0 to 4294967295"}},
+		{"route: {exclude: [10.0.0.300/8]}", []string{file + `:1: route.exclude "10.0.0.300/8": want a CIDR like 10.0.0.0/8`}},
+		{"route:\n  exclude-uid: [5-3]", []string{file + `:2: route.exclude-uid: uid range "5-3": want N or N-M with N <= M`}},
+		{"route: {dns-config: systemd}", []string{file + `:1: route.dns-config "systemd": want auto, resolved or none`}},
+		{"route: {route-table: 254}", []string{file + ":1: route.route-table 254: that is a table of the system"}},
+		{"route: {rule-priority: 32766}", []string{file + ":1: route.rule-priority 32766: want 1 to 32756"}},
+		{"route:\n  include-uid: [1000]", []string{file + ":2: route.include-cgroup and route.include-uid choose what auto-route captures: set route.auto-route: true"}},
+		{"route: {strict-route: true}", []string{file + `:1: unknown key "strict-route" in route; tunsocks' strict route is "kill-switch: true"`}},
 		{"fwmark: -1", []string{file + ":1: fwmark -1: want 0 to 4294967295"}},
 		{"out-interface: 'eth 0'", []string{file + `:1: out-interface "eth 0": want an interface name`}},
 		{"tcp-sack: 2", []string{file + `:1: tcp-sack "2": want true or false`}},

@@ -424,8 +424,72 @@ func (d *decoder) top(n *yaml.Node) {
 		"rules":     func(_, v *yaml.Node) { d.rules(v) },
 		"dns":       func(_, v *yaml.Node) { d.dns(v) },
 		"wireguard": func(_, v *yaml.Node) { d.wireguard(v) },
+		"route":     func(_, v *yaml.Node) { d.route(v) },
+	}
+	for k, f := range d.sniffFields() {
+		fields[k] = f
 	}
 	d.mapping(n, "", fields, topHints())
+}
+
+func (d *decoder) route(n *yaml.Node) {
+	r := &d.c.Route
+	flag := func(key string, dst *bool) func(k, v *yaml.Node) {
+		return func(_, v *yaml.Node) { d.boolean(v, "route."+key, func(b bool) { *dst = b }, "route."+key) }
+	}
+	uids := func(key string, dst *[]UIDRange) func(k, v *yaml.Node) {
+		return func(_, v *yaml.Node) {
+			*dst = nil
+			d.strs(v, "route."+key, "user ids or ranges like 1000 or 1000-1999", func(_ int, str string, line int) {
+				u, err := ParseUIDRange(str)
+				if err != nil {
+					d.fail(line, "route.%s: %v", key, err)
+					return
+				}
+				*dst = append(*dst, u)
+				d.c.setLine("route."+key+"."+strconv.Itoa(len(*dst)-1), line)
+			})
+		}
+	}
+	fields := map[string]func(k, v *yaml.Node){
+		"auto-route":  flag("auto-route", &r.AutoRoute),
+		"kill-switch": flag("kill-switch", &r.KillSwitch),
+		"lan-access":  flag("lan-access", &r.LANAccess),
+		"exclude": func(_, v *yaml.Node) {
+			r.Exclude = nil
+			d.strs(v, "route.exclude", "CIDRs like 10.0.0.0/8", func(_ int, str string, line int) {
+				p, err := netip.ParsePrefix(strings.TrimSpace(str))
+				if err != nil {
+					d.fail(line, "route.exclude %q: want a CIDR like 10.0.0.0/8 or 2001:db8::/32", str)
+					return
+				}
+				r.Exclude = append(r.Exclude, p.Masked())
+			})
+		},
+		"exclude-uid": uids("exclude-uid", &r.ExcludeUID),
+		"include-uid": uids("include-uid", &r.IncludeUID),
+		"include-cgroup": func(_, v *yaml.Node) {
+			r.IncludeCgroup = nil
+			d.strs(v, "route.include-cgroup", "cgroup paths like /user.slice/user-1000.slice/app.scope", func(_ int, str string, line int) {
+				r.IncludeCgroup = append(r.IncludeCgroup, str)
+				d.c.setLine("route.include-cgroup."+strconv.Itoa(len(r.IncludeCgroup)-1), line)
+			})
+		},
+		"dns-config": func(_, v *yaml.Node) { d.str(v, "route.dns-config", &r.DNSConfig, "route.dns-config") },
+		"rule-priority": func(_, v *yaml.Node) {
+			d.integer(v, "route.rule-priority", 1, 32756, func(n int64) { r.RulePriority = int(n) }, "route.rule-priority")
+		},
+		"route-table": func(_, v *yaml.Node) {
+			d.integer(v, "route.route-table", 1, 0xfffffff0, func(n int64) { r.RouteTable = int(n) }, "route.route-table")
+		},
+		"gateway": func(_, v *yaml.Node) { d.str(v, "route.gateway", &r.Gateway, "route.gateway") },
+	}
+	hints := map[string]string{
+		"strict-route":  `tunsocks' strict route is "kill-switch: true"`,
+		"auto-redirect": "tunsocks routes with policy rules only; drop it",
+		"table":         `did you mean "route-table"?`,
+	}
+	d.mapping(n, "route", fields, hints)
 }
 
 func (d *decoder) tun(n *yaml.Node) {

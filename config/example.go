@@ -39,6 +39,19 @@ tcp-buf: 4194304           # max TCP buffer per flow, bytes (65536 to 67108864)
 tcp-cc: cubic              # cubic or reno
 tcp-stack: gvisor          # who terminates the app's TCP: gvisor or system (the host kernel)
 
+# Sniffing: a flow to a real address (an app that resolved the name itself,
+# with DNS over HTTPS or a cached address) gets its name from its first
+# bytes: TLS server_name, HTTP Host, the ClientHello of a QUIC Initial.
+# Such a flow's handshake completes before the upstream is dialed, so a
+# refused upstream closes it instead of refusing its SYN; flows that need
+# no name keep being dialed first.
+sniff: auto                # auto: when a domain rule could match the flow; true: every flow; false
+sniff-timeout: 300ms       # wait this long for the first bytes, then go by address (10ms to 10s)
+sniff-override-destination: true  # give the upstream the name; false: the address (rules still see the name)
+sniff-ports: []            # sniff only flows to these ports, e.g. [443, 80, 8000-9000]; empty: all
+sniff-cidrs: []            # sniff only flows to these destinations; empty: all
+sniff-server-first-ports: [21-23, 25, 110, 143, 587, 3306, 5900]  # dialed at once: the server speaks first
+
 # Named upstreams for rules. Each has a url or a chain (not both).
 proxies:
   - name: corp
@@ -79,6 +92,22 @@ dns:
     - tcp://1.1.1.1:53
   dns-hijack: false        # answer every query to port 53, whatever its address
   cache-file: ""           # keep the fake-IP mappings across restarts
+
+# Routing this host (or devices behind it) into the TUN (Linux, as root).
+# Everything installed is listed at start and removed on exit; after a
+# crash, the next run or 'tunsocks cleanup' removes it.
+route:
+  auto-route: false        # every app of this host through tunsocks (fwmark defaults to 0x7473)
+  kill-switch: false       # if tunsocks dies, traffic fails (ENETUNREACH) instead of going direct
+  lan-access: true         # the LAN and other non-default routes stay direct
+  exclude: []              # destinations that go direct, e.g. [10.0.0.0/8]
+  exclude-uid: []          # users whose sockets go direct, e.g. ["1000", "2000-2999"]
+  include-cgroup: []       # capture only sockets made in these cgroups (needs auto-route)
+  include-uid: []          # capture only these users' sockets (needs auto-route)
+  dns-config: auto         # auto, resolved (systemd-resolved's DNS for the TUN) or none
+  rule-priority: 9100      # the policy rules take 9100 to 9108
+  route-table: 29811       # tunsocks' routing table: one default route into the TUN
+  gateway: ""              # capture what devices using this host as gateway on this interface send
 
 # Phones and tablets join over WireGuard: their stock app scans the QR code
 # tunsocks prints, and their traffic takes the rules above. 'tunsocks wg'

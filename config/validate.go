@@ -73,6 +73,24 @@ func (v *validator) values() {
 			v.fail("tun.addrs."+strconv.Itoa(i), "tun.addrs item %d is not a valid prefix; want an address with prefix length, like 198.18.0.1/15", i+1)
 		}
 	}
+	switch c.Route.DNSConfig {
+	case "auto", "resolved", "none":
+	default:
+		v.fail("route.dns-config", "route.dns-config %q: want auto, resolved or none", c.Route.DNSConfig)
+	}
+	if t := c.Route.RouteTable; t == 253 || t == 254 || t == 255 {
+		v.fail("route.route-table", "route.route-table %d: that is a table of the system (default, main, local); want a free one like %d", t, DefaultRouteTable)
+	}
+	if len(c.Route.Gateway) > 15 {
+		v.fail("route.gateway", "route.gateway %q: longer than 15 bytes (the kernel's limit for interface names)", c.Route.Gateway)
+	}
+	if (len(c.Route.IncludeCgroup) > 0 || len(c.Route.IncludeUID) > 0) && !c.Route.AutoRoute {
+		key := "route.include-uid.0"
+		if len(c.Route.IncludeCgroup) > 0 {
+			key = "route.include-cgroup.0"
+		}
+		v.fail(key, "route.include-cgroup and route.include-uid choose what auto-route captures: set route.auto-route: true (--auto-route)")
+	}
 	if c.Tun.MTU < MinMTU || c.Tun.MTU > MaxMTU {
 		v.fail("tun.mtu", "tun.mtu %d: want %d to %d", c.Tun.MTU, MinMTU, MaxMTU)
 	} else if c.Tun.MTU < MinMTU6 && c.Tun.FD == -1 {
@@ -117,6 +135,7 @@ func (v *validator) values() {
 		v.fail("out-interface", "out-interface %q: want an interface name like eth0", c.OutInterface)
 	}
 	v.dns()
+	v.sniff()
 }
 
 func (v *validator) dns() {

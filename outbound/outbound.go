@@ -38,6 +38,11 @@ type Direct struct {
 // Name implements router.Outbound.
 func (d *Direct) Name() string { return "DIRECT" }
 
+// ResolvesLocally implements router.LocalResolver: a flow whose name was
+// sniffed goes DIRECT to the address the app chose, not to a second
+// resolution of the name.
+func (d *Direct) ResolvesLocally() bool { return true }
+
 // DialContext implements router.Outbound.
 func (d *Direct) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	return d.Dialer.DialContext(ctx, network, address)

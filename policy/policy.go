@@ -112,6 +112,17 @@ func (p *Policy) proxies() []router.Outbound {
 // default outbound).
 func (p *Policy) HasRules() bool { return p.rs != nil }
 
+// NeedsDomain reports whether a rule looks at the flow's name.
+func (p *Policy) NeedsDomain() bool { return p.rs != nil && p.rs.NeedsDomain() }
+
+// NameCouldMatter reports whether the name of the flow m to an address (a
+// flow known by no name: m.Host is empty) could change its rule, so that
+// sniffing it for its name is worth completing its handshake before its
+// upstream is dialed (sniff: auto). See rules.Ruleset.NameCouldMatter.
+func (p *Policy) NameCouldMatter(m *rules.Metadata) bool {
+	return p.rs != nil && p.rs.NameCouldMatter(m, p.lookupProcess)
+}
+
 // Decide is the router's Decider.
 func (p *Policy) Decide(m *rules.Metadata) router.Decision {
 	d, _ := p.Match(m)

@@ -43,19 +43,34 @@ func newSysFinder() *sysFinder {
 }
 
 func (s *sysFinder) lookup(network string, src, dst netip.AddrPort) (string, int, error) {
+	o, err := s.find(network, src, dst)
+	return o.Path, o.UID, err
+}
+
+func (s *sysFinder) owner(network string, addr netip.AddrPort) (Owner, error) {
+	return s.find(network, addr, netip.AddrPort{})
+}
+
+func (s *sysFinder) find(network string, src, dst netip.AddrPort) (Owner, error) {
+	o := Owner{PID: -1, UID: -1}
 	inode, uid, err := findSocket(network, src, dst)
 	if err != nil {
-		return "", -1, err
+		return o, err
 	}
+	o.UID = uid
 	pid, err := s.pidOf(inode)
 	if err != nil {
-		return "", uid, err
+		return o, err
+	}
+	if o.PID, err = strconv.Atoi(pid); err != nil {
+		return o, fmt.Errorf("socket inode %d, pid %q: %w", inode, pid, err)
 	}
 	exe, err := os.Readlink(s.proc + "/" + pid + "/exe")
 	if err != nil {
-		return "", uid, fmt.Errorf("socket inode %d, pid %s: %w: %w", inode, pid, ErrNoProcess, err)
+		return o, fmt.Errorf("socket inode %d, pid %s: %w: %w", inode, pid, ErrNoProcess, err)
 	}
-	return strings.TrimSuffix(exe, " (deleted)"), uid, nil
+	o.Path = strings.TrimSuffix(exe, " (deleted)")
+	return o, nil
 }
 
 // diagSock is one socket from a sock_diag dump.

@@ -104,3 +104,30 @@ func (f *Finder) LookupFlow(network string, src, dst netip.AddrPort) (path strin
 	}
 	return path, uid, nil
 }
+
+// Owner is the process holding a local socket.
+type Owner struct {
+	PID  int
+	UID  int
+	Path string // executable
+}
+
+// Owner returns the process holding the local socket bound to addr, for
+// network "tcp" or "udp", uncached: for example the server listening on a
+// loopback proxy address. When the socket is found but not its process, the
+// UID is set and the error wraps ErrNoProcess.
+func (f *Finder) Owner(network string, addr netip.AddrPort) (Owner, error) {
+	nw := "tcp"
+	if strings.HasPrefix(network, "udp") {
+		nw = "udp"
+	}
+	if !addr.IsValid() {
+		return Owner{PID: -1, UID: -1}, fmt.Errorf("procinfo: owner of %s: invalid address", nw)
+	}
+	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	o, err := f.sys.owner(nw, addr)
+	if err != nil {
+		return o, fmt.Errorf("procinfo: owner of %s %s: %w", nw, addr, err)
+	}
+	return o, nil
+}

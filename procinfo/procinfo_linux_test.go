@@ -501,3 +501,28 @@ func TestDiagDumpManySockets(t *testing.T) {
 		t.Fatalf("dump returned %d sockets, want %d", len(socks), n+1)
 	}
 }
+
+// TestOwnerOfListener: Owner names the pid, uid and executable holding a
+// listening socket (what auto-route asks about a loopback upstream), and
+// says so when nothing listens.
+func TestOwnerOfListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	f := NewFinder(0)
+	o, err := f.Owner("tcp", addrPort(t, ln.Addr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.PID != os.Getpid() || o.UID != os.Geteuid() || o.Path != self(t) {
+		t.Errorf("Owner = %+v, want pid %d uid %d %s", o, os.Getpid(), os.Geteuid(), self(t))
+	}
+	ln2, _ := net.Listen("tcp", "127.0.0.1:0")
+	free := addrPort(t, ln2.Addr())
+	ln2.Close()
+	if _, err := f.Owner("tcp", free); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Owner of a port nobody holds: %v, want ErrNotFound", err)
+	}
+}

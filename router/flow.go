@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/sniff"
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/stack"
 )
@@ -60,6 +61,10 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 		return
 	}
 	m, target := r.metadata("tcp", in, req.Src(), ipAddr(req.Dst()))
+	if r.wantSniff(m) {
+		r.handleSniffedTCP(ctx, req, m)
+		return
+	}
 	d := r.decide(ctx, m)
 	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, InType: in.typ, InName: in.name, InUser: in.user,
 		Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
@@ -186,6 +191,22 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		// ordinary flow, with this datagram as its first.
 	}
 	s := &udpSession{r: r, f: f, in: in, closed: make(chan struct{}), ready: make(chan struct{})}
+	var pending []pendingDatagram
+	if r.cfg.Sniff != nil && !r.isDNS(dst) {
+		if m, _ := r.metadata("udp", in, f.Src(), ipAddr(dst)); r.wantSniff(m) {
+			var res sniff.Result
+			res, pending = r.sniffUDP(f, (*bp)[:n], dst)
+			r.log.Debug("sniffed", "net", "udp", "src", f.Src(), "dst", dst, "proto", res.Protocol, "verdict", res.Verdict,
+				"host", res.Host, "datagrams", 1+len(pending), "wait", time.Since(rec.Start).Round(time.Microsecond))
+			if res.Verdict == sniff.Found {
+				// The name drives the rule of every datagram of the flow
+				// to this destination.
+				s.sniffHost, s.sniffDst = res.Host, dst
+				rec.SniffHost = res.Host
+				r.stats.Sniffed.Add(1)
+			}
+		}
+	}
 	first := s.route(ctx, (*bp)[:n], dst)
 	relay.PutPacketBuf(bp)
 	if rec.Outbound == "" {
@@ -197,6 +218,11 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		s.closeAll()
 		r.finish(rec)
 		return
+	}
+	for _, d := range pending {
+		if res := s.route(ctx, d.p, d.dst); res.sent {
+			first.n += res.n
+		}
 	}
 	idle := r.cfg.UDPIdle
 	if rec.Dst.Port() == 53 {
@@ -306,6 +332,10 @@ type udpSession struct {
 	// dnsDown counts answers written by the in-process DNS handler; only the
 	// up pump's goroutine touches it.
 	dnsDown int64
+	// sniffHost is the name read from the flow's QUIC Initials, for its
+	// datagrams to sniffDst; set before the pumps start.
+	sniffHost string
+	sniffDst  netip.AddrPort
 
 	peers replyPeers
 }
@@ -398,6 +428,11 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 		return routeResult{sent: true, n: len(p), name: "DNS", rule: "dns"}
 	}
 	m, target := r.metadata("udp", s.in, s.f.Src(), ipAddr(dst))
+	if s.sniffHost != "" && dst == s.sniffDst && m.Host == "" {
+		// The datagrams still go to the address: replies must come from
+		// where the app sent them.
+		m.Host, m.RealDst = s.sniffHost, true
+	}
 	d := r.decide(ctx, m)
 	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host}
 	if d.Action != Proxy || d.Outbound == nil {

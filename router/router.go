@@ -79,15 +79,18 @@ type FlowRecord struct {
 	Network  string
 	Src, Dst netip.AddrPort
 	Host     string // domain, when known
-	InType   string // the inbound the flow came through (see Inbound); "" when untagged
-	InName   string
-	InUser   string
-	Outbound string // outbound name, or REJECT / REJECT-DROP
-	Rule     string
-	Up, Down int64
-	Start    time.Time
-	Duration time.Duration
-	Err      error // why it failed or ended abnormally; nil for a clean end
+	// SniffHost is the name read from the flow's first bytes (TLS, HTTP,
+	// QUIC), also in Host; "" when the flow was not sniffed or told none.
+	SniffHost string
+	InType    string // the inbound the flow came through (see Inbound); "" when untagged
+	InName    string
+	InUser    string
+	Outbound  string // outbound name, or REJECT / REJECT-DROP
+	Rule      string
+	Up, Down  int64
+	Start     time.Time
+	Duration  time.Duration
+	Err       error // why it failed or ended abnormally; nil for a clean end
 }
 
 // Config builds a Router. Decide is required.
@@ -117,6 +120,9 @@ type Config struct {
 	Logger           *slog.Logger
 	// OnFlow, when set, is called once for every finished flow.
 	OnFlow func(FlowRecord)
+	// Sniff, when set, reads the names of flows to real addresses from
+	// their first bytes; see SniffConfig.
+	Sniff *SniffConfig
 }
 
 // DNSHandler answers DNS queries the router intercepts.
@@ -193,6 +199,7 @@ type Stats struct {
 	TCPTotal, UDPTotal atomic.Int64
 	Rejected, Failed   atomic.Int64
 	Up, Down           atomic.Int64
+	Sniffed            atomic.Int64 // flows whose name was read from their first bytes
 }
 
 // New builds a Router.
@@ -211,6 +218,19 @@ func New(cfg Config) (*Router, error) {
 	}
 	if cfg.DNSIdle <= 0 {
 		cfg.DNSIdle = 10 * time.Second
+	}
+	if sc := cfg.Sniff; sc != nil {
+		if sc.Want == nil {
+			return nil, errors.New("router: Config.Sniff.Want is required")
+		}
+		c := *sc
+		if c.Timeout <= 0 {
+			c.Timeout = defaultSniffTimeout
+		}
+		if c.MaxBytes <= 0 {
+			c.MaxBytes = defaultSniffMaxBytes
+		}
+		cfg.Sniff = &c
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -283,6 +303,9 @@ func (r *Router) finish(rec FlowRecord) {
 		"up", rec.Up, "down", rec.Down, "dur", rec.Duration.Round(time.Millisecond)}
 	if rec.Host != "" {
 		attrs = append(attrs, "host", rec.Host)
+	}
+	if rec.SniffHost != "" {
+		attrs = append(attrs, "sniffed", rec.SniffHost)
 	}
 	if in := inLabel(rec.InType, rec.InName); in != "" {
 		attrs = append(attrs, "in", in)

@@ -164,7 +164,7 @@ func (c *cond) match(x *mctx) bool {
 		return x.host != "" && c.re.MatchString(x.host)
 	case kIPCIDR:
 		a := x.m.Dst.Addr()
-		return x.m.Host == "" && a.IsValid() && c.pfx.Contains(a.Unmap())
+		return (x.m.Host == "" || x.m.RealDst) && a.IsValid() && c.pfx.Contains(a.Unmap())
 	case kSrcIPCIDR:
 		a := x.m.Src.Addr()
 		return a.IsValid() && c.pfx.Contains(a.Unmap())

@@ -35,7 +35,8 @@
 // ParseOptions.Targets. IP rules accept a trailing ",no-resolve" for
 // compatibility; it changes nothing, since matching never resolves: an IP
 // rule matches only flows whose destination is a real address (Metadata.Host
-// empty), never a flow known by name.
+// empty, or Metadata.RealDst for a name sniffed from a flow to a real
+// address), never a flow known only by name.
 //
 // A RULE-SET file holds one entry per line, auto-detected: a rule without
 // target (DOMAIN-KEYWORD,ads), a CIDR or bare address (10.0.0.0/8,

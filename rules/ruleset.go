@@ -35,6 +35,7 @@ type Ruleset struct {
 
 	needsDomain  bool
 	needsProcess bool
+	firstDomain  int32 // the smallest id of an entry that looks at the domain; noID for none
 }
 
 type ruleInfo struct {
@@ -70,7 +71,7 @@ type builder struct {
 
 func newBuilder() *builder {
 	return &builder{
-		rs:  &Ruleset{domains: map[string]domainIDs{}},
+		rs:  &Ruleset{domains: map[string]domainIDs{}, firstDomain: noID},
 		dst: map[netip.Prefix]int32{},
 		src: map[netip.Prefix]int32{},
 	}
@@ -92,6 +93,7 @@ func (b *builder) addEntry(rule int32, c *cond, text, file string, line int) *pr
 		switch c.kind {
 		case kDomain, kSuffix, kWildcard, kKeyword, kRegex:
 			rs.needsDomain = true
+			rs.firstDomain = min(rs.firstDomain, id)
 		case kProcName, kProcPath, kUID:
 			rs.needsProcess = true
 		}
@@ -172,10 +174,44 @@ func (rs *Ruleset) NeedsDomain() bool { return rs.needsDomain }
 // user, so a process lookup should be wired.
 func (rs *Ruleset) NeedsProcess() bool { return rs.needsProcess }
 
+// NameCouldMatter reports whether knowing the name of the flow m, which has
+// none (m.Host is empty), could change its rule: a rule that looks at the
+// domain comes before the first rule m matches by its addresses, ports,
+// process and so on. A flow for which it is false gains nothing from having
+// its name sniffed. Like Match, it may look up the process and store the
+// answer in m.
+func (rs *Ruleset) NameCouldMatter(m *Metadata, lookup ProcessLookup) bool {
+	if rs == nil || m == nil || !rs.needsDomain {
+		return false
+	}
+	limit := rs.firstDomain
+	if a := m.Dst.Addr(); rs.dst != nil && a.IsValid() {
+		if id, ok := rs.dst.Lookup(a.Unmap()); ok && id < limit {
+			return false
+		}
+	}
+	if a := m.Src.Addr(); rs.src != nil && a.IsValid() {
+		if id, ok := rs.src.Lookup(a.Unmap()); ok && id < limit {
+			return false
+		}
+	}
+	x := mctx{m: m, lookup: lookup}
+	for i := range rs.linear {
+		l := &rs.linear[i]
+		if l.id >= limit {
+			break
+		}
+		if l.c.match(&x) {
+			return false
+		}
+	}
+	return true
+}
+
 // Match returns the first rule that matches m, or, when none does, DIRECT
 // with Index -1. It never resolves names: IP-CIDR rules look at m.Dst only
 // when m.Host is empty (a flow known by name has no real destination
-// address; a fake IP is not one). lookup may be nil; it is called only when
+// address; a fake IP is not one) or m.RealDst says the address is real. lookup may be nil; it is called only when
 // a PROCESS-NAME, PROCESS-PATH or UID rule is reached and m lacks the
 // answer, and what it finds is stored in m.Process and m.UID.
 func (rs *Ruleset) Match(m *Metadata, lookup ProcessLookup) Match {
@@ -187,7 +223,7 @@ func (rs *Ruleset) Match(m *Metadata, lookup ProcessLookup) Match {
 	if x.host != "" && len(rs.domains) > 0 {
 		best = rs.lookupDomain(x.host)
 	}
-	if rs.dst != nil && m.Host == "" {
+	if rs.dst != nil && (m.Host == "" || m.RealDst) {
 		if a := m.Dst.Addr(); a.IsValid() {
 			if id, ok := rs.dst.Lookup(a.Unmap()); ok && id < best {
 				best = id

@@ -9,8 +9,8 @@ import (
 // Metadata is what the rules see of one flow.
 type Metadata struct {
 	Network  string         // "tcp" | "udp"
-	Src, Dst netip.AddrPort // Dst's address is ignored by IP rules when Host is set
-	Host     string         // domain from fake-IP or a SOCKS domain request; "" when unknown
+	Src, Dst netip.AddrPort // Dst's address is ignored by IP rules when Host is set, unless RealDst
+	Host     string         // domain from fake-IP, a SOCKS domain request or sniffing; "" when unknown
 	Process  string         // executable path, when known
 	UID      int            // -1 when unknown
 
@@ -18,6 +18,11 @@ type Metadata struct {
 	InType string // InTUN, InWireGuard, InExec, InGateway or InSocks
 	InName string // the inbound's name: the TUN device's, "wg", "exec:curl", "socks"
 	InUser string // the user behind it: a WireGuard peer's name, a SOCKS username
+
+	// RealDst says Dst's address is where the flow really goes although
+	// Host is set (a name sniffed from the flow's first bytes), so IP rules
+	// match it as well as domain rules match Host.
+	RealDst bool
 }
 
 // Inbound types, the values of Metadata.InType and of IN-TYPE rules.

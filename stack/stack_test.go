@@ -652,3 +652,36 @@ func TestSystemTCPFallsBack(t *testing.T) {
 		})
 	}
 }
+
+// SetLinger(0) before Close resets an accepted connection (RST; the app's
+// read fails) where a plain Close ends it with a FIN (the app reads EOF):
+// the router resets a flow it accepted to read its first bytes when the
+// upstream then refuses it.
+func TestTCPAcceptedConnReset(t *testing.T) {
+	h := handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			return
+		}
+		io.ReadFull(c, make([]byte, 1))
+		if r.Dst().Port() == 81 {
+			if err := c.(interface{ SetLinger(int) error }).SetLinger(0); err != nil {
+				t.Error(err)
+			}
+		}
+		c.Close()
+	}}
+	e := setup(t, h, nil)
+	for port, wantEOF := range map[uint16]bool{80: true, 81: false} {
+		c, err := e.app.DialTCP(e.ctx, netip.AddrPortFrom(netip.MustParseAddr("198.18.0.1"), port))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("x"))
+		_, err = c.Read(make([]byte, 1))
+		if (err == io.EOF) != wantEOF || err == nil {
+			t.Errorf("port %d: app read %v; want EOF %v", port, err, wantEOF)
+		}
+		c.Close()
+	}
+}

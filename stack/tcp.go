@@ -307,6 +307,8 @@ func (s *Stack) handleRequest(r *TCPRequest) {
 type tcpConn struct {
 	Conn // *gonet.TCPConn, or in system TCP mode *net.TCPConn
 	s    *Stack
+	// ep is the gVisor endpoint behind Conn; nil in system TCP mode.
+	ep tcpip.Endpoint
 	// kernel and nat are set in system TCP mode: the kernel socket for
 	// the relay to splice on, and the translation that expires after
 	// Close.
@@ -314,13 +316,24 @@ type tcpConn struct {
 	nat       *natEntry
 	closeOnce sync.Once
 
-	// ep and wq are set in gVisor mode, for WaitRead (see waitread.go).
-	ep           tcpip.Endpoint
+	// wq is set in gVisor mode, for WaitRead and NotifyRead (see
+	// waitread.go).
 	wq           *waiter.Queue
 	readDeadline atomic.Int64 // UnixNano, 0 for none: gonet keeps its own private copy
 	waitTimer    *time.Timer  // WaitRead's, made on its first timed wait
 	nmu          sync.Mutex
 	notify       *waiter.Entry // NotifyRead's registration
+}
+
+// SetLinger is net.TCPConn's SetLinger: with 0, Close resets the
+// connection (RST) instead of closing it (a flow accepted before its
+// upstream refused it); negative restores the graceful close.
+func (c *tcpConn) SetLinger(sec int) error {
+	if c.kernel != nil {
+		return c.kernel.SetLinger(sec)
+	}
+	c.ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: sec >= 0, Timeout: time.Duration(max(sec, 0)) * time.Second})
+	return nil
 }
 
 func (c *tcpConn) Read(p []byte) (int, error) {

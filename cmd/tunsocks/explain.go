@@ -13,18 +13,22 @@ import (
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/rules"
+	"github.com/tunsocks/tunsocks/sniff"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
 func explainCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "explain",
-		Usage:     "show which rule and outbound a flow to HOST:PORT would take",
+		Usage:     "show which rule and outbound a flow to HOST:PORT would take (--route: which routing rule of this host catches it)",
 		ArgsUsage: "HOST:PORT",
 		Description: "Reads the config like 'tunsocks run' does and prints the rule that matches a flow to\n" +
 			"HOST:PORT, why, and the outbound (and chain) that would carry it. Nothing is dialed.",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file", Required: true, EnvVars: []string{"TUNSOCKS_CONFIG"}},
+			&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file (not needed with --route)", EnvVars: []string{"TUNSOCKS_CONFIG"}},
+			&cli.StringFlag{Name: "route", Usage: "HOST:PORT: which of the policy rules a running --auto-route installed catches a flow from this host"},
+			&cli.StringFlag{Name: "tun", Usage: "with --route: the run that serves this TUN device (when several run)"},
+			stateDirFlag(),
 			&cli.StringFlag{Name: "network", Value: "tcp", Usage: "tcp or udp"},
 			&cli.StringFlag{Name: "process", Usage: "pretend the flow comes from this executable (name or path)"},
 			&cli.IntFlag{Name: "uid", Value: -1, Usage: "pretend the flow comes from this user id"},
@@ -32,8 +36,15 @@ func explainCommand() *cli.Command {
 			&cli.StringFlag{Name: "in-type", Value: rules.InTUN, Usage: "the inbound the flow comes through: tun, wireguard, exec, gateway or socks"},
 			&cli.StringFlag{Name: "in-name", Usage: "the inbound's name (default: the config's TUN name for tun, wg for wireguard, else the type)"},
 			&cli.StringFlag{Name: "in-user", Usage: "the user behind the inbound (a WireGuard peer, a SOCKS user)"},
+			&cli.StringFlag{Name: "sni", Usage: "pretend the flow to the address HOST told this name in its first bytes (TLS SNI, HTTP Host, QUIC)"},
 		},
 		Action: func(c *cli.Context) error {
+			if r := c.String("route"); r != "" {
+				return explainRoute(c, r)
+			}
+			if !c.IsSet("config") {
+				return usagef("explain needs --config FILE (or --route HOST:PORT for this host's routing)")
+			}
 			if c.NArg() != 1 {
 				return usagef("explain takes one HOST:PORT, like example.com:443 or 10.0.0.1:22")
 			}
@@ -60,11 +71,33 @@ func explainCommand() *cli.Command {
 			if m.InType, m.InName, m.InUser, err = explainInbound(c, cfg); err != nil {
 				return err
 			}
+			sni := c.String("sni")
+			if sni != "" {
+				name, ok := sniff.Name(sni)
+				switch {
+				case !ok:
+					return usagef("--sni %q: want a DNS name like example.com", sni)
+				case m.Host != "":
+					return usagef("--sni names what a flow to an address told; give HOST as an address like 203.0.113.7, not the name %q", m.Host)
+				}
+				sni = name
+			}
 			// explain describes a hypothetical flow: no socket to look up
 			// a process for, and no DNS to build.
 			w, err := wire(cfg, &direct.Dialer{}, discardLogger(), wireOptions{})
 			if err != nil {
 				return err
+			}
+			// A flow to an address: would it wait for its name? Only then
+			// does a sniffed name (--sni) take part.
+			sniffed, wait := false, ""
+			if m.Host == "" {
+				sniffed, wait = w.sniffWant(m)
+				if sni != "" && sniffed {
+					m.Host, m.RealDst = sni, true
+				} else if sni != "" {
+					wait += "; so --sni changes nothing"
+				}
 			}
 			d, mt := w.policy.Match(m)
 			out := c.App.Writer
@@ -78,13 +111,22 @@ func explainCommand() *cli.Command {
 					fmt.Fprintf(out, " (user %s)", m.InUser)
 				}
 			}
+			if m.RealDst {
+				fmt.Fprintf(out, ", sniffed name %s", m.Host)
+			}
 			fmt.Fprintln(out)
+			if wait != "" {
+				fmt.Fprintf(out, "sniff:    %s\n", wait)
+			}
 			if w.policy.HasRules() {
 				fmt.Fprintf(out, "rule:     %s\n", mt)
 			} else {
 				fmt.Fprintf(out, "rule:     none configured; every flow takes the default proxy\n")
 			}
 			fmt.Fprintf(out, "outbound: %s\n", describe(cfg, d))
+			if sniffed {
+				fmt.Fprintf(out, "dial:     %s\n", w.sniffDial(m, d))
+			}
 			return nil
 		},
 	}

@@ -120,6 +120,7 @@ func newApp(stdout, stderr io.Writer) *cli.App {
 			demoCommand(),
 			explainCommand(),
 			checkCommand(),
+			cleanupCommand(),
 		},
 		// Errors are printed by run, once, with the right exit code.
 		ExitErrHandler: func(*cli.Context, error) {},

@@ -30,7 +30,7 @@ func runFlags() []cli.Flag {
 		return []string{"TUNSOCKS_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))}
 	}
 	d := config.Default()
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "YAML config file (proxies, rules, dns and every flag below); flags override it", EnvVars: env("config")},
 		&cli.BoolFlag{Name: "print-example-config", Usage: "print a commented example config and exit"},
 		&cli.StringFlag{Name: "proxy", Usage: "default upstream: socks5://[user:pass@]host:port, socks4://, socks4a://, http://, a proxy name from the config, or 'direct'", EnvVars: env("proxy")},
@@ -59,7 +59,7 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "pprof", Hidden: true, Usage: "serve runtime profiles on this loopback address (GET /debug/pprof/heap?gc=1; for scripts/bench.sh -heap-profiles)"},
 		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
-	}
+	}, append(sniffFlags(env), routeFlags()...)...)
 }
 
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
@@ -175,7 +175,10 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	if set("nameserver") {
 		cfg.DNS.Nameservers = c.StringSlice("nameserver")
 	}
-	return nil
+	if err := applySniffFlags(c, cfg); err != nil {
+		return err
+	}
+	return applyRouteFlags(c, cfg)
 }
 
 func runCommand() *cli.Command {
@@ -183,9 +186,11 @@ func runCommand() *cli.Command {
 		Name:  "run",
 		Usage: "capture traffic on a TUN device and carry it through a SOCKS upstream",
 		Description: "Creates (or adopts) a TUN device and proxies every TCP and UDP flow that reaches it.\n" +
-			"Point routes at the device yourself (tunsocks does not change routes yet), e.g. in a namespace:\n" +
-			"  ip route add default dev tunsocks0\n" +
-			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device it created.",
+			"With --auto-route every app of this host goes through it (--kill-switch: and nothing else,\n" +
+			"even if tunsocks dies); with --gateway, devices that use this host as their gateway do.\n" +
+			"Without either, point routes at the device yourself, e.g. ip route add default dev tunsocks0.\n" +
+			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device and every\n" +
+			"rule it created. After a crash: tunsocks cleanup.",
 		Flags: runFlags(),
 		Action: func(c *cli.Context) error {
 			if c.Bool("print-example-config") {
@@ -219,7 +224,8 @@ func runCommand() *cli.Command {
 					return err
 				}
 			}
-			return runPipeline(c.Context, cfg, log, pipelineHooks{stdout: c.App.Writer, noTrim: !c.Bool("memtrim")})
+			return runPipeline(c.Context, cfg, log, pipelineHooks{stdout: c.App.Writer, stateDir: c.String("state-dir"), notice: c.App.ErrWriter,
+				noTrim: !c.Bool("memtrim")})
 		},
 	}
 }
@@ -238,6 +244,10 @@ type pipelineHooks struct {
 	noTUN bool
 	// stdout is where client configs and QR codes are printed.
 	stdout io.Writer
+	// stateDir is where host routing records what it installs; notice
+	// receives the startup block saying what and how to undo it.
+	stateDir string
+	notice   io.Writer
 	// noTrim leaves memory to the runtime alone (see internal/memtrim).
 	noTrim bool
 }
@@ -252,11 +262,26 @@ func (h pipelineHooks) inTunNetns(fn func() error) error {
 
 // runPipeline is 'tunsocks run' (and 'tunsocks wg'): inbounds (the TUN,
 // the WireGuard peers) -> stack -> router -> outbound.
-func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) error {
+func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hooks pipelineHooks) (rerr error) {
+	notice := hooks.notice
+	if notice == nil {
+		notice = io.Discard
+	}
+	// Before anything dials: routing the host marks tunsocks' sockets and
+	// pins the upstreams' addresses.
+	hr, err := prepareRoute(ctx, cfg, hooks.stateDir, notice, log)
+	if err != nil {
+		return err
+	}
+	if hr != nil && hooks.noTUN {
+		return usagef("routing the host (auto-route, gateway) needs the TUN: use 'tunsocks run'")
+	}
 	d := &direct.Dialer{Mark: cfg.Fwmark, Interface: cfg.OutInterface, Netns: hooks.netns, Timeout: cfg.DialTimeout}
+	if hr != nil {
+		d.Hosts = hr.pinned
+	}
 	var wgs *wgState
 	if cfg.WireGuard != nil {
-		var err error
 		if wgs, err = openWGState(cfg.WireGuard, log); err != nil {
 			return err
 		}
@@ -272,6 +297,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	}
 	rc.DialTimeout, rc.TCPIdle, rc.UDPIdle, rc.DNSIdle = cfg.DialTimeout, cfg.TCPIdle, cfg.UDPIdle, cfg.DNSIdle
 	rc.Logger, rc.OnFlow = log, hooks.onFlow
+	rc.Sniff = w.sniffConfig()
 	rt, err := router.New(rc)
 	if err != nil {
 		return err
@@ -290,7 +316,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			return err
 		}
 		defer tr.close()
-		log.Info("tunsocks running", "tun", tr.dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, tr.st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "pcap", cfg.Tun.Pcap)
+		log.Info("tunsocks running", "tun", tr.dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, tr.st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode, "pcap", cfg.Tun.Pcap)
 	}
 	var wgr *wgRun
 	if wgs != nil {
@@ -299,7 +325,14 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		}
 		defer wgr.close()
 		if hooks.noTUN {
-			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary())
+			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode)
+		}
+	}
+	if hr != nil {
+		// Removed (deferred) before the device is closed.
+		defer func() { rerr = errors.Join(rerr, hr.close()) }()
+		if err := hr.install(ctx, tr.dev.Name(), cfg.Tun.Addrs, w.dnsAddrs()); err != nil {
+			return err
 		}
 	}
 	if hooks.started != nil && tr != nil {
@@ -336,7 +369,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		s := rt.Stats()
 		attrs := []any{"tcp_open", s.TCPOpen.Load(), "udp_open", s.UDPOpen.Load(),
 			"tcp_total", s.TCPTotal.Load(), "udp_total", s.UDPTotal.Load(),
-			"rejected", s.Rejected.Load(), "failed", s.Failed.Load(),
+			"rejected", s.Rejected.Load(), "failed", s.Failed.Load(), "sniffed", s.Sniffed.Load(),
 			"up", s.Up.Load(), "down", s.Down.Load()}
 		// The stacks' counters, the TUN's and the WireGuard peers' together.
 		var ss stack.Stats

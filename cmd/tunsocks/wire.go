@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -176,6 +177,18 @@ func (w *wiring) close(log *slog.Logger) {
 			log.Warn("saving the fake-IP cache", "file", w.cfg.DNS.CacheFile, "err", err)
 		}
 	}
+}
+
+// dnsAddrs are the addresses the fake-IP DNS answers at on the TUN.
+func (w *wiring) dnsAddrs() []netip.Addr {
+	if w.pool == nil {
+		return nil
+	}
+	out := []netip.Addr{w.pool.DNSAddr()}
+	if a := w.pool.DNSAddr6(); a.IsValid() {
+		out = append(out, a)
+	}
+	return out
 }
 
 func (w *wiring) dnsSummary() string {

@@ -8,7 +8,9 @@ package direct
 
 import (
 	"context"
+	"errors"
 	"net"
+	"net/netip"
 	"syscall"
 	"time"
 
@@ -25,8 +27,15 @@ type Dialer struct {
 	// Timeout bounds a dial when the context has no earlier deadline; 0 means 30 s.
 	Timeout time.Duration
 	// Resolver, when set, resolves names for DialContext; nil means the
-	// system's. Callers that must not resolve locally pass IP addresses.
+	// system's, asked by Go's own resolver over sockets that carry Mark
+	// and Interface too when either is set (so with --auto-route the
+	// lookup of an upstream's name is not captured by the TUN). Callers
+	// that must not resolve locally pass IP addresses.
 	Resolver *net.Resolver
+	// Hosts pins names to addresses: DialContext dials a name found here
+	// without resolving it (an upstream's name resolved once at start,
+	// before the system's DNS pointed at tunsocks).
+	Hosts map[string][]netip.Addr
 	// KeepAlive is the TCP keep-alive period; 0 means the net package default,
 	// negative disables it.
 	KeepAlive time.Duration
@@ -56,16 +65,44 @@ func (d *Dialer) netDialer() *net.Dialer {
 	if t == 0 {
 		t = 30 * time.Second
 	}
-	return &net.Dialer{Timeout: t, KeepAlive: d.KeepAlive, Resolver: d.Resolver, Control: d.control}
+	return &net.Dialer{Timeout: t, KeepAlive: d.KeepAlive, Resolver: d.resolver(), Control: d.control}
+}
+
+// resolver is d.Resolver, or for a marked or bound Dialer a Go resolver
+// whose sockets are marked and bound the same way.
+func (d *Dialer) resolver() *net.Resolver {
+	if d.Resolver != nil || (d.Mark == 0 && d.Interface == "") {
+		return d.Resolver
+	}
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+		nd := net.Dialer{Control: d.control}
+		return nd.DialContext(ctx, network, address)
+	}}
 }
 
 // DialContext dials address on network ("tcp", "tcp4", "tcp6", "udp", ...).
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (c net.Conn, err error) {
+	if host, port, serr := net.SplitHostPort(address); serr == nil && len(d.Hosts[host]) > 0 {
+		return d.dialPinned(ctx, network, host, port)
+	}
 	err = d.inNetns(func() error {
 		c, err = d.netDialer().DialContext(ctx, network, address)
 		return err
 	})
 	return c, err
+}
+
+// dialPinned tries the pinned addresses of host in turn.
+func (d *Dialer) dialPinned(ctx context.Context, network, host, port string) (net.Conn, error) {
+	var errs []error
+	for _, a := range d.Hosts[host] {
+		c, err := d.DialContext(ctx, network, net.JoinHostPort(a.String(), port))
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
 }
 
 // ListenPacket opens a UDP socket (for UDP ASSOCIATE relays and DNS).

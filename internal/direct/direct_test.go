@@ -3,6 +3,7 @@ package direct
 import (
 	"context"
 	"net"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -77,4 +78,51 @@ func TestNetnsSockets(t *testing.T) {
 		t.Fatal(err)
 	}
 	pc.Close()
+}
+
+// TestResolverSocketsAreMarked: with a mark, names are resolved over
+// sockets carrying it too, so with --auto-route the lookup of an
+// upstream's name does not enter the TUN.
+func TestResolverSocketsAreMarked(t *testing.T) {
+	testenv.NeedRoot(t, "SO_MARK")
+	d := &Dialer{Mark: 0x7476}
+	r := d.resolver()
+	if r == nil || !r.PreferGo || r.Dial == nil {
+		t.Fatalf("resolver of a marked dialer: %+v, want Go's resolver dialing marked sockets", r)
+	}
+	pc := testenv.UDPEcho(t)
+	c, err := r.Dial(context.Background(), "udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	raw, _ := c.(*net.UDPConn).SyscallConn()
+	var mark int
+	var gerr error
+	raw.Control(func(fd uintptr) { mark, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK) })
+	if gerr != nil || mark != 0x7476 {
+		t.Fatalf("resolver socket SO_MARK = %#x, %v; want 0x7476", mark, gerr)
+	}
+	if (&Dialer{}).resolver() != nil {
+		t.Error("an unmarked dialer should use the system's resolver as configured")
+	}
+}
+
+// TestPinnedHosts: a pinned name is dialed at its pinned addresses (the
+// first that answers), never resolved.
+func TestPinnedHosts(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	// Nothing listens on 127.0.0.2 (the listener is bound to 127.0.0.1):
+	// the first pinned address is refused, the second answers.
+	d := &Dialer{Timeout: 2 * time.Second, Hosts: map[string][]netip.Addr{"proxy.invalid": {netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.1")}}}
+	c, err := d.DialContext(context.Background(), "tcp", "proxy.invalid:"+port)
+	if err != nil {
+		t.Fatalf("dial a pinned name: %v", err)
+	}
+	c.Close()
 }
