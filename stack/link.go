@@ -346,17 +346,19 @@ func (e *linkEndpoint) deliver(pkt []byte) {
 }
 
 // WritePackets implements gstack.LinkWriter. It never blocks on the
-// device: it queues the packets for writeLoop, except a lone packet no
-// larger than the MTU when writeLoop is idle and nothing is queued, which
-// it writes at once (one system call, no wakeup; what a 1-byte round
-// trip sends).
+// device: it queues the packets for writeLoop, except a lone packet with
+// a payload, no larger than the MTU, when writeLoop is idle and nothing is
+// queued, which it writes at once (one system call, no wakeup; what a
+// 1-byte round trip sends). Pure ACKs, which the TUN reader's goroutine
+// produces for an upload, stay with writeLoop: the reader goes back to
+// reading instead of writing them.
 func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
 	if pkts.Len() == 1 && e.wmu.TryLock() {
 		pkt := pkts.AsSlice()[0]
 		e.qmu.Lock()
 		idle := !e.closed && len(e.queue) == 0
 		e.qmu.Unlock()
-		if idle && pkt.Size() <= int(e.mtu) {
+		if idle && pkt.Size() <= int(e.mtu) && pkt.Data().Size() > 0 {
 			e.writeDirect(pkt)
 			e.wmu.Unlock()
 			return 1, nil
