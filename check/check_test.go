@@ -306,3 +306,25 @@ func TestSuggestAllRules(t *testing.T) {
 		t.Errorf("rules %d tcp-idle %v udp-idle %v:\n%s", len(cfg.Rules), cfg.TCPIdle, cfg.UDPIdle, c.r.Config)
 	}
 }
+
+// TestRefusedByDefaultLoopbackDenial: a server that refuses its own
+// loopback (tunsocks server's default) answers the default closed-port
+// probe with 0x02; that is a quick, specific refusal, not a defect of the
+// proxy, so the probe passes and says why.
+func TestRefusedByDefaultLoopbackDenial(t *testing.T) {
+	w := newWorld(t)
+	proxy := startSOCKS(t, w, socksserver.Config{DenyLoopback: true})
+	o := w.options("socks5://" + proxy)
+	o.RefusedTarget = DefaultRefusedTarget
+	r := run(t, o)
+	p := r.ProbeByID("connect.refused")
+	if p == nil || p.Verdict != Pass || r.Facts.Connect.RefusedReply != "not-allowed" || !strings.Contains(p.Summary, "refuses its own loopback") {
+		t.Errorf("connect.refused %+v, facts %+v", p, r.Facts.Connect)
+	}
+	// Any other target the proxy does not allow still cannot tell.
+	o.RefusedTarget = "127.0.0.1:2"
+	r = run(t, o)
+	if p := r.ProbeByID("connect.refused"); p == nil || p.Verdict != Warn {
+		t.Errorf("connect.refused with another denied target %+v, want WARN", p)
+	}
+}

@@ -233,6 +233,13 @@ func (c *checker) failureReplies(ctx context.Context) {
 		case "timeout":
 			return Warn, head + ": apps wait for their own timeout instead of a quick refusal"
 		case "not-allowed":
+			if c.o.RefusedTarget == DefaultRefusedTarget {
+				// A server open to others should refuse its own
+				// loopback (tunsocks server does by default): that
+				// is a quick, specific answer too.
+				cf.RefusedText = text + " (the proxy refuses its own loopback)"
+				return Pass, head + ": the proxy refuses its own loopback, as a server open to others should, and the app gets a reset at once (--refused-target HOST:PORT checks a closed port elsewhere)"
+			}
 			return Warn, head + ": the proxy does not allow this destination, so the refusal code could not be checked (try --refused-target)"
 		}
 		return Warn, head + ": not a 'connection refused' reply; run cannot tell the app why"

@@ -16,6 +16,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"net/url"
 	"strconv"
@@ -51,6 +52,8 @@ type Config struct {
 
 	TCP TCPConfig `yaml:",inline"`
 
+	Limits LimitsConfig `yaml:",inline"`
+
 	Sniff SniffConfig `yaml:",inline"`
 
 	// Proxies are the named upstreams rules can send flows to.
@@ -60,6 +63,8 @@ type Config struct {
 	Rules []rules.Line `yaml:"rules"`
 
 	DNS DNSConfig `yaml:"dns"`
+
+	API APIConfig `yaml:"api"`
 
 	// WireGuard, when set, runs the WireGuard inbound (phones join by QR
 	// code); nil: off.
@@ -100,6 +105,36 @@ type TCPConfig struct {
 	// netstack) or "system" (the host kernel, through address
 	// translation on the TUN); "": gvisor.
 	Stack string `yaml:"tcp-stack"`
+}
+
+// LimitsConfig bounds what one app, device or flood can take (top-level
+// keys max-memory, tcp-max-in-flight, tcp-max-in-flight-per-source,
+// tcp-handshake-timeout, udp-max-flows, udp-max-flows-per-source,
+// udp-flow-rate and udp-flow-rate-per-source). For every key but
+// max-memory, 0 means the netstack's default (see package stack).
+type LimitsConfig struct {
+	// MaxMemory is the memory ceiling in bytes: near it new flows are
+	// refused and the flows idle the longest closed (see
+	// internal/memguard); 0 means none. Default DefaultMaxMemory.
+	MaxMemory int64 `yaml:"max-memory"`
+	// TCPMaxInFlight and TCPMaxInFlightPerSource bound the app's TCP
+	// connection attempts in flight, in all and per app source address;
+	// the oldest is shed at a bound.
+	TCPMaxInFlight          int `yaml:"tcp-max-in-flight"`
+	TCPMaxInFlightPerSource int `yaml:"tcp-max-in-flight-per-source"`
+	// TCPHandshakeTimeout bounds how long an accepted attempt waits for
+	// the app to complete its handshake.
+	TCPHandshakeTimeout time.Duration `yaml:"tcp-handshake-timeout"`
+	// UDPMaxFlows and UDPMaxFlowsPerSource bound the UDP flows open at
+	// once, in all and per app source address; a new flow beyond either
+	// closes the least recently active one.
+	UDPMaxFlows          int `yaml:"udp-max-flows"`
+	UDPMaxFlowsPerSource int `yaml:"udp-max-flows-per-source"`
+	// UDPFlowRate and UDPFlowRatePerSource bound the new UDP flows a
+	// second, in all and per app source address; datagrams that would
+	// open more are dropped.
+	UDPFlowRate          int `yaml:"udp-flow-rate"`
+	UDPFlowRatePerSource int `yaml:"udp-flow-rate-per-source"`
 }
 
 // Proxy is one named upstream: either a URL or a chain of other proxies.
@@ -196,6 +231,22 @@ type DNSConfig struct {
 	FakeIPTTL time.Duration `yaml:"fake-ip-ttl"`
 }
 
+// APIConfig is the `api:` section: the Clash-compatible HTTP API, its
+// page at /ui/ and /metrics.
+type APIConfig struct {
+	// Listen is the API's address, like 127.0.0.1:9090; "" turns it off.
+	// An address other hosts can reach needs a Secret.
+	Listen string `yaml:"listen"`
+	// Secret is the Bearer token every request must carry ("" for none).
+	Secret string `yaml:"secret"`
+	// Metrics is an extra listener serving only /metrics, without the
+	// secret, like 127.0.0.1:9091; "": /metrics on the API listener only.
+	Metrics string `yaml:"metrics"`
+	// AllowOrigins are the web origins whose pages may call the API, like
+	// https://metacubex.github.io; empty: any (the secret guards it).
+	AllowOrigins []string `yaml:"allow-origins"`
+}
+
 // Defaults, the same as the flags of `tunsocks run`.
 const (
 	DefaultTunName         = "tunsocks0"
@@ -211,6 +262,10 @@ const (
 	DefaultFakeIPRange     = "198.18.0.0/15"
 	DefaultFakeIPRange6    = "fc00::/18"
 	DefaultFakeIPTTL       = 10 * time.Second
+	// DefaultMaxMemory is a desktop's ceiling: far above what carrying a
+	// busy desktop takes (tens of MiB), far below what would make the
+	// machine swap.
+	DefaultMaxMemory = 1 << 30
 )
 
 // Limits checked by Validate. MinMTU is what the netstack takes for IPv4
@@ -224,6 +279,9 @@ const (
 	MaxTCPBuf    = 64 << 20
 	MinFakeIPTTL = time.Second
 	MaxFakeIPTTL = time.Hour
+	// MinMaxMemory is the smallest memory ceiling: below it the runtime's
+	// own needs would have flows refused.
+	MinMaxMemory = 64 << 20
 	maxFileSize  = 16 << 20 // largest config file Load reads
 	maxErrors    = 20       // errors collected before giving up
 	maxChain     = 32       // hops in one flattened chain
@@ -246,6 +304,7 @@ func Default() *Config {
 		DialTimeout:     DefaultDialTimeout,
 		SummaryInterval: DefaultSummaryInterval,
 		TCP:             TCPConfig{SACK: &sack, ModerateRcvbuf: &mod, Buf: DefaultTCPBuf, CC: DefaultTCPCC, Stack: DefaultTCPStack},
+		Limits:          LimitsConfig{MaxMemory: DefaultMaxMemory},
 		Sniff:           defaultSniff(),
 		DNS: DNSConfig{
 			FakeIPRange:  netip.MustParsePrefix(DefaultFakeIPRange),
@@ -290,4 +349,33 @@ func (c *Config) setLine(key string, line int) {
 		c.lines = map[string]int{}
 	}
 	c.lines[key] = line
+}
+
+// ParseSize parses a size in bytes: a whole number, or one with a binary
+// unit, K, M, G or T, optionally written KiB, MiB, GiB or TiB ("512MiB",
+// "1G"). "0" is 0.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	num := strings.TrimRight(t, "KMGTiBkmgtb")
+	unit := strings.ToUpper(strings.TrimSpace(t[len(num):]))
+	num = strings.ReplaceAll(strings.TrimSpace(num), "_", "")
+	shift := 0
+	switch unit {
+	case "", "B":
+	case "K", "KIB":
+		shift = 10
+	case "M", "MIB":
+		shift = 20
+	case "G", "GIB":
+		shift = 30
+	case "T", "TIB":
+		shift = 40
+	default:
+		return 0, fmt.Errorf("size %q: want a number of bytes, or one with a unit like 512MiB or 1GiB", s)
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("size %q: want a number of bytes, or one with a unit like 512MiB or 1GiB", s)
+	}
+	return n << shift, nil
 }

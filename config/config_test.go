@@ -168,6 +168,17 @@ func TestKeys(t *testing.T) {
 		{"tcp-buf: 1_048_576", func(c *Config) bool { return c.TCP.Buf == 1<<20 }},
 		{"tcp-cc: reno", func(c *Config) bool { return c.TCP.CC == "reno" }},
 		{"tcp-stack: system", func(c *Config) bool { return c.TCP.Stack == "system" }},
+		{"max-memory: 512MiB", func(c *Config) bool { return c.Limits.MaxMemory == 512<<20 && c.Line("max-memory") == 1 }},
+		{"max-memory: 2G", func(c *Config) bool { return c.Limits.MaxMemory == 2<<30 }},
+		{"max-memory: 0", func(c *Config) bool { return c.Limits.MaxMemory == 0 }},
+		{"max-memory: 134217728", func(c *Config) bool { return c.Limits.MaxMemory == 128<<20 }},
+		{"tcp-max-in-flight: 64\ntcp-max-in-flight-per-source: 16\ntcp-handshake-timeout: 2s", func(c *Config) bool {
+			return c.Limits.TCPMaxInFlight == 64 && c.Limits.TCPMaxInFlightPerSource == 16 && c.Limits.TCPHandshakeTimeout == 2*time.Second
+		}},
+		{"udp-max-flows: 100\nudp-max-flows-per-source: 10\nudp-flow-rate: 50\nudp-flow-rate-per-source: 5", func(c *Config) bool {
+			l := c.Limits
+			return l.UDPMaxFlows == 100 && l.UDPMaxFlowsPerSource == 10 && l.UDPFlowRate == 50 && l.UDPFlowRatePerSource == 5
+		}},
 		{"proxies:\n  - name: a\n    url: socks5h://h\n  - name: b\n    chain: [a]", func(c *Config) bool {
 			return len(c.Proxies) == 2 && c.Proxies[0].URL.Scheme == "socks5h" && c.Proxies[0].Line == 2 &&
 				reflect.DeepEqual(c.Proxies[1].Chain, []string{"a"}) && c.Proxies[1].Line == 4
@@ -177,6 +188,12 @@ func TestKeys(t *testing.T) {
 		}},
 		{"rules: ['DOMAIN,a.com,DIRECT']", func(c *Config) bool { return len(c.Rules) == 1 && c.Ruleset != nil }},
 		{"rules:", func(c *Config) bool { return len(c.Rules) == 0 && c.Ruleset == nil }},
+		{"api: {listen: '127.0.0.1:9090'}", func(c *Config) bool { return c.API.Listen == "127.0.0.1:9090" && c.API.Secret == "" }},
+		{"api: {listen: 'localhost:9090', metrics: ':9091'}", func(c *Config) bool { return c.API.Metrics == ":9091" }},
+		{"api: {listen: '0.0.0.0:9090', secret: 'a&b'}", func(c *Config) bool { return c.API.Secret == "a&b" }},
+		{"api: {listen: '[::1]:0', allow-origins: ['https://metacubex.github.io', '*']}", func(c *Config) bool {
+			return reflect.DeepEqual(c.API.AllowOrigins, []string{"https://metacubex.github.io", "*"})
+		}},
 		{"dns: {enable: true}", func(c *Config) bool { return c.DNS.Enable != nil && *c.DNS.Enable }},
 		{"dns: {enable: false}", func(c *Config) bool { return c.DNS.Enable != nil && !*c.DNS.Enable }},
 		{"dns: {listen: '127.0.0.1:5353'}", func(c *Config) bool { return c.DNS.Listen == "127.0.0.1:5353" }},
@@ -235,7 +252,7 @@ func TestErrors(t *testing.T) {
 		{"- 1\n- 2", []string{file + ":1: the file must be a mapping"}},
 		{"proxy: direct\n---\nproxy: direct", []string{file + ":2: a second YAML document"}},
 		{"proxie: x", []string{file + `:1: unknown key "proxie"; did you mean "proxies"?`}},
-		{"zzzzzzzz: 1", []string{file + `:1: unknown key "zzzzzzzz"; known keys: dial-timeout, dns,`}},
+		{"zzzzzzzz: 1", []string{file + `:1: unknown key "zzzzzzzz"; known keys: api, dial-timeout, dns,`}},
 		{"\nmtu: 1400", []string{file + `:2: unknown key "mtu"; write it under tun: as "mtu"`}},
 		{"proxy-groups: []", []string{file + `:1: unknown key "proxy-groups"; proxy groups are not supported`}},
 		{"tcp-idle: 1s\ntcp-idle: 2s", []string{file + `:2: key "tcp-idle" repeated (first at line 1)`}},
@@ -243,6 +260,12 @@ func TestErrors(t *testing.T) {
 		{"? [a]\n: 1", []string{file + ":1: top level: a key must be a plain name"}},
 		// Values.
 		{"proxy: [a]", []string{file + ":1: proxy: want a string, not a list"}},
+		{"max-memory: lots", []string{file + `:1: max-memory "lots": want a size like 512MiB or 1GiB, or 0 for none`}},
+		{"max-memory: 1MB", []string{file + `:1: max-memory "1MB": want a size`}},
+		{"max-memory: 1MiB", []string{file + ":1: max-memory 1048576 bytes: want at least 64MiB, or 0 for none"}},
+		{"udp-max-flows: -1", []string{file + ":1: udp-max-flows -1: want 0 to"}},
+		{"udp-max-flows: 10\nudp-max-flows-per-source: 20", []string{file + ":2: udp-max-flows-per-source 20 exceeds udp-max-flows 10"}},
+		{"tcp-handshake-timeout: -1s", []string{file + ":1: tcp-handshake-timeout -1s: want a positive duration"}},
 		{"proxy:", []string{file + ":1: proxy has no value"}},
 		{"tun: 3", []string{file + ":1: tun: want a mapping of keys, not a single value"}},
 		{"tun:\n  nme: x", []string{file + `:2: unknown key "nme" in tun; did you mean "name"?`}},
@@ -315,6 +338,15 @@ func TestErrors(t *testing.T) {
 		{"rules:\n  - {a: 1}", []string{file + ":2: rules: want a rule written as text"}},
 		{"rules:\n  -\n", []string{file + ":2: rules: empty rule"}},
 		{"rules:\n  - |\n    MATCH,DIRECT\n    MATCH,DIRECT\n", []string{file + ":2: rules: a rule is one line"}},
+		// API.
+		{"api:\n  listen: '0.0.0.0:9090'", []string{file + `:2: api.listen "0.0.0.0:9090" is reachable from other hosts and api.secret is empty`}},
+		{"api: {listen: ':9090'}", []string{file + `:1: api.listen ":9090" is reachable from other hosts and api.secret is empty`}},
+		{"api: {listen: 'example.com:9090', secret: secret}", []string{file + `:1: api.listen "example.com:9090": want an IP address or localhost`}},
+		{"api: {listen: '127.0.0.1'}", []string{file + `:1: api.listen "127.0.0.1": want address:port`}},
+		{"api: {metrics: '127.0.0.1:x'}", []string{file + `:1: api.metrics "127.0.0.1:x": want a port`}},
+		{"api: {allow-origins: ['metacubex.github.io']}", []string{file + `:1: api.allow-origins "metacubex.github.io": want an origin like https://`}},
+		{"api:\n  external-controller: 127.0.0.1:9090", []string{file + `:2: unknown key "external-controller" in api; write the address as "listen"`}},
+		{"external-controller: 127.0.0.1:9090", []string{file + `:1: unknown key "external-controller"; write it under api: as "listen"`}},
 		// DNS.
 		{"dns: [x]", []string{file + ":1: dns: want a mapping of keys, not a list"}},
 		{"dns:\n  nameservers: [1.1.1.1]", []string{file + `:2: unknown key "nameservers" in dns; did you mean "nameserver"?`}},
@@ -362,8 +394,9 @@ func TestErrors(t *testing.T) {
 				t.Errorf("Parse(%q) error:\n%v\nwant it to contain %q", tt.src, err, w)
 			}
 		}
-		// Passwords never appear in errors.
-		if strings.Contains(err.Error(), "secret") {
+		// Passwords never appear in errors (the tests' password is
+		// "secret"; the key api.secret and its flag may be named).
+		if strings.Contains(strings.NewReplacer("api.secret", "", "--api-secret", "").Replace(err.Error()), "secret") {
 			t.Errorf("Parse(%q) error leaks a password: %v", tt.src, err)
 		}
 		// Every line of the message names the file and a line.
@@ -662,4 +695,18 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("error without the file name: %v", err)
 		}
 	})
+}
+
+func TestParseSize(t *testing.T) {
+	for s, want := range map[string]int64{"0": 0, "1024": 1024, "64K": 64 << 10, "512MiB": 512 << 20, "1G": 1 << 30,
+		"1 GiB": 1 << 30, "2gib": 2 << 30, "1_000B": 1000, "1T": 1 << 40} {
+		if got, err := ParseSize(s); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "x", "1MB", "1.5G", "-1", "GiB", "99999999999T"} {
+		if got, err := ParseSize(s); err == nil {
+			t.Errorf("ParseSize(%q) = %d, want an error", s, got)
+		}
+	}
 }

@@ -202,7 +202,9 @@ func topHints() map[string]string {
 		"mixed-port":          "a Clash setting tunsocks does not use; `tunsocks server` is the SOCKS server",
 		"log-level":           "set it with the --log-level flag",
 		"allow-lan":           "a Clash setting tunsocks does not use",
-		"external-controller": "a Clash setting tunsocks does not use",
+		"external-controller": `write it under api: as "listen" (the Clash-compatible API)`,
+		"secret":              `write it under api: as "secret"`,
+		"external-ui":         "the page is built in: /ui/ on the api: listen address",
 	}
 }
 
@@ -397,6 +399,11 @@ func (d *decoder) top(n *yaml.Node) {
 	durs := func(key string, dst *time.Duration) func(k, v *yaml.Node) {
 		return func(_, v *yaml.Node) { d.duration(v, key, dst, key) }
 	}
+	counts := func(key string, dst *int) func(k, v *yaml.Node) {
+		return func(_, v *yaml.Node) {
+			d.integer(v, key, 0, 1<<31-1, func(n int64) { *dst = int(n) }, key)
+		}
+	}
 	fields := map[string]func(k, v *yaml.Node){
 		"proxy":            func(_, v *yaml.Node) { d.str(v, "proxy", &c.Proxy, "proxy") },
 		"tun":              func(_, v *yaml.Node) { d.tun(v) },
@@ -420,16 +427,60 @@ func (d *decoder) top(n *yaml.Node) {
 		},
 		"tcp-cc":    func(_, v *yaml.Node) { d.str(v, "tcp-cc", &c.TCP.CC, "tcp-cc") },
 		"tcp-stack": func(_, v *yaml.Node) { d.str(v, "tcp-stack", &c.TCP.Stack, "tcp-stack") },
-		"proxies":   func(_, v *yaml.Node) { d.proxies(v) },
-		"rules":     func(_, v *yaml.Node) { d.rules(v) },
-		"dns":       func(_, v *yaml.Node) { d.dns(v) },
-		"wireguard": func(_, v *yaml.Node) { d.wireguard(v) },
-		"route":     func(_, v *yaml.Node) { d.route(v) },
+		"max-memory": func(_, v *yaml.Node) {
+			s, ok := d.scalar(v, "max-memory", "a size like 512MiB or 1GiB, or 0 for none")
+			if !ok {
+				return
+			}
+			n, err := ParseSize(s)
+			if err != nil {
+				d.failErr(deref(v).Line, err, "max-memory %q: want a size like 512MiB or 1GiB, or 0 for none", s)
+				return
+			}
+			c.Limits.MaxMemory = n
+			d.c.setLine("max-memory", deref(v).Line)
+		},
+		"tcp-max-in-flight":            counts("tcp-max-in-flight", &c.Limits.TCPMaxInFlight),
+		"tcp-max-in-flight-per-source": counts("tcp-max-in-flight-per-source", &c.Limits.TCPMaxInFlightPerSource),
+		"tcp-handshake-timeout":        durs("tcp-handshake-timeout", &c.Limits.TCPHandshakeTimeout),
+		"udp-max-flows":                counts("udp-max-flows", &c.Limits.UDPMaxFlows),
+		"udp-max-flows-per-source":     counts("udp-max-flows-per-source", &c.Limits.UDPMaxFlowsPerSource),
+		"udp-flow-rate":                counts("udp-flow-rate", &c.Limits.UDPFlowRate),
+		"udp-flow-rate-per-source":     counts("udp-flow-rate-per-source", &c.Limits.UDPFlowRatePerSource),
+		"proxies":                      func(_, v *yaml.Node) { d.proxies(v) },
+		"rules":                        func(_, v *yaml.Node) { d.rules(v) },
+		"dns":                          func(_, v *yaml.Node) { d.dns(v) },
+		"api":                          func(_, v *yaml.Node) { d.api(v) },
+		"wireguard":                    func(_, v *yaml.Node) { d.wireguard(v) },
+		"route":                        func(_, v *yaml.Node) { d.route(v) },
 	}
 	for k, f := range d.sniffFields() {
 		fields[k] = f
 	}
 	d.mapping(n, "", fields, topHints())
+}
+
+func (d *decoder) api(n *yaml.Node) {
+	s := &d.c.API
+	fields := map[string]func(k, v *yaml.Node){
+		"listen":  func(_, v *yaml.Node) { d.str(v, "api.listen", &s.Listen, "api.listen") },
+		"secret":  func(_, v *yaml.Node) { d.str(v, "api.secret", &s.Secret, "api.secret") },
+		"metrics": func(_, v *yaml.Node) { d.str(v, "api.metrics", &s.Metrics, "api.metrics") },
+		"allow-origins": func(_, v *yaml.Node) {
+			s.AllowOrigins = nil
+			d.strs(v, "api.allow-origins", "origins like https://metacubex.github.io", func(_ int, str string, line int) {
+				s.AllowOrigins = append(s.AllowOrigins, str)
+				d.c.setLine("api.allow-origins."+strconv.Itoa(len(s.AllowOrigins)-1), line)
+			})
+		},
+	}
+	hints := map[string]string{
+		"external-controller": `write the address as "listen"`,
+		"addr":                `write the address as "listen"`,
+		"token":               `write it as "secret"`,
+		"external-ui":         "the page is built in, at /ui/ on the API's address",
+	}
+	d.mapping(n, "api", fields, hints)
 }
 
 func (d *decoder) route(n *yaml.Node) {

@@ -52,6 +52,17 @@ sniff-ports: []            # sniff only flows to these ports, e.g. [443, 80, 800
 sniff-cidrs: []            # sniff only flows to these destinations; empty: all
 sniff-server-first-ports: [21-23, 25, 110, 143, 587, 3306, 5900]  # dialed at once: the server speaks first
 
+# What one app, device or flood can take (see README, "Limits").
+max-memory: 1GiB           # near this, new flows are refused and the flows idle the longest closed (0: none)
+# The netstack's bounds; unset or 0 means the default shown.
+# tcp-max-in-flight: 1024            # TCP connection attempts in flight; the oldest is shed
+# tcp-max-in-flight-per-source: 512  # the same per app source address
+# tcp-handshake-timeout: 5s          # an accepted attempt's app must complete its handshake by then
+# udp-max-flows: 2048                # UDP flows open at once; the least recently active is closed
+# udp-max-flows-per-source: 512      # the same per app source address
+# udp-flow-rate: 1000                # new UDP flows a second; datagrams beyond are dropped
+# udp-flow-rate-per-source: 250      # the same per app source address
+
 # Named upstreams for rules. Each has a url or a chain (not both).
 proxies:
   - name: corp
@@ -92,6 +103,16 @@ dns:
     - tcp://1.1.1.1:53
   dns-hijack: false        # answer every query to port 53, whatever its address
   cache-file: ""           # keep the fake-IP mappings across restarts
+
+# The Clash-compatible API (metacubexd, yacd, zashboard), the live page at
+# http://LISTEN/ui/ and /metrics. Off unless listen is set. SIGHUP or
+# PUT /configs re-reads this file: new flows get the new rules and
+# proxies, open flows keep theirs.
+api:
+  listen: ""               # e.g. 127.0.0.1:9090; other hosts' addresses need a secret
+  secret: ""               # Bearer token for every request (?token= on WebSockets)
+  metrics: ""              # an extra listener for /metrics alone, without the secret
+  allow-origins: []        # pages that may call the API, e.g. https://metacubex.github.io; empty: any
 
 # Routing this host (or devices behind it) into the TUN (Linux, as root).
 # Everything installed is listed at start and removed on exit; after a

@@ -131,11 +131,67 @@ func (v *validator) values() {
 	default:
 		v.fail("tcp-stack", "tcp-stack %q: want gvisor or system", c.TCP.Stack)
 	}
+	v.limits()
 	if strings.ContainsAny(c.OutInterface, " \t/") || len(c.OutInterface) > 15 {
 		v.fail("out-interface", "out-interface %q: want an interface name like eth0", c.OutInterface)
 	}
 	v.dns()
+	v.api()
 	v.sniff()
+}
+
+func (v *validator) api() {
+	s := &v.c.API
+	if s.Listen != "" {
+		if msg := checkServe(s.Listen); msg != "" {
+			v.fail("api.listen", "api.listen %q: %s", s.Listen, msg)
+		} else if s.Secret == "" && !loopback(s.Listen) {
+			v.fail("api.listen", "api.listen %q is reachable from other hosts and api.secret is empty: "+
+				"anyone could watch and close every flow; set api.secret (--api-secret), or listen on 127.0.0.1", s.Listen)
+		}
+	}
+	if s.Metrics != "" {
+		if msg := checkServe(s.Metrics); msg != "" {
+			v.fail("api.metrics", "api.metrics %q: %s", s.Metrics, msg)
+		}
+	}
+	for i, o := range s.AllowOrigins {
+		if o == "*" {
+			continue
+		}
+		if u, err := url.Parse(o); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") {
+			v.fail("api.allow-origins."+strconv.Itoa(i), "api.allow-origins %q: want an origin like https://metacubex.github.io, or *", o)
+		}
+	}
+}
+
+// checkServe checks a listen address of the HTTP servers: address:port,
+// the host an IP, localhost or empty (every address).
+func checkServe(s string) string {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "want address:port like 127.0.0.1:9090"
+	}
+	if host != "" && !strings.EqualFold(host, "localhost") {
+		if a, err := netip.ParseAddr(host); err != nil || a.Zone() != "" {
+			return "want an IP address or localhost, like 127.0.0.1:9090"
+		}
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "want a port from 0 to 65535, like 127.0.0.1:9090"
+	}
+	return ""
+}
+
+// loopback reports whether a checked listen address only takes
+// connections from this host.
+func loopback(s string) bool {
+	host, _, _ := net.SplitHostPort(s)
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
 }
 
 func (v *validator) dns() {
@@ -540,4 +596,38 @@ func (c *Config) hops(byName map[string]*Proxy, name string, depth int) ([]*url.
 		return nil, fmt.Errorf("proxy %q has neither url nor chain", name)
 	}
 	return out, nil
+}
+
+func (v *validator) limits() {
+	l := &v.c.Limits
+	if l.MaxMemory != 0 && l.MaxMemory < MinMaxMemory {
+		v.fail("max-memory", "max-memory %d bytes: want at least %dMiB, or 0 for none", l.MaxMemory, MinMaxMemory>>20)
+	}
+	for _, n := range []struct {
+		key string
+		val int
+	}{
+		{"tcp-max-in-flight", l.TCPMaxInFlight}, {"tcp-max-in-flight-per-source", l.TCPMaxInFlightPerSource},
+		{"udp-max-flows", l.UDPMaxFlows}, {"udp-max-flows-per-source", l.UDPMaxFlowsPerSource},
+		{"udp-flow-rate", l.UDPFlowRate}, {"udp-flow-rate-per-source", l.UDPFlowRatePerSource},
+	} {
+		if n.val < 0 {
+			v.fail(n.key, "%s %d: want a positive number, or 0 for the default", n.key, n.val)
+		}
+	}
+	if l.TCPHandshakeTimeout < 0 {
+		v.fail("tcp-handshake-timeout", "tcp-handshake-timeout %v: want a positive duration like 5s, or 0 for the default", l.TCPHandshakeTimeout)
+	}
+	for _, pair := range []struct {
+		per, all       string
+		perVal, allVal int
+	}{
+		{"tcp-max-in-flight-per-source", "tcp-max-in-flight", l.TCPMaxInFlightPerSource, l.TCPMaxInFlight},
+		{"udp-max-flows-per-source", "udp-max-flows", l.UDPMaxFlowsPerSource, l.UDPMaxFlows},
+		{"udp-flow-rate-per-source", "udp-flow-rate", l.UDPFlowRatePerSource, l.UDPFlowRate},
+	} {
+		if pair.perVal > 0 && pair.allVal > 0 && pair.perVal > pair.allVal {
+			v.fail(pair.per, "%s %d exceeds %s %d: a source's share is at most the whole", pair.per, pair.perVal, pair.all, pair.allVal)
+		}
+	}
 }

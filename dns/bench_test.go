@@ -3,6 +3,8 @@ package dns
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -78,4 +80,46 @@ func BenchmarkFilterMatch(b *testing.B) {
 		f.Match("a.b.d500.example")
 		f.Match("miss.example.org")
 	}
+}
+
+// BenchmarkPoolMemory reports the heap one fake-IP mapping costs
+// (bytes/mapping), with names of a typical length (~24 bytes), in a full
+// default pool (65,535 mappings). Run:
+//
+//	go test -run '^$' -bench PoolMemory -benchtime 1x ./dns
+func BenchmarkPoolMemory(b *testing.B) {
+	const n = MaxPoolSize
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("host%05d.cdn.example.com", i)
+	}
+	var perMapping float64
+	for range b.N {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		p, err := NewPool(netip.Prefix{}, netip.Prefix{}, PoolOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, name := range names {
+			if !p.Lookup(name, false).IsValid() {
+				b.Fatal("no address")
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if v4, _ := p.Len(); v4 != n {
+			b.Fatalf("%d mappings", v4)
+		}
+		// The names themselves were allocated before: count them in.
+		nameBytes := 0
+		for _, name := range names {
+			nameBytes += len(name)
+		}
+		perMapping += (float64(after.HeapAlloc) - float64(before.HeapAlloc) + float64(nameBytes)) / n
+		runtime.KeepAlive(p)
+	}
+	b.ReportMetric(perMapping/float64(b.N), "bytes/mapping")
+	b.ReportMetric(0, "ns/op")
 }

@@ -23,6 +23,11 @@ const (
 	MaxPoolSize = 65535
 	// DefaultPoolTTL is the TTL of fake answers when PoolOptions.TTL is 0.
 	DefaultPoolTTL = 10 * time.Second
+	// DefaultPoolGrace is how long a mapping stays bound to its name after
+	// the last flow to it ended, when PoolOptions.Grace is 0: long enough
+	// for an app that reconnects to an address it cached (browsers cache
+	// for a minute) to reach the same name.
+	DefaultPoolGrace = time.Minute
 	// MaxPoolTTL is the largest accepted PoolOptions.TTL.
 	MaxPoolTTL = time.Hour
 )
@@ -30,7 +35,7 @@ const (
 // Errors a lookup can fail with. Pool.Lookup reports both as an invalid
 // address; the Server tells them apart.
 var (
-	errPoolExhausted = errors.New("dns: fake-ip pool exhausted: every address was used within the last TTL")
+	errPoolExhausted = errors.New("dns: fake-ip pool exhausted: every address is held by an open flow or was in the last grace period")
 	errInvalidHost   = errors.New("dns: not a valid host name")
 	errFamilyOff     = errors.New("dns: fake-ip pool has no range for this address family")
 )
@@ -41,9 +46,16 @@ type PoolOptions struct {
 	// 0 means every usable address of the range, capped at MaxPoolSize.
 	Size int
 	// TTL is the TTL of fake answers (whole seconds, 1s..1h; 0 means
-	// DefaultPoolTTL). A mapping used (Lookup or Reverse) within the last
-	// TTL is never evicted, because a client may still hold it in a cache.
+	// DefaultPoolTTL). The least recently used mapping is the one reused
+	// when the pool is full, so in normal use a mapping outlives its TTL
+	// by far; when names arrive faster than Size per TTL, mappings used
+	// within the TTL are reused too (with a warning) rather than leave a new
+	// name without an answer.
 	TTL time.Duration
+	// Grace is how long a mapping stays bound to its name after the last
+	// flow holding it (Acquire) was released; 0 means DefaultPoolGrace.
+	// While held and during the grace period a mapping is never reused.
+	Grace time.Duration
 	// CacheFile persists the mappings across restarts: NewPool loads it when
 	// it exists and Save writes it. "" means no persistence.
 	CacheFile string
@@ -56,8 +68,13 @@ type PoolOptions struct {
 
 // Pool maps domain names to fake addresses and back. It is bounded (at most
 // Size mappings per family; the least recently used mapping is reused when
-// full), TTL-aware (a mapping used within the last TTL is never reused) and
-// safe for concurrent use.
+// full) and safe for concurrent use. A mapping held by an open flow
+// (Acquire, until Release) and for the grace period after is never reused:
+// an app that reconnects to an address it cached reaches the same name.
+//
+// Memory: about 290 bytes per mapping with a 25-byte name, the name
+// included (BenchmarkPoolMemory), so a full default pool (65,535 mappings
+// per family) costs ~18 MiB per family, ~36 MiB with IPv6 on.
 //
 // The first three addresses of each range are reserved: the network
 // address, the gateway (network+1), which tunsocks gives the TUN device, and
@@ -68,13 +85,16 @@ type PoolOptions struct {
 type Pool struct {
 	v4, v6    *family // v6 is nil when disabled
 	ttl       time.Duration
+	grace     time.Duration
 	cacheFile string
 	now       func() time.Time
 	log       *slog.Logger
 
-	mu       sync.Mutex // guards the families and lastWarn
-	lastWarn time.Time
-	saveMu   sync.Mutex // serialises Save
+	mu            sync.Mutex // guards the families and the warnings
+	lastWarn      time.Time
+	lastPressure  time.Time
+	pressureReuse int64      // mappings reused within their TTL since the last warning
+	saveMu        sync.Mutex // serialises Save
 }
 
 // family is the pool of one address family.
@@ -88,16 +108,29 @@ type family struct {
 	next    int // offsets below next have been handed out or loaded
 	byHost  map[string]*entry
 	byAddr  map[netip.Addr]*entry
-	lru     lru.List[*entry]
+	lru     lru.List[*entry] // mappings free to reuse, least recently used last
+	grace   lru.List[*entry] // released mappings in their grace period, oldest last
 }
 
-// entry is one mapping; it sits in its family's LRU list.
+// entry is one mapping. It sits in its family's lru list, or, while flows
+// hold it, in no list, or, during its grace period, in the grace list.
 type entry struct {
-	host string
-	addr netip.Addr
-	used time.Time
-	node lru.Node[*entry]
+	host  string
+	addr  netip.Addr
+	used  time.Time
+	refs  int       // flows holding it (Acquire)
+	until time.Time // end of the grace period, while in the grace list
+	state entryState
+	node  lru.Node[*entry]
 }
+
+type entryState uint8
+
+const (
+	inLRU entryState = iota
+	held
+	inGrace
+)
 
 // newEntry returns a mapping of host to addr, not yet in any list.
 func newEntry(host string, addr netip.Addr, used time.Time) *entry {
@@ -128,8 +161,16 @@ func NewPool(v4, v6 netip.Prefix, opts PoolOptions) (*Pool, error) {
 	if ttl < time.Second || ttl > MaxPoolTTL {
 		return nil, fmt.Errorf("dns: fake-ip TTL %s out of range 1s..%s", opts.TTL, MaxPoolTTL)
 	}
+	if opts.Grace < 0 {
+		return nil, fmt.Errorf("dns: fake-ip grace period %s is negative", opts.Grace)
+	}
+	grace := opts.Grace
+	if grace == 0 {
+		grace = DefaultPoolGrace
+	}
 	p := &Pool{
 		ttl:       ttl.Truncate(time.Second),
+		grace:     grace,
 		cacheFile: opts.CacheFile,
 		now:       opts.Now,
 		log:       opts.Logger,
@@ -190,6 +231,7 @@ func newFamily(pfx netip.Prefix, size int) (*family, error) {
 	f.first = f.dns.Next()
 	f.last = addOffset(f.first, uint64(size-1))
 	f.lru.Init()
+	f.grace.Init()
 	return f, nil
 }
 
@@ -284,14 +326,23 @@ func (p *Pool) lookup(host string, ipv6 bool) (netip.Addr, error) {
 		f.touch(e, now)
 		return e.addr, nil
 	}
-	e, err := f.allocate(key, now, p.ttl)
+	e, recent, err := f.allocate(key, now, p.ttl)
 	if err != nil {
 		if now.Sub(p.lastWarn) >= time.Minute {
 			p.lastWarn = now
-			p.log.Warn("fake-ip pool exhausted; consider a larger range or a shorter TTL",
-				"range", f.prefix, "size", f.size, "ttl", p.ttl)
+			p.log.Warn("fake-ip pool exhausted: every address is held by an open flow or in its grace period; consider a larger range",
+				"range", f.prefix, "size", f.size, "grace", p.grace)
 		}
 		return netip.Addr{}, err
+	}
+	if recent {
+		p.pressureReuse++
+		if now.Sub(p.lastPressure) >= time.Minute {
+			p.log.Warn("fake-ip pool under pressure: reusing addresses handed out within the TTL (an app that cached one may reach another name); consider a larger range or a shorter TTL",
+				"range", f.prefix, "size", f.size, "ttl", p.ttl, "reused", p.pressureReuse)
+			p.lastPressure = now
+			p.pressureReuse = 0
+		}
 	}
 	return e.addr, nil
 }
@@ -299,12 +350,8 @@ func (p *Pool) lookup(host string, ipv6 bool) (netip.Addr, error) {
 // Reverse returns the name mapped to the fake address a, and marks the
 // mapping used.
 func (p *Pool) Reverse(a netip.Addr) (host string, ok bool) {
-	a = a.Unmap()
-	f := p.v4
-	if a.Is6() {
-		f = p.v6
-	}
-	if f == nil || !f.prefix.Contains(a) {
+	f, a := p.familyOf(a)
+	if f == nil {
 		return "", false
 	}
 	now := p.now()
@@ -318,6 +365,93 @@ func (p *Pool) Reverse(a netip.Addr) (host string, ok bool) {
 	return e.host, true
 }
 
+// Acquire marks the mapping of the fake address a as held by a flow and
+// returns its name. A held mapping is never reused; after the last Release
+// it stays bound for the grace period. ok is false (and nothing is held)
+// when a is not mapped. Every successful Acquire needs one Release.
+func (p *Pool) Acquire(a netip.Addr) (host string, ok bool) {
+	f, a := p.familyOf(a)
+	if f == nil {
+		return "", false
+	}
+	now := p.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := f.byAddr[a]
+	if e == nil {
+		return "", false
+	}
+	if now.After(e.used) {
+		e.used = now
+	}
+	e.refs++
+	switch e.state {
+	case inLRU:
+		f.lru.Remove(&e.node)
+	case inGrace:
+		f.grace.Remove(&e.node)
+	}
+	e.state = held
+	return e.host, true
+}
+
+// Release ends a hold taken by Acquire on a. When no flow holds the
+// mapping any more, its grace period starts.
+func (p *Pool) Release(a netip.Addr) {
+	f, a := p.familyOf(a)
+	if f == nil {
+		return
+	}
+	now := p.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := f.byAddr[a]
+	if e == nil || e.refs == 0 {
+		return
+	}
+	if now.After(e.used) {
+		e.used = now
+	}
+	if e.refs--; e.refs == 0 {
+		e.state = inGrace
+		e.until = now.Add(p.grace)
+		f.grace.ToFront(&e.node)
+	}
+}
+
+// familyOf returns the family whose range holds a (unmapped), or nil.
+func (p *Pool) familyOf(a netip.Addr) (*family, netip.Addr) {
+	a = a.Unmap()
+	f := p.v4
+	if a.Is6() {
+		f = p.v6
+	}
+	if f == nil || !f.prefix.Contains(a) {
+		return nil, a
+	}
+	return f, a
+}
+
+// Held returns the number of mappings held by flows or in their grace
+// period, per family.
+func (p *Pool) Held() (v4, v6 int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	count := func(f *family) int {
+		n := 0
+		for _, e := range f.byAddr {
+			if e.state != inLRU {
+				n++
+			}
+		}
+		return n
+	}
+	if p.v6 != nil {
+		v6 = count(p.v6)
+	}
+	return count(p.v4), v6
+}
+
 // Len returns the number of live mappings per family.
 func (p *Pool) Len() (v4, v6 int) {
 	p.mu.Lock()
@@ -328,18 +462,41 @@ func (p *Pool) Len() (v4, v6 int) {
 	return len(p.v4.byAddr), v6
 }
 
-// touch marks e used at now and moves it to the front of the LRU list.
+// Cap returns the most live mappings each family holds (0 for a family
+// that is off).
+func (p *Pool) Cap() (v4, v6 int) {
+	if p.v6 != nil {
+		v6 = p.v6.size
+	}
+	return p.v4.size, v6
+}
+
+// touch marks e used at now and, when it is free to reuse, moves it to
+// the front of the LRU list.
 func (f *family) touch(e *entry, now time.Time) {
 	if now.After(e.used) {
 		e.used = now
 	}
-	f.lru.ToFront(&e.node)
+	if e.state == inLRU {
+		f.lru.ToFront(&e.node)
+	}
 }
 
-// allocate maps key to a fresh address: the next never-used one while there
-// is one, then the least recently used mapping's, if that was not used within
-// ttl.
-func (f *family) allocate(key string, now time.Time, ttl time.Duration) (*entry, error) {
+// endGrace returns the mappings whose grace period is over to the LRU list.
+func (f *family) endGrace(now time.Time) {
+	for n := f.grace.Oldest(); n != nil && !n.Val.until.After(now); n = f.grace.Oldest() {
+		e := n.Val
+		f.grace.Remove(n)
+		e.state = inLRU
+		f.lru.ToFront(&e.node)
+	}
+}
+
+// allocate maps key to an address: the next never-used one while there is
+// one, then the least recently used mapping's among those no flow holds
+// and whose grace period is over. recent reports that the reused mapping
+// was used within ttl (a client may still have it cached).
+func (f *family) allocate(key string, now time.Time, ttl time.Duration) (e *entry, recent bool, err error) {
 	// Skip addresses a cache file gave out of order; bounded by size.
 	for f.next < f.size {
 		a := addOffset(f.first, uint64(f.next))
@@ -349,20 +506,22 @@ func (f *family) allocate(key string, now time.Time, ttl time.Duration) (*entry,
 			f.byHost[key] = e
 			f.byAddr[a] = e
 			f.lru.ToFront(&e.node)
-			return e, nil
+			return e, false, nil
 		}
 	}
+	f.endGrace(now)
 	n := f.lru.Oldest()
-	if n == nil || now.Sub(n.Val.used) < ttl {
-		return nil, errPoolExhausted
+	if n == nil {
+		return nil, false, errPoolExhausted
 	}
 	old := n.Val
+	recent = now.Sub(old.used) < ttl
 	delete(f.byHost, old.host)
 	old.host = key
 	old.used = now
 	f.byHost[key] = old
 	f.lru.ToFront(&old.node)
-	return old, nil
+	return old, recent, nil
 }
 
 // canonicalHost returns host in lower case without a trailing dot, and

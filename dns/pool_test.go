@@ -2,6 +2,7 @@ package dns
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -149,7 +150,8 @@ func TestPoolInvalidNames(t *testing.T) {
 
 func TestPoolExhaustionAndLRU(t *testing.T) {
 	clk := newClock()
-	p := mustPool(t, "", "", PoolOptions{Size: 3, TTL: 5 * time.Second, Now: clk.Now})
+	logs := &bytes.Buffer{}
+	p := mustPool(t, "", "", PoolOptions{Size: 3, TTL: 5 * time.Second, Now: clk.Now, Logger: slog.New(slog.NewTextHandler(logs, nil))})
 	a := p.Lookup("a", false)
 	clk.Add(time.Second)
 	b := p.Lookup("b", false)
@@ -158,37 +160,153 @@ func TestPoolExhaustionAndLRU(t *testing.T) {
 	if !a.IsValid() || !b.IsValid() || !c.IsValid() {
 		t.Fatal("allocation failed below the size")
 	}
-	// Full, and every mapping was used within the TTL: no reuse.
-	if d := p.Lookup("d", false); d.IsValid() {
-		t.Fatalf("pool of 3 gave a 4th address %s while all were fresh", d)
+	// Full, and every mapping was used within the TTL: the least recently
+	// used one (a) is reused rather than leave d unanswered, with a warning.
+	if d := p.Lookup("d", false); d != a {
+		t.Fatalf("d got %s while the pool was full of fresh mappings, want a's %s", d, a)
+	}
+	if !strings.Contains(logs.String(), "fake-ip pool under pressure") {
+		t.Errorf("no warning for reuse within the TTL:\n%s", logs)
 	}
 	clk.Add(10 * time.Second) // all three are now older than the TTL
-	// Touch a (Lookup) and b (Reverse): c is the least recently used.
-	p.Lookup("a", false)
+	// Touch d (Lookup) and b (Reverse): c is the least recently used.
+	p.Lookup("d", false)
 	p.Reverse(b)
-	d := p.Lookup("d", false)
-	if d != c {
-		t.Fatalf("d got %s, want c's recycled %s", d, c)
+	e := p.Lookup("e", false)
+	if e != c {
+		t.Fatalf("e got %s, want c's recycled %s", e, c)
 	}
-	if h, _ := p.Reverse(c); h != "d" {
-		t.Fatalf("Reverse(%s) = %q after reuse, want d", c, h)
+	if h, _ := p.Reverse(c); h != "e" {
+		t.Fatalf("Reverse(%s) = %q after reuse, want e", c, h)
 	}
 	if n, _ := p.Len(); n != 3 {
 		t.Fatalf("Len = %d, want 3 (bounded)", n)
 	}
-	// c's old mapping is gone: asking for c again needs a new address, and
-	// every mapping is fresh again.
-	if x := p.Lookup("c", false); x.IsValid() {
-		t.Fatalf("c got %s although every mapping was used just now", x)
+}
+
+func TestPoolHeldMappingsAreNotReused(t *testing.T) {
+	// A flow holds a's mapping: however many names come, a keeps its
+	// address while held and for the grace period after; the other
+	// mappings are reused. When every mapping is held, a new name has no
+	// address (the one case left for SERVFAIL).
+	clk := newClock()
+	p := mustPool(t, "", "", PoolOptions{Size: 3, TTL: 5 * time.Second, Grace: 30 * time.Second, Now: clk.Now})
+	a := p.Lookup("a.example", false)
+	if h, ok := p.Acquire(a); !ok || h != "a.example" {
+		t.Fatalf("Acquire(%s) = %q, %v", a, h, ok)
 	}
-	// a, b and d were used at the same instant, in that order: after the
-	// TTL, a is the least recently used.
-	clk.Add(6 * time.Second)
-	if x := p.Lookup("c", false); x != a {
-		t.Fatalf("c got %s, want a's %s (least recently used)", x, a)
+	for i := range 20 {
+		clk.Add(10 * time.Second)
+		if x := p.Lookup(fmt.Sprintf("n%d", i), false); !x.IsValid() || x == a {
+			t.Fatalf("name %d got %s (a holds %s)", i, x, a)
+		}
 	}
-	if h, _ := p.Reverse(a); h != "c" {
-		t.Fatalf("reverse of %s = %q, want c", a, h)
+	if h, _ := p.Reverse(a); h != "a.example" {
+		t.Fatalf("held address now names %q", h)
+	}
+	// Released: bound through the grace period, then reusable.
+	p.Release(a)
+	clk.Add(29 * time.Second)
+	for i := range 5 {
+		if x := p.Lookup(fmt.Sprintf("g%d", i), false); x == a {
+			t.Fatalf("name g%d took a's address during its grace period", i)
+		}
+	}
+	clk.Add(2 * time.Second)
+	reused := false
+	for i := range 3 {
+		if p.Lookup(fmt.Sprintf("after%d", i), false) == a {
+			reused = true
+		}
+	}
+	if !reused {
+		t.Error("a's address was never reused after its grace period")
+	}
+	// Every mapping held: no address for a new name.
+	for _, n := range []string{"h0", "h1", "h2"} {
+		if _, ok := p.Acquire(p.Lookup(n, false)); !ok {
+			t.Fatalf("Acquire %s failed", n)
+		}
+	}
+	if x, err := p.lookup("one-too-many", false); x.IsValid() || !errors.Is(err, errPoolExhausted) {
+		t.Fatalf("with every mapping held: %s, %v; want errPoolExhausted", x, err)
+	}
+	if v4, _ := p.Held(); v4 != 3 {
+		t.Errorf("Held = %d, want 3", v4)
+	}
+	// Holds nest: two Acquires need two Releases.
+	h0 := p.Lookup("h0", false)
+	p.Acquire(h0)
+	p.Release(h0)
+	clk.Add(time.Hour)
+	if x := p.Lookup("x", false); x == h0 || x.IsValid() {
+		t.Fatalf("x got %s while h0 is still held once", x)
+	}
+	p.Release(h0)
+	clk.Add(time.Hour)
+	if x := p.Lookup("x", false); x != h0 {
+		t.Fatalf("x got %s, want the released h0's %s", x, h0)
+	}
+	// Unmapped and foreign addresses are not held.
+	if _, ok := p.Acquire(netip.MustParseAddr("8.8.8.8")); ok {
+		t.Error("Acquire of a foreign address succeeded")
+	}
+	p.Release(netip.MustParseAddr("8.8.8.8"))
+}
+
+func TestPoolHeldAddressSurvives100000Names(t *testing.T) {
+	// The proof: a held connection's fake IP is not reused after
+	// 100,000 other names, with the clock moving (TTL and grace long past)
+	// and standing still (every name within one TTL), over the default
+	// range and size.
+	for _, step := range []time.Duration{0, time.Second} {
+		clk := newClock()
+		p := mustPool(t, "", "", PoolOptions{Now: clk.Now})
+		held := p.Lookup("held.example", false)
+		if _, ok := p.Acquire(held); !ok {
+			t.Fatal("Acquire failed")
+		}
+		for i := range 100_000 {
+			clk.Add(step)
+			x := p.Lookup(fmt.Sprintf("name%d.example", i), false)
+			if !x.IsValid() {
+				t.Fatalf("step %v: name %d got no address", step, i)
+			}
+			if x == held {
+				t.Fatalf("step %v: name %d got the held address %s", step, i, held)
+			}
+		}
+		if h, _ := p.Reverse(held); h != "held.example" {
+			t.Fatalf("step %v: the held address now names %q", step, h)
+		}
+		if x := p.Lookup("held.example", false); x != held {
+			t.Fatalf("step %v: held.example now maps to %s, want %s", step, x, held)
+		}
+	}
+}
+
+func TestPoolSaveKeepsHeldMappings(t *testing.T) {
+	// Mappings held by flows or in their grace period are saved too, as
+	// the most recently used.
+	clk := newClock()
+	file := filepath.Join(t.TempDir(), "fakeip.cache")
+	p := mustPool(t, "", "", PoolOptions{Now: clk.Now, CacheFile: file})
+	free := p.Lookup("free.example", false)
+	clk.Add(time.Second)
+	grace := p.Lookup("grace.example", false)
+	clk.Add(time.Second)
+	held := p.Lookup("held.example", false)
+	p.Acquire(grace)
+	p.Release(grace)
+	p.Acquire(held)
+	if err := p.Save(); err != nil {
+		t.Fatal(err)
+	}
+	q := mustPool(t, "", "", PoolOptions{Now: clk.Now, CacheFile: file})
+	for host, a := range map[string]netip.Addr{"free.example": free, "grace.example": grace, "held.example": held} {
+		if got, _ := q.Reverse(a); got != host {
+			t.Errorf("after a restart %s names %q, want %q", a, got, host)
+		}
 	}
 }
 
@@ -209,8 +327,9 @@ func TestPoolSizeZeroIsWholeRange(t *testing.T) {
 			t.Fatalf("reserved address %s handed out", bad)
 		}
 	}
-	if a := p.Lookup("h4", false); a.IsValid() {
-		t.Fatalf("5th address %s from a /29", a)
+	// A 5th name reuses the least recently used mapping's address.
+	if a := p.Lookup("h4", false); !seen[a] {
+		t.Fatalf("5th name got %s, want one of the 4 addresses of a /29", a)
 	}
 }
 

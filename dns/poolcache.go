@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -125,7 +126,16 @@ func (p *Pool) Save() error {
 		if f == nil {
 			continue
 		}
-		for e := range f.lru.OldestFirst() {
+		// Least recently used first: the free mappings, then the ones in
+		// their grace period, then the ones flows hold.
+		var inUse []*entry
+		for _, e := range f.byAddr {
+			if e.state == held {
+				inUse = append(inUse, e)
+			}
+		}
+		slices.SortFunc(inUse, func(a, b *entry) int { return a.used.Compare(b.used) })
+		for _, e := range slices.Concat(slices.Collect(f.lru.OldestFirst()), slices.Collect(f.grace.OldestFirst()), inUse) {
 			b.WriteString(e.addr.String())
 			b.WriteByte(' ')
 			b.WriteString(e.host)

@@ -90,7 +90,21 @@ type Config struct {
 	MinTTL, MaxTTL time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Observe, when set, is told of every query answered (or dropped): its
+	// type (A, AAAA, HTTPS, PTR... "other" for the rest) and what the
+	// answer was: AnswerFakeIP (from the pool), AnswerReal (forwarded),
+	// AnswerNXDomain, AnswerError (SERVFAIL, REFUSED, a malformed or
+	// dropped message). For metrics; it must be quick.
+	Observe func(qtype, answer string)
 }
+
+// Answer kinds for Config.Observe.
+const (
+	AnswerFakeIP   = "fakeip"
+	AnswerReal     = "real"
+	AnswerNXDomain = "nxdomain"
+	AnswerError    = "error"
+)
 
 // Server defaults.
 const (
@@ -116,6 +130,7 @@ type Server struct {
 	cache          *cache // nil when disabled
 	minTTL, maxTTL time.Duration
 	now            func() time.Time
+	observe        func(qtype, answer string)
 }
 
 // NewServer checks cfg and returns a Server.
@@ -138,6 +153,7 @@ func NewServer(cfg Config) (*Server, error) {
 		minTTL:   cfg.MinTTL,
 		maxTTL:   cfg.MaxTTL,
 		now:      cfg.Now,
+		observe:  cfg.Observe,
 	}
 	if s.maxTTL == 0 {
 		s.maxTTL = DefaultMaxTTL
@@ -185,29 +201,96 @@ type req struct {
 	q    dnsmessage.Question
 	host string // lower case, no trailing dot; "" for the root
 	e    edns
+	fake bool // answered from the pool
 }
 
 func (s *Server) handle(ctx context.Context, query []byte, udp bool) ([]byte, error) {
+	if s.observe == nil {
+		resp, _, err := s.handleQuery(ctx, query, udp)
+		return resp, err
+	}
+	resp, r, err := s.handleQuery(ctx, query, udp)
+	qtype := "other"
+	if r != nil && r.q.Type != 0 {
+		qtype = typeLabel(r.q.Type)
+	}
+	s.observe(qtype, answerKind(r, resp, err))
+	return resp, err
+}
+
+// typeLabel names the query types worth a series of their own.
+func typeLabel(t dnsmessage.Type) string {
+	switch t {
+	case dnsmessage.TypeA:
+		return "A"
+	case dnsmessage.TypeAAAA:
+		return "AAAA"
+	case dnsmessage.TypeCNAME:
+		return "CNAME"
+	case dnsmessage.TypeMX:
+		return "MX"
+	case dnsmessage.TypeNS:
+		return "NS"
+	case dnsmessage.TypePTR:
+		return "PTR"
+	case dnsmessage.TypeSOA:
+		return "SOA"
+	case dnsmessage.TypeSRV:
+		return "SRV"
+	case dnsmessage.TypeTXT:
+		return "TXT"
+	case dnsmessage.TypeSVCB:
+		return "SVCB"
+	case dnsmessage.TypeHTTPS:
+		return "HTTPS"
+	case dnsmessage.TypeALL:
+		return "ANY"
+	}
+	return "other"
+}
+
+// answerKind classifies an answer for Observe.
+func answerKind(r *req, resp []byte, err error) string {
+	if err != nil || len(resp) < 4 {
+		return AnswerError
+	}
+	switch dnsmessage.RCode(resp[3] & 0x0f) {
+	case dnsmessage.RCodeSuccess:
+		if r != nil && r.fake {
+			return AnswerFakeIP
+		}
+		return AnswerReal
+	case dnsmessage.RCodeNameError:
+		return AnswerNXDomain
+	}
+	return AnswerError
+}
+
+func (s *Server) handleQuery(ctx context.Context, query []byte, udp bool) ([]byte, *req, error) {
 	var p dnsmessage.Parser
 	h, err := p.Start(query)
 	if err != nil {
-		return nil, fmt.Errorf("dns: dropped message: %w", err)
+		return nil, nil, fmt.Errorf("dns: dropped message: %w", err)
 	}
 	if h.Response {
-		return nil, errors.New("dns: dropped message: it is a response, not a query")
+		return nil, nil, errors.New("dns: dropped message: it is a response, not a query")
 	}
 	if h.OpCode != 0 {
-		return s.reply(h, nil, edns{}, dnsmessage.RCodeNotImplemented, nil)
+		resp, err := s.reply(h, nil, edns{}, dnsmessage.RCodeNotImplemented, nil)
+		return resp, nil, err
 	}
 	if qd := int(query[4])<<8 | int(query[5]); qd != 1 {
-		return s.reply(h, nil, edns{}, dnsmessage.RCodeFormatError, nil)
+		resp, err := s.reply(h, nil, edns{}, dnsmessage.RCodeFormatError, nil)
+		return resp, nil, err
 	}
 	r := req{raw: query, h: h}
 	if r.q, err = p.Question(); err != nil {
-		return s.reply(h, nil, edns{}, dnsmessage.RCodeFormatError, nil)
+		resp, err := s.reply(h, nil, edns{}, dnsmessage.RCodeFormatError, nil)
+		return resp, nil, err
 	}
 	if r.e, err = parseEDNS(&p); err != nil {
-		return s.reply(h, &r.q, edns{}, dnsmessage.RCodeFormatError, nil)
+		resp, err := s.reply(h, &r.q, edns{}, dnsmessage.RCodeFormatError, nil)
+		return resp, &r, err
 	}
 	resp, err := s.answer(ctx, &r)
 	if udp && resp != nil {
@@ -216,10 +299,11 @@ func (s *Server) handle(ctx context.Context, query []byte, udp bool) ([]byte, er
 			limit = r.e.size
 		}
 		if len(resp) > limit {
-			return s.truncated(resp, &r)
+			resp, err := s.truncated(resp, &r)
+			return resp, &r, err
 		}
 	}
-	return resp, err
+	return resp, &r, err
 }
 
 // parseEDNS reads the OPT record, if any, from the rest of a query.
@@ -306,6 +390,7 @@ func (s *Server) route(host string) Route {
 
 // answerFake answers A or AAAA from the pool.
 func (s *Server) answerFake(r *req) ([]byte, error) {
+	r.fake = true
 	v6 := r.q.Type == dnsmessage.TypeAAAA
 	a, err := s.pool.lookup(r.host, v6)
 	switch {
@@ -328,6 +413,7 @@ func (s *Server) answerFake(r *req) ([]byte, error) {
 
 // answerPTR answers a reverse query for an address in the pool's ranges.
 func (s *Server) answerPTR(r *req, a netip.Addr) ([]byte, error) {
+	r.fake = true
 	host, ok := s.pool.Reverse(a)
 	if !ok {
 		return s.reply(r.h, &r.q, r.e, dnsmessage.RCodeNameError, nil)

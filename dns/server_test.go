@@ -3,6 +3,7 @@ package dns
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -702,9 +703,34 @@ func TestServerPoolExhausted(t *testing.T) {
 	if m := unpack(t, resp); m.Header.RCode != dnsmessage.RCodeSuccess {
 		t.Fatal(m.Header.RCode)
 	}
-	resp, err = srv.Handle(context.Background(), query(t, 2, "two.example.", dnsmessage.TypeA, 0))
+	// The one mapping is free: a new name reuses it rather than fail.
+	resp, _ = srv.Handle(context.Background(), query(t, 2, "two.example.", dnsmessage.TypeA, 0))
+	if m := unpack(t, resp); m.Header.RCode != dnsmessage.RCodeSuccess {
+		t.Fatalf("full pool with a free mapping: %v", m.Header.RCode)
+	}
+	// Held by a flow, it is not reused: the pool is exhausted.
+	if _, ok := small.Acquire(small.Lookup("two.example", false)); !ok {
+		t.Fatal("Acquire failed")
+	}
+	resp, err = srv.Handle(context.Background(), query(t, 3, "three.example.", dnsmessage.TypeA, 0))
 	if m := unpack(t, resp); m.Header.RCode != dnsmessage.RCodeServerFailure || !errors.Is(err, errPoolExhausted) {
 		t.Fatalf("exhausted pool: %v %v", m.Header.RCode, err)
+	}
+}
+
+func TestServerNameFloodWithinTTL(t *testing.T) {
+	// 65,600 names within one TTL fill the default pool (65,535); a
+	// legitimate name asked next still gets an address, not SERVFAIL.
+	e := newEnv(t, false, nil)
+	for i := range 65_600 {
+		if a := e.pool.Lookup(fmt.Sprintf("flood%d.example", i), false); !a.IsValid() {
+			t.Fatalf("flood name %d got no address", i)
+		}
+	}
+	resp, err := e.srv.Handle(context.Background(), query(t, 1, "legit.example.", dnsmessage.TypeA, 0))
+	m := unpack(t, resp)
+	if err != nil || m.Header.RCode != dnsmessage.RCodeSuccess || len(m.Answers) != 1 {
+		t.Fatalf("after a flood: %v, %d answers, %v", m.Header.RCode, len(m.Answers), err)
 	}
 }
 

@@ -3,18 +3,24 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 	"golang.org/x/sys/unix"
+
+	"github.com/tunsocks/tunsocks/config"
 )
 
 // Abuse from inside the app host: packets a hostile or broken app (with
@@ -213,12 +219,10 @@ func TestUDPFlood(t *testing.T) {
 	e.mu.Lock()
 	pid := e.tunsocks.cmd.Process.Pid
 	e.mu.Unlock()
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for _, line := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(line, "VmRSS:") || strings.HasPrefix(line, "VmHWM:") {
-				t.Logf("tunsocks after the floods: %s", strings.Join(strings.Fields(line), " "))
-			}
-		}
+	// The floods stay under the default memory ceiling (--max-memory).
+	procStatusKB(t, pid, "VmRSS")
+	if peak := procStatusKB(t, pid, "VmHWM"); peak*1024 > config.DefaultMaxMemory {
+		t.Errorf("tunsocks peaked at %d MiB during the floods, over the default ceiling of %d MiB", peak>>10, config.DefaultMaxMemory>>20)
 	}
 }
 
@@ -265,4 +269,109 @@ func TestMTU576(t *testing.T) {
 			e.udpEcho(t, netip.AddrPortFrom(remote4, echoPort))
 		})
 	}
+}
+
+// TestMaxMemory: under --max-memory 64MiB, idle TCP connections through
+// tunsocks pile up until it nears the ceiling; then new connections are
+// refused (a RST at connect), the connections idle the longest are shed,
+// each kind logged as a few counted lines rather than one per flow, and
+// tunsocks serves again by itself, the idle connections still open, with
+// the memory it holds under the ceiling.
+func TestMaxMemory(t *testing.T) {
+	const limit = 64 << 20
+	e := newEnv(t, ourServer, "--max-memory", "64MiB")
+	dst := netip.AddrPortFrom(remote4, echoPort)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	refused := 0
+	buf := make([]byte, 1)
+	for i := 0; i < 6000 && refused < 20; i++ {
+		c, err := e.app.DialContext(e.ctx, "tcp", dst.String())
+		if err != nil {
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("connection %d: %v", i, err)
+			}
+			refused++
+			continue
+		}
+		conns = append(conns, c)
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("x")); err != nil {
+			t.Fatalf("connection %d: write: %v", i, err)
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			t.Fatalf("connection %d: echo: %v", i, err)
+		}
+		c.SetDeadline(time.Time{})
+	}
+	t.Logf("%d idle connections open, then %d refused", len(conns), refused)
+	if refused == 0 {
+		t.Fatalf("%d idle connections and none refused: the ceiling was never reached", len(conns))
+	}
+	e.waitLog(t, "memory near the ceiling: refusing new flows", 30*time.Second)
+	// The oldest connections are shed: the first one is closed by tunsocks.
+	conns[0].SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := conns[0].Read(buf); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the connection idle the longest was not shed: %v", err)
+	}
+	// Memory falls back under the ceiling and new connections are served.
+	e.waitLog(t, "memory back under the ceiling: accepting new flows again", 60*time.Second)
+	e.httpWithin(t, 10*time.Second)
+	e.mu.Lock()
+	out := e.tunsocks.out.String()
+	pid := e.tunsocks.cmd.Process.Pid
+	e.mu.Unlock()
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "memory") && !strings.Contains(line, "level=DEBUG") {
+			t.Log(line)
+		}
+	}
+	if n := strings.Count(out, "memory near the ceiling"); n > 10 {
+		t.Errorf("%d memory lines for %d refusals: want a few counted lines", n, refused)
+	}
+	if anon := procStatusKB(t, pid, "RssAnon"); anon*1024 > limit {
+		t.Errorf("tunsocks holds %d KiB of anonymous memory, over the %d MiB ceiling", anon, limit>>20)
+	}
+}
+
+// waitLog waits until tunsocks' output contains substr.
+func (e *env) waitLog(t *testing.T, substr string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		e.mu.Lock()
+		ok := strings.Contains(e.tunsocks.out.String(), substr)
+		e.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tunsocks did not log %q within %v", substr, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// procStatusKB returns a "kB" field of /proc/PID/status, logging it.
+func procStatusKB(t *testing.T, pid int, field string) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field+":" {
+			n, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", line, err)
+			}
+			t.Logf("tunsocks %s", strings.Join(f, " "))
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
 }

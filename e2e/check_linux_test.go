@@ -223,7 +223,9 @@ func (ce *checkEnv) proxy(t *testing.T, addr string, name string, args ...string
 }
 
 func (ce *checkEnv) ourServer(t *testing.T, args ...string) *proc {
-	return ce.proxy(t, socksAddr.String(), binary, append([]string{"server", "--listen", socksAddr.String(), "--open", "--udp-idle-timeout", "30s"}, args...)...)
+	// --allow-loopback: check's default closed port is port 1 of the
+	// proxy host itself, which the server otherwise refuses (0x02).
+	return ce.proxy(t, socksAddr.String(), binary, append([]string{"server", "--listen", socksAddr.String(), "--open", "--allow-loopback", "--udp-idle-timeout", "30s"}, args...)...)
 }
 
 // check runs `tunsocks check --json` in the app host against proxyURL and

@@ -121,7 +121,9 @@ func newHostLab(t *testing.T) *hostLab {
 		"--no-resolv", "--no-hosts", "--log-queries", "--log-facility=-", "--pid-file=", "--user=root",
 		"--address=/web.test/203.0.113.10", "--address=/socks.test/192.0.2.1")
 	hl.dnsmasq = dm.out
-	hl.socks = hl.startProc(hl.wan, true, nil, "", binary, "server", "--listen", hrSOCKS.String(), "--open")
+	// The web servers are addresses of the SOCKS server's own host here,
+	// which it refuses unless --allow-loopback.
+	hl.socks = hl.startProc(hl.wan, true, nil, "", binary, "server", "--listen", hrSOCKS.String(), "--open", "--allow-loopback")
 	hl.waitDial(hl.wan, hrSOCKS)
 	hl.waitDNS()
 	return hl

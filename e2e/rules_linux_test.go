@@ -54,8 +54,10 @@ func testRulesAndDNS(t *testing.T, runArgs ...string) {
 	}
 	e.start(l.Proxy, dnsmasq, append([]string{"--no-daemon", "--port=53", "--listen-address=127.0.0.1", "--bind-interfaces",
 		"--no-resolv", "--no-hosts", "--pid-file=", "--user=root"}, addrs...)...)
-	// Two upstream SOCKS servers.
-	upA := e.start(l.Proxy, binary, "server", "--listen", "10.201.0.1:1080", "--open")
+	// Two upstream SOCKS servers on one host: a, the first hop of the
+	// chain, connects to b on its own address, which it refuses unless
+	// --allow-loopback.
+	upA := e.start(l.Proxy, binary, "server", "--listen", "10.201.0.1:1080", "--open", "--allow-loopback")
 	upB := e.start(l.Proxy, binary, "server", "--listen", "10.201.0.1:1081", "--open")
 	for _, a := range []string{"10.201.0.1:1080", "10.201.0.1:1081"} {
 		waitDial(t, e, a)

@@ -48,6 +48,14 @@ func (d *Direct) DialContext(ctx context.Context, network, address string) (net.
 	return d.Dialer.DialContext(ctx, network, address)
 }
 
+// DialContextChecked is DialContext that calls check with each address it
+// is about to connect to, after resolving a name, and fails the dial with
+// check's error instead of connecting (router.CheckedOutbound): a server's
+// destination rules see the address DIRECT actually reaches.
+func (d *Direct) DialContextChecked(ctx context.Context, network, address string, check func(netip.AddrPort) error) (net.Conn, error) {
+	return d.Dialer.DialContextChecked(ctx, network, address, check)
+}
+
 // Limits of a DIRECT UDP session's own name cache.
 const (
 	directNames   = 64               // names a session remembers
@@ -237,4 +245,41 @@ func Chain(name string, forward Dialer, hops ...*url.URL) (router.Outbound, erro
 		s.noUDP = fmt.Errorf("%s: %w: the last hop's UDP relay cannot be reached through the HTTP CONNECT hop before it", name, router.ErrUDPUnsupported)
 	}
 	return s, nil
+}
+
+// DialReason names the cause of a failed dial through an outbound, for the
+// router's dial errors metric, where the cause is the upstream's: auth (the
+// proxy refused the credentials), refused (the target refused, or the
+// proxy's rules did), unreachable, timeout (reported by the proxy), proto
+// (the upstream spoke something else, or refused the command). "" leaves a
+// local cause (a refused or timed-out connection to the proxy itself) to
+// the router.
+func DialReason(err error) string {
+	var re *socks.ReplyError
+	var se *httpconnect.StatusError
+	switch {
+	case errors.Is(err, socksclient.ErrAuthFailed), errors.Is(err, socksclient.ErrNoAcceptableMethod), errors.Is(err, httpconnect.ErrAuth):
+		return "auth"
+	case errors.As(err, &re):
+		switch re.Code {
+		case socks.ConnectionRefused, socks.NotAllowed:
+			return "refused"
+		case socks.NetworkUnreachable, socks.HostUnreachable:
+			return "unreachable"
+		case socks.TTLExpired:
+			return "timeout"
+		}
+		return "proto"
+	case errors.Is(err, socks.ErrNotAllowed):
+		return "refused"
+	case errors.As(err, &se):
+		if se.Err == nil {
+			return "proto"
+		}
+		return "" // its cause (EHOSTUNREACH, ETIMEDOUT...) says it
+	case errors.Is(err, socks.ErrVersion), errors.Is(err, socks.ErrCommand), errors.Is(err, socks.ErrAddressType),
+		errors.Is(err, router.ErrUDPUnsupported), errors.Is(err, socksclient.ErrUDPUnsupported):
+		return "proto"
+	}
+	return ""
 }

@@ -4,22 +4,26 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/tunsocks/tunsocks/httpconnect"
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/socks"
+	"github.com/tunsocks/tunsocks/socksclient"
 	"github.com/tunsocks/tunsocks/socksserver"
 )
 
@@ -307,5 +311,28 @@ func TestDirectUDP(t *testing.T) {
 		}
 	case <-time.After(resolveLimit / 2):
 		t.Fatal("the lookup outlived the flow's context")
+	}
+}
+
+func TestDialReason(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{fmt.Errorf("dial: %w", socksclient.ErrAuthFailed), "auth"},
+		{&httpconnect.StatusError{Code: 407, Err: httpconnect.ErrAuth}, "auth"},
+		{&socks.ReplyError{Version: socks.Version5, Code: socks.ConnectionRefused}, "refused"},
+		{&socks.ReplyError{Version: socks.Version5, Code: socks.NotAllowed}, "refused"},
+		{&socks.ReplyError{Version: socks.Version5, Code: socks.HostUnreachable}, "unreachable"},
+		{&socks.ReplyError{Version: socks.Version5, Code: socks.TTLExpired}, "timeout"},
+		{&socks.ReplyError{Version: socks.Version5, Code: socks.GeneralFailure}, "proto"},
+		{fmt.Errorf("x: %w", socks.ErrVersion), "proto"},
+		{&httpconnect.StatusError{Code: 400}, "proto"},
+		{&httpconnect.StatusError{Code: 504, Err: syscall.ETIMEDOUT}, ""},
+		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, ""},
+	} {
+		if got := DialReason(tc.err); got != tc.want {
+			t.Errorf("DialReason(%v) = %q, want %q", tc.err, got, tc.want)
+		}
 	}
 }

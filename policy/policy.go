@@ -64,6 +64,7 @@ type Policy struct {
 	names     *dns.RealNames
 	process   ProcessLookup
 	resolvers map[router.Outbound]dns.Resolver // DNS over TCP through each proxy
+	hits      []router.RuleHits                // per rule, for the flows it decided
 	log       *slog.Logger
 }
 
@@ -79,6 +80,9 @@ func New(cfg Config) (*Policy, error) {
 	}
 	if p.rs == nil && p.def == nil {
 		return nil, errors.New("policy: no rules and no Config.Default: nothing says where flows go")
+	}
+	if p.rs != nil {
+		p.hits = make([]router.RuleHits, p.rs.Len())
 	}
 	if p.log == nil {
 		p.log = slog.New(slog.DiscardHandler)
@@ -136,7 +140,10 @@ func (p *Policy) Match(m *rules.Metadata) (router.Decision, rules.Match) {
 		return router.Decision{Action: router.Proxy, Outbound: p.def, Rule: "default (no rules)"}, rules.Match{Index: -1}
 	}
 	mt := p.rs.Match(m, p.lookupProcess)
-	d := router.Decision{Rule: mt.String()}
+	d := router.Decision{Rule: mt.String(), Match: &mt}
+	if mt.Index >= 0 {
+		d.Hits = &p.hits[mt.Index]
+	}
 	switch mt.Action.Kind {
 	case rules.Direct:
 		d.Action, d.Outbound = router.Proxy, p.direct
@@ -174,6 +181,23 @@ func (p *Policy) ReverseHost(a netip.Addr) (string, bool) {
 	return p.pool.Reverse(a)
 }
 
+// AcquireHost returns the name a fake IP stands for and holds the mapping
+// for a flow (see dns.Pool.Acquire); each successful call needs one
+// ReleaseHost.
+func (p *Policy) AcquireHost(a netip.Addr) (string, bool) {
+	if p.pool == nil {
+		return "", false
+	}
+	return p.pool.Acquire(a)
+}
+
+// ReleaseHost ends a hold taken by AcquireHost.
+func (p *Policy) ReleaseHost(a netip.Addr) {
+	if p.pool != nil {
+		p.pool.Release(a)
+	}
+}
+
 // RealHost returns the name DNS last answered a real address for.
 func (p *Policy) RealHost(a netip.Addr) (string, bool) { return p.names.Lookup(a) }
 
@@ -186,8 +210,10 @@ func (p *Policy) nameDecision(host string) router.Decision {
 // DNSRoute is the DNS server's Decider: a name whose rule is DIRECT gets a
 // real answer from the nameservers; every other name (proxied, rejected) a
 // fake IP, so it is never resolved on this host.
-func (p *Policy) DNSRoute(host string) dns.Route {
-	if d := p.nameDecision(host); d.Action == router.Proxy && d.Outbound == p.direct {
+func (p *Policy) DNSRoute(host string) dns.Route { return p.routeFor(p.nameDecision(host)) }
+
+func (p *Policy) routeFor(d router.Decision) dns.Route {
+	if d.Action == router.Proxy && d.Outbound == p.direct {
 		return dns.RouteDirect
 	}
 	return dns.RouteFakeIP
@@ -197,8 +223,9 @@ func (p *Policy) DNSRoute(host string) dns.Route {
 // the proxy the name's rule picks (DNS over TCP through its CONNECT), for
 // the queries a fake IP cannot answer (TXT, MX, SRV...). nil for a name
 // that is rejected, or when no nameserver is configured: it gets SERVFAIL.
-func (p *Policy) DNSResolver(host string) dns.Resolver {
-	d := p.nameDecision(host)
+func (p *Policy) DNSResolver(host string) dns.Resolver { return p.resolverFor(p.nameDecision(host)) }
+
+func (p *Policy) resolverFor(d router.Decision) dns.Resolver {
 	if d.Action != router.Proxy {
 		return nil
 	}
@@ -206,6 +233,60 @@ func (p *Policy) DNSResolver(host string) dns.Resolver {
 		return r
 	}
 	return nil
+}
+
+// Direct is the DIRECT outbound.
+func (p *Policy) Direct() router.Outbound { return p.direct }
+
+// Default is the outbound of every flow when there are no rules; nil when
+// rules decide and no default was given.
+func (p *Policy) Default() router.Outbound { return p.def }
+
+// Outbound returns the outbound of this name: DIRECT, a proxy or chain of
+// the config, or the default's own name.
+func (p *Policy) Outbound(name string) (router.Outbound, bool) {
+	for _, o := range p.Outbounds() {
+		if o.Name() == name {
+			return o, true
+		}
+	}
+	return nil, false
+}
+
+// Outbounds lists DIRECT, then the named proxies and chains in name order,
+// then the default when it is none of those.
+func (p *Policy) Outbounds() []router.Outbound {
+	out := []router.Outbound{p.direct}
+	names := make([]string, 0, len(p.outbounds))
+	for n := range p.outbounds {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		out = append(out, p.outbounds[n])
+	}
+	if p.def != nil && p.def != p.direct && p.outbounds[p.def.Name()] != p.def {
+		out = append(out, p.def)
+	}
+	return out
+}
+
+// RuleStat is a rule with the flows it decided since the policy was built.
+type RuleStat struct {
+	rules.Rule
+	Hits    uint64
+	LastHit time.Time // zero when none
+}
+
+// Rules lists the rules in order with their hits.
+func (p *Policy) Rules() []RuleStat {
+	rs := p.rs.Rules()
+	out := make([]RuleStat, len(rs))
+	for i, r := range rs {
+		out[i].Rule = r
+		out[i].Hits, out[i].LastHit = p.hits[i].Count()
+	}
+	return out
 }
 
 // Summary names what decides flows, for the startup line.

@@ -3,6 +3,7 @@ package policy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
@@ -208,6 +209,34 @@ func TestReverseAndRealHost(t *testing.T) {
 	if _, ok := noDNS.p.RealHost(netip.MustParseAddr("192.0.2.1")); ok {
 		t.Error("a policy without a table named a real address")
 	}
+}
+
+// TestAcquireHostHoldsThePoolMapping: a fake IP a flow holds keeps its
+// name through a flood of new names (the pool of 65,535 turns over twice);
+// released, it is reused like any other once its grace period is over.
+func TestAcquireHostHoldsThePoolMapping(t *testing.T) {
+	e := newEnv(t, ruleText, nil)
+	fake := e.pool.Lookup("held.corp.test", false)
+	if host, ok := e.p.AcquireHost(fake); !ok || host != "held.corp.test" {
+		t.Fatalf("AcquireHost(%s) = %q, %v", fake, host, ok)
+	}
+	for i := range 2 * dns.MaxPoolSize {
+		if a := e.pool.Lookup(fmt.Sprintf("n%d.example", i), false); a == fake {
+			t.Fatalf("name %d took the held address", i)
+		}
+	}
+	if host, _ := e.p.ReverseHost(fake); host != "held.corp.test" {
+		t.Fatalf("the held address names %q", host)
+	}
+	e.p.ReleaseHost(fake)
+	if _, ok := e.p.AcquireHost(netip.MustParseAddr("192.0.2.1")); ok {
+		t.Error("a real address was held")
+	}
+	noDNS := newEnv(t, ruleText, func(c *Config) { c.Pool, c.RealNames = nil, nil })
+	if _, ok := noDNS.p.AcquireHost(fake); ok {
+		t.Error("a policy without a pool held a fake IP")
+	}
+	noDNS.p.ReleaseHost(fake)
 }
 
 // TestDNSRouteAndResolver: a DIRECT name is resolved for real; others get

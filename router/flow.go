@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/sniff"
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/stack"
@@ -56,11 +57,21 @@ func (r *Router) isDNS(dst netip.AddrPort) bool { return r.cfg.DNS != nil && r.c
 func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 	in := inb.tag(req.Src())
 	r.stats.TCPTotal.Add(1)
+	if !r.admit() {
+		req.Reject()
+		return
+	}
 	if r.isDNS(req.Dst()) {
 		r.serveDNSStream(ctx, in, req)
 		return
 	}
-	m, target := r.metadata("tcp", in, req.Src(), ipAddr(req.Dst()))
+	reverse := r.reverse
+	if r.holds() {
+		h := &tcpHold{r: r}
+		defer h.release()
+		reverse = h.acquire
+	}
+	m, target := r.metadata("tcp", in, req.Src(), ipAddr(req.Dst()), reverse)
 	if r.wantSniff(m) {
 		r.handleSniffedTCP(ctx, req, m)
 		return
@@ -68,6 +79,8 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 	d := r.decide(ctx, m)
 	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, InType: in.typ, InName: in.name, InUser: in.user,
 		Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
+	r.countFlow("tcp", in, rec.Outbound, d)
+	d.Hits.Hit()
 	switch {
 	case d.Action == RejectDrop:
 		if dr, ok := req.(dropper); ok {
@@ -87,6 +100,7 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 	dctx, cancel := context.WithTimeout(ctx, r.cfg.DialTimeout)
 	up, err := d.Outbound.DialContext(dctx, "tcp", target.String())
 	cancel()
+	r.dialed(rec.Outbound, time.Since(rec.Start), err)
 	if err != nil {
 		req.Reject()
 		r.stats.Failed.Add(1)
@@ -102,12 +116,38 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 		r.finish(rec)
 		return
 	}
+	e := r.newEntry("tcp", in, req.Src())
+	e.info.Start = rec.Start
+	e.decided(m, d, req.Dst(), target)
+	if a := up.RemoteAddr(); a != nil {
+		e.info.Remote = a.String()
+	}
+	e.closeFn = func() {
+		resetConn(app)
+		up.Close()
+	}
+	r.table.add(e)
 	r.stats.TCPOpen.Add(1)
-	rec.Up, rec.Down, rec.Err = relay.Stream(ctx, app, up, relay.StreamOptions{
-		Idle: r.cfg.TCPIdle, Up: &r.stats.Up, Down: &r.stats.Down,
+	fctx, lf := r.track(ctx, nil)
+	_, _, rec.Err = relay.Stream(fctx, app, up, relay.StreamOptions{
+		Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: lf.clock,
 	})
+	r.untrack(lf, &rec)
 	r.stats.TCPOpen.Add(-1)
-	r.finish(rec)
+	r.finishEntry(e, &rec)
+}
+
+// finishEntry takes a flow's entry out of the table and finishes its
+// record with the entry's id and bytes.
+func (r *Router) finishEntry(e *flowEntry, rec *FlowRecord) {
+	if r.table.remove(e) {
+		rec.ID = e.info.ID
+	}
+	rec.Up, rec.Down = e.up.Load(), e.down.Load()
+	if e.closedBy.Load() {
+		rec.Err = ErrClosedByRequest
+	}
+	r.finish(*rec)
 }
 
 // serveDNSStream answers DNS over TCP to the DNS address in-process, as
@@ -116,6 +156,7 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 func (r *Router) serveDNSStream(ctx context.Context, in flowIn, req tcpRequest) {
 	rec := FlowRecord{Network: "tcp", Src: req.Src(), Dst: req.Dst(), InType: in.typ, InName: in.name, InUser: in.user,
 		Outbound: "DNS", Rule: "dns", Start: time.Now()}
+	r.countFlow("tcp", in, "DNS", Decision{Rule: "dns"})
 	app, err := req.Accept()
 	if err != nil {
 		r.stats.Failed.Add(1)
@@ -123,31 +164,31 @@ func (r *Router) serveDNSStream(ctx context.Context, in flowIn, req tcpRequest) 
 		r.finish(rec)
 		return
 	}
+	e := r.newEntry("tcp", in, req.Src())
+	e.info.Start, e.info.Dst, e.info.Outbound, e.info.Rule, e.info.Target = rec.Start, req.Dst(), "DNS", "dns", req.Dst().String()
+	e.closeFn = func() { resetConn(app) }
+	r.table.add(e)
 	r.stats.TCPOpen.Add(1)
-	c := &countedConn{Conn: app, up: &r.stats.Up, down: &r.stats.Down}
+	c := &countedConn{Conn: app, up: e.upC, down: e.downC}
 	rec.Err = r.cfg.DNS.ServeStream(ctx, c)
 	r.stats.TCPOpen.Add(-1)
-	rec.Up, rec.Down = c.read.Load(), c.written.Load()
-	r.finish(rec)
+	r.finishEntry(e, &rec)
 }
 
 // countedConn counts the bytes read from and written to a connection.
 type countedConn struct {
 	net.Conn
-	up, down      *atomic.Int64 // the router's counters
-	read, written atomic.Int64
+	up, down relay.Counter
 }
 
 func (c *countedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	c.read.Add(int64(n))
 	c.up.Add(int64(n))
 	return n, err
 }
 
 func (c *countedConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	c.written.Add(int64(n))
 	c.down.Add(int64(n))
 	return n, err
 }
@@ -163,6 +204,10 @@ func (c *countedConn) Write(p []byte) (int, error) {
 // dropped.
 func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	r.stats.UDPTotal.Add(1)
+	if !r.admit() {
+		f.Close()
+		return
+	}
 	r.stats.UDPOpen.Add(1)
 	defer r.stats.UDPOpen.Add(-1)
 
@@ -175,25 +220,32 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		return
 	}
 	rec := FlowRecord{Network: "udp", Src: f.Src(), Dst: dst, InType: in.typ, InName: in.name, InUser: in.user, Start: time.Now()}
-	var dnsUp, dnsDown int64
+	e := r.newEntry("udp", in, f.Src())
+	e.info.Start, e.info.Dst = rec.Start, dst
+	// Closing the app's side ends the flow: the pumps' reads fail and
+	// the relay closes the rest.
+	e.closeFn = func() { f.Close() }
 	if r.isDNS(dst) {
 		rec.Outbound, rec.Rule = "DNS", "dns"
+		r.countFlow("udp", in, "DNS", Decision{Rule: "dns"})
+		e.info.Outbound, e.info.Rule, e.info.Target = "DNS", "dns", dst.String()
+		r.table.add(e)
 		var more bool
-		n, dst, more, dnsUp, dnsDown, rec.Err = r.serveDNSDatagrams(ctx, f, *bp, n, dst)
+		n, dst, more, rec.Err = r.serveDNSDatagrams(ctx, f, e, *bp, n, dst)
 		if !more {
 			relay.PutPacketBuf(bp)
 			f.Close()
-			rec.Up, rec.Down = dnsUp, dnsDown
-			r.finish(rec)
+			r.finishEntry(e, &rec)
 			return
 		}
 		// The socket sends elsewhere too: from here on it is an
 		// ordinary flow, with this datagram as its first.
 	}
-	s := &udpSession{r: r, f: f, in: in, closed: make(chan struct{}), ready: make(chan struct{})}
+	s := &udpSession{r: r, f: f, in: in, e: e, closed: make(chan struct{}), ready: make(chan struct{})}
+	defer s.releaseHeld()
 	var pending []pendingDatagram
 	if r.cfg.Sniff != nil && !r.isDNS(dst) {
-		if m, _ := r.metadata("udp", in, f.Src(), ipAddr(dst)); r.wantSniff(m) {
+		if m, _ := r.metadata("udp", in, f.Src(), ipAddr(dst), r.reverse); r.wantSniff(m) {
 			var res sniff.Result
 			res, pending = r.sniffUDP(f, (*bp)[:n], dst)
 			r.log.Debug("sniffed", "net", "udp", "src", f.Src(), "dst", dst, "proto", res.Protocol, "verdict", res.Verdict,
@@ -209,21 +261,27 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	}
 	first := s.route(ctx, (*bp)[:n], dst)
 	relay.PutPacketBuf(bp)
+	e.upC.Add(int64(first.n))
 	if rec.Outbound == "" {
 		rec.Outbound, rec.Rule, rec.Host = first.name, first.rule, first.host
+		r.countFlow("udp", in, first.name, first.d)
+		first.d.Hits.Hit()
+		if first.m != nil {
+			e.decided(first.m, first.d, dst, first.target)
+		}
 	}
 	if first.err != nil {
 		rec.Err = first.err
-		rec.Up, rec.Down = dnsUp, dnsDown
 		s.closeAll()
-		r.finish(rec)
+		r.finishEntry(e, &rec)
 		return
 	}
 	for _, d := range pending {
 		if res := s.route(ctx, d.p, d.dst); res.sent {
-			first.n += res.n
+			e.upC.Add(int64(res.n))
 		}
 	}
+	r.table.add(e) // a DNS flow that went on is in already; add is idempotent
 	idle := r.cfg.UDPIdle
 	if rec.Dst.Port() == 53 {
 		idle = r.cfg.DNSIdle
@@ -250,49 +308,49 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		}
 		return s.forwardReply(pc, p)
 	}
-	var u, d int64
-	u, d, err = relay.Packets(ctx, relay.PacketOptions{Idle: idle, Up: &r.stats.Up, Down: &r.stats.Down, Activity: &s.activity}, up, down, s.closeAll)
+	pctx, lf := r.track(ctx, &s.activity)
+	_, _, err = relay.Packets(pctx, relay.PacketOptions{Idle: idle, Up: e.upC, Down: e.downC, Activity: &s.activity}, up, down, s.closeAll)
 	s.extraWG.Wait()
-	rec.Up, rec.Down = dnsUp+u+int64(first.n), dnsDown+d+s.dnsDown+s.extraDown.Load()
+	r.untrack(lf, &rec)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		rec.Err = err
 	}
-	r.finish(rec)
+	r.finishEntry(e, &rec)
 }
 
 // serveDNSDatagrams answers the query q (n bytes of buf, sent to dst) and
-// every further one the app sends to an intercepted address, until the
-// flow has been idle for DNSIdle (err is then relay.ErrIdle) or ends. When
-// the app sends a datagram elsewhere it returns it (n bytes of buf, to dst)
-// with more set, for the caller to route.
-func (r *Router) serveDNSDatagrams(ctx context.Context, f udpFlow, buf []byte, n int, dst netip.AddrPort) (_ int, _ netip.AddrPort, more bool, up, down int64, err error) {
+// every further one the app sends to an intercepted address, counting
+// both ways in e, until the flow has been idle for DNSIdle (err is then
+// relay.ErrIdle) or ends. When the app sends a datagram elsewhere it
+// returns it (n bytes of buf, to dst) with more set, for the caller to
+// route.
+func (r *Router) serveDNSDatagrams(ctx context.Context, f udpFlow, e *flowEntry, buf []byte, n int, dst netip.AddrPort) (_ int, _ netip.AddrPort, more bool, err error) {
 	defer f.SetReadDeadline(time.Time{})
 	for {
-		up += int64(n)
-		r.stats.Up.Add(int64(n))
-		down += r.answerDNS(ctx, f, buf[:n], dst)
+		e.upC.Add(int64(n))
+		r.answerDNS(ctx, f, buf[:n], dst, e.downC)
 		if ctx.Err() != nil {
-			return 0, dst, false, up, down, nil
+			return 0, dst, false, nil
 		}
 		f.SetReadDeadline(time.Now().Add(r.cfg.DNSIdle))
 		n, dst, err = f.ReadFrom(buf)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			return 0, dst, false, up, down, relay.ErrIdle
+			return 0, dst, false, relay.ErrIdle
 		case err != nil:
 			if errors.Is(err, net.ErrClosed) {
 				err = nil
 			}
-			return 0, dst, false, up, down, err
+			return 0, dst, false, err
 		case !r.isDNS(dst):
-			return n, dst, true, up, down, nil
+			return n, dst, true, nil
 		}
 	}
 }
 
-// answerDNS answers one query the app sent to dst, from dst; it returns the
-// bytes of the answer.
-func (r *Router) answerDNS(ctx context.Context, f udpFlow, q []byte, dst netip.AddrPort) int64 {
+// answerDNS answers one query the app sent to dst, from dst, counting the
+// answer in down.
+func (r *Router) answerDNS(ctx context.Context, f udpFlow, q []byte, dst netip.AddrPort, down relay.Counter) {
 	// An error comes with a response to send all the same when the query
 	// deserves one (SERVFAIL when every nameserver failed), so the app
 	// fails fast instead of timing out.
@@ -301,19 +359,19 @@ func (r *Router) answerDNS(ctx context.Context, f udpFlow, q []byte, dst netip.A
 		r.log.Debug("dns", "src", f.Src(), "err", err)
 	}
 	if resp == nil {
-		return 0
+		return
 	}
 	if _, err := f.WriteTo(resp, dst); err != nil {
-		return 0
+		return
 	}
-	r.stats.Down.Add(int64(len(resp)))
-	return int64(len(resp))
+	down.Add(int64(len(resp)))
 }
 
 type udpSession struct {
 	r      *Router
 	f      udpFlow
 	in     flowIn
+	e      *flowEntry    // the flow's entry: its counters
 	out    Outbound      // the flow's outbound, set with pc; up pump only
 	closed chan struct{} // closed by closeAll
 	ready  chan struct{} // closed once pc is set
@@ -325,19 +383,51 @@ type udpSession struct {
 	// extra holds one association per further outbound that datagrams of
 	// this flow were routed to (an app socket talking to several
 	// destinations whose rules differ); each has its own reader.
-	extra     map[Outbound]PacketConn
-	extraWG   sync.WaitGroup
-	extraDown atomic.Int64
-	activity  atomic.Int64 // the relay's idle clock, see relay.PacketOptions
-	// dnsDown counts answers written by the in-process DNS handler; only the
-	// up pump's goroutine touches it.
-	dnsDown int64
+	extra    map[Outbound]PacketConn
+	extraWG  sync.WaitGroup
+	activity atomic.Int64 // the relay's idle clock, see relay.PacketOptions
 	// sniffHost is the name read from the flow's QUIC Initials, for its
 	// datagrams to sniffDst; set before the pumps start.
 	sniffHost string
 	sniffDst  netip.AddrPort
 
 	peers replyPeers
+
+	// held are the fake IPs the flow holds (Config.AcquireHost); only the
+	// up pump's goroutine touches it, and handleUDP once the pumps are done.
+	held map[netip.Addr]struct{}
+}
+
+// maxHeldPerFlow bounds the fake IPs one UDP flow holds; beyond it the
+// flow's further fake destinations are looked up without a hold.
+const maxHeldPerFlow = 64
+
+// reverse maps a fake IP the flow sends to to its name, holding the
+// mapping for the rest of the flow the first time.
+func (s *udpSession) reverse(a netip.Addr) (string, bool) {
+	r := s.r
+	if !r.holds() {
+		return r.reverse(a)
+	}
+	if _, ok := s.held[a]; ok || len(s.held) >= maxHeldPerFlow {
+		return r.reverse(a)
+	}
+	host, ok := r.cfg.AcquireHost(a)
+	if ok {
+		if s.held == nil {
+			s.held = make(map[netip.Addr]struct{})
+		}
+		s.held[a] = struct{}{}
+	}
+	return host, ok
+}
+
+// releaseHeld ends the flow's holds.
+func (s *udpSession) releaseHeld() {
+	for a := range s.held {
+		s.r.cfg.ReleaseHost(a)
+	}
+	s.held = nil
 }
 
 // replyPeers maps the sources of replies back to the addresses the app
@@ -417,6 +507,11 @@ type routeResult struct {
 	name, rule string
 	host       string
 	err        error
+	// The decision and what it was made on, for the flow's first datagram
+	// (m is nil for DNS answered in-process).
+	d      Decision
+	m      *rules.Metadata
+	target socks.Addr
 }
 
 // route sends one datagram the way its decision says. Only the up pump's
@@ -424,17 +519,17 @@ type routeResult struct {
 func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) routeResult {
 	r := s.r
 	if r.isDNS(dst) {
-		s.dnsDown += r.answerDNS(ctx, s.f, p, dst)
-		return routeResult{sent: true, n: len(p), name: "DNS", rule: "dns"}
+		r.answerDNS(ctx, s.f, p, dst, s.e.downC)
+		return routeResult{sent: true, n: len(p), name: "DNS", rule: "dns", d: Decision{Rule: "dns"}}
 	}
-	m, target := r.metadata("udp", s.in, s.f.Src(), ipAddr(dst))
+	m, target := r.metadata("udp", s.in, s.f.Src(), ipAddr(dst), s.reverse)
 	if s.sniffHost != "" && dst == s.sniffDst && m.Host == "" {
 		// The datagrams still go to the address: replies must come from
 		// where the app sent them.
 		m.Host, m.RealDst = s.sniffHost, true
 	}
 	d := r.decide(ctx, m)
-	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host}
+	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host, d: d, m: m, target: target}
 	if d.Action != Proxy || d.Outbound == nil {
 		r.stats.Rejected.Add(1)
 		if u, ok := s.f.(unreacher); ok && d.Action == Reject {
@@ -448,7 +543,9 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 		return res
 	}
 	if s.out == nil {
+		start := time.Now()
 		pc, err := d.Outbound.ListenPacket(ctx)
+		r.dialed(d.Outbound.Name(), time.Since(start), err)
 		if err != nil {
 			if errors.Is(err, ErrUDPUnsupported) {
 				if _, seen := r.udpWarnOnce.LoadOrStore(d.Outbound.Name(), struct{}{}); !seen {
@@ -497,7 +594,9 @@ func (s *udpSession) extraSession(ctx context.Context, out Outbound) (PacketConn
 	if pc != nil {
 		return pc, nil
 	}
+	start := time.Now()
 	pc, err := out.ListenPacket(ctx)
+	s.r.dialed(out.Name(), time.Since(start), err)
 	if err != nil {
 		return nil, err
 	}
@@ -537,8 +636,7 @@ func (s *udpSession) readExtra(out Outbound, pc PacketConn) {
 		}
 		if n > 0 {
 			s.activity.Store(time.Now().UnixNano())
-			s.extraDown.Add(int64(n))
-			s.r.stats.Down.Add(int64(n))
+			s.e.downC.Add(int64(n))
 		}
 	}
 }

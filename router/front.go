@@ -47,18 +47,47 @@ func (fd *FrontDoor) flow(ctx context.Context) (flowIn, netip.AddrPort) {
 // its name). A rejected destination fails with an error wrapping
 // socks.ErrNotAllowed, which the SOCKS server answers with reply 0x02.
 func (fd *FrontDoor) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return fd.DialContextChecked(ctx, network, address, nil)
+}
+
+// CheckedOutbound is the optional capability of an Outbound that connects
+// to the destination itself (DIRECT) to vet the address it connects to:
+// DialContextChecked calls check with each IP address and port it is about
+// to connect to, after resolving a name, and fails with check's error
+// instead of connecting.
+type CheckedOutbound interface {
+	DialContextChecked(ctx context.Context, network, address string, check func(netip.AddrPort) error) (net.Conn, error)
+}
+
+// DialContextChecked is DialContext for a server that vets the addresses
+// its requests reach (socksserver.CheckedDialer): when the decided outbound
+// connects to the destination itself (CheckedOutbound, DIRECT), check runs
+// on the address it connects to. An outbound that carries the connection
+// to a proxy does not reach the destination from this host, and check does
+// not apply to it. A nil check is DialContext.
+func (fd *FrontDoor) DialContextChecked(ctx context.Context, network, address string, check func(netip.AddrPort) error) (net.Conn, error) {
 	dst, err := socks.ParseAddr(address)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
 	in, client := fd.flow(ctx)
-	m, target := fd.r.metadata("tcp", in, client, dst)
+	m, target := fd.r.metadata("tcp", in, client, dst, fd.r.reverse)
 	d := fd.r.decide(ctx, m)
+	fd.r.countFlow("tcp", in, d.name(), d)
+	d.Hits.Hit()
 	if d.Action != Proxy || d.Outbound == nil {
 		fd.r.stats.Rejected.Add(1)
 		return nil, &net.OpError{Op: "dial", Net: network, Addr: dst, Err: fmt.Errorf("rejected by rule %q: %w", d.Rule, socks.ErrNotAllowed)}
 	}
-	return d.Outbound.DialContext(ctx, network, target.String())
+	start := time.Now()
+	var c net.Conn
+	if co, ok := d.Outbound.(CheckedOutbound); ok && check != nil {
+		c, err = co.DialContextChecked(ctx, network, target.String(), check)
+	} else {
+		c, err = d.Outbound.DialContext(ctx, network, target.String())
+	}
+	fd.r.dialed(d.Outbound.Name(), time.Since(start), err)
+	return c, err
 }
 
 // ListenPacket opens the outbound side of one UDP association: a
@@ -112,7 +141,7 @@ func (p *frontPacket) WriteTo(b []byte, addr net.Addr) (int, error) {
 	if err != nil {
 		return 0, &net.OpError{Op: "write", Net: "udp", Addr: addr, Err: err}
 	}
-	m, target := p.fd.r.metadata("udp", p.in, p.client, dst)
+	m, target := p.fd.r.metadata("udp", p.in, p.client, dst, p.fd.r.reverse)
 	d := p.fd.r.decide(p.ctx, m)
 	if d.Action != Proxy || d.Outbound == nil {
 		p.fd.r.stats.Rejected.Add(1)

@@ -100,3 +100,57 @@ func TestFrontDoorPackets(t *testing.T) {
 		}
 	}
 }
+
+// checkedOutbound is a fakeOutbound with the CheckedOutbound capability:
+// it resolves every name to ip and runs the check before "connecting".
+type checkedOutbound struct {
+	fakeOutbound
+	ip netip.Addr
+}
+
+func (o *checkedOutbound) DialContextChecked(ctx context.Context, network, address string, check func(netip.AddrPort) error) (net.Conn, error) {
+	a, err := socks.ParseAddr(address)
+	if err != nil {
+		return nil, err
+	}
+	ip := a.IP
+	if a.Name != "" {
+		ip = o.ip
+	}
+	if err := check(netip.AddrPortFrom(ip, a.Port)); err != nil {
+		return nil, err
+	}
+	return o.fakeOutbound.DialContext(ctx, network, address)
+}
+
+// TestFrontDoorChecked: a server's check runs on the address an outbound
+// that connects itself (DIRECT) reaches, and not on one that carries the
+// connection to a proxy.
+func TestFrontDoorChecked(t *testing.T) {
+	errNo := errors.New("own host")
+	check := func(ap netip.AddrPort) error {
+		if ap.Addr().IsLoopback() {
+			return errNo
+		}
+		return nil
+	}
+	dialed := 0
+	dial := func(string) (net.Conn, error) { dialed++; return nil, errors.New("dialed") }
+	direct := &checkedOutbound{fakeOutbound: fakeOutbound{name: "DIRECT", dial: dial}, ip: netip.MustParseAddr("127.0.0.1")}
+	proxy := &fakeOutbound{name: "up", dial: dial}
+	for _, tc := range []struct {
+		out     Outbound
+		wantErr error
+	}{{direct, errNo}, {proxy, nil}} {
+		r, _ := newRouter(t, Static(tc.out), nil)
+		fd := r.FrontDoor(Inbound{Type: rules.InSocks, Name: "socks"}, nil)
+		dialed = 0
+		_, err := fd.DialContextChecked(context.Background(), "tcp", "rebound.example:80", check)
+		if tc.wantErr != nil && (!errors.Is(err, tc.wantErr) || dialed != 0) {
+			t.Errorf("%s: %v after %d dials, want the check's error and no dial", tc.out.Name(), err, dialed)
+		}
+		if tc.wantErr == nil && dialed != 1 {
+			t.Errorf("%s: %d dials (%v), want the proxy dialed unchecked", tc.out.Name(), dialed, err)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/metrics"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/stack"
@@ -64,6 +65,11 @@ type Decision struct {
 	Action   Action
 	Outbound Outbound // for Proxy
 	Rule     string   // the rule that matched, for logs and explain
+	// Match, when the decider has rules, says which one matched (Index -1:
+	// none did); the flow table and metrics show it.
+	Match *rules.Match
+	// Hits, when not nil, counts the flows this decision opens.
+	Hits *RuleHits
 }
 
 // Decider picks the outbound for a flow. It must be safe for concurrent use.
@@ -76,6 +82,7 @@ func Static(out Outbound) Decider {
 
 // FlowRecord describes one finished flow.
 type FlowRecord struct {
+	ID       string // the flow's id in the table (Flows, CloseFlow); "" for flows that never opened
 	Network  string
 	Src, Dst netip.AddrPort
 	Host     string // domain, when known
@@ -99,6 +106,14 @@ type Config struct {
 	// ReverseHost maps a fake IP back to its domain; nil disables it. The
 	// outbound is then given the domain, so the upstream resolves it.
 	ReverseHost func(netip.Addr) (string, bool)
+	// AcquireHost and ReleaseHost, when both set, are used for flows from
+	// a stack instead of ReverseHost: AcquireHost maps a fake IP to its
+	// domain and holds the mapping, so the pool does not give the address
+	// to another name while the flow is open; the router calls ReleaseHost
+	// once for every successful AcquireHost, when the flow ends (a UDP flow
+	// holds each fake IP it sends to, up to maxHeldPerFlow).
+	AcquireHost func(netip.Addr) (string, bool)
+	ReleaseHost func(netip.Addr)
 	// RealHost names a real address that DNS answered for a name (a DIRECT
 	// or filtered name); nil disables it. The name is used for rules only:
 	// the outbound still dials the address the app chose.
@@ -120,6 +135,22 @@ type Config struct {
 	Logger           *slog.Logger
 	// OnFlow, when set, is called once for every finished flow.
 	OnFlow func(FlowRecord)
+	// Process, when set, looks up the process behind a flow the rules did
+	// not look up, for the flow table (only when Flows is called: no cost
+	// while nobody looks).
+	Process func(network string, src, dst netip.AddrPort) (path string, uid int, err error)
+	// Metrics, when set, gets the router's families: flows by network,
+	// inbound, outbound and rule type; flows open; bytes by outbound; dial
+	// durations and errors by outbound.
+	Metrics *metrics.Registry
+	// DialReason, when set, names the cause of a failed dial for the dial
+	// errors metric (refused, timeout, auth, unreachable, proto); "" or nil
+	// leaves it to the router's own classification.
+	DialReason func(error) string
+	// Admit, when set, is asked before a new flow from a stack is served;
+	// false refuses it (TCP: RST; UDP: the flow is closed, its datagram
+	// dropped) and counts it in Stats.Refused. The memory ceiling uses it.
+	Admit func() bool
 	// Sniff, when set, reads the names of flows to real addresses from
 	// their first bytes; see SniffConfig.
 	Sniff *SniffConfig
@@ -189,8 +220,11 @@ type Router struct {
 	cfg   Config
 	log   *slog.Logger
 	stats Stats
+	table *table
+	m     routerMetrics
 
 	udpWarnOnce sync.Map // outbound name -> struct{}: "no UDP" logged once
+	live        liveFlows
 }
 
 // Stats are live counters, safe to read at any time.
@@ -198,8 +232,11 @@ type Stats struct {
 	TCPOpen, UDPOpen   atomic.Int64
 	TCPTotal, UDPTotal atomic.Int64
 	Rejected, Failed   atomic.Int64
-	Up, Down           atomic.Int64
-	Sniffed            atomic.Int64 // flows whose name was read from their first bytes
+	// Refused counts flows Config.Admit turned away; Shed the flows
+	// ShedIdle closed.
+	Refused, Shed atomic.Int64
+	Up, Down      atomic.Int64
+	Sniffed       atomic.Int64 // flows whose name was read from their first bytes
 }
 
 // New builds a Router.
@@ -236,7 +273,13 @@ func New(cfg Config) (*Router, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Router{cfg: cfg, log: log}, nil
+	r := &Router{cfg: cfg, log: log, table: newTable()}
+	reg := cfg.Metrics
+	if reg == nil {
+		reg = metrics.NewRegistry() // counted all the same, shown nowhere
+	}
+	r.registerMetrics(reg)
+	return r, nil
 }
 
 // Stats returns the router's live counters.
@@ -246,7 +289,10 @@ func (r *Router) Stats() *Stats { return &r.stats }
 // outbound is given: the name when dst is a fake IP (so the upstream
 // resolves it), else dst itself. A name (a SOCKS client's domain request)
 // is the rules' Host as it is.
-func (r *Router) metadata(network string, in flowIn, src netip.AddrPort, dst socks.Addr) (m *rules.Metadata, target socks.Addr) {
+//
+// reverse maps a fake IP to its name: r.reverse, or a function that also
+// holds the mapping for the flow (see Config.AcquireHost).
+func (r *Router) metadata(network string, in flowIn, src netip.AddrPort, dst socks.Addr, reverse func(netip.Addr) (string, bool)) (m *rules.Metadata, target socks.Addr) {
 	m = &rules.Metadata{Network: network, Src: src, UID: -1, InType: in.typ, InName: in.name, InUser: in.user}
 	if dst.Name != "" {
 		m.Host = dst.Name
@@ -254,11 +300,9 @@ func (r *Router) metadata(network string, in flowIn, src netip.AddrPort, dst soc
 		return m, dst
 	}
 	m.Dst = netip.AddrPortFrom(dst.IP, dst.Port)
-	if r.cfg.ReverseHost != nil {
-		if host, ok := r.cfg.ReverseHost(dst.IP); ok {
-			m.Host = host
-			return m, socks.Addr{Name: host, Port: dst.Port}
-		}
+	if host, ok := reverse(dst.IP); ok {
+		m.Host = host
+		return m, socks.Addr{Name: host, Port: dst.Port}
 	}
 	if r.cfg.RealHost != nil {
 		if host, ok := r.cfg.RealHost(dst.IP); ok {
@@ -266,6 +310,40 @@ func (r *Router) metadata(network string, in flowIn, src netip.AddrPort, dst soc
 		}
 	}
 	return m, dst
+}
+
+// reverse maps a fake IP to its name without holding it.
+func (r *Router) reverse(a netip.Addr) (string, bool) {
+	if r.cfg.ReverseHost == nil {
+		return "", false
+	}
+	return r.cfg.ReverseHost(a)
+}
+
+// holds reports whether flows hold their fake IPs (Config.AcquireHost).
+func (r *Router) holds() bool { return r.cfg.AcquireHost != nil && r.cfg.ReleaseHost != nil }
+
+// tcpHold is the fake IP a TCP flow holds.
+type tcpHold struct {
+	r  *Router
+	ip netip.Addr
+}
+
+// acquire is the reverse function of a TCP flow: it holds the mapping.
+func (h *tcpHold) acquire(a netip.Addr) (string, bool) {
+	host, ok := h.r.cfg.AcquireHost(a)
+	if ok {
+		h.ip = a
+	}
+	return host, ok
+}
+
+// release ends the hold, if any.
+func (h *tcpHold) release() {
+	if h.ip.IsValid() {
+		h.r.cfg.ReleaseHost(h.ip)
+		h.ip = netip.Addr{}
+	}
 }
 
 // ipAddr is dst as a socks.Addr, the address kept as it is.
@@ -313,9 +391,12 @@ func (r *Router) finish(rec FlowRecord) {
 	if rec.InUser != "" {
 		attrs = append(attrs, "user", rec.InUser)
 	}
-	if rec.Err != nil && !errors.Is(rec.Err, relay.ErrIdle) {
+	switch {
+	case errors.Is(rec.Err, ErrClosedByRequest):
+		r.log.Info("flow closed by request", append(attrs, "id", rec.ID)...)
+	case rec.Err != nil && !errors.Is(rec.Err, relay.ErrIdle) && !errors.Is(rec.Err, ErrShed):
 		r.log.Info("flow failed", append(attrs, "err", rec.Err)...)
-	} else {
+	default:
 		r.log.Debug("flow", attrs...)
 	}
 	if r.cfg.OnFlow != nil {

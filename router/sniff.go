@@ -12,6 +12,7 @@ import (
 	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/sniff"
+	"github.com/tunsocks/tunsocks/socks"
 )
 
 // SniffConfig makes the router read the name of a flow to a real address
@@ -96,6 +97,8 @@ func (r *Router) handleSniffedTCP(ctx context.Context, req tcpRequest, m *rules.
 	}
 	d := r.decide(ctx, m)
 	rec.Outbound, rec.Rule = d.name(), d.Rule
+	r.countFlow("tcp", flowIn{typ: m.InType, name: m.InName, user: m.InUser}, rec.Outbound, d)
+	d.Hits.Hit()
 	r.log.Debug("sniffed", "net", "tcp", "src", m.Src, "dst", m.Dst, "proto", res.Protocol, "verdict", res.Verdict,
 		"host", res.Host, "bytes", len(first), "wait", time.Since(rec.Start).Round(time.Microsecond))
 	if rerr != nil {
@@ -114,8 +117,10 @@ func (r *Router) handleSniffedTCP(ctx context.Context, req tcpRequest, m *rules.
 	}
 	target := r.sniffTarget(d.Outbound, res.Host, m.Dst)
 	dctx, cancel := context.WithTimeout(ctx, r.cfg.DialTimeout)
+	dialStart := time.Now()
 	up, err := d.Outbound.DialContext(dctx, "tcp", target)
 	cancel()
+	r.dialed(rec.Outbound, time.Since(dialStart), err)
 	if err == nil && len(first) > 0 {
 		if _, err = up.Write(first); err != nil {
 			up.Close()
@@ -128,14 +133,28 @@ func (r *Router) handleSniffedTCP(ctx context.Context, req tcpRequest, m *rules.
 		r.finish(rec)
 		return
 	}
-	r.stats.Up.Add(int64(len(first)))
+	e := r.newEntry("tcp", flowIn{typ: m.InType, name: m.InName, user: m.InUser}, m.Src)
+	e.info.Start = rec.Start
+	ta, _ := socks.ParseAddr(target)
+	e.decided(m, d, m.Dst, ta)
+	e.info.FakeIP = false // the name was read from the flow, not a fake IP
+	if a := up.RemoteAddr(); a != nil {
+		e.info.Remote = a.String()
+	}
+	e.closeFn = func() {
+		resetConn(app)
+		up.Close()
+	}
+	e.upC.Add(int64(len(first)))
+	r.table.add(e)
 	r.stats.TCPOpen.Add(1)
-	rec.Up, rec.Down, rec.Err = relay.Stream(ctx, app, up, relay.StreamOptions{
-		Idle: r.cfg.TCPIdle, Up: &r.stats.Up, Down: &r.stats.Down,
+	fctx, lf := r.track(ctx, nil)
+	_, _, rec.Err = relay.Stream(fctx, app, up, relay.StreamOptions{
+		Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: lf.clock,
 	})
-	rec.Up += int64(len(first))
+	r.untrack(lf, &rec)
 	r.stats.TCPOpen.Add(-1)
-	r.finish(rec)
+	r.finishEntry(e, &rec)
 }
 
 // readFirst reads the app's first bytes until they tell a name (or that

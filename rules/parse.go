@@ -163,9 +163,10 @@ func (p *parser) parseRule(l Line) {
 	}
 	source := l.File + ":" + strconv.Itoa(l.Line)
 	var (
-		c      *cond
-		target string
-		pr     *problem
+		c       *cond
+		target  string
+		payload string // as written, for listings (the API's /rules)
+		pr      *problem
 	)
 	switch k {
 	case kMatch:
@@ -182,6 +183,7 @@ func (p *parser) parseRule(l Line) {
 			p.fail(l.File, l.Line, pr)
 			return
 		}
+		payload = strings.TrimSpace(rest[:len(rest)-len(after)])
 		target, pr = targetAfter(typName, after)
 		if pr != nil {
 			p.fail(l.File, l.Line, pr)
@@ -210,7 +212,7 @@ func (p *parser) parseRule(l Line) {
 		if set == nil { // errors inside the set were reported already
 			return
 		}
-		ri := p.b.addRule(text, source, act)
+		ri := p.b.addRule(ruleInfo{text: text, source: source, action: act, typ: typName, payload: fields[0], size: len(set.entries)})
 		for i := range set.entries {
 			e := &set.entries[i]
 			if pr := p.b.addEntry(ri, e.c, e.text, set.name, e.line); pr != nil {
@@ -227,12 +229,13 @@ func (p *parser) parseRule(l Line) {
 			return
 		}
 		target = fields[len(fields)-1]
-		payload := fields[:len(fields)-1]
-		if len(payload) > 1 && k != kRegex {
-			p.fail(l.File, l.Line, newProblem(fmt.Sprintf("expected %s,%s,TARGET", typName, example(k)), nil, "unexpected extra field %q", payload[1]))
+		pf := fields[:len(fields)-1]
+		if len(pf) > 1 && k != kRegex {
+			p.fail(l.File, l.Line, newProblem(fmt.Sprintf("expected %s,%s,TARGET", typName, example(k)), nil, "unexpected extra field %q", pf[1]))
 			return
 		}
-		c, pr = simpleCond(k, typName, strings.Join(payload, ","))
+		payload = strings.Join(pf, ",")
+		c, pr = simpleCond(k, typName, payload)
 		if pr != nil {
 			p.fail(l.File, l.Line, pr)
 			return
@@ -243,7 +246,7 @@ func (p *parser) parseRule(l Line) {
 		p.fail(l.File, l.Line, pr)
 		return
 	}
-	ri := p.b.addRule(text, source, act)
+	ri := p.b.addRule(ruleInfo{text: text, source: source, action: act, typ: typName, payload: payload, size: -1})
 	if pr := p.b.addEntry(ri, c, "", "", 0); pr != nil {
 		p.fail(l.File, l.Line, pr)
 	}

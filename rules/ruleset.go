@@ -39,9 +39,12 @@ type Ruleset struct {
 }
 
 type ruleInfo struct {
-	text   string
-	source string
-	action Action
+	text    string
+	source  string
+	action  Action
+	typ     string // the keyword as written, upper case
+	payload string
+	size    int // a RULE-SET's entries; -1 otherwise
 }
 
 type entryInfo struct {
@@ -77,8 +80,8 @@ func newBuilder() *builder {
 	}
 }
 
-func (b *builder) addRule(text, source string, a Action) int32 {
-	b.rs.rules = append(b.rs.rules, ruleInfo{text: text, source: source, action: a})
+func (b *builder) addRule(r ruleInfo) int32 {
+	b.rs.rules = append(b.rs.rules, r)
 	return int32(len(b.rs.rules) - 1)
 }
 
@@ -166,6 +169,29 @@ func prefixTable(m map[netip.Prefix]int32) *bart.Table[int32] {
 // Len returns the number of rules (a RULE-SET rule counts once).
 func (rs *Ruleset) Len() int { return len(rs.rules) }
 
+// Rule is one rule of a Ruleset as written, for listings.
+type Rule struct {
+	Index   int    // position in the rule list (0-based), as Match.Index
+	Type    string // the keyword, upper case: DOMAIN-SUFFIX, RULE-SET, MATCH...
+	Payload string // what the rule matches, as written; a RULE-SET's path; "" for MATCH
+	Action  Action
+	Text    string // the whole line as written
+	Source  string // file:line
+	Size    int    // a RULE-SET's entries; -1 for other rules
+}
+
+// Rules lists the rules in order.
+func (rs *Ruleset) Rules() []Rule {
+	if rs == nil {
+		return nil
+	}
+	out := make([]Rule, len(rs.rules))
+	for i, r := range rs.rules {
+		out[i] = Rule{Index: i, Type: r.typ, Payload: r.payload, Action: r.action, Text: r.text, Source: r.source, Size: r.size}
+	}
+	return out
+}
+
 // NeedsDomain reports whether any rule matches on the domain, so fake-IP
 // DNS should be on for the rules to see names.
 func (rs *Ruleset) NeedsDomain() bool { return rs.needsDomain }
@@ -252,7 +278,7 @@ func (rs *Ruleset) Match(m *Metadata, lookup ProcessLookup) Match {
 	}
 	e := &rs.entries[best]
 	r := &rs.rules[e.rule]
-	res := Match{Action: r.action, Rule: r.text, Source: r.source, Index: int(e.rule)}
+	res := Match{Action: r.action, Rule: r.text, Source: r.source, Type: r.typ, Payload: r.payload, Index: int(e.rule)}
 	if e.file != "" {
 		res.Entry = e.text
 		res.EntrySource = e.file + ":" + strconv.Itoa(int(e.line))

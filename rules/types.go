@@ -85,7 +85,10 @@ type Match struct {
 	Action Action
 	Rule   string // the rule as written; "" when no rule matched
 	Source string // file:line of the rule; "" when no rule matched
-	Index  int    // position of the rule in the rule list (0-based); -1 when no rule matched
+	// Type and Payload are the rule's keyword (DOMAIN-SUFFIX...) and what
+	// it matches, as Ruleset.Rules lists them; "" when no rule matched.
+	Type, Payload string
+	Index         int // position of the rule in the rule list (0-based); -1 when no rule matched
 
 	// For a RULE-SET rule: the line of the set file that matched, and where.
 	Entry       string

@@ -3,9 +3,12 @@ package socksserver
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/tunsocks/tunsocks/socks"
 )
@@ -75,13 +78,80 @@ func (s *Server) deniedIP(ip netip.Addr, port uint16) string {
 			return "deny-port " + r.String()
 		}
 	}
+	return s.deniedAddr(ip)
+}
+
+// deniedAddr reports the rule that forbids ip whatever the port (DenyDest,
+// DenyLoopback), or "" when none does.
+func (s *Server) deniedAddr(ip netip.Addr) string {
 	ip = ip.Unmap()
 	for _, p := range s.cfg.DenyDest {
 		if p.Contains(ip) {
 			return "deny-dest " + p.String()
 		}
 	}
+	if s.cfg.DenyLoopback && s.self.isOwn(ip) {
+		return "the server's own host (loopback or one of its addresses)"
+	}
 	return ""
+}
+
+// checkDial is the check a CheckedDialer runs on each address it is about
+// to connect to.
+func (s *Server) checkDial(ap netip.AddrPort) error {
+	if why := s.deniedIP(ap.Addr(), ap.Port()); why != "" {
+		return fmt.Errorf("%w: %s (%s)", socks.ErrNotAllowed, why, ap.Addr().Unmap())
+	}
+	return nil
+}
+
+// isLocalhostName reports whether name is "localhost" or a name under it,
+// which resolve to loopback (RFC 6761).
+func isLocalhostName(name string) bool {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	return name == "localhost" || strings.HasSuffix(name, ".localhost")
+}
+
+// ownAddrsTTL is how long the host's address list is trusted before it is
+// read again.
+const ownAddrsTTL = 5 * time.Second
+
+// ownAddrs knows the host's own addresses, for DenyLoopback. The list is
+// read from the interfaces when needed and at most every ownAddrsTTL; an
+// address added since is caught after the connect (see connect).
+type ownAddrs struct {
+	now func() time.Time
+
+	mu    sync.Mutex
+	addrs map[netip.Addr]struct{}
+	read  time.Time
+}
+
+// isOwn reports whether a (unmapped) reaches this host: loopback, the
+// unspecified address, or one of its interfaces' addresses.
+func (o *ownAddrs) isOwn(a netip.Addr) bool {
+	a = a.Unmap().WithZone("")
+	if a.IsLoopback() || a.IsUnspecified() {
+		return true
+	}
+	now := o.now()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.addrs == nil || now.Sub(o.read) >= ownAddrsTTL || now.Before(o.read) {
+		o.read = now
+		o.addrs = map[netip.Addr]struct{}{}
+		if ifas, err := net.InterfaceAddrs(); err == nil {
+			for _, ifa := range ifas {
+				if n, ok := ifa.(*net.IPNet); ok {
+					if ip, ok := netip.AddrFromSlice(n.IP); ok {
+						o.addrs[ip.Unmap()] = struct{}{}
+					}
+				}
+			}
+		}
+	}
+	_, own := o.addrs[a]
+	return own
 }
 
 // denied reports the rule that forbids a CONNECT target, or "" when none
@@ -96,6 +166,9 @@ func (s *Server) denied(ctx context.Context, a socks.Addr) string {
 		if r.Contains(a.Port) {
 			return "deny-port " + r.String()
 		}
+	}
+	if s.cfg.DenyLoopback && isLocalhostName(a.Name) {
+		return "the server's own host (a localhost name)"
 	}
 	if len(s.cfg.DenyDest) == 0 {
 		return ""

@@ -22,6 +22,13 @@ var errWrongPeer = errors.New("incoming connection is not from the expected peer
 // connection, check that it comes from the expected host, send the second
 // reply with the peer's address and relay.
 func (c *conn) bind(ctx context.Context, expect socks.Addr) {
+	// The peer is a destination like a CONNECT target: DenyDest and
+	// DenyLoopback apply to the host named, and below to the host that
+	// connects (DenyPorts does not: DST.PORT of a BIND means little).
+	if why := c.srv.deniedPeer(expect); why != "" {
+		c.fail(socks.NotAllowed, fmt.Errorf("%w: BIND peer %s: %s", socks.ErrNotAllowed, expect.Host(), why))
+		return
+	}
 	local := addrPortOf(c.nc.LocalAddr())
 	ln, err := c.srv.listen(ctx, local.Addr())
 	if err != nil {
@@ -91,6 +98,11 @@ func (c *conn) bind(ctx context.Context, expect socks.Addr) {
 		return
 	}
 	peerAddr := addrPortOf(peer.RemoteAddr())
+	if why := c.srv.deniedAddr(peerAddr.Addr()); why != "" {
+		peer.Close()
+		c.fail(socks.NotAllowed, fmt.Errorf("%w: BIND peer %s: %s", socks.ErrNotAllowed, peerAddr.Addr(), why))
+		return
+	}
 	if !c.srv.expectedPeer(ctx, expect, peerAddr.Addr()) {
 		peer.Close()
 		c.fail(socks.NotAllowed, fmt.Errorf("%w: %s connected, %s expected", errWrongPeer, peerAddr.Addr(), expect.Host()))
@@ -143,4 +155,20 @@ func (s *Server) expectedPeer(ctx context.Context, expect socks.Addr, peer netip
 		return false
 	}
 	return slices.ContainsFunc(ips, func(a netip.Addr) bool { return a.Unmap() == peer })
+}
+
+// deniedPeer reports the rule that forbids the peer a BIND names, or ""
+// when none does. The unspecified address means any peer, which is checked
+// when it connects.
+func (s *Server) deniedPeer(expect socks.Addr) string {
+	if expect.Name != "" {
+		if s.cfg.DenyLoopback && isLocalhostName(expect.Name) {
+			return "the server's own host (a localhost name)"
+		}
+		return ""
+	}
+	if !expect.IP.IsValid() || expect.IP.IsUnspecified() {
+		return ""
+	}
+	return s.deniedAddr(expect.IP)
 }

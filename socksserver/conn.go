@@ -2,6 +2,7 @@ package socksserver
 
 import (
 	"bufio"
+	"container/list"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -31,6 +32,9 @@ type conn struct {
 	// active is set (under srv.mu) once a request has been read; Shutdown
 	// closes connections that are not active yet.
 	active bool
+
+	key             clientKey     // the client's budget key
+	hsAll, hsClient *list.Element // in srv.hs while handshaking (under srv.hs.mu)
 
 	// for the request's log line
 	version byte
@@ -66,6 +70,7 @@ func (c *conn) client() netip.AddrPort { return addrPortOf(c.nc.RemoteAddr()) }
 // serve runs the whole life of the connection and closes it.
 func (c *conn) serve(ctx context.Context) {
 	defer c.nc.Close()
+	defer c.srv.hs.done(c)
 	c.ctx = ctx
 	c.nc.SetDeadline(time.Now().Add(c.srv.cfg.HandshakeTimeout))
 	c.br = handshakeReaders.Get().(*bufio.Reader)
@@ -141,7 +146,7 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 		return
 	}
 	if chosen == socks.MethodNoAcceptable {
-		c.srv.log.Info("no acceptable authentication method", "client", c.client().String(), "offered", fmt.Sprint(methods), "want", byte(want))
+		c.srv.tallies.noMethod.add(c.client().Addr(), "offered", fmt.Sprint(methods), "want", byte(want))
 		c.lingerClose()
 		return
 	}
@@ -151,7 +156,7 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 			c.debug("bad username/password request; closing", err)
 			return
 		}
-		ok := c.srv.checkPassword(user, pass)
+		ok := c.authenticate(user, pass)
 		status := socks.UserPassSuccess
 		if !ok {
 			status = socks.UserPassFailure
@@ -161,7 +166,6 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 			return
 		}
 		if !ok {
-			c.srv.log.Warn("authentication failed", "client", c.client().String(), "user", user)
 			c.lingerClose()
 			return
 		}
@@ -178,6 +182,16 @@ func (c *conn) serve5(ctx context.Context, r io.Reader) {
 // run serves a request that was read and allowed, unless Shutdown has
 // begun. SOCKS4 requests never carry UDP ASSOCIATE (ReadRequest4 refuses it).
 func (c *conn) run(ctx context.Context, cmd socks.Command, addr socks.Addr) {
+	c.srv.hs.done(c)
+	if !c.srv.acquireRelay() {
+		c.srv.counts.connLimited.Add(1)
+		c.srv.tallies.conns.add(c.client().Addr(), "max_conns", c.srv.cfg.MaxConns, "at", "request")
+		c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.FailureCloseDelay))
+		c.reply(socks.GeneralFailure, netip.AddrPort{})
+		c.lingerClose()
+		return
+	}
+	defer c.srv.relays.Add(-1)
 	if !c.activate() {
 		return
 	}
@@ -222,18 +236,68 @@ func (c *conn) serve4(ctx context.Context, r io.Reader) {
 	}
 	c.user = req.UserID
 	if len(c.srv.cfg.Users) > 0 {
-		_, known := c.srv.cfg.Users[req.UserID]
-		if !c.srv.cfg.Socks4UserMustMatch || !known {
-			why := "SOCKS4 carries no password and the server requires authentication"
-			if c.srv.cfg.Socks4UserMustMatch {
-				why = "SOCKS4 USERID does not name a user"
-			}
-			c.fail(socks.NotAllowed, errors.New(why))
+		if !c.srv.cfg.Socks4UserMustMatch {
+			c.fail(socks.NotAllowed, errors.New("SOCKS4 carries no password and the server requires authentication"))
+			return
+		}
+		// A USERID is all SOCKS4 has to authenticate with: guessing one is
+		// throttled like guessing a password.
+		if !c.authenticate4(req.UserID) {
+			c.fail(socks.NotAllowed, errors.New("SOCKS4 USERID does not name a user"))
 			return
 		}
 		c.authUser = req.UserID
 	}
 	c.run(ctx, req.Command, req.Addr)
+}
+
+// authenticate checks a username and password within the client's budget
+// of failures (Config.AuthFailureLimit): over it, the attempt is refused
+// unchecked; a failure is answered after a delay that grows with the
+// client's recent failures.
+func (c *conn) authenticate(user, pass string) bool {
+	return c.throttled(user, func() bool { return c.srv.checkPassword(user, pass) })
+}
+
+// authenticate4 is authenticate for a SOCKS4 USERID, all SOCKS4 has.
+func (c *conn) authenticate4(userID string) bool {
+	return c.throttled(userID, func() bool { _, known := c.srv.cfg.Users[userID]; return known })
+}
+
+func (c *conn) throttled(user string, check func() bool) bool {
+	s := c.srv
+	res, d := s.auth.check(c.key, check)
+	switch res {
+	case authOK:
+		return true
+	case authBlocked:
+		s.counts.authRefused.Add(1)
+		s.tallies.authBlocked.add(c.client().Addr(), "user", user, "limit_per_minute", s.cfg.AuthFailureLimit, "delay", d)
+	default:
+		s.counts.authFailed.Add(1)
+		s.tallies.authFail.add(c.client().Addr(), "user", user, "delay", d)
+	}
+	c.pause(d)
+	return false
+}
+
+// pause waits d before a failure reply, discarding what the client sends
+// meanwhile; it ends early when the connection is closed (shed, Shutdown)
+// or the server's context is done.
+func (c *conn) pause(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	c.srv.counts.authDelay.Add(int64(d))
+	c.nc.SetReadDeadline(time.Now().Add(d))
+	stop := context.AfterFunc(c.ctx, func() { c.nc.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var buf [256]byte
+	for {
+		if _, err := c.nc.Read(buf[:]); err != nil {
+			return
+		}
+	}
 }
 
 // checkPassword compares in constant time, and takes the same time whether

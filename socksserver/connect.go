@@ -24,11 +24,28 @@ func (c *conn) connect(ctx context.Context, target socks.Addr) {
 	// The dial is bounded by the handshake deadline too: a client that has
 	// waited that long for its reply has given up.
 	dctx, cancel := context.WithDeadline(ctx, c.start.Add(c.srv.cfg.HandshakeTimeout))
-	out, err := c.srv.cfg.Dialer.DialContext(dctx, "tcp", target.String())
+	var out net.Conn
+	var err error
+	if cd := c.srv.checked; cd != nil {
+		out, err = cd.DialContextChecked(dctx, "tcp", target.String(), c.srv.checkDial)
+	} else {
+		out, err = c.srv.cfg.Dialer.DialContext(dctx, "tcp", target.String())
+	}
 	cancel()
 	if err != nil {
 		c.fail(socks.ReplyForError(err), err)
 		return
+	}
+	if c.srv.cfg.DenyLoopback && c.srv.checked != nil {
+		// The dialer connected from here: a connection whose two ends have
+		// the same address went to this host, whatever the address list
+		// said (an address added since it was read).
+		local, remote := addrPortOf(out.LocalAddr()), addrPortOf(out.RemoteAddr())
+		if local.Addr() == remote.Addr() && remote.IsValid() {
+			out.Close()
+			c.fail(socks.NotAllowed, fmt.Errorf("%w: the server's own host (%s)", socks.ErrNotAllowed, remote.Addr()))
+			return
+		}
 	}
 	if err := c.reply(socks.Succeeded, addrPortOf(out.LocalAddr())); err != nil {
 		out.Close()

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -20,7 +21,12 @@ import (
 	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(serveChild())
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // ioTimeout bounds every blocking step of a test, so a broken server makes
 // a test fail rather than hang. It is a safety net, not an assertion.

@@ -364,7 +364,7 @@ func TestMaxConns(t *testing.T) {
 	second := dial(t, srv.addr)
 	second.Write([]byte{5, 1, 0})
 	expectClosed(t, second)
-	srv.logs.waitRecord(t, "connection limit reached; closing new connection", func(map[string]any) bool { return true })
+	srv.logs.waitRecord(t, "connection limit reached; new connections closed", func(map[string]any) bool { return true })
 
 	first.Close()
 	waitIdle(t, srv.Server)

@@ -77,6 +77,19 @@ type Listener interface {
 	Listen(ctx context.Context, network, address string) (net.Listener, error)
 }
 
+// CheckedDialer is the optional capability of a Dialer to vet the address
+// it connects to after resolving a name: DialContextChecked calls check
+// with each IP address and port it is about to connect to, and fails the
+// dial with check's error instead of connecting. *direct.Dialer has it.
+// With it the destination rules (DenyDest, DenyPorts, DenyLoopback) see the
+// address actually dialed, whatever a name resolves to (no DNS rebinding,
+// no port probing of loopback through names); without it a domain target
+// is checked by resolving it with LookupNetIP when DenyDest is set, and by
+// its name ("localhost") for DenyLoopback.
+type CheckedDialer interface {
+	DialContextChecked(ctx context.Context, network, address string, check func(netip.AddrPort) error) (net.Conn, error)
+}
+
 // Defaults applied by New to zero fields of Config.
 const (
 	DefaultHandshakeTimeout     = 10 * time.Second
@@ -86,6 +99,12 @@ const (
 	DefaultFailureCloseDelay    = time.Second
 	DefaultUDPReassemblyTimeout = 5 * time.Second
 	DefaultUDPMaxReassembly     = 65507
+	// DefaultMaxHandshakes and DefaultMaxHandshakesPerClient are the
+	// handshake budgets (Config.MaxHandshakes): room for bursts of
+	// legitimate connections over slow links, and few descriptors against
+	// a 20,000 limit.
+	DefaultMaxHandshakes          = 1024
+	DefaultMaxHandshakesPerClient = 128
 
 	// MaxFailureCloseDelay is RFC 1928's bound: a connection ends no more
 	// than 10 s after the condition behind a failure reply.
@@ -115,10 +134,13 @@ type Config struct {
 	// AllowClients lists the client networks served; empty means all.
 	// Other clients are closed at once, with a log line.
 	AllowClients []netip.Prefix
-	// DenyDest and DenyPorts refuse destinations (CONNECT targets and UDP
-	// datagram destinations) with reply 0x02 (SOCKS4: 0x5B) and a log line.
-	// A domain target is resolved with LookupNetIP to be checked when
-	// DenyDest is not empty, and is still passed to the Dialer as a name.
+	// DenyDest and DenyPorts refuse destinations with reply 0x02 (SOCKS4:
+	// 0x5B) and a log line: CONNECT targets, the expected and the actual
+	// peer of a BIND, and the destinations and sources of UDP datagrams
+	// (dropped and counted). A domain target is resolved with LookupNetIP
+	// to be checked when DenyDest is not empty, and is still passed to the
+	// Dialer as a name; a Dialer with the CheckedDialer capability also
+	// checks the address it actually connects to.
 	DenyDest  []netip.Prefix
 	DenyPorts []PortRange
 
@@ -136,9 +158,51 @@ type Config struct {
 	// lasts as long as its control connection).
 	UDPIdleTimeout time.Duration
 
-	// MaxConns caps the connections served at once; 0 means unlimited.
-	// Over the limit a connection is accepted and closed at once.
+	// MaxConns caps the requests served at once (CONNECT, BIND and UDP
+	// ASSOCIATE from the moment their request is read, relays included);
+	// 0 means unlimited. Connections still in their handshake do not count:
+	// MaxHandshakes and MaxHandshakesPerClient bound those. At the limit a
+	// new connection is closed at once, and a request read meanwhile is
+	// refused with reply 0x01 (SOCKS4: 0x5B). Refusals are logged as one
+	// line per 10 s, with their count.
 	MaxConns int
+	// MaxHandshakes caps the connections in their handshake (accepted,
+	// request not read yet) at once: at the cap a new connection closes the
+	// oldest handshake, so silent sockets (a slowloris) cannot keep other
+	// clients out. MaxHandshakesPerClient is a client address's share (an
+	// IPv4 address, or an IPv6 /64): over it, a new connection from that
+	// client closes the client's oldest handshake if that one has lasted 2 s
+	// (or half the HandshakeTimeout) already, so one client's silent
+	// sockets cost it its own, while a client opening many connections at
+	// once (another tunsocks carrying a desktop) loses none. 0 means
+	// DefaultMaxHandshakes and DefaultMaxHandshakesPerClient; negative
+	// means unlimited.
+	MaxHandshakes          int
+	MaxHandshakesPerClient int
+	// AuthFailureLimit is how many failed username/password authentications
+	// (and unknown SOCKS4 USERIDs under Socks4UserMustMatch) a client
+	// address (IPv4 address, IPv6 /64) may make in a burst; the allowance
+	// refills at AuthFailureLimit per minute. Beyond it the address's
+	// attempts are refused without the password being checked, after
+	// MaxAuthFailureDelay, for as long as it keeps trying. 0 means
+	// DefaultAuthFailureLimit; negative means unlimited.
+	AuthFailureLimit int
+	// AuthFailureDelay is the wait before the failure reply to a client
+	// address's first recent failed authentication; it doubles with each
+	// further recent failure, up to MaxAuthFailureDelay. 0 means
+	// DefaultAuthFailureDelay; negative means no delay.
+	AuthFailureDelay time.Duration
+
+	// DenyLoopback refuses destinations on the server's own host: loopback
+	// (127.0.0.0/8, ::1), the unspecified addresses (0.0.0.0 and :: reach
+	// the host itself), names under "localhost", and the host's own
+	// addresses, which include the ones it listens on. Clients then cannot
+	// reach services bound to loopback, or make the server connect to
+	// itself (nested CONNECTs). It applies to CONNECT targets, BIND peers
+	// and UDP datagrams (both ways), like DenyDest, with reply 0x02. The
+	// library's zero value allows them (tests and embedders relay to
+	// loopback); `tunsocks server` sets it unless --allow-loopback.
+	DenyLoopback bool
 	// FailureCloseDelay is the longest a connection lingers after a failure
 	// reply (so the reply is read rather than lost to a reset); 0 means
 	// DefaultFailureCloseDelay. At most MaxFailureCloseDelay.
@@ -216,6 +280,16 @@ type Server struct {
 	packetListener PacketListener
 	clientPackets  PacketListener
 	listener       Listener
+	checked        CheckedDialer // nil when the Dialer has no such capability
+
+	hs      handshakes
+	auth    authLimiter
+	self    ownAddrs
+	relays  atomic.Int64 // requests being served (MaxConns counts these)
+	counts  counters
+	tallies struct {
+		conns, shed, clients, authFail, authBlocked, noMethod *tally
+	}
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -266,6 +340,9 @@ func New(cfg Config) (*Server, error) {
 		cfg.Emulate.UDPMapping < 0 || cfg.Emulate.UDPFiltering < 0 {
 		return nil, errors.New("socksserver: Emulate.UDPMapping and UDPFiltering must be one of the stun behaviours")
 	}
+	if cfg.AuthFailureDelay > MaxAuthFailureDelay {
+		return nil, fmt.Errorf("socksserver: AuthFailureDelay %v: at most %v", cfg.AuthFailureDelay, MaxAuthFailureDelay)
+	}
 	if cfg.MaxConns < 0 {
 		return nil, fmt.Errorf("socksserver: MaxConns %d: want 0 (unlimited) or more", cfg.MaxConns)
 	}
@@ -295,6 +372,15 @@ func New(cfg Config) (*Server, error) {
 	if cfg.UDPMaxReassembly == 0 {
 		cfg.UDPMaxReassembly = DefaultUDPMaxReassembly
 	}
+	defInt := func(n *int, v int) {
+		if *n == 0 {
+			*n = v
+		}
+	}
+	defInt(&cfg.MaxHandshakes, DefaultMaxHandshakes)
+	defInt(&cfg.MaxHandshakesPerClient, DefaultMaxHandshakesPerClient)
+	defInt(&cfg.AuthFailureLimit, DefaultAuthFailureLimit)
+	def(&cfg.AuthFailureDelay, DefaultAuthFailureDelay)
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -305,7 +391,17 @@ func New(cfg Config) (*Server, error) {
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
 		serves:    map[*serveState]struct{}{},
+		hs:        handshakes{max: cfg.MaxHandshakes, perClient: cfg.MaxHandshakesPerClient, stale: min(staleHandshake, cfg.HandshakeTimeout/2)},
+		auth:      authLimiter{limit: cfg.AuthFailureLimit, delay: cfg.AuthFailureDelay, now: time.Now},
+		self:      ownAddrs{now: time.Now},
 	}
+	s.tallies.conns = newTally(log, slog.LevelWarn, "connection limit reached; new connections closed")
+	s.tallies.shed = newTally(log, slog.LevelWarn, "handshake budget full; oldest handshake closed")
+	s.tallies.clients = newTally(log, slog.LevelWarn, "client not allowed")
+	s.tallies.authFail = newTally(log, slog.LevelWarn, "authentication failed")
+	s.tallies.authBlocked = newTally(log, slog.LevelWarn, "too many failed authentications; attempt refused unchecked")
+	s.tallies.noMethod = newTally(log, slog.LevelInfo, "no acceptable authentication method")
+	s.checked, _ = cfg.Dialer.(CheckedDialer)
 	fallback := &direct.Dialer{}
 	s.clientPackets = cfg.ClientPacketListener
 	if s.clientPackets == nil {
@@ -371,7 +467,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		wg.Wait()
 		s.mu.Lock()
 		delete(s.serves, st)
+		last := len(s.serves) == 0
 		s.mu.Unlock()
+		if last {
+			s.flushTallies()
+		}
 	}()
 
 	backoff := time.Duration(0)
@@ -403,10 +503,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		if !s.admit(nc) {
 			continue
 		}
-		c := &conn{srv: s, nc: nc, start: time.Now()}
+		c := &conn{srv: s, nc: nc, start: time.Now(), key: keyOf(addrPortOf(nc.RemoteAddr()).Addr())}
 		if !s.track(c, &wg) {
 			nc.Close()
 			continue
+		}
+		for _, old := range s.hs.add(c, c.start) {
+			s.counts.shed.Add(1)
+			s.tallies.shed.add(old.client().Addr(), "age", time.Since(old.start).Round(time.Millisecond),
+				"max_handshakes", s.cfg.MaxHandshakes, "max_handshakes_per_client", s.cfg.MaxHandshakesPerClient)
+			old.nc.Close()
 		}
 		go func() {
 			defer s.untrack(c, &wg)
@@ -425,16 +531,83 @@ func retryable(err error) bool {
 func (s *Server) admit(nc net.Conn) bool {
 	client := addrPortOf(nc.RemoteAddr())
 	if len(s.cfg.AllowClients) > 0 && !inPrefixes(s.cfg.AllowClients, client.Addr()) {
-		s.log.Warn("client not allowed", "client", client.String())
+		s.counts.notAllowed.Add(1)
+		s.tallies.clients.add(client.Addr())
 		nc.Close()
 		return false
 	}
-	if s.cfg.MaxConns > 0 && s.active.Load() >= int64(s.cfg.MaxConns) {
-		s.log.Warn("connection limit reached; closing new connection", "client", client.String(), "max_conns", s.cfg.MaxConns)
+	if s.cfg.MaxConns > 0 && s.relays.Load() >= int64(s.cfg.MaxConns) {
+		s.counts.connLimited.Add(1)
+		s.tallies.conns.add(client.Addr(), "max_conns", s.cfg.MaxConns, "at", "accept")
 		nc.Close()
 		return false
 	}
 	return true
+}
+
+// acquireRelay takes one of the MaxConns slots for a request; false means
+// none is free.
+func (s *Server) acquireRelay() bool {
+	if s.cfg.MaxConns <= 0 {
+		s.relays.Add(1)
+		return true
+	}
+	for {
+		n := s.relays.Load()
+		if n >= int64(s.cfg.MaxConns) {
+			return false
+		}
+		if s.relays.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+// counters are the Server's event counts (see Stats).
+type counters struct {
+	connLimited, shed, notAllowed, authFailed, authRefused, authDelay atomic.Int64
+}
+
+// Stats is a snapshot of a Server's state and counters.
+type Stats struct {
+	// Handshakes is the connections in their handshake now; Relays the
+	// requests being served now (what MaxConns counts).
+	Handshakes, Relays int
+	// ConnLimited counts connections closed at accept and requests refused
+	// because MaxConns requests were being served.
+	ConnLimited int64
+	// HandshakesShed counts handshakes closed to make room for new
+	// connections (MaxHandshakes, MaxHandshakesPerClient).
+	HandshakesShed int64
+	// ClientsRefused counts connections from outside AllowClients.
+	ClientsRefused int64
+	// AuthFailed counts authentications checked and wrong; AuthRefused the
+	// ones refused unchecked because the client address was over
+	// AuthFailureLimit; AuthDelay the total wait added before their
+	// failure replies.
+	AuthFailed, AuthRefused int64
+	AuthDelay               time.Duration
+}
+
+// Stats returns the server's state and counters.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Handshakes:     s.hs.len(),
+		Relays:         int(s.relays.Load()),
+		ConnLimited:    s.counts.connLimited.Load(),
+		HandshakesShed: s.counts.shed.Load(),
+		ClientsRefused: s.counts.notAllowed.Load(),
+		AuthFailed:     s.counts.authFailed.Load(),
+		AuthRefused:    s.counts.authRefused.Load(),
+		AuthDelay:      time.Duration(s.counts.authDelay.Load()),
+	}
+}
+
+// flushTallies writes the refusals counted but not yet logged.
+func (s *Server) flushTallies() {
+	for _, t := range []*tally{s.tallies.conns, s.tallies.shed, s.tallies.clients, s.tallies.authFail, s.tallies.authBlocked, s.tallies.noMethod} {
+		t.stop()
+	}
 }
 
 func (s *Server) track(c *conn, wg *sync.WaitGroup) bool {
@@ -481,6 +654,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		s.flushTallies()
 		return nil
 	case <-ctx.Done():
 	}
@@ -492,6 +666,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	s.log.Warn("grace period over; closing remaining connections", "open", n)
 	<-done
+	s.flushTallies()
 	return ctx.Err()
 }
 

@@ -209,6 +209,13 @@ func (a *association) down(buf []byte) (int, error) {
 		a.drop("reply from an address that is not IP", nil)
 		return 0, nil
 	}
+	// Anyone may send to the outbound socket: what the client may not
+	// send to may not send to it either. (A source the outbound reports by
+	// name is checked by its name only.)
+	if why := a.srv.deniedSource(src); why != "" {
+		a.drop("source denied", errors.New(why))
+		return 0, nil
+	}
 	hdr, err := socks.AppendUDPHeader(nil, 0, src)
 	if err != nil {
 		a.drop("reply header", err)
@@ -266,4 +273,21 @@ func (a *association) resolve(dst socks.Addr) (netip.Addr, error) {
 	}
 	a.names.Put(dst.Name, ip, now.Add(nameTTL))
 	return ip, nil
+}
+
+// deniedSource reports the rule that forbids a datagram from src to reach
+// the client, or "" when none does.
+func (s *Server) deniedSource(src socks.Addr) string {
+	if src.Name == "" {
+		return s.deniedIP(src.IP, src.Port)
+	}
+	for _, r := range s.cfg.DenyPorts {
+		if r.Contains(src.Port) {
+			return "deny-port " + r.String()
+		}
+	}
+	if s.cfg.DenyLoopback && isLocalhostName(src.Name) {
+		return "the server's own host (a localhost name)"
+	}
+	return ""
 }

@@ -208,6 +208,17 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 		} else {
 			n, err = e.dev.Read(bufs, sizes, headroom)
 		}
+		// A read that lost packets is counted before the packets it did
+		// return are delivered, so the counter never lags what an app
+		// has already seen.
+		lost := err != nil && errors.Is(err, ErrPacketsLost)
+		if lost {
+			// Declared non-fatal by the Device contract (wireguard-go's
+			// ErrTooManySegments): count it and read on at once.
+			if k := e.rxLost.Add(1); k&(k-1) == 0 { // log the 1st, 2nd, 4th, 8th...
+				e.log.Debug("tun read lost packets", "err", err, "times", k)
+			}
+		}
 		if n > 0 {
 			e.mu.RLock()
 			e.gro.Dispatcher = e.dispatcher
@@ -263,12 +274,7 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 			consecutiveErrs = 0
 			continue
 		}
-		if errors.Is(err, ErrPacketsLost) {
-			// Declared non-fatal by the Device contract (wireguard-go's
-			// ErrTooManySegments): count it and read on at once.
-			if k := e.rxLost.Add(1); k&(k-1) == 0 { // log the 1st, 2nd, 4th, 8th...
-				e.log.Debug("tun read lost packets", "err", err, "times", k)
-			}
+		if lost {
 			consecutiveErrs = 0
 			continue
 		}

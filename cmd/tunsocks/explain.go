@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -36,6 +37,7 @@ func explainCommand() *cli.Command {
 			&cli.StringFlag{Name: "in-type", Value: rules.InTUN, Usage: "the inbound the flow comes through: tun, wireguard, exec, gateway or socks"},
 			&cli.StringFlag{Name: "in-name", Usage: "the inbound's name (default: the config's TUN name for tun, wg for wireguard, else the type)"},
 			&cli.StringFlag{Name: "in-user", Usage: "the user behind the inbound (a WireGuard peer, a SOCKS user)"},
+			&cli.BoolFlag{Name: "json", Usage: "print the result as JSON (the shape of the API's /connections/{id}/explain decisions)"},
 			&cli.StringFlag{Name: "sni", Usage: "pretend the flow to the address HOST told this name in its first bytes (TLS SNI, HTTP Host, QUIC)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -101,6 +103,11 @@ func explainCommand() *cli.Command {
 			}
 			d, mt := w.policy.Match(m)
 			out := c.App.Writer
+			if c.Bool("json") {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(explained{Flow: explainedFlowOf(m, c.Args().First()), explainedDecision: explainDecision(cfg, d, &mt)})
+			}
 			fmt.Fprintf(out, "flow:     %s %s -> %s", network, m.Src, c.Args().First())
 			if m.Process != "" {
 				fmt.Fprintf(out, " from %s", m.Process)

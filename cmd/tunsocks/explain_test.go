@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -53,6 +54,20 @@ dns:
 				t.Errorf("%v: output lacks %q:\n%s", tc.args, w, stdout.String())
 			}
 		}
+	}
+	// --json: the same decision, as the API's explain gives it.
+	var stdout, stderr testenv.Buffer
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	code := run(ctx, []string{"tunsocks", "explain", "--config", cfg, "--json", "--process", "/usr/bin/curl", "git.corp.test:443"}, &stdout, &stderr)
+	cancel()
+	var got explained
+	if err := json.Unmarshal([]byte(stdout.String()), &got); code != exitOK || err != nil {
+		t.Fatalf("--json: exit %d, %v\n%s%s", code, err, stdout.String(), stderr.String())
+	}
+	if got.Rule == nil || got.Rule.Number != 3 || got.Rule.Text != "DOMAIN-SUFFIX,corp.test,corp" || !strings.HasSuffix(got.Rule.Source, "c.yaml:11") ||
+		got.Outbound.Name != "corp" || got.Outbound.Description != "corp (socks5://10.0.0.1:1080)" ||
+		got.Flow.Dst != "git.corp.test:443" || got.Flow.Process != "/usr/bin/curl" || got.Flow.Inbound.Type != "tun" {
+		t.Errorf("--json: %+v", got)
 	}
 	for _, tc := range []struct {
 		args []string

@@ -19,6 +19,8 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/tunsocks/tunsocks/api"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3";
@@ -136,13 +138,40 @@ func newLogger(c *cli.Context) (*slog.Logger, error) {
 	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
 		return nil, usagef("--log-level %q: want debug, info, warn or error", c.String("log-level"))
 	}
+	h, err := logHandler(c, level)
+	if err != nil {
+		return nil, err
+	}
+	return slog.New(h), nil
+}
+
+// newLiveLogger is newLogger for `tunsocks run`: its level can change while
+// it runs (the API's PATCH /configs log-level), and its records also reach
+// the API's /logs subscribers, each at its own level.
+func newLiveLogger(c *cli.Context) (*slog.Logger, *api.LogHub, *slog.LevelVar, error) {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return nil, nil, nil, usagef("--log-level %q: want debug, info, warn or error", c.String("log-level"))
+	}
+	lv := new(slog.LevelVar)
+	lv.Set(level)
+	// The hub filters by lv; the handler under it lets everything through.
+	h, err := logHandler(c, slog.LevelDebug)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	hub := api.NewLogHub(h, lv)
+	return slog.New(hub), hub, lv, nil
+}
+
+func logHandler(c *cli.Context, level slog.Leveler) (slog.Handler, error) {
 	opts := &slog.HandlerOptions{Level: level}
 	w := c.App.ErrWriter
 	switch c.String("log-format") {
 	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
+		return slog.NewTextHandler(w, opts), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
+		return slog.NewJSONHandler(w, opts), nil
 	}
 	return nil, usagef("--log-format %q: want text or json", c.String("log-format"))
 }

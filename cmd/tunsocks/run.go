@@ -9,16 +9,23 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/signal"
 	"runtime/pprof"
 	"runtime/trace"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/tunsocks/tunsocks/api"
 	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/memguard"
 	"github.com/tunsocks/tunsocks/internal/memtrim"
+	"github.com/tunsocks/tunsocks/metrics"
+	"github.com/tunsocks/tunsocks/procinfo"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/stack"
@@ -52,6 +59,14 @@ func runFlags() []cli.Flag {
 		&cli.IntFlag{Name: "tcp-buf", Value: d.TCP.Buf, Usage: "maximum TCP send and receive buffer per flow in the netstack, bytes", EnvVars: env("tcp-buf")},
 		&cli.StringFlag{Name: "tcp-cc", Value: d.TCP.CC, Usage: "netstack congestion control: cubic or reno", EnvVars: env("tcp-cc")},
 		&cli.StringFlag{Name: "tcp-stack", Value: d.TCP.Stack, Usage: "who terminates the app's TCP: gvisor (userspace netstack) or system (the host kernel, through address translation on the TUN; cheaper per connection)", EnvVars: env("tcp-stack")},
+		&cli.StringFlag{Name: "max-memory", Value: "1GiB", Usage: "memory ceiling (e.g. 512MiB, 2GiB): near it new flows are refused and the flows idle the longest closed, before the kernel would kill tunsocks (0: none)", EnvVars: env("max-memory")},
+		&cli.IntFlag{Name: "tcp-max-in-flight", Value: stack.DefaultMaxInFlight, Usage: "TCP connection attempts in flight (SYN held while the upstream is dialed, then the app's handshake); at the bound the oldest is shed", EnvVars: env("tcp-max-in-flight")},
+		&cli.IntFlag{Name: "tcp-max-in-flight-per-source", Value: stack.DefaultMaxInFlightPerSource, Usage: "the same per app source address", EnvVars: env("tcp-max-in-flight-per-source")},
+		&cli.DurationFlag{Name: "tcp-handshake-timeout", Value: stack.DefaultHandshakeTimeout, Usage: "an accepted TCP attempt whose app has not completed its handshake by then fails, and its upstream connection is closed", EnvVars: env("tcp-handshake-timeout")},
+		&cli.IntFlag{Name: "udp-max-flows", Value: stack.DefaultMaxUDPFlows, Usage: "UDP flows open at once; a new one beyond closes the least recently active", EnvVars: env("udp-max-flows")},
+		&cli.IntFlag{Name: "udp-max-flows-per-source", Value: stack.DefaultMaxUDPFlowsPerSource, Usage: "the same per app source address", EnvVars: env("udp-max-flows-per-source")},
+		&cli.IntFlag{Name: "udp-flow-rate", Value: stack.DefaultNewUDPFlowRate, Usage: "new UDP flows a second; datagrams that would open more are dropped", EnvVars: env("udp-flow-rate")},
+		&cli.IntFlag{Name: "udp-flow-rate-per-source", Value: stack.DefaultNewUDPFlowRatePerSource, Usage: "the same per app source address", EnvVars: env("udp-flow-rate-per-source")},
 		&cli.BoolFlag{Name: "dns", Usage: "answer DNS on the TUN with fake IPs (default: on when a rule needs a domain)", EnvVars: env("dns")},
 		&cli.BoolFlag{Name: "dns-hijack", Usage: "answer every DNS query to port 53, whatever its address", EnvVars: env("dns-hijack")},
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
@@ -59,13 +74,22 @@ func runFlags() []cli.Flag {
 		&cli.StringFlag{Name: "pprof", Hidden: true, Usage: "serve runtime profiles on this loopback address (GET /debug/pprof/heap?gc=1; for scripts/bench.sh -heap-profiles)"},
 		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
+		&cli.StringFlag{Name: "api", Usage: "serve the Clash-compatible API (metacubexd, yacd, zashboard), the live page /ui/ and /metrics on ADDR, like 127.0.0.1:9090", EnvVars: env("api")},
+		&cli.StringFlag{Name: "api-secret", Usage: "Bearer secret the API requires; needed when --api is an address other hosts can reach", EnvVars: env("api-secret")},
+		&cli.StringFlag{Name: "metrics", Usage: "serve /metrics alone, without the secret, on ADDR, like 127.0.0.1:9091", EnvVars: env("metrics")},
 	}, append(sniffFlags(env), routeFlags()...)...)
 }
 
 // loadRunConfig reads --config (or starts from the defaults), lets the flags
 // the user set override it, and validates the result as a whole, once.
 func loadRunConfig(c *cli.Context) (*config.Config, error) {
-	return loadConfigWith(c, func(cfg *config.Config) error {
+	return loadRunConfigFrom(c, c.String("config"))
+}
+
+// loadRunConfigFrom is loadRunConfig with the config file at path ("":
+// none); a reload reads the file again this way.
+func loadRunConfigFrom(c *cli.Context, path string) (*config.Config, error) {
+	return loadConfigAt(c, path, func(cfg *config.Config) error {
 		if err := tunFlagsOverride(c, cfg); err != nil {
 			return err
 		}
@@ -75,9 +99,14 @@ func loadRunConfig(c *cli.Context) (*config.Config, error) {
 
 // loadConfigWith is loadRunConfig with the flags applied by flags.
 func loadConfigWith(c *cli.Context, flags func(*config.Config) error) (*config.Config, error) {
+	return loadConfigAt(c, c.String("config"), flags)
+}
+
+// loadConfigAt is loadConfigWith with the config file at path ("": none).
+func loadConfigAt(c *cli.Context, path string, flags func(*config.Config) error) (*config.Config, error) {
 	var cfg *config.Config
 	var err error
-	if path := c.String("config"); path != "" {
+	if path != "" {
 		cfg, err = config.Load(path, flags)
 	} else {
 		cfg = config.Default()
@@ -165,6 +194,28 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	if set("tcp-cc") {
 		cfg.TCP.CC = c.String("tcp-cc")
 	}
+	if set("max-memory") {
+		n, err := config.ParseSize(c.String("max-memory"))
+		if err != nil {
+			return fmt.Errorf("--max-memory: %v", err)
+		}
+		cfg.Limits.MaxMemory = n
+	}
+	l := &cfg.Limits
+	for name, dst := range map[string]*int{"tcp-max-in-flight": &l.TCPMaxInFlight, "tcp-max-in-flight-per-source": &l.TCPMaxInFlightPerSource,
+		"udp-max-flows": &l.UDPMaxFlows, "udp-max-flows-per-source": &l.UDPMaxFlowsPerSource,
+		"udp-flow-rate": &l.UDPFlowRate, "udp-flow-rate-per-source": &l.UDPFlowRatePerSource} {
+		if set(name) {
+			if *dst = c.Int(name); *dst <= 0 {
+				return fmt.Errorf("--%s %d: want a positive number", name, *dst)
+			}
+		}
+	}
+	if set("tcp-handshake-timeout") {
+		if l.TCPHandshakeTimeout = c.Duration("tcp-handshake-timeout"); l.TCPHandshakeTimeout <= 0 {
+			return fmt.Errorf("--tcp-handshake-timeout %v: want a positive duration like 5s", l.TCPHandshakeTimeout)
+		}
+	}
 	if set("dns") {
 		v := c.Bool("dns")
 		cfg.DNS.Enable = &v
@@ -174,6 +225,15 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	}
 	if set("nameserver") {
 		cfg.DNS.Nameservers = c.StringSlice("nameserver")
+	}
+	if set("api") {
+		cfg.API.Listen = c.String("api")
+	}
+	if set("api-secret") {
+		cfg.API.Secret = c.String("api-secret")
+	}
+	if set("metrics") {
+		cfg.API.Metrics = c.String("metrics")
 	}
 	if err := applySniffFlags(c, cfg); err != nil {
 		return err
@@ -190,14 +250,17 @@ func runCommand() *cli.Command {
 			"even if tunsocks dies); with --gateway, devices that use this host as their gateway do.\n" +
 			"Without either, point routes at the device yourself, e.g. ip route add default dev tunsocks0.\n" +
 			"Runs until SIGINT or SIGTERM, then closes every flow and removes the device and every\n" +
-			"rule it created. After a crash: tunsocks cleanup.",
+			"rule it created. After a crash: tunsocks cleanup.\n" +
+			"SIGHUP re-reads the config: new flows follow its rules and proxies, open flows keep theirs;\n" +
+			"a config with errors is refused and the running one stays. With --api, the page at\n" +
+			"http://ADDR/ui/ lists every flow and closes them; dashboards for Clash use the same address.",
 		Flags: runFlags(),
 		Action: func(c *cli.Context) error {
 			if c.Bool("print-example-config") {
 				fmt.Fprint(c.App.Writer, config.Example())
 				return nil
 			}
-			log, err := newLogger(c)
+			log, hub, level, err := newLiveLogger(c)
 			if err != nil {
 				return err
 			}
@@ -224,8 +287,15 @@ func runCommand() *cli.Command {
 					return err
 				}
 			}
-			return runPipeline(c.Context, cfg, log, pipelineHooks{stdout: c.App.Writer, stateDir: c.String("state-dir"), notice: c.App.ErrWriter,
-				noTrim: !c.Bool("memtrim")})
+			return runPipeline(c.Context, cfg, log, pipelineHooks{
+				stdout:   c.App.Writer,
+				stateDir: c.String("state-dir"),
+				notice:   c.App.ErrWriter,
+				load:     func(path string) (*config.Config, error) { return loadRunConfigFrom(c, path) },
+				logs:     hub,
+				level:    level,
+				noTrim:   !c.Bool("memtrim"),
+			})
 		},
 	}
 }
@@ -248,6 +318,13 @@ type pipelineHooks struct {
 	// receives the startup block saying what and how to undo it.
 	stateDir string
 	notice   io.Writer
+	// load re-reads the config for a reload (SIGHUP, PUT /configs); nil:
+	// no reloads.
+	load func(path string) (*config.Config, error)
+	// logs and level are the logger's fan-out to /logs and its level
+	// (PATCH /configs log-level); nil without them.
+	logs  *api.LogHub
+	level *slog.LevelVar
 	// noTrim leaves memory to the runtime alone (see internal/memtrim).
 	noTrim bool
 }
@@ -286,23 +363,64 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			return err
 		}
 	}
-	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true})
+	reg := metrics.NewRegistry()
+	registerProcessMetrics(reg, time.Now())
+	w, err := wire(cfg, d, log, wireOptions{dns: true, process: true, dnsObserve: dnsMetrics(reg)})
 	if err != nil {
 		return err
 	}
 	defer w.close(log)
+	if w.pool != nil {
+		registerPoolMetrics(reg, w.pool)
+	}
 	rc := w.routerConfig()
 	if wgs != nil {
 		rc = w.wireGuardPolicy(rc, cfg.WireGuard, wgs.state)
 	}
 	rc.DialTimeout, rc.TCPIdle, rc.UDPIdle, rc.DNSIdle = cfg.DialTimeout, cfg.TCPIdle, cfg.UDPIdle, cfg.DNSIdle
-	rc.Logger, rc.OnFlow = log, hooks.onFlow
+	rc.Logger, rc.OnFlow, rc.Metrics = log, hooks.onFlow, reg
+	var guard *memguard.Guard
+	var rt *router.Router
+	if cfg.Limits.MaxMemory > 0 {
+		// The flows idle the longest go first, an eighth at a time.
+		guard = memguard.New(memguard.Config{Limit: cfg.Limits.MaxMemory, Logger: log, Shed: func() int { return rt.ShedIdle(1.0 / 8) }})
+		rc.Admit = guard.Allow
+	}
 	rc.Sniff = w.sniffConfig()
-	rt, err := router.New(rc)
+	if cfg.API.Listen != "" {
+		// The flow table shows every flow's process; looked up only while
+		// someone lists the flows.
+		rc.Process = procinfo.NewFinder(2 * time.Second).LookupFlow
+	}
+	rt, err = router.New(rc)
 	if err != nil {
 		return err
 	}
-	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC}
+	if guard != nil {
+		gctx, stopGuard := context.WithCancel(ctx)
+		guardDone := make(chan struct{})
+		go func() { guard.Run(gctx); close(guardDone) }()
+		defer func() { stopGuard(); <-guardDone }()
+	}
+	rs := newRunState(rt, w, cfg, log, reg, hooks.load)
+	// The API's listeners come first: an address in use stops the run
+	// before it touches the network.
+	var apiLn, metricsLn net.Listener
+	if cfg.API.Listen != "" {
+		if apiLn, err = net.Listen("tcp", cfg.API.Listen); err != nil {
+			return fmt.Errorf("api: %w", err)
+		}
+		defer apiLn.Close()
+	}
+	if cfg.API.Metrics != "" {
+		if metricsLn, err = net.Listen("tcp", cfg.API.Metrics); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		defer metricsLn.Close()
+	}
+	l := cfg.Limits
+	tcp := stack.TCPOptions{SendBuf: cfg.TCP.Buf, RecvBuf: cfg.TCP.Buf, CongestionControl: cfg.TCP.CC,
+		MaxInFlight: l.TCPMaxInFlight, MaxInFlightPerSource: l.TCPMaxInFlightPerSource, HandshakeTimeout: l.TCPHandshakeTimeout}
 	if cfg.TCP.SACK != nil {
 		tcp.DisableSACK = !*cfg.TCP.SACK
 	}
@@ -316,7 +434,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			return err
 		}
 		defer tr.close()
-		log.Info("tunsocks running", "tun", tr.dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, tr.st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode, "pcap", cfg.Tun.Pcap)
+		log.Info("tunsocks running", "tun", tr.dev.Name(), "addrs", cfg.Tun.Addrs, "mtu", cfg.Tun.MTU, "tcp-stack", tcpStackName(cfg, tr.st), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode, "pcap", cfg.Tun.Pcap,
+			"max_memory", memoryName(cfg.Limits.MaxMemory))
 	}
 	var wgr *wgRun
 	if wgs != nil {
@@ -325,7 +444,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		}
 		defer wgr.close()
 		if hooks.noTUN {
-			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode)
+			log.Info("tunsocks running", "wireguard", wgr.in.LocalAddrs(), "outbound", w.policy.Summary(), "dns", w.dnsSummary(), "sniff", cfg.Sniff.Mode,
+				"max_memory", memoryName(cfg.Limits.MaxMemory))
 		}
 	}
 	if hr != nil {
@@ -334,6 +454,49 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		if err := hr.install(ctx, tr.dev.Name(), cfg.Tun.Addrs, w.dnsAddrs()); err != nil {
 			return err
 		}
+	}
+	if tr != nil {
+		rs.tun = tr.dev.Name()
+		rs.st.Store(tr.st)
+	}
+	registerStackMetrics(reg, func() []*stack.Stack { return []*stack.Stack{tr.stack(), wgr.stack()} })
+	// The API's servers stop when serveCtx does, before the stacks close,
+	// and the run waits for them.
+	serveCtx, stopServing := context.WithCancel(ctx)
+	var servers sync.WaitGroup
+	defer servers.Wait()
+	defer stopServing()
+	if apiLn != nil {
+		if hooks.logs != nil {
+			registerLogMetrics(reg, hooks.logs)
+		}
+		srv, err := api.New(rs.apiConfig(cfg, hooks.logs, hooks.level, reg))
+		if err != nil {
+			return err
+		}
+		servers.Add(1)
+		go func() {
+			defer servers.Done()
+			if err := srv.Serve(serveCtx, apiLn); err != nil {
+				log.Warn("api stopped", "err", err)
+			}
+		}()
+		log.Info("api listening", "addr", apiLn.Addr(), "page", "http://"+apiLn.Addr().String()+"/ui/", "secret", cfg.API.Secret != "")
+	}
+	if metricsLn != nil {
+		servers.Add(1)
+		go func() {
+			defer servers.Done()
+			if err := api.ServeMetrics(serveCtx, metricsLn, reg, log); err != nil {
+				log.Warn("metrics listener stopped", "err", err)
+			}
+		}()
+		log.Info("metrics listening", "addr", metricsLn.Addr(), "path", "/metrics")
+	}
+	hup := make(chan os.Signal, 1)
+	if hooks.load != nil {
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
 	}
 	if hooks.started != nil && tr != nil {
 		hooks.started(tr.dev.Name())
@@ -390,7 +553,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 			name string
 			n    uint64
 		}{{"tcp_shed", ss.TCPShed}, {"tcp_handshake_timeouts", ss.TCPHandshakeTimeouts}, {"udp_evicted", ss.UDPEvicted},
-			{"udp_rate_limited", ss.UDPRateLimited}, {"bad_checksums", ss.BadChecksums}, {"rx_drops", ss.RxDrops}, {"rx_lost", ss.RxLost}} {
+			{"udp_rate_limited", ss.UDPRateLimited}, {"bad_checksums", ss.BadChecksums}, {"rx_drops", ss.RxDrops}, {"rx_lost", ss.RxLost},
+			{"memory_refused", uint64(s.Refused.Load())}, {"memory_shed", uint64(s.Shed.Load())}} {
 			if c.n > 0 {
 				limits = append(limits, c.name, c.n)
 			}
@@ -415,6 +579,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		select {
 		case <-tick:
 			summary("summary")
+		case <-hup:
+			rs.reload("") // it logs the outcome
 		case <-reload:
 			wgr.reload(log)
 		case <-ctx.Done():
@@ -435,6 +601,8 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		final := wgr.peerSummary()
 		peers = func() string { return final }
 	}
+	stopServing()
+	servers.Wait()
 	var errs []error
 	if tr != nil {
 		errs = append(errs, tr.st.Close())
@@ -511,6 +679,7 @@ func startTUN(ctx context.Context, cfg *config.Config, rt *router.Router, tcp st
 
 	tunIn := rt.Handler(router.Inbound{Type: rules.InTUN, Name: tr.dev.Name()})
 	scfg := stack.Config{Device: tr.dev, MTU: cfg.Tun.MTU, Handler: tunIn, Logger: log, TCP: tcp}
+	udpLimits(&scfg, cfg.Limits)
 	if cfg.Tun.Pcap != "" {
 		p, closePcap, err := createPcap(cfg.Tun.Pcap, log)
 		if err != nil {
@@ -593,4 +762,22 @@ func tcpStackName(cfg *config.Config, st *stack.Stack) string {
 		return "gvisor (system failed its self-test)"
 	}
 	return "gvisor"
+}
+
+// memoryName is a memory ceiling for the startup line.
+func memoryName(n int64) string {
+	switch {
+	case n == 0:
+		return "none"
+	case n%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", n>>30)
+	}
+	return fmt.Sprintf("%dMiB", n>>20)
+}
+
+// udpLimits puts the UDP flow limits of the config into a stack's config
+// (0 leaves the netstack's default).
+func udpLimits(scfg *stack.Config, l config.LimitsConfig) {
+	scfg.MaxUDPFlows, scfg.MaxUDPFlowsPerSource = l.UDPMaxFlows, l.UDPMaxFlowsPerSource
+	scfg.NewUDPFlowRate, scfg.NewUDPFlowRatePerSource = l.UDPFlowRate, l.UDPFlowRatePerSource
 }

@@ -46,14 +46,19 @@ func serverFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "open", Usage: "allow listening on a non-loopback address without authentication", EnvVars: env("open")},
 		&cli.BoolFlag{Name: "socks4-userid-must-match", Usage: "serve SOCKS4 when auth is on, if the USERID names a user (SOCKS4 carries no password)", EnvVars: env("socks4-userid-must-match")},
 		&cli.StringSliceFlag{Name: "allow-client", Usage: "serve only clients in this network, CIDR or IP (repeatable; default all)", EnvVars: env("allow-client")},
-		&cli.StringSliceFlag{Name: "deny-dest", Usage: "refuse destinations in this network, CIDR or IP (repeatable)", EnvVars: env("deny-dest")},
+		&cli.StringSliceFlag{Name: "deny-dest", Usage: "refuse destinations in this network, CIDR or IP (repeatable; CONNECT targets, BIND peers, UDP datagrams both ways)", EnvVars: env("deny-dest")},
+		&cli.BoolFlag{Name: "allow-loopback", Usage: "allow destinations on this host: loopback, its own addresses (by default refused, reply 0x02: no reaching loopback-only services, no CONNECT to the server itself)", EnvVars: env("allow-loopback")},
 		&cli.StringSliceFlag{Name: "deny-port", Usage: "refuse destination port N or range N-M (repeatable)", EnvVars: env("deny-port")},
 		&cli.StringFlag{Name: "external-addr", Usage: "IP address to report in BIND and UDP ASSOCIATE replies (behind NAT)", EnvVars: env("external-addr")},
 		&cli.DurationFlag{Name: "handshake-timeout", Value: socksserver.DefaultHandshakeTimeout, Usage: "drop clients that have not completed their request in this time", EnvVars: env("handshake-timeout")},
 		&cli.DurationFlag{Name: "idle-timeout", Value: socksserver.DefaultIdleTimeout, Usage: "close TCP relays idle this long (0: never)", EnvVars: env("idle-timeout")},
 		&cli.DurationFlag{Name: "bind-timeout", Value: socksserver.DefaultBindTimeout, Usage: "how long a BIND waits for its incoming connection", EnvVars: env("bind-timeout")},
 		&cli.DurationFlag{Name: "udp-idle-timeout", Value: socksserver.DefaultUDPIdleTimeout, Usage: "end UDP associations idle this long (0: only when the control connection closes)", EnvVars: env("udp-idle-timeout")},
-		&cli.IntFlag{Name: "max-conns", Usage: "serve at most this many connections at once (0: unlimited)", EnvVars: env("max-conns")},
+		&cli.IntFlag{Name: "max-conns", Usage: "serve at most this many requests at once: relays, BINDs, UDP associations (0: unlimited); connections still in their handshake do not count", EnvVars: env("max-conns")},
+		&cli.IntFlag{Name: "max-handshakes", Value: socksserver.DefaultMaxHandshakes, Usage: "connections in their handshake at once; when full, a new one closes the oldest (-1: unlimited)", EnvVars: env("max-handshakes")},
+		&cli.IntFlag{Name: "max-handshakes-per-client", Value: socksserver.DefaultMaxHandshakesPerClient, Usage: "a client address's share (IPv4 address, IPv6 /64): over it, its new connection closes its oldest handshake if that has lasted 2s (-1: unlimited)", EnvVars: env("max-handshakes-per-client")},
+		&cli.IntFlag{Name: "auth-failures", Value: socksserver.DefaultAuthFailureLimit, Usage: "failed authentications a client address may make per minute; beyond, its attempts are refused unchecked while it keeps trying (-1: unlimited)", EnvVars: env("auth-failures")},
+		&cli.DurationFlag{Name: "auth-failure-delay", Value: socksserver.DefaultAuthFailureDelay, Usage: "delay before answering a failed authentication, doubled with each recent failure of the client address, at most " + socksserver.MaxAuthFailureDelay.String() + " (0: none)", EnvVars: env("auth-failure-delay")},
 		&cli.DurationFlag{Name: "grace", Value: 10 * time.Second, Usage: "on SIGINT/SIGTERM, let open relays finish for this long", EnvVars: env("grace")},
 		&cli.StringFlag{Name: "stun", Usage: "also run an RFC 5780 STUN responder on IP1:PORT1,IP2:PORT2 (two IPs, two ports; for 'tunsocks check --stun')", EnvVars: env("stun")},
 	}, serverTestFlags()...)
@@ -186,6 +191,33 @@ func parseServerConfig(c *cli.Context) (*serverConfig, error) {
 	if cfg.MaxConns = c.Int("max-conns"); cfg.MaxConns < 0 {
 		return nil, usagef("--max-conns %d: want 0 (unlimited) or a positive number", cfg.MaxConns)
 	}
+	// -1 means unlimited on the command line; the library's 0 means its
+	// default, which the flags carry as their default value.
+	budget := func(name string) (int, error) {
+		n := c.Int(name)
+		if n < -1 || n == 0 {
+			return 0, usagef("--%s %d: want a positive number, or -1 for unlimited", name, n)
+		}
+		return n, nil
+	}
+	if cfg.MaxHandshakes, err = budget("max-handshakes"); err != nil {
+		return nil, err
+	}
+	if cfg.MaxHandshakesPerClient, err = budget("max-handshakes-per-client"); err != nil {
+		return nil, err
+	}
+	if cfg.AuthFailureLimit, err = budget("auth-failures"); err != nil {
+		return nil, err
+	}
+	switch d := c.Duration("auth-failure-delay"); {
+	case d < 0 || d > socksserver.MaxAuthFailureDelay:
+		return nil, usagef("--auth-failure-delay %v: want 0 (none) up to %v", d, socksserver.MaxAuthFailureDelay)
+	case d == 0:
+		cfg.AuthFailureDelay = -1
+	default:
+		cfg.AuthFailureDelay = d
+	}
+	cfg.DenyLoopback = !c.Bool("allow-loopback")
 	if sc.Grace < 0 {
 		return nil, usagef("--grace %v: want a duration like 10s, or 0 to close relays at once", sc.Grace)
 	}

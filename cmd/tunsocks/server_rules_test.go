@@ -26,7 +26,7 @@ func TestServerConfigRoutesByRules(t *testing.T) {
 	echo := testenv.TCPServer(t, "tcp", "127.0.0.1:0", func(c net.Conn) { io.Copy(c, c) })
 	udpEcho := testenv.UDPEcho(t).LocalAddr().String()
 	t.Setenv("TUNSOCKS_LOG_LEVEL", "debug") // the front server logs its decisions
-	upstream, stopUp, upLog := startCommand(t, "--listen", "127.0.0.1:0")
+	upstream, stopUp, upLog := startCommand(t, "--listen", "127.0.0.1:0", "--allow-loopback")
 	defer stopUp()
 
 	cfgFile := filepath.Join(t.TempDir(), "rules.yaml")
@@ -41,7 +41,7 @@ rules:
 	if err := os.WriteFile(cfgFile, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	front, stop, frontLog := startCommand(t, "--config", cfgFile, "--listen", "127.0.0.1:0", "--user", "alice:pw1", "--user", "bob:pw2")
+	front, stop, frontLog := startCommand(t, "--config", cfgFile, "--listen", "127.0.0.1:0", "--user", "alice:pw1", "--user", "bob:pw2", "--allow-loopback")
 	defer func() {
 		if code := stop(); code != exitOK {
 			t.Errorf("exit %d:\n%s", code, frontLog)

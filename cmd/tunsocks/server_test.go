@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -43,6 +44,10 @@ func TestServerUsageErrors(t *testing.T) {
 		{args: []string{"--max-conns", "-1"}, want: "want 0 (unlimited)"},
 		{args: []string{"--grace", "-1s"}, want: "--grace"},
 		{args: []string{"--external-addr", "nat.example"}, want: "want an IP address"},
+		{args: []string{"--max-handshakes", "0"}, want: "--max-handshakes 0: want a positive number, or -1"},
+		{args: []string{"--max-handshakes-per-client", "-2"}, want: "want a positive number, or -1"},
+		{args: []string{"--auth-failures", "0"}, want: "--auth-failures 0"},
+		{args: []string{"--auth-failure-delay", "5s"}, want: "want 0 (none) up to 4s"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			for k, v := range tc.env {
@@ -102,7 +107,7 @@ func TestServerCommandServesAndStops(t *testing.T) {
 		}
 	}()
 
-	addr, stop, stderr := startCommand(t, "--listen", "127.0.0.1:0", "--user", "alice:s3cret", "--grace", "100ms")
+	addr, stop, stderr := startCommand(t, "--listen", "127.0.0.1:0", "--user", "alice:s3cret", "--grace", "100ms", "--allow-loopback")
 	c, err := net.DialTimeout("tcp", addr, ioTimeout)
 	if err != nil {
 		t.Fatal(err)
@@ -146,5 +151,41 @@ func TestServerCommandOpen(t *testing.T) {
 	_, stop, stderr = startCommand(t, "--listen", "0.0.0.0:0", "--user", "u:p")
 	if code := stop(); code != exitOK {
 		t.Fatalf("exit %d:\n%s", code, stderr)
+	}
+}
+
+func TestServerCommandRefusesLoopback(t *testing.T) {
+	// An open server refuses 127.0.0.1 targets and CONNECTs to itself
+	// (reply 0x02) unless --allow-loopback.
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	addr, stop, stderr := startCommand(t, "--listen", "127.0.0.1:0", "--open")
+	defer stop()
+	connect := func(target netip.AddrPort) byte {
+		c, err := net.DialTimeout("tcp", addr, ioTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(ioTimeout))
+		ip := target.Addr().As4()
+		msg := append([]byte{5, 1, 0, 5, 1, 0, 1}, ip[:]...)
+		c.Write(append(msg, byte(target.Port()>>8), byte(target.Port())))
+		got := make([]byte, 4)
+		if _, err := io.ReadFull(c, got); err != nil || got[0] != 5 || got[1] != 0 {
+			t.Fatalf("reply %x, %v\n%s", got, err, stderr)
+		}
+		return got[3]
+	}
+	for _, target := range []string{echo.Addr().String(), addr} {
+		if rep := connect(netip.MustParseAddrPort(target)); rep != 0x02 {
+			t.Errorf("CONNECT %s: reply 0x%02x, want 0x02 (not allowed)", target, rep)
+		}
+	}
+	if !strings.Contains(stderr.String(), "the server's own host") {
+		t.Errorf("the log does not say why:\n%s", stderr)
 	}
 }

@@ -102,9 +102,9 @@ func (w *wiring) sniffWant(m *rules.Metadata) (ok bool, why string) {
 		return false, fmt.Sprintf("no: %s is not in sniff-cidrs", m.Dst.Addr())
 	case s.Mode == config.SniffOn:
 		return true, "yes (sniff: true)"
-	case !w.policy.NeedsDomain():
+	case !w.live.Policy().NeedsDomain():
 		return false, "no: no rule looks at the domain (sniff: auto)"
-	case !w.policy.NameCouldMatter(m):
+	case !w.live.Policy().NameCouldMatter(m):
 		return false, "no: the rule its address matches comes before every domain rule (sniff: auto)"
 	}
 	return true, "yes: a domain rule could match it (sniff: auto)"

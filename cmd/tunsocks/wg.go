@@ -356,6 +356,7 @@ func startWireGuard(ctx context.Context, cfg *config.Config, ws *wgState, rt *ro
 	}()
 	scfg := stack.Config{Device: in.Device(), MTU: wc.MTU, Logger: log, TCP: tcp,
 		Handler: rt.Handler(router.Inbound{Type: rules.InWireGuard, Name: "wg", User: in.PeerName})}
+	udpLimits(&scfg, cfg.Limits)
 	if wc.Pcap != "" {
 		p, closePcap, err := createPcap(wc.Pcap, log)
 		if err != nil {

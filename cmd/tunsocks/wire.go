@@ -23,10 +23,14 @@ import (
 // fake-IP DNS when it is on.
 type wiring struct {
 	cfg    *config.Config
-	policy *policy.Policy
+	policy *policy.Policy // the policy the config gave at start
+	live   *policy.Live   // the policy in force: reloads swap it
 	pool   *dns.Pool      // nil when DNS is off
+	names  *dns.RealNames // nil when DNS is off
 	dns    *dns.Server    // nil when DNS is off
 	hook   *dns.Intercept // the router's DNS hook; nil when DNS is off
+	d      *direct.Dialer
+	opts   wireOptions
 }
 
 // wireOptions say what a command needs of the wiring.
@@ -36,22 +40,50 @@ type wireOptions struct {
 	dns bool
 	// process looks up the process of a flow for process rules.
 	process bool
+	// dnsObserve, when set, is told of every DNS query answered (metrics).
+	dnsObserve func(qtype, answer string)
 }
 
 // wire builds the outbounds of cfg over d, the policy and, if asked, the
 // DNS. When DNS is on with nameservers, d resolves names through them too.
 func wire(cfg *config.Config, d *direct.Dialer, log *slog.Logger, opts wireOptions) (*wiring, error) {
-	w := &wiring{cfg: cfg}
+	w := &wiring{cfg: cfg, d: d, opts: opts}
 	dnsOn := opts.dns && dnsEnabled(cfg)
-	direct := &outbound.Direct{Dialer: d}
 	if dnsOn && len(cfg.DNS.Servers) > 0 {
 		// DIRECT flows known only by name (a fake IP a port or process
 		// rule sent DIRECT), and proxy hosts given by name, resolve
 		// through the configured nameservers, never through the system's
 		// resolver, which may point at us.
 		d.Resolver = dns.GoResolver(cfg.DNS.Servers, d.DialContext)
-		direct.Resolver = d.Resolver
 	}
+	if dnsOn {
+		pool, err := dns.NewPool(cfg.DNS.FakeIPRange, cfg.DNS.FakeIPRange6, dns.PoolOptions{
+			TTL: cfg.DNS.FakeIPTTL, CacheFile: cfg.DNS.CacheFile, Logger: log,
+		})
+		if err != nil {
+			return nil, usageError{fmt.Errorf("dns: %w", err)}
+		}
+		w.pool, w.names = pool, dns.NewRealNames(0, pool)
+	}
+	var err error
+	if w.policy, err = w.buildPolicy(cfg, log); err != nil {
+		return nil, err
+	}
+	w.live = policy.NewLive(w.policy)
+	if dnsOn {
+		if err := w.wireDNS(d, w.names, log); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// buildPolicy builds the outbounds of cfg and the policy over them, on the
+// wiring's dialer, fake-IP pool and real-name table (which a reload
+// keeps: apps hold fake IPs across it).
+func (w *wiring) buildPolicy(cfg *config.Config, log *slog.Logger) (*policy.Policy, error) {
+	d := w.d
+	direct := &outbound.Direct{Dialer: d, Resolver: d.Resolver}
 	outbounds := map[string]router.Outbound{}
 	for _, p := range cfg.Proxies {
 		hops, err := cfg.Hops(p.Name)
@@ -75,29 +107,13 @@ func wire(cfg *config.Config, d *direct.Dialer, log *slog.Logger, opts wireOptio
 	default:
 		pc.Default = outbounds[cfg.Proxy]
 	}
-	if opts.process && cfg.Ruleset != nil && cfg.Ruleset.NeedsProcess() {
+	if w.opts.process && cfg.Ruleset != nil && cfg.Ruleset.NeedsProcess() {
 		pc.Process = procinfo.NewFinder(2 * time.Second).LookupFlow
 	}
-	if dnsOn {
-		pool, err := dns.NewPool(cfg.DNS.FakeIPRange, cfg.DNS.FakeIPRange6, dns.PoolOptions{
-			TTL: cfg.DNS.FakeIPTTL, CacheFile: cfg.DNS.CacheFile, Logger: log,
-		})
-		if err != nil {
-			return nil, usageError{fmt.Errorf("dns: %w", err)}
-		}
-		w.pool = pool
-		pc.Pool, pc.RealNames, pc.Nameservers = pool, dns.NewRealNames(0, pool), cfg.DNS.Servers
+	if w.pool != nil {
+		pc.Pool, pc.RealNames, pc.Nameservers = w.pool, w.names, cfg.DNS.Servers
 	}
-	var err error
-	if w.policy, err = policy.New(pc); err != nil {
-		return nil, err
-	}
-	if dnsOn {
-		if err := w.wireDNS(d, pc.RealNames, log); err != nil {
-			return nil, err
-		}
-	}
-	return w, nil
+	return policy.New(pc)
 }
 
 // dnsEnabled: explicit setting, else on when a rule needs a domain.
@@ -129,7 +145,8 @@ func (w *wiring) wireDNS(d *direct.Dialer, names *dns.RealNames, log *slog.Logge
 	}
 	srv, err := dns.NewServer(dns.Config{
 		Pool: w.pool, Filter: filter, Direct: directRes, Names: names,
-		Decide: w.policy.DNSRoute, ProxyFor: w.policy.DNSResolver, Logger: log.With("component", "dns"),
+		Decide: w.live.DNSRoute, ProxyFor: w.live.DNSResolver, Logger: log.With("component", "dns"),
+		Observe: w.opts.dnsObserve,
 	})
 	if err != nil {
 		return err
@@ -147,7 +164,8 @@ func (failingResolver) Exchange(context.Context, []byte) ([]byte, error) {
 
 // routerConfig is the router's part of the wiring.
 func (w *wiring) routerConfig() router.Config {
-	rc := router.Config{Decide: w.policy.Decide, ReverseHost: w.policy.ReverseHost, RealHost: w.policy.RealHost}
+	rc := router.Config{Decide: w.live.Decide, ReverseHost: w.live.ReverseHost, RealHost: w.live.RealHost,
+		AcquireHost: w.live.AcquireHost, ReleaseHost: w.live.ReleaseHost, DialReason: outbound.DialReason}
 	if w.hook != nil {
 		rc.DNS = w.hook
 	}

@@ -9,6 +9,7 @@ package direct
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"syscall"
@@ -81,22 +82,44 @@ func (d *Dialer) resolver() *net.Resolver {
 }
 
 // DialContext dials address on network ("tcp", "tcp4", "tcp6", "udp", ...).
-func (d *Dialer) DialContext(ctx context.Context, network, address string) (c net.Conn, err error) {
+func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return d.DialContextChecked(ctx, network, address, nil)
+}
+
+// DialContextChecked is DialContext that calls check with each address it
+// is about to connect to (after resolving a name, or a pinned one from
+// Hosts) and fails the dial with check's error instead of connecting. A
+// server vets destinations with it (socksserver.CheckedDialer): the
+// address checked is the address dialed. A nil check is DialContext.
+func (d *Dialer) DialContextChecked(ctx context.Context, network, address string, check func(netip.AddrPort) error) (c net.Conn, err error) {
 	if host, port, serr := net.SplitHostPort(address); serr == nil && len(d.Hosts[host]) > 0 {
-		return d.dialPinned(ctx, network, host, port)
+		return d.dialPinned(ctx, network, host, port, check)
+	}
+	nd := d.netDialer()
+	if check != nil {
+		nd.Control = func(network, address string, rc syscall.RawConn) error {
+			ap, err := netip.ParseAddrPort(address)
+			if err != nil {
+				return fmt.Errorf("direct: cannot check the address %q: %w", address, err)
+			}
+			if err := check(ap); err != nil {
+				return err
+			}
+			return d.control(network, address, rc)
+		}
 	}
 	err = d.inNetns(func() error {
-		c, err = d.netDialer().DialContext(ctx, network, address)
+		c, err = nd.DialContext(ctx, network, address)
 		return err
 	})
 	return c, err
 }
 
 // dialPinned tries the pinned addresses of host in turn.
-func (d *Dialer) dialPinned(ctx context.Context, network, host, port string) (net.Conn, error) {
+func (d *Dialer) dialPinned(ctx context.Context, network, host, port string, check func(netip.AddrPort) error) (net.Conn, error) {
 	var errs []error
 	for _, a := range d.Hosts[host] {
-		c, err := d.DialContext(ctx, network, net.JoinHostPort(a.String(), port))
+		c, err := d.DialContextChecked(ctx, network, net.JoinHostPort(a.String(), port), check)
 		if err == nil {
 			return c, nil
 		}

@@ -2,8 +2,11 @@ package direct
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
+	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -125,4 +128,61 @@ func TestPinnedHosts(t *testing.T) {
 		t.Fatalf("dial a pinned name: %v", err)
 	}
 	c.Close()
+}
+
+func TestDialContextChecked(t *testing.T) {
+	// The check sees the resolved address ("localhost" -> a loopback IP)
+	// and its error fails the dial before any connection is made.
+	var accepted atomic.Int64
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Close()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	errNo := errors.New("no loopback")
+	var seen []netip.AddrPort
+	check := func(ap netip.AddrPort) error {
+		seen = append(seen, ap)
+		if ap.Addr().Unmap().IsLoopback() {
+			return errNo
+		}
+		return nil
+	}
+	_, err = (&Dialer{}).DialContextChecked(context.Background(), "tcp4", net.JoinHostPort("localhost", strconv.Itoa(port)), check)
+	if !errors.Is(err, errNo) {
+		t.Fatalf("dial error = %v, want the check's error", err)
+	}
+	if len(seen) == 0 || !seen[0].Addr().IsLoopback() || seen[0].Port() != uint16(port) {
+		t.Errorf("check saw %v, want 127.0.0.1:%d", seen, port)
+	}
+	// A pinned name's addresses are checked too.
+	pinned := &Dialer{Hosts: map[string][]netip.Addr{"pinned.test": {netip.MustParseAddr("127.0.0.1")}}}
+	if _, err := pinned.DialContextChecked(context.Background(), "tcp", net.JoinHostPort("pinned.test", strconv.Itoa(port)), check); !errors.Is(err, errNo) {
+		t.Fatalf("pinned dial error = %v, want the check's error", err)
+	}
+	c, err := (&Dialer{}).DialContextChecked(context.Background(), "tcp", ln.Addr().String(), func(netip.AddrPort) error { return nil })
+	if err != nil {
+		t.Fatalf("allowed dial: %v", err)
+	}
+	c.Close()
+	// Only the allowed dial connected: had the refused one connected, it
+	// would have been accepted first.
+	for i := 0; i < 500 && accepted.Load() == 0; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n := accepted.Load(); n != 1 {
+		t.Errorf("listener accepted %d connections, want 1 (the refused dial must not connect)", n)
+	}
 }

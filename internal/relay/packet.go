@@ -34,7 +34,7 @@ type PacketOptions struct {
 	// long. Zero disables it.
 	Idle time.Duration
 	// Up and Down, when not nil, count the bytes each pump forwards.
-	Up, Down *atomic.Int64
+	Up, Down Counter
 	// BufSize is each pump's buffer; 0 means MaxDatagram, taken from the
 	// shared pool (see PacketBuf) for as long as the pump runs.
 	BufSize int
@@ -96,7 +96,7 @@ func Packets(ctx context.Context, opts PacketOptions, up, down Pump, closeAll fu
 			tmu.Unlock()
 		}()
 	}
-	run := func(p Pump, total *int64, count *atomic.Int64, done chan<- struct{}) {
+	run := func(p Pump, total *int64, count Counter, done chan<- struct{}) {
 		defer close(done)
 		var buf []byte
 		if opts.BufSize <= 0 || opts.BufSize == MaxDatagram {

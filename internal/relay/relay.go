@@ -21,7 +21,7 @@ import (
 // bufSize is the copy buffer of one direction: big enough for a TSO-sized
 // read from a netstack conn. A direction holds one only while bytes move:
 // it waits for the next bytes without one when its source can (see
-// ReadWaiter and readKernel), so an idle relay holds none.
+// ReadWaiter, ReadNotifier and readKernel), so an idle relay holds none.
 const bufSize = 32 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
@@ -37,7 +37,18 @@ type StreamOptions struct {
 	HalfClose time.Duration
 	// Up and Down, when not nil, are increased as bytes move a->b and b->a,
 	// while they move, so a summary can report live flows.
-	Up, Down *atomic.Int64
+	Up, Down Counter
+	// Activity, when not nil, is the pair's last-activity clock
+	// (time.UnixNano of the last bytes moved either way), so the caller can
+	// tell the flows idle the longest. Bytes spliced are seen when a splice
+	// returns, at the latest when the source runs dry.
+	Activity *atomic.Int64
+}
+
+// Counter counts bytes as they move; *atomic.Int64 is one. A caller that
+// counts each flow and a total passes a Counter that adds to both.
+type Counter interface {
+	Add(delta int64) (new int64)
 }
 
 // closeWriter is a connection that can send a FIN without closing its read side.
@@ -69,7 +80,10 @@ type ReadWaiter interface {
 // that is not an ordinary end of stream (io.EOF, net.ErrClosed and a reset
 // after the other side finished are ordinary).
 func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down int64, err error) {
-	p := &pair{a: a, b: b, opts: opts}
+	p := &pair{a: a, b: b, opts: opts, last: opts.Activity}
+	if p.last == nil {
+		p.last = new(atomic.Int64)
+	}
 	stop := context.AfterFunc(ctx, p.closeBoth)
 	defer stop()
 	p.touch()
@@ -91,12 +105,12 @@ func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down in
 		n.NotifyRead(h.wake)
 	} else {
 		go func() {
-			n, err := copyHalf(b, a, opts.Up, p.touch, &p.last, opts.Idle)
+			n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
 			p.finished(err)
 			upc <- result{n, err}
 		}()
 	}
-	down, derr := copyHalf(a, b, opts.Down, p.touch, &p.last, opts.Idle)
+	down, derr := copyHalf(a, b, opts.Down, p.touch, p.last, opts.Idle)
 	p.finished(derr)
 	up = (<-upc).n
 
@@ -120,7 +134,7 @@ type result struct {
 type pair struct {
 	a, b      net.Conn
 	opts      StreamOptions
-	last      atomic.Int64 // UnixNano of the last byte moved either way
+	last      *atomic.Int64 // UnixNano of the last byte moved either way
 	closeOnce sync.Once
 	closed    atomic.Bool
 
@@ -165,7 +179,7 @@ type notifiedHalf struct {
 	p        *pair
 	src, dst net.Conn
 	n        ReadNotifier
-	count    *atomic.Int64
+	count    Counter
 	total    int64 // touched by one run at a time
 	done     chan<- result
 }
@@ -254,12 +268,12 @@ func (p *pair) watchIdle(idle time.Duration) *time.Timer {
 // ErrIdle is returned by Stream and Packets when they closed an idle pair.
 var ErrIdle = errors.New("relay: idle timeout")
 
-// spliceChunk is how much one ReadFrom call may splice before the counters
-// and activity time are brought up to date.
-const spliceChunk = 1 << 20
-
 // copyHalf copies src to dst and, at src's EOF, half-closes dst (or closes it
 // when it cannot half-close). It returns nil for an ordinary end.
+//
+// Between two kernel TCP sockets (on Linux) the bytes move inside the
+// kernel (see splice_linux.go); otherwise through a pooled buffer, held
+// only while bytes move.
 //
 // The idle timer is a read deadline on src, set once and renewed only when
 // it fires (renewing it before every read costs a timer per read on a
@@ -268,17 +282,15 @@ const spliceChunk = 1 << 20
 // sets the next deadline and reads on; otherwise the pair is idle. Deadlines
 // fire every Idle and "recently" means within 2 x Idle, so a pair silent for
 // Idle is closed after at most 3 x Idle. This costs no goroutine or timer of
-// its own, and it works the same on the splice path, where bytes move inside
-// the kernel and are counted only when a ReadFrom chunk returns.
-func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic.Int64, idle time.Duration) (int64, error) {
+// its own.
+func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64, idle time.Duration) (int64, error) {
 	var total int64
-	srcTCP, dstTCP := tcpOf(src), tcpOf(dst)
-	splice := srcTCP != nil && dstTCP != nil
-	// The buffer is held only while bytes move: read takes it from the
-	// pool once bytes are there (where src can say so), and the loop puts
-	// it back before the next wait.
-	read := pooledRead(src)
+	var sp *splicer
+	if srcTCP, dstTCP := tcpOf(src), tcpOf(dst); srcTCP != nil && dstTCP != nil {
+		sp = newSplicer(dstTCP, srcTCP)
+	}
 	var bp *[]byte
+	var read func(**[]byte) (int, error)
 	defer func() {
 		if bp != nil {
 			bufPool.Put(bp)
@@ -291,13 +303,19 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 		var n int64
 		var err error
 		eof := false
-		if splice {
-			// *net.TCPConn.ReadFrom splices TCP->TCP in the kernel on Linux,
-			// and it does so for an *io.LimitedReader around a TCPConn too.
-			lr := &io.LimitedReader{R: srcTCP, N: spliceChunk}
-			n, err = dstTCP.ReadFrom(lr)
-			eof = err == nil && lr.N > 0
+		if sp != nil {
+			n, eof, err = sp.move()
+			if err == errNoSplice {
+				sp = nil
+				continue
+			}
 		} else {
+			// The buffer is held only while bytes move: read takes it
+			// from the pool once bytes are there (where src can say so),
+			// and a short read puts it back before the next wait.
+			if read == nil {
+				read = pooledRead(src)
+			}
 			var nr int
 			nr, err = read(&bp)
 			if nr > 0 {
@@ -328,25 +346,30 @@ func copyHalf(dst, src net.Conn, count *atomic.Int64, touch func(), last *atomic
 		}
 		if err != nil {
 			if idle > 0 && errors.Is(err, os.ErrDeadlineExceeded) {
-				// Bytes the other direction splices are counted only when its
-				// own ReadFrom returns, at the latest one idle period after they
-				// moved; so "nothing for 2 x idle" is what proves "nothing
-				// for idle".
 				if time.Since(time.Unix(0, last.Load())) < 2*idle {
 					src.SetReadDeadline(time.Now().Add(idle))
 					continue
+				}
+				if sp != nil {
+					sp.close()
 				}
 				return total, ErrIdle
 			}
 			if isOrdinary(err) {
 				eof = true
 			} else {
+				if sp != nil {
+					sp.close()
+				}
 				return total, err
 			}
 		}
 		if eof {
 			break
 		}
+	}
+	if sp != nil {
+		sp.close()
 	}
 	if cw, ok := dst.(closeWriter); ok {
 		cw.CloseWrite()

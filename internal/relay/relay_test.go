@@ -332,3 +332,67 @@ func TestStreamSplicesKernelConner(t *testing.T) {
 		t.Errorf("the wrapper's Read/Write ran %d times; the relay should splice on its kernel socket", n)
 	}
 }
+
+// BenchmarkStreamShort measures short relays: each carries one small
+// request and its answer, then both ends close (the connection-rate case).
+// Run: go test -run '^$' -bench StreamShort ./internal/relay/
+func BenchmarkStreamShort(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	pair := func() (net.Conn, net.Conn) {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c, s
+	}
+	req, resp := make([]byte, 300), make([]byte, 1500)
+	b.ResetTimer()
+	for range b.N {
+		app, a := pair()
+		bb, remote := pair()
+		done := make(chan struct{})
+		go func() { Stream(context.Background(), a, bb, StreamOptions{}); close(done) }()
+		app.Write(req)
+		io.ReadFull(remote, req)
+		remote.Write(resp)
+		io.ReadFull(app, resp)
+		app.Close()
+		remote.Close()
+		<-done
+	}
+}
+
+func TestStreamActivityClock(t *testing.T) {
+	// The caller's clock is set at the start and moves with the bytes,
+	// spliced or not.
+	var clock atomic.Int64
+	app, remote, _, cancel := relayed(t, StreamOptions{Activity: &clock})
+	defer cancel()
+	deadline := time.Now().Add(10 * time.Second)
+	for clock.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	start := clock.Load()
+	if start == 0 {
+		t.Fatal("the clock was never set")
+	}
+	time.Sleep(5 * time.Millisecond)
+	app.Write([]byte("x"))
+	if _, err := io.ReadFull(remote, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	for clock.Load() == start && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if clock.Load() <= start {
+		t.Fatalf("the clock did not move with a byte: %d, started at %d", clock.Load(), start)
+	}
+}

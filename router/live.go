@@ -1,0 +1,115 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// liveFlows are the flows being relayed, with their activity clocks, so
+// that the ones idle the longest can be shed (ShedIdle).
+type liveFlows struct {
+	mu    sync.Mutex
+	flows map[*liveFlow]struct{}
+}
+
+// liveFlow is one relayed flow: its relay's last-activity clock
+// (time.UnixNano) and what ends it.
+type liveFlow struct {
+	clock *atomic.Int64
+	own   atomic.Int64 // the clock, when the relay has none of its own
+	stop  context.CancelFunc
+	shed  atomic.Bool
+}
+
+// ErrShed is a flow's error when ShedIdle closed it.
+var ErrShed = errors.New("router: flow shed to stay under the memory ceiling")
+
+// track registers a flow about to be relayed under ctx, with clock as its
+// activity clock (nil: one of its own); the relay runs under the returned
+// context, which ShedIdle cancels.
+func (r *Router) track(ctx context.Context, clock *atomic.Int64) (context.Context, *liveFlow) {
+	ctx, cancel := context.WithCancel(ctx)
+	lf := &liveFlow{clock: clock, stop: cancel}
+	if lf.clock == nil {
+		lf.clock = &lf.own
+	}
+	lf.clock.Store(time.Now().UnixNano())
+	r.live.add(lf)
+	return ctx, lf
+}
+
+// untrack ends a flow's registration; a shed flow's record says so.
+func (r *Router) untrack(lf *liveFlow, rec *FlowRecord) {
+	r.live.remove(lf)
+	lf.stop()
+	if lf.shed.Load() {
+		rec.Err = ErrShed
+	}
+}
+
+func (l *liveFlows) add(f *liveFlow) {
+	l.mu.Lock()
+	if l.flows == nil {
+		l.flows = make(map[*liveFlow]struct{})
+	}
+	l.flows[f] = struct{}{}
+	l.mu.Unlock()
+}
+
+func (l *liveFlows) remove(f *liveFlow) {
+	l.mu.Lock()
+	delete(l.flows, f)
+	l.mu.Unlock()
+}
+
+// ShedIdle closes the given fraction (0 to 1) of the flows being relayed,
+// at least one when there is any, those idle the longest first, and
+// returns how many it closed. A closed flow ends as if its idle timer had
+// fired. The memory ceiling sheds with it.
+func (r *Router) ShedIdle(fraction float64) int {
+	l := &r.live
+	l.mu.Lock()
+	flows := make([]*liveFlow, 0, len(l.flows))
+	for f := range l.flows {
+		flows = append(flows, f)
+	}
+	l.mu.Unlock()
+	if len(flows) == 0 {
+		return 0
+	}
+	n := min(max(int(float64(len(flows))*fraction), 1), len(flows))
+	last := make(map[*liveFlow]int64, len(flows))
+	for _, f := range flows {
+		last[f] = f.clock.Load()
+	}
+	slices.SortFunc(flows, func(a, b *liveFlow) int {
+		switch x, y := last[a], last[b]; {
+		case x < y:
+			return -1
+		case x > y:
+			return 1
+		}
+		return 0
+	})
+	for _, f := range flows[:n] {
+		f.shed.Store(true)
+		f.stop()
+	}
+	r.stats.Shed.Add(int64(n))
+	r.log.Debug("shed the flows idle the longest", "shed", n, "open", len(flows),
+		"idle_at_least", time.Since(time.Unix(0, last[flows[n-1]])).Round(time.Second))
+	return n
+}
+
+// admit asks Config.Admit about a new flow.
+func (r *Router) admit() bool {
+	if r.cfg.Admit == nil || r.cfg.Admit() {
+		return true
+	}
+	r.stats.Refused.Add(1)
+	return false
+}
