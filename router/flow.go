@@ -128,11 +128,11 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 	}
 	r.table.add(e)
 	r.stats.TCPOpen.Add(1)
-	fctx, lf := r.track(ctx, nil)
+	fctx, lf := r.track(ctx, e, nil)
 	_, _, rec.Err = relay.Stream(fctx, app, up, relay.StreamOptions{
 		Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: lf.clock,
 	})
-	r.untrack(lf, &rec)
+	r.untrack(e, lf, &rec)
 	r.stats.TCPOpen.Add(-1)
 	r.finishEntry(e, &rec)
 }
@@ -308,10 +308,10 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		}
 		return s.forwardReply(pc, p)
 	}
-	pctx, lf := r.track(ctx, &s.activity)
+	pctx, lf := r.track(ctx, e, &s.activity)
 	_, _, err = relay.Packets(pctx, relay.PacketOptions{Idle: idle, Up: e.upC, Down: e.downC, Activity: &s.activity}, up, down, s.closeAll)
 	s.extraWG.Wait()
-	r.untrack(lf, &rec)
+	r.untrack(e, lf, &rec)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		rec.Err = err
 	}

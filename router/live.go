@@ -4,20 +4,13 @@ import (
 	"context"
 	"errors"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// liveFlows are the flows being relayed, with their activity clocks, so
-// that the ones idle the longest can be shed (ShedIdle).
-type liveFlows struct {
-	mu    sync.Mutex
-	flows map[*liveFlow]struct{}
-}
-
-// liveFlow is one relayed flow: its relay's last-activity clock
-// (time.UnixNano) and what ends it.
+// liveFlow is a flow of the table while it is relayed: its relay's
+// last-activity clock (time.UnixNano) and what ends it, so that the ones
+// idle the longest can be shed (ShedIdle).
 type liveFlow struct {
 	clock *atomic.Int64
 	own   atomic.Int64 // the clock, when the relay has none of its own
@@ -28,56 +21,42 @@ type liveFlow struct {
 // ErrShed is a flow's error when ShedIdle closed it.
 var ErrShed = errors.New("router: flow shed to stay under the memory ceiling")
 
-// track registers a flow about to be relayed under ctx, with clock as its
-// activity clock (nil: one of its own); the relay runs under the returned
-// context, which ShedIdle cancels.
-func (r *Router) track(ctx context.Context, clock *atomic.Int64) (context.Context, *liveFlow) {
+// track marks e's flow as relayed under ctx, with clock as its activity
+// clock (nil: one of its own); the relay runs under the returned context,
+// which ShedIdle cancels.
+func (r *Router) track(ctx context.Context, e *flowEntry, clock *atomic.Int64) (context.Context, *liveFlow) {
 	ctx, cancel := context.WithCancel(ctx)
 	lf := &liveFlow{clock: clock, stop: cancel}
 	if lf.clock == nil {
 		lf.clock = &lf.own
 	}
 	lf.clock.Store(time.Now().UnixNano())
-	r.live.add(lf)
+	e.live.Store(lf)
 	return ctx, lf
 }
 
-// untrack ends a flow's registration; a shed flow's record says so.
-func (r *Router) untrack(lf *liveFlow, rec *FlowRecord) {
-	r.live.remove(lf)
+// untrack ends the relayed state of e's flow; a shed flow's record says so.
+func (r *Router) untrack(e *flowEntry, lf *liveFlow, rec *FlowRecord) {
+	e.live.Store(nil)
 	lf.stop()
 	if lf.shed.Load() {
 		rec.Err = ErrShed
 	}
 }
 
-func (l *liveFlows) add(f *liveFlow) {
-	l.mu.Lock()
-	if l.flows == nil {
-		l.flows = make(map[*liveFlow]struct{})
-	}
-	l.flows[f] = struct{}{}
-	l.mu.Unlock()
-}
-
-func (l *liveFlows) remove(f *liveFlow) {
-	l.mu.Lock()
-	delete(l.flows, f)
-	l.mu.Unlock()
-}
-
-// ShedIdle closes the given fraction (0 to 1) of the flows being relayed,
+// ShedIdle closes the given fraction (0 to 1) of the table's flows being
+// relayed,
 // at least one when there is any, those idle the longest first, and
 // returns how many it closed. A closed flow ends as if its idle timer had
 // fired. The memory ceiling sheds with it.
 func (r *Router) ShedIdle(fraction float64) int {
-	l := &r.live
-	l.mu.Lock()
-	flows := make([]*liveFlow, 0, len(l.flows))
-	for f := range l.flows {
-		flows = append(flows, f)
+	es := r.table.entries()
+	flows := make([]*liveFlow, 0, len(es))
+	for _, e := range es {
+		if lf := e.live.Load(); lf != nil {
+			flows = append(flows, lf)
+		}
 	}
-	l.mu.Unlock()
 	if len(flows) == 0 {
 		return 0
 	}

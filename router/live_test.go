@@ -28,6 +28,17 @@ func tcpFlow(t *testing.T, r *Router, out *fakeOutbound) (app, remote *net.TCPCo
 	return appRemote, upRemote, done
 }
 
+// liveFlows are the relayed flows of r's table.
+func liveFlows(r *Router) []*liveFlow {
+	var out []*liveFlow
+	for _, e := range r.table.entries() {
+		if lf := e.live.Load(); lf != nil {
+			out = append(out, lf)
+		}
+	}
+	return out
+}
+
 // TestShedIdle: the flows idle the longest are closed first, TCP and UDP,
 // and their records say they were shed.
 func TestShedIdle(t *testing.T) {
@@ -39,11 +50,9 @@ func TestShedIdle(t *testing.T) {
 	oldApp, oldRemote, oldDone := tcpFlow(t, r, out)
 	var oldLF *liveFlow
 	for i := 0; i < 500 && oldLF == nil; i++ {
-		r.live.mu.Lock()
-		for lf := range r.live.flows {
+		for _, lf := range liveFlows(r) {
 			oldLF = lf
 		}
-		r.live.mu.Unlock()
 		time.Sleep(time.Millisecond)
 	}
 	f := newFakeFlow() // the UDP flow is the second oldest
@@ -62,9 +71,7 @@ func TestShedIdle(t *testing.T) {
 	}
 	// The relay's clock follows the byte (when its splice returns).
 	newest := func() bool {
-		r.live.mu.Lock()
-		defer r.live.mu.Unlock()
-		for lf := range r.live.flows {
+		for _, lf := range liveFlows(r) {
 			if lf != oldLF && lf.clock.Load() >= oldLF.clock.Load() {
 				return false
 			}

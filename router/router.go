@@ -224,7 +224,6 @@ type Router struct {
 	m     routerMetrics
 
 	udpWarnOnce sync.Map // outbound name -> struct{}: "no UDP" logged once
-	live        liveFlows
 }
 
 // Stats are live counters, safe to read at any time.

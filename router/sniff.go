@@ -148,11 +148,11 @@ func (r *Router) handleSniffedTCP(ctx context.Context, req tcpRequest, m *rules.
 	e.upC.Add(int64(len(first)))
 	r.table.add(e)
 	r.stats.TCPOpen.Add(1)
-	fctx, lf := r.track(ctx, nil)
+	fctx, lf := r.track(ctx, e, nil)
 	_, _, rec.Err = relay.Stream(fctx, app, up, relay.StreamOptions{
 		Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: lf.clock,
 	})
-	r.untrack(lf, &rec)
+	r.untrack(e, lf, &rec)
 	r.stats.TCPOpen.Add(-1)
 	r.finishEntry(e, &rec)
 }

@@ -57,6 +57,7 @@ type flowEntry struct {
 	closeFn    func()
 	closedBy   atomic.Bool // CloseFlow or CloseAll ended it
 	procOnce   sync.Once
+	live       atomic.Pointer[liveFlow] // set while the flow is relayed (see track)
 }
 
 // pairCounter is a relay.Counter that adds to a flow's counter and a total.
