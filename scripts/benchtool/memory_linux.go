@@ -174,20 +174,24 @@ func (b *bench) heapProfile(l *lab.Lab, p path, what string) {
 	if b.cfg.heapDir == "" || p.isPeer() {
 		return
 	}
-	for _, what := range []string{what + ".memstats", what + ".heap"} {
+	for _, what := range []string{what + ".memstats", what + ".heap", what + ".goroutines"} {
 		if err := b.fetchProfile(l, p, what); err != nil {
 			fmt.Fprintf(b.log, "%-10s  profile %s: error: %v\n", p, what, err)
 		}
 	}
 }
 
-// fetchProfile saves /debug/pprof/heap (what ends in .heap) or
-// /debug/memstats into -heap-profiles DIR.
+// fetchProfile saves /debug/pprof/heap (what ends in .heap), the
+// goroutines' stacks (.goroutines, grouped) or /debug/memstats into
+// -heap-profiles DIR.
 func (b *bench) fetchProfile(l *lab.Lab, p path, what string) error {
 	file := filepath.Join(b.cfg.heapDir, fmt.Sprintf("%s-%s", p, what))
 	url := "/debug/pprof/heap?gc=1"
-	if strings.HasSuffix(what, ".memstats") {
+	switch {
+	case strings.HasSuffix(what, ".memstats"):
 		url = "/debug/memstats"
+	case strings.HasSuffix(what, ".goroutines"):
+		url = "/debug/pprof/goroutine?debug=1"
 	}
 	return l.Do(l.App, func() error {
 		c, err := net.DialTimeout("tcp", pprofAddr, ioTimeout)
