@@ -145,3 +145,46 @@ func TestRelayParkedAppFIN(t *testing.T) {
 		t.Fatal("Stream did not end after both FINs")
 	}
 }
+
+// TestRelayParkedOnPollerShrinksStacks: with a relay.Poller, an idle
+// relay's upstream direction parks without a goroutine and the handler's
+// goroutine waits in a frame shallow enough that collections halve its
+// 8 KiB stack (the router runs the same way). Without the Poller the
+// handler's goroutine reads the upstream itself, too deep for its stack
+// to shrink below 8 KiB. The app side's own goroutines are in both.
+func TestRelayParkedOnPollerShrinksStacks(t *testing.T) {
+	pl, err := relay.NewPoller()
+	if err != nil {
+		t.Skipf("no relay poller here: %v", err)
+	}
+	t.Cleanup(func() { pl.Close() })
+	const n = 100
+	// stacksPer opens n idle relays with opts and returns the goroutine
+	// stack bytes they added, per relay, once collections have shrunk
+	// what they can.
+	stacksPer := func(opts relay.StreamOptions) float64 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		apps, remotes, _ := relayedThroughStack(t, n, opts)
+		for i := range apps {
+			echoBoth(t, apps[i], remotes[i], byte(i))
+		}
+		time.Sleep(300 * time.Millisecond) // upstream directions park
+		for range 4 {
+			runtime.GC()
+		}
+		runtime.ReadMemStats(&after)
+		// Parked relays still carry data both ways, the upstream's too.
+		for i := range 3 {
+			echoBoth(t, apps[i], remotes[i], 0xee)
+		}
+		return float64(int64(after.StackInuse)-int64(before.StackInuse)) / n
+	}
+	plain := stacksPer(relay.StreamOptions{Idle: time.Minute})
+	parked := stacksPer(relay.StreamOptions{Idle: time.Minute, Poller: pl, ParkAfter: 50 * time.Millisecond})
+	t.Logf("goroutine stacks per idle relay: %.0f bytes without a Poller, %.0f with", plain, parked)
+	if parked > plain-4<<10 {
+		t.Errorf("a Poller saves %.0f bytes of goroutine stack per idle relay, want at least 4 KiB", plain-parked)
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/memguard"
 	"github.com/tunsocks/tunsocks/internal/memtrim"
+	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/metrics"
 	"github.com/tunsocks/tunsocks/procinfo"
 	"github.com/tunsocks/tunsocks/router"
@@ -387,6 +388,14 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		rc.Admit = guard.Allow
 	}
 	rc.Sniff = w.sniffConfig()
+	// Idle flows park their upstream reads on one epoll instance instead
+	// of a goroutine each (Linux; elsewhere they keep the goroutine).
+	if pl, err := relay.NewPoller(); err == nil {
+		rc.Poller = pl
+		defer pl.Close() // after the stack and the router (deferred later, run first)
+	} else {
+		log.Debug("relay poller unavailable; idle flows keep a goroutine", "err", err)
+	}
 	if cfg.API.Listen != "" {
 		// The flow table shows every flow's process; looked up only while
 		// someone lists the flows.

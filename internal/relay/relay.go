@@ -15,6 +15,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -43,7 +44,22 @@ type StreamOptions struct {
 	// tell the flows idle the longest. Bytes spliced are seen when a splice
 	// returns, at the latest when the source runs dry.
 	Activity *atomic.Int64
+	// Poller, when not nil, lets the b->a direction park once b (a kernel
+	// TCP socket, a not one) has had nothing to read for ParkAfter: it
+	// then waits on the Poller instead of on a goroutine of its own, and
+	// the caller waits for the Stream with a shallow stack, which the
+	// garbage collector halves. An idle connection then holds no
+	// goroutine for that direction.
+	Poller *Poller
+	// ParkAfter is how long the b->a direction reads on its goroutine
+	// after its last bytes before it parks on the Poller; while bytes
+	// flow it never parks (a parked direction takes one more wakeup to
+	// resume). Default 2 s.
+	ParkAfter time.Duration
 }
+
+// defaultParkAfter is StreamOptions.ParkAfter's default.
+const defaultParkAfter = 2 * time.Second
 
 // Counter counts bytes as they move; *atomic.Int64 is one. A caller that
 // counts each flow and a total passes a Counter that adds to both.
@@ -80,6 +96,17 @@ type ReadWaiter interface {
 // that is not an ordinary end of stream (io.EOF, net.ErrClosed and a reset
 // after the other side finished are ordinary).
 func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down int64, err error) {
+	if s := startParking(ctx, a, b, &opts); s != nil {
+		return s.wait()
+	}
+	return streamOnCaller(ctx, a, b, &opts)
+}
+
+// streamOnCaller is Stream with b->a copied on the caller's goroutine.
+//
+//go:noinline
+func streamOnCaller(ctx context.Context, a, b net.Conn, o *StreamOptions) (up, down int64, err error) {
+	opts := *o
 	p := &pair{a: a, b: b, opts: opts, last: opts.Activity}
 	if p.last == nil {
 		p.last = new(atomic.Int64)
@@ -142,6 +169,8 @@ type pair struct {
 	ended     int         // directions that have finished
 	first     error       // the first real error, see Stream
 	halfTimer *time.Timer // armed when the first direction ends cleanly
+
+	parked *polledHalf // the direction that may park on a Poller, if any
 }
 
 func (p *pair) touch() { p.last.Store(time.Now().UnixNano()) }
@@ -151,6 +180,9 @@ func (p *pair) closeBoth() {
 		p.closed.Store(true)
 		p.a.Close()
 		p.b.Close()
+		if p.parked != nil {
+			p.parked.unpark()
+		}
 	})
 }
 
@@ -433,4 +465,215 @@ func tcpOf(c net.Conn) *net.TCPConn {
 // isOrdinary reports whether err is how a stream normally ends.
 func isOrdinary(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
+}
+
+// parkingStream is a Stream whose b->a direction may park on a Poller; the
+// caller only waits for it.
+type parkingStream struct {
+	p          *pair
+	upc, downc chan result
+	stop       func() bool // the context's AfterFunc
+	idle       *time.Timer // watchIdle's, nil without opts.Idle
+}
+
+// wait waits for both directions of a Stream started by startParking. Its
+// caller's goroutine does nothing else for the flow's whole life, in a
+// frame kept small (startParking and endParking hold the rest), so that
+// the stack it idles on stays under a quarter of 8 KiB even below the
+// netstack's and the router's frames, and the collector halves it.
+func (s *parkingStream) wait() (up, down int64, err error) {
+	u := <-s.upc
+	d := <-s.downc
+	return endParking(s, u, d)
+}
+
+// startParking starts a Stream whose b->a direction reads on a polledHalf,
+// when opts has a Poller, a is not a kernel socket and b is one; else it
+// returns nil.
+//
+//go:noinline
+func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions) *parkingStream {
+	if o.Poller == nil || !canReadKernel || tcpOf(a) != nil {
+		return nil
+	}
+	bt, ok := b.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := bt.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	opts := *o
+	p := &pair{a: a, b: b, opts: opts, last: opts.Activity}
+	if p.last == nil {
+		p.last = new(atomic.Int64)
+	}
+	if opts.ParkAfter <= 0 {
+		opts.ParkAfter = defaultParkAfter
+	}
+	s := &parkingStream{p: p, upc: make(chan result, 1), downc: make(chan result, 1)}
+	h := &polledHalf{p: p, src: bt, rc: rc, dst: a, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, done: s.downc}
+	p.parked = h
+	s.stop = context.AfterFunc(ctx, p.closeBoth)
+	p.touch()
+	if opts.Idle > 0 {
+		s.idle = p.watchIdle(opts.Idle)
+	}
+	if n, ok := a.(ReadNotifier); ok {
+		up := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: s.upc}
+		n.NotifyRead(up.wake)
+	} else {
+		go func() {
+			n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
+			p.finished(err)
+			s.upc <- result{n, err}
+		}()
+	}
+	go h.run()
+	return s
+}
+
+//go:noinline
+func endParking(s *parkingStream, u, d result) (up, down int64, err error) {
+	s.stop()
+	if s.idle != nil {
+		s.idle.Stop()
+	}
+	p := s.p
+	p.mu.Lock()
+	if p.halfTimer != nil {
+		p.halfTimer.Stop()
+	}
+	first := p.first
+	p.mu.Unlock()
+	p.closeBoth()
+	return u.n, d.n, first
+}
+
+// polledHalf is the b->a direction of a Stream given a Poller: it copies
+// on a goroutine of its own while b has bytes, and parks on the Poller
+// once b has had none for parkAfter.
+type polledHalf struct {
+	p         *pair
+	src       *net.TCPConn
+	rc        syscall.RawConn
+	dst       net.Conn
+	poller    *Poller
+	parkAfter time.Duration
+	count     Counter
+	total     int64 // touched by one run at a time
+	done      chan<- result
+
+	mu     sync.Mutex
+	parkID uint64 // the Poller registration while parked, 0 otherwise
+}
+
+// run copies until src has been quiet for parkAfter (then parks) or ends
+// (then finishes the direction as copyHalf would).
+func (h *polledHalf) run() {
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}()
+	get := func(bp **[]byte) {
+		if *bp == nil {
+			*bp = bufPool.Get().(*[]byte)
+		}
+	}
+	lastRead := time.Now()
+	h.src.SetReadDeadline(lastRead.Add(h.parkAfter))
+	for {
+		nr, err := readKernel(h.src, h.rc, &bp, get)
+		if nr > 0 {
+			lastRead = time.Now()
+			nw, werr := h.dst.Write((*bp)[:nr])
+			if nw > 0 {
+				h.total += int64(nw)
+				h.p.touch()
+				if h.count != nil {
+					h.count.Add(int64(nw))
+				}
+			}
+			if werr == nil && nw != nr {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil && err == nil {
+				err = werr
+			}
+		}
+		if bp != nil && nr < len(*bp) {
+			bufPool.Put(bp)
+			bp = nil
+		}
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !h.p.closed.Load() {
+			if quiet := time.Since(lastRead); quiet < h.parkAfter {
+				h.src.SetReadDeadline(time.Now().Add(h.parkAfter - quiet))
+				continue
+			}
+			h.src.SetReadDeadline(time.Time{})
+			if h.park() {
+				return
+			}
+			continue // no Poller now: read on here
+		}
+		if err != nil {
+			if err == io.EOF || isOrdinary(err) {
+				if cw, ok := h.dst.(closeWriter); ok {
+					cw.CloseWrite()
+				} else {
+					h.dst.Close()
+				}
+				err = nil
+			}
+			h.p.finished(err)
+			h.done <- result{h.total, err}
+			return
+		}
+	}
+}
+
+// park registers h on the Poller; false when it cannot (the pair or the
+// Poller closed), and the caller reads on.
+func (h *polledHalf) park() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.p.closed.Load() {
+		return false
+	}
+	// wake may run before wait returns; it waits for h.mu, and so sees
+	// parkID set.
+	id, err := h.poller.wait(h.rc, h.wake)
+	if err != nil {
+		return false
+	}
+	h.parkID = id
+	return true
+}
+
+// wake is registration id's notification: src is readable.
+func (h *polledHalf) wake(id uint64) {
+	h.mu.Lock()
+	if id == 0 || h.parkID != id {
+		h.mu.Unlock()
+		return
+	}
+	h.parkID = 0
+	h.mu.Unlock()
+	go h.run()
+}
+
+// unpark resumes a parked h once the pair is closed: its run sees the
+// closed socket and finishes the direction.
+func (h *polledHalf) unpark() {
+	h.mu.Lock()
+	id := h.parkID
+	h.parkID = 0
+	h.mu.Unlock()
+	if id != 0 {
+		h.poller.cancel(h.rc, id)
+		go h.run()
+	}
 }
