@@ -19,13 +19,20 @@ type tcpHidden struct{ *net.TCPConn }
 // parkedStream runs Stream between app's peer (hidden) and remote's peer
 // (a kernel socket) with a Poller, and returns the pair's b->a direction.
 func parkedStream(t *testing.T, opts StreamOptions) (app, remote *net.TCPConn, h func() *polledHalf, done <-chan error, cancel func()) {
+	app, remote, _, _, h, done, cancel = parkedStreamConns(t, opts)
+	return
+}
+
+// parkedStreamConns is parkedStream that also returns the Stream's own
+// connections a and b.
+func parkedStreamConns(t *testing.T, opts StreamOptions) (app, remote, a, b *net.TCPConn, h func() *polledHalf, done <-chan error, cancel func()) {
 	t.Helper()
 	pl, err := NewPoller()
 	if err != nil {
 		t.Fatal(err)
 	}
-	app, a := testenv.TCPPair(t)
-	b, remote := testenv.TCPPair(t)
+	app, a = testenv.TCPPair(t)
+	b, remote = testenv.TCPPair(t)
 	opts.Poller = pl
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan error, 1)
@@ -55,7 +62,7 @@ func parkedStream(t *testing.T, opts StreamOptions) (app, remote *net.TCPConn, h
 			t.Error(err)
 		}
 	})
-	return app, remote, func() *polledHalf { return p.parked }, ch, cancel
+	return app, remote, a, b, func() *polledHalf { return p.parked }, ch, cancel
 }
 
 func (h *polledHalf) isParked() bool {
@@ -161,5 +168,32 @@ func TestPollerCloseWakesParked(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Stream did not end")
+	}
+}
+
+// TestStreamParkedEndsWhenCallerCloses: the router's CloseFlow closes the
+// Stream's connections itself (a reset toward the app, a close of the
+// upstream). A direction parked on the Poller gets no event from its own
+// socket being closed; the other direction's end must resume it. Before,
+// such a Stream stayed open until its idle timer.
+func TestStreamParkedEndsWhenCallerCloses(t *testing.T) {
+	for _, order := range []string{"a first", "b first"} {
+		t.Run(order, func(t *testing.T) {
+			_, _, a, b, h, done, _ := parkedStreamConns(t, StreamOptions{ParkAfter: 20 * time.Millisecond})
+			waitParked(t, h())
+			if order == "a first" {
+				a.Close()
+				b.Close()
+			} else {
+				b.Close()
+				time.Sleep(50 * time.Millisecond)
+				a.Close()
+			}
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("closing both connections did not end a Stream whose direction was parked")
+			}
+		})
 	}
 }

@@ -45,7 +45,10 @@ type StreamOptions struct {
 	// returns, at the latest when the source runs dry.
 	Activity *atomic.Int64
 	// Poller, when not nil, lets the b->a direction park once b (a kernel
-	// TCP socket, a not one) has had nothing to read for ParkAfter: it
+	// TCP socket, a not one) has had nothing to read for ParkAfter while
+	// the a->b direction still runs (closing a, or cancelling ctx, ends a
+	// Stream as always; closing only b does not wake a parked direction
+	// before the idle timer): it
 	// then waits on the Poller instead of on a goroutine of its own, and
 	// the caller waits for the Stream with a shallow stack, which the
 	// garbage collector halves. An idle connection then holds no
@@ -170,7 +173,8 @@ type pair struct {
 	first     error       // the first real error, see Stream
 	halfTimer *time.Timer // armed when the first direction ends cleanly
 
-	parked *polledHalf // the direction that may park on a Poller, if any
+	parked   *polledHalf // the direction that may park on a Poller, if any
+	oneEnded atomic.Bool // a direction has finished
 }
 
 func (p *pair) touch() { p.last.Store(time.Now().UnixNano()) }
@@ -192,6 +196,14 @@ func (p *pair) finished(err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.ended++
+	p.oneEnded.Store(true)
+	if p.parked != nil {
+		// A direction parked on a Poller would not notice its socket
+		// being closed (a closed socket leaves the epoll set without an
+		// event), and the caller may close both connections itself:
+		// resume it, and it parks no more (see polledHalf.park).
+		p.parked.unpark()
+	}
 	if err != nil {
 		if p.first == nil && !p.closed.Load() {
 			p.first = err
@@ -640,7 +652,12 @@ func (h *polledHalf) run() {
 func (h *polledHalf) park() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.p.closed.Load() {
+	if h.p.closed.Load() || h.p.oneEnded.Load() {
+		// Closed, or half-closed: the other direction has finished, so
+		// nothing would wake this one if the caller closed b (a closed
+		// socket leaves the epoll set silently). Half-closed flows
+		// are few and short (StreamOptions.HalfClose): they keep the
+		// goroutine.
 		return false
 	}
 	// wake may run before wait returns; it waits for h.mu, and so sees
