@@ -129,6 +129,11 @@ type Config struct {
 	// TCPIdle reaps TCP flows idle this long; 0 means 10 minutes... of
 	// silence in both directions.
 	TCPIdle time.Duration
+	// Poller, when not nil, parks the upstream-reading direction of TCP
+	// flows that have gone quiet (relay.StreamOptions.Poller): an idle
+	// flow then holds no goroutine for it. The caller closes it after the
+	// router's flows have ended.
+	Poller *relay.Poller
 	// UDPIdle and DNSIdle expire UDP flows (DNSIdle: flows whose first
 	// datagram went to port 53); 0 means 60 s and 10 s. These are the UDP
 	// flows' only idle timers.

@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # Performance benchmark of tunsocks: builds tunsocks and scripts/benchtool,
 # then measures, in a throwaway lab of network namespaces
-# (app ── proxy ── remote), three ways from the app host to the remote host:
+# (app ── proxy ── remote), several ways from the app host to the remote host:
 #   kernel      plain IP forwarding through the proxy host, no proxy at all
 #   socks-only  the client speaks SOCKS to `tunsocks server` itself, no TUN
 #   tunsocks    the app's default route is the TUN of `tunsocks run`
 #   tunsocks-system  the same with `tunsocks run --tcp-stack system`
 #               (-tcp-stacks gvisor or -tcp-stacks system measures one)
+#   peers       the same through another TUN program the user built, each
+#               with -peer NAME=PATH: tun2socks, hev (hev-socks5-tunnel),
+#               sing-box (with_gvisor); the tool writes their configuration
 # and prints one markdown table (iperf3 TCP throughput up/down, 1 and 4
-# streams, MTU 1500 and 9000; connection rate; 1-byte latency p50/p99;
-# tunsocks RSS idle and with 1,000 open connections), then the ratios
-# tunsocks/socks-only against the issue's targets (MET / NOT MET).
+# streams, MTU 1500 and 9000; connection rate and the CPU time per
+# connection; 1-byte latency p50/p99, also through a SOCKS server that
+# copies (microsocks, -copy-socks); the TUN program's RSS at start, after
+# 30 s of bulk and 30 s idle, with 1,000 and 8,000 idle TCP connections
+# (and whether they all still echo), per connection, per UDP flow, and
+# after 50,000 new UDP flows), then the ratios to socks-only against the
+# issue's targets and tunsocks' figures against its limits (MET / NOT MET).
 # A benchmark, not a test: it exits 0 whatever the numbers are.
 #
-# Usage: ./scripts/bench.sh [benchtool flags, e.g. -t 10s -mtus 1500]
-# Needs root (re-runs itself under sudo); installs iperf3 and proxychains4
-# with apt-get when missing. Takes about 4 to 5 minutes. Nothing outside the
-# lab's namespaces is touched, and they are removed on exit and on Ctrl-C.
+# Usage: ./scripts/bench.sh [benchtool flags, e.g. -t 10s -mtus 1500
+#        -peer hev=/path/to/hev-socks5-tunnel]
+# Needs root (re-runs itself under sudo); installs iperf3, proxychains4 and
+# microsocks with apt-get when missing. Takes about 5 minutes, and about 3
+# more per peer. Nothing outside the lab's namespaces is touched, and they
+# are removed on exit and on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -30,7 +39,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 missing=()
-for p in iperf3:iperf3 proxychains4:proxychains4 ip:iproute2; do
+for p in iperf3:iperf3 proxychains4:proxychains4 microsocks:microsocks ip:iproute2; do
 	command -v "${p%%:*}" >/dev/null 2>&1 || missing+=("${p#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

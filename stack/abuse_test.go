@@ -161,7 +161,7 @@ func floodEcho() handlerFuncs {
 			up.Close()
 			return
 		}
-		relay(c, up)
+		relayPipe(c, up)
 	}}
 }
 

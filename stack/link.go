@@ -85,6 +85,15 @@ type linkEndpoint struct {
 	qready chan struct{} // capacity 1: "queue is not empty"
 	closed bool
 
+	// wmu is held by whoever writes packets of the queue's order to the
+	// device: writeLoop while it takes and writes a batch, or the
+	// goroutine that produced a lone small packet and found the queue
+	// empty and the writer idle (writeDirect), which writes it itself and
+	// spares the round trip a wakeup of writeLoop. direct is
+	// writeDirect's buffer.
+	wmu    sync.Mutex
+	direct [1][]byte
+
 	done      chan struct{} // closed by Close: stop both loops
 	closing   atomic.Bool   // the stack is closing the device: a closed read is expected
 	failed    chan struct{} // closed when the read loop stops on its own
@@ -342,8 +351,26 @@ func (e *linkEndpoint) deliver(pkt []byte) {
 	pb.DecRef()
 }
 
-// WritePackets implements gstack.LinkWriter. It never blocks on the device.
+// WritePackets implements gstack.LinkWriter. It never blocks on the
+// device: it queues the packets for writeLoop, except a lone packet with
+// a payload, no larger than the MTU, when writeLoop is idle and nothing is
+// queued, which it writes at once (one system call, no wakeup; what a
+// 1-byte round trip sends). Pure ACKs, which the TUN reader's goroutine
+// produces for an upload, stay with writeLoop: the reader goes back to
+// reading instead of writing them.
 func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
+	if pkts.Len() == 1 && e.wmu.TryLock() {
+		pkt := pkts.AsSlice()[0]
+		e.qmu.Lock()
+		idle := !e.closed && len(e.queue) == 0
+		e.qmu.Unlock()
+		if idle && pkt.Size() <= int(e.mtu) && pkt.Data().Size() > 0 {
+			e.writeDirect(pkt)
+			e.wmu.Unlock()
+			return 1, nil
+		}
+		e.wmu.Unlock()
+	}
 	e.qmu.Lock()
 	if e.closed {
 		e.qmu.Unlock()
@@ -415,6 +442,9 @@ func (e *linkEndpoint) writeLoop() {
 			return
 		case <-e.qready:
 		}
+		// Held while the batch is taken and written, so writeDirect
+		// never overtakes packets queued before its own.
+		e.wmu.Lock()
 		e.qmu.Lock()
 		taken := e.queue
 		e.queue = spare
@@ -423,10 +453,11 @@ func (e *linkEndpoint) writeLoop() {
 			taken[i] = nil
 			if e.gso != nil && pkt.GSOOptions.Type != gstack.GSONone {
 				// Earlier packets first: per-flow order is kept
-				// because everything leaves from this goroutine.
+				// because everything leaves in queue order under wmu.
 				if !flush() {
 					pkt.DecRef()
 					e.dropPending(taken[i+1:])
+					e.wmu.Unlock()
 					return
 				}
 				b := gsoBuf[:headroom]
@@ -445,6 +476,7 @@ func (e *linkEndpoint) writeLoop() {
 				if err := e.gso.WriteGSO(b[headroom-vnetHdrLen:]); err != nil {
 					if isClosedErr(err) {
 						e.dropPending(taken[i+1:])
+						e.wmu.Unlock()
 						return
 					}
 					e.txErrors.Add(1)
@@ -469,13 +501,56 @@ func (e *linkEndpoint) writeLoop() {
 			pkt.DecRef()
 			if len(bufs) == e.batch && !flush() {
 				e.dropPending(taken[i+1:])
+				e.wmu.Unlock()
 				return
 			}
 		}
-		if !flush() {
+		ok := flush()
+		e.wmu.Unlock()
+		if !ok {
 			return
 		}
 		spare = taken[:0]
+	}
+}
+
+// writeDirect writes one packet of at most the MTU to the device from
+// the calling goroutine, as writeLoop would; the caller holds wmu and
+// found the queue empty.
+func (e *linkEndpoint) writeDirect(pkt *gstack.PacketBuffer) {
+	if e.direct[0] == nil {
+		e.direct[0] = make([]byte, 0, headroom+int(e.mtu))
+	}
+	b := e.direct[0][:headroom]
+	gso := e.gso != nil && pkt.GSOOptions.Type != gstack.GSONone
+	if gso {
+		putVnetHdr(b[headroom-vnetHdrLen:headroom], pkt)
+	}
+	for _, s := range pkt.AsSlices() {
+		b = append(b, s...)
+	}
+	e.direct[0] = b[:0]
+	e.bytesOut.Add(uint64(len(b) - headroom))
+	if e.tap != nil {
+		e.record(time.Now(), b[headroom:])
+	}
+	var err error
+	if gso {
+		err = e.gso.WriteGSO(b[headroom-vnetHdrLen:])
+	} else {
+		e.direct[0] = b
+		_, err = e.dev.Write(e.direct[:], headroom)
+		e.direct[0] = b[:0]
+	}
+	switch {
+	case err == nil:
+		e.pktsOut.Add(1)
+		if gso {
+			e.gsoOut.Add(1)
+		}
+	case !isClosedErr(err):
+		e.txErrors.Add(1)
+		e.log.Debug("tun write", "err", err, "bytes", len(b)-headroom)
 	}
 }
 

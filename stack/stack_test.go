@@ -116,7 +116,7 @@ func (h *halfPipe) Close() error                { h.w.Close(); return h.r.Close(
 
 // relay copies both ways, propagating half-close, and returns when both
 // directions are done.
-func relay(a stack.Conn, b *halfPipe) {
+func relayPipe(a stack.Conn, b *halfPipe) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -146,7 +146,7 @@ func echoHandler(t testing.TB, seen chan<- [2]netip.AddrPort) handlerFuncs {
 			up.Close()
 			return
 		}
-		relay(c, up)
+		relayPipe(c, up)
 	}}
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -129,7 +130,7 @@ func (r *TCPRequest) acceptGVisor() (Conn, error) {
 		_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, o.KeepAliveCount)
 		ep.SocketOptions().SetKeepAlive(true)
 	}
-	c := &tcpConn{Conn: gonet.NewTCPConn(wq, ep), ep: ep, s: r.s}
+	c := &tcpConn{Conn: gonet.NewTCPConn(wq, ep), s: r.s, ep: ep, wq: wq}
 	if !r.s.addConn(c) {
 		ep.Abort()
 		return nil, errStackClosed
@@ -249,15 +250,24 @@ func (r *TCPRequest) Drop() {
 
 // forwardTCP is gVisor's forwarder callback. gVisor already runs it on a new
 // goroutine per SYN; the Handler runs right here so that goroutine is the
-// handler's own and is tracked for Close.
+// handler's own and is tracked for Close. The goroutine then waits under
+// the handler for the flow's whole life: its frame is kept small (the
+// request is built in forwardedRequest) so that the idle stack stays under
+// a quarter of 8 KiB and the collector halves it (see relay.Stream's
+// Poller).
 func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
+	s.handleRequest(s.forwardedRequest(fr))
+}
+
+//go:noinline
+func (s *Stack) forwardedRequest(fr *tcp.ForwarderRequest) *TCPRequest {
 	id := fr.ID()
-	s.handleRequest(&TCPRequest{
+	return &TCPRequest{
 		s:   s,
 		fr:  fr,
 		src: netip.AddrPortFrom(addrFromTCPIP(id.RemoteAddress), id.RemotePort),
 		dst: netip.AddrPortFrom(addrFromTCPIP(id.LocalAddress), id.LocalPort),
-	})
+	}
 }
 
 // startSystemRequest hands a SYN the system TCP mode holds to the Handler,
@@ -314,6 +324,14 @@ type tcpConn struct {
 	kernel    *net.TCPConn
 	nat       *natEntry
 	closeOnce sync.Once
+
+	// wq is set in gVisor mode, for WaitRead and NotifyRead (see
+	// waitread.go).
+	wq           *waiter.Queue
+	readDeadline atomic.Int64 // UnixNano, 0 for none: gonet keeps its own private copy
+	waitTimer    *time.Timer  // WaitRead's, made on its first timed wait
+	nmu          sync.Mutex
+	notify       *waiter.Entry // NotifyRead's registration
 }
 
 // SetLinger is net.TCPConn's SetLinger: with 0, Close resets the

@@ -107,15 +107,22 @@ func TestPcapSnaplen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.WritePacket(time.Now(), []byte{1, 2, 3, 4, 5, 6})
+	at := time.Unix(1700000000, 123456789)
+	p.WritePacket(at, []byte{1, 2, 3, 4, 5, 6})
 	p.Flush()
 	r, err := pcapgo.NewReader(&out)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if r.Snaplen() != 4 {
+		t.Errorf("file header snaplen %d, want 4", r.Snaplen())
+	}
 	data, ci, err := r.ReadPacketData()
 	if err != nil || len(data) != 4 || ci.Length != 6 {
 		t.Fatalf("got %x (len %d of %d), %v", data, len(data), ci.Length, err)
+	}
+	if want := at.Truncate(time.Microsecond); !ci.Timestamp.Equal(want) {
+		t.Errorf("timestamp %v, want %v", ci.Timestamp, want)
 	}
 	if _, err := tun.NewPcap(&out, -1); err == nil {
 		t.Fatal("negative snaplen accepted")

@@ -24,6 +24,8 @@ import (
 	"github.com/tunsocks/tunsocks/hostnet"
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/memguard"
+	"github.com/tunsocks/tunsocks/internal/memtrim"
+	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/metrics"
 	"github.com/tunsocks/tunsocks/policy"
 	"github.com/tunsocks/tunsocks/procinfo"
@@ -71,6 +73,8 @@ func runFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "dns", Usage: "answer DNS on the TUN with fake IPs (default: on when a rule needs a domain)", EnvVars: env("dns")},
 		&cli.BoolFlag{Name: "dns-hijack", Usage: "answer every DNS query to port 53, whatever its address", EnvVars: env("dns-hijack")},
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
+		&cli.BoolFlag{Name: "memtrim", Value: true, Hidden: true, Usage: "give free heap back to the system after a burst, once traffic is quiet (false to measure without)"},
+		&cli.StringFlag{Name: "pprof", Hidden: true, Usage: "serve runtime profiles on this loopback address (GET /debug/pprof/heap?gc=1; for scripts/bench.sh -heap-profiles)"},
 		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
 		&cli.StringFlag{Name: "api", Usage: "serve the Clash-compatible API (metacubexd, yacd, zashboard), the live page /ui/ and /metrics on ADDR, like 127.0.0.1:9090", EnvVars: env("api")},
@@ -281,6 +285,11 @@ func runCommand() *cli.Command {
 				}
 				defer stop()
 			}
+			if addr := c.String("pprof"); addr != "" {
+				if err := startPprof(c.Context, addr, log); err != nil {
+					return err
+				}
+			}
 			return runPipeline(c.Context, cfg, log, pipelineHooks{
 				stdout:   c.App.Writer,
 				stateDir: c.String("state-dir"),
@@ -288,6 +297,7 @@ func runCommand() *cli.Command {
 				load:     func(path string) (*config.Config, error) { return loadRunConfigFrom(c, path) },
 				logs:     hub,
 				level:    level,
+				noTrim:   !c.Bool("memtrim"),
 			})
 		},
 	}
@@ -330,6 +340,8 @@ type pipelineHooks struct {
 	// (PATCH /configs log-level); nil without them.
 	logs  *api.LogHub
 	level *slog.LevelVar
+	// noTrim leaves memory to the runtime alone (see internal/memtrim).
+	noTrim bool
 }
 
 // inTunNetns runs fn where the TUN lives: through inNetns, or here.
@@ -392,6 +404,14 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	rc.Sniff = w.sniffConfig()
 	if hooks.decide != nil {
 		rc.Decide = hooks.decide(rc.Decide)
+	}
+	// Idle flows park their upstream reads on one epoll instance instead
+	// of a goroutine each (Linux; elsewhere they keep the goroutine).
+	if pl, err := relay.NewPoller(); err == nil {
+		rc.Poller = pl
+		defer pl.Close() // after the stack and the router (deferred later, run first)
+	} else {
+		log.Debug("relay poller unavailable; idle flows keep a goroutine", "err", err)
 	}
 	if cfg.API.Listen != "" {
 		// The flow table shows every flow's process; looked up only while
@@ -512,6 +532,21 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	}
 	if err := w.serveExtraDNS(ctx, log); err != nil {
 		return err
+	}
+
+	if !hooks.noTrim {
+		// After a burst (a bulk transfer, thousands of handshakes) the
+		// runtime keeps the heap and the grown stacks; once traffic is
+		// quiet they go back to the system. A new flow counts as 4 KiB
+		// of activity.
+		s := rt.Stats()
+		tr := memtrim.New(func() uint64 {
+			return uint64(s.Up.Load()+s.Down.Load()) + uint64(s.TCPTotal.Load()+s.UDPTotal.Load())<<12
+		}, memtrim.Options{})
+		tctx, stopTrim := context.WithCancel(ctx)
+		trimDone := make(chan struct{})
+		go func() { tr.Run(tctx); close(trimDone) }()
+		defer func() { stopTrim(); <-trimDone }()
 	}
 
 	start := time.Now()

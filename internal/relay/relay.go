@@ -15,12 +15,14 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
 // bufSize is the copy buffer of one direction: big enough for a TSO-sized
-// read from a netstack conn, small enough that 10,000 relays cost 640 MiB at
-// worst and far less in practice since buffers are pooled between reads.
+// read from a netstack conn. A direction holds one only while bytes move:
+// it waits for the next bytes without one when its source can (see
+// ReadWaiter, ReadNotifier and readKernel), so an idle relay holds none.
 const bufSize = 32 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
@@ -42,7 +44,25 @@ type StreamOptions struct {
 	// tell the flows idle the longest. Bytes spliced are seen when a splice
 	// returns, at the latest when the source runs dry.
 	Activity *atomic.Int64
+	// Poller, when not nil, lets the b->a direction park once b (a kernel
+	// TCP socket, a not one) has had nothing to read for ParkAfter while
+	// the a->b direction still runs (closing a, or cancelling ctx, ends a
+	// Stream as always; closing only b does not wake a parked direction
+	// before the idle timer): it
+	// then waits on the Poller instead of on a goroutine of its own, and
+	// the caller waits for the Stream with a shallow stack, which the
+	// garbage collector halves. An idle connection then holds no
+	// goroutine for that direction.
+	Poller *Poller
+	// ParkAfter is how long the b->a direction reads on its goroutine
+	// after its last bytes before it parks on the Poller; while bytes
+	// flow it never parks (a parked direction takes one more wakeup to
+	// resume). Default 2 s.
+	ParkAfter time.Duration
 }
+
+// defaultParkAfter is StreamOptions.ParkAfter's default.
+const defaultParkAfter = 2 * time.Second
 
 // Counter counts bytes as they move; *atomic.Int64 is one. A caller that
 // counts each flow and a total passes a Counter that adds to both.
@@ -53,12 +73,43 @@ type Counter interface {
 // closeWriter is a connection that can send a FIN without closing its read side.
 type closeWriter interface{ CloseWrite() error }
 
+// ReadNotifier is a connection that can call back once it has something
+// to read (the netstack's connections): NotifyRead calls fn once, when a
+// Read would not block (bytes, the end of the stream or an error are
+// there, or the connection was closed), at once if that is so already.
+// fn must not block. The relay direction reading such a connection then
+// needs no goroutine while the connection is idle.
+type ReadNotifier interface {
+	NotifyRead(fn func())
+}
+
+// ReadWaiter is a connection that can wait for its next bytes without a
+// buffer (the netstack's connections): WaitRead returns once a Read would
+// not block (bytes, the end of the stream or an error are there), or with
+// an error wrapping os.ErrDeadlineExceeded when the read deadline passes.
+// The relay then takes a buffer from its pool only for the Read, so an
+// idle connection holds none.
+type ReadWaiter interface {
+	WaitRead() error
+}
+
 // Stream relays between a and b until both directions have finished, the
 // pair has been idle for opts.Idle, or ctx is done. It closes a and b before
 // it returns. It returns the bytes copied a->b and b->a and the first error
 // that is not an ordinary end of stream (io.EOF, net.ErrClosed and a reset
 // after the other side finished are ordinary).
 func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down int64, err error) {
+	if s := startParking(ctx, a, b, &opts); s != nil {
+		return s.wait()
+	}
+	return streamOnCaller(ctx, a, b, &opts)
+}
+
+// streamOnCaller is Stream with b->a copied on the caller's goroutine.
+//
+//go:noinline
+func streamOnCaller(ctx context.Context, a, b net.Conn, o *StreamOptions) (up, down int64, err error) {
+	opts := *o
 	p := &pair{a: a, b: b, opts: opts, last: opts.Activity}
 	if p.last == nil {
 		p.last = new(atomic.Int64)
@@ -72,16 +123,23 @@ func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down in
 	// short connections a second. The router passes the app's netstack
 	// conn as a; writing into the netstack is the deeper call chain, and
 	// the caller's stack has already grown through the netstack's handshake.
-	type result struct {
-		n   int64
-		err error
-	}
 	upc := make(chan result, 1)
-	go func() {
-		n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
-		p.finished(err)
-		upc <- result{n, err}
-	}()
+	if n, ok := a.(ReadNotifier); ok && tcpOf(a) == nil {
+		// a->b needs no goroutine while a is idle: it runs when a has
+		// bytes and parks on a's notification again once it is drained.
+		// Its idle time is watched by a timer (see watchIdle).
+		h := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: upc}
+		if opts.Idle > 0 {
+			defer p.watchIdle(opts.Idle).Stop()
+		}
+		n.NotifyRead(h.wake)
+	} else {
+		go func() {
+			n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
+			p.finished(err)
+			upc <- result{n, err}
+		}()
+	}
 	down, derr := copyHalf(a, b, opts.Down, p.touch, p.last, opts.Idle)
 	p.finished(derr)
 	up = (<-upc).n
@@ -96,6 +154,12 @@ func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down in
 	return up, down, first
 }
 
+// result is how a direction of a Stream ended.
+type result struct {
+	n   int64
+	err error
+}
+
 // pair is the state both directions of a Stream share.
 type pair struct {
 	a, b      net.Conn
@@ -108,6 +172,9 @@ type pair struct {
 	ended     int         // directions that have finished
 	first     error       // the first real error, see Stream
 	halfTimer *time.Timer // armed when the first direction ends cleanly
+
+	parked   *polledHalf // the direction that may park on a Poller, if any
+	oneEnded atomic.Bool // a direction has finished
 }
 
 func (p *pair) touch() { p.last.Store(time.Now().UnixNano()) }
@@ -117,6 +184,9 @@ func (p *pair) closeBoth() {
 		p.closed.Store(true)
 		p.a.Close()
 		p.b.Close()
+		if p.parked != nil {
+			p.parked.unpark()
+		}
 	})
 }
 
@@ -126,6 +196,14 @@ func (p *pair) finished(err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.ended++
+	p.oneEnded.Store(true)
+	if p.parked != nil {
+		// A direction parked on a Poller would not notice its socket
+		// being closed (a closed socket leaves the epoll set without an
+		// event), and the caller may close both connections itself:
+		// resume it, and it parks no more (see polledHalf.park).
+		p.parked.unpark()
+	}
 	if err != nil {
 		if p.first == nil && !p.closed.Load() {
 			p.first = err
@@ -138,6 +216,99 @@ func (p *pair) finished(err error) {
 	}
 }
 
+// notifiedHalf is the a->b direction of a Stream whose a is a
+// ReadNotifier: it copies on a goroutine of its own only while a has
+// bytes, and parks on a's notification when a is drained.
+type notifiedHalf struct {
+	p        *pair
+	src, dst net.Conn
+	n        ReadNotifier
+	count    Counter
+	total    int64 // touched by one run at a time
+	done     chan<- result
+}
+
+// wake is the notification: src has something to read.
+func (h *notifiedHalf) wake() { go h.run() }
+
+// run copies until src is drained (then parks again) or ends (then
+// finishes the direction as copyHalf would).
+func (h *notifiedHalf) run() {
+	bp := bufPool.Get().(*[]byte)
+	defer func() {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}()
+	for {
+		nr, err := h.src.Read(*bp)
+		if nr > 0 {
+			nw, werr := h.dst.Write((*bp)[:nr])
+			if nw > 0 {
+				h.total += int64(nw)
+				h.p.touch()
+				if h.count != nil {
+					h.count.Add(int64(nw))
+				}
+			}
+			if werr == nil && nw != nr {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil && err == nil {
+				err = werr
+			}
+		}
+		if err != nil {
+			if err == io.EOF || isOrdinary(err) {
+				if cw, ok := h.dst.(closeWriter); ok {
+					cw.CloseWrite()
+				} else {
+					h.dst.Close()
+				}
+				err = nil
+			}
+			h.p.finished(err)
+			h.done <- result{h.total, err}
+			return
+		}
+		if nr < len(*bp) {
+			// Drained: park. The next run may start at once, on another
+			// goroutine; this one touches nothing of h after this.
+			bufPool.Put(bp)
+			bp = nil
+			h.n.NotifyRead(h.wake)
+			return
+		}
+	}
+}
+
+// watchIdle closes the pair once nothing has moved either way for idle,
+// looking every idle: the idle timer of a direction that parks without a
+// goroutine (and so without a read deadline). Stop the returned timer when
+// the Stream ends.
+func (p *pair) watchIdle(idle time.Duration) *time.Timer {
+	var t *time.Timer
+	var mu sync.Mutex // orders the assignment of t before check uses it
+	check := func() {
+		if time.Since(time.Unix(0, p.last.Load())) < idle {
+			mu.Lock()
+			t.Reset(idle)
+			mu.Unlock()
+			return
+		}
+		p.mu.Lock()
+		if p.first == nil && !p.closed.Load() {
+			p.first = ErrIdle
+		}
+		p.mu.Unlock()
+		p.closeBoth()
+	}
+	mu.Lock()
+	t = time.AfterFunc(idle, check)
+	mu.Unlock()
+	return t
+}
+
 // ErrIdle is returned by Stream and Packets when they closed an idle pair.
 var ErrIdle = errors.New("relay: idle timeout")
 
@@ -145,7 +316,8 @@ var ErrIdle = errors.New("relay: idle timeout")
 // when it cannot half-close). It returns nil for an ordinary end.
 //
 // Between two kernel TCP sockets (on Linux) the bytes move inside the
-// kernel (see splice_linux.go); otherwise through a pooled buffer.
+// kernel (see splice_linux.go); otherwise through a pooled buffer, held
+// only while bytes move.
 //
 // The idle timer is a read deadline on src, set once and renewed only when
 // it fires (renewing it before every read costs a timer per read on a
@@ -162,6 +334,7 @@ func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64
 		sp = newSplicer(dstTCP, srcTCP)
 	}
 	var bp *[]byte
+	var read func(**[]byte) (int, error)
 	defer func() {
 		if bp != nil {
 			bufPool.Put(bp)
@@ -181,14 +354,14 @@ func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64
 				continue
 			}
 		} else {
-			// The buffer is taken for the first read and kept: a direction
-			// that is not spliced has a netstack conn on one side, whose
-			// reads cannot be waited for without one.
-			if bp == nil {
-				bp = bufPool.Get().(*[]byte)
+			// The buffer is held only while bytes move: read takes it
+			// from the pool once bytes are there (where src can say so),
+			// and a short read puts it back before the next wait.
+			if read == nil {
+				read = pooledRead(src)
 			}
 			var nr int
-			nr, err = src.Read(*bp)
+			nr, err = read(&bp)
 			if nr > 0 {
 				nw, werr := dst.Write((*bp)[:nr])
 				n = int64(nw)
@@ -200,6 +373,12 @@ func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64
 			}
 			if err == io.EOF {
 				eof, err = true, nil
+			}
+			if bp != nil && nr < len(*bp) {
+				// A short read: the source is likely drained, and the
+				// next read likely waits. Wait without the buffer.
+				bufPool.Put(bp)
+				bp = nil
 			}
 		}
 		if n > 0 {
@@ -244,6 +423,38 @@ func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64
 	return total, nil
 }
 
+// pooledRead returns how copyHalf reads src: into *bp, which it takes from
+// the pool if nil, once bytes are there when src can wait without a
+// buffer (a kernel TCP socket, through the runtime poller; a ReadWaiter);
+// otherwise as a plain Read into a buffer taken first.
+func pooledRead(src net.Conn) func(bp **[]byte) (int, error) {
+	get := func(bp **[]byte) {
+		if *bp == nil {
+			*bp = bufPool.Get().(*[]byte)
+		}
+	}
+	if tc, ok := src.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil && canReadKernel {
+			return func(bp **[]byte) (int, error) { return readKernel(tc, rc, bp, get) }
+		}
+	}
+	if w, ok := src.(ReadWaiter); ok {
+		return func(bp **[]byte) (int, error) {
+			if *bp == nil {
+				if err := w.WaitRead(); err != nil {
+					return 0, err
+				}
+				get(bp)
+			}
+			return src.Read(**bp)
+		}
+	}
+	return func(bp **[]byte) (int, error) {
+		get(bp)
+		return src.Read(**bp)
+	}
+}
+
 // KernelConner is a connection that wraps a kernel TCP socket and lets the
 // relay splice on it directly (the netstack's connections in system TCP
 // mode: they keep their own Close). Bytes spliced do not pass through the
@@ -266,4 +477,220 @@ func tcpOf(c net.Conn) *net.TCPConn {
 // isOrdinary reports whether err is how a stream normally ends.
 func isOrdinary(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
+}
+
+// parkingStream is a Stream whose b->a direction may park on a Poller; the
+// caller only waits for it.
+type parkingStream struct {
+	p          *pair
+	upc, downc chan result
+	stop       func() bool // the context's AfterFunc
+	idle       *time.Timer // watchIdle's, nil without opts.Idle
+}
+
+// wait waits for both directions of a Stream started by startParking. Its
+// caller's goroutine does nothing else for the flow's whole life, in a
+// frame kept small (startParking and endParking hold the rest), so that
+// the stack it idles on stays under a quarter of 8 KiB even below the
+// netstack's and the router's frames, and the collector halves it.
+func (s *parkingStream) wait() (up, down int64, err error) {
+	u := <-s.upc
+	d := <-s.downc
+	return endParking(s, u, d)
+}
+
+// startParking starts a Stream whose b->a direction reads on a polledHalf,
+// when opts has a Poller, a is not a kernel socket and b is one; else it
+// returns nil.
+//
+//go:noinline
+func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions) *parkingStream {
+	if o.Poller == nil || !canReadKernel || tcpOf(a) != nil {
+		return nil
+	}
+	bt, ok := b.(*net.TCPConn)
+	if !ok {
+		return nil
+	}
+	rc, err := bt.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	opts := *o
+	p := &pair{a: a, b: b, opts: opts, last: opts.Activity}
+	if p.last == nil {
+		p.last = new(atomic.Int64)
+	}
+	if opts.ParkAfter <= 0 {
+		opts.ParkAfter = defaultParkAfter
+	}
+	s := &parkingStream{p: p, upc: make(chan result, 1), downc: make(chan result, 1)}
+	h := &polledHalf{p: p, src: bt, rc: rc, dst: a, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, done: s.downc}
+	p.parked = h
+	s.stop = context.AfterFunc(ctx, p.closeBoth)
+	p.touch()
+	if opts.Idle > 0 {
+		s.idle = p.watchIdle(opts.Idle)
+	}
+	if n, ok := a.(ReadNotifier); ok {
+		up := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: s.upc}
+		n.NotifyRead(up.wake)
+	} else {
+		go func() {
+			n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
+			p.finished(err)
+			s.upc <- result{n, err}
+		}()
+	}
+	go h.run()
+	return s
+}
+
+//go:noinline
+func endParking(s *parkingStream, u, d result) (up, down int64, err error) {
+	s.stop()
+	if s.idle != nil {
+		s.idle.Stop()
+	}
+	p := s.p
+	p.mu.Lock()
+	if p.halfTimer != nil {
+		p.halfTimer.Stop()
+	}
+	first := p.first
+	p.mu.Unlock()
+	p.closeBoth()
+	return u.n, d.n, first
+}
+
+// polledHalf is the b->a direction of a Stream given a Poller: it copies
+// on a goroutine of its own while b has bytes, and parks on the Poller
+// once b has had none for parkAfter.
+type polledHalf struct {
+	p         *pair
+	src       *net.TCPConn
+	rc        syscall.RawConn
+	dst       net.Conn
+	poller    *Poller
+	parkAfter time.Duration
+	count     Counter
+	total     int64 // touched by one run at a time
+	done      chan<- result
+
+	mu     sync.Mutex
+	parkID uint64 // the Poller registration while parked, 0 otherwise
+}
+
+// run copies until src has been quiet for parkAfter (then parks) or ends
+// (then finishes the direction as copyHalf would).
+func (h *polledHalf) run() {
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}()
+	get := func(bp **[]byte) {
+		if *bp == nil {
+			*bp = bufPool.Get().(*[]byte)
+		}
+	}
+	lastRead := time.Now()
+	h.src.SetReadDeadline(lastRead.Add(h.parkAfter))
+	for {
+		nr, err := readKernel(h.src, h.rc, &bp, get)
+		if nr > 0 {
+			lastRead = time.Now()
+			nw, werr := h.dst.Write((*bp)[:nr])
+			if nw > 0 {
+				h.total += int64(nw)
+				h.p.touch()
+				if h.count != nil {
+					h.count.Add(int64(nw))
+				}
+			}
+			if werr == nil && nw != nr {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil && err == nil {
+				err = werr
+			}
+		}
+		if bp != nil && nr < len(*bp) {
+			bufPool.Put(bp)
+			bp = nil
+		}
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !h.p.closed.Load() {
+			if quiet := time.Since(lastRead); quiet < h.parkAfter {
+				h.src.SetReadDeadline(time.Now().Add(h.parkAfter - quiet))
+				continue
+			}
+			h.src.SetReadDeadline(time.Time{})
+			if h.park() {
+				return
+			}
+			continue // no Poller now: read on here
+		}
+		if err != nil {
+			if err == io.EOF || isOrdinary(err) {
+				if cw, ok := h.dst.(closeWriter); ok {
+					cw.CloseWrite()
+				} else {
+					h.dst.Close()
+				}
+				err = nil
+			}
+			h.p.finished(err)
+			h.done <- result{h.total, err}
+			return
+		}
+	}
+}
+
+// park registers h on the Poller; false when it cannot (the pair or the
+// Poller closed), and the caller reads on.
+func (h *polledHalf) park() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.p.closed.Load() || h.p.oneEnded.Load() {
+		// Closed, or half-closed: the other direction has finished, so
+		// nothing would wake this one if the caller closed b (a closed
+		// socket leaves the epoll set silently). Half-closed flows
+		// are few and short (StreamOptions.HalfClose): they keep the
+		// goroutine.
+		return false
+	}
+	// wake may run before wait returns; it waits for h.mu, and so sees
+	// parkID set.
+	id, err := h.poller.wait(h.rc, h.wake)
+	if err != nil {
+		return false
+	}
+	h.parkID = id
+	return true
+}
+
+// wake is registration id's notification: src is readable.
+func (h *polledHalf) wake(id uint64) {
+	h.mu.Lock()
+	if id == 0 || h.parkID != id {
+		h.mu.Unlock()
+		return
+	}
+	h.parkID = 0
+	h.mu.Unlock()
+	go h.run()
+}
+
+// unpark resumes a parked h once the pair is closed: its run sees the
+// closed socket and finishes the direction.
+func (h *polledHalf) unpark() {
+	h.mu.Lock()
+	id := h.parkID
+	h.parkID = 0
+	h.mu.Unlock()
+	if id != 0 {
+		h.poller.cancel(h.rc, id)
+		go h.run()
+	}
 }

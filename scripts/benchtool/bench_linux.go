@@ -22,25 +22,50 @@ import (
 
 // config is what the command line sets.
 type config struct {
-	tunsocks  string        // the tunsocks binary
-	mtus      []int         // one lab per MTU; the first also gets the connection rows
-	iperfTime time.Duration // each iperf3 run
-	workers   []int         // connection-rate worker counts, one row each
-	rateTime  time.Duration // connection-rate duration
-	rateReps  int           // connection-rate runs per cell (median)
-	rtts      int           // round trips for the latency percentiles
-	idle      int           // idle connections held open for the RSS row
-	skipIperf bool          // no iperf3 rows
-	aaCheck   bool          // the tunsocks columns' rate runs go to the SOCKS server directly
-	runArgs   string        // extra arguments for tunsocks run
-	runEnv    string        // extra environment for tunsocks run
-	tunPaths  []path        // tunsocks columns measured: tunPath (gVisor), sysPath (--tcp-stack system)
+	tunsocks  string          // the tunsocks binary
+	peers     map[path]string // other TUN programs' binaries (-peer)
+	copySocks copySocks       // the copying SOCKS server; name "" for none
+	mtus      []int           // one lab per MTU; the first also gets the connection rows
+	iperfTime time.Duration   // each iperf3 run
+	workers   []int           // connection-rate worker counts, one row each
+	rateTime  time.Duration   // connection-rate duration
+	rateReps  int             // connection-rate runs per cell (median)
+	rtts      int             // round trips for the latency percentiles
+	idle      int             // idle connections held open for the first memory row
+	idleMax   int             // and for the second (0: no second row)
+	bulk      time.Duration   // bulk transfer before the after-bulk RSS row (0: no row)
+	settle    time.Duration   // idle time after it
+	udpHeld   int             // UDP flows held open for the per-flow memory row (0: no UDP rows)
+	udpFlood  int             // new UDP flows offered for the bounded-flows row (0: no row)
+	udpRate   int             // new UDP flows a second offered in that row
+	skipIperf bool            // no iperf3 rows
+	aaCheck   bool            // the tunsocks columns' rate runs go to the SOCKS server directly
+	runArgs   string          // extra arguments for tunsocks run
+	heapDir   string          // where tunsocks' heap profiles go ("" for none)
+	runEnv    string          // extra environment for tunsocks run
+	tunPaths  []path          // TUN columns measured: tunPath (gVisor), sysPath (--tcp-stack system), peers
 }
 
 // Targets from the issue: tunsocks against our SOCKS server used directly.
 const (
-	targetSingleStream = 0.3 // single-stream throughput at MTU 1500, both directions
+	targetSingleStream = 0.6 // single-stream throughput at MTU 1500, both directions
 	targetConnRate     = 0.7 // connections per second
+	targetRTT          = 1.1 // 1-byte round trip p50 with a copying SOCKS server (at most)
+)
+
+// Limits from the issue on tunsocks' own figures.
+const (
+	limitStartRSS     = 16 << 20 // RSS at start
+	limitAfterBulk    = 1.25     // RSS after bulk and idle, over RSS at start
+	limitPerConn      = 12 << 10 // memory per idle TCP connection
+	limitRSSAt10k     = 200 << 20
+	maxOpenFiles      = 20000            // this machine's hard limit of open files
+	udpEchoPort       = 7100             // the remote host's UDP echo service
+	udpHeldPortBase   = 2000             // app source ports of the held UDP flows
+	udpFloodPortBase  = 10000            // and of the offered ones
+	idleOpenWorkers   = 8                // goroutines opening and poking idle connections
+	idleSettle        = 10 * time.Second // idle before RSS is read: tunsocks gives a burst's memory back after 2-4 s quiet
+	idleOpenTimeLimit = 3 * time.Minute
 )
 
 type bench struct {
@@ -48,7 +73,7 @@ type bench struct {
 	log             io.Writer // progress, one line per measurement
 	tab             *table
 	proxychainsConf string
-	tunPid          int // tunsocks run, once started
+	tunPid          int // the TUN program, once started
 	serverPid       int // tunsocks server
 }
 
@@ -95,19 +120,54 @@ func (b *bench) run(ctx context.Context) error {
 					b.tab.declare(cpuRow(part, w), latency, 0)
 				}
 			}
-			b.tab.declare(rttRow(b.cfg, 50), latency, 0)
-			b.tab.declare(rttRow(b.cfg, 99), latency, 0)
-			b.tab.declare(rssIdleRow(mtu), memory, 0)
-			b.tab.declare(rssAfterRow(mtu), memory, 0)
-			b.tab.declare(rssConnsRow(mtu, b.cfg.idle), memory, 0)
+			b.tab.declare(rttRow(b.cfg, 50, ""), latency, 0)
+			b.tab.declare(rttRow(b.cfg, 99, ""), latency, 0)
+			if c := b.cfg.copySocks.name; c != "" {
+				b.tab.declare(rttRow(b.cfg, 50, c), latency, targetRTT)
+				b.tab.declare(rttRow(b.cfg, 99, c), latency, 0)
+				b.tab.declare(rttSwitchesRow(c), factor, 0)
+				b.tab.declare(rttCPURow(c), latency, 0)
+			}
+			b.tab.declare(rssStartRow(mtu), memory, 0).limitTo(limitStartRSS)
+			if b.cfg.bulk > 0 {
+				b.tab.declare(rssBulkRow(b.cfg, mtu), memory, 0)
+				b.tab.declare(rssBulkFactorRow(), factor, 0).limitTo(limitAfterBulk)
+			}
+			for _, n := range b.idleCounts() {
+				b.tab.declare(rssConnsRow(mtu, n), memory, 0)
+				b.tab.declare(perConnRow(n), perItem, 0).limitTo(limitPerConn)
+			}
+			if n := b.cfg.idleMax; n > 0 && b.cfg.copySocks.name != "" {
+				b.tab.declare(rssScaledRow(n), memory, 0).limitTo(limitRSSAt10k)
+				b.tab.declare(pokedRow(n), count, 0)
+			}
+			if b.cfg.udpHeld > 0 {
+				b.tab.declare(udpHeldRow(b.cfg), count, 0)
+				b.tab.declare(perFlowRow(b.cfg), perItem, 0)
+			}
+			if b.cfg.udpFlood > 0 {
+				b.tab.declare(udpFloodRow(b.cfg), memory, 0)
+				b.tab.declare(udpFloodAnsweredRow(b.cfg), count, 0)
+			}
 		}
 	}
 	for i, mtu := range b.cfg.mtus {
-		if err := b.runLab(ctx, mtu, i == 0); err != nil {
+		if err := b.runLab(ctx, mtu, i == 0, dir); err != nil {
 			return fmt.Errorf("MTU %d: %w", mtu, err)
 		}
 	}
 	return nil
+}
+
+// idleCounts are the numbers of idle connections the memory rows hold.
+func (b *bench) idleCounts() []int {
+	if b.cfg.copySocks.name == "" {
+		return nil
+	}
+	if b.cfg.idleMax > b.cfg.idle {
+		return []int{b.cfg.idle, b.cfg.idleMax}
+	}
+	return []int{b.cfg.idle}
 }
 
 func iperfRow(mtu, streams int, reverse bool) string {
@@ -143,8 +203,8 @@ func (b *bench) connRateMedian(ctx context.Context, l *lab.Lab, dial dialFunc, w
 // process of the path's connections shares the machine's 2 cores, so once
 // the machine is busy the rate is its CPU divided by the sum of these.
 type cpuShares struct {
-	machine, server, gen, tunsocks time.Duration
-	err                            error
+	machine, server, gen, tun time.Duration
+	err                       error
 }
 
 // cpuSnapshot reads the cumulative CPU times for p's processes.
@@ -156,8 +216,8 @@ func (b *bench) cpuSnapshot(p path) cpuShares {
 	if p != kernelPath {
 		c.server, errs[2] = cpuTime(b.serverPid)
 	}
-	if p.throughTunsocks() {
-		c.tunsocks, errs[3] = cpuTime(b.tunPid)
+	if p.throughTUN() {
+		c.tun, errs[3] = cpuTime(b.tunPid)
 	}
 	c.err = errors.Join(errs[:]...)
 	return c
@@ -180,13 +240,13 @@ func (b *bench) recordCPU(p path, workers int, a, z cpuShares, n float64, err er
 	if p != kernelPath {
 		rec(cpuParts[2], z.server-a.server)
 	}
-	if p.throughTunsocks() {
-		rec(cpuParts[3], z.tunsocks-a.tunsocks)
+	if p.throughTUN() {
+		rec(cpuParts[3], z.tun-a.tun)
 	}
 }
 
 // cpuParts name the CPU rows, in the order recordCPU records them.
-var cpuParts = []string{"machine (all processes and the kernel)", "load generator (client and echo server)", "SOCKS server", "tunsocks"}
+var cpuParts = []string{"machine (all processes and the kernel)", "load generator (client and echo server)", "SOCKS server", "TUN program"}
 
 func cpuRow(part string, workers int) string {
 	return fmt.Sprintf("%s CPU time per connection (%d workers)", part, workers)
@@ -207,22 +267,58 @@ func connRateBestRow(c config) string {
 	return fmt.Sprintf("connections/s, best of %s workers", strings.Join(ws, "/"))
 }
 
-func rttRow(c config, pct int) string {
+// rttRow names a round-trip row; server is the copying SOCKS server when
+// the row was measured through it, "" for `tunsocks server`.
+func rttRow(c config, pct int, server string) string {
+	if server != "" {
+		return fmt.Sprintf("1-byte request/response p%d (%d round trips), copying SOCKS server (%s)", pct, c.rtts, server)
+	}
 	return fmt.Sprintf("1-byte request/response p%d (%d round trips)", pct, c.rtts)
 }
 
-func rssIdleRow(mtu int) string { return fmt.Sprintf("tunsocks RSS, idle (MTU %d)", mtu) }
-func rssAfterRow(mtu int) string {
-	return fmt.Sprintf("tunsocks RSS, idle again after the rows above (MTU %d)", mtu)
+func rttSwitchesRow(server string) string {
+	return fmt.Sprintf("TUN program context switches per round trip, copying SOCKS server (%s)", server)
 }
-func rssConnsRow(mtu, n int) string {
-	return fmt.Sprintf("tunsocks RSS, %d open idle connections (MTU %d)", n, mtu)
+func rttCPURow(server string) string {
+	return fmt.Sprintf("TUN program CPU time per round trip, copying SOCKS server (%s)", server)
 }
 
-// runLab builds a lab at one MTU and measures the three paths in turn:
-// kernel forwarding first, then SOCKS without a TUN, then tunsocks (whose
+func rssStartRow(mtu int) string {
+	return fmt.Sprintf("TUN program RSS at start, after one connection (MTU %d)", mtu)
+}
+func rssBulkRow(c config, mtu int) string {
+	return fmt.Sprintf("TUN program RSS after %v of bulk (iperf3 --bidir, 4 streams) and %v idle (MTU %d)", c.bulk, c.settle, mtu)
+}
+func rssBulkFactorRow() string { return "RSS after bulk and idle / RSS at start" }
+func rssConnsRow(mtu, n int) string {
+	return fmt.Sprintf("TUN program RSS, %d open idle TCP connections (fresh process; MTU %d)", n, mtu)
+}
+func perConnRow(n int) string {
+	return fmt.Sprintf("memory per idle TCP connection at %d (RSS with them - RSS before, / %d)", n, n)
+}
+func rssScaledRow(n int) string {
+	return fmt.Sprintf("RSS with 10,000 idle TCP connections, scaled from %d", n)
+}
+func pokedRow(n int) string {
+	return fmt.Sprintf("of the %d idle TCP connections, still echoing when poked afterwards", n)
+}
+func udpHeldRow(c config) string {
+	return fmt.Sprintf("UDP flows answered of %d held open (new source ports, %d/s)", c.udpHeld, udpHeldRate)
+}
+func perFlowRow(c config) string {
+	return fmt.Sprintf("memory per UDP flow (RSS with %d held - RSS before, / flows answered)", c.udpHeld)
+}
+func udpFloodRow(c config) string {
+	return fmt.Sprintf("TUN program RSS after %d new UDP flows offered (one datagram each, %d/s)", c.udpFlood, c.udpRate)
+}
+func udpFloodAnsweredRow(c config) string {
+	return fmt.Sprintf("of the %d offered UDP flows, answered", c.udpFlood)
+}
+
+// runLab builds a lab at one MTU and measures the paths in turn: kernel
+// forwarding first, then SOCKS without a TUN, then each TUN program (whose
 // default route would otherwise swallow the kernel path).
-func (b *bench) runLab(ctx context.Context, mtu int, full bool) (err error) {
+func (b *bench) runLab(ctx context.Context, mtu int, full bool, dir string) (err error) {
 	fmt.Fprintf(b.log, "== lab at MTU %d\n", mtu)
 	l, err := lab.New(lab.Options{MTU: mtu})
 	if err != nil {
@@ -282,83 +378,133 @@ func (b *bench) runLab(ctx context.Context, mtu int, full bool) (err error) {
 	if b.serverPid, err = server.pid(); err != nil {
 		return err
 	}
+	if full && b.cfg.copySocks.name != "" {
+		name, args, err := b.cfg.copySocks.command(copySocksAddr, lab.ProxyUp4.Addr(), dir)
+		if err != nil {
+			return err
+		}
+		cs, err := start(l.Proxy, name, args...)
+		if err != nil {
+			return err
+		}
+		if err := waitListening(ctx, l, l.Proxy, copySocksPort, cs); err != nil {
+			return err
+		}
+	}
 
 	for _, p := range []path{kernelPath, socksPath} {
 		if err := b.measure(ctx, l, p, mtu, full); err != nil {
 			return err
 		}
 	}
+	if full && b.cfg.copySocks.name != "" {
+		if err := b.measureCopyRTT(ctx, l, socksPath); err != nil {
+			return err
+		}
+	}
 
-	// tunsocks: the app host loses its route through the proxy host and
-	// gets a default route into the TUN instead, once per TCP stack.
+	// The TUN paths: the app host loses its route through the proxy host
+	// and gets a default route into the TUN instead, one program at a time.
 	if err := routeDel(l.App, lab.Remote4.Masked(), lab.ProxyDown4.Addr()); err != nil {
 		return err
 	}
 	for _, p := range b.cfg.tunPaths {
-		if err := b.measureTunsocks(ctx, l, p, mtu, full, start); err != nil {
+		if err := b.measureTUN(ctx, l, p, mtu, full, dir, start); err != nil {
 			return err
 		}
 	}
 	return ctx.Err()
 }
 
-// measureTunsocks runs `tunsocks run` (with --tcp-stack system for sysPath),
-// routes the app host into its TUN, fills p's column and stops it again
-// (which removes the TUN and its routes).
-func (b *bench) measureTunsocks(ctx context.Context, l *lab.Lab, p path, mtu int, full bool, start func(ns, name string, args ...string) (*proc, error)) error {
-	args := []string{"run", "--proxy", "socks5://" + socksAddr.String(),
-		"--tun", "tsk0", "--mtu", strconv.Itoa(mtu), "--summary-interval", "0"}
-	if p == sysPath {
-		args = append(args, "--tcp-stack", "system")
-	}
-	args = append(args, strings.Fields(b.cfg.runArgs)...)
-	ts, err := start(l.App, b.cfg.tunsocks, args...)
+// tunRun is one TUN program running with the app host routed into it.
+type tunRun struct {
+	p   *proc
+	pid int
+}
+
+// startTUN starts p's TUN program relaying through the SOCKS server at
+// socks, brings its device up if the program leaves it down, routes the
+// app host's default routes into it, and proves the path with one echo.
+func (b *bench) startTUN(ctx context.Context, l *lab.Lab, p path, mtu int, socks netip.AddrPort, dir string,
+	start func(ns, name string, args ...string) (*proc, error)) (*tunRun, error) {
+	name, args, err := b.tunCommand(p, mtu, socks, dir)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer ts.stop()
-	if err := l.RouteDefaultVia("tsk0", 15*time.Second); err != nil {
-		return fmt.Errorf("%w\ntunsocks output:\n%s", err, ts.out.String())
+	ts, err := start(l.App, name, args...)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*tunRun, error) {
+		ts.stop()
+		return nil, fmt.Errorf("%v: %w\n%s output:\n%s", p, err, filepath.Base(name), ts.out.String())
+	}
+	if p.isPeer() {
+		if err := bringUp(l.App, tunDev, 15*time.Second, ts); err != nil {
+			return fail(err)
+		}
+	}
+	if err := l.RouteDefaultVia(tunDev, 15*time.Second); err != nil {
+		return fail(err)
 	}
 	pid, err := ts.pid()
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	b.tunPid = pid
-	if err := b.probe(ctx, l, p); err != nil {
-		return fmt.Errorf("%v path does not work: %w\ntunsocks output:\n%s", p, err, ts.out.String())
+	if err := b.probe(ctx, l, p, socksAddr); err != nil {
+		return fail(fmt.Errorf("the path does not work: %w", err))
 	}
-	if full {
-		time.Sleep(time.Second) // let the probe's flow finish
-		v, err := rss(pid)
-		b.record(b.tab.declare(rssIdleRow(mtu), memory, 0), p, v, err)
-	}
-	if err := b.measure(ctx, l, p, mtu, full); err != nil {
+	return &tunRun{p: ts, pid: pid}, nil
+}
+
+// measureTUN fills p's column: a run of its TUN program through `tunsocks
+// server` for the throughput, connection, round-trip, bulk and UDP rows,
+// then a fresh run through the copying SOCKS server for its round-trip rows
+// and the idle-connection rows. Each run is stopped (which removes the TUN
+// and its routes) before the next starts.
+func (b *bench) measureTUN(ctx context.Context, l *lab.Lab, p path, mtu int, full bool, dir string,
+	start func(ns, name string, args ...string) (*proc, error)) error {
+	ts, err := b.startTUN(ctx, l, p, mtu, socksAddr, dir, start)
+	if err != nil {
 		return err
 	}
+	var startRSS float64
+	var startErr error
 	if full {
-		dial, err := dialerFor(p)
-		if err != nil {
-			return err
-		}
-		time.Sleep(time.Second) // let the last flows close
-		v, err := rss(pid)
-		b.record(b.tab.declare(rssAfterRow(mtu), memory, 0), p, v, err)
-		r := b.tab.declare(rssConnsRow(mtu, b.cfg.idle), memory, 0)
-		conns, err := openIdle(ctx, l, dial, b.cfg.idle, 60*time.Second)
-		if err != nil {
-			b.record(r, p, 0, err)
-		} else {
-			time.Sleep(time.Second)
-			v, err := rss(pid)
-			b.record(r, p, v, err)
-			for _, c := range conns {
-				c.Close()
-			}
-		}
+		time.Sleep(time.Second) // let the probe's flow finish
+		startRSS, startErr = rss(ts.pid)
+		b.record(b.tab.declare(rssStartRow(mtu), memory, 0), p, startRSS, startErr)
+		b.heapProfile(l, p, "start")
 	}
-	if ts.exited() {
-		return fmt.Errorf("tunsocks exited during the benchmark:\n%s", ts.out.String())
+	err = b.measure(ctx, l, p, mtu, full)
+	if err == nil && full && b.cfg.bulk > 0 {
+		err = b.measureBulk(ctx, l, p, mtu, ts, startRSS, startErr)
+	}
+	if err == nil && full {
+		err = b.measureUDP(ctx, l, p, ts)
+	}
+	if err == nil && ts.p.exited() {
+		err = fmt.Errorf("%v: the TUN program exited during the benchmark:\n%s", p, ts.p.out.String())
+	}
+	ts.p.stop()
+	if err != nil || !full || b.cfg.copySocks.name == "" {
+		return errors.Join(err, ctx.Err())
+	}
+
+	ts, err = b.startTUN(ctx, l, p, mtu, copySocksAddr, dir, start)
+	if err != nil {
+		return err
+	}
+	defer ts.p.stop()
+	if err := b.measureCopyRTT(ctx, l, p); err != nil {
+		return err
+	}
+	if err := b.measureIdle(ctx, l, p, mtu, ts); err != nil {
+		return err
+	}
+	if ts.p.exited() {
+		return fmt.Errorf("%v: the TUN program exited during the benchmark:\n%s", p, ts.p.out.String())
 	}
 	return ctx.Err()
 }
@@ -366,7 +512,7 @@ func (b *bench) measureTunsocks(ctx context.Context, l *lab.Lab, p path, mtu int
 // measure fills one path's column. Failures of one measurement are recorded
 // in the table; only a cancelled context ends the run.
 func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full bool) error {
-	if err := b.probe(ctx, l, p); err != nil {
+	if err := b.probe(ctx, l, p, socksAddr); err != nil {
 		return fmt.Errorf("%v path does not work: %w", p, err)
 	}
 	for _, streams := range []int{1, 4} {
@@ -385,15 +531,15 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 	if !full {
 		return nil
 	}
-	dial, err := dialerFor(p)
+	dial, err := dialerFor(p, socksAddr)
 	if err != nil {
 		return err
 	}
-	if b.cfg.aaCheck && p.throughTunsocks() {
+	if b.cfg.aaCheck && p.throughTUN() {
 		// The A/A check: the same path in both columns, measured as far
 		// apart as the real comparison, shows how far the ratio moves
 		// with nothing to compare (0.92-1.10x over seven runs here).
-		if dial, err = dialerFor(socksPath); err != nil {
+		if dial, err = dialerFor(socksPath, socksAddr); err != nil {
 			return err
 		}
 	}
@@ -422,8 +568,8 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	b.record(b.tab.declare(rttRow(b.cfg, 50), latency, 0), p, p50.Seconds(), err)
-	b.record(b.tab.declare(rttRow(b.cfg, 99), latency, 0), p, p99.Seconds(), err)
+	b.record(b.tab.declare(rttRow(b.cfg, 50, ""), latency, 0), p, p50.Seconds(), err)
+	b.record(b.tab.declare(rttRow(b.cfg, 99, ""), latency, 0), p, p99.Seconds(), err)
 	return nil
 }
 
@@ -437,9 +583,10 @@ func (b *bench) record(r *row, p path, v float64, err error) {
 }
 
 // probe proves a path end to end with one echo, retrying for up to 10 s
-// (a TUN that has just come up may drop the first SYN).
-func (b *bench) probe(ctx context.Context, l *lab.Lab, p path) error {
-	dial, err := dialerFor(p)
+// (a TUN that has just come up may drop the first SYN); socks is the SOCKS
+// server of the socks-only path.
+func (b *bench) probe(ctx context.Context, l *lab.Lab, p path, socks netip.AddrPort) error {
+	dial, err := dialerFor(p, socks)
 	if err != nil {
 		return err
 	}

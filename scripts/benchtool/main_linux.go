@@ -44,9 +44,29 @@ func run(ctx context.Context, args []string) int {
 	fs.DurationVar(&cfg.rateTime, "rate-time", 3*time.Second, "duration of the connection-rate run (100ms..60s)")
 	fs.IntVar(&cfg.rateReps, "rate-reps", 3, "connection-rate runs per cell; the median is reported (1..9)")
 	fs.IntVar(&cfg.rtts, "rtts", 2000, "1-byte round trips for the latency percentiles (100..100000)")
-	fs.IntVar(&cfg.idle, "idle-conns", 1000, "idle connections held through tunsocks for the memory row (1..20000)")
+	fs.IntVar(&cfg.idle, "idle-conns", 1000, "idle TCP connections held through each TUN program for the first memory rows (1..9000)")
+	fs.IntVar(&cfg.idleMax, "idle-max", 8000, "idle TCP connections for the second memory rows, and poked afterwards (0: none; at most 9000: benchtool holds both ends of each under the 20,000 open-file limit)")
+	copySocks := "microsocks"
+	fs.StringVar(&copySocks, "copy-socks", copySocks, "SOCKS5 server that copies instead of splicing, for the round-trip and idle-connection rows: microsocks, dante, or none")
+	fs.DurationVar(&cfg.bulk, "bulk", 30*time.Second, "bulk transfer (iperf3 --bidir, 4 streams) before the after-bulk RSS row (whole seconds; 0: no row)")
+	fs.DurationVar(&cfg.settle, "settle", 30*time.Second, "idle time after the bulk transfer before RSS is read")
+	fs.IntVar(&cfg.udpHeld, "udp-held", 500, "UDP flows held open for the per-flow memory row (0: no UDP rows; at most 5000)")
+	fs.IntVar(&cfg.udpFlood, "udp-flows", 50000, "new UDP flows offered, one datagram each, for the bounded-flows row (0: none; at most 55000)")
+	fs.IntVar(&cfg.udpRate, "udp-rate", 5000, "new UDP flows a second offered in that row (100..100000)")
+	fs.Func("peer", "NAME=PATH: also measure another TUN program in its own column, with the same SOCKS server: tun2socks, hev (hev-socks5-tunnel), sing-box (built with the with_gvisor tag); repeatable", func(s string) error {
+		p, bin, err := parsePeer(s)
+		if err != nil {
+			return err
+		}
+		if cfg.peers == nil {
+			cfg.peers = map[path]string{}
+		}
+		cfg.peers[p] = bin
+		return nil
+	})
 	fs.BoolVar(&cfg.skipIperf, "skip-iperf", false, "skip the iperf3 rows (for working on the connection and latency rows)")
 	fs.BoolVar(&cfg.aaCheck, "aa-check", false, "an A/A check of the rate ratio: the tunsocks columns' connection-rate runs go straight to the SOCKS server, so their ratio to the socks-only column shows how far it moves for the same path")
+	fs.StringVar(&cfg.heapDir, "heap-profiles", "", "directory for heap profiles of `tunsocks run` (live heap, after a GC; with memstats and the goroutines' stacks) at each idle-connection step and after the bulk transfer; tunsocks runs with --pprof")
 	fs.StringVar(&cfg.runArgs, "run-args", "", "extra arguments for `tunsocks run`, space separated (e.g. \"--cpuprofile /tmp/run.prof\")")
 	var stacks string
 	fs.StringVar(&stacks, "tcp-stacks", "gvisor,system", "comma-separated TCP stacks of `tunsocks run` to measure, one column each: gvisor, system")
@@ -54,7 +74,7 @@ func run(ctx context.Context, args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if err := cfg.parse(mtus, workers, stacks); err != nil {
+	if err := cfg.parse(mtus, workers, stacks, copySocks); err != nil {
 		fmt.Fprintln(os.Stderr, "benchtool:", err)
 		return 2
 	}
@@ -69,9 +89,22 @@ func run(ctx context.Context, args []string) int {
 		}
 	}
 
+	// Every process the benchmark starts inherits this limit (Go would
+	// hand children the soft limit it found); the idle-connection rows
+	// need thousands of descriptors in the SOCKS server and the TUN
+	// programs.
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			fmt.Fprintln(os.Stderr, "benchtool: warning: raising the open-file limit:", err)
+		}
+	}
+
 	b := &bench{cfg: cfg, log: os.Stderr, tab: &table{}}
-	b.tab.omit[tunPath] = !slices.Contains(cfg.tunPaths, tunPath)
-	b.tab.omit[sysPath] = !slices.Contains(cfg.tunPaths, sysPath)
+	for _, p := range tunPaths {
+		b.tab.omit[p] = !slices.Contains(cfg.tunPaths, p)
+	}
 	started := time.Now()
 	err := b.run(ctx)
 	fmt.Printf("\n## tunsocks benchmark\n\n%s\n\n", environment(cfg))
@@ -80,7 +113,9 @@ func run(ctx context.Context, args []string) int {
 	}
 	b.tab.write(os.Stdout)
 	fmt.Printf("\ntargets (issue): single-stream TCP throughput at MTU 1500 >= %.1fx socks-only in both directions; "+
-		"connection rate >= %.1fx socks-only. Informational: exit status is 0 whether met or not.\n", targetSingleStream, targetConnRate)
+		"connection rate >= %.1fx socks-only; 1-byte round trip p50 through a copying SOCKS server <= %.1fx socks-only; "+
+		"the limits above. Peers get ratios, not verdicts. Informational: exit status is 0 whether met or not.\n",
+		targetSingleStream, targetConnRate, targetRTT)
 	fmt.Printf("total time %v\n", time.Since(started).Round(time.Second))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "benchtool:", err)
@@ -89,7 +124,7 @@ func run(ctx context.Context, args []string) int {
 	return 0
 }
 
-func (c *config) parse(mtus, workers, stacks string) error {
+func (c *config) parse(mtus, workers, stacks, copyServer string) error {
 	for _, s := range strings.Split(stacks, ",") {
 		var p path
 		switch strings.TrimSpace(s) {
@@ -102,6 +137,29 @@ func (c *config) parse(mtus, workers, stacks string) error {
 		}
 		if !slices.Contains(c.tunPaths, p) {
 			c.tunPaths = append(c.tunPaths, p)
+		}
+	}
+	for _, p := range []path{t2sPath, hevPath, singboxPath} {
+		if c.peers[p] != "" {
+			c.tunPaths = append(c.tunPaths, p)
+		}
+	}
+	switch copyServer {
+	case "none", "":
+	case "microsocks", "dante":
+		bin := map[string]string{"microsocks": "microsocks", "dante": "danted"}[copyServer]
+		path, err := exec.LookPath(bin)
+		if err != nil {
+			return fmt.Errorf("-copy-socks %s: %s is not installed (apt-get install %s, or -copy-socks none)", copyServer, bin,
+				map[string]string{"microsocks": "microsocks", "dante": "dante-server"}[copyServer])
+		}
+		c.copySocks = copySocks{name: copyServer, bin: path}
+	default:
+		return fmt.Errorf("-copy-socks %q: want microsocks, dante or none", copyServer)
+	}
+	if c.heapDir != "" {
+		if err := os.MkdirAll(c.heapDir, 0o755); err != nil {
+			return fmt.Errorf("-heap-profiles: %w", err)
 		}
 	}
 	if c.tunsocks == "" {
@@ -139,8 +197,20 @@ func (c *config) parse(mtus, workers, stacks string) error {
 		return fmt.Errorf("-rate-reps %d: want 1 to 9", c.rateReps)
 	case c.rtts < 100 || c.rtts > 100000:
 		return fmt.Errorf("-rtts %d: want 100 to 100000", c.rtts)
-	case c.idle < 1 || c.idle > 20000:
-		return fmt.Errorf("-idle-conns %d: want 1 to 20000", c.idle)
+	case c.idle < 1 || c.idle > 9000:
+		return fmt.Errorf("-idle-conns %d: want 1 to 9000", c.idle)
+	case c.idleMax < 0 || c.idleMax > 9000:
+		return fmt.Errorf("-idle-max %d: want 0 to 9000", c.idleMax)
+	case c.bulk < 0 || c.bulk > 10*time.Minute || c.bulk%time.Second != 0:
+		return fmt.Errorf("-bulk %v: want whole seconds up to 10m, or 0", c.bulk)
+	case c.settle < 0 || c.settle > 10*time.Minute:
+		return fmt.Errorf("-settle %v: want 0 to 10m", c.settle)
+	case c.udpHeld < 0 || c.udpHeld > 5000:
+		return fmt.Errorf("-udp-held %d: want 0 to 5000", c.udpHeld)
+	case c.udpFlood < 0 || c.udpFlood > 55000:
+		return fmt.Errorf("-udp-flows %d: want 0 to 55000", c.udpFlood)
+	case c.udpRate < 100 || c.udpRate > 100000:
+		return fmt.Errorf("-udp-rate %d: want 100 to 100000", c.udpRate)
 	}
 	return nil
 }

@@ -23,13 +23,16 @@ const (
 	iperfPort     = 5201
 	echoPortBase  = 7000 // + path
 	socksPort     = 1080
+	copySocksPort = 1081            // the copying SOCKS server (-copy-socks)
 	ioTimeout     = 5 * time.Second // any single connect, read or write
 	maxErrsWorker = 10              // a connection-rate worker gives up after this many failures
+	rttWarmup     = 20              // round trips before the measured ones
 )
 
 var (
-	remoteAddr = lab.Remote4.Addr()
-	socksAddr  = netip.AddrPortFrom(lab.ProxyDown4.Addr(), socksPort)
+	remoteAddr    = lab.Remote4.Addr()
+	socksAddr     = netip.AddrPortFrom(lab.ProxyDown4.Addr(), socksPort)
+	copySocksAddr = netip.AddrPortFrom(lab.ProxyDown4.Addr(), copySocksPort)
 )
 
 func echoAddr(p path) string {
@@ -41,15 +44,17 @@ func echoAddr(p path) string {
 // sockets it makes belong to the app host.
 type dialFunc func(ctx context.Context) (net.Conn, error)
 
-func dialerFor(p path) (dialFunc, error) {
+// dialerFor is p's dialer; socks is the SOCKS server the socks-only path
+// speaks to.
+func dialerFor(p path, socks netip.AddrPort) (dialFunc, error) {
 	nd := &net.Dialer{Timeout: ioTimeout}
 	addr := echoAddr(p)
-	switch p {
-	case kernelPath, tunPath, sysPath:
+	switch {
+	case p == kernelPath || p.throughTUN():
 		// Same socket call; only the app host's routes differ.
 		return func(ctx context.Context) (net.Conn, error) { return nd.DialContext(ctx, "tcp", addr) }, nil
-	case socksPath:
-		c, err := socksclient.Parse("socks5://"+socksAddr.String(), nd)
+	case p == socksPath:
+		c, err := socksclient.Parse("socks5://"+socks.String(), nd)
 		if err != nil {
 			return nil, err
 		}
@@ -147,7 +152,7 @@ func rtt(ctx context.Context, l *lab.Lab, dial dialFunc, n int) (p50, p99 time.D
 		stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 		defer stop()
 		buf := make([]byte, 1)
-		for range 20 { // warm up
+		for range rttWarmup {
 			if err := echoOnce(c, buf); err != nil {
 				return err
 			}
@@ -171,47 +176,13 @@ func rtt(ctx context.Context, l *lab.Lab, dial dialFunc, n int) (p50, p99 time.D
 	return p50, p99, err
 }
 
-// openIdle opens n connections, each proven end to end by one echo, and
-// returns them; the caller closes them. Bounded by limit overall.
-func openIdle(ctx context.Context, l *lab.Lab, dial dialFunc, n int, limit time.Duration) ([]net.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	conns := make([]net.Conn, 0, n)
-	err := l.Do(l.App, func() error {
-		buf := make([]byte, 1)
-		for range n {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			c, err := dial(ctx)
-			if err != nil {
-				return err
-			}
-			conns = append(conns, c)
-			if err := echoOnce(c, buf); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		for _, c := range conns {
-			c.Close()
-		}
-		return nil, fmt.Errorf("after %d connections: %w", len(conns), err)
-	}
-	for _, c := range conns {
-		c.SetDeadline(time.Time{})
-	}
-	return conns, nil
-}
-
-// echoServer answers every byte it gets with the same byte, on one port per
-// path, on the remote host.
+// echoServer answers every byte it gets with the same byte, on one TCP
+// port per path, and every UDP datagram on udpEchoPort, on the remote host.
 type echoServer struct {
 	wg  sync.WaitGroup
 	mu  sync.Mutex
 	lns []net.Listener
+	pc  net.PacketConn
 	cs  map[net.Conn]struct{}
 }
 
@@ -226,7 +197,9 @@ func startEcho(l *lab.Lab) (*echoServer, error) {
 			}
 			e.lns = append(e.lns, ln)
 		}
-		return nil
+		var err error
+		e.pc, err = net.ListenPacket("udp4", netip.AddrPortFrom(remoteAddr, udpEchoPort).String())
+		return err
 	})
 	if err != nil {
 		e.close()
@@ -236,6 +209,11 @@ func startEcho(l *lab.Lab) (*echoServer, error) {
 		e.wg.Add(1)
 		go e.serve(ln)
 	}
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		lab.EchoUDP(e.pc)
+	}()
 	return e, nil
 }
 
@@ -282,6 +260,9 @@ func (e *echoServer) serve(ln net.Listener) {
 func (e *echoServer) close() {
 	for _, ln := range e.lns {
 		ln.Close()
+	}
+	if e.pc != nil {
+		e.pc.Close()
 	}
 	e.mu.Lock()
 	for c := range e.cs {

@@ -212,3 +212,32 @@ func cpuTime(pid int) (time.Duration, error) {
 	}
 	return time.Duration(ut+st) * (time.Second / 100), nil
 }
+
+// ctxSwitches is the number of times pid's threads have been switched out
+// so far, voluntarily (a wait: what a wakeup costs) and not, summed over
+// /proc/PID/task.
+func ctxSwitches(pid int) (float64, error) {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return 0, err
+	}
+	var total float64
+	for _, t := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, t.Name()))
+		if err != nil {
+			continue // the thread exited
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ":")
+			if !ok || (k != "voluntary_ctxt_switches" && k != "nonvoluntary_ctxt_switches") {
+				continue
+			}
+			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				return 0, fmt.Errorf("pid %d: %s: %w", pid, k, err)
+			}
+			total += n
+		}
+	}
+	return total, nil
+}

@@ -15,17 +15,25 @@ import (
 type path int
 
 const (
-	kernelPath path = iota // plain IP forwarding through the proxy host, no proxy at all
-	socksPath              // the client speaks SOCKS to our server itself, no TUN
-	tunPath                // the app knows nothing; its default route is tunsocks' TUN
-	sysPath                // the same with --tcp-stack system
+	kernelPath  path = iota // plain IP forwarding through the proxy host, no proxy at all
+	socksPath               // the client speaks SOCKS to our server itself, no TUN
+	tunPath                 // the app knows nothing; its default route is tunsocks' TUN
+	sysPath                 // the same with --tcp-stack system
+	t2sPath                 // the same through a peer: tun2socks (-peer tun2socks=PATH)
+	hevPath                 // hev-socks5-tunnel (-peer hev=PATH)
+	singboxPath             // sing-box with a gVisor tun inbound (-peer sing-box=PATH)
 	numPaths
 )
 
-// tunPaths are the paths through tunsocks, each compared with socksPath.
-var tunPaths = []path{tunPath, sysPath}
+// tunPaths are the paths through a TUN program, each compared with
+// socksPath: tunsocks' own and the peers'.
+var tunPaths = []path{tunPath, sysPath, t2sPath, hevPath, singboxPath}
 
-func (p path) throughTunsocks() bool { return slices.Contains(tunPaths, p) }
+// throughTUN says the app reaches the remote host through a TUN program.
+func (p path) throughTUN() bool { return slices.Contains(tunPaths, p) }
+
+// isPeer says the TUN program is not tunsocks.
+func (p path) isPeer() bool { return p == t2sPath || p == hevPath || p == singboxPath }
 
 func (p path) String() string {
 	switch p {
@@ -37,6 +45,12 @@ func (p path) String() string {
 		return "tunsocks"
 	case sysPath:
 		return "tunsocks-system"
+	case t2sPath:
+		return "tun2socks"
+	case hevPath:
+		return "hev-socks5-tunnel"
+	case singboxPath:
+		return "sing-box"
 	}
 	return fmt.Sprintf("path(%d)", int(p))
 }
@@ -49,6 +63,9 @@ const (
 	rate                   // per second; higher is better
 	latency                // seconds; lower is better
 	memory                 // bytes
+	perItem                // bytes per connection or flow
+	count                  // a number of things
+	factor                 // one value over another of the same column
 )
 
 func (k kind) format(v float64) string {
@@ -61,6 +78,12 @@ func (k kind) format(v float64) string {
 		return fmt.Sprintf("%.0f", v*1e6)
 	case memory:
 		return fmt.Sprintf("%.1f", v/(1<<20))
+	case perItem:
+		return fmt.Sprintf("%.1f", v/(1<<10))
+	case count:
+		return fmt.Sprintf("%.0f", v)
+	case factor:
+		return fmt.Sprintf("%.2f", v)
 	}
 	return fmt.Sprint(v)
 }
@@ -75,6 +98,12 @@ func (k kind) unit() string {
 		return "µs"
 	case memory:
 		return "MiB"
+	case perItem:
+		return "KiB"
+	case count:
+		return ""
+	case factor:
+		return "x"
 	}
 	return ""
 }
@@ -85,13 +114,22 @@ type cell struct {
 	err error
 }
 
-// row is one measurement over the three paths. A target, when positive, is
-// the least tunsocks/socks-only ratio the project aims for.
+// row is one measurement over the paths. A target, when positive, is the
+// least tunsocks/socks-only ratio the project aims for (for a latency row:
+// the most); a limit, when positive, the most the row's value may be in
+// tunsocks' own columns.
 type row struct {
 	name   string
 	kind   kind
 	target float64
+	limit  float64
 	cells  [numPaths]cell
+}
+
+// limitTo sets r's limit and returns r.
+func (r *row) limitTo(v float64) *row {
+	r.limit = v
+	return r
 }
 
 // table collects the measurements in the order rows were declared.
@@ -125,7 +163,7 @@ func (r *row) set(p path, v float64, err error) {
 // ratio is p/socks-only, when both were measured and comparable.
 func (r *row) ratio(p path) (float64, bool) {
 	s, t := r.cells[socksPath], r.cells[p]
-	if !s.set || !t.set || s.v <= 0 || (r.kind != throughput && r.kind != rate) {
+	if !s.set || !t.set || s.v <= 0 || (r.kind != throughput && r.kind != rate && r.kind != latency) {
 		return 0, false
 	}
 	return t.v / s.v, true
@@ -164,16 +202,42 @@ func (t *table) write(w io.Writer) {
 		fmt.Fprintf(w, "| %s | %s | %s |\n", r.name, r.kind.unit(), strings.Join(vals, " | "))
 	}
 
-	fmt.Fprintf(w, "\n| tunsocks / socks-only | ratio | target | verdict |\n")
+	fmt.Fprintf(w, "\n| through the TUN / socks-only | ratio | target | verdict |\n")
 	fmt.Fprintln(w, "|---|---:|---:|---|")
 	for _, r := range t.rows {
-		if r.kind != throughput && r.kind != rate {
+		if r.kind != throughput && r.kind != rate && (r.kind != latency || r.target == 0) {
 			continue
 		}
 		for _, p := range tunPaths {
 			if !t.omit[p] {
 				r.writeRatio(w, p)
 			}
+		}
+	}
+	var limited bool
+	for _, r := range t.rows {
+		if r.limit <= 0 {
+			continue
+		}
+		if !limited {
+			fmt.Fprintf(w, "\n| tunsocks against the issue's limits | value | limit | verdict |\n")
+			fmt.Fprintln(w, "|---|---:|---:|---|")
+			limited = true
+		}
+		for _, p := range []path{tunPath, sysPath} {
+			if t.omit[p] {
+				continue
+			}
+			c := r.cells[p]
+			got, verdict := "n/a", "NOT MEASURED"
+			if c.set {
+				got = r.kind.format(c.v) + " " + r.kind.unit()
+				verdict = "MET"
+				if c.v > r.limit {
+					verdict = "NOT MET"
+				}
+			}
+			fmt.Fprintf(w, "| %s, %s | %s | <= %s %s | %s |\n", r.name, p, got, r.kind.format(r.limit), r.kind.unit(), verdict)
 		}
 	}
 	if len(errs) > 0 {
@@ -188,19 +252,23 @@ func (t *table) write(w io.Writer) {
 func (r *row) writeRatio(w io.Writer, p path) {
 	ratio, ok := r.ratio(p)
 	name := r.name
-	if p == sysPath {
-		name += ", --tcp-stack system"
+	if p != tunPath {
+		name += ", " + p.String()
 	}
 	got, target, verdict := "n/a", "–", ""
 	if ok {
 		got = fmt.Sprintf("%.3fx", ratio) // three places: 0.298 must not print as a met 0.30
 	}
-	if r.target > 0 {
+	if r.target > 0 && !p.isPeer() {
+		lower := r.kind == latency // lower is better: the target is a most
 		target = fmt.Sprintf(">= %.1fx", r.target)
+		if lower {
+			target = fmt.Sprintf("<= %.1fx", r.target)
+		}
 		switch {
 		case !ok:
 			verdict = "NOT MEASURED"
-		case ratio >= r.target:
+		case ratio >= r.target && !lower, ratio <= r.target && lower:
 			verdict = "MET"
 		default:
 			verdict = "NOT MET"

@@ -45,7 +45,7 @@ func TestPercentile(t *testing.T) {
 }
 
 func TestTableVerdicts(t *testing.T) {
-	tab := &table{}
+	tab := ownTable()
 	met := tab.declare("met", throughput, 0.3)
 	met.set(socksPath, 10e9, nil)
 	met.set(tunPath, 4e9, nil)
@@ -75,8 +75,17 @@ func TestTableVerdicts(t *testing.T) {
 	}
 }
 
-func TestTableSystemStackColumn(t *testing.T) {
+// ownTable is a table of tunsocks' own columns, the peers left out.
+func ownTable() *table {
 	tab := &table{}
+	for _, p := range []path{t2sPath, hevPath, singboxPath} {
+		tab.omit[p] = true
+	}
+	return tab
+}
+
+func TestTableSystemStackColumn(t *testing.T) {
+	tab := ownTable()
 	r := tab.declare("rate", rate, 0.7)
 	r.set(socksPath, 1000, nil)
 	r.set(tunPath, 600, nil)
@@ -85,13 +94,48 @@ func TestTableSystemStackColumn(t *testing.T) {
 		"| measurement | unit | kernel | socks-only | tunsocks | tunsocks-system |",
 		"| rate | conn/s | – | 1000 | 600 | 750 |",
 		"| rate | 0.600x | >= 0.7x | NOT MET |",
-		"| rate, --tcp-stack system | 0.750x | >= 0.7x | MET |",
+		"| rate, tunsocks-system | 0.750x | >= 0.7x | MET |",
 	)
 
 	// A path not measured is left out of both tables.
 	tab.omit[sysPath] = true
 	if s := writeTableWanting(t, tab, "| rate | conn/s | – | 1000 | 600 |\n"); strings.Contains(s, "system") {
 		t.Errorf("omitted column still printed:\n%s", s)
+	}
+}
+
+func TestTablePeersLatencyAndLimits(t *testing.T) {
+	tab := ownTable()
+	tab.omit[hevPath] = false
+	rtt := tab.declare("rtt", latency, 1.1)
+	rtt.set(socksPath, 100e-6, nil)
+	rtt.set(tunPath, 105e-6, nil)
+	rtt.set(sysPath, 150e-6, nil)
+	rtt.set(hevPath, 90e-6, nil)
+	cpu := tab.declare("cpu", latency, 0) // no target: no ratio line
+	cpu.set(socksPath, 1e-4, nil)
+	cpu.set(tunPath, 2e-4, nil)
+	start := tab.declare("start", memory, 0).limitTo(16 << 20)
+	start.set(tunPath, 12<<20, nil)
+	start.set(sysPath, 20<<20, nil)
+	start.set(hevPath, 3<<20, nil)
+	per := tab.declare("per conn", perItem, 0).limitTo(12 << 10)
+	per.set(tunPath, 13<<10, nil)
+	s := writeTableWanting(t, tab,
+		"| measurement | unit | kernel | socks-only | tunsocks | tunsocks-system | hev-socks5-tunnel |",
+		"| rtt | µs | – | 100 | 105 | 150 | 90 |",
+		"| rtt | 1.050x | <= 1.1x | MET |",
+		"| rtt, tunsocks-system | 1.500x | <= 1.1x | NOT MET |",
+		"| rtt, hev-socks5-tunnel | 0.900x | – |  |", // peers get ratios, no verdict
+		"| start, tunsocks | 12.0 MiB | <= 16.0 MiB | MET |",
+		"| start, tunsocks-system | 20.0 MiB | <= 16.0 MiB | NOT MET |",
+		"| per conn, tunsocks | 13.0 KiB | <= 12.0 KiB | NOT MET |",
+		"| per conn, tunsocks-system | n/a | <= 12.0 KiB | NOT MEASURED |",
+	)
+	for _, bad := range []string{"| cpu | 2.000x", "start, hev"} {
+		if strings.Contains(s, bad) {
+			t.Errorf("table has %q:\n%s", bad, s)
+		}
 	}
 }
 

@@ -1,0 +1,116 @@
+// Package memtrim gives memory back to the operating system once a
+// long-running process has gone quiet after a burst.
+//
+// The Go runtime keeps the heap it grew for a burst (a bulk transfer,
+// thousands of handshakes) and returns it only slowly; goroutine stacks
+// grown for a burst shrink only at a collection. A proxy then sits at its
+// peak footprint for minutes while doing nothing. Trimmer watches an
+// activity counter (bytes moved, flows opened) and, when it has barely
+// moved for a quiet period after a busy one, or while the runtime holds
+// more than a threshold of free heap, trims once: collections (which also shrink idle
+// goroutines' stacks) and the free memory handed back.
+package memtrim
+
+import (
+	"context"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"time"
+)
+
+// Options tune a Trimmer. Zero values take the defaults.
+type Options struct {
+	// Interval is how often the counter is looked at. Default 2 s.
+	Interval time.Duration
+	// Quiet is how much activity an interval may have and still count as
+	// quiet (in the counter's units, bytes for tunsocks). Default 128 KiB.
+	Quiet uint64
+	// MinFree is the free heap the runtime must hold before a trim is
+	// worth its collection. Default 4 MiB.
+	MinFree uint64
+}
+
+// Trimmer is the loop; see Run.
+type Trimmer struct {
+	activity func() uint64
+	opts     Options
+	free     func() uint64
+	trim     func()
+}
+
+// New returns a Trimmer watching activity, a counter that only grows.
+func New(activity func() uint64, opts Options) *Trimmer {
+	if opts.Interval <= 0 {
+		opts.Interval = 2 * time.Second
+	}
+	if opts.Quiet == 0 {
+		opts.Quiet = 128 << 10
+	}
+	if opts.MinFree == 0 {
+		opts.MinFree = 4 << 20
+	}
+	return &Trimmer{activity: activity, opts: opts, free: heapFree, trim: trim}
+}
+
+// trim collects three times: each collection halves the stack of a
+// goroutine that uses less than a quarter of it, and a request's
+// goroutine that grew to 32 KiB for a handshake idles in a relay using a
+// few. The last, debug.FreeOSMemory, hands the free heap (old stacks
+// included) back to the system.
+func trim() {
+	runtime.GC()
+	runtime.GC()
+	debug.FreeOSMemory()
+}
+
+// Run trims until ctx is done: in the first quiet interval after a busy
+// one, and in a quiet interval when the runtime holds MinFree of free
+// heap. A process that stays idle trims once, not every interval.
+func (t *Trimmer) Run(ctx context.Context) {
+	tick := time.NewTicker(t.opts.Interval)
+	defer tick.Stop()
+	st := state{last: t.activity()}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		t.step(&st)
+	}
+}
+
+// state is what step remembers between looks.
+type state struct {
+	last  uint64 // the activity counter at the last look
+	burst bool   // an interval since the last trim was busy
+}
+
+// step is one look. It reports whether it trimmed.
+func (t *Trimmer) step(st *state) bool {
+	now := t.activity()
+	busy := now-st.last > t.opts.Quiet
+	st.last = now
+	if busy {
+		st.burst = true
+		return false
+	}
+	if !st.burst && t.free() < t.opts.MinFree {
+		return false
+	}
+	st.burst = false
+	t.trim()
+	return true
+}
+
+// heapFree is the heap the runtime holds free and has not returned to the
+// operating system, read without stopping the world.
+func heapFree() uint64 {
+	s := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
+}

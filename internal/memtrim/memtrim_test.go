@@ -1,0 +1,88 @@
+package memtrim
+
+import (
+	"context"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestStepTrimsOnceAfterABurstOrWithFreeHeap(t *testing.T) {
+	var act, free uint64
+	trims := 0
+	tr := New(func() uint64 { return act }, Options{Quiet: 100, MinFree: 1000})
+	tr.free = func() uint64 { return free }
+	tr.trim = func() { trims++; free = 0 }
+	var st state
+	for i, c := range []struct {
+		addAct, free uint64
+		want         bool
+	}{
+		{addAct: 0, free: 0, want: false},    // quiet from the start, nothing free
+		{addAct: 5000, free: 0, want: false}, // busy
+		{addAct: 5000, free: 0, want: false}, // still busy
+		{addAct: 50, free: 0, want: true},    // quiet after a burst: trim, free heap or not
+		{addAct: 0, free: 0, want: false},    // still quiet: no second trim
+		{addAct: 0, free: 999, want: false},  // free heap below MinFree
+		{addAct: 0, free: 5000, want: true},  // free heap over MinFree while quiet
+		{addAct: 101, free: 0, want: false},  // just over Quiet is busy
+		{addAct: 100, free: 0, want: true},   // at Quiet counts as quiet
+		{addAct: 100, free: 0, want: false},  // and stays quiet
+	} {
+		act += c.addAct
+		free = c.free
+		if got := tr.step(&st); got != c.want {
+			t.Errorf("step %d (activity +%d, free %d) trimmed = %v, want %v", i, c.addAct, c.free, got, c.want)
+		}
+	}
+	if trims != 3 {
+		t.Errorf("%d trims, want 3", trims)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	tr := New(func() uint64 { return 0 }, Options{})
+	if tr.opts.Interval != 2*time.Second || tr.opts.Quiet != 128<<10 || tr.opts.MinFree != 4<<20 {
+		t.Errorf("defaults %+v", tr.opts)
+	}
+}
+
+// TestRunReturnsMemory: after a burst of garbage, a quiet Run hands the
+// free heap back (the runtime's free-heap figure drops), and stops with
+// its context.
+func TestRunReturnsMemory(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	var sink atomic.Pointer[[]byte]
+	for range 64 {
+		b := make([]byte, 1<<20)
+		b[0] = 1
+		sink.Store(&b)
+	}
+	sink.Store(nil)
+	runtime.GC() // the burst is garbage now, held as free heap
+	if heapFree() < 8<<20 {
+		t.Skipf("the runtime holds only %d bytes free after the burst; nothing to trim", heapFree())
+	}
+	var trimmed atomic.Bool
+	tr := New(func() uint64 { return 0 }, Options{Interval: 10 * time.Millisecond})
+	inner := tr.trim
+	tr.trim = func() { inner(); trimmed.Store(true) }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { tr.Run(ctx); close(done) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !trimmed.Load() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if !trimmed.Load() {
+		t.Fatal("no trim within 10 s of a quiet process holding free heap")
+	}
+	if f := heapFree(); f >= 4<<20 {
+		t.Errorf("free heap after the trim %d bytes, want under 4 MiB", f)
+	}
+}

@@ -1,0 +1,16 @@
+//go:build !unix
+
+package relay
+
+import (
+	"net"
+	"syscall"
+)
+
+// canReadKernel says readKernel works here: not on this system, where
+// kernel sockets are read with a buffer taken first.
+const canReadKernel = false
+
+func readKernel(*net.TCPConn, syscall.RawConn, **[]byte, func(**[]byte)) (int, error) {
+	panic("relay: readKernel on a system without it")
+}

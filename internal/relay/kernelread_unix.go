@@ -1,0 +1,48 @@
+//go:build unix
+
+package relay
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+)
+
+// canReadKernel says readKernel works here.
+const canReadKernel = true
+
+// readKernel reads a kernel TCP socket through the runtime poller: the
+// buffer is taken only when the socket has something to read, and put back
+// while the poller waits, at no extra system call (a read that would block
+// is the wait's first step anyway). Errors and the end of the stream come
+// back as from (*net.TCPConn).Read.
+func readKernel(tc *net.TCPConn, rc syscall.RawConn, bp **[]byte, get func(**[]byte)) (int, error) {
+	var n int
+	var rerr error
+	err := rc.Read(func(fd uintptr) bool {
+		get(bp)
+		for {
+			n, rerr = syscall.Read(int(fd), **bp)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			bufPool.Put(*bp)
+			*bp = nil
+			return false
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		// Closed, or the read deadline passed (os.ErrDeadlineExceeded).
+		return 0, err
+	case rerr != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: tc.LocalAddr(), Addr: tc.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}

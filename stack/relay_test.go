@@ -1,0 +1,193 @@
+package stack_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/internal/testenv"
+	"github.com/tunsocks/tunsocks/stack"
+)
+
+// relayedThroughStack accepts n app connections through the stack and
+// relays each with relay.Stream to a TCP socket pair, as the router does;
+// it returns the app's ends, the remote ends and the Streams' results.
+func relayedThroughStack(t *testing.T, n int, opts relay.StreamOptions) (apps []net.Conn, remotes []*net.TCPConn, results chan error) {
+	t.Helper()
+	results = make(chan error, n)
+	ups := make(chan *net.TCPConn, n)
+	e := setup(t, handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
+		up := <-ups // before Accept: the next dial waits for this one's
+		c, err := r.Accept()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		_, _, err = relay.Stream(ctx, c, up, opts)
+		results <- err
+	}}, nil)
+	for range n {
+		up, remote := testenv.TCPPair(t)
+		ups <- up
+		app, err := e.app.DialTCP(e.ctx, netip.MustParseAddrPort("198.18.0.1:80"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { app.Close() })
+		apps, remotes = append(apps, app), append(remotes, remote)
+	}
+	return apps, remotes, results
+}
+
+// echoBoth sends one byte each way through a relay and checks it arrives.
+func echoBoth(t *testing.T, app net.Conn, remote *net.TCPConn, b byte) {
+	t.Helper()
+	for _, d := range [][2]net.Conn{{app, remote}, {remote, app}} {
+		if _, err := d[0].Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+		d[1].SetReadDeadline(time.Now().Add(10 * time.Second))
+		var got [1]byte
+		if _, err := io.ReadFull(d[1], got[:]); err != nil || got[0] != b {
+			t.Fatalf("relayed %v, %v; want %v", got, err, b)
+		}
+	}
+}
+
+// TestRelayIdleParksWithoutGoroutine: a relay between a netstack connection
+// and a kernel socket keeps one goroutine while idle (the direction
+// reading the kernel socket, parked in the runtime poller); the direction
+// reading the netstack connection parks on its notification. Before,
+// each idle relay kept two.
+func TestRelayIdleParksWithoutGoroutine(t *testing.T) {
+	const n = 40
+	base := runtime.NumGoroutine()
+	apps, remotes, _ := relayedThroughStack(t, n, relay.StreamOptions{Idle: time.Minute})
+	for i := range apps {
+		echoBoth(t, apps[i], remotes[i], byte(i))
+	}
+	// The app side's dialer and the stack's own goroutines are there for
+	// every connection or none; what is counted is per relay.
+	var per float64
+	for range 50 {
+		per = float64(runtime.NumGoroutine()-base) / n
+		if per < 1.5 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if per >= 1.5 {
+		t.Errorf("%.2f goroutines per idle relay, want about 1", per)
+	}
+	// Parked relays still carry data both ways, also more than a buffer.
+	big := make([]byte, 200<<10)
+	for i := range 3 {
+		echoBoth(t, apps[i], remotes[i], 0xee)
+		go apps[i].Write(big)
+		remotes[i].SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(remotes[i], make([]byte, len(big))); err != nil {
+			t.Fatalf("relay %d, 200 KiB app->remote after parking: %v", i, err)
+		}
+	}
+}
+
+// TestRelayParkedIdleTimeout: a pair whose app side is parked is closed by
+// the idle timer, also after the remote side has half-closed (its own
+// reader has ended, so only the parked direction's timer is left).
+func TestRelayParkedIdleTimeout(t *testing.T) {
+	apps, remotes, results := relayedThroughStack(t, 1, relay.StreamOptions{Idle: 200 * time.Millisecond})
+	echoBoth(t, apps[0], remotes[0], 1)
+	remotes[0].CloseWrite()
+	apps[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := apps[0].Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("app read after the remote's FIN = %v, want io.EOF", err)
+	}
+	select {
+	case err := <-results:
+		if !errors.Is(err, relay.ErrIdle) {
+			t.Fatalf("Stream = %v, want ErrIdle", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("idle parked pair never closed")
+	}
+}
+
+// TestRelayParkedAppFIN: the app's FIN reaches a parked direction, which
+// passes it on; the remote's answer still comes back.
+func TestRelayParkedAppFIN(t *testing.T) {
+	apps, remotes, results := relayedThroughStack(t, 1, relay.StreamOptions{Idle: time.Minute})
+	echoBoth(t, apps[0], remotes[0], 2)
+	apps[0].(interface{ CloseWrite() error }).CloseWrite()
+	remotes[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := remotes[0].Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("remote read after the app's FIN = %v, want io.EOF", err)
+	}
+	if _, err := remotes[0].Write([]byte("bye")); err != nil {
+		t.Fatal(err)
+	}
+	remotes[0].Close()
+	apps[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+	if got, err := io.ReadAll(apps[0]); string(got) != "bye" || err != nil {
+		t.Fatalf("app got %q, %v after its FIN; want bye", got, err)
+	}
+	select {
+	case err := <-results:
+		if err != nil {
+			t.Fatalf("Stream = %v, want a clean end", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stream did not end after both FINs")
+	}
+}
+
+// TestRelayParkedOnPollerShrinksStacks: with a relay.Poller, an idle
+// relay's upstream direction parks without a goroutine and the handler's
+// goroutine waits in a frame shallow enough that collections halve its
+// 8 KiB stack (the router runs the same way). Without the Poller the
+// handler's goroutine reads the upstream itself, too deep for its stack
+// to shrink below 8 KiB. The app side's own goroutines are in both.
+func TestRelayParkedOnPollerShrinksStacks(t *testing.T) {
+	if raceEnabled {
+		t.Skip("frame sizes under the race detector are not the ones this is about")
+	}
+	pl, err := relay.NewPoller()
+	if err != nil {
+		t.Skipf("no relay poller here: %v", err)
+	}
+	t.Cleanup(func() { pl.Close() })
+	const n = 100
+	// stacksPer opens n idle relays with opts and returns the goroutine
+	// stack bytes they added, per relay, once collections have shrunk
+	// what they can.
+	stacksPer := func(opts relay.StreamOptions) float64 {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		apps, remotes, _ := relayedThroughStack(t, n, opts)
+		for i := range apps {
+			echoBoth(t, apps[i], remotes[i], byte(i))
+		}
+		time.Sleep(300 * time.Millisecond) // upstream directions park
+		for range 4 {
+			runtime.GC()
+		}
+		runtime.ReadMemStats(&after)
+		// Parked relays still carry data both ways, the upstream's too.
+		for i := range 3 {
+			echoBoth(t, apps[i], remotes[i], 0xee)
+		}
+		return float64(int64(after.StackInuse)-int64(before.StackInuse)) / n
+	}
+	plain := stacksPer(relay.StreamOptions{Idle: time.Minute})
+	parked := stacksPer(relay.StreamOptions{Idle: time.Minute, Poller: pl, ParkAfter: 50 * time.Millisecond})
+	t.Logf("goroutine stacks per idle relay: %.0f bytes without a Poller, %.0f with", plain, parked)
+	if parked > plain-4<<10 {
+		t.Errorf("a Poller saves %.0f bytes of goroutine stack per idle relay, want at least 4 KiB", plain-parked)
+	}
+}
