@@ -2,26 +2,17 @@ package tun
 
 import (
 	"bufio"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"sync"
 	"time"
 
-	"github.com/tunsocks/tunsocks/stack"
-)
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+	"github.com/google/gopacket/pcapgo"
 
-// The classic pcap format (what tcpdump -w writes): a 24-byte file header,
-// then each packet behind a 16-byte record header, all little-endian, with
-// microsecond timestamps. Written here rather than through a packet
-// library: the one gopacket/layers would link in fills about 7 MiB of
-// tables at start-up, resident in every tunsocks process, capturing or not.
-const (
-	pcapMagic      = 0xa1b2c3d4 // microsecond timestamps
-	pcapLinkRaw    = 101        // LINKTYPE_RAW: IPv4 or IPv6, no link header
-	pcapFileHdrLen = 24
-	pcapRecHdrLen  = 16
+	"github.com/tunsocks/tunsocks/stack"
 )
 
 // Pcap writes packets to a pcap file with link type RAW (IPv4/IPv6 without a
@@ -31,7 +22,7 @@ type Pcap struct {
 	mu      sync.Mutex
 	w       io.Writer
 	buf     *bufio.Writer
-	hdr     [pcapRecHdrLen]byte
+	pw      *pcapgo.Writer
 	snaplen int
 	closed  bool
 	err     error // first write error; later writes are skipped
@@ -52,23 +43,18 @@ func NewPcap(w io.Writer, snaplen int) (*Pcap, error) {
 		return nil, fmt.Errorf("tun: pcap: snaplen %d out of range 1..262144", snaplen)
 	}
 	buf := bufio.NewWriterSize(w, 64<<10)
-	var h [pcapFileHdrLen]byte
-	binary.LittleEndian.PutUint32(h[0:], pcapMagic)
-	binary.LittleEndian.PutUint16(h[4:], 2) // version 2.4
-	binary.LittleEndian.PutUint16(h[6:], 4)
-	// h[8:16]: time zone offset and timestamp accuracy, both 0
-	binary.LittleEndian.PutUint32(h[16:], uint32(snaplen))
-	binary.LittleEndian.PutUint32(h[20:], pcapLinkRaw)
-	if _, err := buf.Write(h[:]); err != nil {
+	pw := pcapgo.NewWriter(buf)
+	if err := pw.WriteFileHeader(uint32(snaplen), layers.LinkTypeRaw); err != nil {
 		return nil, fmt.Errorf("tun: pcap header: %w", err)
 	}
-	return &Pcap{w: w, buf: buf, snaplen: snaplen}, nil
+	return &Pcap{w: w, buf: buf, pw: pw, snaplen: snaplen}, nil
 }
 
 // WritePacket records one packet seen at time t. After the first write error
 // every later call returns that error.
 func (p *Pcap) WritePacket(t time.Time, pkt []byte) error {
 	capLen := min(len(pkt), p.snaplen)
+	ci := gopacket.CaptureInfo{Timestamp: t, CaptureLength: capLen, Length: len(pkt)}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -77,16 +63,7 @@ func (p *Pcap) WritePacket(t time.Time, pkt []byte) error {
 	if p.err != nil {
 		return p.err
 	}
-	h := p.hdr[:]
-	binary.LittleEndian.PutUint32(h[0:], uint32(t.Unix()))
-	binary.LittleEndian.PutUint32(h[4:], uint32(t.Nanosecond()/1000))
-	binary.LittleEndian.PutUint32(h[8:], uint32(capLen))
-	binary.LittleEndian.PutUint32(h[12:], uint32(len(pkt)))
-	if _, err := p.buf.Write(h); err != nil {
-		p.err = fmt.Errorf("tun: pcap write: %w", err)
-		return p.err
-	}
-	if _, err := p.buf.Write(pkt[:capLen]); err != nil {
+	if err := p.pw.WritePacket(ci, pkt[:capLen]); err != nil {
 		p.err = fmt.Errorf("tun: pcap write: %w", err)
 		return p.err
 	}
