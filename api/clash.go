@@ -59,6 +59,7 @@ type metadataJSON struct {
 	// upstream proxy it goes through, and the address the outbound was
 	// asked for.
 	TunsocksRule string   `json:"tunsocksRule"`
+	PID          int      `json:"tunsocksPid,omitempty"`
 	UpstreamAddr string   `json:"upstreamAddr"`
 	Target       string   `json:"tunsocksTarget"`
 	Chain        []string `json:"tunsocksChain,omitempty"`
@@ -98,6 +99,7 @@ func connection(f Flow) connectionJSON {
 		RemoteDestination: f.Remote,
 		Target:            f.Target,
 		TunsocksRule:      f.RuleLine,
+		PID:               f.PID,
 		UpstreamAddr:      f.Upstream,
 		Chain:             f.Chain,
 	}

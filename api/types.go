@@ -39,6 +39,7 @@ type Flow struct {
 	// (only rules that need them make the lookup); UID is -1 when unknown.
 	Process string
 	UID     int
+	PID     int // 0 when unknown
 	// The rule that decided it: RuleType is the rule's keyword as written
 	// (DOMAIN-SUFFIX, MATCH...), "" when no rule matched (the default);
 	// RuleLine says it whole with its position and file:line, as explain

@@ -114,6 +114,7 @@ type conn struct {
 		DestinationPort string `json:"destinationPort"`
 		Process         string `json:"process"`
 		ProcessPath     string `json:"processPath"`
+		TunsocksPid     int    `json:"tunsocksPid"`
 		InboundName     string `json:"inboundName"`
 		TunsocksRule    string `json:"tunsocksRule"`
 		UpstreamAddr    string `json:"upstreamAddr"`

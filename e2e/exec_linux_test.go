@@ -746,6 +746,11 @@ route:
 		len(flow.Chains) != 1 || flow.Chains[0] != "up" {
 		t.Errorf("flow %+v\nwant inbound exec:curl, process %s, through up", flow, curl)
 	}
+	// The flow names curl's pid as this namespace sees it (curl still
+	// holds the flow open).
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", flow.Metadata.TunsocksPid)); flow.Metadata.TunsocksPid <= 0 || err != nil || exe != curl {
+		t.Errorf("flow's pid %d: /proc/PID/exe %q, %v; want %s", flow.Metadata.TunsocksPid, exe, err, curl)
+	}
 	var counted bool
 	for _, l := range strings.Split(a.scrape(t), "\n") {
 		if strings.HasPrefix(l, "tunsocks_connections_total{") && strings.Contains(l, `inbound="exec:curl"`) && strings.Contains(l, `network="tcp"`) {

@@ -23,9 +23,9 @@ import (
 	"github.com/tunsocks/tunsocks/rules"
 )
 
-// ProcessLookup finds the executable path and user id of the local process
-// that owns a flow (procinfo.Finder.LookupFlow).
-type ProcessLookup func(network string, src, dst netip.AddrPort) (path string, uid int, err error)
+// ProcessLookup finds the local process that owns a flow
+// (procinfo.Finder.LookupOwner).
+type ProcessLookup = router.ProcessLookup
 
 // Config builds a Policy. Direct is required, and Default when there are no
 // rules.
@@ -165,12 +165,15 @@ func (p *Policy) lookupProcess(m *rules.Metadata) (string, int, bool) {
 	if p.process == nil || !m.Src.IsValid() {
 		return "", -1, false // no socket to look up (a DNS name decision, explain)
 	}
-	path, uid, err := p.process(m.Network, m.Src, m.Dst)
+	o, err := p.process(m.Network, m.Src, m.Dst)
 	if err != nil {
 		p.log.Debug("process lookup failed", "src", m.Src, "err", err)
 		return "", -1, false
 	}
-	return path, uid, true
+	if o.PID > 0 {
+		m.PID = o.PID // the rules see path and uid; the flow record the pid too
+	}
+	return o.Path, o.UID, true
 }
 
 // ReverseHost returns the name a fake IP stands for.

@@ -17,6 +17,7 @@ import (
 	"github.com/tunsocks/tunsocks/dns"
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/outbound"
+	"github.com/tunsocks/tunsocks/procinfo"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/rules"
 )
@@ -90,12 +91,12 @@ func newEnv(t *testing.T, text string, mod func(*Config)) *env {
 		Direct:    e.direct,
 		Pool:      pool,
 		RealNames: e.names,
-		Process: func(network string, src, dst netip.AddrPort) (string, int, error) {
+		Process: func(network string, src, dst netip.AddrPort) (procinfo.Owner, error) {
 			e.processLookups++
 			if src.Port() == 4242 {
-				return "/usr/bin/curl", 1000, nil
+				return procinfo.Owner{Path: "/usr/bin/curl", UID: 1000, PID: 4711}, nil
 			}
-			return "", -1, errors.New("no such socket")
+			return procinfo.Owner{PID: -1, UID: -1}, errors.New("no such socket")
 		},
 	}
 	if mod != nil {
@@ -144,6 +145,13 @@ func TestDecide(t *testing.T) {
 				t.Errorf("decision %+v (match %v), want action %v outbound %v rule %q", d, mt, tc.action, tc.out, tc.rule)
 			}
 		})
+	}
+	// The lookup fills the metadata the flow record is made from: path,
+	// uid and pid.
+	m := meta("tcp", "198.18.0.1:4242", "192.0.2.1:80", "")
+	e.p.Decide(m)
+	if m.Process != "/usr/bin/curl" || m.UID != 1000 || m.PID != 4711 {
+		t.Errorf("metadata after a process rule: process %q uid %d pid %d", m.Process, m.UID, m.PID)
 	}
 	// The process is looked up only when a process rule is reached and
 	// there is a socket to look up.

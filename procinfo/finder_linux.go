@@ -62,11 +62,6 @@ func (s *sysFinder) close() error {
 	return s.diag.f.Close()
 }
 
-func (s *sysFinder) lookup(network string, src, dst netip.AddrPort) (string, int, error) {
-	o, err := s.find(network, src, dst)
-	return o.Path, o.UID, err
-}
-
 func (s *sysFinder) owner(network string, addr netip.AddrPort) (Owner, error) {
 	return s.find(network, addr, netip.AddrPort{})
 }

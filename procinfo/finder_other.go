@@ -27,10 +27,10 @@ func NewFinderIn(ttl time.Duration, diag *os.File) *Finder {
 
 func (*sysFinder) close() error { return nil }
 
-func (*sysFinder) lookup(string, netip.AddrPort, netip.AddrPort) (string, int, error) {
-	return "", -1, fmt.Errorf("process lookup is not supported on %s: %w", runtime.GOOS, errors.ErrUnsupported)
+func (s *sysFinder) owner(network string, addr netip.AddrPort) (Owner, error) {
+	return s.find(network, addr, netip.AddrPort{})
 }
 
-func (*sysFinder) owner(string, netip.AddrPort) (Owner, error) {
+func (*sysFinder) find(string, netip.AddrPort, netip.AddrPort) (Owner, error) {
 	return Owner{PID: -1, UID: -1}, fmt.Errorf("process lookup is not supported on %s: %w", runtime.GOOS, errors.ErrUnsupported)
 }

@@ -45,10 +45,7 @@ type cacheKey struct {
 	src     netip.AddrPort
 }
 
-type cacheEntry struct {
-	path string
-	uid  int
-}
+type cacheEntry = Owner
 
 // NewFinder returns a Finder that keeps each answer for ttl (a couple of
 // seconds is right: a port can be reused by another process after its
@@ -73,6 +70,15 @@ func (f *Finder) Lookup(network string, src netip.AddrPort) (path string, uid in
 // kernel look up the one connection instead of walking all of them, about
 // a hundred times faster; an invalid dst falls back to Lookup's search.
 func (f *Finder) LookupFlow(network string, src, dst netip.AddrPort) (path string, uid int, err error) {
+	o, err := f.LookupOwner(network, src, dst)
+	return o.Path, o.UID, err
+}
+
+// LookupOwner is LookupFlow with the owning process's pid too (-1 when
+// unknown). The pid is the one this process's /proc shows; for a socket
+// of another PID namespace (an exec sandbox) that is its pid as seen from
+// the starting namespace.
+func (f *Finder) LookupOwner(network string, src, dst netip.AddrPort) (Owner, error) {
 	var nw string
 	switch {
 	case strings.HasPrefix(network, "tcp"):
@@ -80,10 +86,10 @@ func (f *Finder) LookupFlow(network string, src, dst netip.AddrPort) (path strin
 	case strings.HasPrefix(network, "udp"):
 		nw = "udp"
 	default:
-		return "", -1, fmt.Errorf("procinfo: lookup %s %s: unsupported network %q; expected tcp or udp", network, src, network)
+		return Owner{PID: -1, UID: -1}, fmt.Errorf("procinfo: lookup %s %s: unsupported network %q; expected tcp or udp", network, src, network)
 	}
 	if !src.IsValid() {
-		return "", -1, fmt.Errorf("procinfo: lookup %s: invalid source address", nw)
+		return Owner{PID: -1, UID: -1}, fmt.Errorf("procinfo: lookup %s: invalid source address", nw)
 	}
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 	if dst.IsValid() {
@@ -92,17 +98,17 @@ func (f *Finder) LookupFlow(network string, src, dst netip.AddrPort) (path strin
 	key := cacheKey{nw, src}
 	if f.ttl > 0 {
 		if e, ok := f.cache.Get(key, f.now()); ok {
-			return e.path, e.uid, nil
+			return e, nil
 		}
 	}
-	path, uid, err = f.sys.lookup(nw, src, dst)
+	o, err := f.sys.find(nw, src, dst)
 	if err != nil {
-		return path, uid, fmt.Errorf("procinfo: lookup %s %s: %w", nw, src, err)
+		return o, fmt.Errorf("procinfo: lookup %s %s: %w", nw, src, err)
 	}
 	if f.ttl > 0 {
-		f.cache.Put(key, cacheEntry{path: path, uid: uid}, f.now().Add(f.ttl))
+		f.cache.Put(key, o, f.now().Add(f.ttl))
 	}
-	return path, uid, nil
+	return o, nil
 }
 
 // Owner is the process holding a local socket.

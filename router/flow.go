@@ -116,7 +116,7 @@ func (r *Router) openTCP(ctx context.Context, inb *Inbound, req tcpRequest) (f *
 	}
 	d := r.decide(ctx, m)
 	rec := FlowRecord{Network: "tcp", Src: m.Src, Dst: m.Dst, Host: m.Host, InType: in.typ, InName: in.name, InUser: in.user,
-		Process: m.Process, Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
+		Process: m.Process, PID: m.PID, Outbound: d.name(), Rule: d.Rule, Start: time.Now()}
 	r.countFlow("tcp", in, rec.Outbound, d)
 	d.Hits.Hit()
 	switch {
@@ -307,7 +307,7 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	relay.PutPacketBuf(bp)
 	e.upC.Add(int64(first.n))
 	if rec.Outbound == "" {
-		rec.Outbound, rec.Rule, rec.Host, rec.Process = first.name, first.rule, first.host, first.process
+		rec.Outbound, rec.Rule, rec.Host, rec.Process, rec.PID = first.name, first.rule, first.host, first.process, first.pid
 		r.countFlow("udp", in, first.name, first.d)
 		first.d.Hits.Hit()
 		if first.m != nil {
@@ -551,6 +551,7 @@ type routeResult struct {
 	name, rule string
 	host       string
 	process    string
+	pid        int
 	err        error
 	// The decision and what it was made on, for the flow's first datagram
 	// (m is nil for DNS answered in-process).
@@ -574,7 +575,7 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 		m.Host, m.RealDst = s.sniffHost, true
 	}
 	d := r.decide(ctx, m)
-	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host, process: m.Process, d: d, m: m, target: target}
+	res := routeResult{name: d.name(), rule: d.Rule, host: m.Host, process: m.Process, pid: m.PID, d: d, m: m, target: target}
 	if d.Action != Proxy || d.Outbound == nil {
 		r.stats.Rejected.Add(1)
 		if u, ok := s.f.(unreacher); ok && d.Action == Reject {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/metrics"
+	"github.com/tunsocks/tunsocks/procinfo"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/stack"
@@ -93,6 +94,7 @@ type FlowRecord struct {
 	InName    string
 	InUser    string
 	Process   string // the app's executable, when a rule or the inbound looked it up
+	PID       int    // the app's process id, when looked up; 0 when unknown
 	Outbound  string // outbound name, or REJECT / REJECT-DROP
 	Rule      string
 	Up, Down  int64
@@ -144,7 +146,7 @@ type Config struct {
 	// Process, when set, looks up the process behind a flow the rules did
 	// not look up, for the flow table (only when Flows is called: no cost
 	// while nobody looks).
-	Process func(network string, src, dst netip.AddrPort) (path string, uid int, err error)
+	Process ProcessLookup
 	// Metrics, when set, gets the router's families: flows by network,
 	// inbound, outbound and rule type; flows open; bytes by outbound; dial
 	// durations and errors by outbound.
@@ -175,6 +177,10 @@ type DNSHandler interface {
 	// app or ctx ends it, and closes c.
 	ServeStream(ctx context.Context, c net.Conn) error
 }
+
+// ProcessLookup finds the local process that owns a flow
+// (procinfo.Finder.LookupOwner).
+type ProcessLookup func(network string, src, dst netip.AddrPort) (procinfo.Owner, error)
 
 // Inbound is a source of flows: the TUN, a WireGuard device, an exec
 // namespace's TUN, a gateway interface. Handler tags every flow it hands
@@ -375,6 +381,9 @@ func (r *Router) decide(ctx context.Context, m *rules.Metadata) Decision {
 		if m.Process != "" {
 			attrs = append(attrs, "proc", m.Process)
 		}
+		if m.PID > 0 {
+			attrs = append(attrs, "pid", m.PID)
+		}
 		r.log.Debug("decision", attrs...)
 	}
 	return d
@@ -411,6 +420,9 @@ func (r *Router) finish(rec FlowRecord) {
 	}
 	if rec.Process != "" {
 		attrs = append(attrs, "proc", rec.Process)
+	}
+	if rec.PID > 0 {
+		attrs = append(attrs, "pid", rec.PID)
 	}
 	switch {
 	case errors.Is(rec.Err, ErrClosedByRequest):

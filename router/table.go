@@ -34,6 +34,7 @@ type FlowInfo struct {
 	// when unknown.
 	Process string
 	UID     int
+	PID     int // 0 when unknown
 	// Outbound is the outbound's name; "DNS" for DNS the router answers.
 	Outbound string
 	Rule     string       // the decision's Rule, as logs say it
@@ -170,7 +171,7 @@ func (e *flowEntry) decided(m *rules.Metadata, d Decision, dst netip.AddrPort, t
 	i := &e.info
 	i.Dst, i.Host = dst, m.Host
 	i.FakeIP = target.Name != "" && dst.Addr().IsValid()
-	i.Process, i.UID = m.Process, m.UID
+	i.Process, i.UID, i.PID = m.Process, m.UID, m.PID
 	i.Outbound, i.Rule, i.Match = d.name(), d.Rule, d.Match
 	i.Target = target.String()
 }
@@ -180,8 +181,11 @@ func (e *flowEntry) decided(m *rules.Metadata, d Decision, dst netip.AddrPort, t
 func (r *Router) snapshot(e *flowEntry) FlowInfo {
 	e.procOnce.Do(func() {
 		if e.info.Process == "" && r.cfg.Process != nil {
-			if path, uid, err := r.cfg.Process(e.info.Network, e.info.Src, e.info.Dst); err == nil {
-				e.info.Process, e.info.UID = path, uid
+			if o, err := r.cfg.Process(e.info.Network, e.info.Src, e.info.Dst); err == nil {
+				e.info.Process, e.info.UID = o.Path, o.UID
+				if o.PID > 0 {
+					e.info.PID = o.PID
+				}
 			}
 		}
 	})

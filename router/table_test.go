@@ -17,6 +17,7 @@ import (
 
 	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/metrics"
+	"github.com/tunsocks/tunsocks/procinfo"
 	"github.com/tunsocks/tunsocks/rules"
 )
 
@@ -144,9 +145,9 @@ func TestTableUDP(t *testing.T) {
 		return Decision{Action: Proxy, Outbound: out, Rule: "NETWORK,udp,up", Match: mt, Hits: hits}
 	}, func(c *Config) {
 		c.UDPIdle = time.Minute
-		c.Process = func(network string, src, dst netip.AddrPort) (string, int, error) {
+		c.Process = func(network string, src, dst netip.AddrPort) (procinfo.Owner, error) {
 			lookups.Add(1)
-			return "/usr/bin/dig", 0, nil
+			return procinfo.Owner{Path: "/usr/bin/dig", UID: 0, PID: 4242}, nil
 		}
 	})
 	f := newFakeFlow()
@@ -163,7 +164,7 @@ func TestTableUDP(t *testing.T) {
 		t.Error("the process was looked up before anyone asked for the flows")
 	}
 	fs := waitFlows(t, r, func(fs []FlowInfo) bool { return len(fs) == 1 && fs[0].Up == 3 })
-	if f := fs[0]; f.Network != "udp" || f.Outbound != "up" || f.Dst != dst || f.Process != "/usr/bin/dig" || f.UID != 0 || f.Target != "192.0.2.1:7" {
+	if f := fs[0]; f.Network != "udp" || f.Outbound != "up" || f.Dst != dst || f.Process != "/usr/bin/dig" || f.UID != 0 || f.PID != 4242 || f.Target != "192.0.2.1:7" {
 		t.Errorf("flow %+v", f)
 	}
 	r.Flows()

@@ -13,6 +13,7 @@ type Metadata struct {
 	Host     string         // domain from fake-IP, a SOCKS domain request or sniffing; "" when unknown
 	Process  string         // executable path, when known
 	UID      int            // -1 when unknown
+	PID      int            // the process's id when a lookup found it; 0 when unknown
 
 	// The inbound the flow came in through; "" when unknown or none.
 	InType string // InTUN, InWireGuard, InExec, InGateway or InSocks

@@ -143,7 +143,7 @@ func (a apiFlows) Flows() []api.Flow {
 func apiFlow(f router.FlowInfo, cfg *config.Config) api.Flow {
 	a := api.Flow{
 		ID: f.ID, Network: f.Network, InType: f.InType, InName: f.InName, InUser: f.InUser,
-		Src: f.Src, Dst: f.Dst, Host: f.Host, FakeIP: f.FakeIP, Process: f.Process, UID: f.UID,
+		Src: f.Src, Dst: f.Dst, Host: f.Host, FakeIP: f.FakeIP, Process: f.Process, UID: f.UID, PID: f.PID,
 		RuleLine: f.Rule, Outbound: f.Outbound, Target: f.Target, Remote: f.Remote, Start: f.Start, Up: f.Up, Down: f.Down,
 	}
 	if m := f.Match; m != nil && m.Index >= 0 {

@@ -136,12 +136,12 @@ func execAction(c *cli.Context) error {
 	// The command's sockets live in the sandbox's network namespace: the
 	// process lookup (PROCESS-NAME rules, the logs) asks there, through a
 	// sock_diag socket the sandbox opens inside.
-	lookup := func(network string, src, dst netip.AddrPort) (string, int, error) {
+	lookup := func(network string, src, dst netip.AddrPort) (procinfo.Owner, error) {
 		f := finder.Load()
 		if f == nil {
-			return "", -1, errors.New("exec: no sandbox yet")
+			return procinfo.Owner{PID: -1, UID: -1}, errors.New("exec: no sandbox yet")
 		}
-		return f.LookupFlow(network, src, dst)
+		return f.LookupOwner(network, src, dst)
 	}
 	inName := "exec:" + filepath.Base(args[0])
 	hooks := pipelineHooks{
@@ -202,8 +202,8 @@ func execAction(c *cli.Context) error {
 			if debug && m.Process == "" && m.Src.IsValid() {
 				// The logs say which program of the command's tree
 				// made each flow (rules that need it look it up anyway).
-				if path, uid, err := lookup(m.Network, m.Src, m.Dst); err == nil {
-					m.Process, m.UID = path, uid
+				if o, err := lookup(m.Network, m.Src, m.Dst); err == nil {
+					m.Process, m.UID, m.PID = o.Path, o.UID, o.PID
 				}
 			}
 			return next(m)

@@ -418,7 +418,7 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		// someone lists the flows (exec: in its sandbox).
 		rc.Process = hooks.lookup
 		if rc.Process == nil {
-			rc.Process = procinfo.NewFinder(2 * time.Second).LookupFlow
+			rc.Process = procinfo.NewFinder(2 * time.Second).LookupOwner
 		}
 	}
 	rt, err = router.New(rc)

@@ -113,7 +113,7 @@ func (w *wiring) buildPolicy(cfg *config.Config, log *slog.Logger) (*policy.Poli
 	if w.opts.process && cfg.Ruleset != nil && cfg.Ruleset.NeedsProcess() {
 		pc.Process = w.opts.lookup
 		if pc.Process == nil {
-			pc.Process = procinfo.NewFinder(2 * time.Second).LookupFlow
+			pc.Process = procinfo.NewFinder(2 * time.Second).LookupOwner
 		}
 	}
 	if w.pool != nil {
