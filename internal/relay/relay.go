@@ -243,18 +243,7 @@ func (h *notifiedHalf) run() {
 	for {
 		nr, err := h.src.Read(*bp)
 		if nr > 0 {
-			nw, werr := h.dst.Write((*bp)[:nr])
-			if nw > 0 {
-				h.total += int64(nw)
-				h.p.touch()
-				if h.count != nil {
-					h.count.Add(int64(nw))
-				}
-			}
-			if werr == nil && nw != nr {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil && err == nil {
+			if werr := h.p.forward(h.dst, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
 				err = werr
 			}
 		}
@@ -280,6 +269,24 @@ func (h *notifiedHalf) run() {
 			return
 		}
 	}
+}
+
+// forward writes b to dst for a direction that counts its own bytes:
+// what was written goes into *total, count and the pair's activity clock.
+// A short write is io.ErrShortWrite.
+func (p *pair) forward(dst net.Conn, b []byte, total *int64, count Counter) error {
+	nw, err := dst.Write(b)
+	if nw > 0 {
+		*total += int64(nw)
+		p.touch()
+		if count != nil {
+			count.Add(int64(nw))
+		}
+	}
+	if err == nil && nw != len(b) {
+		err = io.ErrShortWrite
+	}
+	return err
 }
 
 // watchIdle closes the pair once nothing has moved either way for idle,
@@ -601,18 +608,7 @@ func (h *polledHalf) run() {
 		nr, err := readKernel(h.src, h.rc, &bp, get)
 		if nr > 0 {
 			lastRead = time.Now()
-			nw, werr := h.dst.Write((*bp)[:nr])
-			if nw > 0 {
-				h.total += int64(nw)
-				h.p.touch()
-				if h.count != nil {
-					h.count.Add(int64(nw))
-				}
-			}
-			if werr == nil && nw != nr {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil && err == nil {
+			if werr := h.p.forward(h.dst, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
 				err = werr
 			}
 		}
