@@ -2,15 +2,10 @@ package check
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/netip"
 	"net/url"
@@ -63,8 +58,9 @@ func newWorld(t *testing.T) *world {
 			}
 		}
 	}
-	var cert tls.Certificate
-	w.ca, cert = testCA(t, echoName)
+	ca, cert := testenv.CA(t, echoName)
+	w.ca = x509.NewCertPool()
+	w.ca.AddCert(ca)
 	w.tls = netip.MustParseAddrPort(testenv.TCPServer(t, "tcp", "127.0.0.1:0", func(c net.Conn) {
 		tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}})
 		tc.SetDeadline(time.Now().Add(10 * time.Second))
@@ -146,29 +142,6 @@ func (w *world) options(proxy string) Options {
 		LookupNetIP:      w.lookup,
 		Roots:            w.ca,
 	}
-}
-
-func testCA(t *testing.T, host string) (*x509.CertPool, tls.Certificate) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tunsocks test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(caCert)
-	return pool, tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key}
 }
 
 // dnsServer answers every A query with 192.0.2.53, on loopback.

@@ -10,18 +10,11 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -35,7 +28,6 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/tunsocks/tunsocks/check"
-	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/internal/netns"
 	"github.com/tunsocks/tunsocks/internal/testenv"
@@ -57,21 +49,8 @@ type checkEnv struct {
 
 func newCheckEnv(t *testing.T) *checkEnv {
 	t.Helper()
-	l, err := lab.New(lab.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, lab: l, app: &direct.Dialer{Netns: l.App, Timeout: 10 * time.Second}, ctx: ctx, cancel: cancel}
-	// Registered first, so it runs last: after the processes' own
-	// cleanups have stopped them.
-	t.Cleanup(func() {
-		cancel()
-		e.wg.Wait()
-		if err := l.Close(); err != nil {
-			t.Errorf("removing the lab: %v", err)
-		}
-	})
+	e := newBareEnv(t)
+	l := e.lab
 	ce := &checkEnv{env: e}
 	if err := lab.WithNetlink(l.Remote, func(h *netlink.Handle) error {
 		link, err := h.LinkByName("down0")
@@ -92,7 +71,7 @@ func newCheckEnv(t *testing.T) *checkEnv {
 			t.Fatal(err)
 		}
 	}
-	ca, cert := checkCA(t)
+	ca, cert := testenv.CA(t, checkName)
 	ce.caFile = filepath.Join(t.TempDir(), "ca.pem")
 	if err := os.WriteFile(ce.caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Raw}), 0o644); err != nil {
 		t.Fatal(err)
@@ -176,28 +155,6 @@ func (ce *checkEnv) waitSTUN(t *testing.T) {
 		}
 	}
 	t.Fatal("the STUN responder (tunsocks server --stun) does not answer")
-}
-
-// checkCA makes a CA and a certificate for checkName signed by it.
-func checkCA(t *testing.T) (*x509.Certificate, tls.Certificate) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tunsocks lab CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: checkName}, DNSNames: []string{checkName},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ca, tls.Certificate{Certificate: [][]byte{der, caDER}, PrivateKey: key}
 }
 
 // proxy starts a server in the proxy host and waits until it accepts on
@@ -418,7 +375,7 @@ socks pass { from: ::/0 to: 0.0.0.0/0 command: udpreply }
 		}
 	})
 	t.Run("username", func(t *testing.T) {
-		user, pass := systemUser(t)
+		user, pass := testenv.SystemUser(t)
 		ce.proxy(t, socksAddr.String(), danted, "-f", conf("username"), "-N", "1")
 		r, _ := ce.check(t, fmt.Sprintf("socks5://%s:%s@%s", user, pass, socksAddr))
 		wantVerdicts(t, r, map[string]check.Verdict{"socks5.methods": check.Pass, "socks5.auth": check.Pass, "connect.ipv4": check.Pass, "udp.dns": check.Pass})
@@ -426,34 +383,6 @@ socks pass { from: ::/0 to: 0.0.0.0/0 command: udpreply }
 			t.Errorf("open_proxy %v methods %v", r.Facts.OpenProxy, r.Facts.AuthMethods)
 		}
 	})
-}
-
-// systemUser creates a throwaway user with a password for Dante's username
-// method and removes it when the test ends.
-func systemUser(t *testing.T) (user, pass string) {
-	t.Helper()
-	for _, tool := range []string{"useradd", "chpasswd", "userdel"} {
-		testenv.NeedTool(t, tool, "passwd")
-	}
-	b := make([]byte, 4)
-	rand.Read(b)
-	user = "tsk" + hex.EncodeToString(b)
-	rand.Read(b)
-	pass = "pw-" + hex.EncodeToString(b)
-	if out, err := exec.Command("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user).CombinedOutput(); err != nil {
-		t.Fatalf("useradd %s: %v\n%s", user, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("userdel", user).CombinedOutput(); err != nil {
-			t.Errorf("userdel %s: %v\n%s", user, err, out)
-		}
-	})
-	cmd := exec.Command("chpasswd")
-	cmd.Stdin = strings.NewReader(user + ":" + pass + "\n")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("chpasswd: %v\n%s", err, out)
-	}
-	return user, pass
 }
 
 // TestCheckMicrosocks: no UDP ASSOCIATE, said clearly.

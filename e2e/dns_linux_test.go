@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 )
@@ -30,24 +28,8 @@ func testFakeIPDNSAndUDP(t *testing.T, kind upstreamKind) {
 	testenv.NeedTool(t, "dig", "dnsutils")
 	dnsmasq := testenv.NeedTool(t, "dnsmasq", "dnsmasq-base")
 
-	l, err := lab.New(lab.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, lab: l, app: &direct.Dialer{Netns: l.App, Timeout: 10 * time.Second}, ctx: ctx, cancel: cancel}
-	t.Cleanup(func() {
-		cancel()
-		e.mu.Lock()
-		if e.upstream != nil {
-			e.upstream.stop()
-		}
-		e.mu.Unlock()
-		e.wg.Wait()
-		if err := l.Close(); err != nil {
-			t.Errorf("removing the lab: %v", err)
-		}
-	})
+	e := newBareEnv(t)
+	l := e.lab
 	if err := l.Do(l.Remote, e.startRemoteServices); err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 )
@@ -48,19 +47,8 @@ func newExecEnv(t *testing.T) *execEnv {
 	t.Helper()
 	testenv.NeedTool(t, "curl", "curl")
 	dnsmasq := testenv.NeedTool(t, "dnsmasq", "dnsmasq-base")
-	l, err := lab.New(lab.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, lab: l, app: &direct.Dialer{Netns: l.App, Timeout: 10 * time.Second}, ctx: ctx, cancel: cancel}
-	t.Cleanup(func() {
-		cancel()
-		e.wg.Wait()
-		if err := l.Close(); err != nil {
-			t.Errorf("removing the lab: %v", err)
-		}
-	})
+	e := newBareEnv(t)
+	l := e.lab
 	if err := l.Do(l.Remote, e.startRemoteServices); err != nil {
 		t.Fatal(err)
 	}

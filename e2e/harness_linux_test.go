@@ -125,10 +125,22 @@ func newEnv(t *testing.T, kind upstreamKind, runArgs ...string) *env {
 }
 
 // newLabEnv creates a lab with the remote host's services running and
-// nothing else: no upstream, no tunsocks. When the test ends it stops what
-// was started, removes the lab and, on failure, dumps the logs of
-// e.tunsocks and e.upstream.
+// nothing else: no upstream, no tunsocks (see newBareEnv for the end).
 func newLabEnv(t *testing.T) *env {
+	t.Helper()
+	e := newBareEnv(t)
+	if err := e.lab.Do(e.lab.Remote, e.startRemoteServices); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// newBareEnv creates a lab and an env on it, and starts nothing. When the
+// test ends (its cleanup is registered first, so it runs after those of
+// what the test starts later) it stops e.tunsocks and e.upstream when set,
+// waits for every process the env started, removes the lab and, on
+// failure, dumps the logs of e.tunsocks and e.upstream.
+func newBareEnv(t *testing.T) *env {
 	t.Helper()
 	l, err := lab.New(lab.Options{})
 	if err != nil {
@@ -153,9 +165,6 @@ func newLabEnv(t *testing.T) *env {
 			e.dumpLogs()
 		}
 	})
-	if err := l.Do(l.Remote, e.startRemoteServices); err != nil {
-		t.Fatal(err)
-	}
 	return e
 }
 

@@ -20,7 +20,6 @@ import (
 
 	"github.com/quic-go/quic-go"
 
-	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/lab"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/sniff"
@@ -50,19 +49,8 @@ func testSniff(t *testing.T, runArgs ...string) {
 	curl := testenv.NeedTool(t, "curl", "curl")
 	dnsmasq := testenv.NeedTool(t, "dnsmasq", "dnsmasq-base")
 
-	l, err := lab.New(lab.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e := &env{t: t, lab: l, app: &direct.Dialer{Netns: l.App, Timeout: 10 * time.Second}, ctx: ctx, cancel: cancel}
-	t.Cleanup(func() {
-		cancel()
-		e.wg.Wait()
-		if err := l.Close(); err != nil {
-			t.Errorf("removing the lab: %v", err)
-		}
-	})
+	e := newBareEnv(t)
+	l := e.lab
 	quicSeen := &sniffedDatagrams{}
 	if err := l.Do(l.Remote, func() error {
 		if err := e.startRemoteServices(); err != nil {

@@ -7,8 +7,6 @@ package socksclient
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -16,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -99,35 +96,6 @@ socks pass {
 	return addr
 }
 
-// systemUser creates a throwaway system user with a password for Dante's
-// username method and removes it when the test ends.
-func systemUser(t testing.TB) (user, pass string) {
-	t.Helper()
-	testenv.NeedRoot(t, "useradd/chpasswd for a throwaway user")
-	for _, tool := range []string{"useradd", "chpasswd", "userdel"} {
-		testenv.NeedTool(t, tool, "passwd")
-	}
-	b := make([]byte, 4)
-	rand.Read(b)
-	user = "tsk" + hex.EncodeToString(b)
-	rand.Read(b)
-	pass = "pw-" + hex.EncodeToString(b)
-	if out, err := exec.Command("useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user).CombinedOutput(); err != nil {
-		t.Fatalf("useradd %s: %v\n%s", user, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("userdel", user).CombinedOutput(); err != nil {
-			t.Errorf("userdel %s: %v\n%s", user, err, out)
-		}
-	})
-	cmd := exec.Command("chpasswd")
-	cmd.Stdin = strings.NewReader(user + ":" + pass + "\n")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("chpasswd: %v\n%s", err, out)
-	}
-	return user, pass
-}
-
 func TestDanteNoAuth(t *testing.T) {
 	proxy := danted(t, "none")
 	echoAddr, uecho := testenv.TCPEcho(t, "tcp", "127.0.0.1:0"), testenv.UDPEcho(t)
@@ -161,7 +129,7 @@ func TestDanteNoAuth(t *testing.T) {
 
 func TestDanteUsername(t *testing.T) {
 	proxy := danted(t, "username")
-	user, pass := systemUser(t)
+	user, pass := testenv.SystemUser(t)
 	echoAddr, uecho := testenv.TCPEcho(t, "tcp", "127.0.0.1:0"), testenv.UDPEcho(t)
 	c, err := Parse(fmt.Sprintf("socks5://%s:%s@%s", user, pass, proxy), nil)
 	if err != nil {
