@@ -59,11 +59,18 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 	if f == nil {
 		return
 	}
+	if d, ok := req.(detacher); ok && r.relayTCPAsync(ctx, f, d) {
+		return
+	}
 	if f.hold != nil {
 		defer f.hold.release()
 	}
 	r.relayTCP(ctx, f)
 }
+
+// detacher is implemented by requests whose Handler may return before the
+// flow ends (stack.TCPRequest.Detach).
+type detacher interface{ Detach() (done func()) }
 
 // openFlow is a TCP flow openTCP connected both ways, for relayTCP.
 type openFlow struct {
@@ -179,6 +186,44 @@ func (r *Router) relayTCP(ctx context.Context, f *openFlow) {
 	r.untrack(e, lf, &f.rec)
 	r.stats.TCPOpen.Add(-1)
 	r.finishEntry(e, &f.rec)
+}
+
+// relayTCPAsync is relayTCP without a goroutine waiting for the flow: it
+// starts the relay (relay.StreamAsync), detaches the handler from req,
+// and the flow's end (its record, the table, the hold, req's done) runs
+// from the relay's last direction. False when the relay needs a
+// goroutine of its own (no Poller, or not a netstack conn to a kernel
+// socket): nothing was started.
+func (r *Router) relayTCPAsync(ctx context.Context, f *openFlow, req detacher) bool {
+	if r.cfg.Poller == nil {
+		return false
+	}
+	e := f.e
+	r.table.add(e)
+	r.stats.TCPOpen.Add(1)
+	fctx, lf := r.track(ctx, e, nil)
+	done := req.Detach()
+	end := func(_, _ int64, err error) {
+		f.rec.Err = err
+		r.untrack(e, lf, &f.rec)
+		r.stats.TCPOpen.Add(-1)
+		r.finishEntry(e, &f.rec)
+		if f.hold != nil {
+			f.hold.release()
+		}
+		done()
+	}
+	if relay.StreamAsync(fctx, f.app, f.up, relay.StreamOptions{
+		Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: lf.clock, Poller: r.cfg.Poller,
+	}, end) {
+		return true
+	}
+	// Not a pair the relay parks: relay here, and end as the relay would.
+	up, down, err := relay.Stream(fctx, f.app, f.up, relay.StreamOptions{
+		Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: lf.clock, Poller: r.cfg.Poller,
+	})
+	end(up, down, err)
+	return true
 }
 
 // finishEntry takes a flow's entry out of the table and finishes its

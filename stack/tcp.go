@@ -35,6 +35,10 @@ type TCPRequest struct {
 	hsPrev, hsNext *TCPRequest
 	inTable        bool
 
+	// detached is set by Detach: handleRequest leaves the context and
+	// the handler's tracking to the function Detach returned.
+	detached bool
+
 	mu       sync.Mutex
 	state    reqState
 	shed     bool          // shed while the Handler was deciding
@@ -155,6 +159,25 @@ func (r *TCPRequest) acceptSystem() (Conn, error) {
 	return c, nil
 }
 
+// Detach lets the Handler return before the flow it serves has ended,
+// for a relay that needs no goroutine while the flow idles
+// (relay.StreamAsync): the Handler's context stays live, and Stack.Close
+// waits for the flow, until the returned function is called, once the
+// flow has ended (calls after the first do nothing). Call it on the
+// Handler's goroutine, before the Handler returns.
+func (r *TCPRequest) Detach() (done func()) {
+	r.detached = true
+	var once atomic.Bool
+	cancel := r.cancel
+	s := r.s
+	return func() {
+		if once.CompareAndSwap(false, true) {
+			cancel(nil)
+			s.handlers.Done()
+		}
+	}
+}
+
 // abortHandshake makes a pending Accept give up, for why.
 func (r *TCPRequest) abortHandshake(why error) {
 	r.mu.Lock()
@@ -250,11 +273,12 @@ func (r *TCPRequest) Drop() {
 
 // forwardTCP is gVisor's forwarder callback. gVisor already runs it on a new
 // goroutine per SYN; the Handler runs right here so that goroutine is the
-// handler's own and is tracked for Close. The goroutine then waits under
-// the handler for the flow's whole life: its frame is kept small (the
-// request is built in forwardedRequest) so that the idle stack stays under
-// a quarter of 8 KiB and the collector halves it (see relay.Stream's
-// Poller).
+// handler's own and is tracked for Close. A Handler that detaches
+// (TCPRequest.Detach) returns and the goroutine ends while the flow goes
+// on; one that does not waits for the flow's whole life: its frame is
+// kept small (the request is built in forwardedRequest) so that the idle
+// stack stays under a quarter of 8 KiB and the collector halves it (see
+// relay.Stream's Poller).
 func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 	s.handleRequest(s.forwardedRequest(fr))
 }
@@ -288,9 +312,7 @@ func (s *Stack) handleRequest(r *TCPRequest) {
 	}
 	s.handlers.Add(1)
 	s.mu.Unlock()
-	defer s.handlers.Done()
 	ctx, cancel := context.WithCancelCause(s.ctx)
-	defer cancel(nil)
 	r.cancel = cancel
 	if victim := s.hs.add(r); victim != nil {
 		victim.shedAttempt()
@@ -308,6 +330,10 @@ func (s *Stack) handleRequest(r *TCPRequest) {
 			r.fr.Complete(true)
 		}
 		s.log.Warn("TCP handler returned without Accept or Reject; sent RST", "src", r.src, "dst", r.dst)
+	}
+	if !r.detached {
+		cancel(nil)
+		s.handlers.Done()
 	}
 }
 

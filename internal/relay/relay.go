@@ -99,10 +99,33 @@ type ReadWaiter interface {
 // that is not an ordinary end of stream (io.EOF, net.ErrClosed and a reset
 // after the other side finished are ordinary).
 func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down int64, err error) {
-	if s := startParking(ctx, a, b, &opts); s != nil {
-		return s.wait()
+	w := make(chan result3, 1)
+	if startParking(ctx, a, b, &opts, func(up, down int64, err error) { w <- result3{up, down, err} }) != nil {
+		r := <-w
+		return r.up, r.down, r.err
 	}
 	return streamOnCaller(ctx, a, b, &opts)
+}
+
+// result3 is how a whole Stream ended.
+type result3 struct {
+	up, down int64
+	err      error
+}
+
+// StreamAsync starts what Stream does and returns at once, true, when the
+// relay can run without a goroutine waiting for it: opts has a Poller, a
+// is not a kernel socket (a ReadNotifier, such as a netstack connection)
+// and b is a kernel TCP socket. An idle pair then holds no goroutine at
+// all, neither the caller's nor one per direction. done is called once,
+// on a goroutine of the relay's, with what Stream would have returned,
+// after both connections are closed; it may run before StreamAsync
+// returns. False: nothing was started, and the caller calls Stream.
+func StreamAsync(ctx context.Context, a, b net.Conn, opts StreamOptions, done func(up, down int64, err error)) bool {
+	if _, ok := a.(ReadNotifier); !ok {
+		return false
+	}
+	return startParking(ctx, a, b, &opts, done) != nil
 }
 
 // streamOnCaller is Stream with b->a copied on the caller's goroutine.
@@ -128,7 +151,7 @@ func streamOnCaller(ctx context.Context, a, b net.Conn, o *StreamOptions) (up, d
 		// a->b needs no goroutine while a is idle: it runs when a has
 		// bytes and parks on a's notification again once it is drained.
 		// Its idle time is watched by a timer (see watchIdle).
-		h := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: upc}
+		h := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: func(r result) { upc <- r }}
 		if opts.Idle > 0 {
 			defer p.watchIdle(opts.Idle).Stop()
 		}
@@ -225,7 +248,7 @@ type notifiedHalf struct {
 	n        ReadNotifier
 	count    Counter
 	total    int64 // touched by one run at a time
-	done     chan<- result
+	done     func(result)
 }
 
 // wake is the notification: src has something to read.
@@ -257,7 +280,7 @@ func (h *notifiedHalf) run() {
 				err = nil
 			}
 			h.p.finished(err)
-			h.done <- result{h.total, err}
+			h.done(result{h.total, err})
 			return
 		}
 		if nr < len(*bp) {
@@ -486,32 +509,39 @@ func isOrdinary(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
 }
 
-// parkingStream is a Stream whose b->a direction may park on a Poller; the
-// caller only waits for it.
+// parkingStream is a Stream whose b->a direction may park on a Poller:
+// no goroutine waits for it; the direction that finishes last ends it.
 type parkingStream struct {
-	p          *pair
-	upc, downc chan result
-	stop       func() bool // the context's AfterFunc
-	idle       *time.Timer // watchIdle's, nil without opts.Idle
+	p        *pair
+	stop     func() bool // the context's AfterFunc
+	idle     *time.Timer // watchIdle's, nil without opts.Idle
+	left     atomic.Int32
+	up, down result // each written by its direction before left drops
+	done     func(up, down int64, err error)
 }
 
-// wait waits for both directions of a Stream started by startParking. Its
-// caller's goroutine does nothing else for the flow's whole life, in a
-// frame kept small (startParking and endParking hold the rest), so that
-// the stack it idles on stays under a quarter of 8 KiB even below the
-// netstack's and the router's frames, and the collector halves it.
-func (s *parkingStream) wait() (up, down int64, err error) {
-	u := <-s.upc
-	d := <-s.downc
-	return endParking(s, u, d)
+// halfDone records the end of one direction; the last one ends the
+// Stream.
+func (s *parkingStream) halfDone(up bool, r result) {
+	if up {
+		s.up = r
+	} else {
+		s.down = r
+	}
+	if s.left.Add(-1) == 0 {
+		s.end()
+	}
 }
 
 // startParking starts a Stream whose b->a direction reads on a polledHalf,
-// when opts has a Poller, a is not a kernel socket and b is one; else it
-// returns nil.
+// when opts has a Poller, a is not a kernel socket and b is one; done is
+// called when it ended. Else it returns nil and starts nothing.
+//
+// Not inlined: Stream's caller waits for the flow's whole life in Stream's
+// frame, which is kept small so that the collector halves its stack.
 //
 //go:noinline
-func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions) *parkingStream {
+func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done func(up, down int64, err error)) *parkingStream {
 	if o.Poller == nil || !canReadKernel || tcpOf(a) != nil {
 		return nil
 	}
@@ -531,30 +561,34 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions) *parking
 	if opts.ParkAfter <= 0 {
 		opts.ParkAfter = defaultParkAfter
 	}
-	s := &parkingStream{p: p, upc: make(chan result, 1), downc: make(chan result, 1)}
-	h := &polledHalf{p: p, src: bt, rc: rc, dst: a, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, done: s.downc}
+	s := &parkingStream{p: p, done: done}
+	s.left.Store(2)
+	h := &polledHalf{p: p, src: bt, rc: rc, dst: a, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down,
+		done: func(r result) { s.halfDone(false, r) }}
 	p.parked = h
-	s.stop = context.AfterFunc(ctx, p.closeBoth)
+	// The Stream's own setup is done before a direction can end it.
 	p.touch()
 	if opts.Idle > 0 {
 		s.idle = p.watchIdle(opts.Idle)
 	}
+	s.stop = context.AfterFunc(ctx, p.closeBoth)
+	upDone := func(r result) { s.halfDone(true, r) }
 	if n, ok := a.(ReadNotifier); ok {
-		up := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: s.upc}
+		up := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: upDone}
 		n.NotifyRead(up.wake)
 	} else {
 		go func() {
 			n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
 			p.finished(err)
-			s.upc <- result{n, err}
+			upDone(result{n, err})
 		}()
 	}
 	go h.run()
 	return s
 }
 
-//go:noinline
-func endParking(s *parkingStream, u, d result) (up, down int64, err error) {
+// end ends the Stream once both directions have finished.
+func (s *parkingStream) end() {
 	s.stop()
 	if s.idle != nil {
 		s.idle.Stop()
@@ -567,7 +601,7 @@ func endParking(s *parkingStream, u, d result) (up, down int64, err error) {
 	first := p.first
 	p.mu.Unlock()
 	p.closeBoth()
-	return u.n, d.n, first
+	s.done(s.up.n, s.down.n, first)
 }
 
 // polledHalf is the b->a direction of a Stream given a Poller: it copies
@@ -582,7 +616,7 @@ type polledHalf struct {
 	parkAfter time.Duration
 	count     Counter
 	total     int64 // touched by one run at a time
-	done      chan<- result
+	done      func(result)
 
 	mu     sync.Mutex
 	parkID uint64 // the Poller registration while parked, 0 otherwise
@@ -637,7 +671,7 @@ func (h *polledHalf) run() {
 				err = nil
 			}
 			h.p.finished(err)
-			h.done <- result{h.total, err}
+			h.done(result{h.total, err})
 			return
 		}
 	}
