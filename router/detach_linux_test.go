@@ -2,6 +2,7 @@ package router
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"sync/atomic"
@@ -114,6 +115,42 @@ func TestTCPDetachedFlowEnds(t *testing.T) {
 		}
 		if n := len(r.Flows()); n != 0 || r.Stats().TCPOpen.Load() != 0 || req.calls.Load() != 1 {
 			t.Fatalf("after the end: %d flows in the table, TCPOpen %d, done called %d times", n, r.Stats().TCPOpen.Load(), req.calls.Load())
+		}
+	}
+}
+
+// TestTCPDetachedFlowShed: ShedIdle ends a detached flow whose both
+// directions are parked (it has no context of its own to cancel), and its
+// record says it was shed.
+func TestTCPDetachedFlowShed(t *testing.T) {
+	pl, err := relay.NewPoller()
+	if err != nil {
+		t.Skipf("no relay poller here: %v", err)
+	}
+	defer pl.Close()
+	appLocal, appRemote := testenv.TCPPair(t)
+	upLocal, upRemote := testenv.TCPPair(t)
+	out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { return upLocal, nil }}
+	r, flows := newRouter(t, Static(out), func(c *Config) { c.Poller = pl })
+	req := &detachReq{fakeReq: newFakeReq("10.0.0.1:80"), done: make(chan struct{})}
+	req.app = notifyConn{appLocal}
+	r.handleTCP(context.Background(), nil, req)
+	if n := r.ShedIdle(1); n != 1 {
+		t.Fatalf("ShedIdle(1) with one detached flow closed %d", n)
+	}
+	select {
+	case rec := <-flows:
+		if !errors.Is(rec.Err, ErrShed) || rec.Dst.String() != "10.0.0.1:80" || rec.Outbound != "up" {
+			t.Fatalf("shed flow's record %+v, want 10.0.0.1:80 through up, shed", rec)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the shed flow never ended")
+	}
+	<-req.done
+	for _, c := range []*net.TCPConn{appRemote, upRemote} {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(c); err != nil {
+			t.Fatalf("after the shed, the peer read %v, want the end of the stream", err)
 		}
 	}
 }

@@ -194,36 +194,65 @@ func (r *Router) relayTCP(ctx context.Context, f *openFlow) {
 // from the relay's last direction. False when the relay needs a
 // goroutine of its own (no Poller, or not a netstack conn to a kernel
 // socket): nothing was started.
+//
+// What an idle flow holds is kept small: an asyncFlow, not the openFlow
+// and its FlowRecord (the record is rebuilt from the table entry at the
+// end), and no context of its own: ShedIdle closes both connections,
+// which ends the relay as its context would.
 func (r *Router) relayTCPAsync(ctx context.Context, f *openFlow, req detacher) bool {
 	if r.cfg.Poller == nil {
 		return false
 	}
 	e := f.e
+	a := &asyncFlow{r: r, e: e, hold: f.hold, dst: f.rec.Dst, process: f.rec.Process, pid: f.rec.PID}
+	a.lf.clock = &a.lf.own
+	a.lf.own.Store(time.Now().UnixNano())
+	app, up := f.app, f.up
+	a.lf.stop = func() {
+		app.Close()
+		up.Close()
+	}
 	r.table.add(e)
 	r.stats.TCPOpen.Add(1)
-	fctx, lf := r.track(ctx, e, nil)
-	done := req.Detach()
-	end := func(_, _ int64, err error) {
-		f.rec.Err = err
-		r.untrack(e, lf, &f.rec)
-		r.stats.TCPOpen.Add(-1)
-		r.finishEntry(e, &f.rec)
-		if f.hold != nil {
-			f.hold.release()
-		}
-		done()
-	}
-	if relay.StreamAsync(fctx, f.app, f.up, relay.StreamOptions{
-		Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: lf.clock, Poller: r.cfg.Poller,
-	}, end) {
+	e.live.Store(&a.lf)
+	a.done = req.Detach()
+	opts := relay.StreamOptions{Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: a.lf.clock, Poller: r.cfg.Poller}
+	if relay.StreamAsync(ctx, app, up, opts, a.end) {
 		return true
 	}
 	// Not a pair the relay parks: relay here, and end as the relay would.
-	up, down, err := relay.Stream(fctx, f.app, f.up, relay.StreamOptions{
-		Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: lf.clock, Poller: r.cfg.Poller,
-	})
-	end(up, down, err)
+	a.end(relay.Stream(ctx, app, up, opts))
 	return true
+}
+
+// asyncFlow is what a flow relayed by relayTCPAsync holds while it lasts.
+type asyncFlow struct {
+	r       *Router
+	e       *flowEntry
+	lf      liveFlow
+	hold    *tcpHold
+	done    func()
+	dst     netip.AddrPort // the record's, as the rules saw it
+	process string         // the rules' (the table may look it up later)
+	pid     int
+}
+
+// end finishes the flow once the relay has ended, as relayTCP does.
+func (a *asyncFlow) end(_, _ int64, err error) {
+	e, r := a.e, a.r
+	e.live.Store(nil)
+	i := &e.info // the fields read here are set before the entry is added
+	rec := FlowRecord{Network: i.Network, Src: i.Src, Dst: a.dst, Host: i.Host, InType: i.InType, InName: i.InName,
+		InUser: i.InUser, Process: a.process, PID: a.pid, Outbound: i.Outbound, Rule: i.Rule, Start: i.Start, Err: err}
+	if a.lf.shed.Load() {
+		rec.Err = ErrShed
+	}
+	r.stats.TCPOpen.Add(-1)
+	r.finishEntry(e, &rec)
+	if a.hold != nil {
+		a.hold.release()
+	}
+	a.done()
 }
 
 // finishEntry takes a flow's entry out of the table and finishes its
