@@ -40,12 +40,14 @@ func (c notifyConn) NotifyRead(fn func()) {
 type detachReq struct {
 	*fakeReq
 	detached atomic.Bool
+	stop     func()
 	done     chan struct{}
 	calls    atomic.Int32
 }
 
-func (r *detachReq) Detach() func() {
+func (r *detachReq) Detach(stop func()) func() {
 	r.detached.Store(true)
+	r.stop = stop
 	return func() {
 		if r.calls.Add(1) == 1 {
 			close(r.done)

@@ -70,7 +70,9 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 
 // detacher is implemented by requests whose Handler may return before the
 // flow ends (stack.TCPRequest.Detach).
-type detacher interface{ Detach() (done func()) }
+type detacher interface {
+	Detach(stop func()) (done func())
+}
 
 // openFlow is a TCP flow openTCP connected both ways, for relayTCP.
 type openFlow struct {
@@ -197,8 +199,9 @@ func (r *Router) relayTCP(ctx context.Context, f *openFlow) {
 //
 // What an idle flow holds is kept small: an asyncFlow, not the openFlow
 // and its FlowRecord (the record is rebuilt from the table entry at the
-// end), and no context of its own: ShedIdle closes both connections,
-// which ends the relay as its context would.
+// end), and no context: a detached flow's handler context has ended;
+// ShedIdle, and the stack when it closes, close both connections, which
+// ends the relay as a context would.
 func (r *Router) relayTCPAsync(ctx context.Context, f *openFlow, req detacher) bool {
 	if r.cfg.Poller == nil {
 		return false
@@ -215,8 +218,9 @@ func (r *Router) relayTCPAsync(ctx context.Context, f *openFlow, req detacher) b
 	r.table.add(e)
 	r.stats.TCPOpen.Add(1)
 	e.live.Store(&a.lf)
-	a.done = req.Detach()
+	a.done = req.Detach(a.lf.stop)
 	opts := relay.StreamOptions{Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: a.lf.clock, Poller: r.cfg.Poller}
+	ctx = context.WithoutCancel(ctx)
 	if relay.StreamAsync(ctx, app, up, opts, a.end) {
 		return true
 	}

@@ -196,7 +196,7 @@ func TestRelayParkedOnPollerShrinksStacks(t *testing.T) {
 // detachedThroughStack is relayedThroughStack with the router's
 // goroutine-less relay: each Handler accepts, detaches and starts
 // relay.StreamAsync on a Poller, and returns; ends gets each flow's end
-// after its done (the Handler's context is live until then).
+// after its done.
 func detachedThroughStack(t *testing.T, n int, opts relay.StreamOptions) (e *env, apps []net.Conn, remotes []*net.TCPConn, ends chan error) {
 	t.Helper()
 	pl, err := relay.NewPoller()
@@ -213,11 +213,15 @@ func detachedThroughStack(t *testing.T, n int, opts relay.StreamOptions) (e *env
 			t.Error(err)
 			return
 		}
-		done := r.Detach()
-		if !relay.StreamAsync(ctx, c, up, opts, func(_, _ int64, err error) {
-			if ctx.Err() != nil {
-				err = errors.New("the Handler's context ended before done")
-			}
+		// As the router does: stop closes both connections.
+		done := r.Detach(func() {
+			c.Close()
+			up.Close()
+		})
+		if ctx.Err() == nil {
+			t.Error("the Handler's context is live after Detach; a detached flow should hold none")
+		}
+		if !relay.StreamAsync(context.WithoutCancel(ctx), c, up, opts, func(_, _ int64, err error) {
 			done()
 			ends <- err
 		}) {
@@ -295,9 +299,9 @@ func TestDetachedIdleFlowHoldsNoGoroutine(t *testing.T) {
 }
 
 // TestDetachedFlowEndsWhenParked: a detached flow, both directions
-// parked, ends (its done called, the Handler's context live until then)
-// when the app closes first, when the remote closes first, and when the
-// stack closes, whose Close waits for it.
+// parked, ends (its done called) when the app closes first, when the
+// remote closes first, and when the stack closes (it calls the flow's
+// stop), whose Close waits for it.
 func TestDetachedFlowEndsWhenParked(t *testing.T) {
 	e, apps, remotes, ends := detachedThroughStack(t, 3, relay.StreamOptions{Idle: time.Minute, ParkAfter: 20 * time.Millisecond})
 	for i := range apps {

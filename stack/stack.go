@@ -629,6 +629,13 @@ func (s *Stack) close() error {
 	s.cancel()
 	for _, c := range conns {
 		_ = c.Close()
+		s.mu.Lock()
+		stop := c.stop
+		c.stop = nil
+		s.mu.Unlock()
+		if stop != nil {
+			stop()
+		}
 	}
 	s.udpMu.Lock()
 	s.udpClosed = true

@@ -35,9 +35,10 @@ type TCPRequest struct {
 	hsPrev, hsNext *TCPRequest
 	inTable        bool
 
-	// detached is set by Detach: handleRequest leaves the context and
-	// the handler's tracking to the function Detach returned.
+	// detached is set by Detach: handleRequest leaves the handler's
+	// tracking to the function Detach returned.
 	detached bool
+	conn     *tcpConn // what Accept returned
 
 	mu       sync.Mutex
 	state    reqState
@@ -87,7 +88,7 @@ func (r *TCPRequest) Accept() (Conn, error) {
 	}
 	defer r.s.hs.remove(r)
 	timer := time.AfterFunc(r.s.cfg.TCP.HandshakeTimeout, func() { r.abortHandshake(errHandshakeTimeout) })
-	var c Conn
+	var c *tcpConn
 	var err error
 	if r.nat != nil {
 		c, err = r.acceptSystem()
@@ -105,6 +106,7 @@ func (r *TCPRequest) Accept() (Conn, error) {
 		}
 		return nil, r.opError(err)
 	}
+	r.conn = c
 	return c, nil
 }
 
@@ -113,7 +115,7 @@ func (r *TCPRequest) opError(err error) error {
 		Addr: net.TCPAddrFromAddrPort(r.src), Err: err}
 }
 
-func (r *TCPRequest) acceptGVisor() (Conn, error) {
+func (r *TCPRequest) acceptGVisor() (*tcpConn, error) {
 	wq := new(waiter.Queue)
 	r.mu.Lock()
 	r.wq = wq
@@ -143,7 +145,7 @@ func (r *TCPRequest) acceptGVisor() (Conn, error) {
 }
 
 // acceptSystem completes the app's handshake in system TCP mode.
-func (r *TCPRequest) acceptSystem() (Conn, error) {
+func (r *TCPRequest) acceptSystem() (*tcpConn, error) {
 	s := r.s
 	tc, err := s.sys.accept(r.nat, r.abort)
 	if err != nil {
@@ -161,18 +163,32 @@ func (r *TCPRequest) acceptSystem() (Conn, error) {
 
 // Detach lets the Handler return before the flow it serves has ended,
 // for a relay that needs no goroutine while the flow idles
-// (relay.StreamAsync): the Handler's context stays live, and Stack.Close
-// waits for the flow, until the returned function is called, once the
+// (relay.StreamAsync). The Handler's context ends at once (a detached
+// flow holds none); instead Stack.Close calls stop (once, after it has
+// closed the accepted connection), which must end the flow. Stack.Close
+// waits for the flow until the returned function is called, once the
 // flow has ended (calls after the first do nothing). Call it on the
-// Handler's goroutine, before the Handler returns.
-func (r *TCPRequest) Detach() (done func()) {
+// Handler's goroutine, after a successful Accept, before the Handler
+// returns.
+func (r *TCPRequest) Detach(stop func()) (done func()) {
 	r.detached = true
-	var once atomic.Bool
-	cancel := r.cancel
+	r.cancel(nil)
 	s := r.s
+	c := r.conn
+	if c != nil {
+		s.mu.Lock()
+		closed := s.closed
+		if !closed {
+			c.stop = stop
+		}
+		s.mu.Unlock()
+		if closed {
+			stop()
+		}
+	}
+	var once atomic.Bool
 	return func() {
 		if once.CompareAndSwap(false, true) {
-			cancel(nil)
 			s.handlers.Done()
 		}
 	}
@@ -358,6 +374,7 @@ type tcpConn struct {
 	waitTimer    *time.Timer  // WaitRead's, made on its first timed wait
 	nmu          sync.Mutex
 	notify       *waiter.Entry // NotifyRead's registration
+	stop         func()        // a detached flow's (TCPRequest.Detach), under s.mu
 }
 
 // SetLinger is net.TCPConn's SetLinger: with 0, Close resets the

@@ -120,7 +120,10 @@ type result3 struct {
 // all, neither the caller's nor one per direction. done is called once,
 // on a goroutine of the relay's, with what Stream would have returned,
 // after both connections are closed; it may run before StreamAsync
-// returns. False: nothing was started, and the caller calls Stream.
+// returns. A ctx that is never done (Done returns nil, as
+// context.WithoutCancel's) costs the relay nothing: it is then ended by
+// its connections and its timers only. False: nothing was started, and
+// the caller calls Stream.
 func StreamAsync(ctx context.Context, a, b net.Conn, opts StreamOptions, done func(up, down int64, err error)) bool {
 	if _, ok := a.(ReadNotifier); !ok {
 		return false
@@ -513,7 +516,7 @@ func isOrdinary(err error) bool {
 // no goroutine waits for it; the direction that finishes last ends it.
 type parkingStream struct {
 	p        *pair
-	stop     func() bool // the context's AfterFunc
+	stop     func() bool // the context's AfterFunc; nil for a context never done
 	idle     *time.Timer // watchIdle's, nil without opts.Idle
 	left     atomic.Int32
 	up, down result // each written by its direction before left drops
@@ -571,7 +574,9 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 	if opts.Idle > 0 {
 		s.idle = p.watchIdle(opts.Idle)
 	}
-	s.stop = context.AfterFunc(ctx, p.closeBoth)
+	if ctx.Done() != nil {
+		s.stop = context.AfterFunc(ctx, p.closeBoth)
+	}
 	upDone := func(r result) { s.halfDone(true, r) }
 	if n, ok := a.(ReadNotifier); ok {
 		up := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: upDone}
@@ -589,7 +594,9 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 
 // end ends the Stream once both directions have finished.
 func (s *parkingStream) end() {
-	s.stop()
+	if s.stop != nil {
+		s.stop()
+	}
 	if s.idle != nil {
 		s.idle.Stop()
 	}
