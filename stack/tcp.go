@@ -373,8 +373,8 @@ type tcpConn struct {
 	readDeadline atomic.Int64 // UnixNano, 0 for none: gonet keeps its own private copy
 	waitTimer    *time.Timer  // WaitRead's, made on its first timed wait
 	nmu          sync.Mutex
-	notify       *waiter.Entry // NotifyRead's registration
-	stop         func()        // a detached flow's (TCPRequest.Detach), under s.mu
+	notify       *readNotify // NotifyRead's registration
+	stop         func()      // a detached flow's (TCPRequest.Detach), under s.mu
 }
 
 // SetLinger is net.TCPConn's SetLinger: with 0, Close resets the

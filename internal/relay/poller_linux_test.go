@@ -48,7 +48,7 @@ func parkedStreamConns(t *testing.T, opts StreamOptions) (app, remote, a, b *net
 			ch <- errors.New("startParking did not take a Poller stream")
 			return
 		}
-		started <- s.p
+		started <- &s.pair
 		ch <- <-w
 	}()
 	p := <-started
