@@ -121,9 +121,9 @@ func TestTCPDetachedFlowEnds(t *testing.T) {
 	}
 }
 
-// TestTCPDetachedFlowShed: ShedIdle ends a detached flow whose both
-// directions are parked (it has no context of its own to cancel), and its
-// record says it was shed.
+// TestTCPDetachedFlowShed: ShedIdle ends a detached flow (it has no
+// context of its own to cancel) with a reset to the app, and its record
+// says it was shed.
 func TestTCPDetachedFlowShed(t *testing.T) {
 	pl, err := relay.NewPoller()
 	if err != nil {
@@ -149,10 +149,14 @@ func TestTCPDetachedFlowShed(t *testing.T) {
 		t.Fatal("the shed flow never ended")
 	}
 	<-req.done
-	for _, c := range []*net.TCPConn{appRemote, upRemote} {
-		c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadAll(c); err != nil {
-			t.Fatalf("after the shed, the peer read %v, want the end of the stream", err)
-		}
+	// The app's connection is reset, so the netstack frees it at once
+	// (a FIN would leave it waiting for the app's); the upstream's ends.
+	appRemote.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(appRemote); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("after the shed, the app read %v, want a reset", err)
+	}
+	upRemote.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(upRemote); err != nil {
+		t.Fatalf("after the shed, the upstream read %v, want the end of the stream", err)
 	}
 }

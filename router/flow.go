@@ -215,6 +215,7 @@ func (r *Router) relayTCPAsync(ctx context.Context, f *openFlow, req detacher) b
 		app.Close()
 		up.Close()
 	}
+	a.lf.reset = e.closeFn
 	r.table.add(e)
 	r.stats.TCPOpen.Add(1)
 	e.live.Store(&a.lf)
