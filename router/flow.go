@@ -59,10 +59,19 @@ func (r *Router) handleTCP(ctx context.Context, inb *Inbound, req tcpRequest) {
 	if f == nil {
 		return
 	}
+	if d, ok := req.(detacher); ok && r.relayTCPAsync(ctx, f, d) {
+		return
+	}
 	if f.hold != nil {
 		defer f.hold.release()
 	}
 	r.relayTCP(ctx, f)
+}
+
+// detacher is implemented by requests whose Handler may return before the
+// flow ends (stack.TCPRequest.Detach).
+type detacher interface {
+	Detach(stop func()) (done func())
 }
 
 // openFlow is a TCP flow openTCP connected both ways, for relayTCP.
@@ -179,6 +188,76 @@ func (r *Router) relayTCP(ctx context.Context, f *openFlow) {
 	r.untrack(e, lf, &f.rec)
 	r.stats.TCPOpen.Add(-1)
 	r.finishEntry(e, &f.rec)
+}
+
+// relayTCPAsync is relayTCP without a goroutine waiting for the flow: it
+// starts the relay (relay.StreamAsync), detaches the handler from req,
+// and the flow's end (its record, the table, the hold, req's done) runs
+// from the relay's last direction. False when the relay needs a
+// goroutine of its own (no Poller, or not a netstack conn to a kernel
+// socket): nothing was started.
+//
+// What an idle flow holds is kept small: an asyncFlow, not the openFlow
+// and its FlowRecord (the record is rebuilt from the table entry at the
+// end), and no context: a detached flow's handler context has ended;
+// ShedIdle, and the stack when it closes, close both connections, which
+// ends the relay as a context would.
+func (r *Router) relayTCPAsync(ctx context.Context, f *openFlow, req detacher) bool {
+	if r.cfg.Poller == nil {
+		return false
+	}
+	e := f.e
+	a := &asyncFlow{r: r, e: e, hold: f.hold, dst: f.rec.Dst, process: f.rec.Process, pid: f.rec.PID}
+	a.lf.clock = &a.lf.own
+	a.lf.own.Store(time.Now().UnixNano())
+	app, up := f.app, f.up
+	a.lf.stop = func() {
+		app.Close()
+		up.Close()
+	}
+	a.lf.reset = e.closeFn
+	r.table.add(e)
+	r.stats.TCPOpen.Add(1)
+	e.live.Store(&a.lf)
+	a.done = req.Detach(a.lf.stop)
+	opts := relay.StreamOptions{Idle: r.cfg.TCPIdle, Up: e.upC, Down: e.downC, Activity: a.lf.clock, Poller: r.cfg.Poller}
+	ctx = context.WithoutCancel(ctx)
+	if relay.StreamAsync(ctx, app, up, opts, a.end) {
+		return true
+	}
+	// Not a pair the relay parks: relay here, and end as the relay would.
+	a.end(relay.Stream(ctx, app, up, opts))
+	return true
+}
+
+// asyncFlow is what a flow relayed by relayTCPAsync holds while it lasts.
+type asyncFlow struct {
+	r       *Router
+	e       *flowEntry
+	lf      liveFlow
+	hold    *tcpHold
+	done    func()
+	dst     netip.AddrPort // the record's, as the rules saw it
+	process string         // the rules' (the table may look it up later)
+	pid     int
+}
+
+// end finishes the flow once the relay has ended, as relayTCP does.
+func (a *asyncFlow) end(_, _ int64, err error) {
+	e, r := a.e, a.r
+	e.live.Store(nil)
+	i := &e.info // the fields read here are set before the entry is added
+	rec := FlowRecord{Network: i.Network, Src: i.Src, Dst: a.dst, Host: i.Host, InType: i.InType, InName: i.InName,
+		InUser: i.InUser, Process: a.process, PID: a.pid, Outbound: i.Outbound, Rule: i.Rule, Start: i.Start, Err: err}
+	if a.lf.shed.Load() {
+		rec.Err = ErrShed
+	}
+	r.stats.TCPOpen.Add(-1)
+	r.finishEntry(e, &rec)
+	if a.hold != nil {
+		a.hold.release()
+	}
+	a.done()
 }
 
 // finishEntry takes a flow's entry out of the table and finishes its

@@ -16,6 +16,11 @@ type liveFlow struct {
 	own   atomic.Int64 // the clock, when the relay has none of its own
 	stop  context.CancelFunc
 	shed  atomic.Bool
+	// reset, when set (TCP), resets the app's connection before a shed
+	// flow is stopped: a connection closed gracefully lingers in the
+	// netstack (FIN-WAIT) for as long as the app keeps its end open, and
+	// so does its memory.
+	reset func()
 }
 
 // ErrShed is a flow's error when ShedIdle closed it.
@@ -27,6 +32,9 @@ var ErrShed = errors.New("router: flow shed to stay under the memory ceiling")
 func (r *Router) track(ctx context.Context, e *flowEntry, clock *atomic.Int64) (context.Context, *liveFlow) {
 	ctx, cancel := context.WithCancel(ctx)
 	lf := &liveFlow{clock: clock, stop: cancel}
+	if e.info.Network == "tcp" {
+		lf.reset = e.closeFn
+	}
 	if lf.clock == nil {
 		lf.clock = &lf.own
 	}
@@ -48,7 +56,8 @@ func (r *Router) untrack(e *flowEntry, lf *liveFlow, rec *FlowRecord) {
 // relayed,
 // at least one when there is any, those idle the longest first, and
 // returns how many it closed. A closed flow ends as if its idle timer had
-// fired. The memory ceiling sheds with it.
+// fired, except that the app's TCP connection is reset, so that the
+// netstack frees it at once. The memory ceiling sheds with it.
 func (r *Router) ShedIdle(fraction float64) int {
 	es := r.table.entries()
 	flows := make([]*liveFlow, 0, len(es))
@@ -76,6 +85,9 @@ func (r *Router) ShedIdle(fraction float64) int {
 	})
 	for _, f := range flows[:n] {
 		f.shed.Store(true)
+		if f.reset != nil {
+			f.reset()
+		}
 		f.stop()
 	}
 	r.stats.Shed.Add(int64(n))

@@ -6,7 +6,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -149,12 +152,26 @@ func TestRelayParkedAppFIN(t *testing.T) {
 // TestRelayParkedOnPollerShrinksStacks: with a relay.Poller, an idle
 // relay's upstream direction parks without a goroutine and the handler's
 // goroutine waits in a frame shallow enough that collections halve its
-// 8 KiB stack (the router runs the same way). Without the Poller the
-// handler's goroutine reads the upstream itself, too deep for its stack
-// to shrink below 8 KiB. The app side's own goroutines are in both.
+// 8 KiB stack (relay.Stream's callers that do not detach). Without the
+// Poller the handler's goroutine reads the upstream itself, too deep for
+// its stack to shrink below 8 KiB. The app side's own goroutines are in
+// both. It measures in a process of its own: the runtime sizes new
+// goroutines' stacks from what the earlier tests' goroutines used
+// (adaptive stack start), which made the figures of a run of the whole
+// package swing by several KiB.
 func TestRelayParkedOnPollerShrinksStacks(t *testing.T) {
 	if raceEnabled {
 		t.Skip("frame sizes under the race detector are not the ones this is about")
+	}
+	if os.Getenv("STACK_TEST_ALONE") == "" {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestRelayParkedOnPollerShrinksStacks$", "-test.count=1", "-test.v")
+		cmd.Env = append(os.Environ(), "STACK_TEST_ALONE=1")
+		out, err := cmd.CombinedOutput()
+		t.Logf("in a process of its own:\n%s", out)
+		if err != nil {
+			t.Fatalf("alone: %v", err)
+		}
+		return
 	}
 	pl, err := relay.NewPoller()
 	if err != nil {
@@ -189,5 +206,169 @@ func TestRelayParkedOnPollerShrinksStacks(t *testing.T) {
 	t.Logf("goroutine stacks per idle relay: %.0f bytes without a Poller, %.0f with", plain, parked)
 	if parked > plain-4<<10 {
 		t.Errorf("a Poller saves %.0f bytes of goroutine stack per idle relay, want at least 4 KiB", plain-parked)
+	}
+}
+
+// detachedThroughStack is relayedThroughStack with the router's
+// goroutine-less relay: each Handler accepts, detaches and starts
+// relay.StreamAsync on a Poller, and returns; ends gets each flow's end
+// after its done.
+func detachedThroughStack(t *testing.T, n int, opts relay.StreamOptions) (e *env, apps []net.Conn, remotes []*net.TCPConn, ends chan error) {
+	t.Helper()
+	pl, err := relay.NewPoller()
+	if err != nil {
+		t.Skipf("no relay poller here: %v", err)
+	}
+	opts.Poller = pl
+	ends = make(chan error, n)
+	ups := make(chan *net.TCPConn, n)
+	e = setup(t, handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
+		up := <-ups
+		c, err := r.Accept()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		// As the router does: stop closes both connections.
+		done := r.Detach(func() {
+			c.Close()
+			up.Close()
+		})
+		if ctx.Err() == nil {
+			t.Error("the Handler's context is live after Detach; a detached flow should hold none")
+		}
+		if !relay.StreamAsync(context.WithoutCancel(ctx), c, up, opts, func(_, _ int64, err error) {
+			done()
+			ends <- err
+		}) {
+			t.Error("StreamAsync did not take a netstack conn to a kernel socket")
+			done()
+		}
+	}}, nil)
+	t.Cleanup(func() { pl.Close() }) // after the stack's Close (cleanups run last first)
+	for range n {
+		up, remote := testenv.TCPPair(t)
+		ups <- up
+		app, err := e.app.DialTCP(e.ctx, netip.MustParseAddrPort("198.18.0.1:80"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { app.Close() })
+		apps, remotes = append(apps, app), append(remotes, remote)
+	}
+	return e, apps, remotes, ends
+}
+
+// flowGoroutines counts the goroutines in a Handler or a relay (the
+// Poller's own excepted).
+func flowGoroutines() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "relay.(*Poller).loop") {
+			continue // the one Poller's
+		}
+		if strings.Contains(g, "stack.(*Stack).handleRequest") || strings.Contains(g, "internal/relay.") {
+			count++
+		}
+	}
+	return count
+}
+
+// TestDetachedIdleFlowHoldsNoGoroutine: with the Handler detached and the
+// relay started by StreamAsync, an idle flow holds no goroutine at all
+// (before: the Handler's, waiting in relay.Stream, one per flow), and
+// its bytes still move both ways afterwards.
+func TestDetachedIdleFlowHoldsNoGoroutine(t *testing.T) {
+	const n = 40
+	_, apps, remotes, _ := detachedThroughStack(t, n, relay.StreamOptions{Idle: time.Minute, ParkAfter: 20 * time.Millisecond})
+	for i := range apps {
+		echoBoth(t, apps[i], remotes[i], byte(i))
+	}
+	var got int
+	for range 100 {
+		if got = flowGoroutines(); got == 0 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got != 0 {
+		t.Errorf("%d goroutines in handlers or relays with %d idle detached flows, want none", got, n)
+	}
+	big := make([]byte, 200<<10)
+	for i := range 3 {
+		echoBoth(t, apps[i], remotes[i], 0xee)
+		go remotes[i].Write(big)
+		apps[i].SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(apps[i], make([]byte, len(big))); err != nil {
+			t.Fatalf("flow %d, 200 KiB remote->app after parking: %v", i, err)
+		}
+	}
+}
+
+// TestDetachedFlowEndsWhenParked: a detached flow, both directions
+// parked, ends (its done called) when the app closes first, when the
+// remote closes first, and when the stack closes (it calls the flow's
+// stop), whose Close waits for it.
+func TestDetachedFlowEndsWhenParked(t *testing.T) {
+	e, apps, remotes, ends := detachedThroughStack(t, 3, relay.StreamOptions{Idle: time.Minute, ParkAfter: 20 * time.Millisecond})
+	for i := range apps {
+		echoBoth(t, apps[i], remotes[i], byte(i))
+	}
+	parked := func() {
+		t.Helper()
+		for range 250 {
+			if flowGoroutines() == 0 {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatal("the flows never parked")
+	}
+	wait := func(what string) {
+		t.Helper()
+		select {
+		case err := <-ends:
+			if err != nil {
+				t.Fatalf("%s: flow ended with %v, want a clean end", what, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the parked flow never ended", what)
+		}
+	}
+	// eof reads the end of c's stream, passed on by the relay.
+	eof := func(c net.Conn) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("read after the other side closed = %v, want io.EOF", err)
+		}
+	}
+	parked()
+	apps[0].Close()
+	eof(remotes[0])
+	remotes[0].Close()
+	wait("app closed first")
+	parked()
+	remotes[1].Close()
+	eof(apps[1])
+	apps[1].Close()
+	wait("remote closed first")
+	parked()
+	if err := e.s.Close(); err != nil {
+		t.Fatalf("stack Close with a detached flow: %v", err)
+	}
+	select {
+	case <-ends:
+	default:
+		t.Fatal("stack Close returned before the detached flow's done")
 	}
 }

@@ -76,6 +76,7 @@ type Handler interface {
 	// HandleTCP runs before the app's handshake completes; it must call
 	// exactly one of r.Accept (complete the handshake) or r.Reject (RST).
 	// If it returns without doing either, the stack rejects the request.
+	// It may return before the flow it serves ends after r.Detach.
 	HandleTCP(ctx context.Context, r *TCPRequest)
 	// HandleUDP runs once per new flow: one flow per app source
 	// address:port, whatever the destinations (full cone).
@@ -203,8 +204,8 @@ type Config struct {
 	// not the app's traffic). Recording happens on the packet path.
 	Tap PacketTap
 	// CloseTimeout bounds how long Close waits for handler goroutines to
-	// return after their flows were closed and their context cancelled.
-	// Default 5s.
+	// return, and detached flows to end (TCPRequest.Detach), after their
+	// flows were closed and their context cancelled. Default 5s.
 	CloseTimeout time.Duration
 }
 
@@ -629,6 +630,13 @@ func (s *Stack) close() error {
 	s.cancel()
 	for _, c := range conns {
 		_ = c.Close()
+		s.mu.Lock()
+		stop := c.stop
+		c.stop = nil
+		s.mu.Unlock()
+		if stop != nil {
+			stop()
+		}
 	}
 	s.udpMu.Lock()
 	s.udpClosed = true

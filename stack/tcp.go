@@ -35,6 +35,11 @@ type TCPRequest struct {
 	hsPrev, hsNext *TCPRequest
 	inTable        bool
 
+	// detached is set by Detach: handleRequest leaves the handler's
+	// tracking to the function Detach returned.
+	detached bool
+	conn     *tcpConn // what Accept returned
+
 	mu       sync.Mutex
 	state    reqState
 	shed     bool          // shed while the Handler was deciding
@@ -83,7 +88,7 @@ func (r *TCPRequest) Accept() (Conn, error) {
 	}
 	defer r.s.hs.remove(r)
 	timer := time.AfterFunc(r.s.cfg.TCP.HandshakeTimeout, func() { r.abortHandshake(errHandshakeTimeout) })
-	var c Conn
+	var c *tcpConn
 	var err error
 	if r.nat != nil {
 		c, err = r.acceptSystem()
@@ -101,6 +106,7 @@ func (r *TCPRequest) Accept() (Conn, error) {
 		}
 		return nil, r.opError(err)
 	}
+	r.conn = c
 	return c, nil
 }
 
@@ -109,7 +115,7 @@ func (r *TCPRequest) opError(err error) error {
 		Addr: net.TCPAddrFromAddrPort(r.src), Err: err}
 }
 
-func (r *TCPRequest) acceptGVisor() (Conn, error) {
+func (r *TCPRequest) acceptGVisor() (*tcpConn, error) {
 	wq := new(waiter.Queue)
 	r.mu.Lock()
 	r.wq = wq
@@ -139,7 +145,7 @@ func (r *TCPRequest) acceptGVisor() (Conn, error) {
 }
 
 // acceptSystem completes the app's handshake in system TCP mode.
-func (r *TCPRequest) acceptSystem() (Conn, error) {
+func (r *TCPRequest) acceptSystem() (*tcpConn, error) {
 	s := r.s
 	tc, err := s.sys.accept(r.nat, r.abort)
 	if err != nil {
@@ -153,6 +159,39 @@ func (r *TCPRequest) acceptSystem() (Conn, error) {
 		return nil, errStackClosed
 	}
 	return c, nil
+}
+
+// Detach lets the Handler return before the flow it serves has ended,
+// for a relay that needs no goroutine while the flow idles
+// (relay.StreamAsync). The Handler's context ends at once (a detached
+// flow holds none); instead Stack.Close calls stop (once, after it has
+// closed the accepted connection), which must end the flow. Stack.Close
+// waits for the flow until the returned function is called, once the
+// flow has ended (calls after the first do nothing). Call it on the
+// Handler's goroutine, after a successful Accept, before the Handler
+// returns.
+func (r *TCPRequest) Detach(stop func()) (done func()) {
+	r.detached = true
+	r.cancel(nil)
+	s := r.s
+	c := r.conn
+	if c != nil {
+		s.mu.Lock()
+		closed := s.closed
+		if !closed {
+			c.stop = stop
+		}
+		s.mu.Unlock()
+		if closed {
+			stop()
+		}
+	}
+	var once atomic.Bool
+	return func() {
+		if once.CompareAndSwap(false, true) {
+			s.handlers.Done()
+		}
+	}
 }
 
 // abortHandshake makes a pending Accept give up, for why.
@@ -250,11 +289,12 @@ func (r *TCPRequest) Drop() {
 
 // forwardTCP is gVisor's forwarder callback. gVisor already runs it on a new
 // goroutine per SYN; the Handler runs right here so that goroutine is the
-// handler's own and is tracked for Close. The goroutine then waits under
-// the handler for the flow's whole life: its frame is kept small (the
-// request is built in forwardedRequest) so that the idle stack stays under
-// a quarter of 8 KiB and the collector halves it (see relay.Stream's
-// Poller).
+// handler's own and is tracked for Close. A Handler that detaches
+// (TCPRequest.Detach) returns and the goroutine ends while the flow goes
+// on; one that does not waits for the flow's whole life: its frame is
+// kept small (the request is built in forwardedRequest) so that the idle
+// stack stays under a quarter of 8 KiB and the collector halves it (see
+// relay.Stream's Poller).
 func (s *Stack) forwardTCP(fr *tcp.ForwarderRequest) {
 	s.handleRequest(s.forwardedRequest(fr))
 }
@@ -288,9 +328,7 @@ func (s *Stack) handleRequest(r *TCPRequest) {
 	}
 	s.handlers.Add(1)
 	s.mu.Unlock()
-	defer s.handlers.Done()
 	ctx, cancel := context.WithCancelCause(s.ctx)
-	defer cancel(nil)
 	r.cancel = cancel
 	if victim := s.hs.add(r); victim != nil {
 		victim.shedAttempt()
@@ -308,6 +346,10 @@ func (s *Stack) handleRequest(r *TCPRequest) {
 			r.fr.Complete(true)
 		}
 		s.log.Warn("TCP handler returned without Accept or Reject; sent RST", "src", r.src, "dst", r.dst)
+	}
+	if !r.detached {
+		cancel(nil)
+		s.handlers.Done()
 	}
 }
 
@@ -331,7 +373,8 @@ type tcpConn struct {
 	readDeadline atomic.Int64 // UnixNano, 0 for none: gonet keeps its own private copy
 	waitTimer    *time.Timer  // WaitRead's, made on its first timed wait
 	nmu          sync.Mutex
-	notify       *waiter.Entry // NotifyRead's registration
+	notify       *readNotify // NotifyRead's registration
+	stop         func()      // a detached flow's (TCPRequest.Detach), under s.mu
 }
 
 // SetLinger is net.TCPConn's SetLinger: with 0, Close resets the

@@ -59,22 +59,33 @@ func (c *tcpConn) NotifyRead(fn func()) {
 		fn()
 		return
 	}
-	var fired atomic.Bool
-	once := func(waiter.EventMask) {
-		if fired.CompareAndSwap(false, true) {
-			fn()
-		}
-	}
-	e := waiter.NewFunctionEntry(waiter.ReadableEvents, once)
 	c.nmu.Lock()
-	if c.notify != nil {
-		c.wq.EventUnregister(c.notify)
+	n := c.notify
+	if n == nil {
+		// One registration for the connection's life, armed by each
+		// call: parking again allocates nothing.
+		n = new(readNotify)
+		n.e.Init(n, waiter.ReadableEvents)
+		c.notify = n
+		c.wq.EventRegister(&n.e)
 	}
-	c.notify = &e
-	c.wq.EventRegister(&e)
+	n.fn.Store(&fn)
 	c.nmu.Unlock()
 	if c.ep.Readiness(waiter.ReadableEvents) != 0 {
-		once(waiter.ReadableEvents)
+		n.NotifyEvent(waiter.ReadableEvents)
+	}
+}
+
+// readNotify is NotifyRead's registration on the connection's queue: it
+// calls the function it holds once per NotifyRead.
+type readNotify struct {
+	e  waiter.Entry
+	fn atomic.Pointer[func()] // armed: the function to call; nil once called
+}
+
+func (n *readNotify) NotifyEvent(waiter.EventMask) {
+	if fn := n.fn.Swap(nil); fn != nil {
+		(*fn)()
 	}
 }
 

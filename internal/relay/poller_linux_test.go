@@ -41,15 +41,15 @@ func parkedStreamConns(t *testing.T, opts StreamOptions) (app, remote, a, b *net
 	go func() {
 		defer close(ended)
 		// As Stream does, with the pair handed out for the test to look at.
-		s := startParking(ctx, tcpHidden{a}, b, &opts)
+		w := make(chan error, 1)
+		s := startParking(ctx, tcpHidden{a}, b, &opts, func(_, _ int64, err error) { w <- err })
 		if s == nil {
 			started <- nil
 			ch <- errors.New("startParking did not take a Poller stream")
 			return
 		}
-		started <- s.p
-		_, _, err := s.wait()
-		ch <- err
+		started <- &s.pair
+		ch <- <-w
 	}()
 	p := <-started
 	if p == nil {

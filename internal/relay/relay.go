@@ -99,10 +99,36 @@ type ReadWaiter interface {
 // that is not an ordinary end of stream (io.EOF, net.ErrClosed and a reset
 // after the other side finished are ordinary).
 func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down int64, err error) {
-	if s := startParking(ctx, a, b, &opts); s != nil {
-		return s.wait()
+	w := make(chan result3, 1)
+	if startParking(ctx, a, b, &opts, func(up, down int64, err error) { w <- result3{up, down, err} }) != nil {
+		r := <-w
+		return r.up, r.down, r.err
 	}
 	return streamOnCaller(ctx, a, b, &opts)
+}
+
+// result3 is how a whole Stream ended.
+type result3 struct {
+	up, down int64
+	err      error
+}
+
+// StreamAsync starts what Stream does and returns at once, true, when the
+// relay can run without a goroutine waiting for it: opts has a Poller, a
+// is not a kernel socket (a ReadNotifier, such as a netstack connection)
+// and b is a kernel TCP socket. An idle pair then holds no goroutine at
+// all, neither the caller's nor one per direction. done is called once,
+// on a goroutine of the relay's, with what Stream would have returned,
+// after both connections are closed; it may run before StreamAsync
+// returns. A ctx that is never done (Done returns nil, as
+// context.WithoutCancel's) costs the relay nothing: it is then ended by
+// its connections and its timers only. False: nothing was started, and
+// the caller calls Stream.
+func StreamAsync(ctx context.Context, a, b net.Conn, opts StreamOptions, done func(up, down int64, err error)) bool {
+	if _, ok := a.(ReadNotifier); !ok {
+		return false
+	}
+	return startParking(ctx, a, b, &opts, done) != nil
 }
 
 // streamOnCaller is Stream with b->a copied on the caller's goroutine.
@@ -110,7 +136,7 @@ func Stream(ctx context.Context, a, b net.Conn, opts StreamOptions) (up, down in
 //go:noinline
 func streamOnCaller(ctx context.Context, a, b net.Conn, o *StreamOptions) (up, down int64, err error) {
 	opts := *o
-	p := &pair{a: a, b: b, opts: opts, last: opts.Activity}
+	p := &pair{a: a, b: b, halfClose: opts.HalfClose, last: opts.Activity}
 	if p.last == nil {
 		p.last = new(atomic.Int64)
 	}
@@ -128,11 +154,13 @@ func streamOnCaller(ctx context.Context, a, b net.Conn, o *StreamOptions) (up, d
 		// a->b needs no goroutine while a is idle: it runs when a has
 		// bytes and parks on a's notification again once it is drained.
 		// Its idle time is watched by a timer (see watchIdle).
-		h := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: upc}
+		h := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: func(r result) { upc <- r }}
+		h.wakeFn = h.wake
 		if opts.Idle > 0 {
-			defer p.watchIdle(opts.Idle).Stop()
+			p.watchIdle(opts.Idle)
+			defer p.stopWatch()
 		}
-		n.NotifyRead(h.wake)
+		n.NotifyRead(h.wakeFn)
 	} else {
 		go func() {
 			n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
@@ -163,7 +191,7 @@ type result struct {
 // pair is the state both directions of a Stream share.
 type pair struct {
 	a, b      net.Conn
-	opts      StreamOptions
+	halfClose time.Duration // StreamOptions.HalfClose
 	last      *atomic.Int64 // UnixNano of the last byte moved either way
 	closeOnce sync.Once
 	closed    atomic.Bool
@@ -175,6 +203,9 @@ type pair struct {
 
 	parked   *polledHalf // the direction that may park on a Poller, if any
 	oneEnded atomic.Bool // a direction has finished
+
+	idle      time.Duration // StreamOptions.Idle, for watchIdle
+	idleTimer *time.Timer   // watchIdle's, under mu
 }
 
 func (p *pair) touch() { p.last.Store(time.Now().UnixNano()) }
@@ -211,8 +242,8 @@ func (p *pair) finished(err error) {
 		p.closeBoth()
 		return
 	}
-	if p.ended == 1 && p.opts.HalfClose > 0 {
-		p.halfTimer = time.AfterFunc(p.opts.HalfClose, p.closeBoth)
+	if p.ended == 1 && p.halfClose > 0 {
+		p.halfTimer = time.AfterFunc(p.halfClose, p.closeBoth)
 	}
 }
 
@@ -224,8 +255,10 @@ type notifiedHalf struct {
 	src, dst net.Conn
 	n        ReadNotifier
 	count    Counter
-	total    int64 // touched by one run at a time
-	done     chan<- result
+	total    int64          // touched by one run at a time
+	done     func(result)   // how the direction ends, unless s is set
+	s        *parkingStream // its Stream's, for a parking Stream
+	wakeFn   func()         // wake, made once
 }
 
 // wake is the notification: src has something to read.
@@ -257,7 +290,11 @@ func (h *notifiedHalf) run() {
 				err = nil
 			}
 			h.p.finished(err)
-			h.done <- result{h.total, err}
+			if h.s != nil {
+				h.s.halfDone(true, result{h.total, err})
+			} else {
+				h.done(result{h.total, err})
+			}
 			return
 		}
 		if nr < len(*bp) {
@@ -265,7 +302,7 @@ func (h *notifiedHalf) run() {
 			// goroutine; this one touches nothing of h after this.
 			bufPool.Put(bp)
 			bp = nil
-			h.n.NotifyRead(h.wake)
+			h.n.NotifyRead(h.wakeFn)
 			return
 		}
 	}
@@ -291,29 +328,41 @@ func (p *pair) forward(dst net.Conn, b []byte, total *int64, count Counter) erro
 
 // watchIdle closes the pair once nothing has moved either way for idle,
 // looking every idle: the idle timer of a direction that parks without a
-// goroutine (and so without a read deadline). Stop the returned timer when
-// the Stream ends.
-func (p *pair) watchIdle(idle time.Duration) *time.Timer {
-	var t *time.Timer
-	var mu sync.Mutex // orders the assignment of t before check uses it
-	check := func() {
-		if time.Since(time.Unix(0, p.last.Load())) < idle {
-			mu.Lock()
-			t.Reset(idle)
-			mu.Unlock()
-			return
-		}
+// goroutine (and so without a read deadline). Call stopWatch when the
+// Stream ends.
+func (p *pair) watchIdle(idle time.Duration) {
+	p.mu.Lock()
+	p.idle = idle
+	p.idleTimer = time.AfterFunc(idle, p.checkIdle)
+	p.mu.Unlock()
+}
+
+// checkIdle is watchIdle's timer.
+func (p *pair) checkIdle() {
+	if time.Since(time.Unix(0, p.last.Load())) < p.idle {
 		p.mu.Lock()
-		if p.first == nil && !p.closed.Load() {
-			p.first = ErrIdle
+		if p.idleTimer != nil { // not stopped since
+			p.idleTimer.Reset(p.idle)
 		}
 		p.mu.Unlock()
-		p.closeBoth()
+		return
 	}
-	mu.Lock()
-	t = time.AfterFunc(idle, check)
-	mu.Unlock()
-	return t
+	p.mu.Lock()
+	if p.first == nil && !p.closed.Load() {
+		p.first = ErrIdle
+	}
+	p.mu.Unlock()
+	p.closeBoth()
+}
+
+// stopWatch stops watchIdle's timer, if any.
+func (p *pair) stopWatch() {
+	p.mu.Lock()
+	if p.idleTimer != nil {
+		p.idleTimer.Stop()
+		p.idleTimer = nil
+	}
+	p.mu.Unlock()
 }
 
 // ErrIdle is returned by Stream and Packets when they closed an idle pair.
@@ -486,32 +535,43 @@ func isOrdinary(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
 }
 
-// parkingStream is a Stream whose b->a direction may park on a Poller; the
-// caller only waits for it.
+// parkingStream is a Stream whose b->a direction may park on a Poller:
+// no goroutine waits for it; the direction that finishes last ends it.
+// It holds both directions' state in one allocation, which is what an
+// idle connection keeps of the relay.
 type parkingStream struct {
-	p          *pair
-	upc, downc chan result
-	stop       func() bool // the context's AfterFunc
-	idle       *time.Timer // watchIdle's, nil without opts.Idle
+	pair
+	down  polledHalf
+	up    notifiedHalf
+	stop  func() bool // the context's AfterFunc; nil for a context never done
+	left  atomic.Int32
+	upR   result // each written by its direction before left drops
+	downR result
+	done  func(up, down int64, err error)
 }
 
-// wait waits for both directions of a Stream started by startParking. Its
-// caller's goroutine does nothing else for the flow's whole life, in a
-// frame kept small (startParking and endParking hold the rest), so that
-// the stack it idles on stays under a quarter of 8 KiB even below the
-// netstack's and the router's frames, and the collector halves it.
-func (s *parkingStream) wait() (up, down int64, err error) {
-	u := <-s.upc
-	d := <-s.downc
-	return endParking(s, u, d)
+// halfDone records the end of one direction; the last one ends the
+// Stream.
+func (s *parkingStream) halfDone(up bool, r result) {
+	if up {
+		s.upR = r
+	} else {
+		s.downR = r
+	}
+	if s.left.Add(-1) == 0 {
+		s.end()
+	}
 }
 
 // startParking starts a Stream whose b->a direction reads on a polledHalf,
-// when opts has a Poller, a is not a kernel socket and b is one; else it
-// returns nil.
+// when opts has a Poller, a is not a kernel socket and b is one; done is
+// called when it ended. Else it returns nil and starts nothing.
+//
+// Not inlined: Stream's caller waits for the flow's whole life in Stream's
+// frame, which is kept small so that the collector halves its stack.
 //
 //go:noinline
-func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions) *parkingStream {
+func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done func(up, down int64, err error)) *parkingStream {
 	if o.Poller == nil || !canReadKernel || tcpOf(a) != nil {
 		return nil
 	}
@@ -524,42 +584,51 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions) *parking
 		return nil
 	}
 	opts := *o
-	p := &pair{a: a, b: b, opts: opts, last: opts.Activity}
-	if p.last == nil {
-		p.last = new(atomic.Int64)
-	}
 	if opts.ParkAfter <= 0 {
 		opts.ParkAfter = defaultParkAfter
 	}
-	s := &parkingStream{p: p, upc: make(chan result, 1), downc: make(chan result, 1)}
-	h := &polledHalf{p: p, src: bt, rc: rc, dst: a, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, done: s.downc}
+	s := &parkingStream{done: done}
+	p := &s.pair
+	p.a, p.b, p.halfClose, p.last = a, b, opts.HalfClose, opts.Activity
+	if p.last == nil {
+		p.last = new(atomic.Int64)
+	}
+	s.left.Store(2)
+	h := &s.down
+	*h = polledHalf{p: p, src: bt, rc: rc, dst: a, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, s: s}
+	h.wakeFn = h.wake
 	p.parked = h
-	s.stop = context.AfterFunc(ctx, p.closeBoth)
+	// The Stream's own setup is done before a direction can end it.
 	p.touch()
 	if opts.Idle > 0 {
-		s.idle = p.watchIdle(opts.Idle)
+		p.watchIdle(opts.Idle)
+	}
+	if ctx.Done() != nil {
+		s.stop = context.AfterFunc(ctx, p.closeBoth)
 	}
 	if n, ok := a.(ReadNotifier); ok {
-		up := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: s.upc}
-		n.NotifyRead(up.wake)
+		up := &s.up
+		*up = notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, s: s}
+		up.wakeFn = up.wake
+		n.NotifyRead(up.wakeFn)
 	} else {
 		go func() {
 			n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
 			p.finished(err)
-			s.upc <- result{n, err}
+			s.halfDone(true, result{n, err})
 		}()
 	}
 	go h.run()
 	return s
 }
 
-//go:noinline
-func endParking(s *parkingStream, u, d result) (up, down int64, err error) {
-	s.stop()
-	if s.idle != nil {
-		s.idle.Stop()
+// end ends the Stream once both directions have finished.
+func (s *parkingStream) end() {
+	if s.stop != nil {
+		s.stop()
 	}
-	p := s.p
+	p := &s.pair
+	p.stopWatch()
 	p.mu.Lock()
 	if p.halfTimer != nil {
 		p.halfTimer.Stop()
@@ -567,7 +636,7 @@ func endParking(s *parkingStream, u, d result) (up, down int64, err error) {
 	first := p.first
 	p.mu.Unlock()
 	p.closeBoth()
-	return u.n, d.n, first
+	s.done(s.upR.n, s.downR.n, first)
 }
 
 // polledHalf is the b->a direction of a Stream given a Poller: it copies
@@ -581,8 +650,9 @@ type polledHalf struct {
 	poller    *Poller
 	parkAfter time.Duration
 	count     Counter
-	total     int64 // touched by one run at a time
-	done      chan<- result
+	total     int64          // touched by one run at a time
+	s         *parkingStream // its Stream, told when the direction ends
+	wakeFn    func(uint64)   // wake, made once
 
 	mu     sync.Mutex
 	parkID uint64 // the Poller registration while parked, 0 otherwise
@@ -637,7 +707,7 @@ func (h *polledHalf) run() {
 				err = nil
 			}
 			h.p.finished(err)
-			h.done <- result{h.total, err}
+			h.s.halfDone(false, result{h.total, err})
 			return
 		}
 	}
@@ -658,7 +728,7 @@ func (h *polledHalf) park() bool {
 	}
 	// wake may run before wait returns; it waits for h.mu, and so sees
 	// parkID set.
-	id, err := h.poller.wait(h.rc, h.wake)
+	id, err := h.poller.wait(h.rc, h.wakeFn)
 	if err != nil {
 		return false
 	}

@@ -1,0 +1,162 @@
+package router
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/internal/testenv"
+)
+
+// notifyConn is an app connection that is a relay.ReadNotifier, as the
+// netstack's are, over a loopback TCP socket the relay does not see as
+// one (the struct is not a *net.TCPConn).
+type notifyConn struct{ *net.TCPConn }
+
+func (c notifyConn) NotifyRead(fn func()) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		fn()
+		return
+	}
+	go func() {
+		// Returning false makes the runtime wait until the socket is
+		// readable (or closed) and ask again.
+		_ = rc.Read(func(fd uintptr) bool {
+			_, _, err := syscall.Recvfrom(int(fd), make([]byte, 1), syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			return err != syscall.EAGAIN
+		})
+		fn()
+	}()
+}
+
+// detachReq is a fakeReq whose Handler may return before the flow ends.
+type detachReq struct {
+	*fakeReq
+	detached atomic.Bool
+	stop     func()
+	done     chan struct{}
+	calls    atomic.Int32
+}
+
+func (r *detachReq) Detach(stop func()) func() {
+	r.detached.Store(true)
+	r.stop = stop
+	return func() {
+		if r.calls.Add(1) == 1 {
+			close(r.done)
+		}
+	}
+}
+
+// TestTCPDetachedFlowEnds: with a Poller and a request that can detach,
+// handleTCP returns while the flow is still relayed, the flow keeps
+// relaying, and when either side closes it ends as a relayed flow does:
+// its record sent with its bytes, its table entry gone, TCPOpen back to 0,
+// the request's done called once.
+func TestTCPDetachedFlowEnds(t *testing.T) {
+	pl, err := relay.NewPoller()
+	if err != nil {
+		t.Skipf("no relay poller here: %v", err)
+	}
+	defer pl.Close()
+	for _, appFirst := range []bool{true, false} {
+		appLocal, appRemote := testenv.TCPPair(t)
+		upLocal, upRemote := testenv.TCPPair(t)
+		out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { return upLocal, nil }}
+		r, flows := newRouter(t, Static(out), func(c *Config) { c.Poller = pl })
+		req := &detachReq{fakeReq: newFakeReq("10.0.0.1:80"), done: make(chan struct{})}
+		req.app = notifyConn{appLocal}
+		r.handleTCP(context.Background(), nil, req) // returns with the flow open
+		if !req.detached.Load() {
+			t.Fatal("handleTCP did not detach a request that can")
+		}
+		if n := len(r.Flows()); n != 1 || r.Stats().TCPOpen.Load() != 1 {
+			t.Fatalf("after handleTCP returned: %d flows in the table, TCPOpen %d; want the flow open", n, r.Stats().TCPOpen.Load())
+		}
+		appRemote.Write([]byte("ping"))
+		buf := make([]byte, 4)
+		upRemote.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(upRemote, buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("upstream got %q, %v", buf, err)
+		}
+		upRemote.Write([]byte("pong!"))
+		buf = make([]byte, 5)
+		appRemote.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadFull(appRemote, buf); err != nil || string(buf) != "pong!" {
+			t.Fatalf("app got %q, %v", buf, err)
+		}
+		first, second := appRemote, upRemote
+		if !appFirst {
+			first, second = upRemote, appRemote
+		}
+		first.Close()
+		second.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := second.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("the other side read %v after one side closed, want io.EOF", err)
+		}
+		second.Close()
+		select {
+		case rec := <-flows:
+			if rec.Up != 4 || rec.Down != 5 || rec.Err != nil || rec.ID == "" {
+				t.Fatalf("app first %v: flow record %+v, want 4 up, 5 down, no error, its id", appFirst, rec)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("app first %v: the detached flow never ended", appFirst)
+		}
+		select {
+		case <-req.done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the request's done was never called")
+		}
+		if n := len(r.Flows()); n != 0 || r.Stats().TCPOpen.Load() != 0 || req.calls.Load() != 1 {
+			t.Fatalf("after the end: %d flows in the table, TCPOpen %d, done called %d times", n, r.Stats().TCPOpen.Load(), req.calls.Load())
+		}
+	}
+}
+
+// TestTCPDetachedFlowShed: ShedIdle ends a detached flow (it has no
+// context of its own to cancel) with a reset to the app, and its record
+// says it was shed.
+func TestTCPDetachedFlowShed(t *testing.T) {
+	pl, err := relay.NewPoller()
+	if err != nil {
+		t.Skipf("no relay poller here: %v", err)
+	}
+	defer pl.Close()
+	appLocal, appRemote := testenv.TCPPair(t)
+	upLocal, upRemote := testenv.TCPPair(t)
+	out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { return upLocal, nil }}
+	r, flows := newRouter(t, Static(out), func(c *Config) { c.Poller = pl })
+	req := &detachReq{fakeReq: newFakeReq("10.0.0.1:80"), done: make(chan struct{})}
+	req.app = notifyConn{appLocal}
+	r.handleTCP(context.Background(), nil, req)
+	if n := r.ShedIdle(1); n != 1 {
+		t.Fatalf("ShedIdle(1) with one detached flow closed %d", n)
+	}
+	select {
+	case rec := <-flows:
+		if !errors.Is(rec.Err, ErrShed) || rec.Dst.String() != "10.0.0.1:80" || rec.Outbound != "up" {
+			t.Fatalf("shed flow's record %+v, want 10.0.0.1:80 through up, shed", rec)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the shed flow never ended")
+	}
+	<-req.done
+	// The app's connection is reset, so the netstack frees it at once
+	// (a FIN would leave it waiting for the app's); the upstream's ends.
+	appRemote.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(appRemote); !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("after the shed, the app read %v, want a reset", err)
+	}
+	upRemote.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadAll(upRemote); err != nil {
+		t.Fatalf("after the shed, the upstream read %v, want the end of the stream", err)
+	}
+}
