@@ -129,8 +129,12 @@ func (b *bench) run(ctx context.Context) error {
 				b.tab.declare(rttCPURow(c), latency, 0)
 			}
 			b.tab.declare(rssStartRow(mtu), memory, 0).limitTo(limitStartRSS)
+			b.tab.declare(rssPartRow(rssStartRow(mtu), "anon"), memory, 0)
+			b.tab.declare(rssPartRow(rssStartRow(mtu), "file"), memory, 0)
 			if b.cfg.bulk > 0 {
 				b.tab.declare(rssBulkRow(b.cfg, mtu), memory, 0)
+				b.tab.declare(rssPartRow(rssBulkRow(b.cfg, mtu), "anon"), memory, 0)
+				b.tab.declare(rssPartRow(rssBulkRow(b.cfg, mtu), "file"), memory, 0)
 				b.tab.declare(rssBulkFactorRow(), factor, 0).limitTo(limitAfterBulk)
 			}
 			for _, n := range b.idleCounts() {
@@ -285,6 +289,15 @@ func rttCPURow(server string) string {
 
 func rssStartRow(mtu int) string {
 	return fmt.Sprintf("TUN program RSS at start, after one connection (MTU %d)", mtu)
+}
+
+// rssPartRow is the row of one part of the RSS in row: part is anon
+// (RssAnon) or file (RssFile).
+func rssPartRow(row, part string) string {
+	if part == "anon" {
+		return row + ": anonymous part (RssAnon: heap, stacks, written data)"
+	}
+	return row + ": file-backed part (RssFile: mapped pages of the executable and libraries, shared page cache)"
 }
 func rssBulkRow(c config, mtu int) string {
 	return fmt.Sprintf("TUN program RSS after %v of bulk (iperf3 --bidir, 4 streams) and %v idle (MTU %d)", c.bulk, c.settle, mtu)
@@ -473,8 +486,11 @@ func (b *bench) measureTUN(ctx context.Context, l *lab.Lab, p path, mtu int, ful
 	var startErr error
 	if full {
 		time.Sleep(time.Second) // let the probe's flow finish
-		startRSS, startErr = rss(ts.pid)
+		var anon, file float64
+		startRSS, anon, file, startErr = rssSplit(ts.pid)
 		b.record(b.tab.declare(rssStartRow(mtu), memory, 0), p, startRSS, startErr)
+		b.record(b.tab.declare(rssPartRow(rssStartRow(mtu), "anon"), memory, 0), p, anon, startErr)
+		b.record(b.tab.declare(rssPartRow(rssStartRow(mtu), "file"), memory, 0), p, file, startErr)
 		b.heapProfile(l, p, "start")
 	}
 	err = b.measure(ctx, l, p, mtu, full)

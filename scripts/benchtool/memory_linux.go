@@ -102,8 +102,10 @@ func (b *bench) measureBulk(ctx context.Context, l *lab.Lab, p path, mtu int, ts
 		return ctx.Err()
 	case <-time.After(b.cfg.settle):
 	}
-	v, err := rss(ts.pid)
+	v, anon, file, err := rssSplit(ts.pid)
 	b.record(r, p, v, err)
+	b.record(b.tab.declare(rssPartRow(rssBulkRow(b.cfg, mtu), "anon"), memory, 0), p, anon, err)
+	b.record(b.tab.declare(rssPartRow(rssBulkRow(b.cfg, mtu), "file"), memory, 0), p, file, err)
 	if err == nil {
 		err = startErr
 	}
