@@ -8,8 +8,8 @@
 // activity counter (bytes moved, flows opened) and, when it has barely
 // moved for a quiet period after a busy one, or while the runtime holds
 // more than a threshold of free heap, trims once: collections (which also shrink idle
-// goroutines' stacks), the free memory handed back, and the pages of the
-// executable it holds unmapped (see Trim).
+// goroutines' stacks) and the free memory handed back. DropCode, once
+// start-up is done, unmaps the pages of the executable only start-up used.
 package memtrim
 
 import (
@@ -54,25 +54,21 @@ func New(activity func() uint64, opts Options) *Trimmer {
 	return &Trimmer{activity: activity, opts: opts, free: heapFree, trim: trim}
 }
 
-// Trim gives back what a quiet process holds and does not use: it
-// collects three times (each collection halves the stack of a goroutine
-// that uses less than a quarter of it, and a request's goroutine that
-// grew to 32 KiB for a handshake idles in a relay using a few), the last,
-// debug.FreeOSMemory, handing the free heap (old stacks included) back to
-// the system; then it unmaps the executable's resident pages (DropCode),
-// of which the code that runs again comes back. It returns the bytes
-// DropCode unmapped. A Trimmer calls it after a burst; a program calls it
-// once its start-up is done.
-func Trim() (uint64, error) {
+// trim collects three times: each collection halves the stack of a
+// goroutine that uses less than a quarter of it, and a request's
+// goroutine that grew to 32 KiB for a handshake idles in a relay using a
+// few. The last, debug.FreeOSMemory, hands the free heap (old stacks
+// included) back to the system.
+//
+// It leaves the executable's pages mapped (DropCode): after a burst they
+// are the code flows run, which the next flow maps back; unmapping them
+// would save nothing lasting and move the RSS in and out under every
+// before/after comparison of it.
+func trim() {
 	runtime.GC()
 	runtime.GC()
 	debug.FreeOSMemory()
-	return DropCode()
 }
-
-// trim is Trim for the loop, which has nowhere to report an error: a
-// failed DropCode leaves the pages mapped, nothing worse.
-func trim() { _, _ = Trim() }
 
 // Run trims until ctx is done: in the first quiet interval after a busy
 // one, and in a quiet interval when the runtime holds MinFree of free
@@ -112,6 +108,16 @@ func (t *Trimmer) step(st *state) bool {
 	st.burst = false
 	t.trim()
 	return true
+}
+
+// Settle is for a program whose start-up is done: a collection, the free
+// heap handed back to the system, then DropCode. The collection comes
+// first because it runs code and reads tables of most of the binary (the
+// collector, every goroutine's frames), which it would otherwise map
+// back. It returns what DropCode unmapped.
+func Settle() (uint64, error) {
+	debug.FreeOSMemory()
+	return DropCode()
 }
 
 // heapFree is the heap the runtime holds free and has not returned to the
