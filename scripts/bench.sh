@@ -13,8 +13,8 @@
 # and prints one markdown table (iperf3 TCP throughput up/down, 1 and 4
 # streams, MTU 1500 and 9000; connection rate and the CPU time per
 # connection; 1-byte latency p50/p99, also through a SOCKS server that
-# copies (microsocks, -copy-socks); the TUN program's RSS at start (and
-# after a second connection once start-up is over; both also split into
+# copies (microsocks, -copy-socks); the TUN program's RSS at start
+# (after one connection made once it has started; also split into
 # anonymous and file-backed pages), after 30 s of bulk and 30 s idle,
 # with 1,000 and 8,000 idle TCP connections
 # (and whether they all still echo), per connection, per UDP flow, and

@@ -80,23 +80,6 @@ func cpuSeconds(pid int, err *error) float64 {
 	return d.Seconds()
 }
 
-// measureSecondConn records p's RSS 1 s after one more echo connection.
-// The start row's connection is the probe, made as soon as the device is
-// there, while the program may still be starting (and, tunsocks, trimming
-// what start-up alone needed): this one comes when start-up is over, so
-// the code and data a flow needs are counted.
-func (b *bench) measureSecondConn(ctx context.Context, l *lab.Lab, p path, mtu int, pid int) {
-	err := b.probe(ctx, l, p, socksAddr)
-	var v, anon, file float64
-	if err == nil {
-		time.Sleep(time.Second)
-		v, anon, file, err = rssSplit(pid)
-	}
-	b.record(b.tab.declare(rssSecondRow(mtu), memory, 0), p, v, err)
-	b.record(b.tab.declare(rssPartRow(rssSecondRow(mtu), "anon"), memory, 0), p, anon, err)
-	b.record(b.tab.declare(rssPartRow(rssSecondRow(mtu), "file"), memory, 0), p, file, err)
-}
-
 // measureBulk runs iperf3 in both directions with 4 streams for cfg.bulk,
 // waits cfg.settle, and records the TUN program's RSS then, and its ratio
 // to the RSS at start: memory a burst leaves behind.
