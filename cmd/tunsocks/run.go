@@ -548,12 +548,19 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		// quiet they go back to the system. A new flow counts as 4 KiB
 		// of activity.
 		s := rt.Stats()
-		tr := memtrim.New(func() uint64 {
+		trimmer := memtrim.New(func() uint64 {
 			return uint64(s.Up.Load()+s.Down.Load()) + uint64(s.TCPTotal.Load()+s.UDPTotal.Load())<<12
-		}, memtrim.Options{})
+		}, memtrim.Options{Release: func() {
+			// The device writers' batch buffers a burst wrote.
+			for _, st := range []*stack.Stack{tr.stack(), wgr.stack()} {
+				if st != nil {
+					st.ReleaseBuffers()
+				}
+			}
+		}})
 		tctx, stopTrim := context.WithCancel(ctx)
 		trimDone := make(chan struct{})
-		go func() { tr.Run(tctx); close(trimDone) }()
+		go func() { trimmer.Run(tctx); close(trimDone) }()
 		defer func() { stopTrim(); <-trimDone }()
 	}
 

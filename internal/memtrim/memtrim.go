@@ -30,6 +30,11 @@ type Options struct {
 	// MinFree is the free heap the runtime must hold before a trim is
 	// worth its collection. Default 4 MiB.
 	MinFree uint64
+	// Release, when set, runs at every trim before the collections:
+	// it hands back memory the program keeps allocated between bursts
+	// but whose contents no longer matter (a stack's device buffers,
+	// see ReleasePages).
+	Release func()
 }
 
 // Trimmer is the loop; see Run.
@@ -51,7 +56,14 @@ func New(activity func() uint64, opts Options) *Trimmer {
 	if opts.MinFree == 0 {
 		opts.MinFree = 4 << 20
 	}
-	return &Trimmer{activity: activity, opts: opts, free: heapFree, trim: trim}
+	t := &Trimmer{activity: activity, opts: opts, free: heapFree, trim: trim}
+	if opts.Release != nil {
+		t.trim = func() {
+			opts.Release()
+			trim()
+		}
+	}
+	return t
 }
 
 // trim collects three times: each collection halves the stack of a
