@@ -13,8 +13,10 @@
 # and prints one markdown table (iperf3 TCP throughput up/down, 1 and 4
 # streams, MTU 1500 and 9000; connection rate and the CPU time per
 # connection; 1-byte latency p50/p99, also through a SOCKS server that
-# copies (microsocks, -copy-socks); the TUN program's RSS at start, after
-# 30 s of bulk and 30 s idle, with 1,000 and 8,000 idle TCP connections
+# copies (microsocks, -copy-socks); the TUN program's RSS at start
+# (after one connection made once it has started; also split into
+# anonymous and file-backed pages), after 30 s of bulk and 30 s idle,
+# with 1,000 and 8,000 idle TCP connections
 # (and whether they all still echo), per connection, per UDP flow, and
 # after 50,000 new UDP flows), then the ratios to socks-only against the
 # issue's targets and tunsocks' figures against its limits (MET / NOT MET).

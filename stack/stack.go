@@ -311,6 +311,9 @@ type Stats struct {
 	// write errors; TxDrops outbound packets dropped because the device
 	// queue was full.
 	RxLost, RxErrors, TxErrors, TxDrops uint64
+	// BuffersReleased counts the bytes of the device writer's buffers
+	// handed back to the system (ReleaseBuffers), over all releases.
+	BuffersReleased uint64
 }
 
 // New builds the netstack on cfg.Device and starts its packet loops. ctx is
@@ -586,6 +589,7 @@ func (s *Stack) Stats() Stats {
 		RxErrors:             s.link.rxErrors.Load(),
 		TxErrors:             s.link.txErrors.Load(),
 		TxDrops:              s.link.txDrops.Load(),
+		BuffersReleased:      s.link.released.Load(),
 	}
 }
 
@@ -598,6 +602,12 @@ func (s *Stack) SystemTCP() bool { return s.sys != nil && !s.sys.off.Load() }
 // keep failing. Flows cannot work any more; the caller should report Err
 // and Close the stack. It is never closed by Close.
 func (s *Stack) Failed() <-chan struct{} { return s.link.failed }
+
+// ReleaseBuffers hands the pages of the device writer's buffers back to
+// the system, once it is between batches. A burst leaves up to 8 MiB of
+// them resident, though the writer keeps only their capacity between
+// batches; call it when traffic has gone quiet (memtrim's trims).
+func (s *Stack) ReleaseBuffers() { s.link.releaseBuffers() }
 
 // Err says why Failed was closed; nil before that.
 func (s *Stack) Err() error {

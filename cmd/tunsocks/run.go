@@ -73,7 +73,7 @@ func runFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "dns", Usage: "answer DNS on the TUN with fake IPs (default: on when a rule needs a domain)", EnvVars: env("dns")},
 		&cli.BoolFlag{Name: "dns-hijack", Usage: "answer every DNS query to port 53, whatever its address", EnvVars: env("dns-hijack")},
 		&cli.StringFlag{Name: "cpuprofile", Hidden: true, Usage: "write a Go CPU profile of the whole run to this file (for scripts/bench.sh -run-args)"},
-		&cli.BoolFlag{Name: "memtrim", Value: true, Hidden: true, Usage: "give free heap back to the system after a burst, once traffic is quiet (false to measure without)"},
+		&cli.BoolFlag{Name: "memtrim", Value: true, Hidden: true, Usage: "give free heap back to the system after a burst, once traffic is quiet, and unmap the code only start-up ran (false to measure without)"},
 		&cli.StringFlag{Name: "pprof", Hidden: true, Usage: "serve runtime profiles on this loopback address (GET /debug/pprof/heap?gc=1; for scripts/bench.sh -heap-profiles)"},
 		&cli.StringFlag{Name: "trace", Hidden: true, Usage: "write a Go execution trace of the whole run to this file (for scripts/bench.sh -run-args; `go tool trace` reads it)"},
 		&cli.StringSliceFlag{Name: "nameserver", Usage: "resolver for real answers: ip[:port], udp://, tcp:// (repeatable)", EnvVars: env("nameserver")},
@@ -535,17 +535,32 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	}
 
 	if !hooks.noTrim {
+		// Start-up is done: its garbage, and the code it alone ran, go
+		// out of the resident set. It ran a little of nearly every
+		// package linked in, and the kernel mapped 64 KiB of the binary
+		// around each page touched: most of the executable was resident
+		// (18 of the 30 MiB after start on Linux/amd64). The code flows
+		// run maps back in on first use.
+		n, err := memtrim.Settle()
+		log.Debug("start-up memory trimmed", "code_unmapped", n, "err", err)
 		// After a burst (a bulk transfer, thousands of handshakes) the
 		// runtime keeps the heap and the grown stacks; once traffic is
 		// quiet they go back to the system. A new flow counts as 4 KiB
 		// of activity.
 		s := rt.Stats()
-		tr := memtrim.New(func() uint64 {
+		trimmer := memtrim.New(func() uint64 {
 			return uint64(s.Up.Load()+s.Down.Load()) + uint64(s.TCPTotal.Load()+s.UDPTotal.Load())<<12
-		}, memtrim.Options{})
+		}, memtrim.Options{Release: func() {
+			// The device writers' batch buffers a burst wrote.
+			for _, st := range []*stack.Stack{tr.stack(), wgr.stack()} {
+				if st != nil {
+					st.ReleaseBuffers()
+				}
+			}
+		}})
 		tctx, stopTrim := context.WithCancel(ctx)
 		trimDone := make(chan struct{})
-		go func() { tr.Run(tctx); close(trimDone) }()
+		go func() { trimmer.Run(tctx); close(trimDone) }()
 		defer func() { stopTrim(); <-trimDone }()
 	}
 

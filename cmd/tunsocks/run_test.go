@@ -2,9 +2,17 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/tunsocks/tunsocks/config"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
@@ -29,6 +37,56 @@ func TestRunLimitUsageErrors(t *testing.T) {
 			code := run(ctx, append([]string{"tunsocks", "run", "--proxy", "direct"}, tc.args...), &stdout, &stderr)
 			if code != exitUsage || !strings.Contains(stderr.String(), tc.want) {
 				t.Errorf("exit %d, stderr:\n%s\nwant exit %d and %q", code, stderr.String(), exitUsage, tc.want)
+			}
+		})
+	}
+}
+
+// TestStartupTrim: once started, the pipeline gives back what start-up
+// alone needed (the executable's pages it touched; see memtrim.Trim),
+// unless --memtrim=false asked it to leave memory alone. Run unprivileged
+// as 'tunsocks wg'.
+func TestStartupTrim(t *testing.T) {
+	for _, noTrim := range []bool{false, true} {
+		t.Run(fmt.Sprintf("noTrim=%v", noTrim), func(t *testing.T) {
+			cfg := config.Default()
+			cfg.Proxy = "direct"
+			cfg.SummaryInterval = 0
+			cfg.WireGuard = config.DefaultWireGuard()
+			cfg.WireGuard.Listen = netip.MustParseAddrPort("127.0.0.1:0")
+			cfg.WireGuard.State = filepath.Join(t.TempDir(), "wg.json")
+			cfg.WireGuard.Peers = []string{"pixel"}
+			cfg.WireGuard.QR = false
+			if err := cfg.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			var out, logs testenv.Buffer
+			log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- runPipeline(ctx, cfg, log, pipelineHooks{noTUN: true, stdout: &out, noTrim: noTrim}) }()
+			trimmed := regexp.MustCompile(`msg="start-up memory trimmed" code_unmapped=([0-9]+) err=<nil>`)
+			deadline := time.Now().Add(10 * time.Second)
+			for !strings.Contains(logs.String(), `msg="tunsocks running"`) && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if !noTrim {
+				for trimmed.FindString(logs.String()) == "" && time.Now().Before(deadline) {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("runPipeline: %v\n%s", err, logs.String())
+			}
+			m := trimmed.FindStringSubmatch(logs.String())
+			switch {
+			case noTrim && strings.Contains(logs.String(), "start-up memory trimmed"):
+				t.Errorf("trimmed with noTrim:\n%s", logs.String())
+			case !noTrim && m == nil:
+				t.Errorf("no start-up trim logged:\n%s", logs.String())
+			case !noTrim && m[1] == "0" && runtime.GOOS == "linux":
+				t.Errorf("the start-up trim unmapped nothing:\n%s", logs.String())
 			}
 		})
 	}

@@ -43,6 +43,26 @@ func TestStepTrimsOnceAfterABurstOrWithFreeHeap(t *testing.T) {
 	}
 }
 
+// TestReleaseAtEveryTrim: Options.Release runs with each trim, and only
+// then.
+func TestReleaseAtEveryTrim(t *testing.T) {
+	var act uint64
+	releases := 0
+	tr := New(func() uint64 { return act }, Options{Quiet: 100, MinFree: 1 << 62, Release: func() { releases++ }})
+	tr.free = func() uint64 { return 0 }
+	var st state
+	for i, c := range []struct {
+		addAct uint64
+		want   int
+	}{{0, 0}, {5000, 0}, {0, 1}, {0, 1}, {5000, 1}, {0, 2}} {
+		act += c.addAct
+		tr.step(&st)
+		if releases != c.want {
+			t.Fatalf("step %d: %d releases, want %d", i, releases, c.want)
+		}
+	}
+}
+
 func TestDefaults(t *testing.T) {
 	tr := New(func() uint64 { return 0 }, Options{})
 	if tr.opts.Interval != 2*time.Second || tr.opts.Quiet != 128<<10 || tr.opts.MinFree != 4<<20 {

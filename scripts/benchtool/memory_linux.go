@@ -102,8 +102,10 @@ func (b *bench) measureBulk(ctx context.Context, l *lab.Lab, p path, mtu int, ts
 		return ctx.Err()
 	case <-time.After(b.cfg.settle):
 	}
-	v, err := rss(ts.pid)
+	v, anon, file, err := rssSplit(ts.pid)
 	b.record(r, p, v, err)
+	b.record(b.tab.declare(rssPartRow(rssBulkRow(b.cfg, mtu), "anon"), memory, 0), p, anon, err)
+	b.record(b.tab.declare(rssPartRow(rssBulkRow(b.cfg, mtu), "file"), memory, 0), p, file, err)
 	if err == nil {
 		err = startErr
 	}
@@ -123,7 +125,7 @@ func (b *bench) measureIdle(ctx context.Context, l *lab.Lab, p path, mtu int, ts
 		return err
 	}
 	time.Sleep(time.Second) // let the probe's flow finish
-	before, berr := rss(ts.pid)
+	before, beforeAnon, _, berr := rssSplit(ts.pid)
 	b.heapProfile(l, p, "idle-0")
 	var conns []net.Conn
 	defer func() {
@@ -134,6 +136,7 @@ func (b *bench) measureIdle(ctx context.Context, l *lab.Lab, p path, mtu int, ts
 	for _, n := range b.idleCounts() {
 		rr := b.tab.declare(rssConnsRow(mtu, n), memory, 0)
 		rp := b.tab.declare(perConnRow(n), perItem, 0)
+		ra := b.tab.declare(perConnAnonRow(n), perItem, 0)
 		fmt.Fprintf(b.log, "%-10s  opening idle connections up to %d\n", p, n)
 		more, err := openIdle(ctx, l, dial, n-len(conns), idleOpenTimeLimit)
 		conns = append(conns, more...)
@@ -144,6 +147,7 @@ func (b *bench) measureIdle(ctx context.Context, l *lab.Lab, p path, mtu int, ts
 			err = fmt.Errorf("after %d open: %w", len(conns), err)
 			b.record(rr, p, 0, err)
 			b.record(rp, p, 0, err)
+			b.record(ra, p, 0, err)
 			if n == b.cfg.idleMax {
 				b.record(b.tab.declare(rssScaledRow(n), memory, 0), p, 0, err)
 				b.record(b.tab.declare(pokedRow(n), count, 0), p, 0, err)
@@ -151,12 +155,13 @@ func (b *bench) measureIdle(ctx context.Context, l *lab.Lab, p path, mtu int, ts
 			return nil
 		}
 		time.Sleep(idleSettle)
-		v, err := rss(ts.pid)
+		v, anon, _, err := rssSplit(ts.pid)
 		b.record(rr, p, v, err)
 		if err == nil {
 			err = berr
 		}
 		b.record(rp, p, (v-before)/float64(n), err)
+		b.record(ra, p, (anon-beforeAnon)/float64(n), err)
 		b.heapProfile(l, p, fmt.Sprintf("idle-%d", n))
 		if n == b.cfg.idleMax {
 			b.record(b.tab.declare(rssScaledRow(n), memory, 0), p, before+(v-before)*10000/float64(n), err)

@@ -91,31 +91,62 @@ func (p *proc) pid() (int, error) {
 
 // rss reads VmRSS of a process, in bytes.
 func rss(pid int) (float64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	v, err := statusBytes(pid, "VmRSS")
 	if err != nil {
 		return 0, err
 	}
+	return v[0], nil
+}
+
+// rssSplit reads, from one look at /proc/PID/status, a process's RSS
+// and its two parts that matter, in bytes: RssAnon (heap, stacks,
+// written data: memory only this process holds) and RssFile (mapped
+// pages of its executable and libraries, which stay in the page cache,
+// shared, when unmapped). VmRSS is their sum plus RssShmem.
+func rssSplit(pid int) (total, anon, file float64, err error) {
+	v, err := statusBytes(pid, "VmRSS", "RssAnon", "RssFile")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	return v[0], v[1], v[2], nil
+}
+
+// statusBytes reads the "key:  N kB" lines of /proc/PID/status for keys,
+// in bytes.
+func statusBytes(pid int, keys ...string) ([]float64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil, err
+	}
 	defer f.Close()
+	vals := make([]float64, len(keys))
+	found := 0
 	s := bufio.NewScanner(f)
 	for s.Scan() {
-		v, ok := strings.CutPrefix(s.Text(), "VmRSS:")
-		if !ok {
-			continue
+		for i, key := range keys {
+			v, ok := strings.CutPrefix(s.Text(), key+":")
+			if !ok {
+				continue
+			}
+			fields := strings.Fields(v)
+			if len(fields) != 2 || fields[1] != "kB" {
+				return nil, fmt.Errorf("pid %d: unexpected %s line %q", pid, key, s.Text())
+			}
+			kb, err := strconv.ParseFloat(fields[0], 64)
+			if err != nil {
+				return nil, fmt.Errorf("pid %d: %s: %w", pid, key, err)
+			}
+			vals[i] = kb * 1024
+			found++
 		}
-		fields := strings.Fields(v)
-		if len(fields) != 2 || fields[1] != "kB" {
-			return 0, fmt.Errorf("pid %d: unexpected VmRSS line %q", pid, s.Text())
-		}
-		kb, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return 0, fmt.Errorf("pid %d: VmRSS: %w", pid, err)
-		}
-		return kb * 1024, nil
 	}
 	if err := s.Err(); err != nil {
-		return 0, err
+		return nil, err
 	}
-	return 0, fmt.Errorf("pid %d: no VmRSS in /proc status", pid)
+	if found != len(keys) {
+		return nil, fmt.Errorf("pid %d: want %s in /proc status, found %d of them", pid, strings.Join(keys, ", "), found)
+	}
+	return vals, nil
 }
 
 // runIn runs a command to completion inside namespace ns, bounded by
