@@ -406,6 +406,13 @@ func (c *tcpConn) Write(p []byte) (int, error) {
 func (c *tcpConn) KernelConn() *net.TCPConn { return c.kernel }
 
 func (c *tcpConn) Close() error {
+	if c.kernel != nil {
+		// A relay direction parked on the kernel socket (relay.Poller)
+		// gets no event from a close: the socket leaves the epoll set
+		// silently. Shutting its receive side first wakes every waiter
+		// (and sends nothing to the app).
+		_ = c.kernel.CloseRead()
+	}
 	err := c.Conn.Close()
 	c.closeOnce.Do(func() {
 		c.s.mu.Lock()

@@ -45,14 +45,21 @@ type StreamOptions struct {
 	// returns, at the latest when the source runs dry.
 	Activity *atomic.Int64
 	// Poller, when not nil, lets the b->a direction park once b (a kernel
-	// TCP socket, a not one) has had nothing to read for ParkAfter while
-	// the a->b direction still runs (closing a, or cancelling ctx, ends a
-	// Stream as always; closing only b does not wake a parked direction
-	// before the idle timer): it
-	// then waits on the Poller instead of on a goroutine of its own, and
-	// the caller waits for the Stream with a shallow stack, which the
-	// garbage collector halves. An idle connection then holds no
-	// goroutine for that direction.
+	// TCP socket) has had nothing to read for ParkAfter while the a->b
+	// direction still runs (closing a, or cancelling ctx, ends a Stream
+	// as always; closing only b does not wake a parked direction before
+	// the idle timer): it then waits on the Poller instead of on a
+	// goroutine of its own, and the caller waits for the Stream with a
+	// shallow stack, which the garbage collector halves. An idle
+	// connection then holds no goroutine for that direction.
+	//
+	// When a is a kernel TCP socket too (a *net.TCPConn or a
+	// KernelConner: the system TCP stack's connections), the a->b
+	// direction parks the same way, and an idle pair holds no goroutine
+	// at all. Closing a kernel socket does not wake a direction parked on
+	// it (the socket leaves the epoll set silently): such an a must wake
+	// its readers when closed, as shutdown(SHUT_RD) (CloseRead) before the
+	// close does; or the caller ends the Stream through ctx.
 	Poller *Poller
 	// ParkAfter is how long the b->a direction reads on its goroutine
 	// after its last bytes before it parks on the Poller; while bytes
@@ -114,9 +121,11 @@ type result3 struct {
 }
 
 // StreamAsync starts what Stream does and returns at once, true, when the
-// relay can run without a goroutine waiting for it: opts has a Poller, a
-// is not a kernel socket (a ReadNotifier, such as a netstack connection)
-// and b is a kernel TCP socket. An idle pair then holds no goroutine at
+// relay can run without a goroutine waiting for it: opts has a Poller, b
+// is a kernel TCP socket, and a is either a ReadNotifier that is not a
+// kernel socket (a netstack connection) or a kernel TCP socket (a
+// *net.TCPConn, or a KernelConner such as the system TCP stack's
+// connections; see StreamOptions.Poller for how closing it must wake). An idle pair then holds no goroutine at
 // all, neither the caller's nor one per direction. done is called once,
 // on a goroutine of the relay's, with what Stream would have returned,
 // after both connections are closed; it may run before StreamAsync
@@ -125,7 +134,7 @@ type result3 struct {
 // its connections and its timers only. False: nothing was started, and
 // the caller calls Stream.
 func StreamAsync(ctx context.Context, a, b net.Conn, opts StreamOptions, done func(up, down int64, err error)) bool {
-	if _, ok := a.(ReadNotifier); !ok {
+	if _, ok := a.(ReadNotifier); !ok && tcpOf(a) == nil {
 		return false
 	}
 	return startParking(ctx, a, b, &opts, done) != nil
@@ -201,7 +210,8 @@ type pair struct {
 	first     error       // the first real error, see Stream
 	halfTimer *time.Timer // armed when the first direction ends cleanly
 
-	parked   *polledHalf // the direction that may park on a Poller, if any
+	parked   *polledHalf // the b->a direction, which may park on a Poller, if any
+	parkedUp *polledHalf // the a->b direction, when a is a kernel socket too
 	oneEnded atomic.Bool // a direction has finished
 
 	idle      time.Duration // StreamOptions.Idle, for watchIdle
@@ -215,10 +225,18 @@ func (p *pair) closeBoth() {
 		p.closed.Store(true)
 		p.a.Close()
 		p.b.Close()
-		if p.parked != nil {
-			p.parked.unpark()
-		}
+		p.unparkAll()
 	})
+}
+
+// unparkAll resumes the directions parked on a Poller, if any.
+func (p *pair) unparkAll() {
+	if p.parked != nil {
+		p.parked.unpark()
+	}
+	if p.parkedUp != nil {
+		p.parkedUp.unpark()
+	}
 }
 
 // finished records the end of one direction: a real error ends the other
@@ -228,12 +246,12 @@ func (p *pair) finished(err error) {
 	defer p.mu.Unlock()
 	p.ended++
 	p.oneEnded.Store(true)
-	if p.parked != nil {
+	if p.parked != nil || p.parkedUp != nil {
 		// A direction parked on a Poller would not notice its socket
 		// being closed (a closed socket leaves the epoll set without an
 		// event), and the caller may close both connections itself:
 		// resume it, and it parks no more (see polledHalf.park).
-		p.parked.unpark()
+		p.unparkAll()
 	}
 	if err != nil {
 		if p.first == nil && !p.closed.Load() {
@@ -537,17 +555,30 @@ func isOrdinary(err error) bool {
 
 // parkingStream is a Stream whose b->a direction may park on a Poller:
 // no goroutine waits for it; the direction that finishes last ends it.
-// It holds both directions' state in one allocation, which is what an
-// idle connection keeps of the relay.
+// It is allocated with its a->b direction (notifiedStream, kernelStream),
+// both directions' state in one allocation, which is what an idle
+// connection keeps of the relay.
 type parkingStream struct {
 	pair
 	down  polledHalf
-	up    notifiedHalf
 	stop  func() bool // the context's AfterFunc; nil for a context never done
 	left  atomic.Int32
 	upR   result // each written by its direction before left drops
 	downR result
 	done  func(up, down int64, err error)
+}
+
+// notifiedStream is a parkingStream whose a is a ReadNotifier.
+type notifiedStream struct {
+	parkingStream
+	up notifiedHalf
+}
+
+// kernelStream is a parkingStream whose a is a kernel TCP socket: its a->b
+// direction parks on the Poller as the b->a one does.
+type kernelStream struct {
+	parkingStream
+	up polledHalf
 }
 
 // halfDone records the end of one direction; the last one ends the
@@ -564,15 +595,17 @@ func (s *parkingStream) halfDone(up bool, r result) {
 }
 
 // startParking starts a Stream whose b->a direction reads on a polledHalf,
-// when opts has a Poller, a is not a kernel socket and b is one; done is
-// called when it ended. Else it returns nil and starts nothing.
+// when opts has a Poller and b is a kernel TCP socket; done is called when
+// it ended. Else it returns nil and starts nothing. The a->b direction is
+// a polledHalf too when a is a kernel socket, a notifiedHalf when a is a
+// ReadNotifier, else a goroutine of its own.
 //
 // Not inlined: Stream's caller waits for the flow's whole life in Stream's
 // frame, which is kept small so that the collector halves its stack.
 //
 //go:noinline
 func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done func(up, down int64, err error)) *parkingStream {
-	if o.Poller == nil || !canReadKernel || tcpOf(a) != nil {
+	if o.Poller == nil || !canReadKernel {
 		return nil
 	}
 	bt, ok := b.(*net.TCPConn)
@@ -587,7 +620,24 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 	if opts.ParkAfter <= 0 {
 		opts.ParkAfter = defaultParkAfter
 	}
-	s := &parkingStream{done: done}
+	var s *parkingStream
+	var upN *notifiedHalf
+	var upK *polledHalf
+	var at *net.TCPConn
+	var arc syscall.RawConn
+	if at = tcpOf(a); at != nil {
+		if arc, err = at.SyscallConn(); err != nil {
+			return nil
+		}
+		ks := &kernelStream{}
+		s, upK = &ks.parkingStream, &ks.up
+	} else if _, ok := a.(ReadNotifier); ok {
+		ns := &notifiedStream{}
+		s, upN = &ns.parkingStream, &ns.up
+	} else {
+		s = &parkingStream{}
+	}
+	s.done = done
 	p := &s.pair
 	p.a, p.b, p.halfClose, p.last = a, b, opts.HalfClose, opts.Activity
 	if p.last == nil {
@@ -595,9 +645,14 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 	}
 	s.left.Store(2)
 	h := &s.down
-	*h = polledHalf{p: p, src: bt, rc: rc, dst: a, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, s: s}
+	*h = polledHalf{p: p, src: bt, rc: rc, dst: a, dstTCP: at, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, s: s}
 	h.wakeFn = h.wake
 	p.parked = h
+	if upK != nil {
+		*upK = polledHalf{p: p, src: at, rc: arc, dst: b, dstTCP: bt, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Up, s: s, up: true}
+		upK.wakeFn = upK.wake
+		p.parkedUp = upK
+	}
 	// The Stream's own setup is done before a direction can end it.
 	p.touch()
 	if opts.Idle > 0 {
@@ -606,12 +661,15 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 	if ctx.Done() != nil {
 		s.stop = context.AfterFunc(ctx, p.closeBoth)
 	}
-	if n, ok := a.(ReadNotifier); ok {
-		up := &s.up
-		*up = notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, s: s}
-		up.wakeFn = up.wake
-		n.NotifyRead(up.wakeFn)
-	} else {
+	switch {
+	case upK != nil:
+		go upK.run()
+	case upN != nil:
+		n := a.(ReadNotifier)
+		*upN = notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, s: s}
+		upN.wakeFn = upN.wake
+		n.NotifyRead(upN.wakeFn)
+	default:
 		go func() {
 			n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
 			p.finished(err)
@@ -639,14 +697,18 @@ func (s *parkingStream) end() {
 	s.done(s.upR.n, s.downR.n, first)
 }
 
-// polledHalf is the b->a direction of a Stream given a Poller: it copies
-// on a goroutine of its own while b has bytes, and parks on the Poller
-// once b has had none for parkAfter.
+// polledHalf is the b->a direction of a Stream given a Poller (and its
+// a->b direction when a is a kernel socket too): it copies on a goroutine
+// of its own while src has bytes, and parks on the Poller once src has had
+// none for parkAfter. Between two kernel sockets it splices while bytes
+// move, as copyHalf does.
 type polledHalf struct {
 	p         *pair
 	src       *net.TCPConn
 	rc        syscall.RawConn
 	dst       net.Conn
+	dstTCP    *net.TCPConn // dst's kernel socket, to splice to; nil: copy
+	up        bool         // the a->b direction
 	poller    *Poller
 	parkAfter time.Duration
 	count     Counter
@@ -662,9 +724,17 @@ type polledHalf struct {
 // (then finishes the direction as copyHalf would).
 func (h *polledHalf) run() {
 	var bp *[]byte
+	var sp *splicer
+	if h.dstTCP != nil {
+		// Made per run, not kept: a parked direction holds no splicer.
+		sp = newSplicer(h.dstTCP, h.src)
+	}
 	defer func() {
 		if bp != nil {
 			bufPool.Put(bp)
+		}
+		if sp != nil {
+			sp.close()
 		}
 	}()
 	get := func(bp **[]byte) {
@@ -675,16 +745,40 @@ func (h *polledHalf) run() {
 	lastRead := time.Now()
 	h.src.SetReadDeadline(lastRead.Add(h.parkAfter))
 	for {
-		nr, err := readKernel(h.src, h.rc, &bp, get)
-		if nr > 0 {
-			lastRead = time.Now()
-			if werr := h.p.forward(h.dst, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
-				err = werr
+		var err error
+		eof := false
+		if sp != nil {
+			var n int64
+			n, eof, err = sp.move()
+			if err == errNoSplice {
+				sp = nil
+				h.dstTCP = nil // and copy from now on, in later runs too
+				continue
 			}
-		}
-		if bp != nil && nr < len(*bp) {
-			bufPool.Put(bp)
-			bp = nil
+			if n > 0 {
+				lastRead = time.Now()
+				h.total += n
+				h.p.touch()
+				if h.count != nil {
+					h.count.Add(n)
+				}
+			}
+		} else {
+			var nr int
+			nr, err = readKernel(h.src, h.rc, &bp, get)
+			if nr > 0 {
+				lastRead = time.Now()
+				if werr := h.p.forward(h.dst, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
+					err = werr
+				}
+			}
+			if bp != nil && nr < len(*bp) {
+				bufPool.Put(bp)
+				bp = nil
+			}
+			if err == io.EOF {
+				eof, err = true, nil
+			}
 		}
 		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !h.p.closed.Load() {
 			if quiet := time.Since(lastRead); quiet < h.parkAfter {
@@ -697,17 +791,19 @@ func (h *polledHalf) run() {
 			}
 			continue // no Poller now: read on here
 		}
-		if err != nil {
-			if err == io.EOF || isOrdinary(err) {
+		if err != nil && isOrdinary(err) {
+			eof, err = true, nil
+		}
+		if eof || err != nil {
+			if eof {
 				if cw, ok := h.dst.(closeWriter); ok {
 					cw.CloseWrite()
 				} else {
 					h.dst.Close()
 				}
-				err = nil
 			}
 			h.p.finished(err)
-			h.s.halfDone(false, result{h.total, err})
+			h.s.halfDone(h.up, result{h.total, err})
 			return
 		}
 	}
