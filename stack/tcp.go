@@ -375,6 +375,8 @@ type tcpConn struct {
 	nmu          sync.Mutex
 	notify       *readNotify // NotifyRead's registration
 	stop         func()      // a detached flow's (TCPRequest.Detach), under s.mu
+	onClose      func()      // system TCP mode: NotifyClose's, under nmu
+	closed       bool        // system TCP mode: Close was called, under nmu
 }
 
 // SetLinger is net.TCPConn's SetLinger: with 0, Close resets the
@@ -400,20 +402,43 @@ func (c *tcpConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// NotifyClose calls fn once after Close, at once if the connection is
+// closed already (relay.CloseNotifier): in system TCP mode, the relay
+// parks an idle direction on the kernel socket, and a closed socket leaves
+// the relay's epoll set without an event. A later call replaces an
+// earlier fn. In gVisor mode it does nothing: closing the endpoint
+// notifies its readers (see NotifyRead).
+func (c *tcpConn) NotifyClose(fn func()) {
+	if c.kernel == nil {
+		return
+	}
+	c.nmu.Lock()
+	if c.closed {
+		c.nmu.Unlock()
+		fn()
+		return
+	}
+	c.onClose = fn
+	c.nmu.Unlock()
+}
+
 // KernelConn lets the relay splice on the kernel socket
 // (relay.KernelConner); nil for a gVisor connection. Bytes spliced bypass
 // the counters.
 func (c *tcpConn) KernelConn() *net.TCPConn { return c.kernel }
 
 func (c *tcpConn) Close() error {
-	if c.kernel != nil {
-		// A relay direction parked on the kernel socket (relay.Poller)
-		// gets no event from a close: the socket leaves the epoll set
-		// silently. Shutting its receive side first wakes every waiter
-		// (and sends nothing to the app).
-		_ = c.kernel.CloseRead()
-	}
 	err := c.Conn.Close()
+	if c.kernel != nil {
+		c.nmu.Lock()
+		c.closed = true
+		fn := c.onClose
+		c.onClose = nil
+		c.nmu.Unlock()
+		if fn != nil {
+			fn()
+		}
+	}
 	c.closeOnce.Do(func() {
 		c.s.mu.Lock()
 		delete(c.s.tcpConns, c)

@@ -53,13 +53,10 @@ type StreamOptions struct {
 	// shallow stack, which the garbage collector halves. An idle
 	// connection then holds no goroutine for that direction.
 	//
-	// When a is a kernel TCP socket too (a *net.TCPConn or a
-	// KernelConner: the system TCP stack's connections), the a->b
+	// When a is a kernel TCP socket too (a KernelConner, such as the
+	// system TCP stack's connections) and a CloseNotifier, the a->b
 	// direction parks the same way, and an idle pair holds no goroutine
-	// at all. Closing a kernel socket does not wake a direction parked on
-	// it (the socket leaves the epoll set silently): such an a must wake
-	// its readers when closed, as shutdown(SHUT_RD) (CloseRead) before the
-	// close does; or the caller ends the Stream through ctx.
+	// at all; closing a then resumes both directions.
 	Poller *Poller
 	// ParkAfter is how long the b->a direction reads on its goroutine
 	// after its last bytes before it parks on the Poller; while bytes
@@ -88,6 +85,15 @@ type closeWriter interface{ CloseWrite() error }
 // needs no goroutine while the connection is idle.
 type ReadNotifier interface {
 	NotifyRead(fn func())
+}
+
+// CloseNotifier is a connection that can call back once it is closed:
+// NotifyClose calls fn once, after Close (at once if it was closed
+// already). fn must not block. A kernel socket leaves the Poller's epoll
+// set without an event when it is closed, so a relay direction parks on
+// a kernel socket a only when a is a CloseNotifier (StreamOptions.Poller).
+type CloseNotifier interface {
+	NotifyClose(fn func())
 }
 
 // ReadWaiter is a connection that can wait for its next bytes without a
@@ -125,7 +131,8 @@ type result3 struct {
 // is a kernel TCP socket, and a is either a ReadNotifier that is not a
 // kernel socket (a netstack connection) or a kernel TCP socket (a
 // *net.TCPConn, or a KernelConner such as the system TCP stack's
-// connections; see StreamOptions.Poller for how closing it must wake). An idle pair then holds no goroutine at
+// connections; with no goroutine while idle when it is a CloseNotifier
+// too, see StreamOptions.Poller). An idle pair then holds no goroutine at
 // all, neither the caller's nor one per direction. done is called once,
 // on a goroutine of the relay's, with what Stream would have returned,
 // after both connections are closed; it may run before StreamAsync
@@ -625,13 +632,15 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 	var upK *polledHalf
 	var at *net.TCPConn
 	var arc syscall.RawConn
-	if at = tcpOf(a); at != nil {
+	at = tcpOf(a)
+	cn, closeNotifies := a.(CloseNotifier)
+	if at != nil && closeNotifies {
 		if arc, err = at.SyscallConn(); err != nil {
 			return nil
 		}
 		ks := &kernelStream{}
 		s, upK = &ks.parkingStream, &ks.up
-	} else if _, ok := a.(ReadNotifier); ok {
+	} else if _, ok := a.(ReadNotifier); ok && at == nil {
 		ns := &notifiedStream{}
 		s, upN = &ns.parkingStream, &ns.up
 	} else {
@@ -663,6 +672,10 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 	}
 	switch {
 	case upK != nil:
+		// Closing a kernel socket wakes nothing parked on it: a says
+		// when it is closed, and both directions resume (a parked b->a
+		// too, as when a direction finishes).
+		cn.NotifyClose(p.unparkAll)
 		go upK.run()
 	case upN != nil:
 		n := a.(ReadNotifier)
