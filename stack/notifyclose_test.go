@@ -3,6 +3,7 @@ package stack
 import (
 	"context"
 	"io"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -14,9 +15,9 @@ import (
 // function once, after Close, and at once when it is closed already; a
 // gVisor-mode one has no need to (closing its endpoint notifies readers).
 func TestSystemConnNotifyClose(t *testing.T) {
-	s := &Stack{tcpConns: map[*tcpConn]struct{}{}}
+	s := &Stack{tcpConns: map[*tcpConn]struct{}{}, sys: &sysTCP{byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}}}
 	_, k := testenv.TCPPair(t)
-	c := &tcpConn{Conn: k, s: s, kernel: k}
+	c := &tcpConn{Conn: k, s: s, kernel: k, nat: &natEntry{}}
 	calls := 0
 	c.NotifyClose(func() {
 		if _, err := k.Write([]byte{1}); err == nil {
@@ -48,10 +49,10 @@ func TestSystemConnParkedRelayEndsOnClose(t *testing.T) {
 		t.Skipf("no relay poller here: %v", err)
 	}
 	defer pl.Close()
-	s := &Stack{tcpConns: map[*tcpConn]struct{}{}}
+	s := &Stack{tcpConns: map[*tcpConn]struct{}{}, sys: &sysTCP{byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}}}
 	app, k := testenv.TCPPair(t)
 	up, remote := testenv.TCPPair(t)
-	c := &tcpConn{Conn: k, s: s, kernel: k}
+	c := &tcpConn{Conn: k, s: s, kernel: k, nat: &natEntry{}}
 	ended := make(chan error, 1)
 	if !relay.StreamAsync(context.Background(), c, up, relay.StreamOptions{Poller: pl, ParkAfter: 10 * time.Millisecond},
 		func(_, _ int64, err error) { ended <- err }) {

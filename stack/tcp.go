@@ -375,8 +375,6 @@ type tcpConn struct {
 	nmu          sync.Mutex
 	notify       *readNotify // NotifyRead's registration
 	stop         func()      // a detached flow's (TCPRequest.Detach), under s.mu
-	onClose      func()      // system TCP mode: NotifyClose's, under nmu
-	closed       bool        // system TCP mode: Close was called, under nmu
 }
 
 // SetLinger is net.TCPConn's SetLinger: with 0, Close resets the
@@ -409,16 +407,16 @@ func (c *tcpConn) Write(p []byte) (int, error) {
 // earlier fn. In gVisor mode it does nothing: closing the endpoint
 // notifies its readers (see NotifyRead).
 func (c *tcpConn) NotifyClose(fn func()) {
-	if c.kernel == nil {
+	if c.nat == nil {
 		return
 	}
 	c.nmu.Lock()
-	if c.closed {
+	if c.nat.connClosed {
 		c.nmu.Unlock()
 		fn()
 		return
 	}
-	c.onClose = fn
+	c.nat.onClose = fn
 	c.nmu.Unlock()
 }
 
@@ -429,11 +427,11 @@ func (c *tcpConn) KernelConn() *net.TCPConn { return c.kernel }
 
 func (c *tcpConn) Close() error {
 	err := c.Conn.Close()
-	if c.kernel != nil {
+	if c.nat != nil {
 		c.nmu.Lock()
-		c.closed = true
-		fn := c.onClose
-		c.onClose = nil
+		c.nat.connClosed = true
+		fn := c.nat.onClose
+		c.nat.onClose = nil
 		c.nmu.Unlock()
 		if fn != nil {
 			fn()

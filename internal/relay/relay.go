@@ -654,11 +654,11 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 	}
 	s.left.Store(2)
 	h := &s.down
-	*h = polledHalf{p: p, src: bt, rc: rc, dst: a, dstTCP: at, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, s: s}
+	*h = polledHalf{src: bt, rc: rc, dst: a, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, s: s}
 	h.wakeFn = h.wake
 	p.parked = h
 	if upK != nil {
-		*upK = polledHalf{p: p, src: at, rc: arc, dst: b, dstTCP: bt, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Up, s: s, up: true}
+		*upK = polledHalf{src: at, rc: arc, dst: b, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Up, s: s}
 		upK.wakeFn = upK.wake
 		p.parkedUp = upK
 	}
@@ -714,14 +714,13 @@ func (s *parkingStream) end() {
 // a->b direction when a is a kernel socket too): it copies on a goroutine
 // of its own while src has bytes, and parks on the Poller once src has had
 // none for parkAfter. Between two kernel sockets it splices while bytes
-// move, as copyHalf does.
+// move, as copyHalf does. Its pair is its Stream's (s.pair), and it is
+// the a->b direction when it is s.parkedUp: an idle gVisor flow keeps
+// one, so it holds no more than it needs.
 type polledHalf struct {
-	p         *pair
 	src       *net.TCPConn
 	rc        syscall.RawConn
 	dst       net.Conn
-	dstTCP    *net.TCPConn // dst's kernel socket, to splice to; nil: copy
-	up        bool         // the a->b direction
 	poller    *Poller
 	parkAfter time.Duration
 	count     Counter
@@ -736,11 +735,12 @@ type polledHalf struct {
 // run copies until src has been quiet for parkAfter (then parks) or ends
 // (then finishes the direction as copyHalf would).
 func (h *polledHalf) run() {
+	p := &h.s.pair
 	var bp *[]byte
 	var sp *splicer
-	if h.dstTCP != nil {
+	if dt := tcpOf(h.dst); dt != nil {
 		// Made per run, not kept: a parked direction holds no splicer.
-		sp = newSplicer(h.dstTCP, h.src)
+		sp = newSplicer(dt, h.src)
 	}
 	defer func() {
 		if bp != nil {
@@ -765,13 +765,12 @@ func (h *polledHalf) run() {
 			n, eof, err = sp.move()
 			if err == errNoSplice {
 				sp = nil
-				h.dstTCP = nil // and copy from now on, in later runs too
 				continue
 			}
 			if n > 0 {
 				lastRead = time.Now()
 				h.total += n
-				h.p.touch()
+				p.touch()
 				if h.count != nil {
 					h.count.Add(n)
 				}
@@ -781,7 +780,7 @@ func (h *polledHalf) run() {
 			nr, err = readKernel(h.src, h.rc, &bp, get)
 			if nr > 0 {
 				lastRead = time.Now()
-				if werr := h.p.forward(h.dst, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
+				if werr := p.forward(h.dst, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
 					err = werr
 				}
 			}
@@ -793,7 +792,7 @@ func (h *polledHalf) run() {
 				eof, err = true, nil
 			}
 		}
-		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !h.p.closed.Load() {
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !p.closed.Load() {
 			if quiet := time.Since(lastRead); quiet < h.parkAfter {
 				h.src.SetReadDeadline(time.Now().Add(h.parkAfter - quiet))
 				continue
@@ -815,8 +814,8 @@ func (h *polledHalf) run() {
 					h.dst.Close()
 				}
 			}
-			h.p.finished(err)
-			h.s.halfDone(h.up, result{h.total, err})
+			p.finished(err)
+			h.s.halfDone(h == p.parkedUp, result{h.total, err})
 			return
 		}
 	}
@@ -825,9 +824,10 @@ func (h *polledHalf) run() {
 // park registers h on the Poller; false when it cannot (the pair or the
 // Poller closed), and the caller reads on.
 func (h *polledHalf) park() bool {
+	p := &h.s.pair
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.p.closed.Load() || h.p.oneEnded.Load() {
+	if p.closed.Load() || p.oneEnded.Load() {
 		// Closed, or half-closed: the other direction has finished, so
 		// nothing would wake this one if the caller closed b (a closed
 		// socket leaves the epoll set silently). Half-closed flows
