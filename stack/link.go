@@ -352,19 +352,24 @@ func (e *linkEndpoint) deliver(pkt []byte) {
 }
 
 // WritePackets implements gstack.LinkWriter. It never blocks on the
-// device: it queues the packets for writeLoop, except a lone packet with
-// a payload, no larger than the MTU, when writeLoop is idle and nothing is
-// queued, which it writes at once (one system call, no wakeup; what a
-// 1-byte round trip sends). Pure ACKs, which the TUN reader's goroutine
-// produces for an upload, stay with writeLoop: the reader goes back to
-// reading instead of writing them.
+// device: it queues the packets for writeLoop, except a lone packet no
+// larger than the MTU when writeLoop is idle and nothing is queued, which
+// it writes at once (one system call, no wakeup). A 1-byte round trip
+// sends two such packets: the ACK of the app's request, which gVisor's
+// TCP processor goroutine sends right after it made the request readable
+// (it never delays an ACK), and the reply, sent by the relay goroutine
+// that writes the upstream's bytes into the netstack. Queued, each woke
+// writeLoop: the processor's ACK cost a goroutine handoff, and usually an
+// idle thread's wakeup, on the request's way to the upstream. Under load
+// (a batch being written, packets queued) everything goes through the
+// queue in order and leaves in batches.
 func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
 	if pkts.Len() == 1 && e.wmu.TryLock() {
 		pkt := pkts.AsSlice()[0]
 		e.qmu.Lock()
 		idle := !e.closed && len(e.queue) == 0
 		e.qmu.Unlock()
-		if idle && pkt.Size() <= int(e.mtu) && pkt.Data().Size() > 0 {
+		if idle && pkt.Size() <= int(e.mtu) {
 			e.writeDirect(pkt)
 			e.wmu.Unlock()
 			return 1, nil
