@@ -41,9 +41,11 @@ const maxCoalesced = 65535
 // each packet to gVisor synchronously (gVisor's TCP moves segment processing
 // to its own goroutines, UDP never blocks in our handler).
 //
-// Outbound: WritePackets, called on whichever gVisor goroutine sends, only
-// takes a reference to the packet and appends it to a bounded queue, so no
-// sender ever waits for the device. One writer goroutine drains the queue in
+// Outbound: WritePackets, called on whichever gVisor goroutine sends, writes
+// a lone packet itself when the writer is idle and nothing is queued (a
+// round trip's ACK and reply, see WritePackets); otherwise it only takes a
+// reference to the packets and appends them to a bounded queue, so no
+// sender waits for a busy device. One writer goroutine drains the queue in
 // batches of up to BatchSize, serialises them into its buffers and calls
 // Device.Write once per batch (where the Linux device applies GRO). With a
 // GSODevice, TCP packets (up to 64 KB segments, see SupportedGSO) go out one
