@@ -291,10 +291,19 @@ func tunFlags(f *os.File) (uint16, error) {
 // (internal/relay), that was about a third of tunsocks' context switches
 // per 1-byte round trip. A blocking descriptor (an adopted one may be)
 // keeps os.File's calls: a raw one would hold its thread and P.
+//
+// Writes larger than rawWriteMax keep os.File's call too: the kernel
+// delivers a written packet in the writer's system call (up to 64 KiB of
+// TCP segment into the app's socket), and such a call is long enough for
+// the scheduler to want its P back.
 type vnetFile struct {
 	f  *os.File
 	rc syscall.RawConn // nil: use f
 }
+
+// rawWriteMax is the largest write vnetFile makes with a raw system call:
+// a round trip's ACKs and small segments, not bulk transfer's.
+const rawWriteMax = 4 << 10
 
 func newVnetFile(f *os.File) vnetFile {
 	v := vnetFile{f: f}
@@ -332,7 +341,7 @@ func (v vnetFile) Read(b []byte) (int, error) {
 func (v vnetFile) Write(b []byte) (int, error) {
 	var n int
 	var err error
-	if v.rc != nil {
+	if v.rc != nil && len(b) <= rawWriteMax {
 		n, err = v.raw(v.rc.Write, "write", unix.SYS_WRITE, b)
 	} else {
 		n, err = v.f.Write(b)

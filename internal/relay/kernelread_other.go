@@ -18,3 +18,5 @@ func readKernel(*net.TCPConn, syscall.RawConn, **[]byte, func(**[]byte)) (int, e
 func writeKernel(*net.TCPConn, syscall.RawConn, []byte) (int, error) {
 	panic("relay: writeKernel on a system without it")
 }
+
+const rawWriteMax = 0

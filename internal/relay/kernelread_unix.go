@@ -83,3 +83,6 @@ func writeKernel(tc *net.TCPConn, rc syscall.RawConn, b []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// rawWriteMax is the largest write forward makes with writeKernel.
+const rawWriteMax = 4 << 10

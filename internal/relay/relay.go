@@ -275,11 +275,13 @@ func (h *notifiedHalf) run() {
 // forward writes b to dst for a direction that counts its own bytes:
 // what was written goes into *total, count and the pair's activity clock.
 // A short write is io.ErrShortWrite. kdst, when not nil, is dst's kernel
-// socket, written with writeKernel.
+// socket, written with writeKernel when b is small (a request, not bulk
+// transfer: a large write sends, through the loopback or a veth, in the
+// writer's system call, long enough for the scheduler to want its P back).
 func (p *pair) forward(dst net.Conn, kdst *kernelConn, b []byte, total *int64, count Counter) error {
 	var nw int
 	var err error
-	if kdst != nil {
+	if kdst != nil && len(b) <= rawWriteMax {
 		nw, err = writeKernel(kdst.tc, kdst.rc, b)
 	} else {
 		nw, err = dst.Write(b)
