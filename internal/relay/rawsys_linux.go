@@ -13,7 +13,7 @@ import (
 // gone to sleep because every P was idle. A relay in a request/response
 // exchange goes idle between every request and its reply, so each one
 // cost a sysmon wakeup and a few short sleeps (see the tun package's
-// rawFile, which does the same for the TUN descriptor).
+// vnetFile, which does the same for the TUN descriptor).
 func sysRead(fd int, b []byte) (int, syscall.Errno) {
 	return rawRW(syscall.SYS_READ, fd, b)
 }
