@@ -45,6 +45,11 @@ type udpFlow interface {
 	Close() error
 }
 
+// readWaiter is implemented by flows and packet conns that can wait for a
+// datagram without reading it (stack.UDPFlow): the relay then takes a
+// buffer only while a datagram moves (relay.PacketOptions.UpWait).
+type readWaiter interface{ WaitRead() error }
+
 // HandleTCP implements stack.Handler; the flow carries no inbound (see Handler).
 func (r *Router) HandleTCP(ctx context.Context, req *stack.TCPRequest) { r.handleTCP(ctx, nil, req) }
 
@@ -431,8 +436,12 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		}
 		return s.forwardReply(pc, p)
 	}
+	popts := relay.PacketOptions{Idle: idle, Up: e.upC, Down: e.downC, Activity: &s.activity}
+	if w, ok := f.(readWaiter); ok {
+		popts.UpWait = w.WaitRead
+	}
 	pctx, lf := r.track(ctx, e, &s.activity)
-	_, _, err = relay.Packets(pctx, relay.PacketOptions{Idle: idle, Up: e.upC, Down: e.downC, Activity: &s.activity}, up, down, s.closeAll)
+	_, _, err = relay.Packets(pctx, popts, up, down, s.closeAll)
 	s.extraWG.Wait()
 	r.untrack(e, lf, &rec)
 	if err != nil && !errors.Is(err, net.ErrClosed) {

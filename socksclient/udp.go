@@ -57,7 +57,6 @@ func (c *Client) ListenPacket(ctx context.Context) (*UDPConn, error) {
 		relay:    netAddr("udp", relay),
 		frag:     c.UDPFragmentSize,
 		ctrlDone: make(chan struct{}),
-		rbuf:     make([]byte, 65535),
 		reasm:    socks.Reassembler{Timeout: c.UDPReassemblyTimeout},
 	}
 	go u.watch()
@@ -81,7 +80,7 @@ type UDPConn struct {
 	once      sync.Once
 
 	rmu   sync.Mutex // serialises ReadFrom: rbuf and the reassembler
-	rbuf  []byte
+	rbuf  []byte     // for a ReadFrom into less than maxUDPRead; made on first use
 	reasm socks.Reassembler
 
 	wmu  sync.Mutex
@@ -121,12 +120,22 @@ func (u *UDPConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	defer u.rmu.Unlock()
 	// Each round blocks in Read, so the loop is bounded in time by the read
 	// deadline; it only goes round again for a dropped or partial datagram.
+	// A buffer that holds any datagram takes it, header and all, and the
+	// payload moves to its front: no buffer of the association's own
+	// (64 KiB) for the common caller.
+	rbuf := b
+	if len(b) < maxUDPRead {
+		if u.rbuf == nil {
+			u.rbuf = make([]byte, maxUDPRead)
+		}
+		rbuf = u.rbuf
+	}
 	for {
-		n, err := u.pc.Read(u.rbuf)
+		n, err := u.pc.Read(rbuf)
 		if err != nil {
 			return 0, nil, u.ioError("read", u.relay, err)
 		}
-		frag, from, payload, err := socks.ParseUDP(u.rbuf[:n])
+		frag, from, payload, err := socks.ParseUDP(rbuf[:n])
 		if err != nil {
 			continue
 		}
@@ -137,6 +146,10 @@ func (u *UDPConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		return copy(b, full), udpAddr(from), nil
 	}
 }
+
+// maxUDPRead is the largest UDP payload a socket returns: a SOCKS header
+// and any datagram fit.
+const maxUDPRead = 65535
 
 func udpAddr(a socks.Addr) net.Addr {
 	if ap, ok := a.AddrPort(); ok {
