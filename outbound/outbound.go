@@ -183,6 +183,10 @@ func (p *socksPacket) Recv(b []byte) (int, socks.Addr, error) {
 
 func (p *socksPacket) Close() error { return p.pc.Close() }
 
+// WaitRead blocks until a reply is waiting, without reading it (the router
+// takes a buffer only then).
+func (p *socksPacket) WaitRead() error { return p.pc.WaitRead() }
+
 // HTTP carries TCP through an HTTP CONNECT proxy (or a chain ending in
 // one); it has no UDP.
 type HTTP struct {

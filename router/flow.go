@@ -425,20 +425,37 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		return n, nil
 	}
 	var pc PacketConn // the down pump's own copy of s.pc
-	down := func(p []byte) (int, error) {
+	downSession := func() error {
 		if pc == nil {
 			select {
 			case <-s.ready:
 				pc = s.session()
 			case <-s.closed:
-				return 0, net.ErrClosed
+				return net.ErrClosed
 			}
+		}
+		return nil
+	}
+	down := func(p []byte) (int, error) {
+		if err := downSession(); err != nil {
+			return 0, err
 		}
 		return s.forwardReply(pc, p)
 	}
 	popts := relay.PacketOptions{Idle: idle, Up: e.upC, Down: e.downC, Activity: &s.activity}
 	if w, ok := f.(readWaiter); ok {
 		popts.UpWait = w.WaitRead
+	}
+	// The down pump waits for the session, then for a reply when its
+	// outbound can say one is there without reading it.
+	popts.DownWait = func() error {
+		if err := downSession(); err != nil {
+			return err
+		}
+		if w, ok := pc.(readWaiter); ok {
+			return w.WaitRead()
+		}
+		return nil
 	}
 	pctx, lf := r.track(ctx, e, &s.activity)
 	_, _, err = relay.Packets(pctx, popts, up, down, s.closeAll)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -394,5 +395,55 @@ func TestStreamActivityClock(t *testing.T) {
 	}
 	if clock.Load() <= start {
 		t.Fatalf("the clock did not move with a byte: %d, started at %d", clock.Load(), start)
+	}
+}
+
+// TestPacketsWaitBeforeBuffer: a pump with a wait function is called only
+// after its wait returned, once per wait (its buffer is taken for that one
+// datagram), and a wait's error ends the relay; the up pump runs on the
+// caller's goroutine, so a relay of two blocked pumps adds one goroutine.
+func TestPacketsWaitBeforeBuffer(t *testing.T) {
+	closed := make(chan struct{})
+	ready := make(chan struct{})
+	var waits, calls atomic.Int64
+	upWait := func() error {
+		waits.Add(1)
+		select {
+		case <-ready:
+			return nil
+		case <-closed:
+			return net.ErrClosed
+		}
+	}
+	up := func(buf []byte) (int, error) {
+		if calls.Add(1) != waits.Load() {
+			t.Errorf("up pump called %d times after %d waits", calls.Load(), waits.Load())
+		}
+		if len(buf) != MaxDatagram {
+			t.Errorf("up pump buffer %d bytes, want %d", len(buf), MaxDatagram)
+		}
+		return 1, nil
+	}
+	down := func([]byte) (int, error) { <-closed; return 0, net.ErrClosed }
+	before := runtime.NumGoroutine()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan [3]any, 1)
+	go func() {
+		u, d, err := Packets(ctx, PacketOptions{UpWait: upWait}, up, down, func() { close(closed) })
+		done <- [3]any{u, d, err}
+	}()
+	for range 3 {
+		ready <- struct{}{}
+	}
+	for waits.Load() < 4 {
+		time.Sleep(time.Millisecond)
+	}
+	if n := runtime.NumGoroutine() - before; n != 2 {
+		t.Errorf("a relay of two blocked pumps runs %d goroutines (with its caller's), want 2", n)
+	}
+	cancel()
+	r := <-done
+	if r[0].(int64) != 3 || calls.Load() != 3 {
+		t.Errorf("Packets = %v after %d pump calls, want 3 bytes up from 3 calls", r, calls.Load())
 	}
 }
