@@ -15,6 +15,7 @@ import (
 
 	"github.com/tunsocks/tunsocks/httpconnect"
 	"github.com/tunsocks/tunsocks/internal/direct"
+	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/internal/lru"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/socks"
@@ -148,7 +149,18 @@ func (s *Socks) ListenPacket(ctx context.Context) (router.PacketConn, error) {
 	if s.noUDP != nil {
 		return nil, s.noUDP
 	}
-	pc, err := s.client.ListenPacket(ctx)
+	return s.ListenPacketPolled(ctx, nil)
+}
+
+// ListenPacketPolled is ListenPacket with the association's control
+// connection watched by p instead of a goroutine (see
+// socksclient.Client.ListenPacketPolled); the router uses it when it has
+// a Poller.
+func (s *Socks) ListenPacketPolled(ctx context.Context, p *relay.Poller) (router.PacketConn, error) {
+	if s.noUDP != nil {
+		return nil, s.noUDP
+	}
+	pc, err := s.client.ListenPacketPolled(ctx, p)
 	if err != nil {
 		if errors.Is(err, socksclient.ErrUDPUnsupported) {
 			return nil, fmt.Errorf("%s: %w: %w", s.name, router.ErrUDPUnsupported, err)

@@ -50,6 +50,22 @@ type udpFlow interface {
 // buffer only while a datagram moves (relay.PacketOptions.UpWait).
 type readWaiter interface{ WaitRead() error }
 
+// polledListener is implemented by outbounds whose UDP sessions can have
+// a Poller watch what would otherwise take a goroutine each (a SOCKS
+// association's control connection).
+type polledListener interface {
+	ListenPacketPolled(ctx context.Context, p *relay.Poller) (PacketConn, error)
+}
+
+// listenPacket opens a UDP session on out, with the router's Poller when
+// out takes one.
+func (r *Router) listenPacket(ctx context.Context, out Outbound) (PacketConn, error) {
+	if pl, ok := out.(polledListener); ok && r.cfg.Poller != nil {
+		return pl.ListenPacketPolled(ctx, r.cfg.Poller)
+	}
+	return out.ListenPacket(ctx)
+}
+
 // HandleTCP implements stack.Handler; the flow carries no inbound (see Handler).
 func (r *Router) HandleTCP(ctx context.Context, req *stack.TCPRequest) { r.handleTCP(ctx, nil, req) }
 
@@ -695,7 +711,7 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 	}
 	if s.out == nil {
 		start := time.Now()
-		pc, err := d.Outbound.ListenPacket(ctx)
+		pc, err := r.listenPacket(ctx, d.Outbound)
 		r.dialed(d.Outbound.Name(), time.Since(start), err)
 		if err != nil {
 			if errors.Is(err, ErrUDPUnsupported) {
@@ -746,7 +762,7 @@ func (s *udpSession) extraSession(ctx context.Context, out Outbound) (PacketConn
 		return pc, nil
 	}
 	start := time.Now()
-	pc, err := out.ListenPacket(ctx)
+	pc, err := s.r.listenPacket(ctx, out)
 	s.r.dialed(out.Name(), time.Since(start), err)
 	if err != nil {
 		return nil, err

@@ -6,9 +6,12 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
@@ -86,4 +89,76 @@ func TestUDPWaitReadThenRead(t *testing.T) {
 	if err := <-waited; !errors.Is(err, net.ErrClosed) {
 		t.Errorf("WaitRead after Close: %v, want net.ErrClosed", err)
 	}
+}
+
+// With a Poller the association's control connection is watched without a
+// goroutine of its own, and its end still ends the association: a blocked
+// read fails with "association ended". Close with the watch armed ends it
+// too.
+func TestUDPPolledWatch(t *testing.T) {
+	p, err := relay.NewPoller()
+	if err != nil {
+		testenv.Unavailable(t, "relay poller: "+err.Error())
+	}
+	defer p.Close()
+	s := newFakeUDPServer(t)
+	c, _ := Parse("socks5://"+s.ln.Addr().String(), nil)
+	pc, err := c.ListenPacketPolled(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if n := goroutinesIn("(*UDPConn).watch"); n != 0 {
+		t.Errorf("%d goroutines watch the control connection, want 0 (the Poller does)", n)
+	}
+	readErr := make(chan error, 1)
+	go func() {
+		_, _, err := pc.ReadFrom(make([]byte, 100))
+		readErr <- err
+	}()
+	ctrl := <-s.ctrl
+	// Stray bytes from the server are dropped; the watch goes on.
+	ctrl.Write([]byte("stray"))
+	select {
+	case err := <-readErr:
+		t.Fatalf("read ended after stray control bytes: %v", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	ctrl.Close()
+	if err := <-readErr; !errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "association ended") {
+		t.Errorf("read after the control connection closed: %v, want net.ErrClosed and 'association ended'", err)
+	}
+	if err := pc.Close(); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+
+	// A second association, closed by us while the watch is armed.
+	s2 := newFakeUDPServer(t)
+	c2, _ := Parse("socks5://"+s2.ln.Addr().String(), nil)
+	pc2, err := c2.ListenPacketPolled(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctrl2 := <-s2.ctrl
+	defer ctrl2.Close()
+	if err := pc2.Close(); err != nil {
+		t.Errorf("Close with the watch armed: %v", err)
+	}
+	ctrl2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := ctrl2.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Errorf("control connection after Close: %v, want EOF", err)
+	}
+}
+
+// goroutinesIn counts the goroutines with fn on their stacks.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, fn) {
+			n++
+		}
+	}
+	return n
 }
