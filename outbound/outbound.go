@@ -15,8 +15,8 @@ import (
 
 	"github.com/tunsocks/tunsocks/httpconnect"
 	"github.com/tunsocks/tunsocks/internal/direct"
-	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/internal/lru"
+	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/socksclient"
