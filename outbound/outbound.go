@@ -85,6 +85,16 @@ type directPacket struct {
 	names *lru.Cache[string, netip.Addr] // name -> address, for a minute at most
 }
 
+// WaitRead blocks until a reply waits, without reading it (the router
+// takes a buffer only then).
+func (p *directPacket) WaitRead() error {
+	rc, err := p.pc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	return relay.WaitReadable(rc)
+}
+
 func (p *directPacket) Send(b []byte, to socks.Addr) error {
 	ap, err := p.resolve(to)
 	if err != nil {

@@ -348,6 +348,25 @@ func (u *UDPConn) Close() error {
 	return nil
 }
 
+// WaitRead blocks until a datagram from the relay is waiting (or the socket
+// has an error, which the next ReadFrom reports) without reading it, so a
+// caller can take a buffer only once there is a datagram to put in it. It
+// fails once the association is closed or the read deadline passes.
+func (u *UDPConn) WaitRead() error {
+	sc, ok := u.pc.(syscall.Conn)
+	if !ok {
+		return nil // ReadFrom blocks instead
+	}
+	rc, err := sc.SyscallConn()
+	if err == nil {
+		err = relay.WaitReadable(rc)
+	}
+	if err != nil {
+		return u.ioError("read", u.relay, err)
+	}
+	return nil
+}
+
 // LocalAddr returns the local address of the UDP socket.
 func (u *UDPConn) LocalAddr() net.Addr { return u.pc.LocalAddr() }
 

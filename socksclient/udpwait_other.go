@@ -4,9 +4,6 @@ package socksclient
 
 import "errors"
 
-// WaitRead returns at once here: ReadFrom blocks instead.
-func (u *UDPConn) WaitRead() error { return nil }
-
 // readNonblock is not called here: no Poller watches (relay.NewPoller
 // fails), so the watch is a goroutine.
 func readNonblock(uintptr, []byte) (int, error) { return 0, errors.ErrUnsupported }
