@@ -16,6 +16,7 @@ import (
 	"github.com/tunsocks/tunsocks/httpconnect"
 	"github.com/tunsocks/tunsocks/internal/direct"
 	"github.com/tunsocks/tunsocks/internal/lru"
+	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/socks"
 	"github.com/tunsocks/tunsocks/socksclient"
@@ -84,6 +85,16 @@ type directPacket struct {
 	names *lru.Cache[string, netip.Addr] // name -> address, for a minute at most
 }
 
+// WaitRead blocks until a reply waits, without reading it (the router
+// takes a buffer only then).
+func (p *directPacket) WaitRead() error {
+	rc, err := p.pc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	return relay.WaitReadable(rc)
+}
+
 func (p *directPacket) Send(b []byte, to socks.Addr) error {
 	ap, err := p.resolve(to)
 	if err != nil {
@@ -148,7 +159,18 @@ func (s *Socks) ListenPacket(ctx context.Context) (router.PacketConn, error) {
 	if s.noUDP != nil {
 		return nil, s.noUDP
 	}
-	pc, err := s.client.ListenPacket(ctx)
+	return s.ListenPacketPolled(ctx, nil)
+}
+
+// ListenPacketPolled is ListenPacket with the association's control
+// connection watched by p instead of a goroutine (see
+// socksclient.Client.ListenPacketPolled); the router uses it when it has
+// a Poller.
+func (s *Socks) ListenPacketPolled(ctx context.Context, p *relay.Poller) (router.PacketConn, error) {
+	if s.noUDP != nil {
+		return nil, s.noUDP
+	}
+	pc, err := s.client.ListenPacketPolled(ctx, p)
 	if err != nil {
 		if errors.Is(err, socksclient.ErrUDPUnsupported) {
 			return nil, fmt.Errorf("%s: %w: %w", s.name, router.ErrUDPUnsupported, err)
@@ -182,6 +204,10 @@ func (p *socksPacket) Recv(b []byte) (int, socks.Addr, error) {
 }
 
 func (p *socksPacket) Close() error { return p.pc.Close() }
+
+// WaitRead blocks until a reply is waiting, without reading it (the router
+// takes a buffer only then).
+func (p *socksPacket) WaitRead() error { return p.pc.WaitRead() }
 
 // HTTP carries TCP through an HTTP CONNECT proxy (or a chain ending in
 // one); it has no UDP.

@@ -328,3 +328,45 @@ func TestDialReason(t *testing.T) {
 		}
 	}
 }
+
+// A DIRECT UDP session waits for a reply without reading it, so the router
+// takes a buffer only once one is there; the reply is still read after.
+func TestDirectUDPWaitRead(t *testing.T) {
+	echo := testenv.UDPEcho(t)
+	d := &Direct{Dialer: &direct.Dialer{}}
+	pc, err := d.ListenPacket(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, ok := pc.(interface{ WaitRead() error })
+	if !ok {
+		t.Fatal("DIRECT UDP session has no WaitRead")
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- w.WaitRead() }()
+	select {
+	case err := <-waited:
+		t.Fatalf("WaitRead returned %v with nothing to read", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	to := socks.AddrFromAddrPort(echo.LocalAddr().(*net.UDPAddr).AddrPort())
+	if err := pc.Send([]byte("ping"), to); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("WaitRead: %v", err)
+	}
+	if err := w.WaitRead(); err != nil { // not taken: at once again
+		t.Fatalf("second WaitRead: %v", err)
+	}
+	b := make([]byte, 16)
+	if n, _, err := pc.Recv(b); err != nil || string(b[:n]) != "ping" {
+		t.Fatalf("Recv after WaitRead = %q, %v", b[:n], err)
+	}
+	go func() { waited <- w.WaitRead() }()
+	time.Sleep(20 * time.Millisecond)
+	pc.Close()
+	if err := <-waited; !errors.Is(err, net.ErrClosed) {
+		t.Errorf("WaitRead after Close: %v, want net.ErrClosed", err)
+	}
+}

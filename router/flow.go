@@ -45,6 +45,27 @@ type udpFlow interface {
 	Close() error
 }
 
+// readWaiter is implemented by flows and packet conns that can wait for a
+// datagram without reading it (stack.UDPFlow): the relay then takes a
+// buffer only while a datagram moves (relay.PacketOptions.UpWait).
+type readWaiter interface{ WaitRead() error }
+
+// polledListener is implemented by outbounds whose UDP sessions can have
+// a Poller watch what would otherwise take a goroutine each (a SOCKS
+// association's control connection).
+type polledListener interface {
+	ListenPacketPolled(ctx context.Context, p *relay.Poller) (PacketConn, error)
+}
+
+// listenPacket opens a UDP session on out, with the router's Poller when
+// out takes one.
+func (r *Router) listenPacket(ctx context.Context, out Outbound) (PacketConn, error) {
+	if pl, ok := out.(polledListener); ok && r.cfg.Poller != nil {
+		return pl.ListenPacketPolled(ctx, r.cfg.Poller)
+	}
+	return out.ListenPacket(ctx)
+}
+
 // HandleTCP implements stack.Handler; the flow carries no inbound (see Handler).
 func (r *Router) HandleTCP(ctx context.Context, req *stack.TCPRequest) { r.handleTCP(ctx, nil, req) }
 
@@ -420,19 +441,40 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		return n, nil
 	}
 	var pc PacketConn // the down pump's own copy of s.pc
-	down := func(p []byte) (int, error) {
+	downSession := func() error {
 		if pc == nil {
 			select {
 			case <-s.ready:
 				pc = s.session()
 			case <-s.closed:
-				return 0, net.ErrClosed
+				return net.ErrClosed
 			}
+		}
+		return nil
+	}
+	down := func(p []byte) (int, error) {
+		if err := downSession(); err != nil {
+			return 0, err
 		}
 		return s.forwardReply(pc, p)
 	}
+	popts := relay.PacketOptions{Idle: idle, Up: e.upC, Down: e.downC, Activity: &s.activity}
+	if w, ok := f.(readWaiter); ok {
+		popts.UpWait = w.WaitRead
+	}
+	// The down pump waits for the session, then for a reply when its
+	// outbound can say one is there without reading it.
+	popts.DownWait = func() error {
+		if err := downSession(); err != nil {
+			return err
+		}
+		if w, ok := pc.(readWaiter); ok {
+			return w.WaitRead()
+		}
+		return nil
+	}
 	pctx, lf := r.track(ctx, e, &s.activity)
-	_, _, err = relay.Packets(pctx, relay.PacketOptions{Idle: idle, Up: e.upC, Down: e.downC, Activity: &s.activity}, up, down, s.closeAll)
+	_, _, err = relay.Packets(pctx, popts, up, down, s.closeAll)
 	s.extraWG.Wait()
 	r.untrack(e, lf, &rec)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
@@ -669,7 +711,7 @@ func (s *udpSession) route(ctx context.Context, p []byte, dst netip.AddrPort) ro
 	}
 	if s.out == nil {
 		start := time.Now()
-		pc, err := d.Outbound.ListenPacket(ctx)
+		pc, err := r.listenPacket(ctx, d.Outbound)
 		r.dialed(d.Outbound.Name(), time.Since(start), err)
 		if err != nil {
 			if errors.Is(err, ErrUDPUnsupported) {
@@ -720,7 +762,7 @@ func (s *udpSession) extraSession(ctx context.Context, out Outbound) (PacketConn
 		return pc, nil
 	}
 	start := time.Now()
-	pc, err := out.ListenPacket(ctx)
+	pc, err := s.r.listenPacket(ctx, out)
 	s.r.dialed(out.Name(), time.Since(start), err)
 	if err != nil {
 		return nil, err

@@ -8,8 +8,10 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
@@ -22,6 +24,15 @@ import (
 // that reaches its server through another Client (a chain), and when the
 // server answers "command not supported".
 func (c *Client) ListenPacket(ctx context.Context) (*UDPConn, error) {
+	return c.ListenPacketPolled(ctx, nil)
+}
+
+// ListenPacketPolled is ListenPacket with the association's control
+// connection watched by p (its end closes the association) instead of by
+// a goroutine of its own, so an idle association costs no goroutine for
+// it. A nil p, or a Poller that cannot watch (not Linux, closed), means a
+// goroutine.
+func (c *Client) ListenPacketPolled(ctx context.Context, p *relay.Poller) (*UDPConn, error) {
 	const op = "socks udp associate"
 	if _, ok := c.forward.(*Client); ok {
 		return nil, c.opError(op, "udp", nil, fmt.Errorf("%w through a chain of SOCKS servers: the last server's UDP relay cannot be reached through the earlier ones", ErrUDPUnsupported))
@@ -57,10 +68,9 @@ func (c *Client) ListenPacket(ctx context.Context) (*UDPConn, error) {
 		relay:    netAddr("udp", relay),
 		frag:     c.UDPFragmentSize,
 		ctrlDone: make(chan struct{}),
-		rbuf:     make([]byte, 65535),
 		reasm:    socks.Reassembler{Timeout: c.UDPReassemblyTimeout},
 	}
-	go u.watch()
+	u.startWatch(p)
 	return u, nil
 }
 
@@ -75,13 +85,21 @@ type UDPConn struct {
 	relay net.Addr
 	frag  int
 
-	ctrlDone  chan struct{} // closed when watch has returned
+	ctrlDone  chan struct{} // closed when the watch has ended (endWatch)
 	ctrlEnded atomic.Bool   // the control connection has ended
 	closing   atomic.Bool   // Close was called
 	once      sync.Once
+	doneOnce  sync.Once
+
+	// The control connection's watch on a Poller (see startWatch).
+	poller    *relay.Poller
+	ctrlRC    syscall.RawConn
+	cmu       sync.Mutex
+	stopWatch func() // the Poller registration; nil while none
+	goWatch   bool   // a goroutine watches instead (watch)
 
 	rmu   sync.Mutex // serialises ReadFrom: rbuf and the reassembler
-	rbuf  []byte
+	rbuf  []byte     // for a ReadFrom into less than maxUDPRead; made on first use
 	reasm socks.Reassembler
 
 	wmu  sync.Mutex
@@ -95,7 +113,7 @@ var errAssocEnded = fmt.Errorf("socks5: UDP association ended: the server closed
 // watch waits for the control connection to end (the server sends nothing
 // on it) and then closes the UDP socket, which wakes a blocked ReadFrom.
 func (u *UDPConn) watch() {
-	defer close(u.ctrlDone)
+	defer u.endWatch()
 	var b [512]byte
 	for {
 		if _, err := u.ctrl.Read(b[:]); err != nil {
@@ -104,6 +122,69 @@ func (u *UDPConn) watch() {
 	}
 	u.ctrlEnded.Store(true)
 	u.pc.Close()
+}
+
+func (u *UDPConn) endWatch() { u.doneOnce.Do(func() { close(u.ctrlDone) }) }
+
+// startWatch watches the control connection on p when it can, else on a
+// goroutine (watch).
+func (u *UDPConn) startWatch(p *relay.Poller) {
+	if p != nil {
+		if sc, ok := u.ctrl.(syscall.Conn); ok {
+			if rc, err := sc.SyscallConn(); err == nil {
+				u.poller, u.ctrlRC = p, rc
+				if u.arm() {
+					return
+				}
+			}
+		}
+	}
+	u.cmu.Lock()
+	u.goWatch = true
+	u.cmu.Unlock()
+	go u.watch()
+}
+
+// arm registers ctrlReadable with the Poller; false when it cannot.
+func (u *UDPConn) arm() bool {
+	u.cmu.Lock()
+	defer u.cmu.Unlock()
+	if u.closing.Load() {
+		return true // Close ends the watch
+	}
+	stop, err := u.poller.Watch(u.ctrlRC, u.ctrlReadable)
+	if err != nil {
+		return false
+	}
+	u.stopWatch = stop
+	return true
+}
+
+// ctrlReadable runs on the Poller's goroutine when the control connection
+// is readable: it reads what is there without blocking; its end (or an
+// error) ends the association, stray bytes are dropped and the watch goes
+// on. The Poller closing moves the watch to a goroutine.
+func (u *UDPConn) ctrlReadable() {
+	var b [512]byte
+	var n int
+	var rerr error
+	err := u.ctrlRC.Read(func(fd uintptr) bool {
+		n, rerr = readNonblock(fd, b[:])
+		return true
+	})
+	if err == nil && (n > 0 || isWouldBlock(rerr)) {
+		if u.arm() {
+			return
+		}
+		u.cmu.Lock()
+		u.stopWatch, u.goWatch = nil, true
+		u.cmu.Unlock()
+		go u.watch()
+		return
+	}
+	u.ctrlEnded.Store(true)
+	u.pc.Close()
+	u.endWatch()
 }
 
 func (u *UDPConn) ioError(op string, addr net.Addr, err error) error {
@@ -121,12 +202,22 @@ func (u *UDPConn) ReadFrom(b []byte) (int, net.Addr, error) {
 	defer u.rmu.Unlock()
 	// Each round blocks in Read, so the loop is bounded in time by the read
 	// deadline; it only goes round again for a dropped or partial datagram.
+	// A buffer that holds any datagram takes it, header and all, and the
+	// payload moves to its front: no buffer of the association's own
+	// (64 KiB) for the common caller.
+	rbuf := b
+	if len(b) < maxUDPRead {
+		if u.rbuf == nil {
+			u.rbuf = make([]byte, maxUDPRead)
+		}
+		rbuf = u.rbuf
+	}
 	for {
-		n, err := u.pc.Read(u.rbuf)
+		n, err := u.pc.Read(rbuf)
 		if err != nil {
 			return 0, nil, u.ioError("read", u.relay, err)
 		}
-		frag, from, payload, err := socks.ParseUDP(u.rbuf[:n])
+		frag, from, payload, err := socks.ParseUDP(rbuf[:n])
 		if err != nil {
 			continue
 		}
@@ -137,6 +228,10 @@ func (u *UDPConn) ReadFrom(b []byte) (int, net.Addr, error) {
 		return copy(b, full), udpAddr(from), nil
 	}
 }
+
+// maxUDPRead is the largest UDP payload a socket returns: a SOCKS header
+// and any datagram fit.
+const maxUDPRead = 65535
 
 func udpAddr(a socks.Addr) net.Addr {
 	if ap, ok := a.AddrPort(); ok {
@@ -231,13 +326,43 @@ func (u *UDPConn) Close() error {
 		if errors.Is(err, net.ErrClosed) {
 			err = nil // already closed by watch
 		}
+		u.cmu.Lock()
+		stop, goWatch := u.stopWatch, u.goWatch
+		u.stopWatch = nil
+		u.cmu.Unlock()
+		if stop != nil {
+			stop() // before the close: the descriptor must still be there
+		}
 		if e := u.ctrl.Close(); err == nil {
 			err = e
 		}
-		<-u.ctrlDone
+		if goWatch {
+			<-u.ctrlDone
+		} else {
+			u.endWatch()
+		}
 	})
 	if err != nil {
 		return &net.OpError{Op: "close", Net: "udp", Source: u.pc.LocalAddr(), Addr: u.relay, Err: err}
+	}
+	return nil
+}
+
+// WaitRead blocks until a datagram from the relay is waiting (or the socket
+// has an error, which the next ReadFrom reports) without reading it, so a
+// caller can take a buffer only once there is a datagram to put in it. It
+// fails once the association is closed or the read deadline passes.
+func (u *UDPConn) WaitRead() error {
+	sc, ok := u.pc.(syscall.Conn)
+	if !ok {
+		return nil // ReadFrom blocks instead
+	}
+	rc, err := sc.SyscallConn()
+	if err == nil {
+		err = relay.WaitReadable(rc)
+	}
+	if err != nil {
+		return u.ioError("read", u.relay, err)
 	}
 	return nil
 }

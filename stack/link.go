@@ -43,9 +43,11 @@ const maxCoalesced = 65535
 // each packet to gVisor synchronously (gVisor's TCP moves segment processing
 // to its own goroutines, UDP never blocks in our handler).
 //
-// Outbound: WritePackets, called on whichever gVisor goroutine sends, only
-// takes a reference to the packet and appends it to a bounded queue, so no
-// sender ever waits for the device. One writer goroutine drains the queue in
+// Outbound: WritePackets, called on whichever gVisor goroutine sends, writes
+// a lone packet itself when the writer is idle and nothing is queued (a
+// round trip's ACK and reply, see WritePackets); otherwise it only takes a
+// reference to the packets and appends them to a bounded queue, so no
+// sender waits for a busy device. One writer goroutine drains the queue in
 // batches of up to BatchSize, serialises them into its buffers and calls
 // Device.Write once per batch (where the Linux device applies GRO). With a
 // GSODevice, TCP packets (up to 64 KB segments, see SupportedGSO) go out one
@@ -360,19 +362,24 @@ func (e *linkEndpoint) deliver(pkt []byte) {
 }
 
 // WritePackets implements gstack.LinkWriter. It never blocks on the
-// device: it queues the packets for writeLoop, except a lone packet with
-// a payload, no larger than the MTU, when writeLoop is idle and nothing is
-// queued, which it writes at once (one system call, no wakeup; what a
-// 1-byte round trip sends). Pure ACKs, which the TUN reader's goroutine
-// produces for an upload, stay with writeLoop: the reader goes back to
-// reading instead of writing them.
+// device: it queues the packets for writeLoop, except a lone packet no
+// larger than the MTU when writeLoop is idle and nothing is queued, which
+// it writes at once (one system call, no wakeup). A 1-byte round trip
+// sends two such packets: the ACK of the app's request, which gVisor's
+// TCP processor goroutine sends right after it made the request readable
+// (it never delays an ACK), and the reply, sent by the relay goroutine
+// that writes the upstream's bytes into the netstack. Queued, each woke
+// writeLoop: the processor's ACK cost a goroutine handoff, and usually an
+// idle thread's wakeup, on the request's way to the upstream. Under load
+// (a batch being written, packets queued) everything goes through the
+// queue in order and leaves in batches.
 func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
 	if pkts.Len() == 1 && e.wmu.TryLock() {
 		pkt := pkts.AsSlice()[0]
 		e.qmu.Lock()
 		idle := !e.closed && len(e.queue) == 0
 		e.qmu.Unlock()
-		if idle && pkt.Size() <= int(e.mtu) && pkt.Data().Size() > 0 {
+		if idle && pkt.Size() <= int(e.mtu) {
 			e.writeDirect(pkt)
 			e.wmu.Unlock()
 			return 1, nil

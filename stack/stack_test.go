@@ -685,3 +685,55 @@ func TestTCPAcceptedConnReset(t *testing.T) {
 		c.Close()
 	}
 }
+
+// WaitRead waits for a datagram without taking it (a caller takes a buffer
+// only then), returns at once while one is queued, and fails as ReadFrom
+// does past the deadline and after Close.
+func TestUDPWaitRead(t *testing.T) {
+	flows := make(chan *stack.UDPFlow, 1)
+	e := setup(t, handlerFuncs{udp: func(ctx context.Context, f *stack.UDPFlow) { flows <- f; <-ctx.Done() }}, nil)
+	pc, err := e.app.ListenUDP(netip.MustParseAddrPort("10.0.0.2:5004"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.0.10:5004"))
+	pc.WriteTo([]byte("one"), dst)
+	f := <-flows
+	buf := make([]byte, 16)
+	for _, want := range []string{"one", "two"} {
+		if err := f.WaitRead(); err != nil {
+			t.Fatalf("WaitRead with %q queued: %v", want, err)
+		}
+		if err := f.WaitRead(); err != nil { // nothing taken
+			t.Fatalf("second WaitRead with %q queued: %v", want, err)
+		}
+		if n, _, err := f.ReadFrom(buf); err != nil || string(buf[:n]) != want {
+			t.Fatalf("ReadFrom after WaitRead = %q, %v; want %q", buf[:n], err, want)
+		}
+		if want == "one" {
+			waited := make(chan error, 1)
+			go func() { waited <- f.WaitRead() }()
+			select {
+			case err := <-waited:
+				t.Fatalf("WaitRead returned %v with nothing queued", err)
+			case <-time.After(50 * time.Millisecond):
+			}
+			pc.WriteTo([]byte("two"), dst)
+			if err := <-waited; err != nil {
+				t.Fatalf("WaitRead: %v", err)
+			}
+		}
+	}
+	f.SetReadDeadline(time.Now().Add(-time.Second))
+	if err := f.WaitRead(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("WaitRead past deadline = %v", err)
+	}
+	f.SetReadDeadline(time.Time{})
+	waited := make(chan error, 1)
+	go func() { waited <- f.WaitRead() }()
+	f.Close()
+	if err := <-waited; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("WaitRead after Close = %v", err)
+	}
+}

@@ -115,6 +115,30 @@ func (f *UDPFlow) ReadFrom(p []byte) (int, netip.AddrPort, error) {
 	}
 }
 
+// WaitRead blocks until a datagram is queued for ReadFrom, and returns
+// nil then; after Close or eviction, or once the read deadline passes, it
+// returns the error ReadFrom would. It reads nothing, so a caller can
+// take a buffer only once there is a datagram to put in it.
+func (f *UDPFlow) WaitRead() error {
+	for {
+		select {
+		case <-f.closed:
+			return f.opError("read", f.closeErr)
+		default:
+		}
+		if f.q.pending() {
+			return nil
+		}
+		select {
+		case <-f.q.ready:
+		case <-f.closed:
+			return f.opError("read", f.closeErr)
+		case <-f.rd.wait():
+			return f.opError("read", os.ErrDeadlineExceeded)
+		}
+	}
+}
+
 // WriteTo delivers p to the app at Src as if sent by from, which may be any
 // address of the same family as Src (full cone). Datagrams larger than the
 // MTU are fragmented.
@@ -462,6 +486,13 @@ func (q *dgramQueue) push(d *dgram, limit int) bool {
 	default:
 	}
 	return true
+}
+
+// pending reports whether a datagram is queued.
+func (q *dgramQueue) pending() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.head < len(q.items)
 }
 
 func (q *dgramQueue) pop() *dgram {

@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
+	"syscall"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -247,7 +251,7 @@ func (d *Device) setVnet(dev wgtun.Device) {
 	if flags, err := tunFlags(f); err != nil || flags&unix.IFF_VNET_HDR == 0 {
 		return
 	}
-	d.vnet = vnetFile{f}
+	d.vnet = newVnetFile(f)
 	d.readBuf = make([]byte, VnetHdrLen+65535)
 }
 
@@ -276,10 +280,58 @@ func tunFlags(f *os.File) (uint16, error) {
 
 // vnetFile reports a descriptor whose interface is gone (EBADFD) as closed,
 // as wireguard-go's Read and Write do.
-type vnetFile struct{ f *os.File }
+//
+// When the descriptor is non-blocking (wireguard-go's CreateTUN makes it
+// so), it reads and writes with raw system calls (rawRead, rawWrite)
+// through the runtime poller, waiting only when nothing is there to read.
+// A system call announced to the scheduler (os.File's) wakes the runtime's
+// sysmon thread whenever it had gone to sleep because every P was idle,
+// which a TUN program between two packets of a request/response exchange
+// always is: with the relay's sockets read and written the same way
+// (internal/relay), that was about a third of tunsocks' context switches
+// per 1-byte round trip. A blocking descriptor (an adopted one may be)
+// keeps os.File's calls: a raw one would hold its thread and P.
+//
+// Writes larger than rawWriteMax keep os.File's call too: the kernel
+// delivers a written packet in the writer's system call (up to 64 KiB of
+// TCP segment into the app's socket), and such a call is long enough for
+// the scheduler to want its P back.
+type vnetFile struct {
+	f  *os.File
+	rc syscall.RawConn // nil: use f
+}
+
+// rawWriteMax is the largest write vnetFile makes with a raw system call:
+// a round trip's ACKs and small segments, not bulk transfer's.
+const rawWriteMax = 4 << 10
+
+func newVnetFile(f *os.File) vnetFile {
+	v := vnetFile{f: f}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return v
+	}
+	nonblock := false
+	if rc.Control(func(fd uintptr) {
+		fl, err := unix.FcntlInt(fd, unix.F_GETFL, 0)
+		nonblock = err == nil && fl&unix.O_NONBLOCK != 0
+	}) == nil && nonblock {
+		v.rc = rc
+	}
+	return v
+}
 
 func (v vnetFile) Read(b []byte) (int, error) {
-	n, err := v.f.Read(b)
+	var n int
+	var err error
+	if v.rc != nil {
+		n, err = v.raw(v.rc.Read, "read", unix.SYS_READ, b)
+		if err == nil && n == 0 && len(b) > 0 {
+			err = io.EOF
+		}
+	} else {
+		n, err = v.f.Read(b)
+	}
 	if errors.Is(err, unix.EBADFD) {
 		return n, os.ErrClosed
 	}
@@ -287,9 +339,49 @@ func (v vnetFile) Read(b []byte) (int, error) {
 }
 
 func (v vnetFile) Write(b []byte) (int, error) {
-	n, err := v.f.Write(b)
+	var n int
+	var err error
+	if v.rc != nil && len(b) <= rawWriteMax {
+		n, err = v.raw(v.rc.Write, "write", unix.SYS_WRITE, b)
+	} else {
+		n, err = v.f.Write(b)
+	}
 	if errors.Is(err, unix.EBADFD) {
 		return n, os.ErrClosed
 	}
 	return n, err
+}
+
+// raw makes one read or write (trap) of b with syscall.RawSyscall inside
+// wait (rc.Read or rc.Write), which waits on the poller while the call
+// would block. Errors come back as os.File's would: the system call's
+// as an *os.PathError, a closed file as os.ErrClosed.
+func (v vnetFile) raw(wait func(func(uintptr) bool) error, op string, trap uintptr, b []byte) (int, error) {
+	var n int
+	var errno syscall.Errno
+	err := wait(func(fd uintptr) bool {
+		for {
+			r, _, e := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
+			if e == syscall.EINTR {
+				continue
+			}
+			if e == syscall.EAGAIN {
+				return false
+			}
+			n, errno = int(r), e
+			return true
+		}
+	})
+	runtime.KeepAlive(b)
+	switch {
+	case err != nil:
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return 0, &os.PathError{Op: op, Path: v.f.Name(), Err: err}
+		}
+		// The descriptor was closed ("use of closed file").
+		return 0, &os.PathError{Op: op, Path: v.f.Name(), Err: fmt.Errorf("%w (%v)", os.ErrClosed, err)}
+	case errno != 0:
+		return 0, &os.PathError{Op: op, Path: v.f.Name(), Err: errno}
+	}
+	return n, nil
 }

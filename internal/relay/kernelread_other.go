@@ -14,3 +14,9 @@ const canReadKernel = false
 func readKernel(*net.TCPConn, syscall.RawConn, **[]byte, func(**[]byte)) (int, error) {
 	panic("relay: readKernel on a system without it")
 }
+
+func writeKernel(*net.TCPConn, syscall.RawConn, []byte) (int, error) {
+	panic("relay: writeKernel on a system without it")
+}
+
+const rawWriteMax = 0

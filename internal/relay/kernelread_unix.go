@@ -22,13 +22,18 @@ func readKernel(tc *net.TCPConn, rc syscall.RawConn, bp **[]byte, get func(**[]b
 	var rerr error
 	err := rc.Read(func(fd uintptr) bool {
 		get(bp)
+		var e syscall.Errno
 		for {
-			n, rerr = syscall.Read(int(fd), **bp)
-			if rerr != syscall.EINTR {
+			n, e = sysRead(int(fd), **bp)
+			if e != syscall.EINTR {
 				break
 			}
 		}
-		if rerr == syscall.EAGAIN {
+		rerr = nil
+		if e != 0 {
+			rerr = e
+		}
+		if e == syscall.EAGAIN {
 			bufPool.Put(*bp)
 			*bp = nil
 			return false
@@ -46,3 +51,38 @@ func readKernel(tc *net.TCPConn, rc syscall.RawConn, bp **[]byte, get func(**[]b
 	}
 	return n, nil
 }
+
+// writeKernel writes all of b to a kernel TCP socket through the runtime
+// poller, as (*net.TCPConn).Write does, but with sysWrite: it waits only
+// while the socket's send buffer is full.
+func writeKernel(tc *net.TCPConn, rc syscall.RawConn, b []byte) (int, error) {
+	var n int
+	var werr error
+	err := rc.Write(func(fd uintptr) bool {
+		for n < len(b) {
+			m, e := sysWrite(int(fd), b[n:])
+			switch e {
+			case 0:
+				n += m
+			case syscall.EINTR:
+			case syscall.EAGAIN:
+				return false
+			default:
+				werr = e
+				return true
+			}
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		// Closed, or the write deadline passed.
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: tc.LocalAddr(), Addr: tc.RemoteAddr(), Err: err}
+	case werr != nil:
+		return n, &net.OpError{Op: "write", Net: "tcp", Source: tc.LocalAddr(), Addr: tc.RemoteAddr(), Err: os.NewSyscallError("write", werr)}
+	}
+	return n, nil
+}
+
+// rawWriteMax is the largest write forward makes with writeKernel.
+const rawWriteMax = 4 << 10

@@ -99,3 +99,61 @@ func TestStreamIdleHoldsNoBuffers(t *testing.T) {
 		}
 	}
 }
+
+// tcpPairForTest returns both ends of a loopback TCP connection.
+func tcpPairForTest(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// writeKernel writes everything, in order, also when the socket's send
+// buffer fills and it has to wait on the poller (the reader is slow), and
+// fails with an error once the socket is closed.
+func TestWriteKernelWaitsForRoomAndKeepsOrder(t *testing.T) {
+	c, s := tcpPairForTest(t)
+	c.SetWriteBuffer(16 << 10)
+	k := kernelConnOf(c)
+	if k == nil {
+		t.Fatal("kernelConnOf(*net.TCPConn) = nil")
+	}
+	msg := make([]byte, 4<<20) // far more than both socket buffers hold
+	for i := range msg {
+		msg[i] = byte(i * 7)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(s)
+		got <- b
+	}()
+	n, err := writeKernel(k.tc, k.rc, msg)
+	if n != len(msg) || err != nil {
+		t.Fatalf("writeKernel = %d, %v; want %d, nil", n, err, len(msg))
+	}
+	c.CloseWrite()
+	select {
+	case b := <-got:
+		if string(b) != string(msg) {
+			t.Fatalf("the reader got %d bytes, not the %d written in order", len(b), len(msg))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the reader never saw the end")
+	}
+	c.Close()
+	if _, err := writeKernel(k.tc, k.rc, []byte("x")); err == nil || !isOrdinary(err) {
+		t.Errorf("writeKernel on a closed socket = %v, want an error wrapping net.ErrClosed", err)
+	}
+}

@@ -38,6 +38,12 @@ type PacketOptions struct {
 	// BufSize is each pump's buffer; 0 means MaxDatagram, taken from the
 	// shared pool (see PacketBuf) for as long as the pump runs.
 	BufSize int
+	// UpWait and DownWait, when not nil, block until their pump has a
+	// datagram to read (or its side ended: then the pump's next call
+	// fails). A pump with one takes its MaxDatagram buffer from the pool
+	// only once its wait returns and gives it back after the datagram,
+	// so an idle relay holds no buffer. Ignored with BufSize.
+	UpWait, DownWait func() error
 	// Activity, when not nil, is the relay's last-activity clock
 	// (time.UnixNano). Callers that move datagrams outside the two pumps
 	// store time.Now().UnixNano() in it, so the idle timer counts them.
@@ -96,18 +102,31 @@ func Packets(ctx context.Context, opts PacketOptions, up, down Pump, closeAll fu
 			tmu.Unlock()
 		}()
 	}
-	run := func(p Pump, total *int64, count Counter, done chan<- struct{}) {
-		defer close(done)
+	run := func(p Pump, wait func() error, total *int64, count Counter) {
 		var buf []byte
-		if opts.BufSize <= 0 || opts.BufSize == MaxDatagram {
-			bp := PacketBuf()
+		var bp *[]byte
+		switch {
+		case opts.BufSize > 0 && opts.BufSize != MaxDatagram:
+			buf, wait = make([]byte, opts.BufSize), nil
+		case wait == nil:
+			bp = PacketBuf()
 			defer PutPacketBuf(bp)
 			buf = *bp
-		} else {
-			buf = make([]byte, opts.BufSize)
 		}
 		for {
+			if wait != nil {
+				if err := wait(); err != nil {
+					stopWith(err)
+					return
+				}
+				bp = PacketBuf()
+				buf = *bp
+			}
 			n, err := p(buf)
+			if wait != nil {
+				PutPacketBuf(bp)
+				bp, buf = nil, nil
+			}
 			if err != nil {
 				stopWith(err)
 				return
@@ -121,10 +140,14 @@ func Packets(ctx context.Context, opts PacketOptions, up, down Pump, closeAll fu
 			}
 		}
 	}
-	upDone, downDone := make(chan struct{}), make(chan struct{})
-	go run(up, &upBytes, opts.Up, upDone)
-	go run(down, &downBytes, opts.Down, downDone)
-	<-upDone
+	// The up pump runs on the caller's goroutine: one goroutine fewer per
+	// relay.
+	downDone := make(chan struct{})
+	go func() {
+		defer close(downDone)
+		run(down, opts.DownWait, &downBytes, opts.Down)
+	}()
+	run(up, opts.UpWait, &upBytes, opts.Up)
 	<-downDone
 	mu.Lock()
 	defer mu.Unlock()

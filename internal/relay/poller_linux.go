@@ -118,6 +118,21 @@ func (p *Poller) wait(rc syscall.RawConn, fn func(id uint64)) (uint64, error) {
 	return id, nil
 }
 
+// Watch calls fn once, from the Poller's goroutine, when the socket behind
+// rc is readable (bytes, its end, an error), or when the Poller closes;
+// fn must not block. stop drops the registration (fn may still run if the
+// Poller took it already: the caller tells by its own state). A socket
+// closed while watched leaves the epoll set and fn is not called for it:
+// stop the watch then. For sockets nobody reads while idle, such as a
+// control connection that only ever ends, in place of a goroutine each.
+func (p *Poller) Watch(rc syscall.RawConn, fn func()) (stop func(), err error) {
+	id, err := p.wait(rc, func(uint64) { fn() })
+	if err != nil {
+		return nil, err
+	}
+	return func() { p.cancel(rc, id) }, nil
+}
+
 // cancel drops registration id of the socket behind rc: fn will not be
 // called for it (unless the Poller's goroutine took it already; the
 // caller tells by its own state). A socket already closed left the epoll

@@ -23,3 +23,6 @@ var errPollerClosed = errors.New("relay: poller closed")
 func (p *Poller) wait(syscall.RawConn, func(uint64)) (uint64, error) { return 0, errPollerClosed }
 
 func (p *Poller) cancel(syscall.RawConn, uint64) {}
+
+// Watch fails on this system.
+func (p *Poller) Watch(syscall.RawConn, func()) (func(), error) { return nil, errPollerClosed }

@@ -170,7 +170,7 @@ func streamOnCaller(ctx context.Context, a, b net.Conn, o *StreamOptions) (up, d
 		// a->b needs no goroutine while a is idle: it runs when a has
 		// bytes and parks on a's notification again once it is drained.
 		// Its idle time is watched by a timer (see watchIdle).
-		h := &notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, done: func(r result) { upc <- r }}
+		h := &notifiedHalf{p: p, src: a, dst: b, kdst: kernelConnOf(b), n: n, count: opts.Up, done: func(r result) { upc <- r }}
 		h.wakeFn = h.wake
 		if opts.Idle > 0 {
 			p.watchIdle(opts.Idle)
@@ -278,6 +278,7 @@ func (p *pair) finished(err error) {
 type notifiedHalf struct {
 	p        *pair
 	src, dst net.Conn
+	kdst     *kernelConn // dst when it is a kernel TCP socket, else nil
 	n        ReadNotifier
 	count    Counter
 	total    int64          // touched by one run at a time
@@ -301,7 +302,7 @@ func (h *notifiedHalf) run() {
 	for {
 		nr, err := h.src.Read(*bp)
 		if nr > 0 {
-			if werr := h.p.forward(h.dst, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
+			if werr := h.p.forward(h.dst, h.kdst, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
 				err = werr
 			}
 		}
@@ -335,9 +336,18 @@ func (h *notifiedHalf) run() {
 
 // forward writes b to dst for a direction that counts its own bytes:
 // what was written goes into *total, count and the pair's activity clock.
-// A short write is io.ErrShortWrite.
-func (p *pair) forward(dst net.Conn, b []byte, total *int64, count Counter) error {
-	nw, err := dst.Write(b)
+// A short write is io.ErrShortWrite. kdst, when not nil, is dst's kernel
+// socket, written with writeKernel when b is small (a request, not bulk
+// transfer: a large write sends, through the loopback or a veth, in the
+// writer's system call, long enough for the scheduler to want its P back).
+func (p *pair) forward(dst net.Conn, kdst *kernelConn, b []byte, total *int64, count Counter) error {
+	var nw int
+	var err error
+	if kdst != nil && len(b) <= rawWriteMax {
+		nw, err = writeKernel(kdst.tc, kdst.rc, b)
+	} else {
+		nw, err = dst.Write(b)
+	}
 	if nw > 0 {
 		*total += int64(nw)
 		p.touch()
@@ -555,6 +565,27 @@ func tcpOf(c net.Conn) *net.TCPConn {
 	return nil
 }
 
+// kernelConn is a kernel TCP socket with its raw descriptor.
+type kernelConn struct {
+	tc *net.TCPConn
+	rc syscall.RawConn
+}
+
+// kernelConnOf returns c as a kernelConn when it is a kernel TCP socket
+// that writeKernel can write (not a wrapper, which may count or transform
+// what is written), nil otherwise.
+func kernelConnOf(c net.Conn) *kernelConn {
+	tc, ok := c.(*net.TCPConn)
+	if !ok || !canReadKernel {
+		return nil
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return &kernelConn{tc: tc, rc: rc}
+}
+
 // isOrdinary reports whether err is how a stream normally ends.
 func isOrdinary(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrClosedPipe)
@@ -679,7 +710,7 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 		go upK.run()
 	case upN != nil:
 		n := a.(ReadNotifier)
-		*upN = notifiedHalf{p: p, src: a, dst: b, n: n, count: opts.Up, s: s}
+		*upN = notifiedHalf{p: p, src: a, dst: b, kdst: kernelConnOf(b), n: n, count: opts.Up, s: s}
 		upN.wakeFn = upN.wake
 		n.NotifyRead(upN.wakeFn)
 	default:
@@ -780,7 +811,7 @@ func (h *polledHalf) run() {
 			nr, err = readKernel(h.src, h.rc, &bp, get)
 			if nr > 0 {
 				lastRead = time.Now()
-				if werr := p.forward(h.dst, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
+				if werr := p.forward(h.dst, nil, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
 					err = werr
 				}
 			}

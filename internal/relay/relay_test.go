@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -395,4 +397,66 @@ func TestStreamActivityClock(t *testing.T) {
 	if clock.Load() <= start {
 		t.Fatalf("the clock did not move with a byte: %d, started at %d", clock.Load(), start)
 	}
+}
+
+// TestPacketsWaitBeforeBuffer: a pump with a wait function is called only
+// after its wait returned, once per wait (its buffer is taken for that one
+// datagram), and a wait's error ends the relay; the up pump runs on the
+// caller's goroutine, so a relay of two blocked pumps adds one goroutine.
+func TestPacketsWaitBeforeBuffer(t *testing.T) {
+	closed := make(chan struct{})
+	ready := make(chan struct{})
+	var waits, calls atomic.Int64
+	upWait := func() error {
+		waits.Add(1)
+		select {
+		case <-ready:
+			return nil
+		case <-closed:
+			return net.ErrClosed
+		}
+	}
+	up := func(buf []byte) (int, error) {
+		if calls.Add(1) != waits.Load() {
+			t.Errorf("up pump called %d times after %d waits", calls.Load(), waits.Load())
+		}
+		if len(buf) != MaxDatagram {
+			t.Errorf("up pump buffer %d bytes, want %d", len(buf), MaxDatagram)
+		}
+		return 1, nil
+	}
+	down := func([]byte) (int, error) { <-closed; return 0, net.ErrClosed }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan [3]any, 1)
+	go func() {
+		u, d, err := Packets(ctx, PacketOptions{UpWait: upWait}, up, down, func() { close(closed) })
+		done <- [3]any{u, d, err}
+	}()
+	for range 3 {
+		ready <- struct{}{}
+	}
+	for waits.Load() < 4 {
+		time.Sleep(time.Millisecond)
+	}
+	if n := goroutinesIn("relay.Packets"); n != 2 {
+		t.Errorf("a relay of two blocked pumps runs %d goroutines (with its caller's), want 2", n)
+	}
+	cancel()
+	r := <-done
+	if r[0].(int64) != 3 || calls.Load() != 3 {
+		t.Errorf("Packets = %v after %d pump calls, want 3 bytes up from 3 calls", r, calls.Load())
+	}
+}
+
+// goroutinesIn counts the goroutines with fn on their stacks.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	n := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, fn) {
+			n++
+		}
+	}
+	return n
 }

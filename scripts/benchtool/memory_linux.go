@@ -313,6 +313,7 @@ func (b *bench) measureUDP(ctx context.Context, l *lab.Lab, p path, ts *tunRun) 
 			var err error
 			time.Sleep(time.Second)
 			after, err = rss(ts.pid)
+			b.heapProfile(l, p, fmt.Sprintf("udp-held-%d", n))
 			return err
 		})
 		if ctx.Err() != nil {
