@@ -5,6 +5,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/internal/testenv"
+	"github.com/tunsocks/tunsocks/stack"
 )
 
 // notifyConn is an app connection that is a relay.ReadNotifier, as the
@@ -34,6 +38,62 @@ func (c notifyConn) NotifyRead(fn func()) {
 		})
 		fn()
 	}()
+}
+
+// kernelApp is an app connection as the system TCP stack's are: a kernel
+// socket the relay splices on (relay.KernelConner) that says when it is
+// closed (relay.CloseNotifier).
+type kernelApp struct {
+	*net.TCPConn
+	mu      sync.Mutex
+	closed  bool
+	onClose func()
+}
+
+func (c *kernelApp) KernelConn() *net.TCPConn { return c.TCPConn }
+
+func (c *kernelApp) NotifyClose(fn func()) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		fn()
+		return
+	}
+	c.onClose = fn
+	c.mu.Unlock()
+}
+
+func (c *kernelApp) Close() error {
+	err := c.TCPConn.Close()
+	c.mu.Lock()
+	c.closed = true
+	fn := c.onClose
+	c.onClose = nil
+	c.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
+	return err
+}
+
+// appKinds are the app connections of the two TCP stacks.
+var appKinds = map[string]func(*net.TCPConn) stack.Conn{
+	"gVisor": func(c *net.TCPConn) stack.Conn { return notifyConn{c} },
+	"system": func(c *net.TCPConn) stack.Conn { return &kernelApp{TCPConn: c} },
+}
+
+// flowGoroutines counts goroutines in a handler or a relay direction.
+func flowGoroutines() int {
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	count := 0
+	for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+		if strings.Contains(g, "router.(*Router).handleTCP") || strings.Contains(g, "relay.(*polledHalf).run") ||
+			strings.Contains(g, "relay.(*notifiedHalf).run") || strings.Contains(g, "relay.copyHalf") {
+			count++
+		}
+	}
+	return count
 }
 
 // detachReq is a fakeReq whose Handler may return before the flow ends.
@@ -59,20 +119,26 @@ func (r *detachReq) Detach(stop func()) func() {
 // handleTCP returns while the flow is still relayed, the flow keeps
 // relaying, and when either side closes it ends as a relayed flow does:
 // its record sent with its bytes, its table entry gone, TCPOpen back to 0,
-// the request's done called once.
+// the request's done called once. So for the app connections of both
+// TCP stacks; with the system stack's (kernel sockets both sides), the
+// flow, once idle, also holds no goroutine (before: two).
 func TestTCPDetachedFlowEnds(t *testing.T) {
 	pl, err := relay.NewPoller()
 	if err != nil {
 		t.Skipf("no relay poller here: %v", err)
 	}
 	defer pl.Close()
-	for _, appFirst := range []bool{true, false} {
+	for _, tc := range []struct {
+		kind     string
+		appFirst bool
+	}{{"gVisor", true}, {"gVisor", false}, {"system", true}, {"system", false}} {
+		appFirst := tc.appFirst
 		appLocal, appRemote := testenv.TCPPair(t)
 		upLocal, upRemote := testenv.TCPPair(t)
 		out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { return upLocal, nil }}
 		r, flows := newRouter(t, Static(out), func(c *Config) { c.Poller = pl })
 		req := &detachReq{fakeReq: newFakeReq("10.0.0.1:80"), done: make(chan struct{})}
-		req.app = notifyConn{appLocal}
+		req.app = appKinds[tc.kind](appLocal)
 		r.handleTCP(context.Background(), nil, req) // returns with the flow open
 		if !req.detached.Load() {
 			t.Fatal("handleTCP did not detach a request that can")
@@ -92,6 +158,18 @@ func TestTCPDetachedFlowEnds(t *testing.T) {
 		if _, err := io.ReadFull(appRemote, buf); err != nil || string(buf) != "pong!" {
 			t.Fatalf("app got %q, %v", buf, err)
 		}
+		if tc.kind == "system" && appFirst {
+			// Parked both ways after the relay's ParkAfter (2 s).
+			got := 0
+			for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+				if got = flowGoroutines(); got == 0 {
+					break
+				}
+			}
+			if got != 0 {
+				t.Fatalf("an idle detached system-stack flow holds %d goroutines, want none", got)
+			}
+		}
 		first, second := appRemote, upRemote
 		if !appFirst {
 			first, second = upRemote, appRemote
@@ -105,10 +183,10 @@ func TestTCPDetachedFlowEnds(t *testing.T) {
 		select {
 		case rec := <-flows:
 			if rec.Up != 4 || rec.Down != 5 || rec.Err != nil || rec.ID == "" {
-				t.Fatalf("app first %v: flow record %+v, want 4 up, 5 down, no error, its id", appFirst, rec)
+				t.Fatalf("%s, app first %v: flow record %+v, want 4 up, 5 down, no error, its id", tc.kind, appFirst, rec)
 			}
 		case <-time.After(10 * time.Second):
-			t.Fatalf("app first %v: the detached flow never ended", appFirst)
+			t.Fatalf("%s, app first %v: the detached flow never ended", tc.kind, appFirst)
 		}
 		select {
 		case <-req.done:
@@ -125,6 +203,12 @@ func TestTCPDetachedFlowEnds(t *testing.T) {
 // context of its own to cancel) with a reset to the app, and its record
 // says it was shed.
 func TestTCPDetachedFlowShed(t *testing.T) {
+	for kind := range appKinds {
+		t.Run(kind, func(t *testing.T) { testTCPDetachedFlowShed(t, kind) })
+	}
+}
+
+func testTCPDetachedFlowShed(t *testing.T, kind string) {
 	pl, err := relay.NewPoller()
 	if err != nil {
 		t.Skipf("no relay poller here: %v", err)
@@ -135,8 +219,16 @@ func TestTCPDetachedFlowShed(t *testing.T) {
 	out := &fakeOutbound{name: "up", dial: func(string) (net.Conn, error) { return upLocal, nil }}
 	r, flows := newRouter(t, Static(out), func(c *Config) { c.Poller = pl })
 	req := &detachReq{fakeReq: newFakeReq("10.0.0.1:80"), done: make(chan struct{})}
-	req.app = notifyConn{appLocal}
+	req.app = appKinds[kind](appLocal)
 	r.handleTCP(context.Background(), nil, req)
+	if kind == "system" {
+		// Shed while parked both ways (after ParkAfter, 2 s).
+		for deadline := time.Now().Add(10 * time.Second); flowGoroutines() != 0; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the idle flow never parked")
+			}
+		}
+	}
 	if n := r.ShedIdle(1); n != 1 {
 		t.Fatalf("ShedIdle(1) with one detached flow closed %d", n)
 	}

@@ -215,8 +215,8 @@ func (r *Router) relayTCP(ctx context.Context, f *openFlow) {
 // starts the relay (relay.StreamAsync), detaches the handler from req,
 // and the flow's end (its record, the table, the hold, req's done) runs
 // from the relay's last direction. False when the relay needs a
-// goroutine of its own (no Poller, or not a netstack conn to a kernel
-// socket): nothing was started.
+// goroutine of its own (no Poller, or not a netstack conn or a system
+// TCP stack's kernel socket to a kernel socket): nothing was started.
 //
 // What an idle flow holds is kept small: an asyncFlow, not the openFlow
 // and its FlowRecord (the record is rebuilt from the table entry at the

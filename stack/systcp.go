@@ -78,6 +78,10 @@ type natEntry struct {
 	syn      []byte // the app's SYN, while pending
 	accepted chan *net.TCPConn
 	closedAt time.Time
+	// The accepted connection's NotifyClose (kept here, not in every
+	// tcpConn of either stack), under its nmu.
+	onClose    func()
+	connClosed bool
 }
 
 type sysFamily struct {

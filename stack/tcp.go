@@ -400,6 +400,26 @@ func (c *tcpConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// NotifyClose calls fn once after Close, at once if the connection is
+// closed already (relay.CloseNotifier): in system TCP mode, the relay
+// parks an idle direction on the kernel socket, and a closed socket leaves
+// the relay's epoll set without an event. A later call replaces an
+// earlier fn. In gVisor mode it does nothing: closing the endpoint
+// notifies its readers (see NotifyRead).
+func (c *tcpConn) NotifyClose(fn func()) {
+	if c.nat == nil {
+		return
+	}
+	c.nmu.Lock()
+	if c.nat.connClosed {
+		c.nmu.Unlock()
+		fn()
+		return
+	}
+	c.nat.onClose = fn
+	c.nmu.Unlock()
+}
+
 // KernelConn lets the relay splice on the kernel socket
 // (relay.KernelConner); nil for a gVisor connection. Bytes spliced bypass
 // the counters.
@@ -407,6 +427,16 @@ func (c *tcpConn) KernelConn() *net.TCPConn { return c.kernel }
 
 func (c *tcpConn) Close() error {
 	err := c.Conn.Close()
+	if c.nat != nil {
+		c.nmu.Lock()
+		c.nat.connClosed = true
+		fn := c.nat.onClose
+		c.nat.onClose = nil
+		c.nmu.Unlock()
+		if fn != nil {
+			fn()
+		}
+	}
 	c.closeOnce.Do(func() {
 		c.s.mu.Lock()
 		delete(c.s.tcpConns, c)

@@ -45,14 +45,18 @@ type StreamOptions struct {
 	// returns, at the latest when the source runs dry.
 	Activity *atomic.Int64
 	// Poller, when not nil, lets the b->a direction park once b (a kernel
-	// TCP socket, a not one) has had nothing to read for ParkAfter while
-	// the a->b direction still runs (closing a, or cancelling ctx, ends a
-	// Stream as always; closing only b does not wake a parked direction
-	// before the idle timer): it
-	// then waits on the Poller instead of on a goroutine of its own, and
-	// the caller waits for the Stream with a shallow stack, which the
-	// garbage collector halves. An idle connection then holds no
-	// goroutine for that direction.
+	// TCP socket) has had nothing to read for ParkAfter while the a->b
+	// direction still runs (closing a, or cancelling ctx, ends a Stream
+	// as always; closing only b does not wake a parked direction before
+	// the idle timer): it then waits on the Poller instead of on a
+	// goroutine of its own, and the caller waits for the Stream with a
+	// shallow stack, which the garbage collector halves. An idle
+	// connection then holds no goroutine for that direction.
+	//
+	// When a is a kernel TCP socket too (a KernelConner, such as the
+	// system TCP stack's connections) and a CloseNotifier, the a->b
+	// direction parks the same way, and an idle pair holds no goroutine
+	// at all; closing a then resumes both directions.
 	Poller *Poller
 	// ParkAfter is how long the b->a direction reads on its goroutine
 	// after its last bytes before it parks on the Poller; while bytes
@@ -81,6 +85,15 @@ type closeWriter interface{ CloseWrite() error }
 // needs no goroutine while the connection is idle.
 type ReadNotifier interface {
 	NotifyRead(fn func())
+}
+
+// CloseNotifier is a connection that can call back once it is closed:
+// NotifyClose calls fn once, after Close (at once if it was closed
+// already). fn must not block. A kernel socket leaves the Poller's epoll
+// set without an event when it is closed, so a relay direction parks on
+// a kernel socket a only when a is a CloseNotifier (StreamOptions.Poller).
+type CloseNotifier interface {
+	NotifyClose(fn func())
 }
 
 // ReadWaiter is a connection that can wait for its next bytes without a
@@ -114,9 +127,12 @@ type result3 struct {
 }
 
 // StreamAsync starts what Stream does and returns at once, true, when the
-// relay can run without a goroutine waiting for it: opts has a Poller, a
-// is not a kernel socket (a ReadNotifier, such as a netstack connection)
-// and b is a kernel TCP socket. An idle pair then holds no goroutine at
+// relay can run without a goroutine waiting for it: opts has a Poller, b
+// is a kernel TCP socket, and a is either a ReadNotifier that is not a
+// kernel socket (a netstack connection) or a kernel TCP socket (a
+// *net.TCPConn, or a KernelConner such as the system TCP stack's
+// connections; with no goroutine while idle when it is a CloseNotifier
+// too, see StreamOptions.Poller). An idle pair then holds no goroutine at
 // all, neither the caller's nor one per direction. done is called once,
 // on a goroutine of the relay's, with what Stream would have returned,
 // after both connections are closed; it may run before StreamAsync
@@ -125,7 +141,7 @@ type result3 struct {
 // its connections and its timers only. False: nothing was started, and
 // the caller calls Stream.
 func StreamAsync(ctx context.Context, a, b net.Conn, opts StreamOptions, done func(up, down int64, err error)) bool {
-	if _, ok := a.(ReadNotifier); !ok {
+	if _, ok := a.(ReadNotifier); !ok && tcpOf(a) == nil {
 		return false
 	}
 	return startParking(ctx, a, b, &opts, done) != nil
@@ -201,7 +217,8 @@ type pair struct {
 	first     error       // the first real error, see Stream
 	halfTimer *time.Timer // armed when the first direction ends cleanly
 
-	parked   *polledHalf // the direction that may park on a Poller, if any
+	parked   *polledHalf // the b->a direction, which may park on a Poller, if any
+	parkedUp *polledHalf // the a->b direction, when a is a kernel socket too
 	oneEnded atomic.Bool // a direction has finished
 
 	idle      time.Duration // StreamOptions.Idle, for watchIdle
@@ -215,10 +232,18 @@ func (p *pair) closeBoth() {
 		p.closed.Store(true)
 		p.a.Close()
 		p.b.Close()
-		if p.parked != nil {
-			p.parked.unpark()
-		}
+		p.unparkAll()
 	})
+}
+
+// unparkAll resumes the directions parked on a Poller, if any.
+func (p *pair) unparkAll() {
+	if p.parked != nil {
+		p.parked.unpark()
+	}
+	if p.parkedUp != nil {
+		p.parkedUp.unpark()
+	}
 }
 
 // finished records the end of one direction: a real error ends the other
@@ -228,12 +253,12 @@ func (p *pair) finished(err error) {
 	defer p.mu.Unlock()
 	p.ended++
 	p.oneEnded.Store(true)
-	if p.parked != nil {
+	if p.parked != nil || p.parkedUp != nil {
 		// A direction parked on a Poller would not notice its socket
 		// being closed (a closed socket leaves the epoll set without an
 		// event), and the caller may close both connections itself:
 		// resume it, and it parks no more (see polledHalf.park).
-		p.parked.unpark()
+		p.unparkAll()
 	}
 	if err != nil {
 		if p.first == nil && !p.closed.Load() {
@@ -568,17 +593,30 @@ func isOrdinary(err error) bool {
 
 // parkingStream is a Stream whose b->a direction may park on a Poller:
 // no goroutine waits for it; the direction that finishes last ends it.
-// It holds both directions' state in one allocation, which is what an
-// idle connection keeps of the relay.
+// It is allocated with its a->b direction (notifiedStream, kernelStream),
+// both directions' state in one allocation, which is what an idle
+// connection keeps of the relay.
 type parkingStream struct {
 	pair
 	down  polledHalf
-	up    notifiedHalf
 	stop  func() bool // the context's AfterFunc; nil for a context never done
 	left  atomic.Int32
 	upR   result // each written by its direction before left drops
 	downR result
 	done  func(up, down int64, err error)
+}
+
+// notifiedStream is a parkingStream whose a is a ReadNotifier.
+type notifiedStream struct {
+	parkingStream
+	up notifiedHalf
+}
+
+// kernelStream is a parkingStream whose a is a kernel TCP socket: its a->b
+// direction parks on the Poller as the b->a one does.
+type kernelStream struct {
+	parkingStream
+	up polledHalf
 }
 
 // halfDone records the end of one direction; the last one ends the
@@ -595,15 +633,17 @@ func (s *parkingStream) halfDone(up bool, r result) {
 }
 
 // startParking starts a Stream whose b->a direction reads on a polledHalf,
-// when opts has a Poller, a is not a kernel socket and b is one; done is
-// called when it ended. Else it returns nil and starts nothing.
+// when opts has a Poller and b is a kernel TCP socket; done is called when
+// it ended. Else it returns nil and starts nothing. The a->b direction is
+// a polledHalf too when a is a kernel socket, a notifiedHalf when a is a
+// ReadNotifier, else a goroutine of its own.
 //
 // Not inlined: Stream's caller waits for the flow's whole life in Stream's
 // frame, which is kept small so that the collector halves its stack.
 //
 //go:noinline
 func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done func(up, down int64, err error)) *parkingStream {
-	if o.Poller == nil || !canReadKernel || tcpOf(a) != nil {
+	if o.Poller == nil || !canReadKernel {
 		return nil
 	}
 	bt, ok := b.(*net.TCPConn)
@@ -618,7 +658,26 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 	if opts.ParkAfter <= 0 {
 		opts.ParkAfter = defaultParkAfter
 	}
-	s := &parkingStream{done: done}
+	var s *parkingStream
+	var upN *notifiedHalf
+	var upK *polledHalf
+	var at *net.TCPConn
+	var arc syscall.RawConn
+	at = tcpOf(a)
+	cn, closeNotifies := a.(CloseNotifier)
+	if at != nil && closeNotifies {
+		if arc, err = at.SyscallConn(); err != nil {
+			return nil
+		}
+		ks := &kernelStream{}
+		s, upK = &ks.parkingStream, &ks.up
+	} else if _, ok := a.(ReadNotifier); ok && at == nil {
+		ns := &notifiedStream{}
+		s, upN = &ns.parkingStream, &ns.up
+	} else {
+		s = &parkingStream{}
+	}
+	s.done = done
 	p := &s.pair
 	p.a, p.b, p.halfClose, p.last = a, b, opts.HalfClose, opts.Activity
 	if p.last == nil {
@@ -626,9 +685,14 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 	}
 	s.left.Store(2)
 	h := &s.down
-	*h = polledHalf{p: p, src: bt, rc: rc, dst: a, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, s: s}
+	*h = polledHalf{src: bt, rc: rc, dst: a, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, s: s}
 	h.wakeFn = h.wake
 	p.parked = h
+	if upK != nil {
+		*upK = polledHalf{src: at, rc: arc, dst: b, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Up, s: s}
+		upK.wakeFn = upK.wake
+		p.parkedUp = upK
+	}
 	// The Stream's own setup is done before a direction can end it.
 	p.touch()
 	if opts.Idle > 0 {
@@ -637,12 +701,19 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 	if ctx.Done() != nil {
 		s.stop = context.AfterFunc(ctx, p.closeBoth)
 	}
-	if n, ok := a.(ReadNotifier); ok {
-		up := &s.up
-		*up = notifiedHalf{p: p, src: a, dst: b, kdst: kernelConnOf(b), n: n, count: opts.Up, s: s}
-		up.wakeFn = up.wake
-		n.NotifyRead(up.wakeFn)
-	} else {
+	switch {
+	case upK != nil:
+		// Closing a kernel socket wakes nothing parked on it: a says
+		// when it is closed, and both directions resume (a parked b->a
+		// too, as when a direction finishes).
+		cn.NotifyClose(p.unparkAll)
+		go upK.run()
+	case upN != nil:
+		n := a.(ReadNotifier)
+		*upN = notifiedHalf{p: p, src: a, dst: b, kdst: kernelConnOf(b), n: n, count: opts.Up, s: s}
+		upN.wakeFn = upN.wake
+		n.NotifyRead(upN.wakeFn)
+	default:
 		go func() {
 			n, err := copyHalf(b, a, opts.Up, p.touch, p.last, opts.Idle)
 			p.finished(err)
@@ -670,11 +741,14 @@ func (s *parkingStream) end() {
 	s.done(s.upR.n, s.downR.n, first)
 }
 
-// polledHalf is the b->a direction of a Stream given a Poller: it copies
-// on a goroutine of its own while b has bytes, and parks on the Poller
-// once b has had none for parkAfter.
+// polledHalf is the b->a direction of a Stream given a Poller (and its
+// a->b direction when a is a kernel socket too): it copies on a goroutine
+// of its own while src has bytes, and parks on the Poller once src has had
+// none for parkAfter. Between two kernel sockets it splices while bytes
+// move, as copyHalf does. Its pair is its Stream's (s.pair), and it is
+// the a->b direction when it is s.parkedUp: an idle gVisor flow keeps
+// one, so it holds no more than it needs.
 type polledHalf struct {
-	p         *pair
 	src       *net.TCPConn
 	rc        syscall.RawConn
 	dst       net.Conn
@@ -692,10 +766,19 @@ type polledHalf struct {
 // run copies until src has been quiet for parkAfter (then parks) or ends
 // (then finishes the direction as copyHalf would).
 func (h *polledHalf) run() {
+	p := &h.s.pair
 	var bp *[]byte
+	var sp *splicer
+	if dt := tcpOf(h.dst); dt != nil {
+		// Made per run, not kept: a parked direction holds no splicer.
+		sp = newSplicer(dt, h.src)
+	}
 	defer func() {
 		if bp != nil {
 			bufPool.Put(bp)
+		}
+		if sp != nil {
+			sp.close()
 		}
 	}()
 	get := func(bp **[]byte) {
@@ -706,18 +789,41 @@ func (h *polledHalf) run() {
 	lastRead := time.Now()
 	h.src.SetReadDeadline(lastRead.Add(h.parkAfter))
 	for {
-		nr, err := readKernel(h.src, h.rc, &bp, get)
-		if nr > 0 {
-			lastRead = time.Now()
-			if werr := h.p.forward(h.dst, nil, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
-				err = werr
+		var err error
+		eof := false
+		if sp != nil {
+			var n int64
+			n, eof, err = sp.move()
+			if err == errNoSplice {
+				sp = nil
+				continue
+			}
+			if n > 0 {
+				lastRead = time.Now()
+				h.total += n
+				p.touch()
+				if h.count != nil {
+					h.count.Add(n)
+				}
+			}
+		} else {
+			var nr int
+			nr, err = readKernel(h.src, h.rc, &bp, get)
+			if nr > 0 {
+				lastRead = time.Now()
+				if werr := p.forward(h.dst, nil, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
+					err = werr
+				}
+			}
+			if bp != nil && nr < len(*bp) {
+				bufPool.Put(bp)
+				bp = nil
+			}
+			if err == io.EOF {
+				eof, err = true, nil
 			}
 		}
-		if bp != nil && nr < len(*bp) {
-			bufPool.Put(bp)
-			bp = nil
-		}
-		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !h.p.closed.Load() {
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && !p.closed.Load() {
 			if quiet := time.Since(lastRead); quiet < h.parkAfter {
 				h.src.SetReadDeadline(time.Now().Add(h.parkAfter - quiet))
 				continue
@@ -728,17 +834,19 @@ func (h *polledHalf) run() {
 			}
 			continue // no Poller now: read on here
 		}
-		if err != nil {
-			if err == io.EOF || isOrdinary(err) {
+		if err != nil && isOrdinary(err) {
+			eof, err = true, nil
+		}
+		if eof || err != nil {
+			if eof {
 				if cw, ok := h.dst.(closeWriter); ok {
 					cw.CloseWrite()
 				} else {
 					h.dst.Close()
 				}
-				err = nil
 			}
-			h.p.finished(err)
-			h.s.halfDone(false, result{h.total, err})
+			p.finished(err)
+			h.s.halfDone(h == p.parkedUp, result{h.total, err})
 			return
 		}
 	}
@@ -747,9 +855,10 @@ func (h *polledHalf) run() {
 // park registers h on the Poller; false when it cannot (the pair or the
 // Poller closed), and the caller reads on.
 func (h *polledHalf) park() bool {
+	p := &h.s.pair
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.p.closed.Load() || h.p.oneEnded.Load() {
+	if p.closed.Load() || p.oneEnded.Load() {
 		// Closed, or half-closed: the other direction has finished, so
 		// nothing would wake this one if the caller closed b (a closed
 		// socket leaves the epoll set silently). Half-closed flows
