@@ -7,13 +7,13 @@ import (
 	"net"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/relay"
+	"github.com/tunsocks/tunsocks/internal/relay/relaytest"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/stack"
 )
@@ -40,46 +40,10 @@ func (c notifyConn) NotifyRead(fn func()) {
 	}()
 }
 
-// kernelApp is an app connection as the system TCP stack's are: a kernel
-// socket the relay splices on (relay.KernelConner) that says when it is
-// closed (relay.CloseNotifier).
-type kernelApp struct {
-	*net.TCPConn
-	mu      sync.Mutex
-	closed  bool
-	onClose func()
-}
-
-func (c *kernelApp) KernelConn() *net.TCPConn { return c.TCPConn }
-
-func (c *kernelApp) NotifyClose(fn func()) {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		fn()
-		return
-	}
-	c.onClose = fn
-	c.mu.Unlock()
-}
-
-func (c *kernelApp) Close() error {
-	err := c.TCPConn.Close()
-	c.mu.Lock()
-	c.closed = true
-	fn := c.onClose
-	c.onClose = nil
-	c.mu.Unlock()
-	if fn != nil {
-		fn()
-	}
-	return err
-}
-
 // appKinds are the app connections of the two TCP stacks.
 var appKinds = map[string]func(*net.TCPConn) stack.Conn{
 	"gVisor": func(c *net.TCPConn) stack.Conn { return notifyConn{c} },
-	"system": func(c *net.TCPConn) stack.Conn { return &kernelApp{TCPConn: c} },
+	"system": func(c *net.TCPConn) stack.Conn { return relaytest.NewKernelConn(c) },
 }
 
 // flowGoroutines counts goroutines in a handler or a relay direction.

@@ -7,55 +7,20 @@ import (
 	"net"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/tunsocks/tunsocks/internal/relay/relaytest"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 )
-
-// wakingConn is a kernel socket behind a wrapper, as the system TCP
-// stack's connections are: a KernelConner and a CloseNotifier.
-type wakingConn struct {
-	*net.TCPConn
-	mu      sync.Mutex
-	closed  bool
-	onClose func()
-}
-
-func (c *wakingConn) KernelConn() *net.TCPConn { return c.TCPConn }
-
-func (c *wakingConn) NotifyClose(fn func()) {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		fn()
-		return
-	}
-	c.onClose = fn
-	c.mu.Unlock()
-}
-
-func (c *wakingConn) Close() error {
-	err := c.TCPConn.Close()
-	c.mu.Lock()
-	c.closed = true
-	fn := c.onClose
-	c.onClose = nil
-	c.mu.Unlock()
-	if fn != nil {
-		fn()
-	}
-	return err
-}
 
 // kernelStreamRun is a parking Stream between two kernel sockets.
 type kernelStreamRun struct {
 	app, remote *net.TCPConn // the peers of a and of b
-	a           *wakingConn
+	a           *relaytest.KernelConn
 	b           *net.TCPConn
 	p           *pair
 	upC, downC  atomic.Int64
@@ -64,7 +29,7 @@ type kernelStreamRun struct {
 	cancel      context.CancelFunc
 }
 
-// startKernelStream starts a Stream between a (behind wakingConn) and b,
+// startKernelStream starts a Stream between a (behind relaytest.KernelConn) and b,
 // both kernel sockets, with a Poller, as the router does for the system
 // TCP stack: through StreamAsync.
 func startKernelStream(t *testing.T, opts StreamOptions) *kernelStreamRun {
@@ -76,7 +41,7 @@ func startKernelStream(t *testing.T, opts StreamOptions) *kernelStreamRun {
 	r := &kernelStreamRun{ended: make(chan [3]any, 1), fin: make(chan struct{})}
 	var a *net.TCPConn
 	r.app, a = testenv.TCPPair(t)
-	r.a = &wakingConn{TCPConn: a}
+	r.a = relaytest.NewKernelConn(a)
 	r.b, r.remote = testenv.TCPPair(t)
 	opts.Poller = pl
 	opts.Up, opts.Down = &r.upC, &r.downC

@@ -100,31 +100,11 @@ func TestStreamIdleHoldsNoBuffers(t *testing.T) {
 	}
 }
 
-// tcpPairForTest returns both ends of a loopback TCP connection.
-func tcpPairForTest(t *testing.T) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
-
 // writeKernel writes everything, in order, also when the socket's send
 // buffer fills and it has to wait on the poller (the reader is slow), and
 // fails with an error once the socket is closed.
 func TestWriteKernelWaitsForRoomAndKeepsOrder(t *testing.T) {
-	c, s := tcpPairForTest(t)
+	c, s := testenv.TCPPair(t)
 	c.SetWriteBuffer(16 << 10)
 	k := kernelConnOf(c)
 	if k == nil {
