@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -48,16 +47,10 @@ var appKinds = map[string]func(*net.TCPConn) stack.Conn{
 
 // flowGoroutines counts goroutines in a handler or a relay direction.
 func flowGoroutines() int {
-	buf := make([]byte, 1<<20)
-	n := runtime.Stack(buf, true)
-	count := 0
-	for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-		if strings.Contains(g, "router.(*Router).handleTCP") || strings.Contains(g, "relay.(*polledHalf).run") ||
-			strings.Contains(g, "relay.(*notifiedHalf).run") || strings.Contains(g, "relay.copyHalf") {
-			count++
-		}
-	}
-	return count
+	return testenv.Goroutines(func(g string) bool {
+		return strings.Contains(g, "router.(*Router).handleTCP") || strings.Contains(g, "relay.(*polledHalf).run") ||
+			strings.Contains(g, "relay.(*notifiedHalf).run") || strings.Contains(g, "relay.copyHalf")
+	})
 }
 
 // detachReq is a fakeReq whose Handler may return before the flow ends.

@@ -152,13 +152,5 @@ func TestUDPPolledWatch(t *testing.T) {
 
 // goroutinesIn counts the goroutines with fn on their stacks.
 func goroutinesIn(fn string) int {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, fn) {
-			n++
-		}
-	}
-	return n
+	return testenv.Goroutines(func(g string) bool { return strings.Contains(g, fn) })
 }

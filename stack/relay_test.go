@@ -262,25 +262,12 @@ func detachedThroughStack(t *testing.T, n int, opts relay.StreamOptions) (e *env
 // flowGoroutines counts the goroutines in a Handler or a relay (the
 // Poller's own excepted).
 func flowGoroutines() int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	count := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
+	return testenv.Goroutines(func(g string) bool {
 		if strings.Contains(g, "relay.(*Poller).loop") {
-			continue // the one Poller's
+			return false // the one Poller's
 		}
-		if strings.Contains(g, "stack.(*Stack).handleRequest") || strings.Contains(g, "internal/relay.") {
-			count++
-		}
-	}
-	return count
+		return strings.Contains(g, "stack.(*Stack).handleRequest") || strings.Contains(g, "internal/relay.")
+	})
 }
 
 // TestDetachedIdleFlowHoldsNoGoroutine: with the Handler detached and the

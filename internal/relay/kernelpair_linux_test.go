@@ -82,16 +82,10 @@ func noLeaks(t *testing.T) {
 
 // relayGoroutines counts goroutines running a relay direction.
 func relayGoroutines() int {
-	buf := make([]byte, 1<<20)
-	n := runtime.Stack(buf, true)
-	count := 0
-	for _, g := range strings.Split(string(buf[:n]), "\n\n") {
-		if strings.Contains(g, "relay.(*polledHalf).run") || strings.Contains(g, "relay.(*notifiedHalf).run") ||
-			strings.Contains(g, "relay.copyHalf") {
-			count++
-		}
-	}
-	return count
+	return testenv.Goroutines(func(g string) bool {
+		return strings.Contains(g, "relay.(*polledHalf).run") || strings.Contains(g, "relay.(*notifiedHalf).run") ||
+			strings.Contains(g, "relay.copyHalf")
+	})
 }
 
 // waitBothParked waits until both directions are parked and no goroutine

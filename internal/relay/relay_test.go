@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -450,13 +449,5 @@ func TestPacketsWaitBeforeBuffer(t *testing.T) {
 
 // goroutinesIn counts the goroutines with fn on their stacks.
 func goroutinesIn(fn string) int {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	n := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, fn) {
-			n++
-		}
-	}
-	return n
+	return testenv.Goroutines(func(g string) bool { return strings.Contains(g, fn) })
 }

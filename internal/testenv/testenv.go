@@ -14,6 +14,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -295,4 +297,25 @@ func (d *Dialer) Dials() []string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return append([]string(nil), d.dialed...)
+}
+
+// Goroutines counts the goroutines whose stack trace (as runtime.Stack
+// prints it, one goroutine per paragraph) match accepts.
+func Goroutines(match func(stack string) bool) int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if match(g) {
+			count++
+		}
+	}
+	return count
 }
