@@ -710,7 +710,7 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 		go upK.run()
 	case upN != nil:
 		n := a.(ReadNotifier)
-		*upN = notifiedHalf{p: p, src: a, dst: b, kdst: kernelConnOf(b), n: n, count: opts.Up, s: s}
+		*upN = notifiedHalf{p: p, src: a, dst: b, kdst: &kernelConn{tc: bt, rc: rc}, n: n, count: opts.Up, s: s}
 		upN.wakeFn = upN.wake
 		n.NotifyRead(upN.wakeFn)
 	default:
