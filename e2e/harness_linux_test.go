@@ -39,7 +39,10 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	binary = filepath.Join(dir, "tunsocks")
-	out, err := exec.Command("go", "build", "-o", binary, "../cmd/tunsocks").CombinedOutput()
+	// The README's build.
+	build := exec.Command("go", "build", "-tags", "urfave_cli_no_docs", "-o", binary, "../cmd/tunsocks")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := build.CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: building tunsocks: %v\n%s", err, out)
 		os.Exit(1)

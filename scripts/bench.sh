@@ -54,7 +54,7 @@ fi
 bin=$(mktemp -d /tmp/tunsocks-bench.XXXXXX)
 trap 'rm -rf "$bin"' EXIT
 echo "building tunsocks and benchtool ($(git describe --always --dirty 2>/dev/null || echo unknown))" >&2
-go build -o "$bin/tunsocks" ./cmd/tunsocks
+CGO_ENABLED=0 go build -tags urfave_cli_no_docs -o "$bin/tunsocks" ./cmd/tunsocks # the README's build
 go build -o "$bin/benchtool" ./scripts/benchtool
 # Not exec: the trap removes the binaries afterwards. benchtool handles
 # SIGINT itself and removes its lab before exiting.

@@ -17,7 +17,7 @@ if [ "$(id -u)" != 0 ]; then
 	exit 1
 fi
 mkdir -p bin
-go build -o bin/tunsocks ./cmd/tunsocks
+CGO_ENABLED=0 go build -tags urfave_cli_no_docs -o bin/tunsocks ./cmd/tunsocks # the README's build
 global=()
 args=()
 while [ $# -gt 0 ]; do

@@ -28,7 +28,7 @@ peers=(curl:curl ncat:ncat danted:dante-server microsocks:microsocks proxychains
 	iperf3:iperf3 dig:dnsutils dnsmasq:dnsmasq-base tshark:tshark socat:socat ping:iputils-ping ip:iproute2
 	gcc:gcc nft:nftables tinyproxy:tinyproxy mitmdump:mitmproxy
 	wireguard-go:wireguard-go wg:wireguard-tools zbarimg:zbar-tools dbus-daemon:dbus promtool:prometheus chromium:chromium
-	setpriv:util-linux unshare:util-linux useradd:passwd chpasswd:passwd userdel:passwd)
+	setpriv:util-linux unshare:util-linux useradd:passwd chpasswd:passwd userdel:passwd getent:libc-bin)
 missing=()
 for p in "${peers[@]}"; do
 	command -v "${p%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${p%%:*}" ] || missing+=("${p#*:}")

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-8}
 for t in iperf3 wireguard-go wg; do command -v $t >/dev/null || { echo "needs $t" >&2; exit 1; }; done
 dir=$(mktemp -d /tmp/tunsocks-wg-bench.XXXXXX)
-go build -o "$dir/tunsocks" ./cmd/tunsocks
+CGO_ENABLED=0 go build -tags urfave_cli_no_docs -o "$dir/tunsocks" ./cmd/tunsocks # the README's build
 P=tsk-$$-wgbph; H=tsk-$$-wgbh; IF=tskwgb$$
 pids=()
 cleanup() {

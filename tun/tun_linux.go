@@ -51,14 +51,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 		}
 	}
 
-	var dev wgtun.Device
-	if cfg.Offload {
-		// CreateTUN opens /dev/net/tun with IFF_TUN|IFF_NO_PI|IFF_VNET_HDR
-		// and turns on TSO/checksum offload (and USO when the kernel has it).
-		dev, err = wgtun.CreateTUN(cfg.Name, mtu)
-	} else {
-		dev, err = createPlain(cfg.Name, mtu)
-	}
+	dev, err := create(cfg.Name, cfg.Offload)
 	if err != nil {
 		return nil, fmt.Errorf("tun: create %q: %w", cfg.Name, err)
 	}
@@ -103,9 +96,18 @@ func (cfg Config) checkCreate() (int, error) {
 	return mtu, nil
 }
 
-// createPlain is wgtun.CreateTUN without IFF_VNET_HDR: one packet per call,
-// no offloads.
-func createPlain(name string, mtu int) (wgtun.Device, error) {
+// create opens /dev/net/tun for name, with IFF_TUN|IFF_NO_PI, and
+// IFF_VNET_HDR when offload is set (wireguard-go then turns on TSO and
+// checksum offload, and USO when the kernel has it; without it, one packet
+// a call and no offloads). It wraps the descriptor with wireguard-go's
+// unmonitored constructor: CreateTUN and CreateTUNFromFile also start two
+// goroutines for the device's Events channel, which nothing here reads: a
+// netlink listener (with its own socket) and an up/down probe that writes
+// to the device and wakes every second for as long as it is open. Their
+// stacks, their wakeups, and the code and tables the collector reads for
+// their frames are all that would come of them. The MTU is set by
+// configure, through netlink.
+func create(name string, offload bool) (wgtun.Device, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
@@ -115,18 +117,27 @@ func createPlain(name string, mtu int) (wgtun.Device, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if offload {
+		flags |= unix.IFF_VNET_HDR
+	}
+	ifr.SetUint16(flags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("TUNSETIFF: %w", err)
 	}
-	// Non-blocking before os.NewFile so the descriptor joins the netpoller
-	// and Close unblocks a pending Read.
+	// Non-blocking before the descriptor is wrapped in an *os.File, so it
+	// joins the netpoller and Close unblocks a pending Read. Past this
+	// point the file owns the descriptor (and closes it when collected).
 	if err := unix.SetNonblock(fd, true); err != nil {
 		unix.Close(fd)
 		return nil, err
 	}
-	return wgtun.CreateTUNFromFile(os.NewFile(uintptr(fd), "/dev/net/tun"), mtu)
+	dev, _, err := wgtun.CreateUnmonitoredTUNFromFD(fd)
+	if err != nil {
+		return nil, err
+	}
+	return dev, nil
 }
 
 func (d *Device) configure(ctx context.Context, nl *netlink.Handle, addrs []netip.Prefix, mtu int) error {

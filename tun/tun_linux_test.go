@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,6 +93,12 @@ func TestOpenCreatesConfiguresAndRemoves(t *testing.T) {
 				return
 			}
 			defer dev.Close()
+			// wireguard-go's CreateTUN would start a netlink listener and
+			// an up/down probe waking every second, for an Events channel
+			// nobody reads.
+			if n := testenv.Goroutines(func(s string) bool { return strings.Contains(s, "golang.zx2c4.com/wireguard/tun.") }); n != 0 {
+				t.Errorf("offload %v: %d wireguard-go goroutines run for the device, want none", offload, n)
+			}
 			if dev.Name() != "tstest0" || !dev.Created() {
 				t.Errorf("name %q created %v", dev.Name(), dev.Created())
 			}

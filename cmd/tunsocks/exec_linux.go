@@ -351,13 +351,14 @@ func execIdentity(name string, env []string) (rootless bool, cred *sandbox.Cred,
 		}
 		return ""
 	}
+	db := newUserDB()
 	var u *user.User
 	var uid, gid uint64
 	switch {
 	case name != "":
-		if u, err = user.Lookup(name); err != nil {
+		if u, err = db.lookup(name); err != nil {
 			if _, nerr := strconv.ParseUint(name, 10, 32); nerr == nil {
-				u, err = user.LookupId(name)
+				u, err = db.lookupID(name)
 			}
 		}
 		if err != nil {
@@ -376,13 +377,13 @@ func execIdentity(name string, env []string) (rootless bool, cred *sandbox.Cred,
 		if err != nil {
 			return false, nil, nil, usagef("SUDO_UID %q / SUDO_GID %q: want numbers", getenv("SUDO_UID"), getenv("SUDO_GID"))
 		}
-		u, _ = user.LookupId(getenv("SUDO_UID")) // may be unknown to the user database
+		u, _ = db.lookupID(getenv("SUDO_UID")) // may be unknown to the user database
 	default:
 		return false, nil, env, nil
 	}
 	cred = &sandbox.Cred{UID: uint32(uid), GID: uint32(gid), Groups: []uint32{uint32(gid)}}
 	if u != nil {
-		if ids, err := u.GroupIds(); err == nil {
+		if ids := db.groupIDs(u); len(ids) > 0 {
 			cred.Groups = cred.Groups[:0]
 			for _, id := range ids {
 				if g, err := strconv.ParseUint(id, 10, 32); err == nil && !slices.Contains(cred.Groups, uint32(g)) {
@@ -404,7 +405,7 @@ func userNameOf(cred *sandbox.Cred) string {
 	if cred != nil {
 		uid = int(cred.UID)
 	}
-	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+	if u, err := newUserDB().lookupID(strconv.Itoa(uid)); err == nil {
 		return u.Username
 	}
 	return strconv.Itoa(uid)

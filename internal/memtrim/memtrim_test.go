@@ -3,6 +3,7 @@ package memtrim
 import (
 	"context"
 	"runtime"
+	"runtime/debug"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -106,3 +107,34 @@ func TestRunReturnsMemory(t *testing.T) {
 		t.Errorf("free heap after the trim %d bytes, want under 4 MiB", f)
 	}
 }
+
+// TestSettleHandsBackDropCodesGarbage: what DropCode allocated (its copy
+// of /proc/self/smaps and the parse of it) is garbage after Settle, and
+// Settle hands it back to the system instead of leaving it in the free
+// heap the process keeps resident.
+func TestSettleHandsBackDropCodesGarbage(t *testing.T) {
+	// Garbage of the size of a large smaps, made where DropCode runs.
+	drop := func() (uint64, error) {
+		n, err := DropCode()
+		for range 64 {
+			sink = make([]byte, 8<<10)
+		}
+		sink = nil
+		return n, err
+	}
+	if _, err := settle(debug.FreeOSMemory, drop); err != nil {
+		t.Fatal(err)
+	}
+	if free := heapFree(); free > 128<<10 {
+		t.Errorf("%d KiB of free heap kept after Settle, want the garbage handed back (at most 128 KiB)", free>>10)
+	}
+	// And Settle itself.
+	if _, err := Settle(); err != nil {
+		t.Fatal(err)
+	}
+	if free := heapFree(); free > 128<<10 {
+		t.Errorf("%d KiB of free heap kept after Settle, want at most 128 KiB", free>>10)
+	}
+}
+
+var sink []byte

@@ -43,6 +43,7 @@ type config struct {
 	runArgs   string          // extra arguments for tunsocks run
 	heapDir   string          // where tunsocks' heap profiles go ("" for none)
 	runEnv    string          // extra environment for tunsocks run
+	startHook string          // command run with the TUN program's pid after the start row ("" for none)
 	tunPaths  []path          // TUN columns measured: tunPath (gVisor), sysPath (--tcp-stack system), peers
 }
 
@@ -510,6 +511,7 @@ func (b *bench) measureTUN(ctx context.Context, l *lab.Lab, p path, mtu int, ful
 		b.record(b.tab.declare(rssPartRow(rssStartRow(mtu), "anon"), memory, 0), p, anon, startErr)
 		b.record(b.tab.declare(rssPartRow(rssStartRow(mtu), "file"), memory, 0), p, file, startErr)
 		b.heapProfile(l, p, "start")
+		b.runStartHook(p, ts.pid)
 	}
 	err = b.measure(ctx, l, p, mtu, full)
 	if err == nil && full && b.cfg.bulk > 0 {

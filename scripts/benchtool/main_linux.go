@@ -67,6 +67,7 @@ func run(ctx context.Context, args []string) int {
 	fs.BoolVar(&cfg.skipIperf, "skip-iperf", false, "skip the iperf3 rows (for working on the connection and latency rows)")
 	fs.BoolVar(&cfg.aaCheck, "aa-check", false, "an A/A check of the rate ratio: the tunsocks columns' connection-rate runs go straight to the SOCKS server, so their ratio to the socks-only column shows how far it moves for the same path")
 	fs.StringVar(&cfg.heapDir, "heap-profiles", "", "directory for heap profiles of `tunsocks run` (live heap, after a GC; with memstats and the goroutines' stacks) at each idle-connection step and after the bulk transfer; tunsocks runs with --pprof")
+	fs.StringVar(&cfg.startHook, "start-hook", "", "command run (and waited for) right after the start row is read, with the column's name and the TUN program's pid as its arguments, outside the lab (e.g. a script saving /proc/PID/smaps for attribution)")
 	fs.StringVar(&cfg.runArgs, "run-args", "", "extra arguments for `tunsocks run`, space separated (e.g. \"--cpuprofile /tmp/run.prof\")")
 	var stacks string
 	fs.StringVar(&stacks, "tcp-stacks", "gvisor,system", "comma-separated TCP stacks of `tunsocks run` to measure, one column each: gvisor, system")
