@@ -10,8 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/rules"
+	"github.com/tunsocks/tunsocks/socksclient"
+	"github.com/tunsocks/tunsocks/socksserver"
 	"github.com/tunsocks/tunsocks/stack"
 	"github.com/tunsocks/tunsocks/stack/stacktest"
 	"github.com/tunsocks/tunsocks/tun/tuntest"
@@ -151,4 +154,80 @@ func captureClientHello(b *testing.B, name string) []byte {
 	a.Close()
 	wg.Wait()
 	return buf[:n]
+}
+
+// BenchmarkFlowSOCKS is benchtool's connection-rate row in one process:
+// the app connects through the netstack and the router to a SOCKS5
+// server (socksserver, on loopback) that reaches a TCP echo server; it
+// writes one byte, reads it back and closes. allocs/op counts every
+// allocation of the flow, the SOCKS server's and the app's included;
+// -memprofile with -memprofilerate 1 attributes them.
+//
+//	go test -run '^$' -bench FlowSOCKS -benchmem -benchtime 2000x ./router/
+func BenchmarkFlowSOCKS(b *testing.B) {
+	echo := testenv.TCPEcho(b, "tcp", "127.0.0.1:0")
+	srv, err := socksserver.New(socksserver.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, ln) }()
+	b.Cleanup(func() { scancel(); <-served })
+	sc, err := socksclient.Parse("socks5://"+ln.Addr().String(), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	poller, err := relay.NewPoller()
+	if err != nil {
+		b.Skip(err)
+	}
+	b.Cleanup(func() { poller.Close() })
+	out := &socksOutbound{c: sc, addr: echo}
+	r, err := New(Config{Decide: Static(out), Poller: poller})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	dev, peer := tuntest.NewPipe(1500)
+	st, err := stack.New(ctx, stack.Config{Device: dev, Handler: r})
+	if err != nil {
+		b.Fatal(err)
+	}
+	app, err := stacktest.NewApp(peer, netip.MustParsePrefix("10.0.0.2/24"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		st.Close()
+		app.Close()
+		cancel()
+	})
+	dst := netip.MustParseAddrPort("203.0.113.1:7")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		if err := benchFlow(app, dst, []byte{1}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// socksOutbound dials one address through a SOCKS client whatever it is
+// asked for.
+type socksOutbound struct {
+	c    *socksclient.Client
+	addr string
+}
+
+func (o *socksOutbound) Name() string { return "socks" }
+func (o *socksOutbound) DialContext(ctx context.Context, network, _ string) (net.Conn, error) {
+	return o.c.DialContext(ctx, network, o.addr)
+}
+func (o *socksOutbound) ListenPacket(context.Context) (PacketConn, error) {
+	return nil, ErrUDPUnsupported
 }

@@ -404,6 +404,31 @@ func (d Decision) name() string {
 
 func (r *Router) finish(rec FlowRecord) {
 	rec.Duration = time.Since(rec.Start)
+	// An ordinary end is logged at debug level, which is off by default:
+	// the attributes are built only when the record is logged (they cost
+	// a flow about ten allocations).
+	level, msg := flowLogLevel(rec.Err)
+	if ctx := context.Background(); r.log.Enabled(ctx, level) {
+		r.log.Log(ctx, level, msg, flowLogAttrs(rec)...)
+	}
+	if r.cfg.OnFlow != nil {
+		r.cfg.OnFlow(rec)
+	}
+}
+
+// flowLogLevel is how a flow that ended with err is logged.
+func flowLogLevel(err error) (slog.Level, string) {
+	switch {
+	case errors.Is(err, ErrClosedByRequest):
+		return slog.LevelInfo, "flow closed by request"
+	case err != nil && !errors.Is(err, relay.ErrIdle) && !errors.Is(err, ErrShed):
+		return slog.LevelInfo, "flow failed"
+	}
+	return slog.LevelDebug, "flow"
+}
+
+// flowLogAttrs are the attributes of a finished flow's log record.
+func flowLogAttrs(rec FlowRecord) []any {
 	attrs := []any{"net", rec.Network, "src", rec.Src, "dst", rec.Dst, "outbound", rec.Outbound,
 		"up", rec.Up, "down", rec.Down, "dur", rec.Duration.Round(time.Millisecond)}
 	if rec.Host != "" {
@@ -426,15 +451,11 @@ func (r *Router) finish(rec FlowRecord) {
 	}
 	switch {
 	case errors.Is(rec.Err, ErrClosedByRequest):
-		r.log.Info("flow closed by request", append(attrs, "id", rec.ID)...)
+		attrs = append(attrs, "id", rec.ID)
 	case rec.Err != nil && !errors.Is(rec.Err, relay.ErrIdle) && !errors.Is(rec.Err, ErrShed):
-		r.log.Info("flow failed", append(attrs, "err", rec.Err)...)
-	default:
-		r.log.Debug("flow", attrs...)
+		attrs = append(attrs, "err", rec.Err)
 	}
-	if r.cfg.OnFlow != nil {
-		r.cfg.OnFlow(rec)
-	}
+	return attrs
 }
 
 // inLabel names an inbound in logs: its name, else its type.

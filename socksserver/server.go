@@ -430,8 +430,7 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 	if closed {
 		return ErrServerClosed
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", addr)
+	ln, err := Listen(ctx, "tcp", addr)
 	if err != nil {
 		return fmt.Errorf("socksserver: %w", err)
 	}

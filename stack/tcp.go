@@ -13,6 +13,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/tunsocks/tunsocks/internal/growstack"
 )
 
 // Conn is an accepted TCP connection from the app. Read returns io.EOF after
@@ -319,7 +321,9 @@ func (s *Stack) startSystemRequest(e *natEntry, src, dst netip.AddrPort) {
 // handleRequest admits r to the handshake table and runs the Handler for it
 // on the calling goroutine, which it tracks for Close.
 func (s *Stack) handleRequest(r *TCPRequest) {
-	growStack()
+	// The request goes deep at once: the dial under the router, gVisor's
+	// handshake under Accept.
+	growstack.Grow()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -463,25 +467,3 @@ func (s *Stack) addConn(c *tcpConn) bool {
 	s.tcpOpen.Add(1)
 	return true
 }
-
-// growStack makes the calling goroutine's stack about 16 KiB in one step,
-// while it is still nearly empty and cheap to copy. A request's goroutine
-// starts with the runtime's few KiB and soon goes that deep (the dial under
-// the router, gVisor's handshake under Accept); growing there, doubling by
-// doubling with every frame copied each time, took about 4.5% of tunsocks'
-// CPU at a high connection rate (go tool pprof of `tunsocks run
-// --cpuprofile` under scripts/bench.sh, 2026-11-23, gVisor
-// 20260905035102-160fafc42237). The memory is what the goroutine would
-// reach anyway, and the garbage collector shrinks the stack again while the
-// goroutine idles in the relay.
-//
-//go:noinline
-func growStack() {
-	var b [growStackBytes]byte
-	stackSink(b[:])
-}
-
-const growStackBytes = 12 << 10
-
-//go:noinline
-func stackSink(b []byte) { _ = b[len(b)-1] }

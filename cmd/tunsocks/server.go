@@ -348,8 +348,7 @@ func runServer(ctx context.Context, sc *serverConfig, log *slog.Logger) error {
 	if err != nil {
 		return usageError{err}
 	}
-	var lc net.ListenConfig
-	ln, err := lc.Listen(ctx, "tcp", sc.Listen)
+	ln, err := socksserver.Listen(ctx, "tcp", sc.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}

@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/tunsocks/tunsocks/internal/growstack"
 )
 
 // bufSize is the copy buffer of one direction: big enough for a TSO-sized
@@ -787,6 +789,7 @@ func (h *polledHalf) run() {
 		}
 	}
 	lastRead := time.Now()
+	grown := false
 	h.src.SetReadDeadline(lastRead.Add(h.parkAfter))
 	for {
 		var err error
@@ -810,6 +813,13 @@ func (h *polledHalf) run() {
 			var nr int
 			nr, err = readKernel(h.src, h.rc, &bp, get)
 			if nr > 0 {
+				if !grown {
+					// Writing into a netstack connection goes deep at
+					// once (gVisor's send path down to the TUN
+					// device); a run that only waits stays small.
+					growstack.Grow()
+					grown = true
+				}
 				lastRead = time.Now()
 				if werr := p.forward(h.dst, nil, (*bp)[:nr], &h.total, h.count); werr != nil && err == nil {
 					err = werr

@@ -1,23 +1,23 @@
-package stack
+package growstack
 
 import "testing"
 
 // BenchmarkGoroutineDeepCall compares a new goroutine that goes about
 // 10 KiB deep, as a request's goroutine does under the dial and Accept,
-// with and without growStack first.
-// Run: go test -run '^$' -bench GoroutineDeepCall ./stack
+// with and without Grow first.
+// Run: go test -run '^$' -bench GoroutineDeepCall ./internal/growstack
 func BenchmarkGoroutineDeepCall(b *testing.B) {
 	for _, grow := range []bool{false, true} {
 		name := "plain"
 		if grow {
-			name = "growStack"
+			name = "Grow"
 		}
 		b.Run(name, func(b *testing.B) {
 			done := make(chan int)
 			for b.Loop() {
 				go func() {
 					if grow {
-						growStack()
+						Grow()
 					}
 					done <- deepCall(40)
 				}()
