@@ -91,8 +91,12 @@ type linkEndpoint struct {
 	// release (capacity 1) asks writeLoop, between batches, to hand the
 	// pages of its buffers back to the system (ReleaseBuffers).
 	release chan struct{}
-	// released counts the bytes writeLoop's releases covered.
-	released atomic.Uint64
+	// released counts the bytes writeLoop's and readLoop's releases
+	// covered, readReleased readLoop's alone.
+	released, readReleased atomic.Uint64
+	// rdev is dev when its blocked Read can be interrupted, so readLoop
+	// releases its buffers too (ReadInterrupter); nil otherwise.
+	rdev ReadInterrupter
 
 	// wmu is held by whoever writes packets of the queue's order to the
 	// device: writeLoop while it takes and writes a batch, or the
@@ -152,6 +156,7 @@ func newLinkEndpoint(c linkConfig) *linkEndpoint {
 		readBufSize: c.readBufSize,
 	}
 	e.vdev, _ = c.dev.(ValidatingDevice)
+	e.rdev, _ = c.dev.(ReadInterrupter)
 	if g, ok := c.dev.(GSODevice); ok && c.gso {
 		if m := g.GSOMaxSize(); m > int(c.mtu) {
 			e.gso, e.gsoMax = g, min(m, maxCoalesced)
@@ -196,15 +201,35 @@ func (e *linkEndpoint) writeRaw(pkt []byte) error {
 func (e *linkEndpoint) readLoop(bufSize int) {
 	defer e.wg.Done()
 	bufs := make([][]byte, e.batch)
-	for i := range bufs {
-		if e.sys != nil {
+	// backing holds all of bufs when they are small: one allocation, so
+	// that a release covers whole pages (a 1.5 KiB buffer holds none).
+	var backing []byte
+	if e.sys != nil {
+		for i := range bufs {
 			// Diverted packets are written back from these buffers; spare
 			// capacity lets the device's GRO join a flow's segments into
 			// the first one (untouched pages cost no memory).
 			bufs[i] = make([]byte, headroom+bufSize, headroom+max(maxCoalesced, bufSize))
-		} else {
-			bufs[i] = make([]byte, headroom+bufSize)
 		}
+	} else {
+		size := headroom + bufSize
+		page := os.Getpagesize()
+		backing = make([]byte, (size*len(bufs)+page-1)/page*page)
+		for i := range bufs {
+			bufs[i] = backing[i*size : (i+1)*size : (i+1)*size]
+		}
+	}
+	// release hands the buffers' pages back to the system: they read as
+	// zeros afterwards and cost memory again only where a read writes.
+	release := func() {
+		n := memtrim.ReleasePages(backing)
+		if backing == nil {
+			for _, b := range bufs {
+				n += memtrim.ReleasePages(b)
+			}
+		}
+		e.readReleased.Add(uint64(n))
+		e.released.Add(uint64(n))
 	}
 	sizes := make([]int, e.batch)
 	valid := make([]bool, e.batch)
@@ -286,6 +311,13 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 		}
 		if lost {
 			consecutiveErrs = 0
+			continue
+		}
+		if e.rdev != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			// ReleaseBuffers woke us (releaseBuffers): the device is
+			// idle, and nothing but this loop touches bufs.
+			consecutiveErrs = 0
+			release()
 			continue
 		}
 		if e.closing.Load() {
@@ -542,11 +574,17 @@ func (e *linkEndpoint) writeLoop() {
 }
 
 // releaseBuffers asks writeLoop to hand the pages of its idle buffers
-// back to the system; it does so between batches.
+// back to the system, which it does between batches, and interrupts the
+// device's Read so that readLoop does the same with its buffers.
 func (e *linkEndpoint) releaseBuffers() {
 	select {
 	case e.release <- struct{}{}:
 	default:
+	}
+	if e.rdev != nil {
+		if err := e.rdev.InterruptRead(); err != nil {
+			e.log.Debug("tun read not interrupted: the reader keeps its buffers", "err", err)
+		}
 	}
 }
 

@@ -46,6 +46,20 @@ type Device interface {
 // trouble with the device itself.
 var ErrPacketsLost = errors.New("stack: device lost packets of a read")
 
+// ReadInterrupter is implemented by a Device whose blocked Read can be
+// woken without closing it (the Linux TUN: a read deadline in the past).
+// InterruptRead makes the Read blocked now, or else the next one, return
+// 0 packets and an error wrapping os.ErrDeadlineExceeded; no packet is
+// read or lost, and later Reads block again. The stack calls it from
+// ReleaseBuffers: the device reader's batch buffers (up to 8 MiB in
+// system TCP mode) are touched only by the reader, and an idle reader
+// sits in Read, so only a reader woken this way can hand their pages
+// back. An error means the device cannot be interrupted (a blocking
+// descriptor); the reader's buffers then stay.
+type ReadInterrupter interface {
+	InterruptRead() error
+}
+
 // ValidatingDevice is implemented by a Device that knows, per packet, whether
 // the kernel validated or computed its checksums (the Linux TUN with
 // IFF_VNET_HDR: its virtio-net header says so for packets of a GSO batch,
@@ -311,8 +325,9 @@ type Stats struct {
 	// write errors; TxDrops outbound packets dropped because the device
 	// queue was full.
 	RxLost, RxErrors, TxErrors, TxDrops uint64
-	// BuffersReleased counts the bytes of the device writer's buffers
-	// handed back to the system (ReleaseBuffers), over all releases.
+	// BuffersReleased counts the bytes of the device writer's and
+	// reader's buffers handed back to the system (ReleaseBuffers), over
+	// all releases.
 	BuffersReleased uint64
 }
 
@@ -604,9 +619,11 @@ func (s *Stack) SystemTCP() bool { return s.sys != nil && !s.sys.off.Load() }
 func (s *Stack) Failed() <-chan struct{} { return s.link.failed }
 
 // ReleaseBuffers hands the pages of the device writer's buffers back to
-// the system, once it is between batches. A burst leaves up to 8 MiB of
-// them resident, though the writer keeps only their capacity between
-// batches; call it when traffic has gone quiet (memtrim's trims).
+// the system, once it is between batches, and, when the device is a
+// ReadInterrupter, those of the device reader's buffers, once it is
+// between reads. A burst leaves up to 8 MiB of each resident, though the
+// loops keep only their capacity between batches; call it when traffic
+// has gone quiet (memtrim's trims).
 func (s *Stack) ReleaseBuffers() { s.link.releaseBuffers() }
 
 // Err says why Failed was closed; nil before that.

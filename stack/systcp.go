@@ -119,6 +119,9 @@ type sysTCP struct {
 	byApp  map[[2]netip.AddrPort]*natEntry
 	byFake map[netip.AddrPort]*natEntry
 	next   uint32
+	// peak is the most translations byFake held since the maps were last
+	// made anew (sweep): a Go map keeps the room of its largest size.
+	peak int
 
 	done chan struct{}
 	wg   sync.WaitGroup
@@ -277,6 +280,7 @@ func (t *sysTCP) divert(b []byte) (mine, write bool) {
 		e = &natEntry{app: key, fake: fake, isn: p.seq(), syn: append([]byte(nil), b...), accepted: make(chan *net.TCPConn, 1)}
 		t.byApp[key] = e
 		t.byFake[fake] = e
+		t.peak = max(t.peak, len(t.byFake))
 		t.mu.Unlock()
 		t.start(e, p.src, p.dst)
 		return true, false
@@ -467,18 +471,44 @@ func (t *sysTCP) sweep() {
 		case <-t.done:
 			return
 		case now := <-tick.C:
-			t.mu.Lock()
-			for f, e := range t.byFake {
-				if e.state == natClosed && now.Sub(e.closedAt) > natGrace {
-					delete(t.byFake, f)
-					if t.byApp[e.app] == e {
-						delete(t.byApp, e.app)
-					}
-				}
-			}
-			t.mu.Unlock()
+			t.sweepOnce(now)
 		}
 	}
+}
+
+// compactMin is the peak number of translations above which sweepOnce
+// makes the maps anew once they hold an eighth of it or less.
+const compactMin = 1024
+
+// sweepOnce drops the translations of connections closed more than
+// natGrace before now. When that leaves the maps at an eighth of their
+// peak or less, they are made anew: a Go map never gives back the room
+// it grew to, and a burst of short connections (thousands a second, each
+// kept natGrace) grows these two to megabytes an idle process would
+// keep.
+func (t *sysTCP) sweepOnce(now time.Time) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for f, e := range t.byFake {
+		if e.state == natClosed && now.Sub(e.closedAt) > natGrace {
+			delete(t.byFake, f)
+			if t.byApp[e.app] == e {
+				delete(t.byApp, e.app)
+			}
+		}
+	}
+	if t.peak < compactMin || len(t.byFake) > t.peak/8 {
+		return
+	}
+	byApp := make(map[[2]netip.AddrPort]*natEntry, len(t.byApp))
+	for k, e := range t.byApp {
+		byApp[k] = e
+	}
+	byFake := make(map[netip.AddrPort]*natEntry, len(t.byFake))
+	for k, e := range t.byFake {
+		byFake[k] = e
+	}
+	t.byApp, t.byFake, t.peak = byApp, byFake, len(byFake)
 }
 
 // writeRST answers the app's packet p with a RST from its destination.

@@ -4,8 +4,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -261,4 +263,52 @@ func TestSystemTCPSelfTestPackets(t *testing.T) {
 	if v6 := segment(netip.MustParseAddrPort("[fc00::ff]:1"), netip.MustParseAddrPort("[fc00::1]:4000"), 7, 0, tcpSYN, 65535); checkPacket(t, v6).v6 != true {
 		t.Error("IPv6 probe SYN not IPv6")
 	}
+}
+
+// TestSystemTCPSweepShrinksTables: once the translations of a burst of
+// short connections expire, the tables are made anew: the room the maps
+// grew to goes back to the heap (a Go map never shrinks), and the live
+// translations stay.
+func TestSystemTCPSweepShrinksTables(t *testing.T) {
+	const n = 20000
+	tb := &sysTCP{byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}}
+	now := time.Now()
+	keep := make([]*natEntry, 0, n+3) // the entries outlive the sweep: only the maps' room can go
+	for i := range n + 3 {
+		e := &natEntry{
+			app:      [2]netip.AddrPort{netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 40000), netip.MustParseAddrPort("192.0.2.1:80")},
+			fake:     netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 1024),
+			state:    natClosed,
+			closedAt: now.Add(-2 * natGrace),
+		}
+		if i >= n {
+			e.state = natEstablished
+		}
+		keep = append(keep, e)
+		tb.byApp[e.app] = e
+		tb.byFake[e.fake] = e
+		tb.peak = max(tb.peak, len(tb.byFake))
+	}
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapAlloc
+	tb.sweepOnce(now)
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	if freed := int64(before) - int64(ms.HeapAlloc); freed < 1<<20 {
+		t.Errorf("the sweep of %d expired translations freed %d bytes of the tables, want over 1 MiB", n, freed)
+	}
+	if len(tb.byApp) != 3 || len(tb.byFake) != 3 {
+		t.Fatalf("%d/%d translations left, want the 3 live ones", len(tb.byApp), len(tb.byFake))
+	}
+	for _, e := range keep[n:] {
+		if tb.byApp[e.app] != e || tb.byFake[e.fake] != e {
+			t.Errorf("live translation %v lost", e.app)
+		}
+	}
+	if tb.peak != 3 {
+		t.Errorf("peak %d after the tables were made anew, want 3", tb.peak)
+	}
+	runtime.KeepAlive(keep)
 }

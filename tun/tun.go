@@ -15,9 +15,11 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	wgtun "golang.zx2c4.com/wireguard/tun"
 
+	"github.com/tunsocks/tunsocks/internal/memtrim"
 	"github.com/tunsocks/tunsocks/stack"
 )
 
@@ -107,6 +109,10 @@ type Device struct {
 
 	readMu  sync.Mutex // serialises reads of vnet into readBuf
 	readBuf []byte     // one virtio read: header and a packet of up to 64 KiB
+
+	// rfile is the descriptor's file, which InterruptRead gives a read
+	// deadline in the past; nil when the device has none.
+	rfile *os.File
 }
 
 // VnetHdrLen is the size of the virtio_net_hdr (Linux ABI, native byte
@@ -176,6 +182,9 @@ func (d *Device) ReadValidated(bufs [][]byte, sizes []int, valid []bool, offset 
 		}
 		err = wrapReadErr(err)
 	}
+	if err != nil && d.rfile != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, d.interrupted(err)
+	}
 	if err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, stack.ErrPacketsLost) && d.gone != nil && d.gone() {
 		// The interface was deleted under us. Depending on where the
 		// read was, the descriptor reports that as EBADFD (which
@@ -184,6 +193,40 @@ func (d *Device) ReadValidated(bufs [][]byte, sizes []int, valid []bool, offset 
 		return n, fmt.Errorf("tun: %s: interface gone (%v): %w", d.name, err, os.ErrClosed)
 	}
 	return n, err
+}
+
+// InterruptRead implements stack.ReadInterrupter: the Read blocked now,
+// or else the next one, returns at once with no packets and an error
+// wrapping os.ErrDeadlineExceeded, and clears the deadline that woke it
+// (InterruptRead sets one in the past), so later Reads block again.
+// No packet is lost: the runtime checks the deadline before it reads.
+// It fails when the descriptor is not in the runtime's poller (a
+// blocking one) or is closed.
+func (d *Device) InterruptRead() error {
+	if d.rfile == nil {
+		return fmt.Errorf("tun: %s: no descriptor to interrupt: %w", d.name, os.ErrNoDeadline)
+	}
+	if err := d.rfile.SetReadDeadline(time.Unix(1, 0)); err != nil {
+		return fmt.Errorf("tun: %s: interrupt read: %w", d.name, err)
+	}
+	return nil
+}
+
+// interrupted is what ReadValidated returns for a read that InterruptRead
+// woke (err): the deadline cleared, and the pages of the virtio read
+// buffer, which a burst of segmentation-offloaded packets filled, handed
+// back to the system, as the caller does with its own buffers.
+func (d *Device) interrupted(err error) error {
+	if derr := d.rfile.SetReadDeadline(time.Time{}); derr != nil {
+		// Closed meanwhile: the next read says so.
+		err = errors.Join(err, derr)
+	}
+	if d.vnet != nil {
+		d.readMu.Lock()
+		memtrim.ReleasePages(d.readBuf)
+		d.readMu.Unlock()
+	}
+	return fmt.Errorf("tun: %s: read interrupted: %w", d.name, err)
 }
 
 // Write writes the packets bufs[i][offset:]; offset must be >= Headroom. The
@@ -229,6 +272,7 @@ var (
 	_ BatchDevice            = (*Device)(nil)
 	_ stack.ValidatingDevice = (*Device)(nil)
 	_ stack.GSODevice        = (*Device)(nil)
+	_ stack.ReadInterrupter  = (*Device)(nil)
 )
 
 func discardIfNil(l *slog.Logger) *slog.Logger {

@@ -63,6 +63,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 	d := &Device{dev: dev, name: name, created: !existed, log: log}
 	d.setVnet(dev)
 	d.gone = goneProbe(dev)
+	d.rfile = devFile(dev)
 	if err := d.configure(ctx, nl, cfg.Addrs, mtu); err != nil {
 		d.Close()
 		return nil, err
@@ -224,6 +225,7 @@ func adopt(ctx context.Context, cfg Config, log *slog.Logger) (*Device, error) {
 	d := &Device{dev: dev, name: name, adopted: true, log: log}
 	d.setVnet(dev)
 	d.gone = goneProbe(dev)
+	d.rfile = devFile(dev)
 	if iface, err := net.InterfaceByName(name); err == nil {
 		d.index = iface.Index
 	}
@@ -233,6 +235,14 @@ func adopt(ctx context.Context, cfg Config, log *slog.Logger) (*Device, error) {
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// devFile is the device's descriptor as an *os.File, nil when it has none.
+func devFile(dev wgtun.Device) *os.File {
+	if f, ok := dev.(interface{ File() *os.File }); ok {
+		return f.File()
+	}
+	return nil
 }
 
 // goneProbe returns a check that the descriptor still has an interface:

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -440,5 +441,131 @@ func readValidatedWithTimeout(dev *Device, bufs [][]byte, sizes []int, valid []b
 	case <-time.After(d):
 		r := <-c // let the Read finish before anyone reuses bufs
 		return r.n, r.err
+	}
+}
+
+// residentPages counts the resident pages wholly inside b[:cap(b)].
+func residentPages(t *testing.T, b []byte) int {
+	t.Helper()
+	b = b[:cap(b)]
+	page := uintptr(os.Getpagesize())
+	lo := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
+	hi := (lo + uintptr(len(b))) / page * page
+	lo = (lo + page - 1) / page * page
+	if hi <= lo {
+		t.Fatal("no whole page in the buffer")
+	}
+	vec := make([]byte, (hi-lo)/page)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, lo, hi-lo, uintptr(unsafe.Pointer(unsafe.SliceData(vec)))); e != 0 {
+		t.Fatalf("mincore: %v", e)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
+}
+
+// TestInterruptRead: InterruptRead makes a Read blocked in the poller,
+// and one called afterwards, return at once with no packets and an error
+// wrapping os.ErrDeadlineExceeded (stack.ReadInterrupter); a datagram
+// queued before the interrupt is still read afterwards, and later Reads
+// block again. With IFF_VNET_HDR the interrupted Read also hands the
+// pages of the device's own 64 KiB read buffer back to the system.
+func TestInterruptRead(t *testing.T) {
+	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
+	for _, offload := range []bool{true, false} {
+		inNetns(t, func(nl *netlink.Handle) {
+			dev, err := Open(context.Background(), Config{Name: "tsintr0", FD: NoFD, Addrs: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")}, MTU: 1500, Offload: offload})
+			if err != nil {
+				t.Errorf("Open: %v", err)
+				return
+			}
+			defer dev.Close()
+			sock, err := net.Dial("udp", "10.9.0.2:9")
+			if err != nil {
+				t.Errorf("dial: %v", err)
+				return
+			}
+			defer sock.Close()
+			bufs, sizes, valid := newBufs(max(dev.BatchSize(), 1), 65535)
+			// read reads until a datagram with payload want comes out, for
+			// up to 10 s; the first error other than a timeout ends it.
+			read := func(want string) error {
+				deadline := time.Now().Add(10 * time.Second)
+				for time.Now().Before(deadline) {
+					n, err := readValidatedWithTimeout(dev, bufs, sizes, valid, time.Second)
+					if err != nil {
+						return err
+					}
+					for j := range n {
+						pkt := bufs[j][Headroom : Headroom+sizes[j]]
+						if len(pkt) >= 28 && pkt[0]>>4 == 4 && pkt[9] == unix.IPPROTO_UDP && string(pkt[28:]) == want {
+							return nil
+						}
+					}
+				}
+				return errors.New("timed out")
+			}
+			// The path works: the kernel routes into the TUN.
+			sock.Write([]byte("warm"))
+			if err := read("warm"); err != nil {
+				t.Errorf("offload=%v: first datagram: %v", offload, err)
+				return
+			}
+			if offload && residentPages(t, dev.readBuf) == 0 {
+				t.Errorf("the read buffer has no resident page after a read: the check below sees nothing")
+			}
+
+			// A Read blocked in the poller. A stray packet (the kernel's
+			// IPv6 router solicitation) may end it first: the reads go on
+			// until one fails.
+			got := make(chan error, 1)
+			go func() {
+				for i := 0; ; i++ {
+					n, err := dev.ReadValidated(bufs, sizes, valid, Headroom)
+					if err != nil || i == 100 {
+						if n != 0 {
+							err = errors.Join(err, errors.New("packets returned"))
+						}
+						got <- err
+						return
+					}
+				}
+			}()
+			time.Sleep(50 * time.Millisecond) // usually blocked by now; either way it must return
+			if err := dev.InterruptRead(); err != nil {
+				t.Errorf("offload=%v: InterruptRead: %v", offload, err)
+				return
+			}
+			select {
+			case err := <-got:
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Errorf("offload=%v: interrupted Read returned %v, want os.ErrDeadlineExceeded", offload, err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("offload=%v: InterruptRead did not wake the blocked Read", offload)
+				dev.Close()
+				<-got
+				return
+			}
+			if offload && residentPages(t, dev.readBuf) != 0 {
+				t.Errorf("%d pages of the read buffer resident after the interrupted read", residentPages(t, dev.readBuf))
+			}
+
+			// A datagram waiting, then an interrupt: the next Read
+			// returns nothing, and the datagram comes after.
+			sock.Write([]byte("kept"))
+			if err := dev.InterruptRead(); err != nil {
+				t.Errorf("InterruptRead: %v", err)
+				return
+			}
+			if n, err := dev.ReadValidated(bufs, sizes, valid, Headroom); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("offload=%v: Read after InterruptRead: %d packets, %v; want none and os.ErrDeadlineExceeded", offload, n, err)
+			}
+			if err := read("kept"); err != nil {
+				t.Errorf("offload=%v: the datagram queued before the interrupt: %v", offload, err)
+			}
+		})
 	}
 }

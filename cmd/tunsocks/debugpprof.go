@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -18,7 +20,7 @@ import (
 // writes the runtime/pprof profile NAME (heap, goroutine, allocs, ...);
 // ?gc=1 collects garbage first, so a heap profile shows what is live;
 // ?debug=N as for pprof.Profile.WriteTo; GET /debug/memstats prints the
-// runtime's memory statistics. It is a local debugging aid: bind
+// runtime's memory statistics and its /memory/classes/ metrics. It is a local debugging aid: bind
 // it to a loopback address.
 func startPprof(ctx context.Context, addr string, log *slog.Logger) error {
 	ln, err := net.Listen("tcp", addr)
@@ -31,6 +33,20 @@ func startPprof(ctx context.Context, addr string, log *slog.Logger) error {
 		runtime.ReadMemStats(&m)
 		fmt.Fprintf(w, "goroutines %d\nheap_inuse %d\nheap_idle %d\nheap_released %d\nstack_inuse %d\nsys %d\nnum_gc %d\n",
 			runtime.NumGoroutine(), m.HeapInuse, m.HeapIdle, m.HeapReleased, m.StackInuse, m.Sys, m.NumGC)
+		// Where every mapped byte is, by the runtime's own classes
+		// (heap objects, stacks, span and GC metadata, ...).
+		var samples []metrics.Sample
+		for _, d := range metrics.All() {
+			if strings.HasPrefix(d.Name, "/memory/classes/") {
+				samples = append(samples, metrics.Sample{Name: d.Name})
+			}
+		}
+		metrics.Read(samples)
+		for _, s := range samples {
+			if s.Value.Kind() == metrics.KindUint64 {
+				fmt.Fprintf(w, "%s %d\n", s.Name, s.Value.Uint64())
+			}
+		}
 	})
 	mux.HandleFunc("GET /debug/pprof/{name}", func(w http.ResponseWriter, r *http.Request) {
 		p := pprof.Lookup(r.PathValue("name"))

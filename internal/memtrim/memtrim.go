@@ -30,6 +30,13 @@ type Options struct {
 	// MinFree is the free heap the runtime must hold before a trim is
 	// worth its collection. Default 4 MiB.
 	MinFree uint64
+	// CodeAfter, when > 0, is how long activity must stay quiet after a
+	// burst's trim before the executable's pages are unmapped too
+	// (DropCode, then one collection, as in Settle): the code and
+	// tables the burst ran are not part of an idle process's working set,
+	// and come back with minor faults when traffic does. Once per quiet
+	// period. Zero: never.
+	CodeAfter time.Duration
 	// Release, when set, runs at every trim before the collections:
 	// it hands back memory the program keeps allocated between bursts
 	// but whose contents no longer matter (a stack's device buffers,
@@ -43,6 +50,7 @@ type Trimmer struct {
 	opts     Options
 	free     func() uint64
 	trim     func()
+	dropCode func()
 }
 
 // New returns a Trimmer watching activity, a counter that only grows.
@@ -56,7 +64,7 @@ func New(activity func() uint64, opts Options) *Trimmer {
 	if opts.MinFree == 0 {
 		opts.MinFree = 4 << 20
 	}
-	t := &Trimmer{activity: activity, opts: opts, free: heapFree, trim: trim}
+	t := &Trimmer{activity: activity, opts: opts, free: heapFree, trim: trim, dropCode: func() { _, _ = Settle() }}
 	if opts.Release != nil {
 		t.trim = func() {
 			opts.Release()
@@ -72,10 +80,9 @@ func New(activity func() uint64, opts Options) *Trimmer {
 // few. The last, debug.FreeOSMemory, hands the free heap (old stacks
 // included) back to the system.
 //
-// It leaves the executable's pages mapped (DropCode): after a burst they
-// are the code flows run, which the next flow maps back; unmapping them
-// would save nothing lasting and move the RSS in and out under every
-// before/after comparison of it.
+// It leaves the executable's pages mapped (DropCode): right after a
+// burst they are the code flows run, which the next flow maps back. Only
+// a process that then stays quiet for Options.CodeAfter unmaps them.
 func trim() {
 	runtime.GC()
 	runtime.GC()
@@ -103,6 +110,10 @@ func (t *Trimmer) Run(ctx context.Context) {
 type state struct {
 	last  uint64 // the activity counter at the last look
 	burst bool   // an interval since the last trim was busy
+	// code: a burst was trimmed since the last DropCode, and activity
+	// has been quiet for quiet since.
+	code  bool
+	quiet time.Duration
 }
 
 // step is one look. It reports whether it trimmed.
@@ -112,10 +123,21 @@ func (t *Trimmer) step(st *state) bool {
 	st.last = now
 	if busy {
 		st.burst = true
+		st.quiet = 0
 		return false
+	}
+	if st.code && !st.burst && t.opts.CodeAfter > 0 {
+		st.quiet += t.opts.Interval
+		if st.quiet >= t.opts.CodeAfter {
+			st.code = false
+			t.dropCode()
+		}
 	}
 	if !st.burst && t.free() < t.opts.MinFree {
 		return false
+	}
+	if st.burst {
+		st.code, st.quiet = true, 0
 	}
 	st.burst = false
 	t.trim()

@@ -64,6 +64,50 @@ func TestReleaseAtEveryTrim(t *testing.T) {
 	}
 }
 
+// TestCodeDroppedAfterLongQuiet: with CodeAfter, the executable's pages
+// are dropped once activity has stayed quiet that long after a burst's
+// trim; not before, not twice in one quiet period, not without a burst,
+// and a burst in between starts the wait again.
+func TestCodeDroppedAfterLongQuiet(t *testing.T) {
+	var act uint64
+	drops := 0
+	tr := New(func() uint64 { return act }, Options{Interval: time.Second, Quiet: 100, MinFree: 1 << 62, CodeAfter: 3 * time.Second})
+	tr.free = func() uint64 { return 0 }
+	tr.trim = func() {}
+	tr.dropCode = func() { drops++ }
+	var st state
+	for i, c := range []struct {
+		addAct uint64
+		want   int
+	}{
+		{0, 0}, {0, 0}, {0, 0}, {0, 0}, // quiet from the start: no burst, nothing to drop
+		{5000, 0},                      // busy
+		{0, 0},                         // quiet: the burst's trim
+		{0, 0},                         // 1 s quiet since
+		{0, 0},                         // 2 s
+		{0, 1},                         // 3 s: dropped
+		{0, 1}, {0, 1}, {0, 1}, {0, 1}, // once per quiet period
+		{5000, 1}, {0, 1}, {0, 1}, // a burst, its trim, 1 s
+		{5000, 1}, {0, 1}, {0, 1}, {0, 1}, // another burst before 3 s: the wait starts again
+		{0, 2}, // 3 s after the last burst's trim
+	} {
+		act += c.addAct
+		tr.step(&st)
+		if drops != c.want {
+			t.Fatalf("step %d: %d code drops, want %d", i, drops, c.want)
+		}
+	}
+	off := New(func() uint64 { return act }, Options{Interval: time.Second, Quiet: 100})
+	off.free = func() uint64 { return 0 }
+	off.trim = func() {}
+	off.dropCode = func() { t.Fatal("code dropped with CodeAfter 0") }
+	st = state{}
+	for _, a := range []uint64{5000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} {
+		act += a
+		off.step(&st)
+	}
+}
+
 func TestDefaults(t *testing.T) {
 	tr := New(func() uint64 { return 0 }, Options{})
 	if tr.opts.Interval != 2*time.Second || tr.opts.Quiet != 128<<10 || tr.opts.MinFree != 4<<20 {

@@ -32,6 +32,9 @@ type Device struct {
 	out  chan []byte // device -> peer
 	done chan struct{}
 	once sync.Once
+	intr chan struct{} // capacity 1: InterruptRead was called
+
+	interrupts atomic.Uint64 // Reads InterruptRead ended
 
 	readPkts, writePkts atomic.Uint64
 	readDrops           atomic.Uint64
@@ -56,6 +59,7 @@ func NewPipe(mtu int) (*Device, *Peer) {
 		in:   make(chan []byte, QueueLen),
 		out:  make(chan []byte, QueueLen),
 		done: make(chan struct{}),
+		intr: make(chan struct{}, 1),
 	}
 	return d, &Peer{d: d}
 }
@@ -75,7 +79,16 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	var first []byte
 	select {
+	case <-d.intr:
+		d.interrupts.Add(1)
+		return 0, fmt.Errorf("tuntest: read interrupted: %w", os.ErrDeadlineExceeded)
+	default:
+	}
+	select {
 	case first = <-d.in:
+	case <-d.intr:
+		d.interrupts.Add(1)
+		return 0, fmt.Errorf("tuntest: read interrupted: %w", os.ErrDeadlineExceeded)
 	case <-d.done:
 		return 0, os.ErrClosed
 	}
@@ -99,6 +112,20 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		}
 	}
 }
+
+// InterruptRead makes the Read blocked now, or else the next one, return
+// no packets and an error wrapping os.ErrDeadlineExceeded, as the Linux
+// TUN does (stack.ReadInterrupter); no packet is lost.
+func (d *Device) InterruptRead() error {
+	select {
+	case d.intr <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Interrupts reports how many Reads InterruptRead ended.
+func (d *Device) Interrupts() uint64 { return d.interrupts.Load() }
 
 // SetValidated makes ReadValidated report every packet's checksums as
 // known good, as the Linux TUN does for what it split from a GSO packet or
