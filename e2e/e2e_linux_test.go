@@ -120,6 +120,7 @@ func suite(t *testing.T, kind upstreamKind, runArgs ...string) *env {
 	t.Run("ping", func(t *testing.T) { e.ping(t) })
 	t.Run("refused", func(t *testing.T) { e.refused(t) })
 	t.Run("transfer-256MiB-each-way", func(t *testing.T) { e.transfer(t, 256<<20) })
+	t.Run("transfer-32MiB-each-way-ipv6", func(t *testing.T) { e.transferTo(t, remote6, 32<<20) })
 	t.Run("500-concurrent", func(t *testing.T) { e.concurrent(t, 500) })
 	t.Run("upstream-killed-and-back", func(t *testing.T) { e.upstreamKilled(t, kind) })
 	return e
@@ -220,13 +221,18 @@ func (e *env) refused(t *testing.T) {
 }
 
 // transfer sends n bytes up (the remote answers their SHA-256) and pulls n
-// bytes down (checked against the same deterministic stream), concurrently.
-func (e *env) transfer(t *testing.T, n int64) {
+// bytes down (checked against the same deterministic stream), concurrently,
+// to the remote's IPv4 address.
+func (e *env) transfer(t *testing.T, n int64) { e.transferTo(t, remote4, n) }
+
+// transferTo is transfer to the remote address ip. Uploads leave the app's
+// TCP as TSO segments of up to 64 KiB, which the gVisor stack takes whole.
+func (e *env) transferTo(t *testing.T, ip netip.Addr, n int64) {
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		c, err := e.app.DialContext(e.ctx, "tcp", netip.AddrPortFrom(remote4, sinkPort).String())
+		c, err := e.app.DialContext(e.ctx, "tcp", netip.AddrPortFrom(ip, sinkPort).String())
 		if err != nil {
 			t.Error(err)
 			return
@@ -246,7 +252,7 @@ func (e *env) transfer(t *testing.T, n int64) {
 	}()
 	go func() {
 		defer wg.Done()
-		c, err := e.app.DialContext(e.ctx, "tcp", netip.AddrPortFrom(remote4, sourcePort).String())
+		c, err := e.app.DialContext(e.ctx, "tcp", netip.AddrPortFrom(ip, sourcePort).String())
 		if err != nil {
 			t.Error(err)
 			return

@@ -60,6 +60,11 @@ type linkEndpoint struct {
 	// vdev is dev when it reports which packets' checksums the kernel
 	// validated (ValidatingDevice); nil otherwise.
 	vdev ValidatingDevice
+	// wdev is dev when it can hand over TCP segments longer than the
+	// MTU whole (WholeSegmentDevice) and readLoop may take them; wsize is
+	// the buffer its reads need.
+	wdev  WholeSegmentDevice
+	wsize int
 	// sys, when set (system TCP mode), sees every packet read before
 	// gVisor does (divert): it may take it and rewrite it in place for
 	// writing back to the device.
@@ -157,6 +162,13 @@ func newLinkEndpoint(c linkConfig) *linkEndpoint {
 	}
 	e.vdev, _ = c.dev.(ValidatingDevice)
 	e.rdev, _ = c.dev.(ReadInterrupter)
+	if w, ok := c.dev.(WholeSegmentDevice); ok && c.sys == nil && c.tap == nil {
+		// Diverted packets are rewritten for the kernel and recorded
+		// ones go to a capture: both want the segments as on the wire.
+		if m := w.WholeReadSize(); m > 0 && m <= buffer.MaxChunkSize {
+			e.wdev, e.wsize = w, m
+		}
+	}
 	if g, ok := c.dev.(GSODevice); ok && c.gso {
 		if m := g.GSOMaxSize(); m > int(c.mtu) {
 			e.gso, e.gsoMax = g, min(m, maxCoalesced)
@@ -234,11 +246,33 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 	sizes := make([]int, e.batch)
 	valid := make([]bool, e.batch)
 	var back [][]byte // diverted packets to write back, per batch
+	// big is the next read's buffer with a WholeSegmentDevice: a view of
+	// gVisor's pool, which a whole segment read into it becomes (no
+	// copy). Other reads are copied out of it into bufs, as before.
+	var big *buffer.View
+	defer func() {
+		if big != nil {
+			big.Release()
+		}
+	}()
 	consecutiveErrs := 0
 	for {
 		var n int
 		var err error
-		if e.vdev != nil {
+		if e.wdev != nil {
+			if big == nil {
+				big = buffer.NewViewSize(e.wsize)
+			}
+			var start, end int
+			n, start, end, err = e.wdev.ReadWhole(big.AsSlice(), bufs, sizes, valid, headroom)
+			if end > start {
+				v := big
+				big = nil
+				v.TrimFront(start)
+				v.CapLength(end - start)
+				e.deliverView(v)
+			}
+		} else if e.vdev != nil {
 			n, err = e.vdev.ReadValidated(bufs, sizes, valid, headroom)
 		} else {
 			n, err = e.dev.Read(bufs, sizes, headroom)
@@ -318,6 +352,12 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 			// idle, and nothing but this loop touches bufs.
 			consecutiveErrs = 0
 			release()
+			if big != nil {
+				// The whole-segment buffer goes back to gVisor's pool,
+				// and the next read after the idle spell takes one.
+				big.Release()
+				big = nil
+			}
 			continue
 		}
 		if e.closing.Load() {
@@ -390,6 +430,35 @@ func (e *linkEndpoint) deliver(pkt []byte) {
 	pb.NetworkProtocolNumber = proto
 	pb.RXChecksumValidated = true // see Capabilities
 	e.gro.Enqueue(pb)
+	pb.DecRef()
+}
+
+// deliverView hands the stack one packet read whole into v (a TCP segment
+// of up to 64 KiB, see WholeSegmentDevice), taking v over. Its checksums
+// count as validated.
+func (e *linkEndpoint) deliverView(v *buffer.View) {
+	pkt := v.AsSlice()
+	var proto tcpip.NetworkProtocolNumber
+	switch header.IPVersion(pkt) {
+	case header.IPv4Version:
+		proto = ipv4.ProtocolNumber
+	case header.IPv6Version:
+		proto = ipv6.ProtocolNumber
+	}
+	e.mu.RLock()
+	d := e.dispatcher
+	e.mu.RUnlock()
+	if proto == 0 || d == nil {
+		e.rxDrops.Add(1)
+		v.Release()
+		return
+	}
+	e.pktsIn.Add(1)
+	e.bytesIn.Add(uint64(len(pkt)))
+	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	pb.NetworkProtocolNumber = proto
+	pb.RXChecksumValidated = true
+	d.DeliverNetworkPacket(proto, pb)
 	pb.DecRef()
 }
 

@@ -74,6 +74,22 @@ type ValidatingDevice interface {
 	ReadValidated(bufs [][]byte, sizes []int, valid []bool, offset int) (int, error)
 }
 
+// WholeSegmentDevice is implemented by a Device that can hand the stack a
+// TCP segment longer than the MTU unsplit (tun.Device on Linux with
+// IFF_VNET_HDR: the segments the app's TCP left for the device to split,
+// TSO). ReadWhole makes one read into big (len(big) >= WholeReadSize()).
+// Such a segment comes back as big[start:end] (n == 0), an IP packet whose
+// checksums are to be taken as valid: the host built it from its own
+// memory. Every other read comes back as ReadValidated returns it, in bufs
+// (start == end == 0). The stack uses it when it neither diverts packets
+// (system TCP) nor records them (Config.Tap): one large segment costs the
+// netstack one packet's work, where its split segments cost a copy, a
+// checksum and a GRO merge each.
+type WholeSegmentDevice interface {
+	WholeReadSize() int
+	ReadWhole(big []byte, bufs [][]byte, sizes []int, valid []bool, offset int) (n, start, end int, err error)
+}
+
 // GSODevice is implemented by a Device that also accepts TCP segments
 // longer than the MTU, each preceded by a Linux virtio_net_hdr (tun.Device
 // on Linux when opened with IFF_VNET_HDR). GSOMaxSize is the largest IP

@@ -8,6 +8,7 @@
 package tun
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -229,6 +230,67 @@ func (d *Device) interrupted(err error) error {
 	return fmt.Errorf("tun: %s: read interrupted: %w", d.name, err)
 }
 
+// WholeReadSize is the buffer ReadWhole needs: 64 KiB, the largest buffer
+// the netstack pools. It holds the virtio header and any packet the kernel
+// hands a TUN at an MTU up to 65526: its TSO segments stay under 64 KiB
+// by the room it keeps for headers (MAX_TCP_HEADER). A packet that does
+// not fit is reported lost (see ReadWhole).
+const WholeReadSize = 64 << 10
+
+// WholeReadSize reports the buffer ReadWhole needs, 0 when it never
+// returns a segment whole (the device was opened without IFF_VNET_HDR).
+func (d *Device) WholeReadSize() int {
+	if d.vnet == nil {
+		return 0
+	}
+	return WholeReadSize
+}
+
+// ReadWhole makes one read into big (at least WholeReadSize bytes, or
+// the read fails). A TCP segment the kernel left for the device to split
+// (TSO) comes back whole as big[start:end], with n == 0: one packet of up
+// to 64 KiB for the stack instead of dozens, nothing copied, nothing
+// checksummed (see wholeTCP). Any other read comes back as ReadValidated
+// returns it, in bufs, with start == end == 0. A device opened without
+// IFF_VNET_HDR only ever does the latter (stack.WholeSegmentDevice).
+func (d *Device) ReadWhole(big []byte, bufs [][]byte, sizes []int, valid []bool, offset int) (n, start, end int, err error) {
+	if d.vnet == nil {
+		n, err = d.ReadValidated(bufs, sizes, valid, offset)
+		return n, 0, 0, err
+	}
+	if len(big) < WholeReadSize {
+		return 0, 0, 0, fmt.Errorf("tun: ReadWhole into %d bytes, need %d", len(big), WholeReadSize)
+	}
+	var m int
+	if m, err = d.vnet.Read(big[:WholeReadSize]); err == nil {
+		var ok bool
+		if m == WholeReadSize && truncated(big[VnetHdrLen:m]) {
+			err = fmt.Errorf("tun: %w: a packet longer than the %d-byte read buffer", stack.ErrPacketsLost, WholeReadSize-VnetHdrLen)
+		} else if start, end, ok, err = wholeTCP(big[:m]); err == nil && !ok {
+			n, err = splitVnet(big[:m], bufs, sizes, valid, offset)
+		}
+	}
+	if err != nil && d.rfile != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, 0, 0, d.interrupted(err)
+	}
+	if err != nil && !errors.Is(err, os.ErrClosed) && !errors.Is(err, stack.ErrPacketsLost) && d.gone != nil && d.gone() {
+		return n, 0, 0, fmt.Errorf("tun: %s: interface gone (%v): %w", d.name, err, os.ErrClosed)
+	}
+	return n, start, end, err
+}
+
+// truncated says whether the IP packet's length field claims more bytes
+// than pkt holds.
+func truncated(pkt []byte) bool {
+	switch {
+	case len(pkt) >= 20 && pkt[0]>>4 == 4:
+		return int(binary.BigEndian.Uint16(pkt[2:])) > len(pkt)
+	case len(pkt) >= 40 && pkt[0]>>4 == 6:
+		return 40+int(binary.BigEndian.Uint16(pkt[4:])) > len(pkt)
+	}
+	return false
+}
+
 // Write writes the packets bufs[i][offset:]; offset must be >= Headroom. The
 // bytes before offset and the slices in bufs may be modified (GRO coalesces
 // packets in place, so buffers with spare capacity coalesce better).
@@ -269,10 +331,11 @@ func (d *Device) Close() error {
 }
 
 var (
-	_ BatchDevice            = (*Device)(nil)
-	_ stack.ValidatingDevice = (*Device)(nil)
-	_ stack.GSODevice        = (*Device)(nil)
-	_ stack.ReadInterrupter  = (*Device)(nil)
+	_ BatchDevice              = (*Device)(nil)
+	_ stack.ValidatingDevice   = (*Device)(nil)
+	_ stack.WholeSegmentDevice = (*Device)(nil)
+	_ stack.GSODevice          = (*Device)(nil)
+	_ stack.ReadInterrupter    = (*Device)(nil)
 )
 
 func discardIfNil(l *slog.Logger) *slog.Logger {

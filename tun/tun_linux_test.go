@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -565,6 +566,34 @@ func TestInterruptRead(t *testing.T) {
 			}
 			if err := read("kept"); err != nil {
 				t.Errorf("offload=%v: the datagram queued before the interrupt: %v", offload, err)
+			}
+
+			// The same through ReadWhole, which the stack's reader uses
+			// with offload: the interrupted read clears the deadline, so
+			// the next one waits for and returns the datagram (a deadline
+			// left in the past would fail every read at once).
+			sock.Write([]byte("whole"))
+			if err := dev.InterruptRead(); err != nil {
+				t.Errorf("InterruptRead: %v", err)
+				return
+			}
+			big := make([]byte, WholeReadSize)
+			if n, _, _, err := dev.ReadWhole(big, bufs, sizes, valid, Headroom); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("offload=%v: ReadWhole after InterruptRead: %d packets, %v; want none and os.ErrDeadlineExceeded", offload, n, err)
+			}
+			for i := 0; ; i++ {
+				n, _, _, err := dev.ReadWhole(big, bufs, sizes, valid, Headroom)
+				if err != nil {
+					t.Errorf("offload=%v: ReadWhole after the interrupted one: %v", offload, err)
+					break
+				}
+				if j := slices.IndexFunc(sizes[:n], func(sz int) bool { return sz >= 33 }); j >= 0 && string(bufs[j][Headroom+28:Headroom+sizes[j]]) == "whole" {
+					break
+				}
+				if i == 100 {
+					t.Errorf("offload=%v: the datagram queued before the interrupt never came through ReadWhole", offload)
+					break
+				}
 			}
 		})
 	}

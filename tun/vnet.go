@@ -193,6 +193,62 @@ func splitVnet(in []byte, bufs [][]byte, sizes []int, valid []bool, offset int) 
 	return n, nil
 }
 
+// wholeTCP checks whether one read of an IFF_VNET_HDR TUN (in: the header,
+// then the packet) is a TCP segment the kernel left for the device to split
+// (TSO, gso_type TCPV4 or TCPV6), and if so makes it a packet the stack can
+// take whole: its IP length field covers it all (and an IPv4 header sum
+// matches). Its TCP checksum field keeps the partial sum the kernel left
+// there: a segment built by this host's TCP from its own memory has no
+// errors to find, so the stack takes it as validated. It returns the
+// packet's bounds in in; ok is false for any other read (a plain packet, a
+// UDP GSO packet), which splitVnet handles. err is for a GSO TCP packet
+// whose headers do not add up.
+func wholeTCP(in []byte) (start, end int, ok bool, err error) {
+	if len(in) < VnetHdrLen+40 {
+		return 0, 0, false, nil
+	}
+	gsoType := in[1] &^ vnetGSOECN
+	if gsoType != vnetGSOTCPv4 && gsoType != vnetGSOTCPv6 {
+		return 0, 0, false, nil
+	}
+	csumStart := int(binary.NativeEndian.Uint16(in[6:]))
+	pkt := in[VnetHdrLen:]
+	v6 := pkt[0]>>4 == 6
+	minIP := 20
+	switch {
+	case gsoType == vnetGSOTCPv4 && pkt[0]>>4 == 4:
+	case gsoType == vnetGSOTCPv6 && v6:
+		minIP = 40
+	default:
+		return 0, 0, false, fmt.Errorf("tun: GSO type %d on an IPv%d packet", gsoType, pkt[0]>>4)
+	}
+	if v6 {
+		// Extension headers before TCP: leave those to splitVnet.
+		if pkt[6] != protoTCP || csumStart != 40 {
+			return 0, 0, false, nil
+		}
+	} else if pkt[9] != protoTCP || csumStart != int(pkt[0]&0x0f)*4 {
+		return 0, 0, false, nil // splitVnet judges it
+	}
+	if csumStart < minIP || csumStart+20 > len(pkt) {
+		return 0, 0, false, fmt.Errorf("tun: GSO csum_start %d in a %d-byte packet", csumStart, len(pkt))
+	}
+	if thl := int(pkt[csumStart+12]>>4) * 4; thl < 20 || csumStart+thl > len(pkt) {
+		return 0, 0, false, fmt.Errorf("tun: GSO TCP header of %d bytes in a %d-byte packet", thl, len(pkt))
+	}
+	if v6 {
+		binary.BigEndian.PutUint16(pkt[4:], uint16(len(pkt)-40))
+	} else {
+		if len(pkt) > 0xffff {
+			return 0, 0, false, fmt.Errorf("tun: GSO IPv4 packet of %d bytes", len(pkt))
+		}
+		binary.BigEndian.PutUint16(pkt[2:], uint16(len(pkt)))
+		pkt[10], pkt[11] = 0, 0
+		binary.BigEndian.PutUint16(pkt[10:], ^checksum.Checksum(pkt[:csumStart], 0))
+	}
+	return VnetHdrLen, len(in), true, nil
+}
+
 // wrapReadErr makes wireguard-go's non-fatal read error recognisable
 // through the stack's contract.
 func wrapReadErr(err error) error {

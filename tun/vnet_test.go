@@ -253,3 +253,75 @@ func BenchmarkSplitVnet(b *testing.B) {
 		}
 	}
 }
+
+// TestWholeTCP: a TSO segment is handed on whole, its payload and TCP
+// checksum field (the kernel's partial sum) untouched, its IP length set
+// to the whole packet (and the IPv4 header sum redone); a UDP GSO packet
+// and a plain packet are left to splitVnet; a TSO header that does not
+// match its packet is an error.
+func TestWholeTCP(t *testing.T) {
+	payload := make([]byte, 30000)
+	for i := range payload {
+		payload[i] = byte(i * 11)
+	}
+	for _, tc := range []struct {
+		name string
+		v6   bool
+		typ  uint8
+	}{
+		{"TCPv4", false, vnetGSOTCPv4},
+		{"TCPv6", true, vnetGSOTCPv6},
+		{"TCPv4-ECN", false, vnetGSOTCPv4 | vnetGSOECN},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pkt, ipLen, _ := ipPacket(tc.v6, true, payload, 0x10)
+			want := append([]byte(nil), pkt...)
+			// The length fields need not be right in what the kernel
+			// hands over; the device sets them.
+			if tc.v6 {
+				binary.BigEndian.PutUint16(pkt[4:], 0)
+			} else {
+				binary.BigEndian.PutUint16(pkt[2:], 0)
+				binary.BigEndian.PutUint16(pkt[10:], 0)
+			}
+			in := append(vnetHdr(vnetFlagNeedsCsum, tc.typ, 1400, ipLen, 16), pkt...)
+			start, end, ok, err := wholeTCP(in)
+			if err != nil || !ok || start != VnetHdrLen || end != len(in) {
+				t.Fatalf("wholeTCP = %d, %d, %v, %v; want %d, %d, true, nil", start, end, ok, err, VnetHdrLen, len(in))
+			}
+			if got := in[start:end]; !bytes.Equal(got, want) {
+				t.Errorf("packet differs from the original with right lengths: % x", got[:60])
+			}
+		})
+	}
+	udp, ipLen, _ := ipPacket(false, false, payload[:5000], 0)
+	if _, _, ok, err := wholeTCP(append(vnetHdr(vnetFlagNeedsCsum, vnetGSOUDPL4, 1400, ipLen, 6), udp...)); ok || err != nil {
+		t.Errorf("UDP GSO packet: ok %v, err %v; want it left to splitVnet", ok, err)
+	}
+	plain, ipLen, _ := ipPacket(false, true, payload[:1000], 0x10)
+	if _, _, ok, err := wholeTCP(append(vnetHdr(vnetFlagNeedsCsum, vnetGSONone, 0, ipLen, 16), plain...)); ok || err != nil {
+		t.Errorf("plain packet: ok %v, err %v; want it left to splitVnet", ok, err)
+	}
+	v6, _, _ := ipPacket(true, true, payload[:5000], 0x10)
+	if _, _, _, err := wholeTCP(append(vnetHdr(vnetFlagNeedsCsum, vnetGSOTCPv4, 1400, 20, 16), v6...)); err == nil {
+		t.Error("TCPv4 GSO type on an IPv6 packet: no error")
+	}
+	short, _, _ := ipPacket(false, true, payload[:5000], 0x10)
+	if _, _, _, err := wholeTCP(append(vnetHdr(vnetFlagNeedsCsum, vnetGSOTCPv4, 1400, 20, 16), short[:45]...)); err == nil {
+		t.Error("TSO packet cut inside its TCP header: no error")
+	}
+}
+
+// TestTruncated: a packet whose IP length says more than was read is
+// recognised, for IPv4 and IPv6.
+func TestTruncated(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		pkt, _, _ := ipPacket(v6, true, make([]byte, 3000), 0x10)
+		if truncated(pkt) {
+			t.Errorf("v6=%v: a whole packet reported truncated", v6)
+		}
+		if !truncated(pkt[:len(pkt)-1]) {
+			t.Errorf("v6=%v: a packet one byte short not reported truncated", v6)
+		}
+	}
+}

@@ -27,6 +27,7 @@ type config struct {
 	copySocks copySocks       // the copying SOCKS server; name "" for none
 	mtus      []int           // one lab per MTU; the first also gets the connection rows
 	iperfTime time.Duration   // each iperf3 run
+	streams   []int           // iperf3 stream counts, one row each per direction
 	workers   []int           // connection-rate worker counts, one row each
 	rateTime  time.Duration   // connection-rate duration
 	rateReps  int             // connection-rate runs per cell (median)
@@ -99,7 +100,7 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	// Declare rows up front so the table keeps a stable order.
 	for i, mtu := range b.cfg.mtus {
-		for _, streams := range []int{1, 4} {
+		for _, streams := range b.cfg.streams {
 			if b.cfg.skipIperf {
 				break
 			}
@@ -109,6 +110,14 @@ func (b *bench) run(ctx context.Context) error {
 					target = targetSingleStream
 				}
 				b.tab.declare(iperfRow(mtu, streams, reverse), throughput, target)
+			}
+		}
+		for _, streams := range b.cfg.streams {
+			if b.cfg.skipIperf {
+				break
+			}
+			for _, reverse := range []bool{false, true} {
+				b.tab.declare(iperfCPURow(mtu, streams, reverse), latency, 0)
 			}
 		}
 		if i == 0 {
@@ -186,6 +195,11 @@ func iperfRow(mtu, streams int, reverse bool) string {
 		s = "streams"
 	}
 	return fmt.Sprintf("iperf3 TCP %s, %d %s, MTU %d", dir, streams, s, mtu)
+}
+
+// iperfCPURow is the TUN program's CPU time per MB the iperf3 row moved.
+func iperfCPURow(mtu, streams int, reverse bool) string {
+	return "TUN program CPU time per MB, " + iperfRow(mtu, streams, reverse)
 }
 
 // connRateMedian runs connRate cfg.rateReps times and returns the median
@@ -551,17 +565,31 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 	if err := b.probe(ctx, l, p, socksAddr); err != nil {
 		return fmt.Errorf("%v path does not work: %w", p, err)
 	}
-	for _, streams := range []int{1, 4} {
+	for _, streams := range b.cfg.streams {
 		if b.cfg.skipIperf {
 			break
 		}
 		for _, reverse := range []bool{false, true} {
 			r := b.tab.declare(iperfRow(mtu, streams, reverse), throughput, 0)
+			var cpu0 time.Duration
+			var cpuErr error
+			if p.throughTUN() {
+				cpu0, cpuErr = cpuTime(b.tunPid)
+			}
 			v, err := b.iperf(ctx, l, p, streams, reverse)
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			b.record(r, p, v, err)
+			if p.throughTUN() {
+				cpu1, cpuErr1 := cpuTime(b.tunPid)
+				mb := v * b.cfg.iperfTime.Seconds() / 8 / 1e6
+				cerr := errors.Join(err, cpuErr, cpuErr1)
+				if cerr == nil && mb <= 0 {
+					cerr = errors.New("nothing moved")
+				}
+				b.record(b.tab.declare(iperfCPURow(mtu, streams, reverse), latency, 0), p, (cpu1-cpu0).Seconds()/mb, cerr)
+			}
 		}
 	}
 	if !full {

@@ -40,6 +40,8 @@ func run(ctx context.Context, args []string) int {
 	fs.StringVar(&mtus, "mtus", "1500,9000", "comma-separated link MTUs, one lab each; the first also gets the connection, latency and memory rows")
 	fs.DurationVar(&cfg.iperfTime, "t", 5*time.Second, "duration of each iperf3 run (whole seconds, 1s..60s)")
 	var workers string
+	streams := "1,4"
+	fs.StringVar(&streams, "iperf-streams", streams, "comma-separated iperf3 stream counts, one row each per direction and MTU")
 	fs.StringVar(&workers, "workers", "8,64", "comma-separated parallel worker counts for the connection rate, one row each plus the best (1..256)")
 	fs.DurationVar(&cfg.rateTime, "rate-time", 3*time.Second, "duration of the connection-rate run (100ms..60s)")
 	fs.IntVar(&cfg.rateReps, "rate-reps", 3, "connection-rate runs per cell; the median is reported (1..9)")
@@ -75,7 +77,7 @@ func run(ctx context.Context, args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if err := cfg.parse(mtus, workers, stacks, copySocks); err != nil {
+	if err := cfg.parse(mtus, workers, stacks, copySocks, streams); err != nil {
 		fmt.Fprintln(os.Stderr, "benchtool:", err)
 		return 2
 	}
@@ -125,7 +127,7 @@ func run(ctx context.Context, args []string) int {
 	return 0
 }
 
-func (c *config) parse(mtus, workers, stacks, copyServer string) error {
+func (c *config) parse(mtus, workers, stacks, copyServer, streams string) error {
 	for _, s := range strings.Split(stacks, ",") {
 		var p path
 		switch strings.TrimSpace(s) {
@@ -188,6 +190,13 @@ func (c *config) parse(mtus, workers, stacks, copyServer string) error {
 	}
 	if len(c.workers) > 4 {
 		return fmt.Errorf("-workers %q: at most 4 counts", workers)
+	}
+	for _, s := range strings.Split(streams, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || n < 1 || n > 128 || slices.Contains(c.streams, n) {
+			return fmt.Errorf("-iperf-streams %q: want distinct stream counts from 1 to 128, like 1,4", streams)
+		}
+		c.streams = append(c.streams, n)
 	}
 	switch {
 	case c.iperfTime < time.Second || c.iperfTime > time.Minute || c.iperfTime%time.Second != 0:
