@@ -64,6 +64,7 @@ const (
 	maxOpenFiles      = 20000            // this machine's hard limit of open files
 	udpEchoPort       = 7100             // the remote host's UDP echo service
 	udpHeldPortBase   = 2000             // app source ports of the held UDP flows
+	udpWarmPort       = 1999             // and of the one flow sent before them
 	udpFloodPortBase  = 10000            // and of the offered ones
 	idleOpenWorkers   = 8                // goroutines opening and poking idle connections
 	idleSettle        = 10 * time.Second // idle before RSS is read: tunsocks gives a burst's memory back after 2-4 s quiet
@@ -344,6 +345,12 @@ func udpHeldRow(c config) string {
 }
 func perFlowRow(c config) string {
 	return fmt.Sprintf("memory per UDP flow (RSS with %d held - RSS before, / flows answered)", c.udpHeld)
+}
+
+// perFlowAnonRow is perFlowRow counting anonymous memory only, as
+// perConnAnonRow does for TCP.
+func perFlowAnonRow(c config) string {
+	return fmt.Sprintf("memory per UDP flow, anonymous part only (RssAnon with %d held - RssAnon before, / flows answered)", c.udpHeld)
 }
 func udpFloodRow(c config) string {
 	return fmt.Sprintf("TUN program RSS after %d new UDP flows offered (one datagram each, %d/s)", c.udpFlood, c.udpRate)
