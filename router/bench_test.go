@@ -100,6 +100,14 @@ func benchPipeline(b *testing.B, out Outbound, sniff bool) *stacktest.App {
 	if sniff {
 		cfg.Sniff = &SniffConfig{Want: func(*rules.Metadata) bool { return true }, OverrideDestination: true}
 	}
+	return benchRouterStack(b, cfg)
+}
+
+// benchRouterStack runs a router of cfg over a stack over an in-memory
+// TUN and returns the app stack on the far side; all of it closes when
+// the benchmark ends.
+func benchRouterStack(b *testing.B, cfg Config) *stacktest.App {
+	b.Helper()
 	r, err := New(cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -188,25 +196,7 @@ func BenchmarkFlowSOCKS(b *testing.B) {
 	}
 	b.Cleanup(func() { poller.Close() })
 	out := &socksOutbound{c: sc, addr: echo}
-	r, err := New(Config{Decide: Static(out), Poller: poller})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	dev, peer := tuntest.NewPipe(1500)
-	st, err := stack.New(ctx, stack.Config{Device: dev, Handler: r})
-	if err != nil {
-		b.Fatal(err)
-	}
-	app, err := stacktest.NewApp(peer, netip.MustParsePrefix("10.0.0.2/24"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		st.Close()
-		app.Close()
-		cancel()
-	})
+	app := benchRouterStack(b, Config{Decide: Static(out), Poller: poller})
 	dst := netip.MustParseAddrPort("203.0.113.1:7")
 	b.ReportAllocs()
 	b.ResetTimer()

@@ -3,14 +3,12 @@ package stack
 import (
 	"bytes"
 	"log/slog"
-	"os"
 	"sync"
 	"testing"
 	"time"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/tun/tuntest"
 )
 
@@ -44,23 +42,9 @@ func (d *bufRecorder) ReadValidated(bufs [][]byte, sizes []int, valid []bool, of
 // byte of first to the last of last that are resident (mincore).
 func residentPages(t *testing.T, first, last []byte) int {
 	t.Helper()
-	page := uintptr(os.Getpagesize())
 	lo := uintptr(unsafe.Pointer(unsafe.SliceData(first)))
 	hi := uintptr(unsafe.Pointer(unsafe.SliceData(last))) + uintptr(cap(last))
-	lo = (lo + page - 1) / page * page
-	hi = hi / page * page
-	if hi <= lo {
-		t.Fatalf("no whole page between %#x and %#x", lo, hi)
-	}
-	vec := make([]byte, (hi-lo)/page)
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, lo, hi-lo, uintptr(unsafe.Pointer(unsafe.SliceData(vec)))); e != 0 {
-		t.Fatalf("mincore: %v", e)
-	}
-	n := 0
-	for _, v := range vec {
-		n += int(v & 1)
-	}
-	return n
+	return testenv.ResidentPages(t, lo, hi)
 }
 
 // waitFor polls cond for up to 10 s.

@@ -13,7 +13,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -445,28 +444,6 @@ func readValidatedWithTimeout(dev *Device, bufs [][]byte, sizes []int, valid []b
 	}
 }
 
-// residentPages counts the resident pages wholly inside b[:cap(b)].
-func residentPages(t *testing.T, b []byte) int {
-	t.Helper()
-	b = b[:cap(b)]
-	page := uintptr(os.Getpagesize())
-	lo := uintptr(unsafe.Pointer(unsafe.SliceData(b)))
-	hi := (lo + uintptr(len(b))) / page * page
-	lo = (lo + page - 1) / page * page
-	if hi <= lo {
-		t.Fatal("no whole page in the buffer")
-	}
-	vec := make([]byte, (hi-lo)/page)
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, lo, hi-lo, uintptr(unsafe.Pointer(unsafe.SliceData(vec)))); e != 0 {
-		t.Fatalf("mincore: %v", e)
-	}
-	n := 0
-	for _, v := range vec {
-		n += int(v & 1)
-	}
-	return n
-}
-
 // TestInterruptRead: InterruptRead makes a Read blocked in the poller,
 // and one called afterwards, return at once with no packets and an error
 // wrapping os.ErrDeadlineExceeded (stack.ReadInterrupter); a datagram
@@ -514,7 +491,7 @@ func TestInterruptRead(t *testing.T) {
 				t.Errorf("offload=%v: first datagram: %v", offload, err)
 				return
 			}
-			if offload && residentPages(t, dev.readBuf) == 0 {
+			if offload && testenv.ResidentPagesOf(t, dev.readBuf) == 0 {
 				t.Errorf("the read buffer has no resident page after a read: the check below sees nothing")
 			}
 
@@ -550,8 +527,8 @@ func TestInterruptRead(t *testing.T) {
 				<-got
 				return
 			}
-			if offload && residentPages(t, dev.readBuf) != 0 {
-				t.Errorf("%d pages of the read buffer resident after the interrupted read", residentPages(t, dev.readBuf))
+			if offload && testenv.ResidentPagesOf(t, dev.readBuf) != 0 {
+				t.Errorf("%d pages of the read buffer resident after the interrupted read", testenv.ResidentPagesOf(t, dev.readBuf))
 			}
 
 			// A datagram waiting, then an interrupt: the next Read
