@@ -111,6 +111,18 @@ func (h *handshakes) unlinkLocked(r *TCPRequest) {
 	}
 }
 
+// accepting returns the attempts in the table (abortHandshake acts on
+// those an Accept is completing and ignores the rest).
+func (h *handshakes) accepting() []*TCPRequest {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	rs := make([]*TCPRequest, 0, h.n)
+	for r := h.head; r != nil; r = r.hsNext {
+		rs = append(rs, r)
+	}
+	return rs
+}
+
 // len is the number of attempts in flight.
 func (h *handshakes) len() int {
 	h.mu.Lock()

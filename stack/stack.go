@@ -671,6 +671,11 @@ func (s *Stack) close() error {
 	s.mu.Unlock()
 
 	s.cancel()
+	// Handshakes under way end now, not at their timeout (Accept aborts
+	// the ones that start after this, seeing closed).
+	for _, r := range s.hs.accepting() {
+		r.abortHandshake(errStackClosed)
+	}
 	for _, c := range conns {
 		_ = c.Close()
 		s.mu.Lock()
@@ -733,4 +738,11 @@ func (s *Stack) goHandlerLocked(fn func()) bool {
 		fn()
 	}()
 	return true
+}
+
+// isClosed says whether Close has begun.
+func (s *Stack) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
 }

@@ -90,6 +90,13 @@ func (r *TCPRequest) Accept() (Conn, error) {
 	}
 	defer r.s.hs.remove(r)
 	timer := time.AfterFunc(r.s.cfg.TCP.HandshakeTimeout, func() { r.abortHandshake(errHandshakeTimeout) })
+	if r.s.isClosed() {
+		// A Handler that accepts once Close has cancelled it: Close
+		// aborted the attempts it found accepting, and this one came
+		// after; without the abort its handshake would wait for the
+		// timeout, past Close's wait for handlers.
+		r.abortHandshake(errStackClosed)
+	}
 	var c *tcpConn
 	var err error
 	if r.nat != nil {
