@@ -403,22 +403,24 @@ func (e *linkEndpoint) fail(err error) {
 	close(e.failed)
 }
 
-func (e *linkEndpoint) deliver(pkt []byte) {
+// netProto is the network protocol of the IP packet pkt by its version
+// nibble, 0 for an empty packet or another version.
+func netProto(pkt []byte) tcpip.NetworkProtocolNumber {
 	if len(pkt) == 0 {
-		e.rxDrops.Add(1)
-		return
+		return 0
 	}
-	var proto tcpip.NetworkProtocolNumber
 	switch header.IPVersion(pkt) {
 	case header.IPv4Version:
-		proto = ipv4.ProtocolNumber
+		return ipv4.ProtocolNumber
 	case header.IPv6Version:
-		proto = ipv6.ProtocolNumber
-	default:
-		e.rxDrops.Add(1)
-		return
+		return ipv6.ProtocolNumber
 	}
-	if e.gro.Dispatcher == nil {
+	return 0
+}
+
+func (e *linkEndpoint) deliver(pkt []byte) {
+	proto := netProto(pkt)
+	if proto == 0 || e.gro.Dispatcher == nil {
 		e.rxDrops.Add(1)
 		return
 	}
@@ -438,13 +440,7 @@ func (e *linkEndpoint) deliver(pkt []byte) {
 // count as validated.
 func (e *linkEndpoint) deliverView(v *buffer.View) {
 	pkt := v.AsSlice()
-	var proto tcpip.NetworkProtocolNumber
-	switch header.IPVersion(pkt) {
-	case header.IPv4Version:
-		proto = ipv4.ProtocolNumber
-	case header.IPv6Version:
-		proto = ipv6.ProtocolNumber
-	}
+	proto := netProto(pkt)
 	e.mu.RLock()
 	d := e.dispatcher
 	e.mu.RUnlock()

@@ -3,6 +3,7 @@ package stack_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -89,14 +90,21 @@ func TestRelayIdleParksWithoutGoroutine(t *testing.T) {
 		t.Errorf("%.2f goroutines per idle relay, want about 1", per)
 	}
 	// Parked relays still carry data both ways, also more than a buffer.
-	big := make([]byte, 200<<10)
 	for i := range 3 {
 		echoBoth(t, apps[i], remotes[i], 0xee)
-		go apps[i].Write(big)
-		remotes[i].SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadFull(remotes[i], make([]byte, len(big))); err != nil {
-			t.Fatalf("relay %d, 200 KiB app->remote after parking: %v", i, err)
-		}
+		sendBig(t, apps[i], remotes[i], fmt.Sprintf("relay %d, app->remote after parking", i))
+	}
+}
+
+// sendBig writes 200 KiB, more than a relay buffer, into from and reads
+// them whole from to, for up to 10 s.
+func sendBig(t *testing.T, from, to net.Conn, what string) {
+	t.Helper()
+	big := make([]byte, 200<<10)
+	go from.Write(big)
+	to.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(to, make([]byte, len(big))); err != nil {
+		t.Fatalf("%s, 200 KiB: %v", what, err)
 	}
 }
 
@@ -290,14 +298,9 @@ func TestDetachedIdleFlowHoldsNoGoroutine(t *testing.T) {
 	if got != 0 {
 		t.Errorf("%d goroutines in handlers or relays with %d idle detached flows, want none", got, n)
 	}
-	big := make([]byte, 200<<10)
 	for i := range 3 {
 		echoBoth(t, apps[i], remotes[i], 0xee)
-		go remotes[i].Write(big)
-		apps[i].SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadFull(apps[i], make([]byte, len(big))); err != nil {
-			t.Fatalf("flow %d, 200 KiB remote->app after parking: %v", i, err)
-		}
+		sendBig(t, remotes[i], apps[i], fmt.Sprintf("flow %d, remote->app after parking", i))
 	}
 }
 
