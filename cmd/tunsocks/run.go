@@ -541,6 +541,17 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 		// around each page touched: most of the executable was resident
 		// (18 of the 30 MiB after start on Linux/amd64). The code flows
 		// run maps back in on first use.
+		//
+		// Before that, the kernel stops mapping 64 KiB of the executable
+		// around each page read ("fault-around"): what the program maps
+		// back afterwards is then the pages it reads, not 16 times that
+		// (the file-backed part of RSS after start-up and one connection
+		// fell from 11.6 to 3.3 MiB on Linux/amd64).
+		if nfa, err := memtrim.NoFaultAround(); err == nil {
+			defer nfa.Close()
+		} else {
+			log.Debug("the kernel keeps faulting the executable around each page read", "err", err)
+		}
 		n, err := memtrim.Settle()
 		log.Debug("start-up memory trimmed", "code_unmapped", n, "err", err)
 		// After a burst (a bulk transfer, thousands of handshakes) the

@@ -5,14 +5,17 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/tunsocks/tunsocks/config"
+	"github.com/tunsocks/tunsocks/internal/memtrim"
 	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
@@ -43,10 +46,20 @@ func TestRunLimitUsageErrors(t *testing.T) {
 }
 
 // TestStartupTrim: once started, the pipeline gives back what start-up
-// alone needed (the executable's pages it touched; see memtrim.Trim),
-// unless --memtrim=false asked it to leave memory alone. Run unprivileged
-// as 'tunsocks wg'.
+// alone needed (the executable's pages it touched; see memtrim.Trim) and
+// has the kernel map back only the pages of the executable it reads (no
+// fault-around: memtrim.NoFaultAround) until it stops, unless
+// --memtrim=false asked it to leave memory alone. Run unprivileged as
+// 'tunsocks wg'.
 func TestStartupTrim(t *testing.T) {
+	// Whether this kernel can turn fault-around off.
+	nfa := false
+	if c, err := memtrim.NoFaultAround(); err == nil {
+		c.Close()
+		nfa = true
+	} else {
+		t.Logf("no fault-around control here: %v", err)
+	}
 	for _, noTrim := range []bool{false, true} {
 		t.Run(fmt.Sprintf("noTrim=%v", noTrim), func(t *testing.T) {
 			cfg := config.Default()
@@ -75,9 +88,16 @@ func TestStartupTrim(t *testing.T) {
 					time.Sleep(10 * time.Millisecond)
 				}
 			}
+			running := registeredExe(t)
 			cancel()
 			if err := <-done; err != nil {
 				t.Fatalf("runPipeline: %v\n%s", err, logs.String())
+			}
+			if want := nfa && !noTrim; (running > 0) != want {
+				t.Errorf("%d mappings of the executable registered against fault-around while running, want them registered: %v", running, want)
+			}
+			if n := registeredExe(t); n != 0 {
+				t.Errorf("%d mappings of the executable still registered after the run", n)
 			}
 			m := trimmed.FindStringSubmatch(logs.String())
 			switch {
@@ -90,4 +110,33 @@ func TestStartupTrim(t *testing.T) {
 			}
 		})
 	}
+}
+
+// registeredExe counts the mappings of the executable registered with a
+// userfaultfd (VmFlags "uw" in /proc/self/smaps), as
+// memtrim.NoFaultAround registers them; 0 outside Linux.
+func registeredExe(t *testing.T) int {
+	t.Helper()
+	if runtime.GOOS != "linux" {
+		return 0
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, ours := 0, false
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) >= 5 && !strings.HasSuffix(f[0], ":"):
+			ours = len(f) == 6 && f[5] == exe
+		case ours && len(f) > 0 && f[0] == "VmFlags:" && slices.Contains(f[1:], "uw"):
+			n++
+		}
+	}
+	return n
 }

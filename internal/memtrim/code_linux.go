@@ -21,21 +21,35 @@ import (
 // read-only ones holding private copies of pages, are left alone (their
 // contents would be lost).
 func DropCode() (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/self/exe", &st); err != nil {
-		return 0, fmt.Errorf("memtrim: %w", err)
-	}
-	b, err := os.ReadFile("/proc/self/smaps")
-	if err != nil {
-		return 0, fmt.Errorf("memtrim: %w", err)
-	}
-	ms, err := parseSmaps(b)
+	ms, err := exeMappings()
 	if err != nil {
 		return 0, err
 	}
-	return dropClean(ms, func(m mapping) bool {
-		return m.inode == st.Ino && m.devMajor == unix.Major(st.Dev) && m.devMinor == unix.Minor(st.Dev)
-	})
+	return dropClean(ms, func(mapping) bool { return true })
+}
+
+// exeMappings returns the mappings of /proc/self/smaps that map the
+// executable's file.
+func exeMappings() ([]mapping, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/exe", &st); err != nil {
+		return nil, fmt.Errorf("memtrim: %w", err)
+	}
+	b, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		return nil, fmt.Errorf("memtrim: %w", err)
+	}
+	ms, err := parseSmaps(b)
+	if err != nil {
+		return nil, err
+	}
+	exe := ms[:0]
+	for _, m := range ms {
+		if m.inode == st.Ino && m.devMajor == unix.Major(st.Dev) && m.devMinor == unix.Minor(st.Dev) {
+			exe = append(exe, m)
+		}
+	}
+	return exe, nil
 }
 
 // mapping is what dropClean needs of one mapping in /proc/PID/smaps.

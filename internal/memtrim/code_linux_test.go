@@ -43,6 +43,11 @@ func mapFile(t *testing.T, prot int) ([]byte, uint64) {
 		t.Fatal(err)
 	}
 	defer f.Close()
+	// Written back, so no page is locked for writeback when a test
+	// counts what a read maps.
+	if err := f.Sync(); err != nil {
+		t.Fatal(err)
+	}
 	b, err := unix.Mmap(int(f.Fd()), 0, len(content), prot, unix.MAP_PRIVATE)
 	if err != nil {
 		t.Fatal(err)
