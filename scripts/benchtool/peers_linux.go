@@ -48,7 +48,7 @@ func parsePeer(s string) (path, string, error) {
 // hijacking, no API listener, logging of warnings only.
 func (b *bench) tunCommand(p path, mtu int, socks netip.AddrPort, dir string) (string, []string, error) {
 	switch p {
-	case tunPath, sysPath:
+	case tunPath, sysPath, aaPath: // aaPath: the A/A column, the gVisor stack again
 		args := []string{"run", "--proxy", "socks5://" + socks.String(),
 			"--tun", tunDev, "--mtu", strconv.Itoa(mtu), "--summary-interval", "0"}
 		if p == sysPath {
