@@ -33,6 +33,7 @@ type config struct {
 	rateReps  int             // connection-rate runs per cell (median)
 	rtts      int             // round trips for the latency percentiles
 	rttRounds int             // interleaved rounds of them (0: each column in its own phase)
+	rttProcs  int             // runs of each TUN program taking the rounds' turns in turn
 	rttAA     bool            // a second tunsocks column in the round-trip rows
 	idle      int             // idle connections held open for the first memory row
 	idleMax   int             // and for the second (0: no second row)

@@ -46,7 +46,8 @@ func run(ctx context.Context, args []string) int {
 	fs.DurationVar(&cfg.rateTime, "rate-time", 3*time.Second, "duration of the connection-rate run (100ms..60s)")
 	fs.IntVar(&cfg.rateReps, "rate-reps", 3, "connection-rate runs per cell; the median is reported (1..9)")
 	fs.IntVar(&cfg.rtts, "rtts", 2000, "1-byte round trips for the latency percentiles (100..100000)")
-	fs.IntVar(&cfg.rttRounds, "rtt-rounds", 5, "interleaved rounds of the round-trip rows: every column holds one connection and takes a turn of rtts/rounds round trips in each round, the order rotating, each TUN program in its own namespace (1..50; 0: the old way, each column's round trips in its own phase)")
+	fs.IntVar(&cfg.rttRounds, "rtt-rounds", 24, "interleaved rounds of the round-trip rows: in each round every column takes a turn of rtts/rounds round trips, the order rotating; percentiles over all of a column's turns (1..50; 0: the old way, each column's round trips in its own phase, minutes apart)")
+	fs.IntVar(&cfg.rttProcs, "rtt-procs", 3, "runs of each TUN program side by side for the interleaved round trips, each in its own app namespace with one connection, taking its column's turns in rotation: a run can stay for seconds in a state (where the scheduler keeps its threads, most likely) that doubles its round trip on a loaded machine, and several runs average that out (1..4)")
 	fs.BoolVar(&cfg.rttAA, "rtt-aa", false, "an A/A check of the round-trip rows: a second `tunsocks run` (gVisor stack), the same binary and settings, in a column of its own (tunsocks-aa) measured like any other; its ratio to the tunsocks column shows how far the run's noise moves a comparison")
 	fs.IntVar(&cfg.idle, "idle-conns", 1000, "idle TCP connections held through each TUN program for the first memory rows (1..9000)")
 	fs.IntVar(&cfg.idleMax, "idle-max", 8000, "idle TCP connections for the second memory rows, and poked afterwards (0: none; at most 9000: benchtool holds both ends of each under the 20,000 open-file limit)")
@@ -212,6 +213,8 @@ func (c *config) parse(mtus, workers, stacks, copyServer, streams string) error 
 		return fmt.Errorf("-rtts %d: want 100 to 100000", c.rtts)
 	case c.rttRounds < 0 || c.rttRounds > 50:
 		return fmt.Errorf("-rtt-rounds %d: want 1 to 50, or 0 for each column in its own phase", c.rttRounds)
+	case c.rttProcs < 1 || c.rttProcs > 4:
+		return fmt.Errorf("-rtt-procs %d: want 1 to 4", c.rttProcs)
 	case c.rttAA && !slices.Contains(c.tunPaths, tunPath):
 		return fmt.Errorf("-rtt-aa: the A/A column repeats the gVisor stack's; want -tcp-stacks with gvisor")
 	case c.idle < 1 || c.idle > 9000:
@@ -251,8 +254,13 @@ func rttMethod(c config) string {
 	if c.rttRounds == 0 {
 		return "1-byte round-trip rows measured column by column, each in its own phase (-rtt-rounds 0)"
 	}
-	return fmt.Sprintf("1-byte round-trip rows interleaved: %d rounds, in each every column makes %d round trips on its one connection "+
-		"(after %d unmeasured), the order rotating; percentiles over all of a column's samples, the TUN program's switches and CPU "+
-		"counted over its own turns only; each TUN program in its own app namespace, all running during the rounds",
-		c.rttRounds, c.rtts/c.rttRounds, rttTurnWarmup)
+	per := strconv.Itoa(c.rtts / c.rttRounds)
+	if c.rtts%c.rttRounds != 0 {
+		per += "-" + strconv.Itoa(c.rtts/c.rttRounds+1)
+	}
+	return fmt.Sprintf("1-byte round-trip rows interleaved: %d rounds, in each every column makes %s round trips (after %d unmeasured), "+
+		"the order rotating; %d runs of each TUN program side by side, each in its own app namespace with one connection, "+
+		"taking their column's turns in rotation; percentiles over all of a column's samples, the TUN program's switches and CPU "+
+		"counted over its own measured round trips only",
+		c.rttRounds, per, rttTurnWarmup, c.rttProcs)
 }

@@ -13,7 +13,7 @@ func TestParseRTTFlags(t *testing.T) {
 	}
 	parse := func(rounds int, aa bool, stacks string) error {
 		c := config{tunsocks: exe, iperfTime: 5e9, rateTime: 3e9, rateReps: 3, rtts: 2000, idle: 1000, udpRate: 5000,
-			rttRounds: rounds, rttAA: aa}
+			rttRounds: rounds, rttProcs: 3, rttAA: aa}
 		return c.parse("1500", "8", stacks, "none", "1")
 	}
 	for _, ok := range []struct {

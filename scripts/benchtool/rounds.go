@@ -116,9 +116,10 @@ type rttColumn struct {
 	trip func() (time.Duration, error)
 	// counters reads the column's TUN program's context switches and CPU
 	// time so far; nil for a column without one.
-	counters func() (switches float64, cpu time.Duration, err error)
-	tally    rttTally
-	err      error // the first failure; the column takes no more turns
+	counters  func() (switches float64, cpu time.Duration, err error)
+	turnStart func() error
+	tally     rttTally
+	err       error // the first failure; the column takes no more turns
 }
 
 // interleave runs the schedule of n round trips per column in rounds
@@ -146,6 +147,11 @@ func interleave(ctx context.Context, cols []*rttColumn, rounds, n int) error {
 // takeTurn makes a turn's warm-up trips, then trips measured ones,
 // reading the column's counters right before and right after these.
 func (c *rttColumn) takeTurn(trips int) error {
+	if c.turnStart != nil {
+		if err := c.turnStart(); err != nil {
+			return err
+		}
+	}
 	for range rttTurnWarmup {
 		if _, err := c.trip(); err != nil {
 			return err

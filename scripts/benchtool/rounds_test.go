@@ -223,3 +223,40 @@ func TestInterleaveFailureAndCancel(t *testing.T) {
 		t.Errorf("%d trips made: the rounds went on after the cancel", f.all)
 	}
 }
+
+// TestInterleaveTurnStart: a column's turnStart runs once at the start of
+// each of its turns, before any of the turn's trips (measureRTT switches
+// the column to its next TUN program run there).
+func TestInterleaveTurnStart(t *testing.T) {
+	f := newFakeRTT(2)
+	var runs []int // the run each trip of column 1 went to
+	cur, turns := 0, 0
+	f.columns[1].turnStart = func() error {
+		cur = turns % 3
+		turns++
+		return nil
+	}
+	trip := f.columns[1].trip
+	f.columns[1].trip = func() (time.Duration, error) {
+		runs = append(runs, cur)
+		return trip()
+	}
+	const rounds, n = 6, 600
+	if err := interleave(context.Background(), f.columns, rounds, n); err != nil {
+		t.Fatal(err)
+	}
+	if turns != rounds {
+		t.Fatalf("turnStart ran %d times, want once a turn (%d)", turns, rounds)
+	}
+	per := n/rounds + rttTurnWarmup
+	for i, r := range runs {
+		if want := (i / per) % 3; r != want {
+			t.Fatalf("trip %d (turn %d) went to run %d, want %d: every trip of a turn after its turnStart", i, i/per, r, want)
+		}
+	}
+	f.columns[0].turnStart = func() error { return errors.New("no run left") }
+	f.columns[0].err = nil
+	if err := interleave(context.Background(), f.columns[:1], 2, 200); err != nil || f.columns[0].err == nil {
+		t.Errorf("a failing turnStart: interleave %v, column error %v; want the column's error", err, f.columns[0].err)
+	}
+}

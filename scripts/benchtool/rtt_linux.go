@@ -52,59 +52,53 @@ func (b *bench) measureRTT(ctx context.Context, l *lab.Lab, mtu int, dir, server
 	}()
 	var cols []*rttColumn
 	var failed []*rttColumn // columns that could not start: their rows get the error
-	// For the log: the CPU time of each TUN program over the whole phase
-	// (its turns, warm-ups, and idle while the others had theirs).
-	phaseCPU := map[path]func() (sched, stat time.Duration){}
+	// For the log: the CPU time of each TUN program run over the whole
+	// phase (its turns, warm-ups, and idle while the others had theirs).
+	phaseCPU := map[*rttColumn][]func() time.Duration{}
 	for _, p := range paths {
 		col := &rttColumn{p: p}
-		host, pid := l, 0
+		n := 1
 		if p.throughTUN() {
-			h, cleanup, err := b.rttHost(l, mtu)
-			if cleanup != nil {
-				cleanups = append(cleanups, cleanup)
-			}
-			if err != nil {
-				return err // the lab itself is broken
-			}
-			sub := filepath.Join(dir, h.App) // the TUN program's configuration
-			if err := os.MkdirAll(sub, 0o755); err != nil {
-				return err
-			}
-			ts, err := b.startTUN(ctx, h, p, mtu, socks, sub, start)
+			n = b.cfg.rttProcs
+		}
+		var inst []rttInstance
+		for range n {
+			in, err := b.startRTTInstance(ctx, l, p, mtu, dir, socks, start, &cleanups)
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			if err != nil {
 				col.err = err
-				failed = append(failed, col)
-				continue
+				break
 			}
-			cleanups = append(cleanups, ts.p.stop)
-			host, pid = h, ts.pid
-			col.counters = func() (float64, time.Duration, error) { return threadCounters(pid) }
-			_, sched0, _ := threadCounters(pid)
-			stat0, _ := cpuTime(pid)
-			phaseCPU[p] = func() (time.Duration, time.Duration) {
-				_, sched1, _ := threadCounters(pid)
-				stat1, _ := cpuTime(pid)
-				return sched1 - sched0, stat1 - stat0
+			inst = append(inst, in)
+			if pid := in.pid; pid != 0 {
+				_, cpu0, _ := threadCounters(pid)
+				phaseCPU[col] = append(phaseCPU[col], func() time.Duration {
+					_, cpu1, _ := threadCounters(pid)
+					return cpu1 - cpu0
+				})
 			}
 		}
-		c, err := openRTT(ctx, host, p, socks)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if err != nil {
-			col.err = err
+		if col.err != nil {
 			failed = append(failed, col)
 			continue
 		}
-		cleanups = append(cleanups, func() { c.Close() })
+		// Each turn goes to the column's next instance.
+		cur, turns := inst[0], 0
+		col.turnStart = func() error {
+			cur = inst[turns%len(inst)]
+			turns++
+			return nil
+		}
 		buf := make([]byte, 1)
 		col.trip = func() (time.Duration, error) {
 			t0 := time.Now()
-			err := echoOnce(c, buf)
+			err := echoOnce(cur.c, buf)
 			return time.Since(t0), err
+		}
+		if cur.pid != 0 {
+			col.counters = func() (float64, time.Duration, error) { return threadCounters(cur.pid) }
 		}
 		cols = append(cols, col)
 	}
@@ -137,13 +131,57 @@ func (b *bench) measureRTT(ctx context.Context, l *lab.Lab, mtu int, dir, server
 		}
 		b.record(b.tab.declare(rttSwitchesRow(server), factor, 0), col.p, sw, err)
 		b.record(b.tab.declare(rttCPURow(server), latency, 0), col.p, cpu.Seconds(), err)
-		if f := phaseCPU[col.p]; f != nil && err == nil {
-			sched, stat := f()
-			fmt.Fprintf(b.log, "%-10s  CPU over its measured round trips %v; over the whole phase %v (%v in /proc/PID/stat's ticks)\n",
-				col.p, col.tally.cpu.Round(time.Millisecond), sched.Round(time.Millisecond), stat)
+		if err == nil {
+			var runs []string
+			for _, f := range phaseCPU[col] {
+				runs = append(runs, f().Round(time.Millisecond).String())
+			}
+			fmt.Fprintf(b.log, "%-10s  CPU over its measured round trips %v; each run's over the whole phase: %s\n",
+				col.p, col.tally.cpu.Round(time.Millisecond), strings.Join(runs, " "))
 		}
 	}
 	return nil
+}
+
+// rttInstance is one connection of a column, through one run of its TUN
+// program (pid 0 for a column without one).
+type rttInstance struct {
+	c   net.Conn
+	pid int
+}
+
+// startRTTInstance opens a connection of p's column: for a TUN column, in
+// a new app host where a new run of its TUN program relays through socks.
+// What it starts is stopped and removed by the functions it adds to
+// cleanups.
+func (b *bench) startRTTInstance(ctx context.Context, l *lab.Lab, p path, mtu int, dir string, socks netip.AddrPort,
+	start startFunc, cleanups *[]func()) (rttInstance, error) {
+	host, pid := l, 0
+	if p.throughTUN() {
+		h, cleanup, err := b.rttHost(l, mtu)
+		if cleanup != nil {
+			*cleanups = append(*cleanups, cleanup)
+		}
+		if err != nil {
+			return rttInstance{}, err
+		}
+		sub := filepath.Join(dir, h.App) // the TUN program's configuration
+		if err := os.MkdirAll(sub, 0o755); err != nil {
+			return rttInstance{}, err
+		}
+		ts, err := b.startTUN(ctx, h, p, mtu, socks, sub, start)
+		if err != nil {
+			return rttInstance{}, err
+		}
+		*cleanups = append(*cleanups, ts.p.stop)
+		host, pid = h, ts.pid
+	}
+	c, err := openRTT(ctx, host, p, socks)
+	if err != nil {
+		return rttInstance{}, err
+	}
+	*cleanups = append(*cleanups, func() { c.Close() })
+	return rttInstance{c: c, pid: pid}, nil
 }
 
 // openRTT opens p's connection for the round trips from the app host of
@@ -173,13 +211,13 @@ func openRTT(ctx context.Context, host *lab.Lab, p path, socks netip.AddrPort) (
 
 // rttHost makes a TUN program's own app host for the interleaved round
 // trips, the i-th of the lab: a namespace linked to the lab's proxy host
-// by a veth pair of its own (10.(210+i).0.2 ── 10.(210+i).0.1), with a
+// by a veth pair of its own (10.210.i.2 ── 10.210.i.1), with a
 // route to the proxy host's SOCKS address, and returns a view of the lab
 // with it as the app host (the view is never closed: cleanup removes the
 // link and the namespace).
 func (b *bench) rttHost(l *lab.Lab, mtu int) (*lab.Lab, func(), error) {
 	i := b.rttHosts
-	if i > 40 {
+	if i > 250 {
 		return nil, nil, fmt.Errorf("round-trip host %d: too many", i)
 	}
 	b.rttHosts++
@@ -201,8 +239,8 @@ func (b *bench) rttHost(l *lab.Lab, mtu int) (*lab.Lab, func(), error) {
 			fmt.Fprintf(b.log, "benchtool: removing %s: %v\n", ns, err)
 		}
 	}
-	app4 := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(210 + i), 0, 2}), 24)
-	proxy4 := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(210 + i), 0, 1}), 24)
+	app4 := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 210, byte(i), 2}), 24)
+	proxy4 := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 210, byte(i), 1}), 24)
 	app6 := netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 1: 0x10, 3: byte(i), 15: 2}), 64)
 	proxy6 := netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 1: 0x10, 3: byte(i), 15: 1}), 64)
 	err := lab.WithNetlink(ns, func(h *netlink.Handle) error {
