@@ -488,7 +488,7 @@ func (b *bench) measureAASequential(ctx context.Context, l *lab.Lab, mtu int, di
 		if socks == copySocksAddr && b.cfg.copySocks.name == "" {
 			break
 		}
-		ts, err := b.startTUN(ctx, l, aaPath, mtu, socks, dir, start)
+		ts, err := b.startTUN(ctx, l, aaPath, mtu, socks, dir, "aa", start)
 		if err != nil {
 			return err
 		}
@@ -517,10 +517,11 @@ type tunRun struct {
 }
 
 // startTUN starts p's TUN program relaying through the SOCKS server at
-// socks, brings its device up if the program leaves it down, routes the
+// socks (tag, when not "", names this run's output files: see
+// tunCommand), brings its device up if the program leaves it down, routes the
 // app host's default routes into it, and proves the path with one echo.
-func (b *bench) startTUN(ctx context.Context, l *lab.Lab, p path, mtu int, socks netip.AddrPort, dir string, start startFunc) (*tunRun, error) {
-	name, args, err := b.tunCommand(p, mtu, socks, dir)
+func (b *bench) startTUN(ctx context.Context, l *lab.Lab, p path, mtu int, socks netip.AddrPort, dir, tag string, start startFunc) (*tunRun, error) {
+	name, args, err := b.tunCommand(p, mtu, socks, dir, tag)
 	if err != nil {
 		return nil, err
 	}
@@ -558,7 +559,7 @@ func (b *bench) startTUN(ctx context.Context, l *lab.Lab, p path, mtu int, socks
 // rounds fill them). Each run is stopped (which removes the TUN and its
 // routes) before the next starts.
 func (b *bench) measureTUN(ctx context.Context, l *lab.Lab, p path, mtu int, full bool, dir string, start startFunc) error {
-	ts, err := b.startTUN(ctx, l, p, mtu, socksAddr, dir, start)
+	ts, err := b.startTUN(ctx, l, p, mtu, socksAddr, dir, "", start)
 	if err != nil {
 		return err
 	}
@@ -598,7 +599,7 @@ func (b *bench) measureTUN(ctx context.Context, l *lab.Lab, p path, mtu int, ful
 		return errors.Join(err, ctx.Err())
 	}
 
-	ts, err = b.startTUN(ctx, l, p, mtu, copySocksAddr, dir, start)
+	ts, err = b.startTUN(ctx, l, p, mtu, copySocksAddr, dir, "", start)
 	if err != nil {
 		return err
 	}

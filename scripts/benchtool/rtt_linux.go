@@ -62,8 +62,9 @@ func (b *bench) measureRTT(ctx context.Context, l *lab.Lab, mtu int, dir, server
 			n = b.cfg.rttProcs
 		}
 		var inst []rttInstance
-		for range n {
-			in, err := b.startRTTInstance(ctx, l, p, mtu, dir, socks, start, &cleanups)
+		for k := range n {
+			tag := fmt.Sprintf("rtt-%s-%v-%d", strings.ReplaceAll(label, " ", "-"), p, k+1)
+			in, err := b.startRTTInstance(ctx, l, p, mtu, dir, socks, tag, start, &cleanups)
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -151,11 +152,11 @@ type rttInstance struct {
 }
 
 // startRTTInstance opens a connection of p's column: for a TUN column, in
-// a new app host where a new run of its TUN program relays through socks.
-// What it starts is stopped and removed by the functions it adds to
-// cleanups.
+// a new app host where a new run of its TUN program relays through socks
+// (tag names the run's output files, see tunCommand). What it starts is
+// stopped and removed by the functions it adds to cleanups.
 func (b *bench) startRTTInstance(ctx context.Context, l *lab.Lab, p path, mtu int, dir string, socks netip.AddrPort,
-	start startFunc, cleanups *[]func()) (rttInstance, error) {
+	tag string, start startFunc, cleanups *[]func()) (rttInstance, error) {
 	host, pid := l, 0
 	if p.throughTUN() {
 		h, cleanup, err := b.rttHost(l, mtu)
@@ -169,7 +170,7 @@ func (b *bench) startRTTInstance(ctx context.Context, l *lab.Lab, p path, mtu in
 		if err := os.MkdirAll(sub, 0o755); err != nil {
 			return rttInstance{}, err
 		}
-		ts, err := b.startTUN(ctx, h, p, mtu, socks, sub, start)
+		ts, err := b.startTUN(ctx, h, p, mtu, socks, sub, tag, start)
 		if err != nil {
 			return rttInstance{}, err
 		}
