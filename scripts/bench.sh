@@ -23,13 +23,12 @@
 # issue's targets and tunsocks' figures against its limits (MET / NOT MET).
 # The round-trip rows are measured in interleaved rounds, not column by
 # column: every column (kernel, socks-only, each TUN program) takes a turn
-# of round trips in each of 24 rounds (-rtt-rounds), the order rotating,
-# and each TUN program runs 3 times side by side (-rtt-procs), each run in
-# an app namespace of its own, taking its column's turns in rotation; a
-# column's percentiles are over all its samples, and a TUN program's
-# switches and CPU are counted over its own round trips only. Load that
-# comes and goes, and the luck of one run, then fall on every column alike
-# (-rtt-aa adds a second tunsocks column to check how alike).
+# of 50 round trips on its open connection in each of 40 rounds
+# (-rtt-rounds), the order rotating, every TUN program running all along
+# in an app namespace of its own; a column's percentiles are over all its
+# samples, and a TUN program's switches and CPU are counted over its own
+# round trips only. Load that comes and goes then falls on every column
+# alike (-rtt-aa adds a second tunsocks column to check how alike).
 # A benchmark, not a test: it exits 0 whatever the numbers are.
 #
 # Usage: ./scripts/bench.sh [benchtool flags, e.g. -t 10s -mtus 1500

@@ -46,9 +46,9 @@ func run(ctx context.Context, args []string) int {
 	fs.DurationVar(&cfg.rateTime, "rate-time", 3*time.Second, "duration of the connection-rate run (100ms..60s)")
 	fs.IntVar(&cfg.rateReps, "rate-reps", 3, "connection-rate runs per cell; the median is reported (1..9)")
 	fs.IntVar(&cfg.rtts, "rtts", 2000, "1-byte round trips for the latency percentiles (100..100000)")
-	fs.IntVar(&cfg.rttRounds, "rtt-rounds", 24, "interleaved rounds of the round-trip rows: in each round every column takes a turn of rtts/rounds round trips, the order rotating; percentiles over all of a column's turns (1..50; 0: the old way, each column's round trips in its own phase, minutes apart)")
-	fs.IntVar(&cfg.rttProcs, "rtt-procs", 3, "runs of each TUN program side by side for the interleaved round trips, each in its own app namespace with one connection, taking its column's turns in rotation: a run can stay for seconds in a state (where the scheduler keeps its threads, most likely) that doubles its round trip on a loaded machine, and several runs average that out (1..4)")
-	fs.BoolVar(&cfg.rttAA, "rtt-aa", false, "an A/A check of the round-trip rows: a second `tunsocks run` (gVisor stack), the same binary and settings, in a column of its own (tunsocks-aa) measured like any other; its ratio to the tunsocks column shows how far the run's noise moves a comparison")
+	fs.IntVar(&cfg.rttRounds, "rtt-rounds", 40, "interleaved rounds of the round-trip rows: in each round every column takes a turn of rtts/rounds round trips, the order rotating; percentiles over all of a column's turns (1..50; 0: the old way, each column's round trips in its own phase, minutes apart)")
+	fs.IntVar(&cfg.rttProcs, "rtt-procs", 1, "runs of each TUN program side by side for the interleaved round trips, each in its own app namespace with one connection, taking its column's turns in rotation: on a loaded machine a run can stay for seconds in a state that doubles its round trip, which several runs could average out (1..4; 3 did not steady the A/A ratio on the loaded development VM)")
+	fs.BoolVar(&cfg.rttAA, "rtt-aa", false, "an A/A check of the round-trip rows: a second tunsocks run (gVisor stack), the same binary and settings, in a column of its own (tunsocks-aa) measured like any other; its ratio to the tunsocks column shows how far the run's noise moves a comparison")
 	fs.IntVar(&cfg.idle, "idle-conns", 1000, "idle TCP connections held through each TUN program for the first memory rows (1..9000)")
 	fs.IntVar(&cfg.idleMax, "idle-max", 8000, "idle TCP connections for the second memory rows, and poked afterwards (0: none; at most 9000: benchtool holds both ends of each under the 20,000 open-file limit)")
 	copySocks := "microsocks"
@@ -258,9 +258,12 @@ func rttMethod(c config) string {
 	if c.rtts%c.rttRounds != 0 {
 		per += "-" + strconv.Itoa(c.rtts/c.rttRounds+1)
 	}
-	return fmt.Sprintf("1-byte round-trip rows interleaved: %d rounds, in each every column makes %s round trips (after %d unmeasured), "+
-		"the order rotating; %d runs of each TUN program side by side, each in its own app namespace with one connection, "+
-		"taking their column's turns in rotation; percentiles over all of a column's samples, the TUN program's switches and CPU "+
+	runs := "each TUN program in its own app namespace, all of them running through the rounds"
+	if c.rttProcs > 1 {
+		runs = fmt.Sprintf("%d runs of each TUN program side by side, each in its own app namespace, taking their column's turns in rotation", c.rttProcs)
+	}
+	return fmt.Sprintf("1-byte round-trip rows interleaved: %d rounds, in each every column makes %s round trips (after %d unmeasured) "+
+		"on its open connection, the order rotating; %s; percentiles over all of a column's samples, the TUN program's switches and CPU "+
 		"counted over its own measured round trips only",
-		c.rttRounds, per, rttTurnWarmup, c.rttProcs)
+		c.rttRounds, per, rttTurnWarmup, runs)
 }
