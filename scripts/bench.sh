@@ -13,13 +13,22 @@
 # and prints one markdown table (iperf3 TCP throughput up/down, 1 and 4
 # streams, MTU 1500 and 9000; connection rate and the CPU time per
 # connection; 1-byte latency p50/p99, also through a SOCKS server that
-# copies (microsocks, -copy-socks); the TUN program's RSS at start
+# copies (microsocks, -copy-socks), with the TUN program's context
+# switches and CPU time per round trip; the TUN program's RSS at start
 # (after one connection made once it has started; also split into
 # anonymous and file-backed pages), after 30 s of bulk and 30 s idle,
 # with 1,000 and 8,000 idle TCP connections
 # (and whether they all still echo), per connection, per UDP flow, and
 # after 50,000 new UDP flows), then the ratios to socks-only against the
 # issue's targets and tunsocks' figures against its limits (MET / NOT MET).
+# The round-trip rows are measured in interleaved rounds, not column by
+# column: every column (kernel, socks-only, each TUN program) takes a turn
+# of 50 round trips on its open connection in each of 40 rounds
+# (-rtt-rounds), the order rotating, every TUN program running all along
+# in an app namespace of its own; a column's percentiles are over all its
+# samples, and a TUN program's switches and CPU are counted over its own
+# round trips only. Load that comes and goes then falls on every column
+# alike (-rtt-aa adds a second tunsocks column to check how alike).
 # A benchmark, not a test: it exits 0 whatever the numbers are.
 #
 # Usage: ./scripts/bench.sh [benchtool flags, e.g. -t 10s -mtus 1500

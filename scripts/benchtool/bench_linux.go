@@ -32,6 +32,9 @@ type config struct {
 	rateTime  time.Duration   // connection-rate duration
 	rateReps  int             // connection-rate runs per cell (median)
 	rtts      int             // round trips for the latency percentiles
+	rttRounds int             // interleaved rounds of them (0: each column in its own phase)
+	rttProcs  int             // runs of each TUN program taking the rounds' turns in turn
+	rttAA     bool            // a second tunsocks column in the round-trip rows
 	idle      int             // idle connections held open for the first memory row
 	idleMax   int             // and for the second (0: no second row)
 	bulk      time.Duration   // bulk transfer before the after-bulk RSS row (0: no row)
@@ -78,6 +81,7 @@ type bench struct {
 	proxychainsConf string
 	tunPid          int // the TUN program, once started
 	serverPid       int // tunsocks server
+	rttHosts        int // app hosts made for the round trips so far (rttHost)
 }
 
 // run measures every row in one lab per MTU. Each lab is removed before the
@@ -360,8 +364,9 @@ func udpFloodAnsweredRow(c config) string {
 }
 
 // runLab builds a lab at one MTU and measures the paths in turn: kernel
-// forwarding first, then SOCKS without a TUN, then each TUN program (whose
-// default route would otherwise swallow the kernel path).
+// forwarding first, then SOCKS without a TUN, then (in the first lab) the
+// round-trip rows of every column in interleaved rounds, then each TUN
+// program (whose default route would otherwise swallow the kernel path).
 func (b *bench) runLab(ctx context.Context, mtu int, full bool, dir string) (err error) {
 	fmt.Fprintf(b.log, "== lab at MTU %d\n", mtu)
 	l, err := lab.New(lab.Options{MTU: mtu})
@@ -441,7 +446,17 @@ func (b *bench) runLab(ctx context.Context, mtu int, full bool, dir string) (err
 			return err
 		}
 	}
-	if full && b.cfg.copySocks.name != "" {
+	if full && b.cfg.rttRounds > 0 {
+		if err := b.measureRTT(ctx, l, mtu, dir, "", socksAddr, start); err != nil {
+			return err
+		}
+		if c := b.cfg.copySocks.name; c != "" {
+			if err := b.measureRTT(ctx, l, mtu, dir, c, copySocksAddr, start); err != nil {
+				return err
+			}
+		}
+	}
+	if full && b.cfg.rttRounds == 0 && b.cfg.copySocks.name != "" {
 		if err := b.measureCopyRTT(ctx, l, socksPath); err != nil {
 			return err
 		}
@@ -457,6 +472,41 @@ func (b *bench) runLab(ctx context.Context, mtu int, full bool, dir string) (err
 			return err
 		}
 	}
+	if full && b.cfg.rttRounds == 0 && b.cfg.rttAA {
+		if err := b.measureAASequential(ctx, l, mtu, dir, start); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// measureAASequential fills the A/A column's round-trip rows the old way
+// (-rtt-rounds 0), after every other column, as a peer's would be: a run
+// of it through `tunsocks server`, then one through the copying server.
+func (b *bench) measureAASequential(ctx context.Context, l *lab.Lab, mtu int, dir string, start startFunc) error {
+	for _, socks := range []netip.AddrPort{socksAddr, copySocksAddr} {
+		if socks == copySocksAddr && b.cfg.copySocks.name == "" {
+			break
+		}
+		ts, err := b.startTUN(ctx, l, aaPath, mtu, socks, dir, "aa", start)
+		if err != nil {
+			return err
+		}
+		if socks == socksAddr {
+			dial, derr := dialerFor(aaPath, socks)
+			if derr != nil {
+				err = derr
+			} else {
+				err = b.measureSpliceRTT(ctx, l, aaPath, dial)
+			}
+		} else {
+			err = b.measureCopyRTT(ctx, l, aaPath)
+		}
+		ts.p.stop()
+		if err != nil {
+			return err
+		}
+	}
 	return ctx.Err()
 }
 
@@ -467,11 +517,11 @@ type tunRun struct {
 }
 
 // startTUN starts p's TUN program relaying through the SOCKS server at
-// socks, brings its device up if the program leaves it down, routes the
+// socks (tag, when not "", names this run's output files: see
+// tunCommand), brings its device up if the program leaves it down, routes the
 // app host's default routes into it, and proves the path with one echo.
-func (b *bench) startTUN(ctx context.Context, l *lab.Lab, p path, mtu int, socks netip.AddrPort, dir string,
-	start func(ns, name string, args ...string) (*proc, error)) (*tunRun, error) {
-	name, args, err := b.tunCommand(p, mtu, socks, dir)
+func (b *bench) startTUN(ctx context.Context, l *lab.Lab, p path, mtu int, socks netip.AddrPort, dir, tag string, start startFunc) (*tunRun, error) {
+	name, args, err := b.tunCommand(p, mtu, socks, dir, tag)
 	if err != nil {
 		return nil, err
 	}
@@ -503,13 +553,13 @@ func (b *bench) startTUN(ctx context.Context, l *lab.Lab, p path, mtu int, socks
 }
 
 // measureTUN fills p's column: a run of its TUN program through `tunsocks
-// server` for the throughput, connection, round-trip, bulk and UDP rows,
-// then a fresh run through the copying SOCKS server for its round-trip rows
-// and the idle-connection rows. Each run is stopped (which removes the TUN
-// and its routes) before the next starts.
-func (b *bench) measureTUN(ctx context.Context, l *lab.Lab, p path, mtu int, full bool, dir string,
-	start func(ns, name string, args ...string) (*proc, error)) error {
-	ts, err := b.startTUN(ctx, l, p, mtu, socksAddr, dir, start)
+// server` for the throughput, connection, bulk and UDP rows, then a fresh
+// run through the copying SOCKS server for the idle-connection rows (and,
+// with -rtt-rounds 0, each run for its round-trip rows; else measureRTT's
+// rounds fill them). Each run is stopped (which removes the TUN and its
+// routes) before the next starts.
+func (b *bench) measureTUN(ctx context.Context, l *lab.Lab, p path, mtu int, full bool, dir string, start startFunc) error {
+	ts, err := b.startTUN(ctx, l, p, mtu, socksAddr, dir, "", start)
 	if err != nil {
 		return err
 	}
@@ -549,13 +599,15 @@ func (b *bench) measureTUN(ctx context.Context, l *lab.Lab, p path, mtu int, ful
 		return errors.Join(err, ctx.Err())
 	}
 
-	ts, err = b.startTUN(ctx, l, p, mtu, copySocksAddr, dir, start)
+	ts, err = b.startTUN(ctx, l, p, mtu, copySocksAddr, dir, "", start)
 	if err != nil {
 		return err
 	}
 	defer ts.p.stop()
-	if err := b.measureCopyRTT(ctx, l, p); err != nil {
-		return err
+	if b.cfg.rttRounds == 0 {
+		if err := b.measureCopyRTT(ctx, l, p); err != nil {
+			return err
+		}
 	}
 	if err := b.measureIdle(ctx, l, p, mtu, ts); err != nil {
 		return err
@@ -635,6 +687,15 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 		bestErr = nil
 	}
 	b.record(b.tab.declare(connRateBestRow(b.cfg), rate, 0), p, best, bestErr)
+	if b.cfg.rttRounds == 0 { // else measureRTT's interleaved rounds
+		return b.measureSpliceRTT(ctx, l, p, dial)
+	}
+	return nil
+}
+
+// measureSpliceRTT fills p's round-trip rows through `tunsocks server` the
+// old way: p's round trips alone, in p's own phase (-rtt-rounds 0).
+func (b *bench) measureSpliceRTT(ctx context.Context, l *lab.Lab, p path, dial dialFunc) error {
 	p50, p99, err := rtt(ctx, l, dial, b.cfg.rtts)
 	if ctx.Err() != nil {
 		return ctx.Err()

@@ -46,6 +46,9 @@ func run(ctx context.Context, args []string) int {
 	fs.DurationVar(&cfg.rateTime, "rate-time", 3*time.Second, "duration of the connection-rate run (100ms..60s)")
 	fs.IntVar(&cfg.rateReps, "rate-reps", 3, "connection-rate runs per cell; the median is reported (1..9)")
 	fs.IntVar(&cfg.rtts, "rtts", 2000, "1-byte round trips for the latency percentiles (100..100000)")
+	fs.IntVar(&cfg.rttRounds, "rtt-rounds", 40, "interleaved rounds of the round-trip rows: in each round every column takes a turn of rtts/rounds round trips, the order rotating; percentiles over all of a column's turns (1..50; 0: the old way, each column's round trips in its own phase, minutes apart)")
+	fs.IntVar(&cfg.rttProcs, "rtt-procs", 1, "runs of each TUN program side by side for the interleaved round trips, each in its own app namespace with one connection, taking its column's turns in rotation: on a loaded machine a run can stay for seconds in a state that doubles its round trip, which several runs could average out (1..4; 3 did not steady the A/A ratio on the loaded development VM)")
+	fs.BoolVar(&cfg.rttAA, "rtt-aa", false, "an A/A check of the round-trip rows: a second tunsocks run (gVisor stack), the same binary and settings, in a column of its own (tunsocks-aa) measured like any other; its ratio to the tunsocks column shows how far the run's noise moves a comparison")
 	fs.IntVar(&cfg.idle, "idle-conns", 1000, "idle TCP connections held through each TUN program for the first memory rows (1..9000)")
 	fs.IntVar(&cfg.idleMax, "idle-max", 8000, "idle TCP connections for the second memory rows, and poked afterwards (0: none; at most 9000: benchtool holds both ends of each under the 20,000 open-file limit)")
 	copySocks := "microsocks"
@@ -108,6 +111,7 @@ func run(ctx context.Context, args []string) int {
 	for _, p := range tunPaths {
 		b.tab.omit[p] = !slices.Contains(cfg.tunPaths, p)
 	}
+	b.tab.omit[aaPath] = !cfg.rttAA
 	started := time.Now()
 	err := b.run(ctx)
 	fmt.Printf("\n## tunsocks benchmark\n\n%s\n\n", environment(cfg))
@@ -207,6 +211,12 @@ func (c *config) parse(mtus, workers, stacks, copyServer, streams string) error 
 		return fmt.Errorf("-rate-reps %d: want 1 to 9", c.rateReps)
 	case c.rtts < 100 || c.rtts > 100000:
 		return fmt.Errorf("-rtts %d: want 100 to 100000", c.rtts)
+	case c.rttRounds < 0 || c.rttRounds > 50:
+		return fmt.Errorf("-rtt-rounds %d: want 1 to 50, or 0 for each column in its own phase", c.rttRounds)
+	case c.rttProcs < 1 || c.rttProcs > 4:
+		return fmt.Errorf("-rtt-procs %d: want 1 to 4", c.rttProcs)
+	case c.rttAA && !slices.Contains(c.tunPaths, tunPath):
+		return fmt.Errorf("-rtt-aa: the A/A column repeats the gVisor stack's; want -tcp-stacks with gvisor")
 	case c.idle < 1 || c.idle > 9000:
 		return fmt.Errorf("-idle-conns %d: want 1 to 9000", c.idle)
 	case c.idleMax < 0 || c.idleMax > 9000:
@@ -234,6 +244,26 @@ func environment(c config) string {
 		iperf, _, _ = strings.Cut(iperf, " (")
 	}
 	return fmt.Sprintf("%s, Linux %s, %d CPUs, %s; veth lab app ── proxy ── remote; SOCKS server: `tunsocks server`; "+
-		"iperf3 -t %d per run; socks-only iperf3 through proxychains4, other socks-only rows through socksclient",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), strings.TrimSpace(string(kernel)), runtime.NumCPU(), iperf, int(c.iperfTime/time.Second))
+		"iperf3 -t %d per run; socks-only iperf3 through proxychains4, other socks-only rows through socksclient; %s",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), strings.TrimSpace(string(kernel)), runtime.NumCPU(), iperf, int(c.iperfTime/time.Second),
+		rttMethod(c))
+}
+
+// rttMethod says how the round-trip rows were measured.
+func rttMethod(c config) string {
+	if c.rttRounds == 0 {
+		return "1-byte round-trip rows measured column by column, each in its own phase (-rtt-rounds 0)"
+	}
+	per := strconv.Itoa(c.rtts / c.rttRounds)
+	if c.rtts%c.rttRounds != 0 {
+		per += "-" + strconv.Itoa(c.rtts/c.rttRounds+1)
+	}
+	runs := "each TUN program in its own app namespace, all of them running through the rounds"
+	if c.rttProcs > 1 {
+		runs = fmt.Sprintf("%d runs of each TUN program side by side, each in its own app namespace, taking their column's turns in rotation", c.rttProcs)
+	}
+	return fmt.Sprintf("1-byte round-trip rows interleaved: %d rounds, in each every column makes %s round trips (after %d unmeasured) "+
+		"on its open connection, the order rotating; %s; percentiles over all of a column's samples, the TUN program's switches and CPU "+
+		"counted over its own measured round trips only",
+		c.rttRounds, per, rttTurnWarmup, runs)
 }

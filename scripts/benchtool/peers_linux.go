@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -46,9 +47,13 @@ func parsePeer(s string) (path, string, error) {
 // Every program gets only what the lab needs: no routes of its own
 // (benchtool points the app host's default routes at the device), no DNS
 // hijacking, no API listener, logging of warnings only.
-func (b *bench) tunCommand(p path, mtu int, socks netip.AddrPort, dir string) (string, []string, error) {
+//
+// tag, when not "", is added to the names of the files -run-args has
+// tunsocks write (see tagOutputs), so that runs going at the same time
+// (the round-trip rounds') do not write the same file.
+func (b *bench) tunCommand(p path, mtu int, socks netip.AddrPort, dir, tag string) (string, []string, error) {
 	switch p {
-	case tunPath, sysPath:
+	case tunPath, sysPath, aaPath: // aaPath: the A/A column, the gVisor stack again
 		args := []string{"run", "--proxy", "socks5://" + socks.String(),
 			"--tun", tunDev, "--mtu", strconv.Itoa(mtu), "--summary-interval", "0"}
 		if p == sysPath {
@@ -57,7 +62,7 @@ func (b *bench) tunCommand(p path, mtu int, socks netip.AddrPort, dir string) (s
 		if b.cfg.heapDir != "" {
 			args = append(args, "--pprof", pprofAddr)
 		}
-		return b.cfg.tunsocks, append(args, strings.Fields(b.cfg.runArgs)...), nil
+		return b.cfg.tunsocks, append(args, tagOutputs(strings.Fields(b.cfg.runArgs), tag)...), nil
 	case t2sPath:
 		// tun2socks creates the device and leaves it down, without an
 		// address; benchtool brings it up (see upAndRoute).
@@ -134,4 +139,28 @@ func (c copySocks) command(addr netip.AddrPort, external netip.Addr, dir string)
 		return c.bin, []string{"-f", f}, nil
 	}
 	return "", nil, fmt.Errorf("unknown copying SOCKS server %q", c.name)
+}
+
+// outputFlags are the flags of `tunsocks run` that name a file it writes.
+var outputFlags = []string{"cpuprofile", "trace"}
+
+// tagOutputs returns args with ".tag" added to the file name each output
+// flag gives (--cpuprofile F, -cpuprofile=F, ...), args itself when tag is
+// "".
+func tagOutputs(args []string, tag string) []string {
+	if tag == "" {
+		return args
+	}
+	out := slices.Clone(args)
+	isOutput := func(a string) bool {
+		return strings.HasPrefix(a, "-") && slices.Contains(outputFlags, strings.TrimLeft(a, "-"))
+	}
+	for i, a := range out {
+		if name, value, ok := strings.Cut(a, "="); ok && isOutput(name) {
+			out[i] = name + "=" + value + "." + tag
+		} else if isOutput(a) && i+1 < len(out) {
+			out[i+1] += "." + tag
+		}
+	}
+	return out
 }

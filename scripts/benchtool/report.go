@@ -22,12 +22,13 @@ const (
 	t2sPath                 // the same through a peer: tun2socks (-peer tun2socks=PATH)
 	hevPath                 // hev-socks5-tunnel (-peer hev=PATH)
 	singboxPath             // sing-box with a gVisor tun inbound (-peer sing-box=PATH)
+	aaPath                  // a second tunsocks (gVisor stack), round-trip rows only (-rtt-aa)
 	numPaths
 )
 
 // tunPaths are the paths through a TUN program, each compared with
 // socksPath: tunsocks' own and the peers'.
-var tunPaths = []path{tunPath, sysPath, t2sPath, hevPath, singboxPath}
+var tunPaths = []path{tunPath, sysPath, t2sPath, hevPath, singboxPath, aaPath}
 
 // throughTUN says the app reaches the remote host through a TUN program.
 func (p path) throughTUN() bool { return slices.Contains(tunPaths, p) }
@@ -51,6 +52,8 @@ func (p path) String() string {
 		return "hev-socks5-tunnel"
 	case singboxPath:
 		return "sing-box"
+	case aaPath:
+		return "tunsocks-aa"
 	}
 	return fmt.Sprintf("path(%d)", int(p))
 }
@@ -209,10 +212,15 @@ func (t *table) write(w io.Writer) {
 			continue
 		}
 		for _, p := range tunPaths {
-			if !t.omit[p] {
+			// The A/A column has round-trip rows only; no n/a lines for
+			// the others.
+			if !t.omit[p] && (p != aaPath || r.cells[p].set) {
 				r.writeRatio(w, p)
 			}
 		}
+	}
+	if !t.omit[aaPath] {
+		t.writeAA(w)
 	}
 	var limited bool
 	for _, r := range t.rows {
@@ -245,6 +253,22 @@ func (t *table) write(w io.Writer) {
 		for _, e := range errs {
 			fmt.Fprintln(w, "  "+e)
 		}
+	}
+}
+
+// writeAA prints, for every row with both, the A/A column over the
+// tunsocks column: the same program measured twice in the same run, so
+// how far this ratio strays from 1 is how far the run's noise alone moves
+// a comparison between two columns.
+func (t *table) writeAA(w io.Writer) {
+	fmt.Fprintf(w, "\n| A/A: %s / %s (the same program twice) | ratio |\n", aaPath, tunPath)
+	fmt.Fprintln(w, "|---|---:|")
+	for _, r := range t.rows {
+		a, z := r.cells[tunPath], r.cells[aaPath]
+		if !a.set || !z.set || a.v <= 0 {
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %.3fx |\n", r.name, z.v/a.v)
 	}
 }
 

@@ -78,7 +78,7 @@ func TestTableVerdicts(t *testing.T) {
 // ownTable is a table of tunsocks' own columns, the peers left out.
 func ownTable() *table {
 	tab := &table{}
-	for _, p := range []path{t2sPath, hevPath, singboxPath} {
+	for _, p := range []path{t2sPath, hevPath, singboxPath, aaPath} {
 		tab.omit[p] = true
 	}
 	return tab
@@ -152,4 +152,34 @@ func writeTableWanting(t *testing.T, tab *table, wants ...string) string {
 		}
 	}
 	return s
+}
+
+// TestTableAAColumn: the A/A column (-rtt-aa) gets its own ratio to the
+// tunsocks column in the rows it was measured in, and no n/a lines for
+// the rows it never is.
+func TestTableAAColumn(t *testing.T) {
+	tab := ownTable()
+	tab.omit[aaPath] = false
+	tp := tab.declare("tp", throughput, 0.6)
+	tp.set(socksPath, 10e9, nil)
+	tp.set(tunPath, 5e9, nil)
+	rtt := tab.declare("rtt", latency, 1.1)
+	rtt.set(socksPath, 100e-6, nil)
+	rtt.set(tunPath, 200e-6, nil)
+	rtt.set(aaPath, 210e-6, nil)
+	s := writeTableWanting(t, tab,
+		"| measurement | unit | kernel | socks-only | tunsocks | tunsocks-system | tunsocks-aa |",
+		"| rtt, tunsocks-aa | 2.100x | <= 1.1x | NOT MET |",
+		"| A/A: tunsocks-aa / tunsocks (the same program twice) | ratio |",
+		"| rtt | 1.050x |\n",
+	)
+	for _, bad := range []string{"| tp, tunsocks-aa", "| tp | 0.000x"} {
+		if strings.Contains(s, bad) {
+			t.Errorf("table has %q:\n%s", bad, s)
+		}
+	}
+	tab.omit[aaPath] = true
+	if s := writeTableWanting(t, tab); strings.Contains(s, "A/A") || strings.Contains(s, "aa") {
+		t.Errorf("A/A column printed though not measured:\n%s", s)
+	}
 }

@@ -1,0 +1,38 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+func TestParseRTTFlags(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	parse := func(rounds int, aa bool, stacks string) error {
+		c := config{tunsocks: exe, iperfTime: 5e9, rateTime: 3e9, rateReps: 3, rtts: 2000, idle: 1000, udpRate: 5000,
+			rttRounds: rounds, rttProcs: 3, rttAA: aa}
+		return c.parse("1500", "8", stacks, "none", "1")
+	}
+	for _, ok := range []struct {
+		rounds int
+		aa     bool
+		stacks string
+	}{{5, false, "gvisor,system"}, {0, true, "gvisor"}, {50, true, "system,gvisor"}, {1, false, "system"}} {
+		if err := parse(ok.rounds, ok.aa, ok.stacks); err != nil {
+			t.Errorf("-rtt-rounds %d -rtt-aa=%v -tcp-stacks %s: %v", ok.rounds, ok.aa, ok.stacks, err)
+		}
+	}
+	for _, bad := range []struct {
+		rounds int
+		aa     bool
+		stacks string
+		want   string
+	}{{-1, false, "gvisor", "-rtt-rounds"}, {51, false, "gvisor", "-rtt-rounds"}, {5, true, "system", "-rtt-aa"}} {
+		if err := parse(bad.rounds, bad.aa, bad.stacks); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("-rtt-rounds %d -rtt-aa=%v -tcp-stacks %s: %v, want an error naming %s", bad.rounds, bad.aa, bad.stacks, err, bad.want)
+		}
+	}
+}
