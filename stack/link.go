@@ -451,11 +451,58 @@ func (e *linkEndpoint) deliverView(v *buffer.View) {
 	}
 	e.pktsIn.Add(1)
 	e.bytesIn.Add(uint64(len(pkt)))
-	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	var payload buffer.Buffer
+	if hl := tcpHeadersLen(pkt, proto); hl > 0 && hl < len(pkt) {
+		// The headers go into a small view of their own, the payload
+		// stays in v: gVisor's IP layer holds a reference to the
+		// network header's view while it reads that header again
+		// (ipv4 HandlePacket, after parseAndValidate), and reading a
+		// header from a view whose chunk is shared copies the whole
+		// chunk (buffer.PullUp): with the headers in v, every segment
+		// was copied once more, 64 KiB cleared and copied.
+		// (Merge, not Append: Append would fill the header view's
+		// spare room with the payload's first bytes.)
+		payload = buffer.MakeWithView(buffer.NewViewWithData(pkt[:hl]))
+		v.TrimFront(hl)
+		rest := buffer.MakeWithView(v)
+		payload.Merge(&rest)
+	} else {
+		payload = buffer.MakeWithView(v)
+	}
+	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: payload})
 	pb.NetworkProtocolNumber = proto
 	pb.RXChecksumValidated = true
 	d.DeliverNetworkPacket(proto, pb)
 	pb.DecRef()
+}
+
+// tcpHeadersLen is the length of the IP and TCP headers of pkt, an IP
+// packet of protocol proto, when it is a TCP segment whose headers are
+// whole; 0 otherwise.
+func tcpHeadersLen(pkt []byte, proto tcpip.NetworkProtocolNumber) int {
+	var ipLen int
+	switch proto {
+	case ipv4.ProtocolNumber:
+		if len(pkt) < header.IPv4MinimumSize || header.IPv4(pkt).Protocol() != uint8(header.TCPProtocolNumber) {
+			return 0
+		}
+		ipLen = int(header.IPv4(pkt).HeaderLength())
+	case ipv6.ProtocolNumber:
+		if len(pkt) < header.IPv6MinimumSize || header.IPv6(pkt).NextHeader() != uint8(header.TCPProtocolNumber) {
+			return 0
+		}
+		ipLen = header.IPv6MinimumSize
+	default:
+		return 0
+	}
+	if ipLen < header.IPv4MinimumSize || len(pkt) < ipLen+header.TCPMinimumSize {
+		return 0
+	}
+	tcpLen := int(header.TCP(pkt[ipLen:]).DataOffset())
+	if tcpLen < header.TCPMinimumSize || len(pkt) < ipLen+tcpLen {
+		return 0
+	}
+	return ipLen + tcpLen
 }
 
 // WritePackets implements gstack.LinkWriter. It never blocks on the
