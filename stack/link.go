@@ -87,6 +87,10 @@ type linkEndpoint struct {
 	// may hand us then. See SupportedGSO.
 	gso    GSODevice
 	gsoMax int
+	// gsov is gso when it writes packets from pieces (GSOVectorDevice)
+	// and no tap records them: writeLoop then writes gVisor's views of
+	// a segment without copying them together.
+	gsov GSOVectorDevice
 
 	qmu    sync.Mutex
 	queue  []*gstack.PacketBuffer
@@ -172,6 +176,9 @@ func newLinkEndpoint(c linkConfig) *linkEndpoint {
 	if g, ok := c.dev.(GSODevice); ok && c.gso {
 		if m := g.GSOMaxSize(); m > int(c.mtu) {
 			e.gso, e.gsoMax = g, min(m, maxCoalesced)
+			if v, ok := g.(GSOVectorDevice); ok && c.tap == nil {
+				e.gsov = v
+			}
 		}
 	}
 	e.gro.Init(true)
@@ -564,7 +571,9 @@ func (e *linkEndpoint) writeLoop() {
 		store[i] = make([]byte, headroom+int(e.mtu), headroom+max(maxCoalesced, int(e.mtu)))
 	}
 	var gsoBuf []byte
-	if e.gso != nil {
+	var iov [][]byte // a segment's pieces, for gsov
+	vhdr := make([]byte, vnetHdrLen)
+	if e.gso != nil && e.gsov == nil {
 		gsoBuf = make([]byte, 0, headroom+maxCoalesced)
 	}
 	bufs := make([][]byte, 0, e.batch)
@@ -630,6 +639,32 @@ func (e *linkEndpoint) writeLoop() {
 					e.dropPending(taken[i+1:])
 					e.wmu.Unlock()
 					return
+				}
+				if e.gsov != nil {
+					putVnetHdr(vhdr, pkt)
+					iov = append(iov[:0], vhdr)
+					size := 0
+					for _, s := range pkt.AsSlices() {
+						iov = append(iov, s)
+						size += len(s)
+					}
+					e.bytesOut.Add(uint64(size))
+					err := e.gsov.WriteGSOVec(iov)
+					clear(iov)
+					pkt.DecRef()
+					if err != nil {
+						if isClosedErr(err) {
+							e.dropPending(taken[i+1:])
+							e.wmu.Unlock()
+							return
+						}
+						e.txErrors.Add(1)
+						e.log.Debug("tun gso write", "err", err, "bytes", size)
+					} else {
+						e.pktsOut.Add(1)
+						e.gsoOut.Add(1)
+					}
+					continue
 				}
 				b := gsoBuf[:headroom]
 				putVnetHdr(b[headroom-vnetHdrLen:headroom], pkt)
