@@ -388,7 +388,6 @@ type tcpConn struct {
 	nmu          sync.Mutex
 	notify       *readNotify // NotifyRead's registration
 	stop         func()      // a detached flow's (TCPRequest.Detach), under s.mu
-	rt           readTo      // ReadTo's, while it runs
 }
 
 // SetLinger is net.TCPConn's SetLinger: with 0, Close resets the
@@ -418,29 +417,24 @@ func (c *tcpConn) Write(p []byte) (int, error) {
 // caller's (relay.DirectReader): w.Write is called with the stack's own
 // buffers, one per segment received, and only what it reports written is
 // consumed; the rest waits for the next call. w.Write must not keep p
-// (the stack reuses it), and may write less than p only with an error.
-// ReadTo does not wait: 0, nil when nothing is waiting; io.EOF after the
-// app's FIN. When w fails, ReadTo returns what w took before and w's
-// error. It ignores the read deadline. One goroutine at a time may call
-// it (the connection's reader), not with Read. In system TCP mode it
-// fails: the relay splices the kernel socket there.
+// (the stack reuses it), and may write less than p only with an error,
+// which w keeps itself: gVisor drops it, and ReadTo then returns what w
+// took (or 0 and an error when w took nothing). ReadTo does not wait: 0,
+// nil when nothing is waiting; io.EOF after the app's FIN. It ignores the
+// read deadline. One goroutine at a time may call it (the connection's
+// reader), not with Read. In system TCP mode it fails: the relay splices
+// the kernel socket there.
 func (c *tcpConn) ReadTo(w io.Writer) (int, error) {
 	if c.ep == nil {
 		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errors.ErrUnsupported}
 	}
-	c.rt.w = w
-	res, terr := c.ep.Read(&c.rt, tcpip.ReadOptions{})
-	werr := c.rt.err
-	c.rt = readTo{}
+	res, terr := c.ep.Read(w, tcpip.ReadOptions{})
 	n := res.Count
 	if n > 0 {
 		// As gonet's Read: the receive window grows with what the
 		// reader takes (receive-buffer moderation).
 		c.ep.ModerateRecvBuf(n)
 		c.s.bytesUp.Add(uint64(n))
-	}
-	if werr != nil {
-		return n, werr
 	}
 	switch terr.(type) {
 	case nil:
@@ -450,28 +444,8 @@ func (c *tcpConn) ReadTo(w io.Writer) (int, error) {
 	case *tcpip.ErrClosedForReceive:
 		return 0, io.EOF
 	}
+	// *tcpip.ErrBadBuffer: w failed at its first byte.
 	return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: convertError(terr)}
-}
-
-// readTo is ReadTo's writer for gVisor: it keeps w's error, which gVisor
-// drops (it reports only what was taken, or a bad buffer when nothing
-// was).
-type readTo struct {
-	w   io.Writer
-	err error
-}
-
-func (r *readTo) Write(p []byte) (int, error) {
-	n, err := r.w.Write(p)
-	if err == nil && n < len(p) {
-		// gVisor takes a short write without an error for a broken
-		// writer, and panics.
-		err = io.ErrShortWrite
-	}
-	if err != nil {
-		r.err = err
-	}
-	return n, err
 }
 
 // NotifyClose calls fn once after Close, at once if the connection is

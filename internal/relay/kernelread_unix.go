@@ -94,11 +94,12 @@ var errAgain = errors.New("relay: socket send buffer full")
 // kernelWriter writes to a kernel TCP socket's descriptor from inside
 // rc.Write's callback, without waiting: when the send buffer is full it
 // reports what it wrote and errAgain, and the caller waits for the socket
-// to be writable. A failed write leaves its errno in errno.
+// to be writable. It keeps the errno of a failed write (EAGAIN when the
+// buffer was full): a DirectReader need not pass w's error on. Small (it
+// lives in every idle relay, see notifiedHalf).
 type kernelWriter struct {
-	fd    int
-	again bool
-	errno syscall.Errno
+	fd    int32
+	errno int32
 }
 
 func (w *kernelWriter) Write(p []byte) (int, error) {
@@ -107,21 +108,21 @@ func (w *kernelWriter) Write(p []byte) (int, error) {
 		var m int
 		var e syscall.Errno
 		if len(p)-n <= rawWriteMax {
-			m, e = sysWrite(w.fd, p[n:])
+			m, e = sysWrite(int(w.fd), p[n:])
 		} else {
 			// Bulk: told to the scheduler, as (*net.TCPConn).Write
 			// is (see forward).
-			m, e = errno(syscall.Write(w.fd, p[n:]))
+			m, e = errno(syscall.Write(int(w.fd), p[n:]))
 		}
 		switch e {
 		case 0:
 			n += m
 		case syscall.EINTR:
 		case syscall.EAGAIN:
-			w.again = true
+			w.errno = int32(e)
 			return n, errAgain
 		default:
-			w.errno = e
+			w.errno = int32(e)
 			return n, e
 		}
 	}
@@ -138,10 +139,11 @@ func readToKernel(src DirectReader, k *kernelConn, w *kernelWriter) (int, error)
 	total := 0
 	var rerr error
 	err := k.rc.Write(func(fd uintptr) bool {
-		*w = kernelWriter{fd: int(fd)}
+		*w = kernelWriter{fd: int32(fd)}
 		n, e := src.ReadTo(w)
 		total += n
-		if w.again {
+		if w.errno == int32(syscall.EAGAIN) {
+			w.errno = 0
 			return false // wait until k is writable, then read on
 		}
 		rerr = e
@@ -152,7 +154,7 @@ func readToKernel(src DirectReader, k *kernelConn, w *kernelWriter) (int, error)
 		// Closed, or the write deadline passed.
 		return total, &net.OpError{Op: "write", Net: "tcp", Source: k.tc.LocalAddr(), Addr: k.tc.RemoteAddr(), Err: err}
 	case w.errno != 0:
-		return total, &net.OpError{Op: "write", Net: "tcp", Source: k.tc.LocalAddr(), Addr: k.tc.RemoteAddr(), Err: os.NewSyscallError("write", w.errno)}
+		return total, &net.OpError{Op: "write", Net: "tcp", Source: k.tc.LocalAddr(), Addr: k.tc.RemoteAddr(), Err: os.NewSyscallError("write", syscall.Errno(w.errno))}
 	}
 	return total, rerr
 }
