@@ -102,6 +102,13 @@ func TestTCPDownloadGSO(t *testing.T) {
 			if segmented < 100 {
 				t.Errorf("only %d of %d GSO writes were large segments", segmented, pkts)
 			}
+			// The device writes from pieces (the TUN's writev): the
+			// link hands the segments' views over uncopied. (A lone
+			// packet no larger than the MTU is written directly, copied,
+			// see WritePackets.)
+			if vec := e.dev.GSOVecWrites(); vec < 100 {
+				t.Errorf("%d of %d GSO writes came in pieces (WriteGSOVec), want most", vec, pkts)
+			}
 			t.Logf("%d GSO writes, %d of them segmented", pkts, segmented)
 		})
 	}

@@ -87,6 +87,10 @@ type linkEndpoint struct {
 	// may hand us then. See SupportedGSO.
 	gso    GSODevice
 	gsoMax int
+	// gsov is gso when it writes packets from pieces (GSOVectorDevice)
+	// and no tap records them: writeLoop then writes gVisor's views of
+	// a segment without copying them together.
+	gsov GSOVectorDevice
 
 	qmu    sync.Mutex
 	queue  []*gstack.PacketBuffer
@@ -172,6 +176,9 @@ func newLinkEndpoint(c linkConfig) *linkEndpoint {
 	if g, ok := c.dev.(GSODevice); ok && c.gso {
 		if m := g.GSOMaxSize(); m > int(c.mtu) {
 			e.gso, e.gsoMax = g, min(m, maxCoalesced)
+			if v, ok := g.(GSOVectorDevice); ok && c.tap == nil {
+				e.gsov = v
+			}
 		}
 	}
 	e.gro.Init(true)
@@ -451,11 +458,58 @@ func (e *linkEndpoint) deliverView(v *buffer.View) {
 	}
 	e.pktsIn.Add(1)
 	e.bytesIn.Add(uint64(len(pkt)))
-	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	var payload buffer.Buffer
+	if hl := tcpHeadersLen(pkt, proto); hl > 0 && hl < len(pkt) {
+		// The headers go into a small view of their own, the payload
+		// stays in v: gVisor's IP layer holds a reference to the
+		// network header's view while it reads that header again
+		// (ipv4 HandlePacket, after parseAndValidate), and reading a
+		// header from a view whose chunk is shared copies the whole
+		// chunk (buffer.PullUp): with the headers in v, every segment
+		// was copied once more, 64 KiB cleared and copied.
+		// (Merge, not Append: Append would fill the header view's
+		// spare room with the payload's first bytes.)
+		payload = buffer.MakeWithView(buffer.NewViewWithData(pkt[:hl]))
+		v.TrimFront(hl)
+		rest := buffer.MakeWithView(v)
+		payload.Merge(&rest)
+	} else {
+		payload = buffer.MakeWithView(v)
+	}
+	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: payload})
 	pb.NetworkProtocolNumber = proto
 	pb.RXChecksumValidated = true
 	d.DeliverNetworkPacket(proto, pb)
 	pb.DecRef()
+}
+
+// tcpHeadersLen is the length of the IP and TCP headers of pkt, an IP
+// packet of protocol proto, when it is a TCP segment whose headers are
+// whole; 0 otherwise.
+func tcpHeadersLen(pkt []byte, proto tcpip.NetworkProtocolNumber) int {
+	var ipLen int
+	switch proto {
+	case ipv4.ProtocolNumber:
+		if len(pkt) < header.IPv4MinimumSize || header.IPv4(pkt).Protocol() != uint8(header.TCPProtocolNumber) {
+			return 0
+		}
+		ipLen = int(header.IPv4(pkt).HeaderLength())
+	case ipv6.ProtocolNumber:
+		if len(pkt) < header.IPv6MinimumSize || header.IPv6(pkt).NextHeader() != uint8(header.TCPProtocolNumber) {
+			return 0
+		}
+		ipLen = header.IPv6MinimumSize
+	default:
+		return 0
+	}
+	if ipLen < header.IPv4MinimumSize || len(pkt) < ipLen+header.TCPMinimumSize {
+		return 0
+	}
+	tcpLen := int(header.TCP(pkt[ipLen:]).DataOffset())
+	if tcpLen < header.TCPMinimumSize || len(pkt) < ipLen+tcpLen {
+		return 0
+	}
+	return ipLen + tcpLen
 }
 
 // WritePackets implements gstack.LinkWriter. It never blocks on the
@@ -517,7 +571,9 @@ func (e *linkEndpoint) writeLoop() {
 		store[i] = make([]byte, headroom+int(e.mtu), headroom+max(maxCoalesced, int(e.mtu)))
 	}
 	var gsoBuf []byte
-	if e.gso != nil {
+	var iov [][]byte // a segment's pieces, for gsov
+	vhdr := make([]byte, vnetHdrLen)
+	if e.gso != nil && e.gsov == nil {
 		gsoBuf = make([]byte, 0, headroom+maxCoalesced)
 	}
 	bufs := make([][]byte, 0, e.batch)
@@ -583,6 +639,32 @@ func (e *linkEndpoint) writeLoop() {
 					e.dropPending(taken[i+1:])
 					e.wmu.Unlock()
 					return
+				}
+				if e.gsov != nil {
+					putVnetHdr(vhdr, pkt)
+					iov = append(iov[:0], vhdr)
+					size := 0
+					for _, s := range pkt.AsSlices() {
+						iov = append(iov, s)
+						size += len(s)
+					}
+					e.bytesOut.Add(uint64(size))
+					err := e.gsov.WriteGSOVec(iov)
+					clear(iov)
+					pkt.DecRef()
+					if err != nil {
+						if isClosedErr(err) {
+							e.dropPending(taken[i+1:])
+							e.wmu.Unlock()
+							return
+						}
+						e.txErrors.Add(1)
+						e.log.Debug("tun gso write", "err", err, "bytes", size)
+					} else {
+						e.pktsOut.Add(1)
+						e.gsoOut.Add(1)
+					}
+					continue
 				}
 				b := gsoBuf[:headroom]
 				putVnetHdr(b[headroom-vnetHdrLen:headroom], pkt)

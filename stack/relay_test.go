@@ -1,6 +1,7 @@
 package stack_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -360,5 +361,132 @@ func TestDetachedFlowEndsWhenParked(t *testing.T) {
 	case <-ends:
 	default:
 		t.Fatal("stack Close returned before the detached flow's done")
+	}
+}
+
+// directRelay accepts one app connection through the stack and relays it
+// with relay.Stream to a kernel TCP socket whose send buffer is tiny (the
+// relay's direct path, stack segments written straight to the socket,
+// keeps meeting a full buffer); it returns the app's end, the remote end
+// and the Stream's result.
+func directRelay(t *testing.T) (app net.Conn, remote *net.TCPConn, result chan error) {
+	t.Helper()
+	result = make(chan error, 1)
+	up, remote := testenv.TCPPair(t)
+	if err := up.SetWriteBuffer(4 << 10); err != nil {
+		t.Fatal(err)
+	}
+	e := setup(t, handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if _, ok := c.(relay.DirectReader); !ok {
+			t.Error("a gVisor connection is not a relay.DirectReader")
+		}
+		_, _, err = relay.Stream(ctx, c, up, relay.StreamOptions{Idle: time.Minute})
+		result <- err
+	}}, nil)
+	app, err := e.app.DialTCP(e.ctx, netip.MustParseAddrPort("198.18.0.1:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	return app, remote, result
+}
+
+// pattern is n bytes no shifted copy of which matches itself: a lost,
+// repeated or reordered piece shows.
+func pattern(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7 + i>>11 + i>>19)
+	}
+	return b
+}
+
+// The app's bytes reach the upstream socket once each and in order when
+// the relay writes them from the stack's segments straight to a socket
+// whose send buffer keeps filling (tiny SO_SNDBUF, a slow reader): what
+// the socket does not take stays in the stack for the next write. The
+// app's FIN follows them, and the remote's answer and FIN come back.
+func TestRelayDirectUploadKeepsEveryByte(t *testing.T) {
+	app, remote, result := directRelay(t)
+	msg := pattern(8 << 20)
+	werr := make(chan error, 1)
+	go func() {
+		_, err := app.Write(msg)
+		if err == nil {
+			err = app.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		werr <- err
+	}()
+	remote.SetReadDeadline(time.Now().Add(60 * time.Second))
+	var got []byte
+	buf := make([]byte, 1500)
+	for i := 0; ; i++ {
+		n, err := remote.Read(buf)
+		got = append(got, buf[:n]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("remote read after %d bytes: %v", len(got), err)
+		}
+		if i%256 == 0 {
+			time.Sleep(time.Millisecond) // slow: the relay's socket fills
+		}
+	}
+	if err := <-werr; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, msg) {
+		i := 0
+		for i < min(len(got), len(msg)) && got[i] == msg[i] {
+			i++
+		}
+		t.Fatalf("remote got %d bytes, want the %d sent, once each and in order (first difference at %d)", len(got), len(msg), i)
+	}
+	if _, err := remote.Write([]byte("bye")); err != nil {
+		t.Fatal(err)
+	}
+	remote.Close()
+	app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b, err := io.ReadAll(app); string(b) != "bye" || err != nil {
+		t.Fatalf("app got %q, %v; want bye and the end", b, err)
+	}
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatalf("Stream = %v, want a clean end", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stream did not end after both FINs")
+	}
+}
+
+// A reset from the upstream ends a direct-path relay in the middle of an
+// upload with an error, and the app's connection ends too.
+func TestRelayDirectUploadUpstreamReset(t *testing.T) {
+	app, remote, result := directRelay(t)
+	go app.Write(pattern(8 << 20))
+	remote.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(remote, make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	remote.SetLinger(0)
+	remote.Close() // RST
+	select {
+	case err := <-result:
+		if err == nil {
+			t.Fatal("Stream ended cleanly after the upstream's reset")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stream did not end after the upstream's reset")
+	}
+	app.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, app); err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the app's connection did not end: %v", err)
 	}
 }

@@ -100,6 +100,14 @@ type GSODevice interface {
 	WriteGSO(b []byte) error
 }
 
+// GSOVectorDevice is a GSODevice that can also write a packet from
+// pieces: WriteGSOVec writes the concatenation of bufs as WriteGSO writes
+// b (one writev). The stack then hands its segments' buffers over as
+// they are instead of copying each segment together first.
+type GSOVectorDevice interface {
+	WriteGSOVec(bufs [][]byte) error
+}
+
 // Handler receives the flows the stack terminates. Both methods run on a
 // goroutine of their own; the context is cancelled when the stack closes.
 type Handler interface {

@@ -2,7 +2,9 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -409,6 +411,41 @@ func (c *tcpConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.s.bytesDown.Add(uint64(n))
 	return n, err
+}
+
+// ReadTo hands the bytes waiting to be read to w without a buffer of the
+// caller's (relay.DirectReader): w.Write is called with the stack's own
+// buffers, one per segment received, and only what it reports written is
+// consumed; the rest waits for the next call. w.Write must not keep p
+// (the stack reuses it), and may write less than p only with an error,
+// which w keeps itself: gVisor drops it, and ReadTo then returns what w
+// took (or 0 and an error when w took nothing). ReadTo does not wait: 0,
+// nil when nothing is waiting; io.EOF after the app's FIN. It ignores the
+// read deadline. One goroutine at a time may call it (the connection's
+// reader), not with Read. In system TCP mode it fails: the relay splices
+// the kernel socket there.
+func (c *tcpConn) ReadTo(w io.Writer) (int, error) {
+	if c.ep == nil {
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errors.ErrUnsupported}
+	}
+	res, terr := c.ep.Read(w, tcpip.ReadOptions{})
+	n := res.Count
+	if n > 0 {
+		// As gonet's Read: the receive window grows with what the
+		// reader takes (receive-buffer moderation).
+		c.ep.ModerateRecvBuf(n)
+		c.s.bytesUp.Add(uint64(n))
+	}
+	switch terr.(type) {
+	case nil:
+		return n, nil
+	case *tcpip.ErrWouldBlock:
+		return 0, nil
+	case *tcpip.ErrClosedForReceive:
+		return 0, io.EOF
+	}
+	// *tcpip.ErrBadBuffer: w failed at its first byte.
+	return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: convertError(terr)}
 }
 
 // NotifyClose calls fn once after Close, at once if the connection is

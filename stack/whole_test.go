@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -81,6 +82,7 @@ func (d *wholeDevice) Close() error                                 { return nil
 type dispatched struct {
 	data      []byte
 	validated bool
+	views     []int // the sizes of the packet's views, in order
 }
 
 type recordingDispatcher struct {
@@ -91,7 +93,11 @@ type recordingDispatcher struct {
 func (r *recordingDispatcher) DeliverNetworkPacket(_ tcpip.NetworkProtocolNumber, pkt *gstack.PacketBuffer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.pkts = append(r.pkts, dispatched{data: pkt.ToView().AsSlice(), validated: pkt.RXChecksumValidated})
+	var views []int
+	for _, v := range pkt.AsSlices() {
+		views = append(views, len(v))
+	}
+	r.pkts = append(r.pkts, dispatched{data: pkt.ToView().AsSlice(), validated: pkt.RXChecksumValidated, views: views})
 }
 
 func (r *recordingDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *gstack.PacketBuffer) {}
@@ -179,5 +185,66 @@ func TestLinkRecordedReadsAreNotWhole(t *testing.T) {
 	runLink(t, dev, discardTap{})
 	if dev.wholeCalls != 0 || dev.plain == 0 {
 		t.Errorf("device reads with a tap: %d ReadWhole, %d Read; want none and some", dev.wholeCalls, dev.plain)
+	}
+}
+
+// A whole segment reaches the network layer with its IP and TCP headers
+// in a view of their own and its payload in the view it was read into:
+// gVisor's IPv4 layer reads the header again while it holds a reference
+// to the header's view, and a header read from a shared view copies the
+// whole view (buffer.PullUp), so with the headers in the payload's view
+// every 64 KiB segment was copied once more. Seen failing (one view of
+// the whole packet) before deliverView split the headers off.
+func TestLinkWholeSegmentHeadersApart(t *testing.T) {
+	big := segmentPacket(30000, 1000, 0x1234)
+	dev := &wholeDevice{reads: []wholeRead{{big, true}}}
+	got := runLink(t, dev, nil)
+	if len(got) != 1 {
+		t.Fatalf("delivered %d packets, want 1", len(got))
+	}
+	hl := header.IPv4MinimumSize + header.TCPMinimumSize
+	if !bytes.Equal(got[0].data, big) {
+		t.Errorf("the segment changed on its way (%d bytes, want %d)", len(got[0].data), len(big))
+	}
+	if want := []int{hl, len(big) - hl}; !slices.Equal(got[0].views, want) {
+		t.Errorf("views of the delivered segment: %v; want %v (headers apart from the payload)", got[0].views, want)
+	}
+}
+
+// tcpHeadersLen finds the headers of TCP segments over IPv4 (with
+// options) and IPv6, and nothing in other packets or cut-off headers.
+func TestTCPHeadersLen(t *testing.T) {
+	v4 := segmentPacket(10, 1, 0)
+	v4opt := make([]byte, 24+32+10) // 4 bytes of IP options, 12 of TCP options
+	copy(v4opt, v4[:20])
+	v4opt[0] = 0x46
+	header.TCP(v4opt[24:]).Encode(&header.TCPFields{DataOffset: 32})
+	v6 := make([]byte, 40+20+5)
+	v6[0] = 0x60
+	v6[6] = uint8(header.TCPProtocolNumber)
+	header.TCP(v6[40:]).Encode(&header.TCPFields{DataOffset: 20})
+	udp := append([]byte(nil), v4...)
+	udp[9] = uint8(header.UDPProtocolNumber)
+	badOff := append([]byte(nil), v4...)
+	badOff[20+12] = 0x40 // data offset 16 < 20
+	for _, c := range []struct {
+		name  string
+		pkt   []byte
+		proto tcpip.NetworkProtocolNumber
+		want  int
+	}{
+		{"ipv4", v4, header.IPv4ProtocolNumber, 40},
+		{"ipv4 options", v4opt, header.IPv4ProtocolNumber, 56},
+		{"ipv6", v6, header.IPv6ProtocolNumber, 60},
+		{"udp", udp, header.IPv4ProtocolNumber, 0},
+		{"tcp header cut", v4[:30], header.IPv4ProtocolNumber, 0},
+		{"tcp options cut", v4opt[:40], header.IPv4ProtocolNumber, 0},
+		{"data offset too small", badOff, header.IPv4ProtocolNumber, 0},
+		{"ip header cut", v4[:10], header.IPv4ProtocolNumber, 0},
+		{"other protocol", v4, 0, 0},
+	} {
+		if got := tcpHeadersLen(c.pkt, c.proto); got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, got, c.want)
+		}
 	}
 }

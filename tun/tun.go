@@ -152,6 +152,34 @@ func (d *Device) WriteGSO(b []byte) error {
 	return err
 }
 
+// WriteGSOVec is WriteGSO of a packet in pieces: the concatenation of bufs
+// is what WriteGSO takes (the virtio_net_hdr, then the IP packet), written
+// with one writev, so the caller need not copy the pieces together.
+func (d *Device) WriteGSOVec(bufs [][]byte) error {
+	if d.vnet == nil {
+		return errors.New("tun: WriteGSOVec on a device without IFF_VNET_HDR")
+	}
+	n := 0
+	for _, b := range bufs {
+		n += len(b)
+	}
+	if n <= VnetHdrLen || n-VnetHdrLen > GSOMaxSize {
+		return fmt.Errorf("tun: WriteGSOVec of %d bytes (header %d, packet at most %d)", n, VnetHdrLen, GSOMaxSize)
+	}
+	if w, ok := d.vnet.(interface {
+		Writev([][]byte) (int, error)
+	}); ok {
+		_, err := w.Writev(bufs)
+		return err
+	}
+	joined := make([]byte, 0, n)
+	for _, b := range bufs {
+		joined = append(joined, b...)
+	}
+	_, err := d.vnet.Write(joined)
+	return err
+}
+
 // Read reads up to len(bufs) packets into bufs[i][offset:]; see BatchDevice.
 // A segmentation-offloaded packet with more segments than bufs yields the
 // segments that fit and an error wrapping stack.ErrPacketsLost (and
@@ -335,6 +363,7 @@ var (
 	_ stack.ValidatingDevice   = (*Device)(nil)
 	_ stack.WholeSegmentDevice = (*Device)(nil)
 	_ stack.GSODevice          = (*Device)(nil)
+	_ stack.GSOVectorDevice    = (*Device)(nil)
 	_ stack.ReadInterrupter    = (*Device)(nil)
 )
 

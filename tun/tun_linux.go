@@ -373,6 +373,46 @@ func (v vnetFile) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// Writev writes the concatenation of bufs as one packet (writev(2)), told
+// to the scheduler (bulk: a segment of up to 64 KiB).
+func (v vnetFile) Writev(bufs [][]byte) (int, error) {
+	if v.rc == nil {
+		var joined []byte
+		for _, b := range bufs {
+			joined = append(joined, b...)
+		}
+		return v.Write(joined)
+	}
+	var n int
+	var werr error
+	err := v.rc.Write(func(fd uintptr) bool {
+		for {
+			m, e := unix.Writev(int(fd), bufs)
+			if e == unix.EINTR {
+				continue
+			}
+			if e == unix.EAGAIN {
+				return false
+			}
+			n, werr = m, e
+			return true
+		}
+	})
+	switch {
+	case err != nil:
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return 0, &os.PathError{Op: "writev", Path: v.f.Name(), Err: err}
+		}
+		return 0, &os.PathError{Op: "writev", Path: v.f.Name(), Err: fmt.Errorf("%w (%v)", os.ErrClosed, err)}
+	case werr != nil:
+		if errors.Is(werr, unix.EBADFD) {
+			return 0, os.ErrClosed
+		}
+		return 0, &os.PathError{Op: "writev", Path: v.f.Name(), Err: werr}
+	}
+	return n, nil
+}
+
 // raw makes one read or write (trap) of b with syscall.RawSyscall inside
 // wait (rc.Read or rc.Write), which waits on the poller while the call
 // would block. Errors come back as os.File's would: the system call's

@@ -20,3 +20,13 @@ func writeKernel(*net.TCPConn, syscall.RawConn, []byte) (int, error) {
 }
 
 const rawWriteMax = 0
+
+type kernelWriter struct{}
+
+func (*kernelWriter) Write([]byte) (int, error) {
+	panic("relay: kernelWriter on a system without it")
+}
+
+func readToKernel(DirectReader, *kernelConn, *kernelWriter) (int, error) {
+	panic("relay: readToKernel on a system without it")
+}

@@ -3,6 +3,7 @@
 package relay
 
 import (
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -86,3 +87,74 @@ func writeKernel(tc *net.TCPConn, rc syscall.RawConn, b []byte) (int, error) {
 
 // rawWriteMax is the largest write forward makes with writeKernel.
 const rawWriteMax = 4 << 10
+
+// errAgain is kernelWriter's error when the socket's send buffer is full.
+var errAgain = errors.New("relay: socket send buffer full")
+
+// kernelWriter writes to a kernel TCP socket's descriptor from inside
+// rc.Write's callback, without waiting: when the send buffer is full it
+// reports what it wrote and errAgain, and the caller waits for the socket
+// to be writable. It keeps the errno of a failed write (EAGAIN when the
+// buffer was full): a DirectReader need not pass w's error on. Small (it
+// lives in every idle relay, see notifiedHalf).
+type kernelWriter struct {
+	fd    int32
+	errno int32
+}
+
+func (w *kernelWriter) Write(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		var m int
+		var e syscall.Errno
+		if len(p)-n <= rawWriteMax {
+			m, e = sysWrite(int(w.fd), p[n:])
+		} else {
+			// Bulk: told to the scheduler, as (*net.TCPConn).Write
+			// is (see forward).
+			m, e = errno(syscall.Write(int(w.fd), p[n:]))
+		}
+		switch e {
+		case 0:
+			n += m
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			w.errno = int32(e)
+			return n, errAgain
+		default:
+			w.errno = int32(e)
+			return n, e
+		}
+	}
+	return n, nil
+}
+
+// readToKernel moves what src has to read now straight into the kernel
+// TCP socket k, from src's own buffers (one copy fewer than a Read into a
+// buffer of ours and a Write from it), waiting only while k's send buffer
+// is full: src keeps what k did not take. It returns the bytes moved, and
+// io.EOF at src's end, src's error, or k's write error (an *net.OpError).
+// 0, nil: src had nothing to read.
+func readToKernel(src DirectReader, k *kernelConn, w *kernelWriter) (int, error) {
+	total := 0
+	var rerr error
+	err := k.rc.Write(func(fd uintptr) bool {
+		*w = kernelWriter{fd: int32(fd)}
+		n, e := src.ReadTo(w)
+		total += n
+		if w.errno == int32(syscall.EAGAIN) {
+			w.errno = 0
+			return false // wait until k is writable, then read on
+		}
+		rerr = e
+		return true
+	})
+	switch {
+	case err != nil:
+		// Closed, or the write deadline passed.
+		return total, &net.OpError{Op: "write", Net: "tcp", Source: k.tc.LocalAddr(), Addr: k.tc.RemoteAddr(), Err: err}
+	case w.errno != 0:
+		return total, &net.OpError{Op: "write", Net: "tcp", Source: k.tc.LocalAddr(), Addr: k.tc.RemoteAddr(), Err: os.NewSyscallError("write", syscall.Errno(w.errno))}
+	}
+	return total, rerr
+}

@@ -3,6 +3,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -135,5 +136,118 @@ func TestWriteKernelWaitsForRoomAndKeepsOrder(t *testing.T) {
 	c.Close()
 	if _, err := writeKernel(k.tc, k.rc, []byte("x")); err == nil || !isOrdinary(err) {
 		t.Errorf("writeKernel on a closed socket = %v, want an error wrapping net.ErrClosed", err)
+	}
+}
+
+// segSource is a DirectReader as the netstack's connections are: it holds
+// what is to be read as segments, hands them to ReadTo's writer one by
+// one and consumes only what the writer took. It counts the writes that
+// took less than offered.
+type segSource struct {
+	segs  [][]byte
+	eof   bool
+	short int
+}
+
+func (s *segSource) ReadTo(w io.Writer) (int, error) {
+	total := 0
+	for len(s.segs) > 0 {
+		seg := s.segs[0]
+		n, err := w.Write(seg)
+		total += n
+		if n < len(seg) {
+			s.short++
+			s.segs[0] = seg[n:]
+		} else {
+			s.segs = s.segs[1:]
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+	if total == 0 && s.eof {
+		return 0, io.EOF
+	}
+	return total, nil
+}
+
+// readToKernel moves every byte once and in order when the socket's send
+// buffer keeps filling (a tiny SO_SNDBUF and a slow reader): each short
+// write leaves the rest with the source, and readToKernel waits for room
+// and goes on; then it reports the source's end, and fails once the
+// socket is closed.
+func TestReadToKernelPartialWritesKeepEveryByte(t *testing.T) {
+	c, s := testenv.TCPPair(t)
+	c.SetWriteBuffer(4 << 10)
+	k := kernelConnOf(c)
+	if k == nil {
+		t.Fatal("kernelConnOf(*net.TCPConn) = nil")
+	}
+	msg := make([]byte, 2<<20)
+	for i := range msg {
+		msg[i] = byte(i*7 + i>>11)
+	}
+	src := &segSource{eof: true}
+	for rest, size := msg, 1; len(rest) > 0; size = size*5%(64<<10) + 1 {
+		n := min(size, len(rest))
+		src.segs = append(src.segs, rest[:n])
+		rest = rest[n:]
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		// A slow reader: small reads, with pauses, so the sender
+		// keeps meeting a full buffer.
+		var b []byte
+		buf := make([]byte, 1500)
+		for i := 0; ; i++ {
+			n, err := s.Read(buf)
+			b = append(b, buf[:n]...)
+			if err != nil {
+				break
+			}
+			if i%64 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		got <- b
+	}()
+	var w kernelWriter
+	moved := 0
+	for calls := 0; ; calls++ {
+		if calls > len(msg) {
+			t.Fatal("readToKernel does not come to the end")
+		}
+		n, err := readToKernel(src, k, &w)
+		moved += n
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("readToKernel after %d bytes: %v", moved, err)
+		}
+	}
+	if moved != len(msg) {
+		t.Errorf("readToKernel reported %d bytes moved, want %d", moved, len(msg))
+	}
+	c.CloseWrite()
+	select {
+	case b := <-got:
+		if !bytes.Equal(b, msg) {
+			t.Fatalf("the reader got %d bytes, not the %d sent once each and in order", len(b), len(msg))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the reader never saw the end")
+	}
+	if src.short == 0 {
+		t.Error("no write was ever short: the test did not fill the send buffer")
+	}
+	t.Logf("%d short writes", src.short)
+	c.Close()
+	src.segs, src.eof = [][]byte{[]byte("x")}, false
+	if n, err := readToKernel(src, k, &w); n != 0 || err == nil || !isOrdinary(err) {
+		t.Errorf("readToKernel to a closed socket = %d, %v; want 0 and an error wrapping net.ErrClosed", n, err)
+	}
+	if len(src.segs) != 1 {
+		t.Error("the source lost its byte to a closed socket")
 	}
 }

@@ -102,6 +102,19 @@ type CloseNotifier interface {
 	NotifyClose(fn func())
 }
 
+// DirectReader is a connection that can hand what it has to read to a
+// writer without a buffer of the caller's (the netstack's connections):
+// ReadTo calls w.Write with the connection's own buffers and consumes
+// only what w reports written, the rest waiting for the next call; it
+// does not wait (0, nil when nothing is there), returns io.EOF at the
+// end of the stream, and w's error, with what w took before, when w
+// fails. The relay direction reading such a connection into a kernel TCP
+// socket then writes the connection's bytes to the socket from where
+// they are, a copy fewer.
+type DirectReader interface {
+	ReadTo(w io.Writer) (int, error)
+}
+
 // ReadWaiter is a connection that can wait for its next bytes without a
 // buffer (the netstack's connections): WaitRead returns once a Read would
 // not block (bytes, the end of the stream or an error are there), or with
@@ -291,6 +304,7 @@ type notifiedHalf struct {
 	done     func(result)   // how the direction ends, unless s is set
 	s        *parkingStream // its Stream's, for a parking Stream
 	wakeFn   func()         // wake, made once
+	kw       kernelWriter   // runDirect's, touched by one run at a time
 }
 
 // wake is the notification: src has something to read.
@@ -299,6 +313,12 @@ func (h *notifiedHalf) wake() { go h.run() }
 // run copies until src is drained (then parks again) or ends (then
 // finishes the direction as copyHalf would).
 func (h *notifiedHalf) run() {
+	if h.kdst != nil {
+		if d, ok := h.src.(DirectReader); ok {
+			h.runDirect(d)
+			return
+		}
+	}
 	bp := bufPool.Get().(*[]byte)
 	defer func() {
 		if bp != nil {
@@ -313,20 +333,7 @@ func (h *notifiedHalf) run() {
 			}
 		}
 		if err != nil {
-			if err == io.EOF || isOrdinary(err) {
-				if cw, ok := h.dst.(closeWriter); ok {
-					cw.CloseWrite()
-				} else {
-					h.dst.Close()
-				}
-				err = nil
-			}
-			h.p.finished(err)
-			if h.s != nil {
-				h.s.halfDone(true, result{h.total, err})
-			} else {
-				h.done(result{h.total, err})
-			}
+			h.end(err)
 			return
 		}
 		if nr < len(*bp) {
@@ -337,6 +344,49 @@ func (h *notifiedHalf) run() {
 			h.n.NotifyRead(h.wakeFn)
 			return
 		}
+	}
+}
+
+// runDirect is run for a src that hands its bytes over (DirectReader) to
+// a kernel socket: they go from src's buffers straight into the socket,
+// and the direction takes no buffer at all.
+func (h *notifiedHalf) runDirect(d DirectReader) {
+	for {
+		n, err := readToKernel(d, h.kdst, &h.kw)
+		if n > 0 {
+			h.total += int64(n)
+			h.p.touch()
+			if h.count != nil {
+				h.count.Add(int64(n))
+			}
+		}
+		if err != nil {
+			h.end(err)
+			return
+		}
+		if n == 0 {
+			// Drained: park, as run does.
+			h.n.NotifyRead(h.wakeFn)
+			return
+		}
+	}
+}
+
+// end finishes the direction after src's end or err, as copyHalf would.
+func (h *notifiedHalf) end(err error) {
+	if err == io.EOF || isOrdinary(err) {
+		if cw, ok := h.dst.(closeWriter); ok {
+			cw.CloseWrite()
+		} else {
+			h.dst.Close()
+		}
+		err = nil
+	}
+	h.p.finished(err)
+	if h.s != nil {
+		h.s.halfDone(true, result{h.total, err})
+	} else {
+		h.done(result{h.total, err})
 	}
 }
 

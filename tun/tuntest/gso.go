@@ -36,6 +36,24 @@ func (d *Device) GSOCounters() (packets, segmented uint64) {
 	return d.gsoPkts.Load(), d.gsoSegmented.Load()
 }
 
+// GSOVecWrites reports how many of the GSOCounters' packets came through
+// WriteGSOVec.
+func (d *Device) GSOVecWrites() uint64 { return d.gsoVec.Load() }
+
+// WriteGSOVec is WriteGSO of the concatenation of bufs (the Linux TUN's
+// writev).
+func (d *Device) WriteGSOVec(bufs [][]byte) error {
+	var b []byte
+	for _, p := range bufs {
+		b = append(b, p...)
+	}
+	if err := d.WriteGSO(b); err != nil {
+		return err
+	}
+	d.gsoVec.Add(1)
+	return nil
+}
+
 // WriteGSO does what the kernel does with a packet written to a TUN with a
 // virtio_net_hdr: it completes a partial checksum (NEEDS_CSUM) and splits a
 // TCP segment longer than gso_size into MSS-sized segments with their own

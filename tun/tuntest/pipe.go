@@ -41,6 +41,7 @@ type Device struct {
 
 	gsoMax                int // SetGSO; 0: WriteGSO refused
 	gsoPkts, gsoSegmented atomic.Uint64
+	gsoVec                atomic.Uint64 // of gsoPkts, through WriteGSOVec
 
 	validated atomic.Bool // SetValidated
 }
