@@ -88,6 +88,16 @@ func validSegment(seq uint32) []byte {
 	return pkt
 }
 
+// pureACKSegment is segmentPacket with no payload (flags: ACK) and a
+// correct TCP checksum.
+func pureACKSegment() []byte {
+	pkt := segmentPacket(0, 1, 0)
+	seg := pkt[header.IPv4MinimumSize:]
+	pseudo := header.PseudoHeaderChecksum(header.TCPProtocolNumber, header.IPv4(pkt).SourceAddress(), header.IPv4(pkt).DestinationAddress(), uint16(len(seg)))
+	binary.BigEndian.PutUint16(seg[16:], ^checksum.Checksum(seg, pseudo))
+	return pkt
+}
+
 // loggingDispatcher logs every packet the link hands the network layer.
 type loggingDispatcher struct{ log *eventLog }
 
@@ -100,9 +110,9 @@ func (loggingDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *gstack.
 // processor (hold ... release around its delivery), and wakes one after
 // all when its next read returns at once instead of waiting (the
 // processor's goroutine would otherwise wait behind the reader); a
-// batch of several packets is delivered with the scheduler's usual
-// wakeups, and so is everything from a device that cannot tell whether
-// its reads waited. Before the reader knew of handoff there were no hold,
+// batch of several packets, and a lone pure ACK, are delivered with the
+// scheduler's usual wakeups, and so is everything from a device that
+// cannot tell whether its reads waited. Before the reader knew of handoff there were no hold,
 // release or wake at all.
 func TestLinkHoldsLonePacketsHandOff(t *testing.T) {
 	pkt := validSegment
@@ -115,6 +125,9 @@ func TestLinkHoldsLonePacketsHandOff(t *testing.T) {
 			"read1 hold deliver release read1 hold deliver release closed wake"},
 		{"not waited", []waitingRead{{[][]byte{pkt(1)}, true}, {[][]byte{pkt(2)}, false}, {[][]byte{pkt(3)}, true}},
 			"read1 hold deliver release read1 wake hold deliver release read1 hold deliver release closed wake"},
+		// A pure ACK, the returning ACK of a bulk download, is not held.
+		{"pure ACK", []waitingRead{{[][]byte{pureACKSegment()}, true}, {[][]byte{pkt(1)}, true}},
+			"read1 deliver read1 hold deliver release closed wake"},
 		// Not one flow's consecutive segments, which GRO would join.
 		{"batch", []waitingRead{{[][]byte{pkt(1), pkt(100), pkt(200)}, false}, {[][]byte{pkt(300)}, false}, {[][]byte{pkt(400), pkt(500)}, false}},
 			"read3 deliver deliver deliver read1 hold deliver release read2 wake deliver deliver closed"},
@@ -164,5 +177,39 @@ func TestLinkNoHoldWithoutWaitCount(t *testing.T) {
 	e.wg.Wait()
 	if got, want := l.String(), "read1 deliver closed"; got != want {
 		t.Errorf("events: got %q, want %q", got, want)
+	}
+}
+
+// pureACK tells a download's returning ACK from a round trip's packets.
+func TestPureACK(t *testing.T) {
+	v4 := func(payload int, flags header.TCPFlags) []byte {
+		pkt := segmentPacket(payload, 1, 0)
+		header.TCP(pkt[header.IPv4MinimumSize:]).SetFlags(uint8(flags))
+		return pkt
+	}
+	v6 := func(payload int, flags header.TCPFlags) []byte {
+		pkt := make([]byte, header.IPv6MinimumSize+header.TCPMinimumSize+payload)
+		header.IPv6(pkt).Encode(&header.IPv6Fields{PayloadLength: uint16(header.TCPMinimumSize + payload), TransportProtocol: header.TCPProtocolNumber, HopLimit: 64})
+		header.TCP(pkt[header.IPv6MinimumSize:]).Encode(&header.TCPFields{DataOffset: header.TCPMinimumSize, Flags: flags})
+		return pkt
+	}
+	for _, c := range []struct {
+		name string
+		pkt  []byte
+		want bool
+	}{
+		{"v4 ACK", v4(0, header.TCPFlagAck), true},
+		{"v4 ACK+ECE", v4(0, header.TCPFlagAck|header.TCPFlagEce), true},
+		{"v4 one byte", v4(1, header.TCPFlagAck|header.TCPFlagPsh), false},
+		{"v4 FIN", v4(0, header.TCPFlagAck|header.TCPFlagFin), false},
+		{"v4 SYN", v4(0, header.TCPFlagSyn), false},
+		{"v6 ACK", v6(0, header.TCPFlagAck), true},
+		{"v6 one byte", v6(1, header.TCPFlagAck), false},
+		{"truncated", v4(0, header.TCPFlagAck)[:30], false},
+		{"empty", nil, false},
+	} {
+		if got := pureACK(c.pkt); got != c.want {
+			t.Errorf("%s: pureACK = %v, want %v", c.name, got, c.want)
+		}
 	}
 }
