@@ -461,7 +461,7 @@ func pureACK(pkt []byte) bool {
 	case len(pkt) >= header.IPv6MinimumSize && header.IPVersion(pkt) == header.IPv6Version:
 		ip := header.IPv6(pkt)
 		total := header.IPv6MinimumSize + int(ip.PayloadLength())
-		if ip.TransportProtocol() != header.TCPProtocolNumber || total > len(pkt) {
+		if tcpip.TransportProtocolNumber(ip.NextHeader()) != header.TCPProtocolNumber || total > len(pkt) {
 			return false // extension headers too: not worth parsing here
 		}
 		tcp = pkt[header.IPv6MinimumSize:total]
