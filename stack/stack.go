@@ -60,6 +60,20 @@ type ReadInterrupter interface {
 	InterruptRead() error
 }
 
+// WaitCountingDevice is implemented by a Device that can count its
+// reads that found no packet and waited for one (the Linux TUN with a
+// virtio header). ReadWaits returns the count so far; ok is false when
+// the device cannot tell. The reader then hands the packets of a batch
+// to gVisor's TCP processors without waking an idle processor of the
+// runtime for them (handoff.Hold): the reader is about to wait in its
+// next read, and the processor's goroutine runs on its thread then, two
+// context switches fewer per packet of a request/response exchange. When
+// the next read did not wait after all, the reader wakes one then
+// (handoff.Wake).
+type WaitCountingDevice interface {
+	ReadWaits() (n uint64, ok bool)
+}
+
 // ValidatingDevice is implemented by a Device that knows, per packet, whether
 // the kernel validated or computed its checksums (the Linux TUN with
 // IFF_VNET_HDR: its virtio-net header says so for packets of a GSO batch,

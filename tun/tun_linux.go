@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -299,6 +300,17 @@ func tunFlags(f *os.File) (uint16, error) {
 	return flags, ioErr
 }
 
+// ReadWaits implements stack.WaitCountingDevice: how many reads so far
+// found no packet and waited in the runtime poller. The count is kept
+// only with a virtio header on a non-blocking descriptor (reads through
+// vnetFile); ok is false otherwise.
+func (d *Device) ReadWaits() (n uint64, ok bool) {
+	if v, isVnet := d.vnet.(vnetFile); isVnet && v.waits != nil {
+		return v.waits.Load(), true
+	}
+	return 0, false
+}
+
 // vnetFile reports a descriptor whose interface is gone (EBADFD) as closed,
 // as wireguard-go's Read and Write do.
 //
@@ -320,6 +332,9 @@ func tunFlags(f *os.File) (uint16, error) {
 type vnetFile struct {
 	f  *os.File
 	rc syscall.RawConn // nil: use f
+	// waits counts the reads that found nothing and waited in the
+	// poller (with rc; see Device.ReadWaits).
+	waits *atomic.Uint64
 }
 
 // rawWriteMax is the largest write vnetFile makes with a raw system call:
@@ -338,6 +353,7 @@ func newVnetFile(f *os.File) vnetFile {
 		nonblock = err == nil && fl&unix.O_NONBLOCK != 0
 	}) == nil && nonblock {
 		v.rc = rc
+		v.waits = new(atomic.Uint64)
 	}
 	return v
 }
@@ -346,7 +362,7 @@ func (v vnetFile) Read(b []byte) (int, error) {
 	var n int
 	var err error
 	if v.rc != nil {
-		n, err = v.raw(v.rc.Read, "read", unix.SYS_READ, b)
+		n, err = v.raw(v.rc.Read, "read", unix.SYS_READ, b, v.waits)
 		if err == nil && n == 0 && len(b) > 0 {
 			err = io.EOF
 		}
@@ -363,7 +379,7 @@ func (v vnetFile) Write(b []byte) (int, error) {
 	var n int
 	var err error
 	if v.rc != nil && len(b) <= rawWriteMax {
-		n, err = v.raw(v.rc.Write, "write", unix.SYS_WRITE, b)
+		n, err = v.raw(v.rc.Write, "write", unix.SYS_WRITE, b, nil)
 	} else {
 		n, err = v.f.Write(b)
 	}
@@ -416,8 +432,9 @@ func (v vnetFile) Writev(bufs [][]byte) (int, error) {
 // raw makes one read or write (trap) of b with syscall.RawSyscall inside
 // wait (rc.Read or rc.Write), which waits on the poller while the call
 // would block. Errors come back as os.File's would: the system call's
-// as an *os.PathError, a closed file as os.ErrClosed.
-func (v vnetFile) raw(wait func(func(uintptr) bool) error, op string, trap uintptr, b []byte) (int, error) {
+// as an *os.PathError, a closed file as os.ErrClosed. waits, when not
+// nil, counts the calls that had to wait.
+func (v vnetFile) raw(wait func(func(uintptr) bool) error, op string, trap uintptr, b []byte, waits *atomic.Uint64) (int, error) {
 	var n int
 	var errno syscall.Errno
 	err := wait(func(fd uintptr) bool {
@@ -427,6 +444,9 @@ func (v vnetFile) raw(wait func(func(uintptr) bool) error, op string, trap uintp
 				continue
 			}
 			if e == syscall.EAGAIN {
+				if waits != nil {
+					waits.Add(1)
+				}
 				return false
 			}
 			n, errno = int(r), e

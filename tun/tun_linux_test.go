@@ -626,3 +626,90 @@ func TestWriteGSOVec(t *testing.T) {
 		}
 	})
 }
+
+// TestReadWaits: with a virtio header (offload) the device counts the
+// reads that found nothing and waited in the poller
+// (stack.WaitCountingDevice), and only those: reading packets already
+// queued adds nothing, a read that has to wait for the next packet adds
+// at least one. Without the header it cannot tell, and says so.
+func TestReadWaits(t *testing.T) {
+	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
+	for _, offload := range []bool{true, false} {
+		inNetns(t, func(nl *netlink.Handle) {
+			dev, err := Open(context.Background(), Config{Name: "tswait0", FD: NoFD, Addrs: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")}, MTU: 1500, Offload: offload})
+			if err != nil {
+				t.Errorf("Open: %v", err)
+				return
+			}
+			defer dev.Close()
+			if _, ok := dev.ReadWaits(); ok != offload {
+				t.Errorf("offload=%v: ReadWaits says it counts: %v", offload, ok)
+				return
+			}
+			if !offload {
+				return
+			}
+			sock, err := net.Dial("udp", "10.9.0.2:9")
+			if err != nil {
+				t.Errorf("dial: %v", err)
+				return
+			}
+			defer sock.Close()
+			bufs, sizes, valid := newBufs(max(dev.BatchSize(), 1), 65535)
+			// readUntil reads until a datagram with payload want comes
+			// out (stray packets, such as the kernel's IPv6 router
+			// solicitations, may come first).
+			readUntil := func(want string) error {
+				for {
+					n, err := dev.ReadValidated(bufs, sizes, valid, Headroom)
+					if err != nil {
+						return err
+					}
+					for j := range n {
+						pkt := bufs[j][Headroom : Headroom+sizes[j]]
+						if len(pkt) >= 28 && pkt[0]>>4 == 4 && pkt[9] == unix.IPPROTO_UDP && string(pkt[28:]) == want {
+							return nil
+						}
+					}
+				}
+			}
+			// Queued before the reads: none of them waits.
+			sock.Write([]byte("queued"))
+			before, _ := dev.ReadWaits()
+			if err := readUntil("queued"); err != nil {
+				t.Errorf("read: %v", err)
+				return
+			}
+			if after, _ := dev.ReadWaits(); after != before {
+				t.Errorf("reading a queued datagram counted %d waits, want none", after-before)
+			}
+			// Sent once a read waits for it.
+			got := make(chan error, 1)
+			go func() { got <- readUntil("later") }()
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				if w, _ := dev.ReadWaits(); w > before {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Errorf("a read with nothing queued counted no wait in 10 s")
+					dev.Close()
+					<-got
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+			sock.Write([]byte("later"))
+			select {
+			case err := <-got:
+				if err != nil {
+					t.Errorf("read: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Errorf("the waiting read did not get the datagram")
+				dev.Close()
+				<-got
+			}
+		})
+	}
+}

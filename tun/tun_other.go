@@ -18,3 +18,7 @@ func Open(ctx context.Context, cfg Config) (*Device, error) {
 func CreateFD(ctx context.Context, cfg Config) (*os.File, string, error) {
 	return nil, "", fmt.Errorf("%w (%s): creating a TUN device is implemented for linux only", ErrUnsupported, runtime.GOOS)
 }
+
+// ReadWaits implements stack.WaitCountingDevice; the count is kept on
+// Linux only.
+func (d *Device) ReadWaits() (n uint64, ok bool) { return 0, false }

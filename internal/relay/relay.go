@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/growstack"
+	"github.com/tunsocks/tunsocks/internal/handoff"
 )
 
 // bufSize is the copy buffer of one direction: two of the 64 KiB segments
@@ -307,8 +308,16 @@ type notifiedHalf struct {
 	kw       kernelWriter   // runDirect's, touched by one run at a time
 }
 
-// wake is the notification: src has something to read.
-func (h *notifiedHalf) wake() { go h.run() }
+// wake is the notification: src has something to read. It is called
+// on the goroutine that made src readable (gVisor's TCP processor, under
+// the endpoint's lock), which is about to go back to sleep: the direction
+// starts there without waking an idle processor of the runtime for it,
+// and runs on that thread once the processor sleeps (see handoff).
+func (h *notifiedHalf) wake() {
+	handoff.Hold()
+	go h.run()
+	handoff.Release()
+}
 
 // run copies until src is drained (then parks again) or ends (then
 // finishes the direction as copyHalf would).
