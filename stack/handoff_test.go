@@ -135,21 +135,7 @@ func TestLinkHoldsLonePacketsHandOff(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			l := &eventLog{}
 			dev := &waitingDevice{reads: c.reads, log: l}
-			e := newLinkEndpoint(linkConfig{dev: dev, mtu: 1500, readBufSize: 1500, queueLen: 64, log: slog.New(slog.DiscardHandler)})
-			if e.cdev == nil {
-				t.Fatal("the link does not use the device's count of reads that waited")
-			}
-			e.handoff = handoffOps{hold: func() { l.add("hold") }, release: func() { l.add("release") }, wake: func() { l.add("wake") }}
-			e.Attach(loggingDispatcher{l})
-			e.start()
-			select {
-			case <-e.failed:
-			case <-time.After(10 * time.Second):
-				t.Fatal("the read loop did not stop")
-			}
-			e.Close()
-			e.wg.Wait()
-			if got := l.String(); got != c.want {
+			if got := runLoggedLink(t, dev, l, true); got != c.want {
 				t.Errorf("events:\n got %s\nwant %s", got, c.want)
 			}
 		})
@@ -164,18 +150,7 @@ func (d *notCountingDevice) ReadWaits() (uint64, bool) { return 0, false }
 func TestLinkNoHoldWithoutWaitCount(t *testing.T) {
 	l := &eventLog{}
 	dev := &notCountingDevice{waitingDevice{reads: []waitingRead{{[][]byte{validSegment(1)}, true}}, log: l}}
-	e := newLinkEndpoint(linkConfig{dev: dev, mtu: 1500, readBufSize: 1500, queueLen: 64, log: slog.New(slog.DiscardHandler)})
-	e.handoff = handoffOps{hold: func() { l.add("hold") }, release: func() { l.add("release") }, wake: func() { l.add("wake") }}
-	e.Attach(loggingDispatcher{l})
-	e.start()
-	select {
-	case <-e.failed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the read loop did not stop")
-	}
-	e.Close()
-	e.wg.Wait()
-	if got, want := l.String(), "read1 deliver closed"; got != want {
+	if got, want := runLoggedLink(t, dev, l, false), "read1 deliver closed"; got != want {
 		t.Errorf("events: got %q, want %q", got, want)
 	}
 }
@@ -212,4 +187,27 @@ func TestPureACK(t *testing.T) {
 			t.Errorf("%s: pureACK = %v, want %v", c.name, got, c.want)
 		}
 	}
+}
+
+// runLoggedLink runs a link over dev until its reads run out, with the
+// hand-off calls recorded in l next to the device's reads and the
+// dispatcher's deliveries, and returns l's record. counting: whether the
+// link must use dev's count of reads that waited.
+func runLoggedLink(t *testing.T, dev Device, l *eventLog, counting bool) string {
+	t.Helper()
+	e := newLinkEndpoint(linkConfig{dev: dev, mtu: 1500, readBufSize: 1500, queueLen: 64, log: slog.New(slog.DiscardHandler)})
+	if counting && e.cdev == nil {
+		t.Fatal("the link does not use the device's count of reads that waited")
+	}
+	e.handoff = handoffOps{hold: func() { l.add("hold") }, release: func() { l.add("release") }, wake: func() { l.add("wake") }}
+	e.Attach(loggingDispatcher{l})
+	e.start()
+	select {
+	case <-e.failed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the read loop did not stop")
+	}
+	e.Close()
+	e.wg.Wait()
+	return l.String()
 }

@@ -34,13 +34,3 @@ func rawRW(trap uintptr, fd int, b []byte) (int, syscall.Errno) {
 	}
 	return int(n), 0
 }
-
-func errno(n int, err error) (int, syscall.Errno) {
-	if err != nil {
-		if e, ok := err.(syscall.Errno); ok {
-			return 0, e
-		}
-		return 0, syscall.EIO
-	}
-	return n, 0
-}
