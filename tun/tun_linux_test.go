@@ -358,23 +358,17 @@ func TestReadValidatedFollowsTheKernel(t *testing.T) {
 	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
 	for _, offload := range []bool{true, false} {
 		inNetns(t, func(nl *netlink.Handle) {
-			dev, err := Open(context.Background(), Config{Name: "tscsum0", FD: NoFD, Addrs: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")}, MTU: 1500, Offload: offload})
-			if err != nil {
-				t.Errorf("Open: %v", err)
+			dev, sock, ok := openUDPDevice(t, "tscsum0", offload)
+			if !ok {
 				return
 			}
 			defer dev.Close()
+			defer sock.Close()
 			if v, ok := dev.vnet.(vnetFile); offload && (!ok || v.rc == nil) {
 				// wireguard-go's descriptor is non-blocking: reads and
 				// writes below go through vnetFile.raw.
 				t.Errorf("the vnet descriptor is not read with raw system calls (%#v)", dev.vnet)
 			}
-			sock, err := net.Dial("udp", "10.9.0.2:9")
-			if err != nil {
-				t.Errorf("dial: %v", err)
-				return
-			}
-			defer sock.Close()
 			raw, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
 			if err != nil {
 				t.Errorf("raw socket: %v", err)
@@ -454,17 +448,11 @@ func TestInterruptRead(t *testing.T) {
 	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
 	for _, offload := range []bool{true, false} {
 		inNetns(t, func(nl *netlink.Handle) {
-			dev, err := Open(context.Background(), Config{Name: "tsintr0", FD: NoFD, Addrs: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")}, MTU: 1500, Offload: offload})
-			if err != nil {
-				t.Errorf("Open: %v", err)
+			dev, sock, ok := openUDPDevice(t, "tsintr0", offload)
+			if !ok {
 				return
 			}
 			defer dev.Close()
-			sock, err := net.Dial("udp", "10.9.0.2:9")
-			if err != nil {
-				t.Errorf("dial: %v", err)
-				return
-			}
 			defer sock.Close()
 			bufs, sizes, valid := newBufs(max(dev.BatchSize(), 1), 65535)
 			// read reads until a datagram with payload want comes out, for
@@ -636,12 +624,12 @@ func TestReadWaits(t *testing.T) {
 	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
 	for _, offload := range []bool{true, false} {
 		inNetns(t, func(nl *netlink.Handle) {
-			dev, err := Open(context.Background(), Config{Name: "tswait0", FD: NoFD, Addrs: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")}, MTU: 1500, Offload: offload})
-			if err != nil {
-				t.Errorf("Open: %v", err)
+			dev, sock, ok := openUDPDevice(t, "tswait0", offload)
+			if !ok {
 				return
 			}
 			defer dev.Close()
+			defer sock.Close()
 			if _, ok := dev.ReadWaits(); ok != offload {
 				t.Errorf("offload=%v: ReadWaits says it counts: %v", offload, ok)
 				return
@@ -649,12 +637,6 @@ func TestReadWaits(t *testing.T) {
 			if !offload {
 				return
 			}
-			sock, err := net.Dial("udp", "10.9.0.2:9")
-			if err != nil {
-				t.Errorf("dial: %v", err)
-				return
-			}
-			defer sock.Close()
 			bufs, sizes, valid := newBufs(max(dev.BatchSize(), 1), 65535)
 			// readUntil reads until a datagram with payload want comes
 			// out (stray packets, such as the kernel's IPv6 router
@@ -712,4 +694,23 @@ func TestReadWaits(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openUDPDevice opens TUN name (10.9.0.1/24, MTU 1500, offload as given)
+// in the test's namespace and a UDP socket sending through it to
+// 10.9.0.2:9; on failure it reports the error and returns false. The
+// caller closes both.
+func openUDPDevice(t *testing.T, name string, offload bool) (*Device, net.Conn, bool) {
+	dev, err := Open(context.Background(), Config{Name: name, FD: NoFD, Addrs: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")}, MTU: 1500, Offload: offload})
+	if err != nil {
+		t.Errorf("Open: %v", err)
+		return nil, nil, false
+	}
+	sock, err := net.Dial("udp", "10.9.0.2:9")
+	if err != nil {
+		dev.Close()
+		t.Errorf("dial: %v", err)
+		return nil, nil, false
+	}
+	return dev, sock, true
 }
