@@ -363,11 +363,7 @@ func (h *notifiedHalf) runDirect(d DirectReader) {
 	for {
 		n, err := readToKernel(d, h.kdst, &h.kw)
 		if n > 0 {
-			h.total += int64(n)
-			h.p.touch()
-			if h.count != nil {
-				h.count.Add(int64(n))
-			}
+			h.p.moved(int64(n), &h.total, h.count)
 		}
 		if err != nil {
 			h.end(err)
@@ -414,16 +410,22 @@ func (p *pair) forward(dst net.Conn, kdst *kernelConn, b []byte, total *int64, c
 		nw, err = dst.Write(b)
 	}
 	if nw > 0 {
-		*total += int64(nw)
-		p.touch()
-		if count != nil {
-			count.Add(int64(nw))
-		}
+		p.moved(int64(nw), total, count)
 	}
 	if err == nil && nw != len(b) {
 		err = io.ErrShortWrite
 	}
 	return err
+}
+
+// moved counts n bytes a direction moved: into *total (the direction's
+// own), count and the pair's activity clock.
+func (p *pair) moved(n int64, total *int64, count Counter) {
+	*total += n
+	p.touch()
+	if count != nil {
+		count.Add(n)
+	}
 }
 
 // watchIdle closes the pair once nothing has moved either way for idle,
@@ -866,11 +868,7 @@ func (h *polledHalf) run() {
 			}
 			if n > 0 {
 				lastRead = time.Now()
-				h.total += n
-				p.touch()
-				if h.count != nil {
-					h.count.Add(n)
-				}
+				p.moved(n, &h.total, h.count)
 			}
 		} else {
 			var nr int
