@@ -26,12 +26,12 @@ type iperfColumn struct {
 // measureIperf fills every iperf3 row of the lab (each stream count, up
 // and down) in b.cfg.iperfRounds interleaved rounds (see iperfrounds.go):
 // in every round each column runs the row once with the same iperf3
-// settings as ever, the order rotating. The kernel and SOCKS-only columns
-// run from the lab's app host, so the phase comes before the TUN programs
-// take its default route; each TUN program runs in an app host of its
-// own, linked to the proxy host like the lab's (see rttHost), all of them
-// running while the rounds last. A TUN program's CPU time per MB is
-// counted over its own runs only.
+// settings as ever, the order changing (balancedOrder). The kernel and
+// SOCKS-only columns run from the lab's app host, so the phase comes
+// before the TUN programs take its default route; each TUN program runs
+// in an app host of its own, linked to the proxy host like the lab's
+// (see rttHost), all of them running while the rounds last. A TUN
+// program's CPU time per MB is counted over its own runs only.
 func (b *bench) measureIperf(ctx context.Context, l *lab.Lab, mtu int, dir string, start startFunc) error {
 	paths := append([]path{kernelPath, socksPath}, b.cfg.tunPaths...)
 	if b.cfg.iperfAA {

@@ -11,7 +11,7 @@ import (
 
 // The iperf3 rows are measured in interleaved rounds too (-iperf-rounds):
 // every column (kernel, SOCKS-only, each TUN program) runs the row once in
-// every round, the order rotating from round to round, and a column's
+// every round, the order changing from round to round (balancedOrder), and a column's
 // figure is the median of its runs. One 5 s run per column, the columns
 // minutes apart, compared the moments as much as the paths: across four
 // runs of one code the 1-stream ratios read 0.587-0.617x up and
@@ -119,19 +119,57 @@ func (t *iperfTally) cpuPerMB() (float64, error) {
 	return t.cpu.Seconds() / t.mb, nil
 }
 
+// balancedOrder is the order the columns run an iperf3 row in each of
+// rounds rounds: a Williams design, a Latin square in which, over a full
+// cycle (cols rounds, or 2*cols for an odd count, every second cycle's
+// orders reversed), every column takes every place and follows every
+// other column equally often. A plain rotation keeps the neighbours: a
+// column would always run right after the same one, and whatever that
+// one leaves behind (a TUN program trims its memory 2-4 s after a burst,
+// in the next column's run) would always fall on the same column. In the
+// first cycle round r starts with column r mod cols.
+func balancedOrder(cols, rounds int) ([][]int, error) {
+	if cols < 1 || rounds < 1 {
+		return nil, fmt.Errorf("order of %d columns in %d rounds: want at least one of each", cols, rounds)
+	}
+	// The first round: 0, 1, n-1, 2, n-2, ...
+	base := make([]int, cols)
+	lo, hi := 1, cols-1
+	for i := 1; i < cols; i++ {
+		if i%2 == 1 {
+			base[i] = lo
+			lo++
+		} else {
+			base[i] = hi
+			hi--
+		}
+	}
+	plan := make([][]int, rounds)
+	for r := range plan {
+		plan[r] = make([]int, cols)
+		for i, c := range base {
+			plan[r][i] = (c + r) % cols
+		}
+		if cols%2 == 1 && (r/cols)%2 == 1 {
+			slices.Reverse(plan[r])
+		}
+	}
+	return plan, nil
+}
+
 // iperfRun makes column col's run of a row, in round round (from 0), and
 // returns the receiver's bits per second, its TUN program's CPU time
 // during the run (cpuErr when that could not be read) and the run's
 // error.
 type iperfRun func(round, col int) (bps float64, cpu time.Duration, cpuErr, err error)
 
-// interleaveIperf runs one row in rounds rounds of cols columns, in the
-// rotating order, and returns each column's tally; each run lasted d.
+// interleaveIperf runs one row in rounds rounds of cols columns, in
+// balancedOrder, and returns each column's tally; each run lasted d.
 // Columns that out marks (they could not start) and columns whose run
 // failed take no more runs; only a cancelled context ends the rounds
 // early.
 func interleaveIperf(ctx context.Context, cols, rounds int, d time.Duration, out []bool, run iperfRun) ([]iperfTally, error) {
-	plan, err := rotation(cols, rounds)
+	plan, err := balancedOrder(cols, rounds)
 	if err != nil {
 		return nil, err
 	}

@@ -153,9 +153,10 @@ func TestInterleaveIperf(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := [][2]int{{0, 0}, {0, 1}, {0, 2}, {1, 1}, {1, 2}, {1, 0}, {2, 0}, {2, 1}}
+	// balancedOrder(4, 3): 0 1 3 2, 1 2 0 3, 2 3 1 0.
+	want := [][2]int{{0, 0}, {0, 1}, {0, 2}, {1, 1}, {1, 2}, {1, 0}, {2, 1}, {2, 0}}
 	if !slices.Equal(f.order, want) {
-		t.Errorf("runs (round, column) %v, want %v: rotated order, no runs of a column that could not start or failed", f.order, want)
+		t.Errorf("runs (round, column) %v, want %v: balancedOrder, no runs of a column that could not start or failed", f.order, want)
 	}
 	for i, wantRuns := range [][]float64{{1e9, 1e9, 1e9}, {2e9, 2e9, 2e9}, {3e9}, nil} {
 		if !slices.Equal(tally[i].runs, wantRuns) {
@@ -182,4 +183,65 @@ func TestInterleaveIperf(t *testing.T) {
 	if len(f.order) != 3 {
 		t.Errorf("%d runs made: the rounds went on after the cancel", len(f.order))
 	}
+}
+
+// TestBalancedOrder: over a full cycle every column takes every place
+// equally often and follows every other column equally often (a plain
+// rotation would have each follow the same one every round).
+func TestBalancedOrder(t *testing.T) {
+	for _, tc := range []struct{ cols, rounds, each int }{
+		{4, 4, 1}, {6, 6, 1}, {2, 2, 1}, // an even count: a cycle is cols rounds
+		{3, 6, 2}, {5, 10, 2}, {7, 14, 2}, // an odd count: 2*cols rounds
+		{4, 8, 2},
+	} {
+		plan, err := balancedOrder(tc.cols, tc.rounds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(plan) != tc.rounds {
+			t.Fatalf("%d columns: %d rounds planned, want %d", tc.cols, len(plan), tc.rounds)
+		}
+		places := map[[2]int]int{}  // (column, place) -> rounds
+		follows := map[[2]int]int{} // (column, the one right before it) -> rounds
+		for r, order := range plan {
+			if got := slices.Sorted(slices.Values(order)); !slices.Equal(got, seq(tc.cols)) {
+				t.Fatalf("%d columns, round %d runs %v: want each once", tc.cols, r, order)
+			}
+			if r < tc.cols && order[0] != r {
+				t.Errorf("%d columns, round %d starts with %d, want %d", tc.cols, r, order[0], r)
+			}
+			for i, c := range order {
+				places[[2]int{c, i}]++
+				if i > 0 {
+					follows[[2]int{c, order[i-1]}]++
+				}
+			}
+		}
+		for c := range tc.cols {
+			for o := range tc.cols {
+				if n := places[[2]int{c, o}]; n != tc.each {
+					t.Errorf("%d columns in %d rounds: column %d takes place %d %d times, want %d", tc.cols, tc.rounds, c, o, n, tc.each)
+				}
+				if n := follows[[2]int{c, o}]; c != o && n != tc.each {
+					t.Errorf("%d columns in %d rounds: column %d follows column %d %d times, want %d", tc.cols, tc.rounds, c, o, n, tc.each)
+				}
+			}
+		}
+	}
+	if plan, err := balancedOrder(1, 3); err != nil || !slices.Equal(plan[2], []int{0}) {
+		t.Errorf("balancedOrder(1, 3) = %v, %v; want one column in each round", plan, err)
+	}
+	for _, bad := range [][2]int{{0, 3}, {3, 0}} {
+		if _, err := balancedOrder(bad[0], bad[1]); err == nil {
+			t.Errorf("balancedOrder(%v): want an error", bad)
+		}
+	}
+}
+
+func seq(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
 }

@@ -42,7 +42,7 @@ func run(ctx context.Context, args []string) int {
 	var workers string
 	streams := "1,4"
 	fs.StringVar(&streams, "iperf-streams", streams, "comma-separated iperf3 stream counts, one row each per direction and MTU")
-	fs.IntVar(&cfg.iperfRounds, "iperf-rounds", 5, "interleaved rounds of the iperf3 rows: in each round every column runs each row once, the order rotating, every TUN program running all along in its own app namespace; a column's figure is the median of its runs, the ratio to socks-only the ratio of the medians (1..15; 0: the old way, one run per column, each column in its own phase, minutes apart)")
+	fs.IntVar(&cfg.iperfRounds, "iperf-rounds", 5, "interleaved rounds of the iperf3 rows: in each round every column runs each row once, in an order that changes so that every column runs after every other equally often, every TUN program running all along in its own app namespace; a column's figure is the median of its runs, the ratio to socks-only the ratio of the medians (1..15; 0: the old way, one run per column, each column in its own phase, minutes apart)")
 	fs.BoolVar(&cfg.iperfAA, "iperf-aa", false, "an A/A check of the iperf3 rows: a second tunsocks run (gVisor stack), the same binary and settings, in a column of its own (tunsocks-aa) measured like any other; its ratio to the tunsocks column shows how far the run's noise moves the throughput verdicts")
 	fs.StringVar(&workers, "workers", "8,64", "comma-separated parallel worker counts for the connection rate, one row each plus the best (1..256)")
 	fs.DurationVar(&cfg.rateTime, "rate-time", 3*time.Second, "duration of the connection-rate run (100ms..60s)")
@@ -265,7 +265,7 @@ func iperfMethod(c config) string {
 	case c.iperfRounds == 0:
 		return "iperf3 rows measured column by column, one run each, each column in its own phase (-iperf-rounds 0)"
 	}
-	return fmt.Sprintf("iperf3 rows interleaved: %d rounds, in each every column runs the row once, the order rotating; "+
+	return fmt.Sprintf("iperf3 rows interleaved: %d rounds, in each every column runs the row once, the order changing so that every column runs after every other equally often (a Williams design); "+
 		"each TUN program in its own app namespace, all of them running through the rounds; a column's figure is the median "+
 		"of its %d runs, its TUN program's CPU time per MB its CPU over its own runs over the MB they moved; the ratio to "+
 		"socks-only is the ratio of the two medians, with (rounds lo-hi) the lowest and highest of the rounds' own ratios "+
