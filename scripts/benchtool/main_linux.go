@@ -265,8 +265,8 @@ func iperfMethod(c config) string {
 	case c.iperfRounds == 0:
 		return "iperf3 rows measured column by column, one run each, each column in its own phase (-iperf-rounds 0)"
 	}
-	return fmt.Sprintf("iperf3 rows interleaved: %d rounds, in each every column runs the row once, the order changing so that every column runs after every other equally often (a Williams design); "+
-		"each TUN program in its own app namespace, all of them running through the rounds; a column's figure is the median "+
+	return fmt.Sprintf("iperf3 rows interleaved: %d rounds, in each every column runs the row once, the order changing so "+
+		"that every column runs after every other equally often (a Williams design); each TUN program in its own app namespace, all of them running through the rounds; a column's figure is the median "+
 		"of its %d runs, its TUN program's CPU time per MB its CPU over its own runs over the MB they moved; the ratio to "+
 		"socks-only is the ratio of the two medians, with (rounds lo-hi) the lowest and highest of the rounds' own ratios "+
 		"(each round's run over that round's socks-only run)", c.iperfRounds, c.iperfRounds)

@@ -22,7 +22,7 @@ const (
 	t2sPath                 // the same through a peer: tun2socks (-peer tun2socks=PATH)
 	hevPath                 // hev-socks5-tunnel (-peer hev=PATH)
 	singboxPath             // sing-box with a gVisor tun inbound (-peer sing-box=PATH)
-	aaPath                  // a second tunsocks (gVisor stack), round-trip rows only (-rtt-aa)
+	aaPath                  // a second tunsocks (gVisor stack): round-trip rows (-rtt-aa), iperf3 rows (-iperf-aa)
 	numPaths
 )
 
@@ -247,7 +247,7 @@ func (t *table) write(w io.Writer) {
 			continue
 		}
 		for _, p := range tunPaths {
-			// The A/A column has round-trip rows only; no n/a lines for
+			// The A/A column has only the rows of its flags; no n/a lines for
 			// the others.
 			if !t.omit[p] && (p != aaPath || r.cells[p].set) {
 				r.writeRatio(w, p)
