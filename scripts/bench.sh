@@ -29,14 +29,24 @@
 # samples, and a TUN program's switches and CPU are counted over its own
 # round trips only. Load that comes and goes then falls on every column
 # alike (-rtt-aa adds a second tunsocks column to check how alike).
+# The iperf3 rows are interleaved too: in each of 5 rounds (-iperf-rounds)
+# every column runs each row once, the order changing so that every column
+# runs after every other equally often, every TUN program running all
+# along in its own app namespace; a column's figure is the median of its
+# runs, the ratio to socks-only the ratio of the medians, printed with the
+# lowest and highest of the rounds' own ratios (-iperf-aa adds a second
+# tunsocks column; -iperf-rounds 0 measures the old way, one run per
+# column, each column in its own phase).
 # A benchmark, not a test: it exits 0 whatever the numbers are.
 #
 # Usage: ./scripts/bench.sh [benchtool flags, e.g. -t 10s -mtus 1500
 #        -peer hev=/path/to/hev-socks5-tunnel]
 # Needs root (re-runs itself under sudo); installs iperf3, proxychains4 and
-# microsocks with apt-get when missing. Takes about 5 minutes, and about 3
-# more per peer. Nothing outside the lab's namespaces is touched, and they
-# are removed on exit and on Ctrl-C.
+# microsocks with apt-get when missing. Takes about 10 minutes at one MTU,
+# and about 4.5 more per peer (the iperf3 rounds: ~1.7 minutes per column
+# and MTU, -iperf-rounds 3 or -iperf-streams 1 for less). Nothing outside
+# the lab's namespaces is touched, and they are removed on exit and on
+# Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"

@@ -22,33 +22,35 @@ import (
 
 // config is what the command line sets.
 type config struct {
-	tunsocks  string          // the tunsocks binary
-	peers     map[path]string // other TUN programs' binaries (-peer)
-	copySocks copySocks       // the copying SOCKS server; name "" for none
-	mtus      []int           // one lab per MTU; the first also gets the connection rows
-	iperfTime time.Duration   // each iperf3 run
-	streams   []int           // iperf3 stream counts, one row each per direction
-	workers   []int           // connection-rate worker counts, one row each
-	rateTime  time.Duration   // connection-rate duration
-	rateReps  int             // connection-rate runs per cell (median)
-	rtts      int             // round trips for the latency percentiles
-	rttRounds int             // interleaved rounds of them (0: each column in its own phase)
-	rttProcs  int             // runs of each TUN program taking the rounds' turns in turn
-	rttAA     bool            // a second tunsocks column in the round-trip rows
-	idle      int             // idle connections held open for the first memory row
-	idleMax   int             // and for the second (0: no second row)
-	bulk      time.Duration   // bulk transfer before the after-bulk RSS row (0: no row)
-	settle    time.Duration   // idle time after it
-	udpHeld   int             // UDP flows held open for the per-flow memory row (0: no UDP rows)
-	udpFlood  int             // new UDP flows offered for the bounded-flows row (0: no row)
-	udpRate   int             // new UDP flows a second offered in that row
-	skipIperf bool            // no iperf3 rows
-	aaCheck   bool            // the tunsocks columns' rate runs go to the SOCKS server directly
-	runArgs   string          // extra arguments for tunsocks run
-	heapDir   string          // where tunsocks' heap profiles go ("" for none)
-	runEnv    string          // extra environment for tunsocks run
-	startHook string          // command run with the TUN program's pid after the start row ("" for none)
-	tunPaths  []path          // TUN columns measured: tunPath (gVisor), sysPath (--tcp-stack system), peers
+	tunsocks    string          // the tunsocks binary
+	peers       map[path]string // other TUN programs' binaries (-peer)
+	copySocks   copySocks       // the copying SOCKS server; name "" for none
+	mtus        []int           // one lab per MTU; the first also gets the connection rows
+	iperfTime   time.Duration   // each iperf3 run
+	streams     []int           // iperf3 stream counts, one row each per direction
+	iperfRounds int             // interleaved rounds of the iperf3 rows (0: each column in its own phase)
+	iperfAA     bool            // a second tunsocks column in the iperf3 rows
+	workers     []int           // connection-rate worker counts, one row each
+	rateTime    time.Duration   // connection-rate duration
+	rateReps    int             // connection-rate runs per cell (median)
+	rtts        int             // round trips for the latency percentiles
+	rttRounds   int             // interleaved rounds of them (0: each column in its own phase)
+	rttProcs    int             // runs of each TUN program taking the rounds' turns in turn
+	rttAA       bool            // a second tunsocks column in the round-trip rows
+	idle        int             // idle connections held open for the first memory row
+	idleMax     int             // and for the second (0: no second row)
+	bulk        time.Duration   // bulk transfer before the after-bulk RSS row (0: no row)
+	settle      time.Duration   // idle time after it
+	udpHeld     int             // UDP flows held open for the per-flow memory row (0: no UDP rows)
+	udpFlood    int             // new UDP flows offered for the bounded-flows row (0: no row)
+	udpRate     int             // new UDP flows a second offered in that row
+	skipIperf   bool            // no iperf3 rows
+	aaCheck     bool            // the tunsocks columns' rate runs go to the SOCKS server directly
+	runArgs     string          // extra arguments for tunsocks run
+	heapDir     string          // where tunsocks' heap profiles go ("" for none)
+	runEnv      string          // extra environment for tunsocks run
+	startHook   string          // command run with the TUN program's pid after the start row ("" for none)
+	tunPaths    []path          // TUN columns measured: tunPath (gVisor), sysPath (--tcp-stack system), peers
 }
 
 // Targets from the issue: tunsocks against our SOCKS server used directly.
@@ -441,6 +443,11 @@ func (b *bench) runLab(ctx context.Context, mtu int, full bool, dir string) (err
 		}
 	}
 
+	if !b.cfg.skipIperf && b.cfg.iperfRounds > 0 {
+		if err := b.measureIperf(ctx, l, mtu, dir, start); err != nil {
+			return err
+		}
+	}
 	for _, p := range []path{kernelPath, socksPath} {
 		if err := b.measure(ctx, l, p, mtu, full); err != nil {
 			return err
@@ -468,7 +475,15 @@ func (b *bench) runLab(ctx context.Context, mtu int, full bool, dir string) (err
 		return err
 	}
 	for _, p := range b.cfg.tunPaths {
+		if !full && b.cfg.iperfRounds > 0 {
+			break // this lab's only rows, the iperf3 rows, are measured
+		}
 		if err := b.measureTUN(ctx, l, p, mtu, full, dir, start); err != nil {
+			return err
+		}
+	}
+	if !b.cfg.skipIperf && b.cfg.iperfRounds == 0 && b.cfg.iperfAA {
+		if err := b.measureAAIperfSequential(ctx, l, mtu, dir, start); err != nil {
 			return err
 		}
 	}
@@ -508,6 +523,17 @@ func (b *bench) measureAASequential(ctx context.Context, l *lab.Lab, mtu int, di
 		}
 	}
 	return ctx.Err()
+}
+
+// measureAAIperfSequential fills the A/A column's iperf3 rows the old way
+// (-iperf-rounds 0), after every other column, as a peer's would be.
+func (b *bench) measureAAIperfSequential(ctx context.Context, l *lab.Lab, mtu int, dir string, start startFunc) error {
+	ts, err := b.startTUN(ctx, l, aaPath, mtu, socksAddr, dir, "aa", start)
+	if err != nil {
+		return err
+	}
+	defer ts.p.stop()
+	return b.iperfSequential(ctx, l, aaPath, mtu)
 }
 
 // tunRun is one TUN program running with the app host routed into it.
@@ -618,16 +644,11 @@ func (b *bench) measureTUN(ctx context.Context, l *lab.Lab, p path, mtu int, ful
 	return ctx.Err()
 }
 
-// measure fills one path's column. Failures of one measurement are recorded
-// in the table; only a cancelled context ends the run.
-func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full bool) error {
-	if err := b.probe(ctx, l, p, socksAddr); err != nil {
-		return fmt.Errorf("%v path does not work: %w", p, err)
-	}
+// iperfSequential fills p's iperf3 rows the old way (-iperf-rounds 0):
+// one run of each, in p's own phase; the TUN program's CPU time per MB
+// is over that run.
+func (b *bench) iperfSequential(ctx context.Context, l *lab.Lab, p path, mtu int) error {
 	for _, streams := range b.cfg.streams {
-		if b.cfg.skipIperf {
-			break
-		}
 		for _, reverse := range []bool{false, true} {
 			r := b.tab.declare(iperfRow(mtu, streams, reverse), throughput, 0)
 			var cpu0 time.Duration
@@ -649,6 +670,20 @@ func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full b
 				}
 				b.record(b.tab.declare(iperfCPURow(mtu, streams, reverse), latency, 0), p, (cpu1-cpu0).Seconds()/mb, cerr)
 			}
+		}
+	}
+	return nil
+}
+
+// measure fills one path's column. Failures of one measurement are recorded
+// in the table; only a cancelled context ends the run.
+func (b *bench) measure(ctx context.Context, l *lab.Lab, p path, mtu int, full bool) error {
+	if err := b.probe(ctx, l, p, socksAddr); err != nil {
+		return fmt.Errorf("%v path does not work: %w", p, err)
+	}
+	if !b.cfg.skipIperf && b.cfg.iperfRounds == 0 { // else measureIperf's interleaved rounds
+		if err := b.iperfSequential(ctx, l, p, mtu); err != nil {
+			return err
 		}
 	}
 	if !full {

@@ -42,6 +42,8 @@ func run(ctx context.Context, args []string) int {
 	var workers string
 	streams := "1,4"
 	fs.StringVar(&streams, "iperf-streams", streams, "comma-separated iperf3 stream counts, one row each per direction and MTU")
+	fs.IntVar(&cfg.iperfRounds, "iperf-rounds", 5, "interleaved rounds of the iperf3 rows: in each round every column runs each row once, in an order that changes so that every column runs after every other equally often, every TUN program running all along in its own app namespace; a column's figure is the median of its runs, the ratio to socks-only the ratio of the medians (1..15; 0: the old way, one run per column, each column in its own phase, minutes apart)")
+	fs.BoolVar(&cfg.iperfAA, "iperf-aa", false, "an A/A check of the iperf3 rows: a second tunsocks run (gVisor stack), the same binary and settings, in a column of its own (tunsocks-aa) measured like any other; its ratio to the tunsocks column shows how far the run's noise moves the throughput verdicts")
 	fs.StringVar(&workers, "workers", "8,64", "comma-separated parallel worker counts for the connection rate, one row each plus the best (1..256)")
 	fs.DurationVar(&cfg.rateTime, "rate-time", 3*time.Second, "duration of the connection-rate run (100ms..60s)")
 	fs.IntVar(&cfg.rateReps, "rate-reps", 3, "connection-rate runs per cell; the median is reported (1..9)")
@@ -111,7 +113,7 @@ func run(ctx context.Context, args []string) int {
 	for _, p := range tunPaths {
 		b.tab.omit[p] = !slices.Contains(cfg.tunPaths, p)
 	}
-	b.tab.omit[aaPath] = !cfg.rttAA
+	b.tab.omit[aaPath] = !cfg.rttAA && !cfg.iperfAA
 	started := time.Now()
 	err := b.run(ctx)
 	fmt.Printf("\n## tunsocks benchmark\n\n%s\n\n", environment(cfg))
@@ -215,6 +217,12 @@ func (c *config) parse(mtus, workers, stacks, copyServer, streams string) error 
 		return fmt.Errorf("-rtt-rounds %d: want 1 to 50, or 0 for each column in its own phase", c.rttRounds)
 	case c.rttProcs < 1 || c.rttProcs > 4:
 		return fmt.Errorf("-rtt-procs %d: want 1 to 4", c.rttProcs)
+	case c.iperfRounds < 0 || c.iperfRounds > 15:
+		return fmt.Errorf("-iperf-rounds %d: want 1 to 15, or 0 for each column in its own phase", c.iperfRounds)
+	case c.iperfAA && !slices.Contains(c.tunPaths, tunPath):
+		return fmt.Errorf("-iperf-aa: the A/A column repeats the gVisor stack's; want -tcp-stacks with gvisor")
+	case c.iperfAA && c.skipIperf:
+		return fmt.Errorf("-iperf-aa with -skip-iperf: there are no iperf3 rows to check; drop one of them")
 	case c.rttAA && !slices.Contains(c.tunPaths, tunPath):
 		return fmt.Errorf("-rtt-aa: the A/A column repeats the gVisor stack's; want -tcp-stacks with gvisor")
 	case c.idle < 1 || c.idle > 9000:
@@ -244,9 +252,24 @@ func environment(c config) string {
 		iperf, _, _ = strings.Cut(iperf, " (")
 	}
 	return fmt.Sprintf("%s, Linux %s, %d CPUs, %s; veth lab app ── proxy ── remote; SOCKS server: `tunsocks server`; "+
-		"iperf3 -t %d per run; socks-only iperf3 through proxychains4, other socks-only rows through socksclient; %s",
+		"iperf3 -t %d per run; socks-only iperf3 through proxychains4, other socks-only rows through socksclient; %s; %s",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), strings.TrimSpace(string(kernel)), runtime.NumCPU(), iperf, int(c.iperfTime/time.Second),
-		rttMethod(c))
+		iperfMethod(c), rttMethod(c))
+}
+
+// iperfMethod says how the iperf3 rows were measured.
+func iperfMethod(c config) string {
+	switch {
+	case c.skipIperf:
+		return "no iperf3 rows (-skip-iperf)"
+	case c.iperfRounds == 0:
+		return "iperf3 rows measured column by column, one run each, each column in its own phase (-iperf-rounds 0)"
+	}
+	return fmt.Sprintf("iperf3 rows interleaved: %d rounds, in each every column runs the row once, the order changing so "+
+		"that every column runs after every other equally often (a Williams design); each TUN program in its own app namespace, all of them running through the rounds; a column's figure is the median "+
+		"of its %d runs, its TUN program's CPU time per MB its CPU over its own runs over the MB they moved; the ratio to "+
+		"socks-only is the ratio of the two medians, with (rounds lo-hi) the lowest and highest of the rounds' own ratios "+
+		"(each round's run over that round's socks-only run)", c.iperfRounds, c.iperfRounds)
 }
 
 // rttMethod says how the round-trip rows were measured.

@@ -36,3 +36,36 @@ func TestParseRTTFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestParseIperfFlags(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	parse := func(rounds int, aa, skip bool, stacks string) error {
+		c := config{tunsocks: exe, iperfTime: 5e9, rateTime: 3e9, rateReps: 3, rtts: 2000, rttRounds: 40, rttProcs: 1,
+			idle: 1000, udpRate: 5000, iperfRounds: rounds, iperfAA: aa, skipIperf: skip}
+		return c.parse("1500", "8", stacks, "none", "1")
+	}
+	for _, ok := range []struct {
+		rounds   int
+		aa, skip bool
+		stacks   string
+	}{{5, true, false, "gvisor"}, {0, true, false, "system,gvisor"}, {15, false, false, "system"}, {1, false, true, "gvisor"}} {
+		if err := parse(ok.rounds, ok.aa, ok.skip, ok.stacks); err != nil {
+			t.Errorf("-iperf-rounds %d -iperf-aa=%v -skip-iperf=%v -tcp-stacks %s: %v", ok.rounds, ok.aa, ok.skip, ok.stacks, err)
+		}
+	}
+	for _, bad := range []struct {
+		rounds   int
+		aa, skip bool
+		stacks   string
+		want     string
+	}{{-1, false, false, "gvisor", "-iperf-rounds"}, {16, false, false, "gvisor", "-iperf-rounds"},
+		{5, true, false, "system", "-iperf-aa"}, {5, true, true, "gvisor", "-skip-iperf"}} {
+		if err := parse(bad.rounds, bad.aa, bad.skip, bad.stacks); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("-iperf-rounds %d -iperf-aa=%v -skip-iperf=%v -tcp-stacks %s: %v, want an error naming %s",
+				bad.rounds, bad.aa, bad.skip, bad.stacks, err, bad.want)
+		}
+	}
+}

@@ -22,7 +22,7 @@ const (
 	t2sPath                 // the same through a peer: tun2socks (-peer tun2socks=PATH)
 	hevPath                 // hev-socks5-tunnel (-peer hev=PATH)
 	singboxPath             // sing-box with a gVisor tun inbound (-peer sing-box=PATH)
-	aaPath                  // a second tunsocks (gVisor stack), round-trip rows only (-rtt-aa)
+	aaPath                  // a second tunsocks (gVisor stack): round-trip rows (-rtt-aa), iperf3 rows (-iperf-aa)
 	numPaths
 )
 
@@ -115,6 +115,9 @@ type cell struct {
 	v   float64
 	set bool
 	err error
+	// runs are the values of a cell measured in rounds (the iperf3
+	// rows), in round order; v is their median.
+	runs []float64
 }
 
 // row is one measurement over the paths. A target, when positive, is the
@@ -163,13 +166,45 @@ func (r *row) set(p path, v float64, err error) {
 	r.cells[p] = cell{v: v, set: true}
 }
 
-// ratio is p/socks-only, when both were measured and comparable.
+// setRuns records the runs of a cell measured in rounds: its value is
+// their median.
+func (r *row) setRuns(p path, runs []float64, err error) {
+	var v float64
+	if err == nil {
+		v, err = median(runs)
+	}
+	r.set(p, v, err)
+	if err == nil {
+		r.cells[p].runs = slices.Clone(runs)
+	}
+}
+
+// ratio is p/socks-only, when both were measured and comparable. For
+// cells measured in rounds it is the ratio of their medians, the two
+// figures the table shows (see roundsSpan for the rounds' own ratios).
 func (r *row) ratio(p path) (float64, bool) {
 	s, t := r.cells[socksPath], r.cells[p]
 	if !s.set || !t.set || s.v <= 0 || (r.kind != throughput && r.kind != rate && r.kind != latency) {
 		return 0, false
 	}
 	return t.v / s.v, true
+}
+
+// roundsSpan is the lowest and highest of the per-round ratios p/base
+// (each round's run of p over the same round's run of base), when both
+// were measured in the same two or more rounds: how far one round's
+// comparison, what a single run of each decided before, strays.
+func (r *row) roundsSpan(p, base path) (lo, hi float64, ok bool) {
+	a, b := r.cells[p], r.cells[base]
+	if !a.set || !b.set || len(a.runs) < 2 {
+		return 0, 0, false
+	}
+	ratios, ok := pairedRatios(a.runs, b.runs)
+	if !ok {
+		return 0, 0, false
+	}
+	lo, hi = span(ratios)
+	return lo, hi, true
 }
 
 // write prints the measurement table, the ratios with their targets, and
@@ -212,7 +247,7 @@ func (t *table) write(w io.Writer) {
 			continue
 		}
 		for _, p := range tunPaths {
-			// The A/A column has round-trip rows only; no n/a lines for
+			// The A/A column has only the rows of its flags; no n/a lines for
 			// the others.
 			if !t.omit[p] && (p != aaPath || r.cells[p].set) {
 				r.writeRatio(w, p)
@@ -268,7 +303,11 @@ func (t *table) writeAA(w io.Writer) {
 		if !a.set || !z.set || a.v <= 0 {
 			continue
 		}
-		fmt.Fprintf(w, "| %s | %.3fx |\n", r.name, z.v/a.v)
+		got := fmt.Sprintf("%.3fx", z.v/a.v)
+		if lo, hi, ok := r.roundsSpan(aaPath, tunPath); ok {
+			got += fmt.Sprintf(" (rounds %.3f-%.3f)", lo, hi)
+		}
+		fmt.Fprintf(w, "| %s | %s |\n", r.name, got)
 	}
 }
 
@@ -282,6 +321,9 @@ func (r *row) writeRatio(w io.Writer, p path) {
 	got, target, verdict := "n/a", "–", ""
 	if ok {
 		got = fmt.Sprintf("%.3fx", ratio) // three places: 0.298 must not print as a met 0.30
+		if lo, hi, ok := r.roundsSpan(p, socksPath); ok {
+			got += fmt.Sprintf(" (rounds %.3f-%.3f)", lo, hi)
+		}
 	}
 	if r.target > 0 && !p.isPeer() {
 		lower := r.kind == latency // lower is better: the target is a most

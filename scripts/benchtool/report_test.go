@@ -183,3 +183,35 @@ func TestTableAAColumn(t *testing.T) {
 		t.Errorf("A/A column printed though not measured:\n%s", s)
 	}
 }
+
+// TestTableRounds: a row measured in rounds shows each column's median,
+// the ratio of the medians with the rounds' own lowest and highest
+// ratios, and the A/A column's ratio to tunsocks with its rounds' span;
+// a cell measured once gets no span.
+func TestTableRounds(t *testing.T) {
+	tab := ownTable()
+	tab.omit[aaPath] = false
+	tp := tab.declare("tp", throughput, 0.6)
+	tp.setRuns(socksPath, []float64{10e9, 8e9, 9e9}, nil)  // median 9
+	tp.setRuns(tunPath, []float64{5.5e9, 5e9, 5.6e9}, nil) // median 5.5; rounds 0.55 0.625 0.622
+	tp.setRuns(aaPath, []float64{6e9, 4e9, 5e9}, nil)      // median 5; rounds 1.091 0.8 0.893 of tunsocks'
+	tp.setRuns(sysPath, []float64{5e9}, errors.New("iperf3: server busy"))
+	once := tab.declare("once", throughput, 0)
+	once.set(socksPath, 10e9, nil)
+	once.setRuns(tunPath, []float64{7e9}, nil) // one round: nothing to span
+	s := writeTableWanting(t, tab,
+		"| tp | Gbit/s | – | 9.00 | 5.50 | error[1] | 5.00 |",
+		"| tp | 0.611x (rounds 0.550-0.625) | >= 0.6x | MET |",
+		"| tp, tunsocks-aa | 0.556x (rounds 0.500-0.600) | >= 0.6x | NOT MET |",
+		"| tp, tunsocks-system | n/a | >= 0.6x | NOT MEASURED |",
+		"| tp | 0.909x (rounds 0.800-1.091) |",
+		"| once | 0.700x | – |  |",
+		"[1] tp, tunsocks-system: iperf3: server busy",
+	)
+	if strings.Contains(s, "| once | 0.700x (rounds") {
+		t.Errorf("a row of single runs got a rounds span:\n%s", s)
+	}
+	if c := tp.cells[sysPath]; c.set || c.runs != nil {
+		t.Errorf("a failed cell kept a value or runs: %+v", c)
+	}
+}

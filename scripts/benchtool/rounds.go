@@ -38,6 +38,10 @@ func rttSchedule(cols, rounds, n int) ([][]turn, error) {
 	if cols < 1 || rounds < 1 || n < rounds {
 		return nil, fmt.Errorf("round-trip schedule: %d columns, %d rounds, %d round trips: want at least one column and at least one round trip per round", cols, rounds, n)
 	}
+	order, err := rotation(cols, rounds)
+	if err != nil {
+		return nil, err
+	}
 	plan := make([][]turn, rounds)
 	for r := range plan {
 		trips := n / rounds
@@ -45,8 +49,8 @@ func rttSchedule(cols, rounds, n int) ([][]turn, error) {
 			trips++
 		}
 		plan[r] = make([]turn, cols)
-		for i := range cols {
-			plan[r][i] = turn{col: (r + i) % cols, trips: trips}
+		for i, col := range order[r] {
+			plan[r][i] = turn{col: col, trips: trips}
 		}
 	}
 	return plan, nil
