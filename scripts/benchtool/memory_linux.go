@@ -125,8 +125,18 @@ func (b *bench) measureIdle(ctx context.Context, l *lab.Lab, p path, mtu int, ts
 	if err != nil {
 		return err
 	}
-	time.Sleep(time.Second) // let the probe's flow finish
-	before, beforeAnon, _, berr := rssSplit(ts.pid)
+	// As for the start row: the start-up probe may come before the
+	// program has finished starting (tunsocks then unmaps the code only
+	// start-up ran, the probe's with it), and "before" would lack the
+	// connection path that the first idle connection maps back. One more
+	// echo 1 s later is one connection to a started program.
+	time.Sleep(time.Second)
+	berr := b.probe(ctx, l, p, copySocksAddr)
+	time.Sleep(time.Second) // let that flow finish
+	var before, beforeAnon float64
+	if berr == nil {
+		before, beforeAnon, _, berr = rssSplit(ts.pid)
+	}
 	b.heapProfile(l, p, "idle-0")
 	var conns []net.Conn
 	defer func() {
