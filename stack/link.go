@@ -237,16 +237,21 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 	// backing holds all of bufs when they are small: one allocation, so
 	// that a release covers whole pages (a 1.5 KiB buffer holds none).
 	var backing []byte
+	page := os.Getpagesize()
 	if e.sys != nil {
+		// Diverted packets are written back from these buffers; spare
+		// capacity lets the device's GRO join a flow's segments into the
+		// first one (untouched pages cost no memory). Outside the Go
+		// heap, as writeLoop's, and each on pages of its own.
+		size := headroom + max(maxCoalesced, bufSize)
+		stride := (size + page - 1) / page * page
+		region, free := memtrim.OffHeap(stride * len(bufs))
+		defer free()
 		for i := range bufs {
-			// Diverted packets are written back from these buffers; spare
-			// capacity lets the device's GRO join a flow's segments into
-			// the first one (untouched pages cost no memory).
-			bufs[i] = make([]byte, headroom+bufSize, headroom+max(maxCoalesced, bufSize))
+			bufs[i] = region[i*stride : i*stride+headroom+bufSize : i*stride+size]
 		}
 	} else {
 		size := headroom + bufSize
-		page := os.Getpagesize()
 		backing = make([]byte, (size*len(bufs)+page-1)/page*page)
 		for i := range bufs {
 			bufs[i] = backing[i*size : (i+1)*size : (i+1)*size]
@@ -651,15 +656,30 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 
 func (e *linkEndpoint) writeLoop() {
 	defer e.wg.Done()
+	// The buffers (8 MiB for a batch of 128, of which a burst writes a
+	// little) live outside the Go heap: on it, their size would let that
+	// much more garbage pile up between collections (see
+	// memtrim.OffHeap). Each starts on a page of its own, so that a
+	// release covers it whole.
+	page := os.Getpagesize()
+	size := headroom + max(maxCoalesced, int(e.mtu))
+	stride := (size + page - 1) / page * page
+	n := e.batch
+	if e.gso != nil && e.gsov == nil {
+		n++ // gsoBuf
+	}
+	region, free := memtrim.OffHeap(stride * n)
+	defer free()
 	store := make([][]byte, e.batch) // full-capacity backing buffers
 	for i := range store {
-		store[i] = make([]byte, headroom+int(e.mtu), headroom+max(maxCoalesced, int(e.mtu)))
+		store[i] = region[i*stride : i*stride+headroom+int(e.mtu) : i*stride+size]
 	}
 	var gsoBuf []byte
 	var iov [][]byte // a segment's pieces, for gsov
 	vhdr := make([]byte, vnetHdrLen)
 	if e.gso != nil && e.gsov == nil {
-		gsoBuf = make([]byte, 0, headroom+maxCoalesced)
+		at := e.batch * stride
+		gsoBuf = region[at : at : at+headroom+maxCoalesced]
 	}
 	bufs := make([][]byte, 0, e.batch)
 	var spare []*gstack.PacketBuffer // recycled queue slice

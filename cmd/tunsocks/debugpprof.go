@@ -73,3 +73,15 @@ func startPprof(ctx context.Context, addr string, log *slog.Logger) error {
 	log.Info("serving profiles", "addr", ln.Addr().String())
 	return nil
 }
+
+// sampleAllocations stops the runtime's sampling of allocations for heap
+// profiles unless profiles are served (--pprof): nothing else reads them.
+// Each sampled allocation (one per 512 KiB allocated) with a call stack not
+// seen before costs a record and writes a page of the runtime's 1.4 MiB
+// hash of them: after 1,000 connections opened, about 0.3-0.5 MiB more
+// resident memory that no one would ever read.
+func sampleAllocations(profiles bool) {
+	if !profiles {
+		runtime.MemProfileRate = 0
+	}
+}

@@ -290,6 +290,7 @@ func runCommand() *cli.Command {
 					return err
 				}
 			}
+			sampleAllocations(c.String("pprof") != "")
 			return runPipeline(c.Context, cfg, log, pipelineHooks{
 				stdout:   c.App.Writer,
 				stateDir: c.String("state-dir"),
