@@ -123,6 +123,9 @@ type linkEndpoint struct {
 	// writeDirect's buffer.
 	wmu    sync.Mutex
 	direct [1][]byte
+	// iov and vhdr are writeGSOVec's, under wmu.
+	iov  [][]byte
+	vhdr [vnetHdrLen]byte
 
 	done      chan struct{} // closed by Close: stop both loops
 	closing   atomic.Bool   // the stack is closing the device: a closed read is expected
@@ -675,8 +678,6 @@ func (e *linkEndpoint) writeLoop() {
 		store[i] = region[i*stride : i*stride+headroom+int(e.mtu) : i*stride+size]
 	}
 	var gsoBuf []byte
-	var iov [][]byte // a segment's pieces, for gsov
-	vhdr := make([]byte, vnetHdrLen)
 	if e.gso != nil && e.gsov == nil {
 		at := e.batch * stride
 		gsoBuf = region[at : at : at+headroom+maxCoalesced]
@@ -746,28 +747,12 @@ func (e *linkEndpoint) writeLoop() {
 					return
 				}
 				if e.gsov != nil {
-					putVnetHdr(vhdr, pkt)
-					iov = append(iov[:0], vhdr)
-					size := 0
-					for _, s := range pkt.AsSlices() {
-						iov = append(iov, s)
-						size += len(s)
-					}
-					e.bytesOut.Add(uint64(size))
-					err := e.gsov.WriteGSOVec(iov)
-					clear(iov)
+					err := e.writeGSOVec(pkt)
 					pkt.DecRef()
-					if err != nil {
-						if isClosedErr(err) {
-							e.dropPending(taken[i+1:])
-							e.wmu.Unlock()
-							return
-						}
-						e.txErrors.Add(1)
-						e.log.Debug("tun gso write", "err", err, "bytes", size)
-					} else {
-						e.pktsOut.Add(1)
-						e.gsoOut.Add(1)
+					if err != nil && isClosedErr(err) {
+						e.dropPending(taken[i+1:])
+						e.wmu.Unlock()
+						return
 					}
 					continue
 				}
@@ -878,6 +863,51 @@ func (e *linkEndpoint) writeDirect(pkt *gstack.PacketBuffer) {
 		e.txErrors.Add(1)
 		e.log.Debug("tun write", "err", err, "bytes", len(b)-headroom)
 	}
+}
+
+// writeGSOVec writes one segment-offloaded packet to the device from
+// gVisor's views of it (GSOVectorDevice), without copying them together
+// and without allocating; the caller holds wmu (and keeps its reference
+// to pkt). It counts the packet and returns the device's error, which it
+// has counted and logged unless the device is closed.
+func (e *linkEndpoint) writeGSOVec(pkt *gstack.PacketBuffer) error {
+	putVnetHdr(e.vhdr[:], pkt)
+	iov := append(e.iov[:0], e.vhdr[:])
+	iov, size := appendPacketSlices(iov, pkt)
+	e.bytesOut.Add(uint64(size))
+	err := e.gsov.WriteGSOVec(iov)
+	clear(iov)
+	e.iov = iov[:0]
+	switch {
+	case err == nil:
+		e.pktsOut.Add(1)
+		e.gsoOut.Add(1)
+	case !isClosedErr(err):
+		e.txErrors.Add(1)
+		e.log.Debug("tun gso write", "err", err, "bytes", size)
+	}
+	return err
+}
+
+// appendPacketSlices appends the slices of pkt's views that hold the
+// packet (network header onwards) to iov, and returns it with their total
+// length: PacketBuffer.AsSlices without allocating a slice per packet.
+// The slices are pkt's own: valid while the caller holds its reference.
+func appendPacketSlices(iov [][]byte, pkt *gstack.PacketBuffer) ([][]byte, int) {
+	vl, off := pkt.AsViewList()
+	size := 0
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		iov = append(iov, b)
+		size += len(b)
+	}
+	return iov, size
 }
 
 // vnetHdrLen is the size of Linux's struct virtio_net_hdr, which precedes

@@ -63,9 +63,16 @@ func (d *recordingDevice) calls() [][]uint16 {
 // link: headers pushed, payload bytes of data (0: a pure ACK), the IPv4 ID
 // set to id so the device can tell the packets apart.
 func outPacket(id uint16, payload int) *gstack.PacketBuffer {
+	return outPacketOf(id, buffer.MakeWithData(make([]byte, payload)), 0)
+}
+
+// outPacketOf is outPacket with the given payload, and room for spare
+// more bytes of headers than it pushes (as gVisor's TCP reserves for
+// options it may not use).
+func outPacketOf(id uint16, payload buffer.Buffer, spare int) *gstack.PacketBuffer {
 	pkt := gstack.NewPacketBuffer(gstack.PacketBufferOptions{
-		ReserveHeaderBytes: header.IPv4MinimumSize + header.TCPMinimumSize,
-		Payload:            buffer.MakeWithData(make([]byte, payload)),
+		ReserveHeaderBytes: header.IPv4MinimumSize + header.TCPMinimumSize + spare,
+		Payload:            payload,
 	})
 	tcp := header.TCP(pkt.TransportHeader().Push(header.TCPMinimumSize))
 	tcp.Encode(&header.TCPFields{SrcPort: 80, DstPort: 40000, SeqNum: 1, AckNum: 1, DataOffset: header.TCPMinimumSize, Flags: header.TCPFlagAck, WindowSize: 1000})
@@ -163,5 +170,82 @@ func TestLinkDirectWriteKeepsOrderAndBatches(t *testing.T) {
 	}
 	if len(got) != 2 || len(got[1]) != 5 {
 		t.Errorf("device writes %v, want [[1 2] [3 4 5 6 7]]: the packets queued while the writer was busy leave in one batch", got)
+	}
+}
+
+// gsoCountingDevice is a recordingDevice that also takes
+// segment-offloaded packets in pieces (GSOVectorDevice): it counts the
+// calls and keeps the last one's bytes and number of pieces, in a buffer
+// of its own (so that recording allocates nothing).
+type gsoCountingDevice struct {
+	*recordingDevice
+	count, pieces int
+	last          []byte
+}
+
+func (d *gsoCountingDevice) GSOMaxSize() int         { return 65535 }
+func (d *gsoCountingDevice) WriteGSO(b []byte) error { return d.WriteGSOVec([][]byte{b}) }
+
+func (d *gsoCountingDevice) WriteGSOVec(bufs [][]byte) error {
+	d.count++
+	d.pieces = len(bufs)
+	d.last = d.last[:0]
+	for _, b := range bufs {
+		d.last = append(d.last, b...)
+	}
+	return nil
+}
+
+// gsoPacket is outPacket as a segment of a GSO connection, of payload
+// bytes numbered by their offset, held in two views (as a segment made of
+// two writes of the relay is), its headers behind unused header room.
+func gsoPacket(id uint16, payload int) *gstack.PacketBuffer {
+	data := make([]byte, payload)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	two := buffer.MakeWithData(data[:payload/2])
+	rest := buffer.MakeWithData(data[payload/2:])
+	two.Merge(&rest)
+	pkt := outPacketOf(id, two, 24)
+	pkt.GSOOptions = gstack.GSO{Type: gstack.GSOTCPv4, NeedsCsum: true, CsumOffset: 16, MSS: 1460, L3HdrLen: header.IPv4MinimumSize, MaxSize: 65535}
+	return pkt
+}
+
+// Writing a segment in pieces allocates nothing (PacketBuffer.AsSlices
+// allocated a slice per segment), and the pieces hold the packet, from its
+// network header on, after the virtio header.
+func TestLinkGSOVecWriteAllocatesNothing(t *testing.T) {
+	dev := &gsoCountingDevice{recordingDevice: newRecordingDevice(), last: make([]byte, 0, 1<<17)}
+	e := newLinkEndpoint(linkConfig{dev: dev, mtu: 1500, readBufSize: 1500, queueLen: 64, gso: true, log: slog.New(slog.DiscardHandler)})
+	defer e.Close()
+	if e.gsov == nil {
+		t.Fatal("the link does not write segments in pieces to a GSOVectorDevice")
+	}
+	pkt := gsoPacket(9, 60000)
+	defer pkt.DecRef()
+	want := pkt.ToView().AsSlice()
+	e.wmu.Lock()
+	a := testing.AllocsPerRun(100, func() {
+		if err := e.writeGSOVec(pkt); err != nil {
+			t.Fatal(err)
+		}
+	})
+	e.wmu.Unlock()
+	if a != 0 {
+		t.Errorf("writeGSOVec allocates %v times a segment, want 0", a)
+	}
+	if dev.count != 101 {
+		t.Errorf("%d writes reached the device, want 101", dev.count)
+	}
+	if dev.pieces < 3 {
+		t.Errorf("the segment went in %d pieces, want the virtio header and the packet's views", dev.pieces)
+	}
+	hdr := dev.last[:vnetHdrLen]
+	if hdr[0] != vnetFlagNeedsCsum || hdr[1] != vnetGSOTCPv4 || binary.NativeEndian.Uint16(hdr[4:]) != 1460 {
+		t.Errorf("virtio header % x: want NEEDS_CSUM, TCPv4, gso_size 1460", hdr)
+	}
+	if got := dev.last[vnetHdrLen:]; string(got) != string(want) {
+		t.Errorf("the device got %d bytes that differ from the packet's %d", len(got), len(want))
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -335,6 +336,36 @@ type vnetFile struct {
 	// waits counts the reads that found nothing and waited in the
 	// poller (with rc; see Device.ReadWaits).
 	waits *atomic.Uint64
+	// vec is Writev's state (with rc).
+	vec *vecWriter
+}
+
+// vecWriter is what Writev needs for one writev(2), kept from call to
+// call: a download writes a segment this way every ~64 KiB, and
+// unix.Writev allocated its iovecs, and the callback its closure, every
+// time.
+type vecWriter struct {
+	mu    sync.Mutex
+	iov   []unix.Iovec
+	n     int
+	errno syscall.Errno
+	fn    func(fd uintptr) bool // write, made once
+}
+
+// write is the rc.Write callback: one writev of iov, false to wait on
+// EAGAIN.
+func (w *vecWriter) write(fd uintptr) bool {
+	for {
+		r, _, e := syscall.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(unsafe.SliceData(w.iov))), uintptr(len(w.iov)))
+		if e == syscall.EINTR {
+			continue
+		}
+		if e == syscall.EAGAIN {
+			return false
+		}
+		w.n, w.errno = int(r), e
+		return true
+	}
 }
 
 // rawWriteMax is the largest write vnetFile makes with a raw system call:
@@ -354,6 +385,8 @@ func newVnetFile(f *os.File) vnetFile {
 	}) == nil && nonblock {
 		v.rc = rc
 		v.waits = new(atomic.Uint64)
+		v.vec = new(vecWriter)
+		v.vec.fn = v.vec.write
 	}
 	return v
 }
@@ -399,21 +432,25 @@ func (v vnetFile) Writev(bufs [][]byte) (int, error) {
 		}
 		return v.Write(joined)
 	}
-	var n int
-	var werr error
-	err := v.rc.Write(func(fd uintptr) bool {
-		for {
-			m, e := unix.Writev(int(fd), bufs)
-			if e == unix.EINTR {
-				continue
-			}
-			if e == unix.EAGAIN {
-				return false
-			}
-			n, werr = m, e
-			return true
+	w := v.vec
+	w.mu.Lock()
+	for _, b := range bufs {
+		if len(b) > 0 {
+			w.iov = append(w.iov, unix.Iovec{Base: unsafe.SliceData(b)})
+			w.iov[len(w.iov)-1].SetLen(len(b))
 		}
-	})
+	}
+	w.n, w.errno = 0, 0
+	err := v.rc.Write(w.fn)
+	runtime.KeepAlive(bufs)
+	n := w.n
+	var werr error
+	if w.errno != 0 {
+		werr = w.errno
+	}
+	clear(w.iov)
+	w.iov = w.iov[:0]
+	w.mu.Unlock()
 	switch {
 	case err != nil:
 		if errors.Is(err, os.ErrDeadlineExceeded) {

@@ -35,7 +35,7 @@ func readKernel(tc *net.TCPConn, rc syscall.RawConn, bp **[]byte, get func(**[]b
 			rerr = e
 		}
 		if e == syscall.EAGAIN {
-			bufPool.Put(*bp)
+			putBuf(*bp)
 			*bp = nil
 			return false
 		}

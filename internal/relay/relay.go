@@ -32,7 +32,40 @@ import (
 // ReadNotifier and readKernel), so an idle relay holds none.
 const bufSize = 128 << 10
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+// bigBufSize is the buffer of a direction whose last read from a kernel
+// socket took at least bufSize: a bulk download, whose upstream socket
+// holds more than a buffer's worth at nearly every read. Each read of
+// a TCP socket costs a system call and, as it frees the receive window,
+// usually an ACK that the kernel sends to the upstream in that call
+// (through the veth and the upstream's receive path); each write of a
+// buffer into the netstack ends in a short segment (the buffer is not a
+// whole number of the netstack's 64 KiB segments), one more TUN write.
+// Four times fewer of both per byte. Only a flow that keeps its upstream
+// socket that full takes one.
+const bigBufSize = 512 << 10
+
+var (
+	bufPool    = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+	bigBufPool = sync.Pool{New: func() any { b := make([]byte, bigBufSize); return &b }}
+)
+
+// getBuf takes a copy buffer from its pool: a big one (bigBufSize) when
+// big is set, else one of bufSize.
+func getBuf(big bool) *[]byte {
+	if big {
+		return bigBufPool.Get().(*[]byte)
+	}
+	return bufPool.Get().(*[]byte)
+}
+
+// putBuf puts a buffer of getBuf's back into its pool.
+func putBuf(bp *[]byte) {
+	if len(*bp) == bigBufSize {
+		bigBufPool.Put(bp)
+		return
+	}
+	bufPool.Put(bp)
+}
 
 // StreamOptions tunes Stream. The zero value relays with no timers.
 type StreamOptions struct {
@@ -328,10 +361,10 @@ func (h *notifiedHalf) run() {
 			return
 		}
 	}
-	bp := bufPool.Get().(*[]byte)
+	bp := getBuf(false)
 	defer func() {
 		if bp != nil {
-			bufPool.Put(bp)
+			putBuf(bp)
 		}
 	}()
 	for {
@@ -348,7 +381,7 @@ func (h *notifiedHalf) run() {
 		if nr < len(*bp) {
 			// Drained: park. The next run may start at once, on another
 			// goroutine; this one touches nothing of h after this.
-			bufPool.Put(bp)
+			putBuf(bp)
 			bp = nil
 			h.n.NotifyRead(h.wakeFn)
 			return
@@ -493,9 +526,10 @@ func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64
 	}
 	var bp *[]byte
 	var read func(**[]byte) (int, error)
+	big, bigOK := false, false // see polledHalf.run; bigOK: src is read by readKernel
 	defer func() {
 		if bp != nil {
-			bufPool.Put(bp)
+			putBuf(bp)
 		}
 	}()
 	if idle > 0 {
@@ -516,7 +550,7 @@ func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64
 			// from the pool once bytes are there (where src can say so),
 			// and a short read puts it back before the next wait.
 			if read == nil {
-				read = pooledRead(src)
+				read, bigOK = pooledRead(src, &big)
 			}
 			var nr int
 			nr, err = read(&bp)
@@ -532,10 +566,12 @@ func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64
 			if err == io.EOF {
 				eof, err = true, nil
 			}
-			if bp != nil && nr < len(*bp) {
+			big = bigOK && nr >= bufSize
+			if bp != nil && (nr < len(*bp) || big && len(*bp) < bigBufSize) {
 				// A short read: the source is likely drained, and the
-				// next read likely waits. Wait without the buffer.
-				bufPool.Put(bp)
+				// next read likely waits. Wait without the buffer. Or
+				// a small buffer filled: the next read takes a big one.
+				putBuf(bp)
 				bp = nil
 			}
 		}
@@ -584,16 +620,23 @@ func copyHalf(dst, src net.Conn, count Counter, touch func(), last *atomic.Int64
 // pooledRead returns how copyHalf reads src: into *bp, which it takes from
 // the pool if nil, once bytes are there when src can wait without a
 // buffer (a kernel TCP socket, through the runtime poller; a ReadWaiter);
-// otherwise as a plain Read into a buffer taken first.
-func pooledRead(src net.Conn) func(bp **[]byte) (int, error) {
+// otherwise as a plain Read into a buffer taken first. A kernel socket is
+// read into a big buffer when *big is set (see bigBufSize); bigOK says src
+// is one.
+func pooledRead(src net.Conn, big *bool) (read func(bp **[]byte) (int, error), bigOK bool) {
 	get := func(bp **[]byte) {
 		if *bp == nil {
-			*bp = bufPool.Get().(*[]byte)
+			*bp = getBuf(false)
 		}
 	}
 	if tc, ok := src.(*net.TCPConn); ok {
+		get := func(bp **[]byte) {
+			if *bp == nil {
+				*bp = getBuf(*big)
+			}
+		}
 		if rc, err := tc.SyscallConn(); err == nil && canReadKernel {
-			return func(bp **[]byte) (int, error) { return readKernel(tc, rc, bp, get) }
+			return func(bp **[]byte) (int, error) { return readKernel(tc, rc, bp, get) }, true
 		}
 	}
 	if w, ok := src.(ReadWaiter); ok {
@@ -605,12 +648,12 @@ func pooledRead(src net.Conn) func(bp **[]byte) (int, error) {
 				get(bp)
 			}
 			return src.Read(**bp)
-		}
+		}, false
 	}
 	return func(bp **[]byte) (int, error) {
 		get(bp)
 		return src.Read(**bp)
-	}
+	}, false
 }
 
 // KernelConner is a connection that wraps a kernel TCP socket and lets the
@@ -842,15 +885,18 @@ func (h *polledHalf) run() {
 	}
 	defer func() {
 		if bp != nil {
-			bufPool.Put(bp)
+			putBuf(bp)
 		}
 		if sp != nil {
 			sp.close()
 		}
 	}()
+	// big: the last read took a small buffer's worth or more (see
+	// bigBufSize).
+	big := false
 	get := func(bp **[]byte) {
 		if *bp == nil {
-			*bp = bufPool.Get().(*[]byte)
+			*bp = getBuf(big)
 		}
 	}
 	lastRead := time.Now()
@@ -886,8 +932,11 @@ func (h *polledHalf) run() {
 					err = werr
 				}
 			}
-			if bp != nil && nr < len(*bp) {
-				bufPool.Put(bp)
+			big = nr >= bufSize
+			if bp != nil && (nr < len(*bp) || big && len(*bp) < bigBufSize) {
+				// Drained (the next read likely waits), or a small
+				// buffer filled: the next read takes a big one.
+				putBuf(bp)
 				bp = nil
 			}
 			if err == io.EOF {
