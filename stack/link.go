@@ -93,6 +93,10 @@ type linkEndpoint struct {
 	// a segment without copying them together.
 	gsov GSOVectorDevice
 
+	// acks holds back the TCP's pure ACKs for a short while (see
+	// ackDelayer); nil when off.
+	acks *ackDelayer
+
 	qmu    sync.Mutex
 	queue  []*gstack.PacketBuffer
 	qlimit int
@@ -143,7 +147,8 @@ type linkConfig struct {
 	mtu         uint32
 	readBufSize int
 	queueLen    int
-	gso         bool // use the device's segmentation offload, if any
+	gso         bool          // use the device's segmentation offload, if any
+	ackDelay    time.Duration // hold pure ACKs this long (0: not at all)
 	sys         *sysTCP
 	tap         PacketTap
 	log         *slog.Logger
@@ -194,6 +199,9 @@ func newLinkEndpoint(c linkConfig) *linkEndpoint {
 				e.gsov = v
 			}
 		}
+	}
+	if c.ackDelay > 0 {
+		e.acks = newAckDelayer(c.ackDelay, c.mtu, e.writeHeld)
 	}
 	e.gro.Init(true)
 	return e
@@ -610,8 +618,43 @@ func tcpHeadersLen(pkt []byte, proto tcpip.NetworkProtocolNumber) int {
 // (a batch being written, packets queued) everything goes through the
 // queue in order and leaves in batches.
 func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
-	if pkts.Len() == 1 && e.wmu.TryLock() {
-		pkt := pkts.AsSlice()[0]
+	if d := e.acks; d != nil {
+		lone := pkts.Len() == 1
+		var firsts []*gstack.PacketBuffer
+		for _, pkt := range pkts.AsSlice() {
+			held, first := d.out(pkt, lone)
+			if held {
+				return 1, nil // only a lone packet is held
+			}
+			if first != nil {
+				firsts = append(firsts, first)
+			}
+		}
+		if firsts != nil {
+			// Held ACKs of these flows go out before them.
+			e.send(firsts)
+			for _, p := range firsts {
+				p.DecRef()
+			}
+		}
+	}
+	return e.send(pkts.AsSlice())
+}
+
+// writeHeld writes ACKs the delayer held back whose time has come and
+// releases its references.
+func (e *linkEndpoint) writeHeld(pkts []*gstack.PacketBuffer) {
+	e.send(pkts)
+	for _, p := range pkts {
+		p.DecRef()
+	}
+}
+
+// send writes pkts (the caller keeps its references): a lone one at once
+// when the writer is idle, the others through the queue.
+func (e *linkEndpoint) send(pkts []*gstack.PacketBuffer) (int, tcpip.Error) {
+	if len(pkts) == 1 && e.wmu.TryLock() {
+		pkt := pkts[0]
 		e.qmu.Lock()
 		idle := !e.closed && len(e.queue) == 0
 		e.qmu.Unlock()
@@ -628,7 +671,7 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 		return 0, &tcpip.ErrClosedForSend{}
 	}
 	n := 0
-	for _, pkt := range pkts.AsSlice() {
+	for _, pkt := range pkts {
 		if len(e.queue) >= e.qlimit {
 			break
 		}
@@ -636,7 +679,7 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 		n++
 	}
 	e.qmu.Unlock()
-	if dropped := pkts.Len() - n; dropped > 0 {
+	if dropped := len(pkts) - n; dropped > 0 {
 		e.txDrops.Add(uint64(dropped))
 	}
 	if n > 0 {
@@ -986,6 +1029,9 @@ func (e *linkEndpoint) SetOnCloseAction(func()) {}
 // closed (Stack.Close does that).
 func (e *linkEndpoint) Close() {
 	e.closeOnce.Do(func() {
+		if e.acks != nil {
+			e.acks.close()
+		}
 		e.qmu.Lock()
 		e.closed = true
 		q := e.queue

@@ -170,6 +170,14 @@ type TCPOptions struct {
 	// the device takes segmentation-offloaded packets (see GSODevice).
 	// For comparisons and for kernels that misbehave; default off.
 	DisableGSO bool
+	// AckDelay is how long a pure ACK of the netstack's TCP toward the
+	// app may wait for a reply that carries the same acknowledgement, as
+	// Linux and lwIP delay theirs (see ackDelayer): a round trip then
+	// costs one packet each way instead of three. Only acknowledgements
+	// of less than a full segment of new data wait; duplicates, window
+	// updates and SACKs never do. Default DefaultAckDelay; negative: no
+	// delay.
+	AckDelay time.Duration
 	// MaxInFlight bounds the app's connection attempts in flight: SYNs
 	// held while the Handler decides, and accepted attempts whose app has
 	// not completed its handshake yet. At the bound the OLDEST attempt is
@@ -432,6 +440,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 	s.link = newLinkEndpoint(linkConfig{
 		dev: cfg.Device, mtu: uint32(cfg.MTU), readBufSize: readBufSize, queueLen: cfg.TxQueue,
 		gso: !cfg.TCP.DisableGSO, sys: s.sys, tap: cfg.Tap, log: log,
+		ackDelay: ackDelay(cfg.TCP.AckDelay),
 	})
 	if s.sys != nil {
 		s.sys.link = s.link
@@ -579,6 +588,17 @@ func withDefaults(cfg Config) (Config, error) {
 // setTCPOptions applies the TCP tuning. Each choice names what it rests on:
 // gVisor v0.0.0-20260905035102-160fafc42237 (go.mod), measured with
 // scripts/bench.sh on 2026-11-23 unless said otherwise.
+// ackDelay resolves TCPOptions.AckDelay.
+func ackDelay(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return DefaultAckDelay
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
 func setTCPOptions(gs *gstack.Stack, o TCPOptions) error {
 	sack := tcpip.TCPSACKEnabled(!o.DisableSACK)
 	moderate := tcpip.TCPModerateReceiveBufferOption(!o.DisableModerateReceiveBuffer)
