@@ -38,6 +38,14 @@ const ackSlots = 256
 // count. The last written acknowledgement of a flow is known from the
 // table, which every outgoing TCP packet updates; a flow not in it (its
 // slot taken by another) is not delayed.
+//
+// Waiting pays only when the reply comes within the delay (an upstream
+// close by). When a held ACK's time runs out, its flow turns slow: its
+// ACKs go out at once, as before, so a flow to a far upstream does not
+// pay a timer for each request, and an app that waits for the ACK before
+// it sends the rest of a request (Nagle's algorithm: two small writes,
+// then a read) stalls once, not on every request. Two replies in a row
+// that follow an ACK within the delay make the flow fast again.
 type ackDelayer struct {
 	delay time.Duration
 	mss   uint32 // more new bytes than this: ACK at once
@@ -49,6 +57,9 @@ type ackDelayer struct {
 	// held counts the slots holding a packet; WritePackets skips the
 	// table while it is 0 and the packet is no pure ACK.
 	held atomic.Int32
+	// delayed counts the ACKs held, spared those dropped because a later
+	// packet covered them (Stats).
+	delayed, spared atomic.Uint64
 
 	mu     sync.Mutex
 	slots  []ackSlot // allocated at the first use
@@ -60,11 +71,17 @@ type ackDelayer struct {
 type ackSlot struct {
 	key     tcpKey
 	used    bool
-	lastAck uint32               // the last acknowledgement written for key
-	wnd     uint16               // the window written with it
-	pkt     *gstack.PacketBuffer // the held ACK, nil if none
-	ack     uint32               // pkt's acknowledgement number
-	due     time.Time            // when pkt must go out
+	lastAck uint32 // the last acknowledgement written for key
+	// slow: the flow's last held ACK waited in vain, its ACKs are
+	// written at once; wrote is when the last of those went out (zero
+	// once a reply followed), paid how many replies in a row came
+	// within the delay.
+	slow  bool
+	paid  uint8
+	wrote time.Time
+	pkt   *gstack.PacketBuffer // the held ACK, nil if none
+	ack   uint32               // pkt's acknowledgement number
+	due   time.Time            // when pkt must go out
 }
 
 // tcpKey names a TCP connection by its addresses and ports as sent.
@@ -86,7 +103,6 @@ type tcpInfo struct {
 	key     tcpKey
 	flags   header.TCPFlags
 	ack     uint32
-	wnd     uint16
 	payload int
 	sack    bool
 }
@@ -119,7 +135,6 @@ func parseOut(pkt *gstack.PacketBuffer, ti *tcpInfo) bool {
 	ti.key.ports = binary.BigEndian.Uint32(th[0:4])
 	ti.flags = th.Flags()
 	ti.ack = th.AckNumber()
-	ti.wnd = th.WindowSize()
 	ti.payload = pkt.Data().Size()
 	ti.sack = false
 	if off := int(th.DataOffset()); off > header.TCPMinimumSize && off <= len(th) {
@@ -168,36 +183,19 @@ func (d *ackDelayer) out(pkt *gstack.PacketBuffer, lone bool) (held bool, first 
 	if !parseOut(pkt, &ti) {
 		return false, nil
 	}
+	ack := ti.flags.Contains(header.TCPFlagAck)
 	pure := ti.flags == header.TCPFlagAck && ti.payload == 0 && !ti.sack
-	if !pure && d.held.Load() == 0 && !ti.flags.Contains(header.TCPFlagSyn) {
-		// Nothing is held: only remember the acknowledgement if this
-		// flow owns its slot (cheap path for data while no ACK waits).
-		d.mu.Lock()
-		s := d.slot(&ti.key)
-		if s.used && s.key == ti.key && ti.flags.Contains(header.TCPFlagAck) && !seqAfter(s.lastAck, ti.ack) {
-			s.lastAck, s.wnd = ti.ack, ti.wnd
-		}
-		d.mu.Unlock()
-		return false, nil
-	}
 	var drop *gstack.PacketBuffer
 	d.mu.Lock()
 	s := d.slot(&ti.key)
-	mine := s.used && s.key == ti.key
-	if !mine {
-		if s.pkt != nil || d.closed {
-			// Another flow's ACK waits in this slot: this flow is not
-			// delayed now.
-			d.mu.Unlock()
-			return false, nil
+	if !s.used || s.key != ti.key {
+		if s.pkt == nil && ack && !d.closed {
+			// Take the slot; the flow's last acknowledgement is
+			// this packet's, so it is not held.
+			*s = ackSlot{key: ti.key, used: true, lastAck: ti.ack}
 		}
-		if !ti.flags.Contains(header.TCPFlagAck) {
-			d.mu.Unlock()
-			return false, nil
-		}
-		// Take the slot; the flow's last acknowledgement is unknown
-		// until this packet goes out, so it is not held.
-		*s = ackSlot{key: ti.key, used: true, lastAck: ti.ack, wnd: ti.wnd}
+		// else another flow's ACK waits in this slot: this flow is
+		// not delayed now.
 		d.mu.Unlock()
 		return false, nil
 	}
@@ -205,7 +203,7 @@ func (d *ackDelayer) out(pkt *gstack.PacketBuffer, lone bool) (held bool, first 
 		// A held ACK of this flow: this packet replaces it when it
 		// acknowledges as much and is no duplicate; otherwise the held
 		// one goes first.
-		covers := ti.flags.Contains(header.TCPFlagAck) && !seqAfter(s.ack, ti.ack)
+		covers := ack && !seqAfter(s.ack, ti.ack)
 		dup := pure && ti.ack == s.ack
 		if covers && !dup {
 			drop = s.pkt
@@ -216,7 +214,10 @@ func (d *ackDelayer) out(pkt *gstack.PacketBuffer, lone bool) (held bool, first 
 		s.pkt = nil
 		d.held.Add(-1)
 	}
-	if pure && lone && !d.closed && seqAfter(ti.ack, s.lastAck) && ti.ack-s.lastAck <= d.mss && first == nil {
+	eligible := pure && lone && !d.closed && first == nil &&
+		seqAfter(ti.ack, s.lastAck) && ti.ack-s.lastAck <= d.mss
+	switch {
+	case eligible && !s.slow:
 		// Hold it: new bytes, less than a full segment's worth.
 		s.pkt = pkt.IncRef()
 		s.ack = ti.ack
@@ -225,27 +226,57 @@ func (d *ackDelayer) out(pkt *gstack.PacketBuffer, lone bool) (held bool, first 
 			s.due = time.Now().Add(d.delay)
 		}
 		d.held.Add(1)
+		d.delayed.Add(1)
 		d.arm()
-		held = true
-	} else {
-		if ti.flags.Contains(header.TCPFlagAck) && !seqAfter(s.lastAck, ti.ack) {
-			s.lastAck, s.wnd = ti.ack, ti.wnd
+		d.mu.Unlock()
+		if drop != nil {
+			d.spared.Add(1)
+			drop.DecRef()
 		}
-		if ti.flags.Contains(header.TCPFlagFin) || ti.flags.Contains(header.TCPFlagRst) {
-			// The flow ends: free its slot for others.
-			s.used = false
+		return true, nil
+	case eligible:
+		// A slow flow (its last held ACK waited in vain) has its ACKs
+		// written at once; see whether a reply would have carried it.
+		if !s.wrote.IsZero() {
+			s.paid = 0 // the previous one got no reply
 		}
-		if d.held.Load() == 0 && d.armed {
-			d.timer.Stop()
-			d.armed = false
+		s.wrote = time.Now()
+	case s.slow && !s.wrote.IsZero() && ack && (ti.payload > 0 || ti.flags.Contains(header.TCPFlagFin)):
+		// The reply to a request whose ACK a slow flow wrote at once:
+		// two replies in a row within the delay make the flow fast
+		// again.
+		if time.Since(s.wrote) <= d.delay {
+			s.paid++
+		} else {
+			s.paid = 0
 		}
+		s.wrote = time.Time{}
+		if s.paid >= slowPaid {
+			s.slow, s.paid = false, 0
+		}
+	}
+	if ack && !seqAfter(s.lastAck, ti.ack) {
+		s.lastAck = ti.ack
+	}
+	if ti.flags.Contains(header.TCPFlagFin) || ti.flags.Contains(header.TCPFlagRst) {
+		// The flow ends: free its slot for others.
+		s.used = false
+	}
+	if d.held.Load() == 0 && d.armed {
+		d.timer.Stop()
+		d.armed = false
 	}
 	d.mu.Unlock()
 	if drop != nil {
+		d.spared.Add(1)
 		drop.DecRef()
 	}
-	return held, first
+	return false, first
 }
+
+// slowPaid is how many replies in a row must follow a slow flow's
+// immediate ACKs within the delay before its ACKs are held again.
+const slowPaid = 2
 
 // arm starts the timer if it is not running; d.mu is held.
 func (d *ackDelayer) arm() {
@@ -286,6 +317,11 @@ func (d *ackDelayer) expire() {
 			due = append(due, s.pkt)
 			s.pkt = nil
 			s.lastAck = s.ack
+			// No reply came in time: the flow's next ACKs go out at
+			// once (its upstream is far, or the app waits for the
+			// ACK before it sends more: Nagle) until replies show
+			// that waiting would pay.
+			s.slow, s.paid, s.wrote = true, 0, time.Time{}
 			d.held.Add(-1)
 		} else if next.IsZero() || s.due.Before(next) {
 			next = s.due

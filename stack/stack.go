@@ -375,6 +375,12 @@ type Stats struct {
 	// reader's buffers handed back to the system (ReleaseBuffers), over
 	// all releases.
 	BuffersReleased uint64
+	// ACKsDelayed counts pure ACKs toward the app held back
+	// (TCPOptions.AckDelay); ACKsSpared those of them never written
+	// because a later packet of the flow carried the acknowledgement
+	// (a reply), the rest went out when the delay ended or just before
+	// a packet of their flow that did not cover them.
+	ACKsDelayed, ACKsSpared uint64
 }
 
 // New builds the netstack on cfg.Device and starts its packet loops. ctx is
@@ -639,7 +645,7 @@ func setTCPOptions(gs *gstack.Stack, o TCPOptions) error {
 // Stats returns the counters. Safe to call at any time, also after Close.
 func (s *Stack) Stats() Stats {
 	gst := s.gs.Stats()
-	return Stats{
+	st := Stats{
 		TCPOpen:              s.tcpOpen.Load(),
 		UDPOpen:              s.udpOpen.Load(),
 		TCPTotal:             s.tcpTotal.Load(),
@@ -664,6 +670,10 @@ func (s *Stack) Stats() Stats {
 		TxDrops:              s.link.txDrops.Load(),
 		BuffersReleased:      s.link.released.Load(),
 	}
+	if d := s.link.acks; d != nil {
+		st.ACKsDelayed, st.ACKsSpared = d.delayed.Load(), d.spared.Load()
+	}
+	return st
 }
 
 // SystemTCP reports whether the kernel terminates the app's TCP: the
