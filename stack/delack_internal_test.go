@@ -70,7 +70,7 @@ func TestAckDelaySparedByReply(t *testing.T) {
 	e := newDelayLink(dev, time.Minute)
 	defer e.Close()
 	writePackets(t, e, tcpOut(1, 5000, 1, header.TCPFlagSyn|ackFlag, 0, false)) // SYN-ACK
-	writePackets(t, e, tcpOut(2, 5000, 2, ackFlag, 0, false))                  // ACK of 1 byte: held
+	writePackets(t, e, tcpOut(2, 5000, 2, ackFlag, 0, false))                   // ACK of 1 byte: held
 	wantWritten(t, dev, 1)
 	writePackets(t, e, tcpOut(3, 5000, 2, ackFlag|header.TCPFlagPsh, 1, false)) // the reply
 	wantWritten(t, dev, 1, 3)
