@@ -135,3 +135,62 @@ func TestDelayedACKGoesOutWithoutReply(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestNagleAppStallsOnce: an app with Nagle's algorithm that sends a
+// request in two small writes waits for the ACK of the first before it
+// sends the second, and a server that answers whole requests waits for
+// the second: the held ACK's delay passes before anything moves. After
+// that first stall the flow's ACKs go out at once, so the app does not
+// stall on every request (it did, one delay each, before flows turned
+// slow).
+func TestNagleAppStallsOnce(t *testing.T) {
+	const n = 20
+	h := handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		b := make([]byte, 2)
+		for {
+			if _, err := io.ReadFull(c, b); err != nil {
+				return
+			}
+			if _, err := c.Write(b); err != nil {
+				return
+			}
+		}
+	}}
+	tap := &recordTap{}
+	e := setup(t, h, func(c *stack.Config) {
+		c.Tap = tap
+		c.TCP.AckDelay = 50 * time.Millisecond
+	})
+	if err := e.app.SetNagle(true); err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.app.DialTCP(e.ctx, netip.MustParseAddrPort("198.18.0.1:7"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	b := make([]byte, 2)
+	for i := range n {
+		for j := range 2 {
+			if _, err := c.Write([]byte{byte(i + j)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := io.ReadFull(c, b); err != nil || b[0] != byte(i) || b[1] != byte(i+1) {
+			t.Fatalf("exchange %d: got %v, %v", i, b, err)
+		}
+	}
+	st := e.s.Stats()
+	if st.ACKsDelayed > 2 {
+		t.Errorf("%d ACKs delayed in %d two-write requests from a Nagle app, want at most 2: each made the app wait", st.ACKsDelayed, n)
+	}
+	if pure, _ := stackACKs(tap, 7); pure < n {
+		t.Errorf("the stack sent %d lone ACKs, want >= %d: the first write of each request is acknowledged at once", pure, n)
+	}
+}
