@@ -616,7 +616,9 @@ func tcpHeadersLen(pkt []byte, proto tcpip.NetworkProtocolNumber) int {
 // writeLoop: the processor's ACK cost a goroutine handoff, and usually an
 // idle thread's wakeup, on the request's way to the upstream. Under load
 // (a batch being written, packets queued) everything goes through the
-// queue in order and leaves in batches.
+// queue in order and leaves in batches. With an ackDelayer (AckDelay) the
+// ACK of a small request is held instead and usually never written: the
+// reply carries it.
 func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
 	if d := e.acks; d != nil {
 		lone := pkts.Len() == 1
