@@ -12,8 +12,16 @@ import (
 )
 
 // DefaultAckDelay is how long the link holds back a pure ACK of the
-// netstack's TCP by default (TCPOptions.AckDelay).
-const DefaultAckDelay = 500 * time.Microsecond
+// netstack's TCP by default (TCPOptions.AckDelay). The timer is started
+// at a hold when it is not running and left to run out (see out), so
+// while round trips go on it fires about once per delay: at 500 µs that
+// was a wakeup every three or four 1-byte round trips through a copying
+// SOCKS server, and the round trip's context switches rose from ~2.5 to
+// ~3.3 (scripts/benchtool, 2026-11-26, loaded VM); at 5 ms it is one in
+// thirty or more. Linux's own delayed ACK waits 40 ms at least. The
+// price of a longer delay is the one stall of an app that waits for the
+// ACK before it sends more (Nagle's algorithm), once per flow.
+const DefaultAckDelay = 5 * time.Millisecond
 
 // ackSlots is the size of ackDelayer's table: flows whose last ACK the
 // link remembers. A flow that shares its slot with another is simply not
@@ -66,6 +74,8 @@ type ackDelayer struct {
 	timer  *time.Timer
 	armed  bool
 	closed bool
+	// starts counts the times arm started the timer (tests).
+	starts int
 }
 
 type ackSlot struct {
@@ -262,10 +272,12 @@ func (d *ackDelayer) out(pkt *gstack.PacketBuffer, lone bool) (held bool, first 
 		// The flow ends: free its slot for others.
 		s.used = false
 	}
-	if d.held.Load() == 0 && d.armed {
-		d.timer.Stop()
-		d.armed = false
-	}
+	// The timer is not stopped when the last held ACK is dropped: it
+	// runs out and finds nothing due. Stopping it here and starting it
+	// again at the next request's ACK moved the runtime's earliest timer
+	// twice a round trip, and each move wakes a thread sleeping in the
+	// poller (or an idle processor) to take it into account: a wakeup
+	// per round trip, more than the ACK cost.
 	d.mu.Unlock()
 	if drop != nil {
 		d.spared.Add(1)
@@ -284,6 +296,7 @@ func (d *ackDelayer) arm() {
 		return
 	}
 	d.armed = true
+	d.starts++
 	if d.timer == nil {
 		d.timer = time.AfterFunc(d.delay, d.expire)
 		return

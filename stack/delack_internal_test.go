@@ -158,3 +158,29 @@ func TestAckDelayClose(t *testing.T) {
 	}
 	pkt.DecRef()
 }
+
+// Round trips whose replies come within the delay start the timer once,
+// not once each: the timer runs out and finds nothing due rather than
+// being stopped at every reply and started again at the next request,
+// since every start or stop of the runtime's earliest timer wakes a
+// thread sleeping in the poller.
+func TestAckDelayTimerNotRestartedPerRoundTrip(t *testing.T) {
+	dev := newRecordingDevice()
+	e := newDelayLink(dev, time.Minute)
+	defer e.Close()
+	writePackets(t, e, tcpOut(1, 5000, 1, header.TCPFlagSyn|ackFlag, 0, false))
+	const trips = 50
+	for i := range uint32(trips) {
+		writePackets(t, e, tcpOut(uint16(2+2*i), 5000, 2+i, ackFlag, 0, false))                   // held
+		writePackets(t, e, tcpOut(uint16(3+2*i), 5000, 2+i, ackFlag|header.TCPFlagPsh, 1, false)) // the reply
+	}
+	if d, s := e.acks.delayed.Load(), e.acks.spared.Load(); d != trips || s != trips {
+		t.Fatalf("delayed %d, spared %d; want %d, %d", d, s, trips, trips)
+	}
+	e.acks.mu.Lock()
+	starts := e.acks.starts
+	e.acks.mu.Unlock()
+	if starts != 1 {
+		t.Errorf("the ACK timer was started %d times in %d round trips, want once", starts, trips)
+	}
+}

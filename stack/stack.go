@@ -591,9 +591,6 @@ func withDefaults(cfg Config) (Config, error) {
 	return cfg, nil
 }
 
-// setTCPOptions applies the TCP tuning. Each choice names what it rests on:
-// gVisor v0.0.0-20260905035102-160fafc42237 (go.mod), measured with
-// scripts/bench.sh on 2026-11-23 unless said otherwise.
 // ackDelay resolves TCPOptions.AckDelay.
 func ackDelay(d time.Duration) time.Duration {
 	switch {
@@ -605,6 +602,9 @@ func ackDelay(d time.Duration) time.Duration {
 	return d
 }
 
+// setTCPOptions applies the TCP tuning. Each choice names what it rests on:
+// gVisor v0.0.0-20260905035102-160fafc42237 (go.mod), measured with
+// scripts/bench.sh on 2026-11-23 unless said otherwise.
 func setTCPOptions(gs *gstack.Stack, o TCPOptions) error {
 	sack := tcpip.TCPSACKEnabled(!o.DisableSACK)
 	moderate := tcpip.TCPModerateReceiveBufferOption(!o.DisableModerateReceiveBuffer)
