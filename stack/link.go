@@ -823,10 +823,7 @@ func (e *linkEndpoint) writeLoop() {
 				}
 				continue
 			}
-			b := store[len(bufs)][:headroom]
-			for _, s := range pkt.AsSlices() {
-				b = append(b, s...)
-			}
+			b := appendPacket(store[len(bufs)][:headroom], pkt)
 			if len(b) > cap(store[len(bufs)]) {
 				// append had to reallocate (a packet above the MTU,
 				// never expected); keep the bigger buffer.
@@ -877,9 +874,7 @@ func (e *linkEndpoint) writeDirect(pkt *gstack.PacketBuffer) {
 	if gso {
 		putVnetHdr(b[headroom-vnetHdrLen:headroom], pkt)
 	}
-	for _, s := range pkt.AsSlices() {
-		b = append(b, s...)
-	}
+	b = appendPacket(b, pkt)
 	e.direct[0] = b[:0]
 	e.bytesOut.Add(uint64(len(b) - headroom))
 	if e.tap != nil {
@@ -903,6 +898,23 @@ func (e *linkEndpoint) writeDirect(pkt *gstack.PacketBuffer) {
 		e.txErrors.Add(1)
 		e.log.Debug("tun write", "err", err, "bytes", len(b)-headroom)
 	}
+}
+
+// appendPacket appends pkt's bytes, headers and payload, to b. It walks
+// the packet's views in place: PacketBuffer.AsSlices allocates a slice of
+// them for every packet, two per 1-byte round trip.
+func appendPacket(b []byte, pkt *gstack.PacketBuffer) []byte {
+	vl, skip := pkt.AsViewList()
+	for v := vl.Front(); v != nil; v = v.Next() {
+		s := v.AsSlice()
+		if skip >= len(s) {
+			skip -= len(s)
+			continue
+		}
+		b = append(b, s[skip:]...)
+		skip = 0
+	}
+	return b
 }
 
 // vnetHdrLen is the size of Linux's struct virtio_net_hdr, which precedes
