@@ -236,7 +236,7 @@ const (
 	DefaultDialTimeout     = 10 * time.Second
 	DefaultSummaryInterval = 5 * time.Second
 	DefaultTCPBuf          = 4 << 20
-	DefaultTCPAckDelay     = 5 * time.Millisecond
+	DefaultTCPAckDelay     = 20 * time.Millisecond
 	MaxTCPAckDelay         = 100 * time.Millisecond
 	DefaultTCPCC           = "cubic"
 	DefaultTCPStack        = "gvisor"

@@ -14,14 +14,16 @@ import (
 // DefaultAckDelay is how long the link holds back a pure ACK of the
 // netstack's TCP by default (TCPOptions.AckDelay). The timer is started
 // at a hold when it is not running and left to run out (see out), so
-// while round trips go on it fires about once per delay: at 500 µs that
-// was a wakeup every three or four 1-byte round trips through a copying
-// SOCKS server, and the round trip's context switches rose from ~2.5 to
-// ~3.3 (scripts/benchtool, 2026-11-26, loaded VM); at 5 ms it is one in
-// thirty or more. Linux's own delayed ACK waits 40 ms at least. The
-// price of a longer delay is the one stall of an app that waits for the
-// ACK before it sends more (Nagle's algorithm), once per flow.
-const DefaultAckDelay = 5 * time.Millisecond
+// while round trips go on it fires about once per delay, and once more
+// after the last. At 500 µs that was a wakeup every three or four 1-byte
+// round trips through a copying SOCKS server (context switches per round
+// trip ~2.5 -> ~3.3), at 5 ms still +0.15 to +0.3 (2.50-2.75 against
+// 2.33-2.49 without the delay), at 40 ms none to see (2.35-2.46);
+// scripts/benchtool, 2026-11-26, loaded VM. Linux's own delayed ACK
+// waits 40 ms at least. The price of a longer delay is one stall of an
+// app that waits for the ACK before it sends more (Nagle's algorithm),
+// once per flow (see ackDelayer).
+const DefaultAckDelay = 20 * time.Millisecond
 
 // ackSlots is the size of ackDelayer's table: flows whose last ACK the
 // link remembers. A flow that shares its slot with another is simply not
