@@ -96,7 +96,7 @@ type TunConfig struct {
 }
 
 // TCPConfig is the netstack's TCP tuning (top-level keys tcp-sack,
-// tcp-moderate-rcvbuf, tcp-buf, tcp-cc and tcp-stack).
+// tcp-moderate-rcvbuf, tcp-buf, tcp-cc, tcp-stack and tcp-ack-delay).
 type TCPConfig struct {
 	SACK           *bool  `yaml:"tcp-sack"`            // nil: the netstack's default
 	ModerateRcvbuf *bool  `yaml:"tcp-moderate-rcvbuf"` // nil: the netstack's default
@@ -106,6 +106,10 @@ type TCPConfig struct {
 	// netstack) or "system" (the host kernel, through address
 	// translation on the TUN); "": gvisor.
 	Stack string `yaml:"tcp-stack"`
+	// AckDelay is how long the netstack may hold a pure ACK toward the
+	// app for a reply to carry it (see stack.TCPOptions.AckDelay); 0
+	// turns the delay off.
+	AckDelay time.Duration `yaml:"tcp-ack-delay"`
 }
 
 // LimitsConfig bounds what one app, device or flood can take (top-level
@@ -232,6 +236,8 @@ const (
 	DefaultDialTimeout     = 10 * time.Second
 	DefaultSummaryInterval = 5 * time.Second
 	DefaultTCPBuf          = 4 << 20
+	DefaultTCPAckDelay     = 20 * time.Millisecond
+	MaxTCPAckDelay         = 100 * time.Millisecond
 	DefaultTCPCC           = "cubic"
 	DefaultTCPStack        = "gvisor"
 	DefaultFakeIPRange     = "198.18.0.0/15"
@@ -278,7 +284,7 @@ func Default() *Config {
 		DNSIdle:         DefaultDNSIdle,
 		DialTimeout:     DefaultDialTimeout,
 		SummaryInterval: DefaultSummaryInterval,
-		TCP:             TCPConfig{SACK: &sack, ModerateRcvbuf: &mod, Buf: DefaultTCPBuf, CC: DefaultTCPCC, Stack: DefaultTCPStack},
+		TCP:             TCPConfig{SACK: &sack, ModerateRcvbuf: &mod, Buf: DefaultTCPBuf, CC: DefaultTCPCC, Stack: DefaultTCPStack, AckDelay: DefaultTCPAckDelay},
 		Limits:          LimitsConfig{MaxMemory: DefaultMaxMemory},
 		Sniff:           defaultSniff(),
 		DNS: DNSConfig{

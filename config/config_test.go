@@ -169,6 +169,8 @@ func TestKeys(t *testing.T) {
 		{"tcp-buf: 1_048_576", func(c *Config) bool { return c.TCP.Buf == 1<<20 }},
 		{"tcp-cc: reno", func(c *Config) bool { return c.TCP.CC == "reno" }},
 		{"tcp-stack: system", func(c *Config) bool { return c.TCP.Stack == "system" }},
+		{"tcp-ack-delay: 1ms", func(c *Config) bool { return c.TCP.AckDelay == time.Millisecond }},
+		{"tcp-ack-delay: 0s", func(c *Config) bool { return c.TCP.AckDelay == 0 }},
 		{"max-memory: 512MiB", func(c *Config) bool { return c.Limits.MaxMemory == 512<<20 && c.Line("max-memory") == 1 }},
 		{"max-memory: 2G", func(c *Config) bool { return c.Limits.MaxMemory == 2<<30 }},
 		{"max-memory: 0", func(c *Config) bool { return c.Limits.MaxMemory == 0 }},
@@ -305,6 +307,8 @@ func TestErrors(t *testing.T) {
 		{"tcp-buf: 1024", []string{file + ":1: tcp-buf 1024: want 65536 to 67108864"}},
 		{"tcp-cc: bbr", []string{file + `:1: tcp-cc "bbr": want cubic or reno`}},
 		{"tcp-stack: kernel", []string{file + `:1: tcp-stack "kernel": want gvisor or system`}},
+		{"tcp-ack-delay: 1s", []string{file + ":1: tcp-ack-delay 1s: want a duration from 0 (off) to 100ms, like 500us"}},
+		{"tcp-ack-delay: 200", []string{file + ":1: tcp-ack-delay 200: want a duration with a unit"}},
 		// The default proxy.
 		{"proxy: sock5://h:1", []string{file + `:1: proxy: scheme "sock5" is not supported; want socks5, socks4, socks4a or http`}},
 		{"proxy: https://h:1", []string{file + `:1: proxy: scheme "https" is not supported yet`}},

@@ -426,8 +426,9 @@ func (d *decoder) top(n *yaml.Node) {
 		"tcp-buf": func(_, v *yaml.Node) {
 			d.integer(v, "tcp-buf", MinTCPBuf, MaxTCPBuf, func(n int64) { c.TCP.Buf = int(n) }, "tcp-buf")
 		},
-		"tcp-cc":    func(_, v *yaml.Node) { d.str(v, "tcp-cc", &c.TCP.CC, "tcp-cc") },
-		"tcp-stack": func(_, v *yaml.Node) { d.str(v, "tcp-stack", &c.TCP.Stack, "tcp-stack") },
+		"tcp-cc":        func(_, v *yaml.Node) { d.str(v, "tcp-cc", &c.TCP.CC, "tcp-cc") },
+		"tcp-stack":     func(_, v *yaml.Node) { d.str(v, "tcp-stack", &c.TCP.Stack, "tcp-stack") },
+		"tcp-ack-delay": durs("tcp-ack-delay", &c.TCP.AckDelay),
 		"max-memory": func(_, v *yaml.Node) {
 			s, ok := d.scalar(v, "max-memory", "a size like 512MiB or 1GiB, or 0 for none")
 			if !ok {

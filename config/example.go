@@ -38,6 +38,7 @@ tcp-moderate-rcvbuf: true  # grow receive buffers as throughput needs
 tcp-buf: 4194304           # max TCP buffer per flow, bytes (65536 to 67108864)
 tcp-cc: cubic              # cubic or reno
 tcp-stack: gvisor          # who terminates the app's TCP: gvisor or system (the host kernel)
+tcp-ack-delay: 20ms        # hold an ACK this long for a reply to carry it (0: off)
 
 # Sniffing: a flow to a real address (an app that resolved the name itself,
 # with DNS over HTTPS or a cached address) gets its name from its first

@@ -126,6 +126,9 @@ func (v *validator) values() {
 	default:
 		v.fail("tcp-cc", "tcp-cc %q: want cubic or reno", c.TCP.CC)
 	}
+	if d := c.TCP.AckDelay; d < 0 || d > MaxTCPAckDelay {
+		v.fail("tcp-ack-delay", "tcp-ack-delay %v: want a duration from 0 (off) to %v, like 500us", d, MaxTCPAckDelay)
+	}
 	switch c.TCP.Stack {
 	case "", "gvisor", "system":
 	default:

@@ -93,6 +93,10 @@ type linkEndpoint struct {
 	// a segment without copying them together.
 	gsov GSOVectorDevice
 
+	// acks holds back the TCP's pure ACKs for a short while (see
+	// ackDelayer); nil when off.
+	acks *ackDelayer
+
 	qmu    sync.Mutex
 	queue  []*gstack.PacketBuffer
 	qlimit int
@@ -146,7 +150,8 @@ type linkConfig struct {
 	mtu         uint32
 	readBufSize int
 	queueLen    int
-	gso         bool // use the device's segmentation offload, if any
+	gso         bool          // use the device's segmentation offload, if any
+	ackDelay    time.Duration // hold pure ACKs this long (0: not at all)
 	sys         *sysTCP
 	tap         PacketTap
 	log         *slog.Logger
@@ -197,6 +202,9 @@ func newLinkEndpoint(c linkConfig) *linkEndpoint {
 				e.gsov = v
 			}
 		}
+	}
+	if c.ackDelay > 0 {
+		e.acks = newAckDelayer(c.ackDelay, c.mtu, e.writeHeld)
 	}
 	e.gro.Init(true)
 	return e
@@ -616,10 +624,47 @@ func tcpHeadersLen(pkt []byte, proto tcpip.NetworkProtocolNumber) int {
 // writeLoop: the processor's ACK cost a goroutine handoff, and usually an
 // idle thread's wakeup, on the request's way to the upstream. Under load
 // (a batch being written, packets queued) everything goes through the
-// queue in order and leaves in batches.
+// queue in order and leaves in batches. With an ackDelayer (AckDelay) the
+// ACK of a small request is held instead and usually never written: the
+// reply carries it.
 func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Error) {
-	if pkts.Len() == 1 && e.wmu.TryLock() {
-		pkt := pkts.AsSlice()[0]
+	if d := e.acks; d != nil {
+		lone := pkts.Len() == 1
+		var firsts []*gstack.PacketBuffer
+		for _, pkt := range pkts.AsSlice() {
+			held, first := d.out(pkt, lone)
+			if held {
+				return 1, nil // only a lone packet is held
+			}
+			if first != nil {
+				firsts = append(firsts, first)
+			}
+		}
+		if firsts != nil {
+			// Held ACKs of these flows go out before them.
+			e.send(firsts)
+			for _, p := range firsts {
+				p.DecRef()
+			}
+		}
+	}
+	return e.send(pkts.AsSlice())
+}
+
+// writeHeld writes ACKs the delayer held back whose time has come and
+// releases its references.
+func (e *linkEndpoint) writeHeld(pkts []*gstack.PacketBuffer) {
+	e.send(pkts)
+	for _, p := range pkts {
+		p.DecRef()
+	}
+}
+
+// send writes pkts (the caller keeps its references): a lone one at once
+// when the writer is idle, the others through the queue.
+func (e *linkEndpoint) send(pkts []*gstack.PacketBuffer) (int, tcpip.Error) {
+	if len(pkts) == 1 && e.wmu.TryLock() {
+		pkt := pkts[0]
 		e.qmu.Lock()
 		idle := !e.closed && len(e.queue) == 0
 		e.qmu.Unlock()
@@ -636,7 +681,7 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 		return 0, &tcpip.ErrClosedForSend{}
 	}
 	n := 0
-	for _, pkt := range pkts.AsSlice() {
+	for _, pkt := range pkts {
 		if len(e.queue) >= e.qlimit {
 			break
 		}
@@ -644,7 +689,7 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 		n++
 	}
 	e.qmu.Unlock()
-	if dropped := pkts.Len() - n; dropped > 0 {
+	if dropped := len(pkts) - n; dropped > 0 {
 		e.txDrops.Add(uint64(dropped))
 	}
 	if n > 0 {
@@ -783,10 +828,7 @@ func (e *linkEndpoint) writeLoop() {
 				}
 				continue
 			}
-			b := store[len(bufs)][:headroom]
-			for _, s := range pkt.AsSlices() {
-				b = append(b, s...)
-			}
+			b := appendPacket(store[len(bufs)][:headroom], pkt)
 			if len(b) > cap(store[len(bufs)]) {
 				// append had to reallocate (a packet above the MTU,
 				// never expected); keep the bigger buffer.
@@ -837,9 +879,7 @@ func (e *linkEndpoint) writeDirect(pkt *gstack.PacketBuffer) {
 	if gso {
 		putVnetHdr(b[headroom-vnetHdrLen:headroom], pkt)
 	}
-	for _, s := range pkt.AsSlices() {
-		b = append(b, s...)
-	}
+	b = appendPacket(b, pkt)
 	e.direct[0] = b[:0]
 	e.bytesOut.Add(uint64(len(b) - headroom))
 	if e.tap != nil {
@@ -908,6 +948,23 @@ func appendPacketSlices(iov [][]byte, pkt *gstack.PacketBuffer) ([][]byte, int) 
 		size += len(b)
 	}
 	return iov, size
+}
+
+// appendPacket appends pkt's bytes, headers and payload, to b. It walks
+// the packet's views in place: PacketBuffer.AsSlices allocates a slice of
+// them for every packet, two per 1-byte round trip.
+func appendPacket(b []byte, pkt *gstack.PacketBuffer) []byte {
+	vl, skip := pkt.AsViewList()
+	for v := vl.Front(); v != nil; v = v.Next() {
+		s := v.AsSlice()
+		if skip >= len(s) {
+			skip -= len(s)
+			continue
+		}
+		b = append(b, s[skip:]...)
+		skip = 0
+	}
+	return b
 }
 
 // vnetHdrLen is the size of Linux's struct virtio_net_hdr, which precedes
@@ -1036,6 +1093,9 @@ func (e *linkEndpoint) SetOnCloseAction(func()) {}
 // closed (Stack.Close does that).
 func (e *linkEndpoint) Close() {
 	e.closeOnce.Do(func() {
+		if e.acks != nil {
+			e.acks.close()
+		}
 		e.qmu.Lock()
 		e.closed = true
 		q := e.queue

@@ -170,6 +170,14 @@ type TCPOptions struct {
 	// the device takes segmentation-offloaded packets (see GSODevice).
 	// For comparisons and for kernels that misbehave; default off.
 	DisableGSO bool
+	// AckDelay is how long a pure ACK of the netstack's TCP toward the
+	// app may wait for a reply that carries the same acknowledgement, as
+	// Linux and lwIP delay theirs (see ackDelayer): a round trip then
+	// costs one packet each way instead of three. Only acknowledgements
+	// of less than a full segment of new data wait; duplicates, window
+	// updates and SACKs never do. Default DefaultAckDelay; negative: no
+	// delay.
+	AckDelay time.Duration
 	// MaxInFlight bounds the app's connection attempts in flight: SYNs
 	// held while the Handler decides, and accepted attempts whose app has
 	// not completed its handshake yet. At the bound the OLDEST attempt is
@@ -367,6 +375,12 @@ type Stats struct {
 	// reader's buffers handed back to the system (ReleaseBuffers), over
 	// all releases.
 	BuffersReleased uint64
+	// ACKsDelayed counts pure ACKs toward the app held back
+	// (TCPOptions.AckDelay); ACKsSpared those of them never written
+	// because a later packet of the flow carried the acknowledgement
+	// (a reply), the rest went out when the delay ended or just before
+	// a packet of their flow that did not cover them.
+	ACKsDelayed, ACKsSpared uint64
 }
 
 // New builds the netstack on cfg.Device and starts its packet loops. ctx is
@@ -432,6 +446,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 	s.link = newLinkEndpoint(linkConfig{
 		dev: cfg.Device, mtu: uint32(cfg.MTU), readBufSize: readBufSize, queueLen: cfg.TxQueue,
 		gso: !cfg.TCP.DisableGSO, sys: s.sys, tap: cfg.Tap, log: log,
+		ackDelay: ackDelay(cfg.TCP.AckDelay),
 	})
 	if s.sys != nil {
 		s.sys.link = s.link
@@ -576,6 +591,17 @@ func withDefaults(cfg Config) (Config, error) {
 	return cfg, nil
 }
 
+// ackDelay resolves TCPOptions.AckDelay.
+func ackDelay(d time.Duration) time.Duration {
+	switch {
+	case d == 0:
+		return DefaultAckDelay
+	case d < 0:
+		return 0
+	}
+	return d
+}
+
 // setTCPOptions applies the TCP tuning. Each choice names what it rests on:
 // gVisor v0.0.0-20260905035102-160fafc42237 (go.mod), measured with
 // scripts/bench.sh on 2026-11-23 unless said otherwise.
@@ -619,7 +645,7 @@ func setTCPOptions(gs *gstack.Stack, o TCPOptions) error {
 // Stats returns the counters. Safe to call at any time, also after Close.
 func (s *Stack) Stats() Stats {
 	gst := s.gs.Stats()
-	return Stats{
+	st := Stats{
 		TCPOpen:              s.tcpOpen.Load(),
 		UDPOpen:              s.udpOpen.Load(),
 		TCPTotal:             s.tcpTotal.Load(),
@@ -644,6 +670,10 @@ func (s *Stack) Stats() Stats {
 		TxDrops:              s.link.txDrops.Load(),
 		BuffersReleased:      s.link.released.Load(),
 	}
+	if d := s.link.acks; d != nil {
+		st.ACKsDelayed, st.ACKsSpared = d.delayed.Load(), d.spared.Load()
+	}
+	return st
 }
 
 // SystemTCP reports whether the kernel terminates the app's TCP: the

@@ -338,6 +338,8 @@ type vnetFile struct {
 	waits *atomic.Uint64
 	// vec is Writev's state (with rc).
 	vec *vecWriter
+	// rop and wop are the raw calls reads and writes reuse (with rc).
+	rop, wop *rawCall
 }
 
 // vecWriter is what Writev needs for one writev(2), kept from call to
@@ -387,6 +389,7 @@ func newVnetFile(f *os.File) vnetFile {
 		v.waits = new(atomic.Uint64)
 		v.vec = new(vecWriter)
 		v.vec.fn = v.vec.write
+		v.rop, v.wop = newRawCall(), newRawCall()
 	}
 	return v
 }
@@ -395,7 +398,7 @@ func (v vnetFile) Read(b []byte) (int, error) {
 	var n int
 	var err error
 	if v.rc != nil {
-		n, err = v.raw(v.rc.Read, "read", unix.SYS_READ, b, v.waits)
+		n, err = v.raw(v.rc.Read, v.rop, "read", unix.SYS_READ, b, v.waits)
 		if err == nil && n == 0 && len(b) > 0 {
 			err = io.EOF
 		}
@@ -412,7 +415,7 @@ func (v vnetFile) Write(b []byte) (int, error) {
 	var n int
 	var err error
 	if v.rc != nil && len(b) <= rawWriteMax {
-		n, err = v.raw(v.rc.Write, "write", unix.SYS_WRITE, b, nil)
+		n, err = v.raw(v.rc.Write, v.wop, "write", unix.SYS_WRITE, b, nil)
 	} else {
 		n, err = v.f.Write(b)
 	}
@@ -470,26 +473,18 @@ func (v vnetFile) Writev(bufs [][]byte) (int, error) {
 // wait (rc.Read or rc.Write), which waits on the poller while the call
 // would block. Errors come back as os.File's would: the system call's
 // as an *os.PathError, a closed file as os.ErrClosed. waits, when not
-// nil, counts the calls that had to wait.
-func (v vnetFile) raw(wait func(func(uintptr) bool) error, op string, trap uintptr, b []byte, waits *atomic.Uint64) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := wait(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(unsafe.SliceData(b))), uintptr(len(b)))
-			if e == syscall.EINTR {
-				continue
-			}
-			if e == syscall.EAGAIN {
-				if waits != nil {
-					waits.Add(1)
-				}
-				return false
-			}
-			n, errno = int(r), e
-			return true
-		}
-	})
+// nil, counts the calls that had to wait. It makes the call with c when
+// no other goroutine is using c, else with a new rawCall.
+func (v vnetFile) raw(wait func(func(uintptr) bool) error, c *rawCall, op string, trap uintptr, b []byte, waits *atomic.Uint64) (int, error) {
+	if c == nil || !c.busy.CompareAndSwap(false, true) {
+		c = newRawCall()
+		c.busy.Store(true)
+	}
+	c.trap, c.b, c.waits, c.n, c.errno = trap, b, waits, 0, 0
+	err := wait(c.fn)
+	n, errno := c.n, c.errno
+	c.b, c.waits = nil, nil
+	c.busy.Store(false)
 	runtime.KeepAlive(b)
 	switch {
 	case err != nil:
@@ -502,4 +497,42 @@ func (v vnetFile) raw(wait func(func(uintptr) bool) error, op string, trap uintp
 		return 0, &os.PathError{Op: op, Path: v.f.Name(), Err: errno}
 	}
 	return n, nil
+}
+
+// rawCall is one raw read or write through the runtime poller (vnetFile.raw)
+// with its callback made once: a closure made for each call escapes
+// through the RawConn and cost three allocations a call (it and the two
+// results it sets), a read and a write or two per packet of a round trip.
+// busy: a goroutine is using it (the device's reader, or a writer).
+type rawCall struct {
+	busy  atomic.Bool
+	fn    func(uintptr) bool // c.call
+	trap  uintptr
+	b     []byte
+	waits *atomic.Uint64
+	n     int
+	errno syscall.Errno
+}
+
+func newRawCall() *rawCall {
+	c := new(rawCall)
+	c.fn = c.call
+	return c
+}
+
+func (c *rawCall) call(fd uintptr) bool {
+	for {
+		r, _, e := syscall.RawSyscall(c.trap, fd, uintptr(unsafe.Pointer(unsafe.SliceData(c.b))), uintptr(len(c.b)))
+		if e == syscall.EINTR {
+			continue
+		}
+		if e == syscall.EAGAIN {
+			if c.waits != nil {
+				c.waits.Add(1)
+			}
+			return false
+		}
+		c.n, c.errno = int(r), e
+		return true
+	}
 }

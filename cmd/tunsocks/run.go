@@ -60,6 +60,7 @@ func runFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "tcp-sack", Value: true, Usage: "TCP selective acknowledgements in the netstack", EnvVars: env("tcp-sack")},
 		&cli.BoolFlag{Name: "tcp-moderate-rcvbuf", Value: true, Usage: "let the netstack grow receive buffers as throughput needs", EnvVars: env("tcp-moderate-rcvbuf")},
 		&cli.IntFlag{Name: "tcp-buf", Value: d.TCP.Buf, Usage: "maximum TCP send and receive buffer per flow in the netstack, bytes", EnvVars: env("tcp-buf")},
+		&cli.DurationFlag{Name: "tcp-ack-delay", Value: d.TCP.AckDelay, Usage: "netstack: hold an ACK toward the app this long for a reply to carry it (0: off)", EnvVars: env("tcp-ack-delay")},
 		&cli.StringFlag{Name: "tcp-cc", Value: d.TCP.CC, Usage: "netstack congestion control: cubic or reno", EnvVars: env("tcp-cc")},
 		&cli.StringFlag{Name: "tcp-stack", Value: d.TCP.Stack, Usage: "who terminates the app's TCP: gvisor (userspace netstack) or system (the host kernel, through address translation on the TUN; cheaper per connection)", EnvVars: env("tcp-stack")},
 		&cli.StringFlag{Name: "max-memory", Value: "1GiB", Usage: "memory ceiling (e.g. 512MiB, 2GiB): near it new flows are refused and the flows idle the longest closed, before the kernel would kill tunsocks (0: none)", EnvVars: env("max-memory")},
@@ -196,6 +197,9 @@ func runFlagsOverride(c *cli.Context, cfg *config.Config) error {
 	}
 	if set("tcp-cc") {
 		cfg.TCP.CC = c.String("tcp-cc")
+	}
+	if set("tcp-ack-delay") {
+		cfg.TCP.AckDelay = c.Duration("tcp-ack-delay")
 	}
 	if set("max-memory") {
 		n, err := config.ParseSize(c.String("max-memory"))
@@ -456,6 +460,10 @@ func runPipeline(ctx context.Context, cfg *config.Config, log *slog.Logger, hook
 	}
 	if cfg.TCP.ModerateRcvbuf != nil {
 		tcp.DisableModerateReceiveBuffer = !*cfg.TCP.ModerateRcvbuf
+	}
+	tcp.AckDelay = cfg.TCP.AckDelay
+	if tcp.AckDelay == 0 {
+		tcp.AckDelay = -1 // off (the stack's 0 means its default)
 	}
 
 	var tr *tunRun

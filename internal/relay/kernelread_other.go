@@ -7,12 +7,18 @@ import (
 	"syscall"
 )
 
-// canReadKernel says readKernel works here: not on this system, where
+// canReadKernel says kernelReader works here: not on this system, where
 // kernel sockets are read with a buffer taken first.
 const canReadKernel = false
 
-func readKernel(*net.TCPConn, syscall.RawConn, **[]byte, func(**[]byte)) (int, error) {
-	panic("relay: readKernel on a system without it")
+type kernelReader struct{}
+
+func newKernelReader(*net.TCPConn, syscall.RawConn, func(**[]byte)) *kernelReader {
+	panic("relay: kernelReader on a system without it")
+}
+
+func (*kernelReader) read(**[]byte) (int, error) {
+	panic("relay: kernelReader on a system without it")
 }
 
 func writeKernel(*net.TCPConn, syscall.RawConn, []byte) (int, error) {

@@ -7,46 +7,69 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 )
 
-// canReadKernel says readKernel works here.
+// canReadKernel says kernelReader works here.
 const canReadKernel = true
 
-// readKernel reads a kernel TCP socket through the runtime poller: the
+// kernelReader reads a kernel TCP socket through the runtime poller: the
 // buffer is taken only when the socket has something to read, and put back
 // while the poller waits, at no extra system call (a read that would block
 // is the wait's first step anyway). Errors and the end of the stream come
-// back as from (*net.TCPConn).Read.
-func readKernel(tc *net.TCPConn, rc syscall.RawConn, bp **[]byte, get func(**[]byte)) (int, error) {
-	var n int
-	var rerr error
-	err := rc.Read(func(fd uintptr) bool {
-		get(bp)
-		var e syscall.Errno
-		for {
-			n, e = sysRead(int(fd), **bp)
-			if e != syscall.EINTR {
-				break
-			}
+// back as from (*net.TCPConn).Read. Its callback for the RawConn is made
+// once: a closure made for each read escapes through the RawConn and cost
+// three allocations a read (it and the two results it sets), a read per
+// round trip of a request/response exchange. One goroutine at a time may
+// call read.
+type kernelReader struct {
+	tc  *net.TCPConn
+	rc  syscall.RawConn
+	get func(**[]byte)
+	fn  func(uintptr) bool // r.call, made once
+	// The read under way's buffer and results.
+	bp    **[]byte
+	n     int
+	errno syscall.Errno
+}
+
+func newKernelReader(tc *net.TCPConn, rc syscall.RawConn, get func(**[]byte)) *kernelReader {
+	r := &kernelReader{tc: tc, rc: rc, get: get}
+	r.fn = r.call
+	return r
+}
+
+func (r *kernelReader) call(fd uintptr) bool {
+	r.get(r.bp)
+	var e syscall.Errno
+	for {
+		r.n, e = sysRead(int(fd), **r.bp)
+		if e != syscall.EINTR {
+			break
 		}
-		rerr = nil
-		if e != 0 {
-			rerr = e
-		}
-		if e == syscall.EAGAIN {
-			putBuf(*bp)
-			*bp = nil
-			return false
-		}
-		return true
-	})
+	}
+	r.errno = e
+	if e == syscall.EAGAIN {
+		putBuf(*r.bp)
+		*r.bp = nil
+		return false
+	}
+	return true
+}
+
+// read reads into *bp, which it takes with get once bytes are there.
+func (r *kernelReader) read(bp **[]byte) (int, error) {
+	r.bp, r.n, r.errno = bp, 0, 0
+	err := r.rc.Read(r.fn)
+	n, e := r.n, r.errno
+	r.bp = nil
 	switch {
 	case err != nil:
 		// Closed, or the read deadline passed (os.ErrDeadlineExceeded).
 		return 0, err
-	case rerr != nil:
-		return 0, &net.OpError{Op: "read", Net: "tcp", Source: tc.LocalAddr(), Addr: tc.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	case e != 0:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.tc.LocalAddr(), Addr: r.tc.RemoteAddr(), Err: os.NewSyscallError("read", e)}
 	case n == 0:
 		return 0, io.EOF
 	}
@@ -136,19 +159,12 @@ func (w *kernelWriter) Write(p []byte) (int, error) {
 // io.EOF at src's end, src's error, or k's write error (an *net.OpError).
 // 0, nil: src had nothing to read.
 func readToKernel(src DirectReader, k *kernelConn, w *kernelWriter) (int, error) {
-	total := 0
-	var rerr error
-	err := k.rc.Write(func(fd uintptr) bool {
-		*w = kernelWriter{fd: int32(fd)}
-		n, e := src.ReadTo(w)
-		total += n
-		if w.errno == int32(syscall.EAGAIN) {
-			w.errno = 0
-			return false // wait until k is writable, then read on
-		}
-		rerr = e
-		return true
-	})
+	c := directCalls.Get().(*directCall)
+	c.src, c.w, c.total, c.rerr = src, w, 0, nil
+	err := k.rc.Write(c.fn)
+	total, rerr := c.total, c.rerr
+	c.src, c.w, c.rerr = nil, nil, nil
+	directCalls.Put(c)
 	switch {
 	case err != nil:
 		// Closed, or the write deadline passed.
@@ -157,6 +173,40 @@ func readToKernel(src DirectReader, k *kernelConn, w *kernelWriter) (int, error)
 		return total, &net.OpError{Op: "write", Net: "tcp", Source: k.tc.LocalAddr(), Addr: k.tc.RemoteAddr(), Err: os.NewSyscallError("write", syscall.Errno(w.errno))}
 	}
 	return total, rerr
+}
+
+// directCall is one readToKernel call's state, with its callback for the
+// RawConn made once: a closure made for each call escapes through the
+// RawConn and cost three allocations a call (it and the two results it
+// sets), one or two calls per request of a request/response exchange.
+// Pooled, not kept in the direction: an idle relay holds none.
+type directCall struct {
+	fn    func(uintptr) bool // c.call
+	src   DirectReader
+	w     *kernelWriter
+	total int
+	rerr  error
+}
+
+var directCalls = sync.Pool{New: func() any {
+	c := new(directCall)
+	c.fn = c.call
+	return c
+}}
+
+// call moves src's bytes into fd until src has no more or fd's send
+// buffer is full (then false: wait until fd is writable, and read on).
+func (c *directCall) call(fd uintptr) bool {
+	w := c.w
+	*w = kernelWriter{fd: int32(fd)}
+	n, e := c.src.ReadTo(w)
+	c.total += n
+	if w.errno == int32(syscall.EAGAIN) {
+		w.errno = 0
+		return false
+	}
+	c.rerr = e
+	return true
 }
 
 // errno is a system call wrapper's result as rawRW returns it: the

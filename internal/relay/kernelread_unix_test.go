@@ -251,3 +251,52 @@ func TestReadToKernelPartialWritesKeepEveryByte(t *testing.T) {
 		t.Error("the source lost its byte to a closed socket")
 	}
 }
+
+// A round trip's small reads and writes on the upstream socket allocate
+// nothing: kernelReader's and readToKernel's callbacks for the RawConn
+// are made once (a closure per call escaped and cost three allocations).
+func TestKernelSmallReadsAndWritesAllocateNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector drops pooled items at random")
+	}
+	c, s := testenv.TCPPair(t)
+	k := kernelConnOf(c)
+	if k == nil {
+		t.Fatal("kernelConnOf(*net.TCPConn) = nil")
+	}
+	get := func(bp **[]byte) {
+		if *bp == nil {
+			*bp = bufPool.Get().(*[]byte)
+		}
+	}
+	r := newKernelReader(k.tc, k.rc, get)
+	var w kernelWriter
+	src := &segSource{}
+	one := []byte("x")
+	segs := [][]byte{one}
+	peer := make([]byte, 1)
+	var bp *[]byte
+	trip := func() {
+		// Out through readToKernel, echoed by the peer, in with r.
+		src.segs = segs[:1]
+		if n, err := readToKernel(src, k, &w); n != 1 || err != nil {
+			t.Fatalf("readToKernel = %d, %v; want 1, nil", n, err)
+		}
+		if _, err := io.ReadFull(s, peer); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Write(peer); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := r.read(&bp); n != 1 || err != nil || (*bp)[0] != 'x' {
+			t.Fatalf("read = %d, %v; want 1 byte x", n, err)
+		}
+		bufPool.Put(bp)
+		bp = nil
+	}
+	trip()
+	// The peer's side (a *net.TCPConn) allocates nothing either.
+	if a := testing.AllocsPerRun(100, trip); a != 0 {
+		t.Errorf("%.1f allocations per round trip, want 0", a)
+	}
+}

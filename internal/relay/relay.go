@@ -29,7 +29,7 @@ import (
 // byte of a single bulk stream by a fifth (benchtool's "CPU time per MB"
 // rows, A/B). A direction holds one only while bytes move: it waits for
 // the next bytes without one when its source can (see ReadWaiter,
-// ReadNotifier and readKernel), so an idle relay holds none.
+// ReadNotifier and kernelReader), so an idle relay holds none.
 const bufSize = 128 << 10
 
 // bigBufSize is the buffer of a direction whose last read from a kernel
@@ -355,6 +355,11 @@ func (h *notifiedHalf) wake() {
 // run copies until src is drained (then parks again) or ends (then
 // finishes the direction as copyHalf would).
 func (h *notifiedHalf) run() {
+	// A run starts on a new goroutine at each wake, and reading the
+	// netstack connection goes deep at once (gVisor's receive path under
+	// ReadTo or Read): grown doubling by doubling, its stack was copied
+	// and adjusted at every request of a round trip.
+	growstack.Grow()
 	if h.kdst != nil {
 		if d, ok := h.src.(DirectReader); ok {
 			h.runDirect(d)
@@ -393,21 +398,20 @@ func (h *notifiedHalf) run() {
 // a kernel socket: they go from src's buffers straight into the socket,
 // and the direction takes no buffer at all.
 func (h *notifiedHalf) runDirect(d DirectReader) {
-	for {
-		n, err := readToKernel(d, h.kdst, &h.kw)
-		if n > 0 {
-			h.p.moved(int64(n), &h.total, h.count)
-		}
-		if err != nil {
-			h.end(err)
-			return
-		}
-		if n == 0 {
-			// Drained: park, as run does.
-			h.n.NotifyRead(h.wakeFn)
-			return
-		}
+	n, err := readToKernel(d, h.kdst, &h.kw)
+	if n > 0 {
+		h.p.moved(int64(n), &h.total, h.count)
 	}
+	if err != nil {
+		h.end(err)
+		return
+	}
+	// Drained: readToKernel returns once src has nothing more to read
+	// (it waits while the socket is full), so park at once, as run does,
+	// without one more call that would find nothing: what came since
+	// wakes the direction again at once (NotifyRead looks at src after
+	// it registers).
+	h.n.NotifyRead(h.wakeFn)
 }
 
 // end finishes the direction after src's end or err, as copyHalf would.
@@ -636,7 +640,7 @@ func pooledRead(src net.Conn, big *bool) (read func(bp **[]byte) (int, error), b
 			}
 		}
 		if rc, err := tc.SyscallConn(); err == nil && canReadKernel {
-			return func(bp **[]byte) (int, error) { return readKernel(tc, rc, bp, get) }, true
+			return newKernelReader(tc, rc, get).read, true
 		}
 	}
 	if w, ok := src.(ReadWaiter); ok {
@@ -899,6 +903,7 @@ func (h *polledHalf) run() {
 			*bp = getBuf(big)
 		}
 	}
+	var kr *kernelReader // made once per run
 	lastRead := time.Now()
 	grown := false
 	h.src.SetReadDeadline(lastRead.Add(h.parkAfter))
@@ -918,7 +923,10 @@ func (h *polledHalf) run() {
 			}
 		} else {
 			var nr int
-			nr, err = readKernel(h.src, h.rc, &bp, get)
+			if kr == nil {
+				kr = newKernelReader(h.src, h.rc, get)
+			}
+			nr, err = kr.read(&bp)
 			if nr > 0 {
 				if !grown {
 					// Writing into a netstack connection goes deep at

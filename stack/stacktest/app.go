@@ -163,6 +163,17 @@ func (a *App) DialTCP(ctx context.Context, dst netip.AddrPort) (Conn, error) {
 	return c, nil
 }
 
+// SetNagle turns Nagle's algorithm on (an app without TCP_NODELAY: a
+// small segment waits while an earlier one is unacknowledged) or off, the
+// default, for the connections dialed afterwards.
+func (a *App) SetNagle(on bool) error {
+	opt := tcpip.TCPDelayEnabled(on)
+	if err := a.gs.SetTransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
+		return fmt.Errorf("stacktest: Nagle %v: %s", on, err)
+	}
+	return nil
+}
+
 // ListenUDP opens an unconnected UDP socket of the app bound to laddr (port
 // 0 picks one); it can send to and receive from any address.
 func (a *App) ListenUDP(laddr netip.AddrPort) (net.PacketConn, error) {
