@@ -32,12 +32,7 @@ func tcpOut(id, port uint16, ack uint32, flags header.TCPFlags, payload int, sac
 		binary.BigEndian.PutUint32(o[8:], ack+200)
 	}
 	pkt.TransportProtocolNumber = header.TCPProtocolNumber
-	ip := header.IPv4(pkt.NetworkHeader().Push(header.IPv4MinimumSize))
-	ip.Encode(&header.IPv4Fields{TotalLength: uint16(pkt.Size()), ID: id, TTL: 64, Protocol: uint8(header.TCPProtocolNumber)})
-	binary.BigEndian.PutUint32(ip[12:], 0x0a000001)
-	binary.BigEndian.PutUint32(ip[16:], 0x0a000002)
-	pkt.NetworkProtocolNumber = header.IPv4ProtocolNumber
-	return pkt
+	return pushTestIPv4(pkt, id)
 }
 
 const ackFlag = header.TCPFlagAck

@@ -76,6 +76,13 @@ func outPacketOf(id uint16, payload buffer.Buffer, spare int) *gstack.PacketBuff
 	})
 	tcp := header.TCP(pkt.TransportHeader().Push(header.TCPMinimumSize))
 	tcp.Encode(&header.TCPFields{SrcPort: 80, DstPort: 40000, SeqNum: 1, AckNum: 1, DataOffset: header.TCPMinimumSize, Flags: header.TCPFlagAck, WindowSize: 1000})
+	return pushTestIPv4(pkt, id)
+}
+
+// pushTestIPv4 pushes the IPv4 header of 10.0.0.1 -> 10.0.0.2, with IPv4
+// ID id, onto an outbound TCP packet whose TCP header is pushed, as
+// gVisor's IPv4 endpoint does before the link gets it.
+func pushTestIPv4(pkt *gstack.PacketBuffer, id uint16) *gstack.PacketBuffer {
 	ip := header.IPv4(pkt.NetworkHeader().Push(header.IPv4MinimumSize))
 	ip.Encode(&header.IPv4Fields{TotalLength: uint16(pkt.Size()), ID: id, TTL: 64, Protocol: uint8(header.TCPProtocolNumber)})
 	binary.BigEndian.PutUint32(ip[12:], 0x0a000001)
