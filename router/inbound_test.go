@@ -100,14 +100,24 @@ func TestHandlerTagsFlowsWithInbound(t *testing.T) {
 			if _, err := pc.WriteTo([]byte("x"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.1:7"))); err != nil {
 				t.Fatal(err)
 			}
-			for _, network := range []string{"tcp", "udp"} {
-				var rec FlowRecord
+			// The two records come in either order: the refused TCP
+			// flow's can end after the UDP flow's.
+			recs := map[string]FlowRecord{}
+			for range 2 {
 				select {
-				case rec = <-flows:
+				case rec := <-flows:
+					recs[rec.Network] = rec
 				case <-ctx.Done():
-					t.Fatalf("no %s flow record", network)
+					t.Fatalf("flow records: got %v, want one tcp and one udp", recs)
 				}
-				if rec.Network != network || (flowIn{rec.InType, rec.InName, rec.InUser}) != tc.in {
+			}
+			for _, network := range []string{"tcp", "udp"} {
+				rec, ok := recs[network]
+				if !ok {
+					t.Errorf("no %s flow record among %+v", network, recs)
+					continue
+				}
+				if (flowIn{rec.InType, rec.InName, rec.InUser}) != tc.in {
 					t.Errorf("%s flow record %+v, want inbound %+v", network, rec, tc.in)
 				}
 			}
