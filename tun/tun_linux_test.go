@@ -356,67 +356,59 @@ func TestReadReportsDeletedInterface(t *testing.T) {
 // nothing is vouched for.
 func TestReadValidatedFollowsTheKernel(t *testing.T) {
 	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
-	for _, offload := range []bool{true, false} {
-		inNetns(t, func(nl *netlink.Handle) {
-			dev, sock, ok := openUDPDevice(t, "tscsum0", offload)
-			if !ok {
-				return
-			}
-			defer dev.Close()
-			defer sock.Close()
-			if v, ok := dev.vnet.(vnetFile); offload && (!ok || v.rc == nil) {
-				// wireguard-go's descriptor is non-blocking: reads and
-				// writes below go through vnetFile.raw.
-				t.Errorf("the vnet descriptor is not read with raw system calls (%#v)", dev.vnet)
-			}
-			raw, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-			if err != nil {
-				t.Errorf("raw socket: %v", err)
-				return
-			}
-			defer unix.Close(raw)
-			// A UDP datagram 10.9.0.1:7 -> 10.9.0.2:9 whose checksum is wrong.
-			bad := []byte{0x45, 0, 0, 33, 0, 1, 0, 0, 64, 17, 0, 0, 10, 9, 0, 1, 10, 9, 0, 2,
-				0, 7, 0, 9, 0, 13, 0xde, 0xad, 'b', 'a', 'd', '!', '!'}
-			binary.BigEndian.PutUint16(bad[10:], ^checksum.Checksum(bad[:20], 0))
+	eachUDPDevice(t, "tscsum0", func(dev *Device, sock net.Conn, offload bool) {
+		if v, ok := dev.vnet.(vnetFile); offload && (!ok || v.rc == nil) {
+			// wireguard-go's descriptor is non-blocking: reads and
+			// writes below go through vnetFile.raw.
+			t.Errorf("the vnet descriptor is not read with raw system calls (%#v)", dev.vnet)
+		}
+		raw, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		if err != nil {
+			t.Errorf("raw socket: %v", err)
+			return
+		}
+		defer unix.Close(raw)
+		// A UDP datagram 10.9.0.1:7 -> 10.9.0.2:9 whose checksum is wrong.
+		bad := []byte{0x45, 0, 0, 33, 0, 1, 0, 0, 64, 17, 0, 0, 10, 9, 0, 1, 10, 9, 0, 2,
+			0, 7, 0, 9, 0, 13, 0xde, 0xad, 'b', 'a', 'd', '!', '!'}
+		binary.BigEndian.PutUint16(bad[10:], ^checksum.Checksum(bad[:20], 0))
 
-			bufs, sizes, valid := newBufs(max(dev.BatchSize(), 1), 65535)
-			seen := map[string]bool{}
-			deadline := time.Now().Add(10 * time.Second)
-			for len(seen) < 2 && time.Now().Before(deadline) {
-				sock.Write([]byte("probe"))
-				unix.Sendto(raw, bad, 0, &unix.SockaddrInet4{Addr: [4]byte{10, 9, 0, 2}})
-				n, err := readValidatedWithTimeout(dev, bufs, sizes, valid, time.Second)
-				if err != nil {
+		bufs, sizes, valid := newBufs(max(dev.BatchSize(), 1), 65535)
+		seen := map[string]bool{}
+		deadline := time.Now().Add(10 * time.Second)
+		for len(seen) < 2 && time.Now().Before(deadline) {
+			sock.Write([]byte("probe"))
+			unix.Sendto(raw, bad, 0, &unix.SockaddrInet4{Addr: [4]byte{10, 9, 0, 2}})
+			n, err := readValidatedWithTimeout(dev, bufs, sizes, valid, time.Second)
+			if err != nil {
+				continue
+			}
+			for j := range n {
+				pkt := bufs[j][Headroom : Headroom+sizes[j]]
+				if len(pkt) < 28 || pkt[0]>>4 != 4 || pkt[9] != unix.IPPROTO_UDP {
 					continue
 				}
-				for j := range n {
-					pkt := bufs[j][Headroom : Headroom+sizes[j]]
-					if len(pkt) < 28 || pkt[0]>>4 != 4 || pkt[9] != unix.IPPROTO_UDP {
-						continue
+				switch string(pkt[28:]) {
+				case "probe":
+					seen["probe"] = true
+					if valid[j] != offload {
+						t.Errorf("offload=%v: local datagram reported valid=%v", offload, valid[j])
 					}
-					switch string(pkt[28:]) {
-					case "probe":
-						seen["probe"] = true
-						if valid[j] != offload {
-							t.Errorf("offload=%v: local datagram reported valid=%v", offload, valid[j])
-						}
-						if offload {
-							transportValid(t, pkt, 20)
-						}
-					case "bad!!":
-						seen["bad"] = true
-						if valid[j] || !bytes.Equal(pkt, bad) {
-							t.Errorf("offload=%v: raw packet valid=%v, changed %v", offload, valid[j], !bytes.Equal(pkt, bad))
-						}
+					if offload {
+						transportValid(t, pkt, 20)
+					}
+				case "bad!!":
+					seen["bad"] = true
+					if valid[j] || !bytes.Equal(pkt, bad) {
+						t.Errorf("offload=%v: raw packet valid=%v, changed %v", offload, valid[j], !bytes.Equal(pkt, bad))
 					}
 				}
 			}
-			if len(seen) != 2 {
-				t.Errorf("offload=%v: saw %v, want the probe and the bad packet", offload, seen)
-			}
-		})
-	}
+		}
+		if len(seen) != 2 {
+			t.Errorf("offload=%v: saw %v, want the probe and the bad packet", offload, seen)
+		}
+	})
 }
 
 func readValidatedWithTimeout(dev *Device, bufs [][]byte, sizes []int, valid []bool, d time.Duration) (int, error) {
@@ -446,122 +438,114 @@ func readValidatedWithTimeout(dev *Device, bufs [][]byte, sizes []int, valid []b
 // pages of the device's own 64 KiB read buffer back to the system.
 func TestInterruptRead(t *testing.T) {
 	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
-	for _, offload := range []bool{true, false} {
-		inNetns(t, func(nl *netlink.Handle) {
-			dev, sock, ok := openUDPDevice(t, "tsintr0", offload)
-			if !ok {
-				return
-			}
-			defer dev.Close()
-			defer sock.Close()
-			bufs, sizes, valid := newBufs(max(dev.BatchSize(), 1), 65535)
-			// read reads until a datagram with payload want comes out, for
-			// up to 10 s; the first error other than a timeout ends it.
-			read := func(want string) error {
-				deadline := time.Now().Add(10 * time.Second)
-				for time.Now().Before(deadline) {
-					n, err := readValidatedWithTimeout(dev, bufs, sizes, valid, time.Second)
-					if err != nil {
-						return err
-					}
-					for j := range n {
-						pkt := bufs[j][Headroom : Headroom+sizes[j]]
-						if len(pkt) >= 28 && pkt[0]>>4 == 4 && pkt[9] == unix.IPPROTO_UDP && string(pkt[28:]) == want {
-							return nil
-						}
-					}
-				}
-				return errors.New("timed out")
-			}
-			// The path works: the kernel routes into the TUN.
-			sock.Write([]byte("warm"))
-			if err := read("warm"); err != nil {
-				t.Errorf("offload=%v: first datagram: %v", offload, err)
-				return
-			}
-			if offload && testenv.ResidentPagesOf(t, dev.readBuf) == 0 {
-				t.Errorf("the read buffer has no resident page after a read: the check below sees nothing")
-			}
-
-			// A Read blocked in the poller. A stray packet (the kernel's
-			// IPv6 router solicitation) may end it first: the reads go on
-			// until one fails.
-			got := make(chan error, 1)
-			go func() {
-				for i := 0; ; i++ {
-					n, err := dev.ReadValidated(bufs, sizes, valid, Headroom)
-					if err != nil || i == 100 {
-						if n != 0 {
-							err = errors.Join(err, errors.New("packets returned"))
-						}
-						got <- err
-						return
-					}
-				}
-			}()
-			time.Sleep(50 * time.Millisecond) // usually blocked by now; either way it must return
-			if err := dev.InterruptRead(); err != nil {
-				t.Errorf("offload=%v: InterruptRead: %v", offload, err)
-				return
-			}
-			select {
-			case err := <-got:
-				if !errors.Is(err, os.ErrDeadlineExceeded) {
-					t.Errorf("offload=%v: interrupted Read returned %v, want os.ErrDeadlineExceeded", offload, err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Errorf("offload=%v: InterruptRead did not wake the blocked Read", offload)
-				dev.Close()
-				<-got
-				return
-			}
-			if offload && testenv.ResidentPagesOf(t, dev.readBuf) != 0 {
-				t.Errorf("%d pages of the read buffer resident after the interrupted read", testenv.ResidentPagesOf(t, dev.readBuf))
-			}
-
-			// A datagram waiting, then an interrupt: the next Read
-			// returns nothing, and the datagram comes after.
-			sock.Write([]byte("kept"))
-			if err := dev.InterruptRead(); err != nil {
-				t.Errorf("InterruptRead: %v", err)
-				return
-			}
-			if n, err := dev.ReadValidated(bufs, sizes, valid, Headroom); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
-				t.Errorf("offload=%v: Read after InterruptRead: %d packets, %v; want none and os.ErrDeadlineExceeded", offload, n, err)
-			}
-			if err := read("kept"); err != nil {
-				t.Errorf("offload=%v: the datagram queued before the interrupt: %v", offload, err)
-			}
-
-			// The same through ReadWhole, which the stack's reader uses
-			// with offload: the interrupted read clears the deadline, so
-			// the next one waits for and returns the datagram (a deadline
-			// left in the past would fail every read at once).
-			sock.Write([]byte("whole"))
-			if err := dev.InterruptRead(); err != nil {
-				t.Errorf("InterruptRead: %v", err)
-				return
-			}
-			big := make([]byte, WholeReadSize)
-			if n, _, _, err := dev.ReadWhole(big, bufs, sizes, valid, Headroom); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
-				t.Errorf("offload=%v: ReadWhole after InterruptRead: %d packets, %v; want none and os.ErrDeadlineExceeded", offload, n, err)
-			}
-			for i := 0; ; i++ {
-				n, _, _, err := dev.ReadWhole(big, bufs, sizes, valid, Headroom)
+	eachUDPDevice(t, "tsintr0", func(dev *Device, sock net.Conn, offload bool) {
+		bufs, sizes, valid := newBufs(max(dev.BatchSize(), 1), 65535)
+		// read reads until a datagram with payload want comes out, for
+		// up to 10 s; the first error other than a timeout ends it.
+		read := func(want string) error {
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) {
+				n, err := readValidatedWithTimeout(dev, bufs, sizes, valid, time.Second)
 				if err != nil {
-					t.Errorf("offload=%v: ReadWhole after the interrupted one: %v", offload, err)
-					break
+					return err
 				}
-				if j := slices.IndexFunc(sizes[:n], func(sz int) bool { return sz >= 33 }); j >= 0 && string(bufs[j][Headroom+28:Headroom+sizes[j]]) == "whole" {
-					break
-				}
-				if i == 100 {
-					t.Errorf("offload=%v: the datagram queued before the interrupt never came through ReadWhole", offload)
-					break
+				for j := range n {
+					pkt := bufs[j][Headroom : Headroom+sizes[j]]
+					if len(pkt) >= 28 && pkt[0]>>4 == 4 && pkt[9] == unix.IPPROTO_UDP && string(pkt[28:]) == want {
+						return nil
+					}
 				}
 			}
-		})
-	}
+			return errors.New("timed out")
+		}
+		// The path works: the kernel routes into the TUN.
+		sock.Write([]byte("warm"))
+		if err := read("warm"); err != nil {
+			t.Errorf("offload=%v: first datagram: %v", offload, err)
+			return
+		}
+		if offload && testenv.ResidentPagesOf(t, dev.readBuf) == 0 {
+			t.Errorf("the read buffer has no resident page after a read: the check below sees nothing")
+		}
+
+		// A Read blocked in the poller. A stray packet (the kernel's
+		// IPv6 router solicitation) may end it first: the reads go on
+		// until one fails.
+		got := make(chan error, 1)
+		go func() {
+			for i := 0; ; i++ {
+				n, err := dev.ReadValidated(bufs, sizes, valid, Headroom)
+				if err != nil || i == 100 {
+					if n != 0 {
+						err = errors.Join(err, errors.New("packets returned"))
+					}
+					got <- err
+					return
+				}
+			}
+		}()
+		time.Sleep(50 * time.Millisecond) // usually blocked by now; either way it must return
+		if err := dev.InterruptRead(); err != nil {
+			t.Errorf("offload=%v: InterruptRead: %v", offload, err)
+			return
+		}
+		select {
+		case err := <-got:
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("offload=%v: interrupted Read returned %v, want os.ErrDeadlineExceeded", offload, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("offload=%v: InterruptRead did not wake the blocked Read", offload)
+			dev.Close()
+			<-got
+			return
+		}
+		if offload && testenv.ResidentPagesOf(t, dev.readBuf) != 0 {
+			t.Errorf("%d pages of the read buffer resident after the interrupted read", testenv.ResidentPagesOf(t, dev.readBuf))
+		}
+
+		// A datagram waiting, then an interrupt: the next Read
+		// returns nothing, and the datagram comes after.
+		sock.Write([]byte("kept"))
+		if err := dev.InterruptRead(); err != nil {
+			t.Errorf("InterruptRead: %v", err)
+			return
+		}
+		if n, err := dev.ReadValidated(bufs, sizes, valid, Headroom); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("offload=%v: Read after InterruptRead: %d packets, %v; want none and os.ErrDeadlineExceeded", offload, n, err)
+		}
+		if err := read("kept"); err != nil {
+			t.Errorf("offload=%v: the datagram queued before the interrupt: %v", offload, err)
+		}
+
+		// The same through ReadWhole, which the stack's reader uses
+		// with offload: the interrupted read clears the deadline, so
+		// the next one waits for and returns the datagram (a deadline
+		// left in the past would fail every read at once).
+		sock.Write([]byte("whole"))
+		if err := dev.InterruptRead(); err != nil {
+			t.Errorf("InterruptRead: %v", err)
+			return
+		}
+		big := make([]byte, WholeReadSize)
+		if n, _, _, err := dev.ReadWhole(big, bufs, sizes, valid, Headroom); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("offload=%v: ReadWhole after InterruptRead: %d packets, %v; want none and os.ErrDeadlineExceeded", offload, n, err)
+		}
+		for i := 0; ; i++ {
+			n, _, _, err := dev.ReadWhole(big, bufs, sizes, valid, Headroom)
+			if err != nil {
+				t.Errorf("offload=%v: ReadWhole after the interrupted one: %v", offload, err)
+				break
+			}
+			if j := slices.IndexFunc(sizes[:n], func(sz int) bool { return sz >= 33 }); j >= 0 && string(bufs[j][Headroom+28:Headroom+sizes[j]]) == "whole" {
+				break
+			}
+			if i == 100 {
+				t.Errorf("offload=%v: the datagram queued before the interrupt never came through ReadWhole", offload)
+				break
+			}
+		}
+	})
 }
 
 // TestWriteGSOVec: a packet handed to WriteGSOVec in pieces (virtio
@@ -633,95 +617,93 @@ func TestWriteGSOVec(t *testing.T) {
 // at least one. Without the header it cannot tell, and says so.
 func TestReadWaits(t *testing.T) {
 	testenv.NeedRoot(t, "a TUN device in a fresh network namespace")
+	eachUDPDevice(t, "tswait0", func(dev *Device, sock net.Conn, offload bool) {
+		if _, ok := dev.ReadWaits(); ok != offload {
+			t.Errorf("offload=%v: ReadWaits says it counts: %v", offload, ok)
+			return
+		}
+		if !offload {
+			return
+		}
+		bufs, sizes, valid := newBufs(max(dev.BatchSize(), 1), 65535)
+		// readUntil reads until a datagram with payload want comes
+		// out (stray packets, such as the kernel's IPv6 router
+		// solicitations, may come first).
+		readUntil := func(want string) error {
+			for {
+				n, err := dev.ReadValidated(bufs, sizes, valid, Headroom)
+				if err != nil {
+					return err
+				}
+				for j := range n {
+					pkt := bufs[j][Headroom : Headroom+sizes[j]]
+					if len(pkt) >= 28 && pkt[0]>>4 == 4 && pkt[9] == unix.IPPROTO_UDP && string(pkt[28:]) == want {
+						return nil
+					}
+				}
+			}
+		}
+		// Queued before the reads: none of them waits.
+		sock.Write([]byte("queued"))
+		before, _ := dev.ReadWaits()
+		if err := readUntil("queued"); err != nil {
+			t.Errorf("read: %v", err)
+			return
+		}
+		if after, _ := dev.ReadWaits(); after != before {
+			t.Errorf("reading a queued datagram counted %d waits, want none", after-before)
+		}
+		// Sent once a read waits for it.
+		got := make(chan error, 1)
+		go func() { got <- readUntil("later") }()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if w, _ := dev.ReadWaits(); w > before {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("a read with nothing queued counted no wait in 10 s")
+				dev.Close()
+				<-got
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+		sock.Write([]byte("later"))
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Errorf("read: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Errorf("the waiting read did not get the datagram")
+			dev.Close()
+			<-got
+		}
+	})
+}
+
+// eachUDPDevice runs fn twice, with offload and without, each time in a
+// fresh namespace with TUN name open there (10.9.0.1/24, MTU 1500) and a
+// UDP socket sending through it to 10.9.0.2:9; it closes both after fn.
+// A device or socket that cannot be opened is reported and fn not run.
+func eachUDPDevice(t *testing.T, name string, fn func(dev *Device, sock net.Conn, offload bool)) {
+	t.Helper()
 	for _, offload := range []bool{true, false} {
-		inNetns(t, func(nl *netlink.Handle) {
-			dev, sock, ok := openUDPDevice(t, "tswait0", offload)
-			if !ok {
+		inNetns(t, func(*netlink.Handle) {
+			dev, err := Open(context.Background(), Config{Name: name, FD: NoFD, Addrs: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")}, MTU: 1500, Offload: offload})
+			if err != nil {
+				t.Errorf("offload=%v: Open: %v", offload, err)
 				return
 			}
 			defer dev.Close()
+			sock, err := net.Dial("udp", "10.9.0.2:9")
+			if err != nil {
+				t.Errorf("offload=%v: dial: %v", offload, err)
+				return
+			}
 			defer sock.Close()
-			if _, ok := dev.ReadWaits(); ok != offload {
-				t.Errorf("offload=%v: ReadWaits says it counts: %v", offload, ok)
-				return
-			}
-			if !offload {
-				return
-			}
-			bufs, sizes, valid := newBufs(max(dev.BatchSize(), 1), 65535)
-			// readUntil reads until a datagram with payload want comes
-			// out (stray packets, such as the kernel's IPv6 router
-			// solicitations, may come first).
-			readUntil := func(want string) error {
-				for {
-					n, err := dev.ReadValidated(bufs, sizes, valid, Headroom)
-					if err != nil {
-						return err
-					}
-					for j := range n {
-						pkt := bufs[j][Headroom : Headroom+sizes[j]]
-						if len(pkt) >= 28 && pkt[0]>>4 == 4 && pkt[9] == unix.IPPROTO_UDP && string(pkt[28:]) == want {
-							return nil
-						}
-					}
-				}
-			}
-			// Queued before the reads: none of them waits.
-			sock.Write([]byte("queued"))
-			before, _ := dev.ReadWaits()
-			if err := readUntil("queued"); err != nil {
-				t.Errorf("read: %v", err)
-				return
-			}
-			if after, _ := dev.ReadWaits(); after != before {
-				t.Errorf("reading a queued datagram counted %d waits, want none", after-before)
-			}
-			// Sent once a read waits for it.
-			got := make(chan error, 1)
-			go func() { got <- readUntil("later") }()
-			deadline := time.Now().Add(10 * time.Second)
-			for {
-				if w, _ := dev.ReadWaits(); w > before {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Errorf("a read with nothing queued counted no wait in 10 s")
-					dev.Close()
-					<-got
-					return
-				}
-				time.Sleep(time.Millisecond)
-			}
-			sock.Write([]byte("later"))
-			select {
-			case err := <-got:
-				if err != nil {
-					t.Errorf("read: %v", err)
-				}
-			case <-time.After(10 * time.Second):
-				t.Errorf("the waiting read did not get the datagram")
-				dev.Close()
-				<-got
-			}
+			fn(dev, sock, offload)
 		})
 	}
-}
-
-// openUDPDevice opens TUN name (10.9.0.1/24, MTU 1500, offload as given)
-// in the test's namespace and a UDP socket sending through it to
-// 10.9.0.2:9; on failure it reports the error and returns false. The
-// caller closes both.
-func openUDPDevice(t *testing.T, name string, offload bool) (*Device, net.Conn, bool) {
-	dev, err := Open(context.Background(), Config{Name: name, FD: NoFD, Addrs: []netip.Prefix{netip.MustParsePrefix("10.9.0.1/24")}, MTU: 1500, Offload: offload})
-	if err != nil {
-		t.Errorf("Open: %v", err)
-		return nil, nil, false
-	}
-	sock, err := net.Dial("udp", "10.9.0.2:9")
-	if err != nil {
-		dev.Close()
-		t.Errorf("dial: %v", err)
-		return nil, nil, false
-	}
-	return dev, sock, true
 }
