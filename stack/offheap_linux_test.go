@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"testing"
+	"time"
 
 	"github.com/tunsocks/tunsocks/tun/tuntest"
 )
@@ -40,6 +41,11 @@ func TestLinkWriterBuffersOffHeap(t *testing.T) {
 		if _, err := peer.Next(t.Context()); err != nil {
 			t.Fatalf("packet %d: %v", i+1, err)
 		}
+	}
+	// The peer may see the packets before the writer counts them.
+	deadline := time.Now().Add(10 * time.Second)
+	for e.pktsOut.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
 	}
 	if n := e.pktsOut.Load(); n != 2 {
 		t.Fatalf("the writer wrote %d packets, want 2", n)
