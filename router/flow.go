@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/tunsocks/tunsocks/internal/relay"
@@ -353,7 +354,12 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		return
 	}
 	r.stats.UDPOpen.Add(1)
-	defer r.stats.UDPOpen.Add(-1)
+	detached := false // the flow outlives this call (relayUDPAsync)
+	defer func() {
+		if !detached {
+			r.stats.UDPOpen.Add(-1)
+		}
+	}()
 
 	in := inb.tag(f.Src())
 	bp := relay.PacketBuf()
@@ -386,7 +392,11 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		// ordinary flow, with this datagram as its first.
 	}
 	s := &udpSession{r: r, f: f, in: in, e: e, closed: make(chan struct{}), ready: make(chan struct{})}
-	defer s.releaseHeld()
+	defer func() {
+		if !detached {
+			s.releaseHeld()
+		}
+	}()
 	var pending []pendingDatagram
 	if r.cfg.Sniff != nil && !r.isDNS(dst) {
 		if m, _ := r.metadata("udp", in, f.Src(), ipAddr(dst), r.reverse); r.wantSniff(m) {
@@ -429,6 +439,10 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	idle := r.cfg.UDPIdle
 	if rec.Dst.Port() == 53 {
 		idle = r.cfg.DNSIdle
+	}
+	if r.relayUDPAsync(ctx, s, &rec, idle) {
+		detached = true
+		return
 	}
 	up := func(p []byte) (int, error) {
 		n, dst, err := f.ReadFrom(p)
@@ -481,6 +495,121 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		rec.Err = err
 	}
 	r.finishEntry(e, &rec)
+}
+
+// notifiedFlow is implemented by flows that can say when a datagram is
+// queued instead of a goroutine waiting for it, and let the handler
+// return before they end (stack.UDPFlow).
+type notifiedFlow interface {
+	TryReadFrom(p []byte) (n int, dst netip.AddrPort, ok bool, err error)
+	NotifyRead(fn func())
+	Detach() (done func())
+}
+
+// polledPacketConn is implemented by PacketConns on a kernel UDP socket
+// that the router's Poller can watch while the flow idles (DIRECT, a
+// SOCKS association).
+type polledPacketConn interface {
+	SyscallConn() (syscall.RawConn, error)
+	// TryRecv is Recv that does not wait: ok is false when no datagram
+	// waits.
+	TryRecv(p []byte) (n int, from socks.Addr, ok bool, err error)
+}
+
+// relayUDPAsync relays s's flow with no goroutine while it idles
+// (relay.PacketsAsync): the flow says when the app sent a datagram, the
+// Poller when the session's socket has a reply, and each direction runs
+// on a goroutine, with a buffer, only until it is drained. The handler
+// detaches from the flow and returns; the flow's end (its record, the
+// table, the holds) runs from the relay's last direction. False when it
+// cannot (no Poller, a flow or session that cannot say when it is
+// readable): nothing was started.
+//
+// What an idle flow holds is kept small: no context of its own (the
+// stack closing the flow, ShedIdle and the idle timer end it), and no
+// goroutine.
+func (r *Router) relayUDPAsync(ctx context.Context, s *udpSession, rec *FlowRecord, idle time.Duration) bool {
+	if r.cfg.Poller == nil {
+		return false
+	}
+	nf, ok := s.f.(notifiedFlow)
+	if !ok {
+		return false
+	}
+	ppc, ok := s.session().(polledPacketConn)
+	if !ok {
+		return false
+	}
+	rc, err := ppc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	e := s.e
+	a := &udpAsync{s: s, rec: *rec}
+	a.lf.clock = &s.activity
+	a.lf.stop = s.closeAll
+	s.activity.Store(time.Now().UnixNano())
+	e.live.Store(&a.lf)
+	a.done = nf.Detach()
+	sides := relay.ParkedPackets{UpNotify: nf.NotifyRead, DownConn: rc}
+	if cn, ok := ppc.(relay.CloseNotifier); ok {
+		sides.DownClosed = cn.NotifyClose
+	}
+	up := func(p []byte) (int, bool, error) {
+		n, dst, ok, err := nf.TryReadFrom(p)
+		if err != nil || !ok {
+			return 0, ok, err
+		}
+		if res := s.route(ctx, p[:n], dst); !res.sent {
+			return 0, true, nil
+		}
+		return n, true, nil
+	}
+	down := func(p []byte) (int, bool, error) {
+		n, from, ok, err := ppc.TryRecv(p)
+		if err != nil || !ok {
+			return 0, ok, err
+		}
+		src, ok := s.peers.source(from)
+		if !ok {
+			return 0, true, nil
+		}
+		if _, err := s.f.WriteTo(p[:n], src); err != nil {
+			return 0, true, err
+		}
+		return n, true, nil
+	}
+	opts := relay.PacketOptions{Idle: idle, Up: e.upC, Down: e.downC, Activity: &s.activity, Poller: r.cfg.Poller}
+	if relay.PacketsAsync(context.WithoutCancel(ctx), opts, sides, up, down, s.closeAll, a.end) {
+		return true
+	}
+	// Not started (not on this system): nothing to undo but the detach.
+	e.live.Store(nil)
+	a.done()
+	return false
+}
+
+// udpAsync is what a flow relayed by relayUDPAsync holds for its end.
+type udpAsync struct {
+	s    *udpSession
+	rec  FlowRecord
+	lf   liveFlow
+	done func()
+}
+
+// end finishes the flow once the relay has ended, as handleUDP does.
+func (a *udpAsync) end(_, _ int64, err error) {
+	s := a.s
+	r := s.r
+	s.extraWG.Wait()
+	r.untrack(s.e, &a.lf, &a.rec)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		a.rec.Err = err
+	}
+	r.finishEntry(s.e, &a.rec)
+	s.releaseHeld()
+	r.stats.UDPOpen.Add(-1)
+	a.done()
 }
 
 // serveDNSDatagrams answers the query q (n bytes of buf, sent to dst) and

@@ -48,6 +48,9 @@ type PacketOptions struct {
 	// (time.UnixNano). Callers that move datagrams outside the two pumps
 	// store time.Now().UnixNano() in it, so the idle timer counts them.
 	Activity *atomic.Int64
+	// Poller lets PacketsAsync park the down direction while its socket
+	// has nothing to read; Packets ignores it.
+	Poller *Poller
 }
 
 // Packets runs up and down until either fails, the relay is idle for
