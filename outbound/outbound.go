@@ -141,6 +141,10 @@ func (p *directPacket) Close() error { return p.pc.Close() }
 // Poller to watch while the flow idles.
 func (p *directPacket) SyscallConn() (syscall.RawConn, error) { return p.pc.SyscallConn() }
 
+// SetReadDeadline sets the socket's read deadline (for WaitRead; Recv's
+// and TryRecv's callers do not set one).
+func (p *directPacket) SetReadDeadline(t time.Time) error { return p.pc.SetReadDeadline(t) }
+
 // TryRecv is Recv that does not wait: ok is false when no datagram waits.
 func (p *directPacket) TryRecv(b []byte) (int, socks.Addr, bool, error) {
 	if p.rc == nil {
@@ -239,6 +243,9 @@ func (p *socksPacket) SyscallConn() (syscall.RawConn, error) { return p.pc.Sysca
 func (p *socksPacket) TryRecv(b []byte) (int, socks.Addr, bool, error) {
 	return p.pc.TryReadFrom(b)
 }
+
+// SetReadDeadline sets the association's read deadline.
+func (p *socksPacket) SetReadDeadline(t time.Time) error { return p.pc.SetReadDeadline(t) }
 
 // NotifyClose calls fn once the association has ended (see
 // socksclient.UDPConn.NotifyEnd).

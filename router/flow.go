@@ -503,6 +503,7 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 type notifiedFlow interface {
 	TryReadFrom(p []byte) (n int, dst netip.AddrPort, ok bool, err error)
 	NotifyRead(fn func())
+	WaitRead() error
 	Detach() (done func())
 }
 
@@ -512,8 +513,9 @@ type notifiedFlow interface {
 type polledPacketConn interface {
 	SyscallConn() (syscall.RawConn, error)
 	// TryRecv is Recv that does not wait: ok is false when no datagram
-	// waits.
+	// waits. The read deadline does not apply to it.
 	TryRecv(p []byte) (n int, from socks.Addr, ok bool, err error)
+	SetReadDeadline(t time.Time) error
 }
 
 // relayUDPAsync relays s's flow with no goroutine while it idles
@@ -551,7 +553,8 @@ func (r *Router) relayUDPAsync(ctx context.Context, s *udpSession, rec *FlowReco
 	s.activity.Store(time.Now().UnixNano())
 	e.live.Store(&a.lf)
 	a.done = nf.Detach()
-	sides := relay.ParkedPackets{UpNotify: nf.NotifyRead, DownConn: rc}
+	sides := relay.ParkedPackets{UpNotify: nf.NotifyRead, DownConn: rc,
+		UpWait: nf.WaitRead, UpDeadline: s.f.SetReadDeadline, DownDeadline: ppc.SetReadDeadline}
 	if cn, ok := ppc.(relay.CloseNotifier); ok {
 		sides.DownClosed = cn.NotifyClose
 	}

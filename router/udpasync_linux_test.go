@@ -39,6 +39,7 @@ func (p *kernelPC) Recv(b []byte) (int, socks.Addr, error) {
 	return n, p.as, err
 }
 func (p *kernelPC) Close() error                          { return p.c.Close() }
+func (p *kernelPC) SetReadDeadline(t time.Time) error     { return p.c.SetReadDeadline(t) }
 func (p *kernelPC) SyscallConn() (syscall.RawConn, error) { return p.c.SyscallConn() }
 func (p *kernelPC) TryRecv(b []byte) (int, socks.Addr, bool, error) {
 	rc, err := p.c.SyscallConn()
@@ -66,6 +67,7 @@ func (p *socksPC) Recv(b []byte) (int, socks.Addr, error) {
 	return n, p.as, err
 }
 func (p *socksPC) Close() error                          { return p.u.Close() }
+func (p *socksPC) SetReadDeadline(t time.Time) error     { return p.u.SetReadDeadline(t) }
 func (p *socksPC) SyscallConn() (syscall.RawConn, error) { return p.u.SyscallConn() }
 func (p *socksPC) TryRecv(b []byte) (int, socks.Addr, bool, error) {
 	n, _, ok, err := p.u.TryReadFrom(b)

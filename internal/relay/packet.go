@@ -51,6 +51,12 @@ type PacketOptions struct {
 	// Poller lets PacketsAsync park the down direction while its socket
 	// has nothing to read; Packets ignores it.
 	Poller *Poller
+	// ParkAfter is how long a PacketsAsync direction waits on its
+	// goroutine after the relay's last datagram either way before it
+	// parks (when its side can wait with a deadline, see
+	// ParkedPackets.UpWait); while datagrams flow it never parks.
+	// Default 500 ms.
+	ParkAfter time.Duration
 }
 
 // Packets runs up and down until either fails, the relay is idle for

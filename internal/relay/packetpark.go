@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -32,7 +34,21 @@ type ParkedPackets struct {
 	// as a SOCKS association that ended: the down side then resumes and
 	// its pump fails.
 	DownClosed func(fn func())
+
+	// UpWait and UpDeadline, when both are set, let the up direction
+	// wait for its next datagram on its goroutine for ParkAfter after
+	// its last datagram either way before it parks (see
+	// PacketOptions.ParkAfter): UpWait blocks until a datagram is
+	// queued, the side ends, or the deadline UpDeadline set passes
+	// (then an error wrapping os.ErrDeadlineExceeded). DownDeadline is
+	// the down socket's read deadline, for the same on the down side.
+	UpWait       func() error
+	UpDeadline   func(time.Time) error
+	DownDeadline func(time.Time) error
 }
+
+// defaultPacketParkAfter is PacketOptions.ParkAfter's default.
+const defaultPacketParkAfter = 100 * time.Millisecond
 
 // PacketsAsync starts what Packets does, and returns at once, true, when
 // opts has a Poller: no goroutine waits while the relay is idle. The up
@@ -46,15 +62,21 @@ func PacketsAsync(ctx context.Context, opts PacketOptions, sides ParkedPackets, 
 	if opts.Poller == nil || !canReadKernel || sides.UpNotify == nil || sides.DownConn == nil {
 		return false
 	}
-	r := &parkedRelay{closeAll: closeAll, done: done, idle: opts.Idle}
+	r := &parkedRelay{closeAll: closeAll, done: done, idle: opts.Idle, parkAfter: opts.ParkAfter}
+	if r.parkAfter <= 0 {
+		r.parkAfter = defaultPacketParkAfter
+	}
 	r.last = opts.Activity
 	if r.last == nil {
 		r.last = &r.own
 	}
 	r.left.Store(2)
 	r.up = parkedUp{r: r, pump: up, notify: sides.UpNotify, count: opts.Up}
+	if sides.UpWait != nil && sides.UpDeadline != nil {
+		r.up.wait, r.up.deadline = sides.UpWait, sides.UpDeadline
+	}
 	r.up.wakeFn = r.up.wake
-	r.down = parkedDown{r: r, pump: down, rc: sides.DownConn, poller: opts.Poller, count: opts.Down}
+	r.down = parkedDown{r: r, pump: down, rc: sides.DownConn, poller: opts.Poller, count: opts.Down, deadline: sides.DownDeadline}
 	r.down.wakeFn = r.down.wake
 	r.last.Store(time.Now().UnixNano())
 	if opts.Idle > 0 {
@@ -78,15 +100,16 @@ func PacketsAsync(ctx context.Context, opts PacketOptions, sides ParkedPackets, 
 // parkedRelay is one PacketsAsync relay: what an idle UDP flow keeps of
 // it, both directions in one allocation.
 type parkedRelay struct {
-	closeAll func()
-	done     func(up, down int64, err error)
-	idle     time.Duration
-	last     *atomic.Int64
-	own      atomic.Int64
-	stopCtx  func() bool
-	closed   atomic.Bool
-	once     sync.Once
-	left     atomic.Int32
+	closeAll  func()
+	done      func(up, down int64, err error)
+	idle      time.Duration
+	parkAfter time.Duration
+	last      *atomic.Int64
+	own       atomic.Int64
+	stopCtx   func() bool
+	closed    atomic.Bool
+	once      sync.Once
+	left      atomic.Int32
 
 	mu     sync.Mutex
 	reason error
@@ -120,6 +143,40 @@ func (r *parkedRelay) checkIdle() {
 		r.timer.Reset(r.idle - since)
 	}
 	r.mu.Unlock()
+}
+
+// linger waits on a direction's goroutine for its next datagram while
+// the relay has moved one either way within parkAfter: true when there
+// may be one to read now (or the side ended: the pump says), false when
+// the direction should park. wait blocks until a datagram waits or the
+// deadline set with setDeadline passes; *armed says a deadline is set.
+// A direction that moves datagrams often so never parks: each park and
+// wake costs a goroutine start, and the Poller's a system call more and
+// a wakeup of its own thread.
+func (r *parkedRelay) linger(wait func() error, setDeadline func(time.Time) error, armed *bool) bool {
+	for !r.closed.Load() {
+		quiet := time.Since(time.Unix(0, r.last.Load()))
+		if quiet >= r.parkAfter {
+			break
+		}
+		if !*armed {
+			// Set once per run and renewed only when it passes.
+			if setDeadline(time.Now().Add(r.parkAfter-quiet)) != nil {
+				break
+			}
+			*armed = true
+		}
+		err := wait()
+		if err == nil || !errors.Is(err, os.ErrDeadlineExceeded) {
+			return true
+		}
+		*armed = false
+	}
+	if *armed {
+		setDeadline(time.Time{})
+		*armed = false
+	}
+	return r.closed.Load()
 }
 
 // moved counts n bytes a direction forwarded.
@@ -157,12 +214,14 @@ func (r *parkedRelay) halfDone(err error) {
 // parkedUp is the up direction: it runs from the up side's notification
 // until the side is drained.
 type parkedUp struct {
-	r      *parkedRelay
-	pump   TryPump
-	notify func(fn func())
-	count  Counter
-	total  int64  // touched by one run at a time
-	wakeFn func() // wake, made once
+	r        *parkedRelay
+	pump     TryPump
+	notify   func(fn func())
+	wait     func() error          // ParkedPackets.UpWait, or nil
+	deadline func(time.Time) error // ParkedPackets.UpDeadline
+	count    Counter
+	total    int64  // touched by one run at a time
+	wakeFn   func() // wake, made once
 }
 
 // wake is the up side's notification; it runs on the side's goroutine
@@ -173,35 +232,46 @@ func (u *parkedUp) run() {
 	// A run starts on a new goroutine at each wake and goes deep at once
 	// (the rules, the outbound's send): grow its stack in one step.
 	growstack.Grow()
-	bp := PacketBuf()
+	var bp *[]byte
+	armed := false
 	for {
+		if bp == nil {
+			bp = PacketBuf()
+		}
 		n, ok, err := u.pump(*bp)
 		if err != nil {
 			PutPacketBuf(bp)
 			u.r.halfDone(err)
 			return
 		}
-		if !ok {
-			// Drained: park. The next run may start at once, on
-			// another goroutine; this one touches nothing of u after.
-			PutPacketBuf(bp)
-			u.notify(u.wakeFn)
-			return
+		if ok {
+			u.r.moved(n, &u.total, u.count)
+			continue
 		}
-		u.r.moved(n, &u.total, u.count)
+		// Drained: the buffer goes back while the direction waits.
+		PutPacketBuf(bp)
+		bp = nil
+		if u.wait != nil && u.r.linger(u.wait, u.deadline, &armed) {
+			continue
+		}
+		// Park. The next run may start at once, on another
+		// goroutine; this one touches nothing of u after.
+		u.notify(u.wakeFn)
+		return
 	}
 }
 
 // parkedDown is the down direction: it runs from the Poller's
 // notification that its socket is readable until it is drained.
 type parkedDown struct {
-	r      *parkedRelay
-	pump   TryPump
-	rc     syscall.RawConn
-	poller *Poller
-	count  Counter
-	total  int64        // touched by one run at a time
-	wakeFn func(uint64) // wake, made once
+	r        *parkedRelay
+	pump     TryPump
+	rc       syscall.RawConn
+	poller   *Poller
+	count    Counter
+	deadline func(time.Time) error // ParkedPackets.DownDeadline, or nil
+	total    int64                 // touched by one run at a time
+	wakeFn   func(uint64)          // wake, made once
 
 	mu     sync.Mutex
 	parkID uint64 // the Poller registration while parked, 0 otherwise
@@ -209,6 +279,7 @@ type parkedDown struct {
 
 func (d *parkedDown) run() {
 	var bp *[]byte
+	armed := false
 	for {
 		if bp == nil {
 			bp = PacketBuf()
@@ -225,6 +296,9 @@ func (d *parkedDown) run() {
 		}
 		PutPacketBuf(bp)
 		bp = nil
+		if d.deadline != nil && d.r.linger(d.waitReadable, d.deadline, &armed) {
+			continue
+		}
 		if d.park() {
 			return
 		}
@@ -234,6 +308,8 @@ func (d *parkedDown) run() {
 		_ = WaitReadable(d.rc)
 	}
 }
+
+func (d *parkedDown) waitReadable() error { return WaitReadable(d.rc) }
 
 // park registers d on the Poller; false when it cannot (the relay or the
 // Poller closed, or the socket is closed), and the caller waits on.

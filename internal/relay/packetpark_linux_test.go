@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -109,7 +110,12 @@ func startAsync(t *testing.T, ctx context.Context, p *Poller, opts PacketOptions
 	}
 	a := &asyncPair{q: &notifyQueue{}, up: up, remote: remote, toApp: make(chan []byte, 64), ended: make(chan [3]any, 1)}
 	var closedFn atomic.Pointer[func()]
-	sides := ParkedPackets{UpNotify: a.q.NotifyRead, DownConn: rc}
+	// The down side waits (WaitReadable, under its read deadline) for
+	// ParkAfter after the last datagram, then parks.
+	sides := ParkedPackets{UpNotify: a.q.NotifyRead, DownConn: rc, DownDeadline: up.SetReadDeadline}
+	if opts.ParkAfter == 0 {
+		opts.ParkAfter = 100 * time.Millisecond
+	}
 	if notifyClose {
 		sides.DownClosed = func(fn func()) { closedFn.Store(&fn) }
 	}
@@ -263,5 +269,40 @@ func TestPacketsAsyncEnds(t *testing.T) {
 	a.closedOutside()
 	if r := waitEnd(a); !errors.Is(r[2].(error), net.ErrClosed) {
 		t.Errorf("relay whose upstream was closed ended with %v, want net.ErrClosed", r[2])
+	}
+}
+
+// RecvNow reads a waiting datagram even past the socket's read deadline
+// (a parked relay direction's wait sets one, and its reads must not fail
+// because it passed), says when none waits, and fails once the socket is
+// closed.
+func TestRecvNow(t *testing.T) {
+	a, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := net.DialUDP("udp4", nil, a.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	rc, _ := a.SyscallConn()
+	buf := make([]byte, 100)
+	if n, _, ok, err := RecvNow(rc, buf); ok || err != nil || n != 0 {
+		t.Fatalf("RecvNow with nothing waiting = %d, %v, %v", n, ok, err)
+	}
+	b.Write([]byte("late"))
+	a.SetReadDeadline(time.Now().Add(-time.Second))
+	if err := WaitReadable(rc); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("WaitReadable past the deadline: %v", err)
+	}
+	n, from, ok, err := RecvNow(rc, buf)
+	if !ok || err != nil || string(buf[:n]) != "late" || from != b.LocalAddr().(*net.UDPAddr).AddrPort() {
+		t.Fatalf("RecvNow past the deadline = %q from %v, %v, %v; want \"late\" from %v", buf[:n], from, ok, err, b.LocalAddr())
+	}
+	a.Close()
+	if _, _, _, err := RecvNow(rc, buf); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("RecvNow after Close: %v, want net.ErrClosed", err)
 	}
 }

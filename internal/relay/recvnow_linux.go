@@ -18,10 +18,12 @@ import (
 // whose peer sent an ICMP port unreachable), as a read would.
 //
 // The system call is made without telling the scheduler (see sysRead):
-// it never blocks.
+// it never blocks. The socket's read deadline does not apply (the
+// descriptor is used through rc.Control): a caller may set one for its
+// waits (WaitReadable) between reads.
 func RecvNow(rc syscall.RawConn, p []byte) (n int, from netip.AddrPort, ok bool, err error) {
 	var errno syscall.Errno
-	cerr := rc.Read(func(fd uintptr) bool {
+	cerr := rc.Control(func(fd uintptr) {
 		var rsa syscall.RawSockaddrAny
 		salen := uint32(unsafe.Sizeof(rsa))
 		var bp unsafe.Pointer
@@ -33,11 +35,10 @@ func RecvNow(rc syscall.RawConn, p []byte) (n int, from netip.AddrPort, ok bool,
 		runtime.KeepAlive(p)
 		if e != 0 {
 			errno = e
-			return true
+			return
 		}
 		n = int(r)
 		from = addrPortOf(&rsa)
-		return true
 	})
 	switch {
 	case cerr != nil:
