@@ -128,7 +128,8 @@ func udpFlowGoroutines() int {
 		// the router's.
 		return strings.Contains(g, "router.(*Router).handleUDP") || strings.Contains(g, "router.(*udpSession)") ||
 			strings.Contains(g, "router.(*Router).relayUDPAsync") || strings.Contains(g, "relay.(*parkedUp).run") ||
-			strings.Contains(g, "relay.(*parkedDown).run") || strings.Contains(g, "socksclient.(*UDPConn).watch")
+			strings.Contains(g, "relay.(*parkedDown).run") || strings.Contains(g, "socksclient.(*UDPConn).watch") ||
+			strings.Contains(g, "router.(*dnsFlow)")
 	})
 }
 
@@ -375,4 +376,101 @@ func benchUDPFlowEcho(b *testing.B, async bool, burst int) {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 	cpu := time.Duration(ru1.Utime.Nano()-ru0.Utime.Nano()+ru1.Stime.Nano()-ru0.Stime.Nano()) * time.Nanosecond
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+}
+
+// TestUDPDNSFlowParks: a flow that asks the intercepted DNS address holds
+// no goroutine between queries (before: its handler waited in
+// serveDNSDatagrams for DNSIdle), answers each query, goes on as an
+// ordinary flow when it sends elsewhere (still answering DNS), and a
+// DNS-only flow ends after DNSIdle with its record.
+func TestUDPDNSFlowParks(t *testing.T) {
+	pl, err := relay.NewPoller()
+	if err != nil {
+		t.Fatalf("no relay poller: %v", err)
+	}
+	defer pl.Close()
+	echoDst := netip.MustParseAddrPort("203.0.113.7:7")
+	dnsDst := netip.MustParseAddrPort("198.18.0.2:53")
+	out := udpEchoOutbound(t, "direct", echoDst, pl)
+	setup := func(dnsIdle time.Duration) (*Router, *stack.Stack, chan FlowRecord, net.PacketConn) {
+		flows := make(chan FlowRecord, 8)
+		r, st, app := routerStack(t, Config{Decide: Static(out), Poller: pl, DNS: fakeDNS{}, DNSIdle: dnsIdle, UDPIdle: time.Minute,
+			OnFlow: func(rec FlowRecord) { flows <- rec }}, nil)
+		c, err := app.ListenUDP(netip.MustParseAddrPort("10.0.0.2:23000"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return r, st, flows, c
+	}
+	ask := func(c net.PacketConn, q string) {
+		t.Helper()
+		if _, err := c.WriteTo([]byte(q), net.UDPAddrFromAddrPort(dnsDst)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 100)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, from, err := c.ReadFrom(buf)
+		if err != nil || string(buf[:n]) != "answer:"+q || from.(*net.UDPAddr).AddrPort() != dnsDst {
+			t.Fatalf("query %q: answer %q from %v, %v", q, buf[:n], from, err)
+		}
+	}
+	idle := func() {
+		t.Helper()
+		got := 0
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if got = udpFlowGoroutines(); got == 0 {
+				return
+			}
+		}
+		t.Fatalf("an idle flow holds %d goroutines, want none", got)
+	}
+
+	r, st, flows, c := setup(time.Minute)
+	ask(c, "q1")
+	idle()
+	ask(c, "q2")
+	idle()
+	if err := echoFlow(c, echoDst, []byte("elsewhere")); err != nil {
+		t.Fatal(err)
+	}
+	ask(c, "q3")
+	idle()
+	if err := echoFlow(c, echoDst, []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	if total := st.Stats().UDPTotal; total != 1 {
+		t.Fatalf("the stack made %d flows for one app socket", total)
+	}
+	if shed := r.ShedIdle(1); shed != 1 {
+		t.Fatalf("ShedIdle(1) closed %d flows, want the one", shed)
+	}
+	select {
+	case rec := <-flows:
+		up := int64(len("q1q2elsewhereq3again"))
+		down := int64(len("answer:q1answer:q2elsewhereanswer:q3again"))
+		if !errors.Is(rec.Err, ErrShed) || rec.Outbound != "DNS" || rec.Up != up || rec.Down != down {
+			t.Fatalf("record %+v, want shed, through DNS first, %d up, %d down", rec, up, down)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the shed flow never ended")
+	}
+
+	r, st, flows, c = setup(300 * time.Millisecond)
+	ask(c, "q1")
+	ask(c, "q2")
+	select {
+	case rec := <-flows:
+		if !errorsIsIdle(rec.Err) || rec.Outbound != "DNS" || rec.Up != 4 || rec.Down != 18 {
+			t.Fatalf("record %+v, want an idle timeout, through DNS, 4 up, 18 down", rec)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the DNS flow never timed out")
+	}
+	for deadline := time.Now().Add(10 * time.Second); r.Stats().UDPOpen.Load() != 0 || st.Stats().UDPOpen != 0 || len(r.Flows()) != 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the idle end: router UDPOpen %d, stack UDPOpen %d, %d flows in the table",
+				r.Stats().UDPOpen.Load(), st.Stats().UDPOpen, len(r.Flows()))
+		}
+	}
 }
