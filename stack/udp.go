@@ -49,6 +49,11 @@ import (
 //     flows' queues together Config.UDPQueueBytes of payload; the buffers
 //     come from a pool and go back as soon as the Handler has read them,
 //     so an idle flow holds no buffer at all.
+//   - Reading: the Handler may read on a goroutine (ReadFrom, WaitRead)
+//     or without one while the flow idles: NotifyRead calls back from
+//     the packet path once a datagram is queued, TryReadFrom never
+//     waits, and Detach lets the Handler return before the flow ends
+//     (the router's parked relay, relay.PacketsAsync).
 //   - Lifetime: the stack has no idle timer. The Handler closes flows it
 //     no longer needs (the router's idle timer), and the caps bound what
 //     it forgets.
