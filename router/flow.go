@@ -887,7 +887,10 @@ type replyPeers struct {
 	mu     sync.Mutex
 	byName map[socks.Addr]netip.AddrPort // name:port sent to -> the app's destination
 	byPort map[uint16]netip.AddrPort     // port -> the app's destination of the last name sent to on it
-	direct map[netip.AddrPort]struct{}   // addresses the app sent to as they are
+	direct map[netip.AddrPort]struct{}   // addresses the app sent to as they are, besides first
+	// first is the first address the app sent to as it is: most flows
+	// send to one, and a map of one costs a held flow ~400 bytes.
+	first netip.AddrPort
 }
 
 // maxReplyPeers bounds each map of a flow's replyPeers; a full map starts
@@ -899,6 +902,13 @@ func (p *replyPeers) sent(appDst netip.AddrPort, target socks.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if target.Name == "" {
+		if appDst == p.first {
+			return
+		}
+		if !p.first.IsValid() {
+			p.first = appDst
+			return
+		}
 		if _, ok := p.direct[appDst]; ok {
 			return
 		}
@@ -935,7 +945,7 @@ func (p *replyPeers) source(from socks.Addr) (netip.AddrPort, bool) {
 	if p.byPort == nil {
 		return ap, true
 	}
-	if _, ok := p.direct[ap]; ok {
+	if _, ok := p.direct[ap]; ok || ap == p.first {
 		return ap, true
 	}
 	if fake, ok := p.byPort[ap.Port()]; ok {
