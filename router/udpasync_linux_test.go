@@ -312,22 +312,27 @@ func TestUDPParkedFlowIdleAndEviction(t *testing.T) {
 // and the router to a loopback echo over a DIRECT-like socket: "sync" is
 // the relay with two goroutines per flow (no Poller), "async" the parked
 // one (relay.PacketsAsync). pingpong sends one datagram and waits for
-// its echo; burst sends 16 and then reads the 16 echoes. cpu-µs/op is the
-// process's CPU time (user + system, the app stack and the echo
-// included) per datagram echoed.
+// its echo; burst sends 16 and then reads the 16 echoes; sparse sends
+// one every 150 ms, so the async relay parks between them (-benchtime
+// 100x for it). cpu-µs/op is the process's CPU time (user + system, the
+// app stack and the echo included) per datagram echoed.
 //
-//	go test -run '^$' -bench UDPFlowEcho -benchtime 20000x ./router/
+//	go test -run '^$' -bench 'UDPFlowEcho/.*burst' -benchtime 20000x ./router/
+//	go test -run '^$' -bench 'UDPFlowEcho/.*sparse' -benchtime 100x ./router/
 func BenchmarkUDPFlowEcho(b *testing.B) {
 	for _, mode := range []string{"sync", "async"} {
 		for _, burst := range []int{1, 16} {
 			b.Run(fmt.Sprintf("%s-burst%d", mode, burst), func(b *testing.B) {
-				benchUDPFlowEcho(b, mode == "async", burst)
+				benchUDPFlowEcho(b, mode == "async", burst, 0)
 			})
 		}
+		b.Run(mode+"-sparse", func(b *testing.B) {
+			benchUDPFlowEcho(b, mode == "async", 1, 150*time.Millisecond)
+		})
 	}
 }
 
-func benchUDPFlowEcho(b *testing.B, async bool, burst int) {
+func benchUDPFlowEcho(b *testing.B, async bool, burst int, gap time.Duration) {
 	dst := netip.MustParseAddrPort("203.0.113.7:7")
 	echo := testenv.UDPEcho(b).LocalAddr().(*net.UDPAddr).AddrPort()
 	out := &fakeOutbound{name: "direct", listen: func() (PacketConn, error) {
@@ -338,12 +343,15 @@ func benchUDPFlowEcho(b *testing.B, async bool, burst int) {
 		return &kernelPC{c: c, to: echo, as: socks.AddrFromAddrPort(dst)}, nil
 	}}
 	cfg := Config{Decide: Static(out), UDPIdle: time.Minute}
+	// A Poller runs in both, as in tunsocks (the TCP relay's): its
+	// goroutine waiting in epoll_wait costs the process some CPU of its
+	// own while everything else is idle.
+	pl, err := relay.NewPoller()
+	if err != nil {
+		b.Skip(err)
+	}
+	b.Cleanup(func() { pl.Close() })
 	if async {
-		pl, err := relay.NewPoller()
-		if err != nil {
-			b.Skip(err)
-		}
-		b.Cleanup(func() { pl.Close() })
 		cfg.Poller = pl
 	}
 	_, _, app := routerStack(b, cfg, nil)
@@ -362,6 +370,9 @@ func benchUDPFlowEcho(b *testing.B, async bool, burst int) {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	b.ResetTimer()
 	for i := 0; i < b.N; i += burst {
+		if gap > 0 {
+			time.Sleep(gap)
+		}
 		for range burst {
 			c.WriteTo(p, to)
 		}
@@ -376,6 +387,7 @@ func benchUDPFlowEcho(b *testing.B, async bool, burst int) {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
 	cpu := time.Duration(ru1.Utime.Nano()-ru0.Utime.Nano()+ru1.Stime.Nano()-ru0.Stime.Nano()) * time.Nanosecond
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+
 }
 
 // TestUDPDNSFlowParks: a flow that asks the intercepted DNS address holds
