@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"syscall"
 	"time"
 
 	"github.com/tunsocks/tunsocks/httpconnect"
@@ -83,6 +84,7 @@ type directPacket struct {
 	pc    *net.UDPConn
 	res   *net.Resolver
 	names *lru.Cache[string, netip.Addr] // name -> address, for a minute at most
+	rc    syscall.RawConn                // pc's, made by TryRecv's first call (one reader at a time)
 }
 
 // WaitRead blocks until a reply waits, without reading it (the router
@@ -134,6 +136,30 @@ func (p *directPacket) Recv(b []byte) (int, socks.Addr, error) {
 }
 
 func (p *directPacket) Close() error { return p.pc.Close() }
+
+// SyscallConn returns the socket's raw connection, for the router's
+// Poller to watch while the flow idles.
+func (p *directPacket) SyscallConn() (syscall.RawConn, error) { return p.pc.SyscallConn() }
+
+// SetReadDeadline sets the socket's read deadline (for WaitRead; Recv's
+// and TryRecv's callers do not set one).
+func (p *directPacket) SetReadDeadline(t time.Time) error { return p.pc.SetReadDeadline(t) }
+
+// TryRecv is Recv that does not wait: ok is false when no datagram waits.
+func (p *directPacket) TryRecv(b []byte) (int, socks.Addr, bool, error) {
+	if p.rc == nil {
+		rc, err := p.pc.SyscallConn()
+		if err != nil {
+			return 0, socks.Addr{}, false, err
+		}
+		p.rc = rc
+	}
+	n, ap, ok, err := relay.RecvNow(p.rc, b)
+	if err != nil || !ok {
+		return 0, socks.Addr{}, false, err
+	}
+	return n, socks.AddrFromAddrPort(ap), true, nil
+}
 
 // Socks carries flows through a SOCKS upstream (or a chain ending in one).
 type Socks struct {
@@ -208,6 +234,22 @@ func (p *socksPacket) Close() error { return p.pc.Close() }
 // WaitRead blocks until a reply is waiting, without reading it (the router
 // takes a buffer only then).
 func (p *socksPacket) WaitRead() error { return p.pc.WaitRead() }
+
+// SyscallConn returns the association's UDP socket's raw connection, for
+// the router's Poller to watch while the flow idles.
+func (p *socksPacket) SyscallConn() (syscall.RawConn, error) { return p.pc.SyscallConn() }
+
+// TryRecv is Recv that does not wait: ok is false when no datagram waits.
+func (p *socksPacket) TryRecv(b []byte) (int, socks.Addr, bool, error) {
+	return p.pc.TryReadFrom(b)
+}
+
+// SetReadDeadline sets the association's read deadline.
+func (p *socksPacket) SetReadDeadline(t time.Time) error { return p.pc.SetReadDeadline(t) }
+
+// NotifyClose calls fn once the association has ended (see
+// socksclient.UDPConn.NotifyEnd).
+func (p *socksPacket) NotifyClose(fn func()) { p.pc.NotifyEnd(fn) }
 
 // HTTP carries TCP through an HTTP CONNECT proxy (or a chain ending in
 // one); it has no UDP.

@@ -108,26 +108,42 @@ func benchPipeline(b *testing.B, out Outbound, sniff bool) *stacktest.App {
 // the benchmark ends.
 func benchRouterStack(b *testing.B, cfg Config) *stacktest.App {
 	b.Helper()
+	_, _, app := routerStack(b, cfg, nil)
+	return app
+}
+
+// routerStack runs a router of cfg over a stack (its Config changed by
+// mod when not nil) over an in-memory TUN and returns them and the app
+// stack on the far side; all of it closes when the test ends.
+func routerStack(tb testing.TB, cfg Config, mod func(*stack.Config)) (*Router, *stack.Stack, *stacktest.App) {
+	tb.Helper()
 	r, err := New(cfg)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	dev, peer := tuntest.NewPipe(1500)
-	st, err := stack.New(ctx, stack.Config{Device: dev, Handler: r})
+	scfg := stack.Config{Device: dev, Handler: r}
+	if mod != nil {
+		mod(&scfg)
+	}
+	st, err := stack.New(ctx, scfg)
 	if err != nil {
-		b.Fatal(err)
+		cancel()
+		tb.Fatal(err)
 	}
 	app, err := stacktest.NewApp(peer, netip.MustParsePrefix("10.0.0.2/24"))
 	if err != nil {
-		b.Fatal(err)
+		st.Close()
+		cancel()
+		tb.Fatal(err)
 	}
-	b.Cleanup(func() {
+	tb.Cleanup(func() {
 		st.Close()
 		app.Close()
 		cancel()
 	})
-	return app
+	return r, st, app
 }
 
 // dialOutbound dials one loopback address whatever it is asked for.

@@ -130,3 +130,37 @@ func TestUDPReplyFromUnknownNameDropped(t *testing.T) {
 		t.Errorf("flow record counts %d bytes down for a dropped reply", rec.Down)
 	}
 }
+
+// replyPeers: replies from the addresses the app sent to as they are keep
+// their source (the first one, kept without a map, and later ones), a
+// reply on a port the app sent a name to comes from that name's fake IP,
+// one from the name itself too, and any other keeps its source.
+func TestReplyPeers(t *testing.T) {
+	var p replyPeers
+	a := netip.MustParseAddrPort("192.0.2.1:443")
+	b := netip.MustParseAddrPort("192.0.2.2:443")
+	fake := netip.MustParseAddrPort("198.18.0.5:443")
+	name := socks.Addr{Name: "example.com", Port: 443}
+	p.sent(a, socks.AddrFromAddrPort(a))
+	p.sent(a, socks.AddrFromAddrPort(a))
+	if p.direct != nil {
+		t.Fatalf("one address sent to as it is made a map: %v", p.direct)
+	}
+	p.sent(fake, name)
+	p.sent(b, socks.AddrFromAddrPort(b))
+	for from, want := range map[socks.Addr]netip.AddrPort{
+		socks.AddrFromAddrPort(a):         a,
+		socks.AddrFromAddrPort(b):         b,
+		name:                              fake,
+		{Name: "EXAMPLE.com.", Port: 443}: fake,
+		socks.AddrFromAddrPort(netip.MustParseAddrPort("203.0.113.9:443")): fake,
+		socks.AddrFromAddrPort(netip.MustParseAddrPort("203.0.113.9:80")):  netip.MustParseAddrPort("203.0.113.9:80"),
+	} {
+		if got, ok := p.source(from); !ok || got != want {
+			t.Errorf("source(%v) = %v, %v; want %v", from, got, ok, want)
+		}
+	}
+	if _, ok := p.source(socks.Addr{Name: "other.test", Port: 443}); ok {
+		t.Error("a reply from a name never sent to has a source")
+	}
+}

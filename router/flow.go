@@ -9,8 +9,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/growstack"
 	"github.com/tunsocks/tunsocks/internal/relay"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/sniff"
@@ -353,7 +355,6 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		return
 	}
 	r.stats.UDPOpen.Add(1)
-	defer r.stats.UDPOpen.Add(-1)
 
 	in := inb.tag(f.Src())
 	bp := relay.PacketBuf()
@@ -361,6 +362,7 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	if err != nil {
 		relay.PutPacketBuf(bp)
 		f.Close()
+		r.stats.UDPOpen.Add(-1)
 		return
 	}
 	rec := FlowRecord{Network: "udp", Src: f.Src(), Dst: dst, InType: in.typ, InName: in.name, InUser: in.user, Start: time.Now()}
@@ -374,19 +376,46 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		r.countFlow("udp", in, "DNS", Decision{Rule: "dns"})
 		e.info.Outbound, e.info.Rule, e.info.Target = "DNS", "dns", dst.String()
 		r.table.add(e)
+		if nf, ok := f.(notifiedFlow); ok {
+			r.parkDNS(ctx, in, f, nf, e, &rec, bp, n, dst)
+			return
+		}
 		var more bool
 		n, dst, more, rec.Err = r.serveDNSDatagrams(ctx, f, e, *bp, n, dst)
 		if !more {
 			relay.PutPacketBuf(bp)
 			f.Close()
 			r.finishEntry(e, &rec)
+			r.stats.UDPOpen.Add(-1)
 			return
 		}
 		// The socket sends elsewhere too: from here on it is an
 		// ordinary flow, with this datagram as its first.
 	}
+	r.serveUDP(ctx, in, f, e, &rec, bp, n, dst, nil)
+}
+
+// serveUDP relays a flow from its first datagram that is not DNS to an
+// intercepted address (n bytes of *bp, sent to dst; bp goes back to the
+// pool) to its end, and then drops UDPOpen. done, when not nil, is the
+// flow's Detach done (a parked DNS flow that went on, see parkDNS),
+// called once the flow has ended.
+func (r *Router) serveUDP(ctx context.Context, in flowIn, f udpFlow, e *flowEntry, rec *FlowRecord, bp *[]byte, n int, dst netip.AddrPort, done func()) {
+	detached := false // the flow outlives this call (relayUDPAsync)
+	defer func() {
+		if !detached {
+			r.stats.UDPOpen.Add(-1)
+			if done != nil {
+				done()
+			}
+		}
+	}()
 	s := &udpSession{r: r, f: f, in: in, e: e, closed: make(chan struct{}), ready: make(chan struct{})}
-	defer s.releaseHeld()
+	defer func() {
+		if !detached {
+			s.releaseHeld()
+		}
+	}()
 	var pending []pendingDatagram
 	if r.cfg.Sniff != nil && !r.isDNS(dst) {
 		if m, _ := r.metadata("udp", in, f.Src(), ipAddr(dst), r.reverse); r.wantSniff(m) {
@@ -417,7 +446,7 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	if first.err != nil {
 		rec.Err = first.err
 		s.closeAll()
-		r.finishEntry(e, &rec)
+		r.finishEntry(e, rec)
 		return
 	}
 	for _, d := range pending {
@@ -429,6 +458,10 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 	idle := r.cfg.UDPIdle
 	if rec.Dst.Port() == 53 {
 		idle = r.cfg.DNSIdle
+	}
+	if r.relayUDPAsync(ctx, s, rec, idle, done) {
+		detached = true
+		return
 	}
 	up := func(p []byte) (int, error) {
 		n, dst, err := f.ReadFrom(p)
@@ -474,13 +507,258 @@ func (r *Router) handleUDP(ctx context.Context, inb *Inbound, f udpFlow) {
 		return nil
 	}
 	pctx, lf := r.track(ctx, e, &s.activity)
-	_, _, err = relay.Packets(pctx, popts, up, down, s.closeAll)
+	_, _, err := relay.Packets(pctx, popts, up, down, s.closeAll)
 	s.extraWG.Wait()
-	r.untrack(e, lf, &rec)
+	r.untrack(e, lf, rec)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		rec.Err = err
 	}
-	r.finishEntry(e, &rec)
+	r.finishEntry(e, rec)
+}
+
+// notifiedFlow is implemented by flows that can say when a datagram is
+// queued instead of a goroutine waiting for it, and let the handler
+// return before they end (stack.UDPFlow).
+type notifiedFlow interface {
+	TryReadFrom(p []byte) (n int, dst netip.AddrPort, ok bool, err error)
+	NotifyRead(fn func())
+	WaitRead() error
+	Detach() (done func())
+}
+
+// polledPacketConn is implemented by PacketConns on a kernel UDP socket
+// that the router's Poller can watch while the flow idles (DIRECT, a
+// SOCKS association).
+type polledPacketConn interface {
+	SyscallConn() (syscall.RawConn, error)
+	// TryRecv is Recv that does not wait: ok is false when no datagram
+	// waits. The read deadline does not apply to it.
+	TryRecv(p []byte) (n int, from socks.Addr, ok bool, err error)
+	SetReadDeadline(t time.Time) error
+}
+
+// relayUDPAsync relays s's flow with no goroutine while it idles
+// (relay.PacketsAsync): the flow says when the app sent a datagram, the
+// Poller when the session's socket has a reply, and each direction runs
+// on a goroutine, with a buffer, only until it is drained. The handler
+// detaches from the flow and returns; the flow's end (its record, the
+// table, the holds) runs from the relay's last direction. False when it
+// cannot (no Poller, a flow or session that cannot say when it is
+// readable): nothing was started. done, when not nil, is the flow's
+// Detach done already (see serveUDP).
+//
+// What an idle flow holds is kept small: no context of its own (the
+// stack closing the flow, ShedIdle and the idle timer end it), and no
+// goroutine.
+func (r *Router) relayUDPAsync(ctx context.Context, s *udpSession, rec *FlowRecord, idle time.Duration, done func()) bool {
+	if r.cfg.Poller == nil {
+		return false
+	}
+	nf, ok := s.f.(notifiedFlow)
+	if !ok {
+		return false
+	}
+	ppc, ok := s.session().(polledPacketConn)
+	if !ok {
+		return false
+	}
+	rc, err := ppc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	e := s.e
+	a := &udpAsync{s: s, rec: *rec}
+	a.lf.clock = &s.activity
+	a.lf.stop = s.closeAll
+	s.activity.Store(time.Now().UnixNano())
+	e.live.Store(&a.lf)
+	own := done == nil
+	if own {
+		done = nf.Detach()
+	}
+	a.done = done
+	sides := relay.ParkedPackets{UpNotify: nf.NotifyRead, DownConn: rc,
+		UpWait: nf.WaitRead, UpDeadline: s.f.SetReadDeadline, DownDeadline: ppc.SetReadDeadline}
+	if cn, ok := ppc.(relay.CloseNotifier); ok {
+		sides.DownClosed = cn.NotifyClose
+	}
+	up := func(p []byte) (int, bool, error) {
+		n, dst, ok, err := nf.TryReadFrom(p)
+		if err != nil || !ok {
+			return 0, ok, err
+		}
+		if res := s.route(ctx, p[:n], dst); !res.sent {
+			return 0, true, nil
+		}
+		return n, true, nil
+	}
+	down := func(p []byte) (int, bool, error) {
+		n, from, ok, err := ppc.TryRecv(p)
+		if err != nil || !ok {
+			return 0, ok, err
+		}
+		src, ok := s.peers.source(from)
+		if !ok {
+			return 0, true, nil
+		}
+		if _, err := s.f.WriteTo(p[:n], src); err != nil {
+			return 0, true, err
+		}
+		return n, true, nil
+	}
+	opts := relay.PacketOptions{Idle: idle, Up: e.upC, Down: e.downC, Activity: &s.activity, Poller: r.cfg.Poller}
+	if relay.PacketsAsync(context.WithoutCancel(ctx), opts, sides, up, down, s.closeAll, a.end) {
+		return true
+	}
+	// Not started (not on this system): nothing to undo but the detach.
+	e.live.Store(nil)
+	if own {
+		done()
+	}
+	return false
+}
+
+// udpAsync is what a flow relayed by relayUDPAsync holds for its end.
+type udpAsync struct {
+	s    *udpSession
+	rec  FlowRecord
+	lf   liveFlow
+	done func()
+}
+
+// end finishes the flow once the relay has ended, as handleUDP does.
+func (a *udpAsync) end(_, _ int64, err error) {
+	s := a.s
+	r := s.r
+	s.extraWG.Wait()
+	r.untrack(s.e, &a.lf, &a.rec)
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		a.rec.Err = err
+	}
+	r.finishEntry(s.e, &a.rec)
+	s.releaseHeld()
+	r.stats.UDPOpen.Add(-1)
+	a.done()
+}
+
+// parkDNS serves a flow whose first datagram is DNS to an intercepted
+// address (n bytes of *bp, sent to dst; bp goes back to the pool) with
+// no goroutine between queries: it answers the query, detaches the
+// handler from the flow and has the flow call back when the app sends
+// again (dnsFlow.run answers on a goroutine of its own until the flow
+// is drained). The flow ends after DNSIdle without a query, or when it
+// closes; a datagram sent elsewhere makes it an ordinary flow from
+// there on (serveUDP), as serveDNSDatagrams does.
+func (r *Router) parkDNS(ctx context.Context, in flowIn, f udpFlow, nf notifiedFlow, e *flowEntry, rec *FlowRecord, bp *[]byte, n int, dst netip.AddrPort) {
+	d := &dnsFlow{r: r, ctx: ctx, in: in, f: f, nf: nf, e: e, rec: *rec}
+	d.wakeFn = d.wake
+	d.done = nf.Detach()
+	e.upC.Add(int64(n))
+	r.answerDNS(ctx, f, (*bp)[:n], dst, e.downC)
+	relay.PutPacketBuf(bp)
+	d.last.Store(time.Now().UnixNano())
+	d.mu.Lock()
+	d.timer = time.AfterFunc(r.cfg.DNSIdle, d.checkIdle)
+	d.mu.Unlock()
+	nf.NotifyRead(d.wakeFn)
+}
+
+// dnsFlow is a parked DNS flow (parkDNS): what it holds between queries.
+type dnsFlow struct {
+	r      *Router
+	ctx    context.Context
+	in     flowIn
+	f      udpFlow
+	nf     notifiedFlow
+	e      *flowEntry
+	rec    FlowRecord
+	done   func() // the flow's Detach done
+	wakeFn func() // wake, made once
+	last   atomic.Int64
+	idled  atomic.Bool // the idle timer closed the flow
+
+	mu    sync.Mutex
+	timer *time.Timer // the idle timer; nil once stopped
+}
+
+// wake is the flow's notification: a datagram is queued or the flow
+// closed. It runs on gVisor's packet path, which must not wait.
+func (d *dnsFlow) wake() { go d.run() }
+
+// run answers the queries queued, then parks again; it ends the flow
+// when it is closed, and hands it to serveUDP at its first datagram
+// sent elsewhere.
+func (d *dnsFlow) run() {
+	growstack.Grow()
+	r := d.r
+	bp := relay.PacketBuf()
+	for {
+		n, dst, ok, err := d.nf.TryReadFrom(*bp)
+		if err != nil {
+			relay.PutPacketBuf(bp)
+			d.end(err)
+			return
+		}
+		if !ok {
+			relay.PutPacketBuf(bp)
+			d.nf.NotifyRead(d.wakeFn)
+			return
+		}
+		if !r.isDNS(dst) {
+			d.stopTimer()
+			if d.idled.Load() { // closing: the next read fails
+				continue
+			}
+			r.serveUDP(d.ctx, d.in, d.f, d.e, &d.rec, bp, n, dst, d.done)
+			return
+		}
+		d.last.Store(time.Now().UnixNano())
+		d.e.upC.Add(int64(n))
+		r.answerDNS(d.ctx, d.f, (*bp)[:n], dst, d.e.downC)
+	}
+}
+
+// checkIdle is the idle timer: it closes a flow without a query for
+// DNSIdle, which wakes it to end.
+func (d *dnsFlow) checkIdle() {
+	idle := d.r.cfg.DNSIdle
+	if since := time.Since(time.Unix(0, d.last.Load())); since < idle {
+		d.mu.Lock()
+		if d.timer != nil {
+			d.timer.Reset(idle - since)
+		}
+		d.mu.Unlock()
+		return
+	}
+	d.idled.Store(true)
+	d.f.Close()
+}
+
+func (d *dnsFlow) stopTimer() {
+	d.mu.Lock()
+	if d.timer != nil {
+		d.timer.Stop()
+		d.timer = nil
+	}
+	d.mu.Unlock()
+}
+
+// end finishes the flow after its read failed with err, as handleUDP's
+// DNS path does.
+func (d *dnsFlow) end(err error) {
+	d.stopTimer()
+	switch {
+	case d.idled.Load():
+		d.rec.Err = relay.ErrIdle
+	case errors.Is(err, net.ErrClosed):
+		d.rec.Err = nil
+	default:
+		d.rec.Err = err
+	}
+	d.f.Close()
+	d.r.finishEntry(d.e, &d.rec)
+	d.r.stats.UDPOpen.Add(-1)
+	d.done()
 }
 
 // serveDNSDatagrams answers the query q (n bytes of buf, sent to dst) and
@@ -609,7 +887,10 @@ type replyPeers struct {
 	mu     sync.Mutex
 	byName map[socks.Addr]netip.AddrPort // name:port sent to -> the app's destination
 	byPort map[uint16]netip.AddrPort     // port -> the app's destination of the last name sent to on it
-	direct map[netip.AddrPort]struct{}   // addresses the app sent to as they are
+	direct map[netip.AddrPort]struct{}   // addresses the app sent to as they are, besides first
+	// first is the first address the app sent to as it is: most flows
+	// send to one, and a map of one costs a held flow ~400 bytes.
+	first netip.AddrPort
 }
 
 // maxReplyPeers bounds each map of a flow's replyPeers; a full map starts
@@ -621,6 +902,13 @@ func (p *replyPeers) sent(appDst netip.AddrPort, target socks.Addr) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if target.Name == "" {
+		if appDst == p.first {
+			return
+		}
+		if !p.first.IsValid() {
+			p.first = appDst
+			return
+		}
 		if _, ok := p.direct[appDst]; ok {
 			return
 		}
@@ -657,7 +945,7 @@ func (p *replyPeers) source(from socks.Addr) (netip.AddrPort, bool) {
 	if p.byPort == nil {
 		return ap, true
 	}
-	if _, ok := p.direct[ap]; ok {
+	if _, ok := p.direct[ap]; ok || ap == p.first {
 		return ap, true
 	}
 	if fake, ok := p.byPort[ap.Port()]; ok {

@@ -97,9 +97,11 @@ type UDPConn struct {
 	cmu       sync.Mutex
 	stopWatch func() // the Poller registration; nil while none
 	goWatch   bool   // a goroutine watches instead (watch)
+	onEnd     func() // NotifyEnd's, until called
 
-	rmu   sync.Mutex // serialises ReadFrom: rbuf and the reassembler
-	rbuf  []byte     // for a ReadFrom into less than maxUDPRead; made on first use
+	rmu   sync.Mutex      // serialises ReadFrom: rbuf and the reassembler
+	rbuf  []byte          // for a ReadFrom into less than maxUDPRead; made on first use
+	prc   syscall.RawConn // pc's, made by TryReadFrom's first call
 	reasm socks.Reassembler
 
 	wmu  sync.Mutex
@@ -122,6 +124,7 @@ func (u *UDPConn) watch() {
 	}
 	u.ctrlEnded.Store(true)
 	u.pc.Close()
+	u.ended()
 }
 
 func (u *UDPConn) endWatch() { u.doneOnce.Do(func() { close(u.ctrlDone) }) }
@@ -184,6 +187,7 @@ func (u *UDPConn) ctrlReadable() {
 	}
 	u.ctrlEnded.Store(true)
 	u.pc.Close()
+	u.ended()
 	u.endWatch()
 }
 
@@ -226,6 +230,84 @@ func (u *UDPConn) ReadFrom(b []byte) (int, net.Addr, error) {
 			continue
 		}
 		return copy(b, full), udpAddr(from), nil
+	}
+}
+
+// TryReadFrom is ReadFrom that does not wait: ok is false, and nothing
+// was returned, when no whole datagram is waiting (fragments and
+// malformed datagrams waiting are consumed). b must hold maxUDPRead
+// bytes (a relay's packet buffer): the datagram is read into it, header
+// and all. Only on Linux; elsewhere it fails with errors.ErrUnsupported.
+func (u *UDPConn) TryReadFrom(b []byte) (n int, from socks.Addr, ok bool, err error) {
+	if len(b) < maxUDPRead {
+		return 0, socks.Addr{}, false, fmt.Errorf("socksclient: TryReadFrom needs a buffer of %d bytes, got %d", maxUDPRead, len(b))
+	}
+	u.rmu.Lock()
+	defer u.rmu.Unlock()
+	if u.prc == nil {
+		rc, err := u.rawConn()
+		if err != nil {
+			return 0, socks.Addr{}, false, u.ioError("read", u.relay, err)
+		}
+		u.prc = rc
+	}
+	rc := u.prc
+	for {
+		m, _, got, err := relay.RecvNow(rc, b)
+		if err != nil {
+			return 0, socks.Addr{}, false, u.ioError("read", u.relay, err)
+		}
+		if !got {
+			return 0, socks.Addr{}, false, nil
+		}
+		frag, from, payload, err := socks.ParseUDP(b[:m])
+		if err != nil {
+			continue
+		}
+		full, from, done := u.reasm.Add(frag, from, payload)
+		if !done {
+			continue
+		}
+		return copy(b, full), from, true, nil
+	}
+}
+
+// rawConn is the UDP socket's, for TryReadFrom and SyscallConn.
+func (u *UDPConn) rawConn() (syscall.RawConn, error) {
+	sc, ok := u.pc.(syscall.Conn)
+	if !ok {
+		return nil, errors.ErrUnsupported
+	}
+	return sc.SyscallConn()
+}
+
+// SyscallConn returns the raw connection of the UDP socket the datagrams
+// travel on, for a Poller to watch it (relay.PacketsAsync).
+func (u *UDPConn) SyscallConn() (syscall.RawConn, error) { return u.rawConn() }
+
+// NotifyEnd calls fn once when the server ends the association (it
+// closed the control connection; the UDP socket is closed then, which
+// leaves a Poller's set silently), or when Close ends it. fn must not
+// block.
+func (u *UDPConn) NotifyEnd(fn func()) {
+	u.cmu.Lock()
+	if !u.ctrlEnded.Load() {
+		u.onEnd = fn
+		u.cmu.Unlock()
+		return
+	}
+	u.cmu.Unlock()
+	fn()
+}
+
+// ended runs NotifyEnd's function once the association ended.
+func (u *UDPConn) ended() {
+	u.cmu.Lock()
+	fn := u.onEnd
+	u.onEnd = nil
+	u.cmu.Unlock()
+	if fn != nil {
+		fn()
 	}
 }
 

@@ -1,6 +1,7 @@
 package socksclient
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -153,4 +154,78 @@ func TestUDPPolledWatch(t *testing.T) {
 // goroutinesIn counts the goroutines with fn on their stacks.
 func goroutinesIn(fn string) int {
 	return testenv.Goroutines(func(g string) bool { return strings.Contains(g, fn) })
+}
+
+// TryReadFrom takes a waiting reply without waiting (nothing: ok false),
+// drops malformed datagrams on the way, and NotifyEnd says when the
+// server ended the association (at once for a later call); reads fail
+// then with "association ended".
+func TestUDPTryReadFromAndNotifyEnd(t *testing.T) {
+	p, err := relay.NewPoller()
+	if err != nil {
+		testenv.Unavailable(t, "relay poller: "+err.Error())
+	}
+	defer p.Close()
+	s := newFakeUDPServer(t)
+	c, _ := Parse("socks5://"+s.ln.Addr().String(), nil)
+	pc, err := c.ListenPacketPolled(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	if _, err := pc.WriteTo([]byte("hello"), &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 7}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, client := s.recv(t)
+	buf := make([]byte, 65535)
+	if n, _, ok, err := pc.TryReadFrom(buf); ok || err != nil || n != 0 {
+		t.Fatalf("TryReadFrom with nothing waiting = %d, %v, %v", n, ok, err)
+	}
+	if _, _, _, err := pc.TryReadFrom(make([]byte, 100)); err == nil {
+		t.Fatal("TryReadFrom into a buffer too small for a datagram did not fail")
+	}
+	src := socks.Addr{IP: netip.MustParseAddr("198.51.100.2"), Port: 99}
+	reply := make([]byte, 3000)
+	for i := range reply {
+		reply[i] = byte(i * 31)
+	}
+	d, _ := socks.AppendUDPHeader(nil, 0, src)
+	s.relay.WriteToUDP([]byte{0, 0}, client) // malformed: dropped
+	if _, err := s.relay.WriteToUDP(append(d, reply...), client); err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.WaitRead(); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var from socks.Addr
+	ok := false
+	for range 1000 { // the malformed one first; the reply is queued behind it
+		if n, from, ok, err = pc.TryReadFrom(buf); ok || err != nil {
+			break
+		}
+		pc.WaitRead()
+	}
+	if !ok || err != nil || !bytes.Equal(buf[:n], reply) || from != src {
+		t.Fatalf("TryReadFrom = %d bytes from %v, %v, %v; want the %d-byte reply from %v", n, from, ok, err, len(reply), src)
+	}
+
+	ended := make(chan struct{}, 2)
+	pc.NotifyEnd(func() { ended <- struct{}{} })
+	ctrl := <-s.ctrl
+	ctrl.Close()
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("NotifyEnd never called after the server closed the control connection")
+	}
+	if _, _, _, err := pc.TryReadFrom(buf); !errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "association ended") {
+		t.Fatalf("TryReadFrom after the end: %v, want net.ErrClosed and 'association ended'", err)
+	}
+	pc.NotifyEnd(func() { ended <- struct{}{} })
+	select {
+	case <-ended:
+	default:
+		t.Fatal("NotifyEnd after the end did not call back at once")
+	}
 }

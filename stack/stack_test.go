@@ -737,3 +737,86 @@ func TestUDPWaitRead(t *testing.T) {
 		t.Fatalf("WaitRead after Close = %v", err)
 	}
 }
+
+// A flow can be read without a goroutine waiting in ReadFrom: TryReadFrom
+// takes what is queued and never waits, NotifyRead calls back once a
+// datagram is queued (at once if one is) and when the flow closes, and a
+// Handler that detached may return while the flow lives on: Stack.Close
+// closes the flow and waits for the detached flow's done.
+func TestUDPNotifyReadAndDetach(t *testing.T) {
+	type detached struct {
+		f    *stack.UDPFlow
+		done func()
+	}
+	flows := make(chan detached, 1)
+	returned := make(chan struct{})
+	e := setup(t, handlerFuncs{udp: func(ctx context.Context, f *stack.UDPFlow) {
+		flows <- detached{f, f.Detach()}
+		close(returned)
+	}}, nil)
+	pc, err := e.app.ListenUDP(netip.MustParseAddrPort("10.0.0.2:5005"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	dst := netip.MustParseAddrPort("198.18.0.10:5005")
+	pc.WriteTo([]byte("one"), net.UDPAddrFromAddrPort(dst))
+	d := <-flows
+	f := d.f
+	<-returned
+	buf := make([]byte, 64)
+	if n, to, ok, err := f.TryReadFrom(buf); !ok || err != nil || string(buf[:n]) != "one" || to != dst {
+		t.Fatalf("TryReadFrom with one queued = %q to %v, %v, %v; want \"one\" to %v", buf[:n], to, ok, err, dst)
+	}
+	if n, _, ok, err := f.TryReadFrom(buf); ok || err != nil || n != 0 {
+		t.Fatalf("TryReadFrom with nothing queued = %d, %v, %v; want nothing, no error", n, ok, err)
+	}
+	notified := make(chan struct{}, 4)
+	notify := func() { notified <- struct{}{} }
+	f.NotifyRead(notify)
+	select {
+	case <-notified:
+		t.Fatal("NotifyRead called back with nothing queued")
+	case <-time.After(50 * time.Millisecond):
+	}
+	pc.WriteTo([]byte("two"), net.UDPAddrFromAddrPort(dst))
+	select {
+	case <-notified:
+	case <-time.After(10 * time.Second):
+		t.Fatal("NotifyRead never called back after a datagram")
+	}
+	f.NotifyRead(notify) // "two" is queued: at once
+	select {
+	case <-notified:
+	default:
+		t.Fatal("NotifyRead with a datagram queued did not call back at once")
+	}
+	if n, _, ok, err := f.TryReadFrom(buf); !ok || err != nil || string(buf[:n]) != "two" {
+		t.Fatalf("TryReadFrom after the notification = %q, %v, %v", buf[:n], ok, err)
+	}
+	if st := e.s.Stats(); st.UDPOpen != 1 {
+		t.Fatalf("UDPOpen %d with the detached flow open", st.UDPOpen)
+	}
+
+	f.NotifyRead(notify)
+	closed := make(chan error, 1)
+	go func() { closed <- e.s.Close() }()
+	select {
+	case <-notified:
+	case <-time.After(10 * time.Second):
+		t.Fatal("closing the stack did not call the flow's NotifyRead back")
+	}
+	if _, _, ok, err := f.TryReadFrom(buf); ok || !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("TryReadFrom after the stack closed the flow = %v, %v; want net.ErrClosed", ok, err)
+	}
+	select {
+	case err := <-closed:
+		t.Fatalf("Stack.Close returned (%v) before the detached flow's done", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	d.done()
+	d.done() // once only
+	if err := <-closed; err != nil {
+		t.Fatalf("Stack.Close: %v", err)
+	}
+}

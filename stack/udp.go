@@ -49,6 +49,11 @@ import (
 //     flows' queues together Config.UDPQueueBytes of payload; the buffers
 //     come from a pool and go back as soon as the Handler has read them,
 //     so an idle flow holds no buffer at all.
+//   - Reading: the Handler may read on a goroutine (ReadFrom, WaitRead)
+//     or without one while the flow idles: NotifyRead calls back from
+//     the packet path once a datagram is queued, TryReadFrom never
+//     waits, and Detach lets the Handler return before the flow ends
+//     (the router's parked relay, relay.PacketsAsync).
 //   - Lifetime: the stack has no idle timer. The Handler closes flows it
 //     no longer needs (the router's idle timer), and the caps bound what
 //     it forgets.
@@ -135,6 +140,58 @@ func (f *UDPFlow) WaitRead() error {
 			return f.opError("read", f.closeErr)
 		case <-f.rd.wait():
 			return f.opError("read", os.ErrDeadlineExceeded)
+		}
+	}
+}
+
+// TryReadFrom is ReadFrom that does not wait: ok is false, and nothing
+// was read, when no datagram is queued. After Close or eviction it fails
+// as ReadFrom does (the read deadline does not apply).
+func (f *UDPFlow) TryReadFrom(p []byte) (n int, dst netip.AddrPort, ok bool, err error) {
+	select {
+	case <-f.closed:
+		return 0, netip.AddrPort{}, false, f.opError("read", f.closeErr)
+	default:
+	}
+	d := f.q.pop()
+	if d == nil {
+		return 0, netip.AddrPort{}, false, nil
+	}
+	n = copy(p, d.b)
+	size, dst := len(d.b), d.dst
+	f.s.releaseDgram(d)
+	f.s.bytesUp.Add(uint64(n))
+	if n < size {
+		return n, dst, true, f.opError("read", fmt.Errorf("datagram of %d bytes truncated to %d: %w", size, n, io.ErrShortBuffer))
+	}
+	return n, dst, true, nil
+}
+
+// NotifyRead calls fn once, when a datagram is queued or the flow is
+// closed (at once, on the caller's goroutine, if that is so already), in
+// place of a goroutine waiting in ReadFrom: an idle flow then needs no
+// goroutine (relay.PacketsAsync). fn runs on gVisor's packet path, under
+// the stack's locks: it must not block, nor call into the flow. A later
+// call replaces an fn not yet called.
+func (f *UDPFlow) NotifyRead(fn func()) {
+	if !f.q.notifyLater(fn) {
+		fn()
+	}
+}
+
+// Detach lets the Handler return before the flow has ended, for a relay
+// that needs no goroutine while the flow idles (relay.PacketsAsync).
+// Stack.Close closes the flow as always, and waits for it until the
+// returned function is called, once the flow's relay has ended (calls
+// after the first do nothing). Call it on the Handler's goroutine, before
+// the Handler returns.
+func (f *UDPFlow) Detach() (done func()) {
+	s := f.s
+	s.handlers.Add(1) // the Handler's own count holds Close's wait open
+	var once atomic.Bool
+	return func() {
+		if once.CompareAndSwap(false, true) {
+			s.handlers.Done()
 		}
 	}
 }
@@ -465,6 +522,23 @@ type dgramQueue struct {
 	head  int
 	dead  bool          // drained: the flow closed
 	ready chan struct{} // capacity 1: "something was pushed"
+	// notify is NotifyRead's function while it waits: called once by
+	// the next push or by drain, outside mu.
+	notify func()
+}
+
+// notifyLater registers fn for the next push or the drain; false when a
+// datagram is queued or the queue is drained already (the caller calls
+// fn itself).
+func (q *dgramQueue) notifyLater(fn func()) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.dead || q.head < len(q.items) {
+		q.notify = nil
+		return false
+	}
+	q.notify = fn
+	return true
 }
 
 func (q *dgramQueue) push(d *dgram, limit int) bool {
@@ -480,7 +554,12 @@ func (q *dgramQueue) push(d *dgram, limit int) bool {
 		q.items, q.head = q.items[:n], 0
 	}
 	q.items = append(q.items, d)
+	fn := q.notify
+	q.notify = nil
 	q.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
 	select {
 	case q.ready <- struct{}{}:
 	default:
@@ -522,7 +601,12 @@ func (q *dgramQueue) drain(s *Stack) {
 	q.mu.Lock()
 	items := q.items[q.head:]
 	q.items, q.head, q.dead = nil, 0, true
+	fn := q.notify
+	q.notify = nil
 	q.mu.Unlock()
+	if fn != nil {
+		fn()
+	}
 	for _, d := range items {
 		s.releaseDgram(d)
 	}

@@ -48,6 +48,15 @@ type PacketOptions struct {
 	// (time.UnixNano). Callers that move datagrams outside the two pumps
 	// store time.Now().UnixNano() in it, so the idle timer counts them.
 	Activity *atomic.Int64
+	// Poller lets PacketsAsync park the down direction while its socket
+	// has nothing to read; Packets ignores it.
+	Poller *Poller
+	// ParkAfter is how long a PacketsAsync direction waits on its
+	// goroutine after the relay's last datagram either way before it
+	// parks (when its side can wait with a deadline, see
+	// ParkedPackets.UpWait); while datagrams flow it never parks.
+	// Default 500 ms.
+	ParkAfter time.Duration
 }
 
 // Packets runs up and down until either fails, the relay is idle for
