@@ -211,3 +211,62 @@ func runLoggedLink(t *testing.T, dev Device, l *eventLog, counting bool) string 
 	e.wg.Wait()
 	return l.String()
 }
+
+// wholeWaitingDevice is a waitingDevice whose one-packet reads of a
+// packet longer than the MTU come back as whole segments
+// (WholeSegmentDevice), as a bulk upload's TSO segments do from the
+// Linux TUN.
+type wholeWaitingDevice struct{ waitingDevice }
+
+func (d *wholeWaitingDevice) WholeReadSize() int { return 64 << 10 }
+
+func (d *wholeWaitingDevice) ReadWhole(big []byte, bufs [][]byte, sizes []int, valid []bool, offset int) (n, start, end int, err error) {
+	d.mu.Lock()
+	r := waitingRead{}
+	if len(d.reads) > 0 && len(d.reads[0].pkts) == 1 && len(d.reads[0].pkts[0]) > 1500 {
+		r = d.reads[0]
+		d.reads = d.reads[1:]
+		if r.waited {
+			d.waits++
+		}
+		d.log.add("read1")
+	}
+	d.mu.Unlock()
+	if r.pkts == nil {
+		n, err = d.Read(bufs, sizes, offset)
+		return n, 0, 0, err
+	}
+	return 0, 10, 10 + copy(big[10:], r.pkts[0]), nil
+}
+
+// A bulk upload's whole segments are delivered under hold too, and the
+// reader does not wake an idle processor for them each time its next
+// read returns at once: only once maxWholeHeld of them are held, or for
+// a lone packet held after them; not after a read that waited (the held
+// goroutines ran then). Before, whole segments were delivered without
+// hold, each readying gVisor's processor with a thread woken for it.
+func TestLinkHoldsWholeSegmentsHandOff(t *testing.T) {
+	const held = "hold deliver release"
+	var reads []waitingRead
+	var want []string
+	// The first read waits, then 2*maxWholeHeld+1 come back to back.
+	for i := range 2*maxWholeHeld + 2 {
+		reads = append(reads, waitingRead{[][]byte{segmentPacket(4000, uint32(1+4000*i), 0)}, i == 0})
+		want = append(want, "read1")
+		if i > 0 && i%maxWholeHeld == 0 {
+			want = append(want, "wake")
+		}
+		want = append(want, held)
+	}
+	// One that waited: no wake; then a lone packet, which is woken for
+	// when the read after it returns at once.
+	reads = append(reads,
+		waitingRead{[][]byte{segmentPacket(4000, 1<<20, 0)}, true},
+		waitingRead{[][]byte{validSegment(2 << 20)}, false})
+	want = append(want, "read1", held, "read1", held, "closed", "wake")
+	l := &eventLog{}
+	dev := &wholeWaitingDevice{waitingDevice{reads: reads, log: l}}
+	if got := runLoggedLink(t, dev, l, true); got != strings.Join(want, " ") {
+		t.Errorf("events:\n got %s\nwant %s", got, strings.Join(want, " "))
+	}
+}
