@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/metrics"
 	"strings"
 	"testing"
 	"time"
@@ -275,6 +276,9 @@ func flowGoroutines() int {
 		if strings.Contains(g, "relay.(*Poller).loop") {
 			return false // the one Poller's
 		}
+		if strings.Contains(g, "relay.(*workers).work") && !strings.Contains(g, "relay.(*notifiedHalf).run") {
+			return false // a Poller's worker waiting, shared by all flows
+		}
 		return strings.Contains(g, "stack.(*Stack).handleRequest") || strings.Contains(g, "internal/relay.")
 	})
 }
@@ -302,6 +306,49 @@ func TestDetachedIdleFlowHoldsNoGoroutine(t *testing.T) {
 	for i := range 3 {
 		echoBoth(t, apps[i], remotes[i], 0xee)
 		sendBig(t, remotes[i], apps[i], fmt.Sprintf("flow %d, remote->app after parking", i))
+	}
+}
+
+// A request of a round trip through a relay on a Poller goes upstream
+// without a goroutine started for it: the direction that reads the app
+// runs on one of the Poller's workers, which waits for the next request
+// with its stack grown, instead of a goroutine started (and its stack
+// grown and copied) at every notification. Before: at least one
+// goroutine created per request (seen: 200 for 200 round trips).
+func TestRelayRoundTripStartsNoGoroutine(t *testing.T) {
+	const trips = 200
+	_, apps, remotes, _ := detachedThroughStack(t, 1, relay.StreamOptions{Idle: time.Minute})
+	app, remote := apps[0], remotes[0]
+	buf := make([]byte, 1)
+	trip := func(b byte) {
+		if _, err := app.Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(remote, buf); err != nil || buf[0] != b {
+			t.Fatalf("remote read %v, %v; want %d", buf, err, b)
+		}
+		if _, err := remote.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(app, buf); err != nil || buf[0] != b {
+			t.Fatalf("app read %v, %v; want %d", buf, err, b)
+		}
+	}
+	for i := range 10 { // the worker starts, the flow settles
+		trip(byte(i))
+	}
+	created := func() uint64 {
+		m := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+		metrics.Read(m)
+		return m[0].Value.Uint64()
+	}
+	before := created()
+	for i := range trips {
+		trip(byte(i))
+	}
+	// The app side's and the stack's own timers may start a few.
+	if n := created() - before; n > trips/10 {
+		t.Errorf("%d goroutines started over %d round trips, want at most %d", n, trips, trips/10)
 	}
 }
 
