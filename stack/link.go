@@ -179,7 +179,7 @@ func newLinkEndpoint(c linkConfig) *linkEndpoint {
 		done:        make(chan struct{}),
 		failed:      make(chan struct{}),
 		readBufSize: c.readBufSize,
-		handoff:     handoffOps{hold: handoff.Hold, release: handoff.Release, yield: handoff.Yield, wake: handoff.Wake},
+		handoff:     handoffOps{hold: handoff.Hold, release: handoff.Release, wake: handoff.Wake},
 	}
 	e.vdev, _ = c.dev.(ValidatingDevice)
 	e.rdev, _ = c.dev.(ReadInterrupter)
@@ -323,11 +323,8 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 		}
 		if held {
 			// The goroutines the last batch readied (gVisor's TCP
-			// processors) ran before this read (yield), unless the
-			// scheduler took this goroutine back first (it does so
-			// now and then for fairness), and what they readied in
-			// turn runs when this read waits; when it did not, that
-			// needs another thread now.
+			// processors) run on this thread when this read waits;
+			// when it did not, they need another thread now.
 			held = false
 			if w, _ := e.cdev.ReadWaits(); w == waits {
 				e.handoff.wake()
@@ -336,8 +333,8 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 		if e.cdev != nil && whole == nil && n == 1 && !pureACK(bufs[0][headroom:headroom+sizes[0]]) {
 			// One packet of a request/response exchange: it readies at
 			// most one goroutine (a TCP processor, a new flow's
-			// handler), which this thread runs before it reads the
-			// next packet (yield below). The goroutines of a batch of several are
+			// handler), which this thread runs when it waits for the
+			// next packet. The goroutines of a batch of several are
 			// left to the scheduler, to spread over idle processors;
 			// so are those of a bulk upload's whole segments and a bulk
 			// download's ACKs, which come back to back (holding them
@@ -412,12 +409,6 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 			}
 		}
 		if held {
-			// Let them run now, on this thread, before the next read:
-			// a read that finds nothing costs a system call and a trip
-			// through the poller before it parks, and the request's way
-			// to the upstream (gVisor's processor, then the relay)
-			// waited for both. The read comes after it has gone.
-			e.handoff.yield()
 			e.handoff.release()
 		}
 		if err == nil {
@@ -510,7 +501,7 @@ func pureACK(pkt []byte) bool {
 // handoffOps is how readLoop hands a packet's goroutine to its own thread
 // (package handoff).
 type handoffOps struct {
-	hold, release, yield, wake func()
+	hold, release, wake func()
 }
 
 // fail records why the read loop stopped on its own and signals it.

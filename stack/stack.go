@@ -65,11 +65,11 @@ type ReadInterrupter interface {
 // virtio header). ReadWaits returns the count so far; ok is false when
 // the device cannot tell. The reader then hands the packets of a batch
 // to gVisor's TCP processors without waking an idle processor of the
-// runtime for them (handoff.Hold): the processor's goroutine runs on the
-// reader's thread before the reader's next read (handoff.Yield), two
+// runtime for them (handoff.Hold): the reader is about to wait in its
+// next read, and the processor's goroutine runs on its thread then, two
 // context switches fewer per packet of a request/response exchange. When
 // the next read did not wait after all, the reader wakes one then
-// (handoff.Wake), for anything readied since.
+// (handoff.Wake).
 type WaitCountingDevice interface {
 	ReadWaits() (n uint64, ok bool)
 }

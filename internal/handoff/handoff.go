@@ -23,7 +23,6 @@
 package handoff
 
 import (
-	"runtime"
 	_ "unsafe" // go:linkname
 
 	gsync "gvisor.dev/gvisor/pkg/sync"
@@ -43,16 +42,6 @@ func Hold() { preGoReadyWakeSuppression() }
 //
 //go:nosplit
 func Release() { postGoReadyWakeSuppression() }
-
-// Yield runs the goroutines the caller readied under Hold now, on the
-// caller's processor, before the caller goes on: the caller goes to the
-// back of the queue (runtime.Gosched) and resumes once they have run or
-// blocked. Call it between Hold and Release; Hold keeps the scheduler
-// from waking an idle processor for the caller meanwhile. For a
-// goroutine whose next step would otherwise delay them: the TUN reader's
-// next read, a system call that finds nothing and parks, ran before the
-// request it had just delivered reached gVisor's processor.
-func Yield() { runtime.Gosched() }
 
 // Wake wakes an idle processor if there is one and no thread is looking
 // for work already (runtime.wakep): for a goroutine that held a hand-off
