@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/metrics"
 	"strings"
 	"testing"
 	"time"
@@ -224,6 +225,13 @@ func TestRelayParkedOnPollerShrinksStacks(t *testing.T) {
 // after its done.
 func detachedThroughStack(t *testing.T, n int, opts relay.StreamOptions) (e *env, apps []net.Conn, remotes []*net.TCPConn, ends chan error) {
 	t.Helper()
+	return detachedThroughStackWith(t, n, opts, nil)
+}
+
+// detachedThroughStackWith is detachedThroughStack with the stack's
+// configuration changed by tweak (when not nil).
+func detachedThroughStackWith(t *testing.T, n int, opts relay.StreamOptions, tweak func(*stack.Config)) (e *env, apps []net.Conn, remotes []*net.TCPConn, ends chan error) {
+	t.Helper()
 	pl, err := relay.NewPoller()
 	if err != nil {
 		t.Skipf("no relay poller here: %v", err)
@@ -253,7 +261,7 @@ func detachedThroughStack(t *testing.T, n int, opts relay.StreamOptions) (e *env
 			t.Error("StreamAsync did not take a netstack conn to a kernel socket")
 			done()
 		}
-	}}, nil)
+	}}, tweak)
 	t.Cleanup(func() { pl.Close() }) // after the stack's Close (cleanups run last first)
 	for range n {
 		up, remote := testenv.TCPPair(t)
@@ -274,6 +282,9 @@ func flowGoroutines() int {
 	return testenv.Goroutines(func(g string) bool {
 		if strings.Contains(g, "relay.(*Poller).loop") {
 			return false // the one Poller's
+		}
+		if strings.Contains(g, "relay.(*workers).work") && !strings.Contains(g, "relay.(*notifiedHalf).run") {
+			return false // a Poller's worker waiting, shared by all flows
 		}
 		return strings.Contains(g, "stack.(*Stack).handleRequest") || strings.Contains(g, "internal/relay.")
 	})
@@ -302,6 +313,53 @@ func TestDetachedIdleFlowHoldsNoGoroutine(t *testing.T) {
 	for i := range 3 {
 		echoBoth(t, apps[i], remotes[i], 0xee)
 		sendBig(t, remotes[i], apps[i], fmt.Sprintf("flow %d, remote->app after parking", i))
+	}
+}
+
+// A request of a round trip through a relay on a Poller goes upstream
+// without a goroutine started for it: the direction that reads the app
+// runs on one of the Poller's workers, which waits for the next request
+// with its stack grown, instead of a goroutine started (and its stack
+// grown and copied) at every notification. Before: at least one
+// goroutine created per request (seen: 200 for 200 round trips).
+func TestRelayRoundTripStartsNoGoroutine(t *testing.T) {
+	const trips = 200
+	// No ACK delay: its timer starts a goroutine each time it fires
+	// (time.AfterFunc), every 20 ms while round trips go on, and a
+	// loaded machine may take seconds for these.
+	noAckDelay := func(c *stack.Config) { c.TCP.AckDelay = -1 }
+	_, apps, remotes, _ := detachedThroughStackWith(t, 1, relay.StreamOptions{Idle: time.Minute}, noAckDelay)
+	app, remote := apps[0], remotes[0]
+	buf := make([]byte, 1)
+	trip := func(b byte) {
+		if _, err := app.Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(remote, buf); err != nil || buf[0] != b {
+			t.Fatalf("remote read %v, %v; want %d", buf, err, b)
+		}
+		if _, err := remote.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(app, buf); err != nil || buf[0] != b {
+			t.Fatalf("app read %v, %v; want %d", buf, err, b)
+		}
+	}
+	for i := range 10 { // the worker starts, the flow settles
+		trip(byte(i))
+	}
+	created := func() uint64 {
+		m := []metrics.Sample{{Name: "/sched/goroutines-created:goroutines"}}
+		metrics.Read(m)
+		return m[0].Value.Uint64()
+	}
+	before := created()
+	for i := range trips {
+		trip(byte(i))
+	}
+	// Other timers of the stack's and the app side's may start a few.
+	if n := created() - before; n > trips/10 {
+		t.Errorf("%d goroutines started over %d round trips, want at most %d", n, trips, trips/10)
 	}
 }
 
@@ -488,5 +546,54 @@ func TestRelayDirectUploadUpstreamReset(t *testing.T) {
 	app.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.Copy(io.Discard, app); err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("the app's connection did not end: %v", err)
+	}
+}
+
+// A small write to a netstack connection (a round trip's reply) adds no
+// allocation of its own to what gVisor's endpoint allocates: gonet's
+// Write allocated a bytes.Reader and a waiter.Entry on every call. The
+// same writes with a write deadline set go through gonet's Write, which
+// keeps the deadline: their count shows what Write saves.
+func TestTCPSmallWriteAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector drops pooled items at random")
+	}
+	conns := make(chan stack.Conn, 1)
+	e := setup(t, handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		conns <- c
+		<-ctx.Done()
+	}}, nil)
+	app, err := e.app.DialTCP(e.ctx, netip.MustParseAddrPort("198.18.0.1:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	c := <-conns
+	defer c.Close()
+	buf := make([]byte, 1)
+	one := []byte{'x'}
+	trip := func() {
+		if _, err := c.Write(one); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(app, buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trip()
+	direct := testing.AllocsPerRun(200, trip)
+	if err := c.SetWriteDeadline(time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	viaGonet := testing.AllocsPerRun(200, trip)
+	t.Logf("allocations per 1-byte write and app read: %.1f, %.1f through gonet's Write", direct, viaGonet)
+	// 2 fewer here; 1 leaves room for the other goroutines' noise.
+	if direct >= viaGonet {
+		t.Errorf("a 1-byte Write allocates %.1f, want fewer than gonet's Write (%.1f)", direct, viaGonet)
 	}
 }

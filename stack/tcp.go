@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -384,10 +385,13 @@ type tcpConn struct {
 	// waitread.go).
 	wq           *waiter.Queue
 	readDeadline atomic.Int64 // UnixNano, 0 for none: gonet keeps its own private copy
-	waitTimer    *time.Timer  // WaitRead's, made on its first timed wait
-	nmu          sync.Mutex
-	notify       *readNotify // NotifyRead's registration
-	stop         func()      // a detached flow's (TCPRequest.Detach), under s.mu
+	// writeDeadline: a write deadline was set (Write then leaves all to
+	// gonet, which keeps it).
+	writeDeadline atomic.Bool
+	waitTimer     *time.Timer // WaitRead's, made on its first timed wait
+	nmu           sync.Mutex
+	notify        *readNotify // NotifyRead's registration
+	stop          func()      // a detached flow's (TCPRequest.Detach), under s.mu
 }
 
 // SetLinger is net.TCPConn's SetLinger: with 0, Close resets the
@@ -408,10 +412,40 @@ func (c *tcpConn) Read(p []byte) (int, error) {
 }
 
 func (c *tcpConn) Write(p []byte) (int, error) {
-	n, err := c.Conn.Write(p)
+	done := 0
+	if c.ep != nil && len(p) <= directWriteMax && !c.writeDeadline.Load() {
+		done = c.writeNow(p)
+		if done == len(p) {
+			c.s.bytesDown.Add(uint64(done))
+			return done, nil
+		}
+	}
+	// The rest, waiting for room, with gonet's deadline and errors.
+	n, err := c.Conn.Write(p[done:])
+	n += done
 	c.s.bytesDown.Add(uint64(n))
 	return n, err
 }
+
+// directWriteMax is the largest write tcpConn.Write hands the endpoint
+// itself: a reply of a request/response exchange, not bulk transfer.
+const directWriteMax = 16 << 10
+
+// writeNow writes what of p the endpoint takes now, without waiting, and
+// returns how much that was (an error is left for gonet's Write to meet
+// again and report). gonet's Write allocates a bytes.Reader and a
+// waiter.Entry on every call (both escape), and checks its deadline
+// under a mutex: on a 1-byte round trip's reply, on its way to the app.
+func (c *tcpConn) writeNow(p []byte) int {
+	r := byteReaders.Get().(*bytes.Reader)
+	r.Reset(p)
+	res, _ := c.ep.Write(r, tcpip.WriteOptions{})
+	r.Reset(nil)
+	byteReaders.Put(r)
+	return int(res)
+}
+
+var byteReaders = sync.Pool{New: func() any { return new(bytes.Reader) }}
 
 // ReadTo hands the bytes waiting to be read to w without a buffer of the
 // caller's (relay.DirectReader): w.Write is called with the stack's own

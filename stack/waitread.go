@@ -92,9 +92,26 @@ func (n *readNotify) NotifyEvent(waiter.EventMask) {
 // SetDeadline and SetReadDeadline also wake a WaitRead, which looks at the
 // new deadline.
 func (c *tcpConn) SetDeadline(t time.Time) error {
+	c.noteWriteDeadline(t)
 	err := c.Conn.SetDeadline(t)
 	c.setReadDeadline(t)
 	return err
+}
+
+// SetWriteDeadline is gonet's; Write then leaves the writing to gonet,
+// which keeps the deadline (see writeNow).
+func (c *tcpConn) SetWriteDeadline(t time.Time) error {
+	c.noteWriteDeadline(t)
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// noteWriteDeadline records whether writes have a deadline, before gonet
+// is given it: a Write that sees none may write what fits at once, as
+// gonet does before it looks at its deadline again.
+func (c *tcpConn) noteWriteDeadline(t time.Time) {
+	if c.wq != nil {
+		c.writeDeadline.Store(!t.IsZero())
+	}
 }
 
 func (c *tcpConn) SetReadDeadline(t time.Time) error {
@@ -121,4 +138,5 @@ var _ interface {
 	NotifyRead(func())
 	SetDeadline(time.Time) error
 	SetReadDeadline(time.Time) error
+	SetWriteDeadline(time.Time) error
 } = (*tcpConn)(nil)

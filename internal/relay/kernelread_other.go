@@ -11,7 +11,9 @@ import (
 // kernel sockets are read with a buffer taken first.
 const canReadKernel = false
 
-type kernelReader struct{}
+type kernelReader struct {
+	sink func(int) error
+}
 
 func newKernelReader(*net.TCPConn, syscall.RawConn, func(**[]byte)) *kernelReader {
 	panic("relay: kernelReader on a system without it")

@@ -32,6 +32,18 @@ type kernelReader struct {
 	bp    **[]byte
 	n     int
 	errno syscall.Errno
+	// sink, when set, takes the bytes of a read shorter than its buffer
+	// and no longer than sinkMax (the socket drained) inside the same wait: it
+	// consumes (**bp)[:n] and puts *bp back, and read then waits for the
+	// socket's next readiness at once, instead of returning for the
+	// caller's next read, whose first system call would find nothing
+	// (the runtime forgets readiness seen before each new wait, so only
+	// a read inside the same wait may skip that call). A sink error ends
+	// read with it. serr is that error.
+	sink func(n int) error
+	serr error
+	// empty counts the reads that found nothing (tests).
+	empty uint64
 }
 
 func newKernelReader(tc *net.TCPConn, rc syscall.RawConn, get func(**[]byte)) *kernelReader {
@@ -51,8 +63,16 @@ func (r *kernelReader) call(fd uintptr) bool {
 	}
 	r.errno = e
 	if e == syscall.EAGAIN {
+		r.empty++
 		putBuf(*r.bp)
 		*r.bp = nil
+		return false
+	}
+	if e == 0 && r.sink != nil && r.n > 0 && r.n <= sinkMax && r.n < len(**r.bp) {
+		if err := r.sink(r.n); err != nil {
+			r.n, r.serr = 0, err
+			return true
+		}
 		return false
 	}
 	return true
@@ -60,14 +80,16 @@ func (r *kernelReader) call(fd uintptr) bool {
 
 // read reads into *bp, which it takes with get once bytes are there.
 func (r *kernelReader) read(bp **[]byte) (int, error) {
-	r.bp, r.n, r.errno = bp, 0, 0
+	r.bp, r.n, r.errno, r.serr = bp, 0, 0, nil
 	err := r.rc.Read(r.fn)
-	n, e := r.n, r.errno
-	r.bp = nil
+	n, e, serr := r.n, r.errno, r.serr
+	r.bp, r.serr = nil, nil
 	switch {
 	case err != nil:
 		// Closed, or the read deadline passed (os.ErrDeadlineExceeded).
 		return 0, err
+	case serr != nil:
+		return 0, serr
 	case e != 0:
 		return 0, &net.OpError{Op: "read", Net: "tcp", Source: r.tc.LocalAddr(), Addr: r.tc.RemoteAddr(), Err: os.NewSyscallError("read", e)}
 	case n == 0:
@@ -107,6 +129,14 @@ func writeKernel(tc *net.TCPConn, rc syscall.RawConn, b []byte) (int, error) {
 	}
 	return n, nil
 }
+
+// sinkMax is the longest read kernelReader hands its sink: a reply of a
+// request/response exchange. A longer short read is likely a bulk
+// transfer's, whose next bytes arrive while the last are forwarded: the
+// caller reads them at once, as a wait would only look for them at the
+// runtime's next poll (1-stream download 0.92x CPU per MB with every
+// short read sunk, in a same-run A/B).
+const sinkMax = 4 << 10
 
 // rawWriteMax is the largest write forward makes with writeKernel.
 const rawWriteMax = 4 << 10

@@ -300,3 +300,70 @@ func TestKernelSmallReadsAndWritesAllocateNothing(t *testing.T) {
 		t.Errorf("%.1f allocations per round trip, want 0", a)
 	}
 }
+
+// The upstream reader of a request/response exchange reads the socket
+// once per reply: with a sink (as polledHalf forwards a short read), the
+// wait goes on after each reply without a read that finds nothing. The
+// control, a loop that returns each read and reads again (polledHalf
+// before), makes one such read per reply.
+func TestKernelReaderSinkSkipsEmptyReads(t *testing.T) {
+	const replies = 50
+	for _, withSink := range []bool{true, false} {
+		c, s := testenv.TCPPair(t)
+		k := kernelConnOf(c)
+		if k == nil {
+			t.Fatal("kernelConnOf(*net.TCPConn) = nil")
+		}
+		var bp *[]byte
+		get := func(bp **[]byte) {
+			if *bp == nil {
+				*bp = getBuf(false)
+			}
+		}
+		r := newKernelReader(k.tc, k.rc, get)
+		got := make(chan byte, 1)
+		take := func(n int) {
+			got <- (*bp)[n-1]
+			putBuf(bp)
+			bp = nil
+		}
+		if withSink {
+			r.sink = func(n int) error { take(n); return nil }
+		}
+		done := make(chan error, 1)
+		go func() {
+			for {
+				n, err := r.read(&bp)
+				if err != nil || n == 0 {
+					done <- err
+					return
+				}
+				take(n)
+			}
+		}()
+		for i := range replies {
+			if _, err := s.Write([]byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case b := <-got:
+				if b != byte(i) {
+					t.Fatalf("got %d, want %d", b, i)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("reply %d not read", i)
+			}
+		}
+		s.Close()
+		if err := <-done; err != io.EOF {
+			t.Errorf("read ended with %v, want io.EOF", err)
+		}
+		switch {
+		case withSink && r.empty > replies/10:
+			t.Errorf("with a sink: %d reads found nothing over %d replies, want at most %d", r.empty, replies, replies/10)
+		case !withSink && r.empty < replies/2:
+			t.Errorf("control: %d reads found nothing over %d replies, want about one per reply", r.empty, replies)
+		}
+		t.Logf("sink %v: %d reads found nothing over %d replies", withSink, r.empty, replies)
+	}
+}

@@ -29,6 +29,9 @@ type Poller struct {
 	closed bool
 	next   uint64
 	fns    map[uint64]func(uint64) // registrations waiting, by id
+
+	// workers run notified directions (see workers).
+	workers workers
 }
 
 // pollerWakeID is the eventfd's id in the epoll set (registrations start
@@ -53,7 +56,7 @@ func NewPoller() (*Poller, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("relay: poller: %w", &osError{"epoll_ctl", err})
 	}
-	p := &Poller{epfd: epfd, evfd: evfd, done: make(chan struct{}), fns: make(map[uint64]func(uint64))}
+	p := &Poller{epfd: epfd, evfd: evfd, done: make(chan struct{}), fns: make(map[uint64]func(uint64)), workers: newWorkers()}
 	go p.loop()
 	return p, nil
 }
@@ -196,10 +199,17 @@ func (p *Poller) shut() {
 	}
 }
 
+// runNotified runs a notified direction on one of the Poller's workers;
+// false when none can take it.
+func (p *Poller) runNotified(h *notifiedHalf) bool { return p.workers.run(h) }
+
 // Close stops the Poller. Directions parked on it are woken and go on
 // reading on a goroutine of their own; Streams given it later do not park.
+// Its workers return once the direction they run, if any, has parked or
+// ended.
 func (p *Poller) Close() error {
 	p.closeOnce.Do(func() {
+		p.workers.stop()
 		p.mu.Lock()
 		p.closed = true
 		p.mu.Unlock()

@@ -337,6 +337,7 @@ type notifiedHalf struct {
 	total    int64          // touched by one run at a time
 	done     func(result)   // how the direction ends, unless s is set
 	s        *parkingStream // its Stream's, for a parking Stream
+	pl       *Poller        // its Stream's, whose workers run it; nil without one
 	wakeFn   func()         // wake, made once
 	kw       kernelWriter   // runDirect's, touched by one run at a time
 }
@@ -345,20 +346,26 @@ type notifiedHalf struct {
 // on the goroutine that made src readable (gVisor's TCP processor, under
 // the endpoint's lock), which is about to go back to sleep: the direction
 // starts there without waking an idle processor of the runtime for it,
-// and runs on that thread once the processor sleeps (see handoff).
+// and runs on that thread once the processor sleeps (see handoff). It
+// runs on a worker of the Poller's when one is waiting (see workers),
+// else on a goroutine of its own.
 func (h *notifiedHalf) wake() {
 	handoff.Hold()
-	go h.run()
+	if h.pl == nil || !h.pl.runNotified(h) {
+		go h.run()
+	}
 	handoff.Release()
 }
 
 // run copies until src is drained (then parks again) or ends (then
 // finishes the direction as copyHalf would).
 func (h *notifiedHalf) run() {
-	// A run starts on a new goroutine at each wake, and reading the
-	// netstack connection goes deep at once (gVisor's receive path under
-	// ReadTo or Read): grown doubling by doubling, its stack was copied
-	// and adjusted at every request of a round trip.
+	// A run starts on a new goroutine at each wake unless a Poller's
+	// worker takes it (whose stack has grown already: this costs it
+	// nothing), and reading the netstack connection goes deep at once
+	// (gVisor's receive path under ReadTo or Read): grown doubling by
+	// doubling, its stack was copied and adjusted at every request of a
+	// round trip.
 	growstack.Grow()
 	if h.kdst != nil {
 		if d, ok := h.src.(DirectReader); ok {
@@ -824,7 +831,7 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 		go upK.run()
 	case upN != nil:
 		n := a.(ReadNotifier)
-		*upN = notifiedHalf{p: p, src: a, dst: b, kdst: &kernelConn{tc: bt, rc: rc}, n: n, count: opts.Up, s: s}
+		*upN = notifiedHalf{p: p, src: a, dst: b, kdst: &kernelConn{tc: bt, rc: rc}, n: n, count: opts.Up, s: s, pl: opts.Poller}
 		upN.wakeFn = upN.wake
 		n.NotifyRead(upN.wakeFn)
 	default:
@@ -925,6 +932,22 @@ func (h *polledHalf) run() {
 			var nr int
 			if kr == nil {
 				kr = newKernelReader(h.src, h.rc, get)
+				// A short read (a reply of a request/response
+				// exchange) is forwarded inside the reader's wait,
+				// which then goes on without a read that finds
+				// nothing: one system call fewer per reply.
+				kr.sink = func(n int) error {
+					if !grown {
+						growstack.Grow()
+						grown = true
+					}
+					lastRead = time.Now()
+					werr := p.forward(h.dst, nil, (*bp)[:n], &h.total, h.count)
+					big = false
+					putBuf(bp)
+					bp = nil
+					return werr
+				}
 			}
 			nr, err = kr.read(&bp)
 			if nr > 0 {
