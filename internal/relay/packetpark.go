@@ -76,7 +76,7 @@ func PacketsAsync(ctx context.Context, opts PacketOptions, sides ParkedPackets, 
 		r.up.wait, r.up.deadline = sides.UpWait, sides.UpDeadline
 	}
 	r.up.wakeFn = r.up.wake
-	r.down = parkedDown{r: r, pump: down, rc: sides.DownConn, poller: opts.Poller, count: opts.Down, deadline: sides.DownDeadline}
+	r.down = parkedDown{pollSlot: pollSlot{rc: sides.DownConn, poller: opts.Poller}, r: r, pump: down, count: opts.Down, deadline: sides.DownDeadline}
 	r.down.wakeFn = r.down.wake
 	r.last.Store(time.Now().UnixNano())
 	if opts.Idle > 0 {
@@ -264,17 +264,12 @@ func (u *parkedUp) run() {
 // parkedDown is the down direction: it runs from the Poller's
 // notification that its socket is readable until it is drained.
 type parkedDown struct {
+	pollSlot
 	r        *parkedRelay
 	pump     TryPump
-	rc       syscall.RawConn
-	poller   *Poller
 	count    Counter
 	deadline func(time.Time) error // ParkedPackets.DownDeadline, or nil
 	total    int64                 // touched by one run at a time
-	wakeFn   func(uint64)          // wake, made once
-
-	mu     sync.Mutex
-	parkID uint64 // the Poller registration while parked, 0 otherwise
 }
 
 func (d *parkedDown) run() {
@@ -319,37 +314,20 @@ func (d *parkedDown) park() bool {
 	if d.r.closed.Load() {
 		return false
 	}
-	// wake may run before wait returns; it waits for d.mu, and so sees
-	// parkID set.
-	id, err := d.poller.wait(d.rc, d.wakeFn)
-	if err != nil {
-		return false
-	}
-	d.parkID = id
-	return true
+	return d.registerLocked()
 }
 
 // wake is registration id's notification: the socket is readable.
 func (d *parkedDown) wake(id uint64) {
-	d.mu.Lock()
-	if id == 0 || d.parkID != id {
-		d.mu.Unlock()
-		return
+	if d.claim(id) {
+		go d.run()
 	}
-	d.parkID = 0
-	d.mu.Unlock()
-	go d.run()
 }
 
 // unpark resumes a parked down direction: its socket was closed, so its
 // run fails and ends the direction.
 func (d *parkedDown) unpark() {
-	d.mu.Lock()
-	id := d.parkID
-	d.parkID = 0
-	d.mu.Unlock()
-	if id != 0 {
-		d.poller.cancel(d.rc, id)
+	if d.cancel() {
 		go d.run()
 	}
 }

@@ -806,11 +806,11 @@ func startParking(ctx context.Context, a, b net.Conn, o *StreamOptions, done fun
 	}
 	s.left.Store(2)
 	h := &s.down
-	*h = polledHalf{src: bt, rc: rc, dst: a, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Down, s: s}
+	*h = polledHalf{pollSlot: pollSlot{rc: rc, poller: opts.Poller}, src: bt, dst: a, parkAfter: opts.ParkAfter, count: opts.Down, s: s}
 	h.wakeFn = h.wake
 	p.parked = h
 	if upK != nil {
-		*upK = polledHalf{src: at, rc: arc, dst: b, poller: opts.Poller, parkAfter: opts.ParkAfter, count: opts.Up, s: s}
+		*upK = polledHalf{pollSlot: pollSlot{rc: arc, poller: opts.Poller}, src: at, dst: b, parkAfter: opts.ParkAfter, count: opts.Up, s: s}
 		upK.wakeFn = upK.wake
 		p.parkedUp = upK
 	}
@@ -870,18 +870,13 @@ func (s *parkingStream) end() {
 // the a->b direction when it is s.parkedUp: an idle gVisor flow keeps
 // one, so it holds no more than it needs.
 type polledHalf struct {
+	pollSlot  // on src
 	src       *net.TCPConn
-	rc        syscall.RawConn
 	dst       net.Conn
-	poller    *Poller
 	parkAfter time.Duration
 	count     Counter
 	total     int64          // touched by one run at a time
 	s         *parkingStream // its Stream, told when the direction ends
-	wakeFn    func(uint64)   // wake, made once
-
-	mu     sync.Mutex
-	parkID uint64 // the Poller registration while parked, 0 otherwise
 }
 
 // run copies until src has been quiet for parkAfter (then parks) or ends
@@ -1017,37 +1012,20 @@ func (h *polledHalf) park() bool {
 		// goroutine.
 		return false
 	}
-	// wake may run before wait returns; it waits for h.mu, and so sees
-	// parkID set.
-	id, err := h.poller.wait(h.rc, h.wakeFn)
-	if err != nil {
-		return false
-	}
-	h.parkID = id
-	return true
+	return h.registerLocked()
 }
 
 // wake is registration id's notification: src is readable.
 func (h *polledHalf) wake(id uint64) {
-	h.mu.Lock()
-	if id == 0 || h.parkID != id {
-		h.mu.Unlock()
-		return
+	if h.claim(id) {
+		go h.run()
 	}
-	h.parkID = 0
-	h.mu.Unlock()
-	go h.run()
 }
 
 // unpark resumes a parked h once the pair is closed: its run sees the
 // closed socket and finishes the direction.
 func (h *polledHalf) unpark() {
-	h.mu.Lock()
-	id := h.parkID
-	h.parkID = 0
-	h.mu.Unlock()
-	if id != 0 {
-		h.poller.cancel(h.rc, id)
+	if h.cancel() {
 		go h.run()
 	}
 }
