@@ -558,23 +558,7 @@ func TestTCPSmallWriteAllocations(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector drops pooled items at random")
 	}
-	conns := make(chan stack.Conn, 1)
-	e := setup(t, handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
-		c, err := r.Accept()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		conns <- c
-		<-ctx.Done()
-	}}, nil)
-	app, err := e.app.DialTCP(e.ctx, netip.MustParseAddrPort("198.18.0.1:80"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	c := <-conns
-	defer c.Close()
+	app, c := acceptedConn(t)
 	buf := make([]byte, 1)
 	one := []byte{'x'}
 	trip := func() {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tunsocks/tunsocks/stack"
+	"github.com/tunsocks/tunsocks/stack/stacktest"
 )
 
 // TestTCPWaitRead: a netstack connection waits for the app's bytes without
@@ -18,23 +19,7 @@ import (
 // at the read deadline as Read would, wakes when the deadline is moved
 // into the past, and returns for the app's FIN.
 func TestTCPWaitRead(t *testing.T) {
-	conns := make(chan stack.Conn, 1)
-	e := setup(t, handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
-		c, err := r.Accept()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		conns <- c
-		<-ctx.Done()
-	}}, nil)
-	app, err := e.app.DialTCP(e.ctx, netip.MustParseAddrPort("198.18.0.1:80"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	c := <-conns
-	defer c.Close()
+	app, c := acceptedConn(t)
 	w, ok := c.(interface{ WaitRead() error })
 	if !ok {
 		t.Fatalf("%T has no WaitRead", c)
@@ -95,4 +80,29 @@ func TestTCPWaitRead(t *testing.T) {
 	if _, err := c.Read(make([]byte, 4)); err != io.EOF {
 		t.Fatalf("Read after the FIN = %v, want io.EOF", err)
 	}
+}
+
+// acceptedConn dials one connection from the app through a fresh stack
+// and returns both ends: the app's, and the netstack connection the
+// handler accepted; both are closed when the test ends.
+func acceptedConn(t *testing.T) (stacktest.Conn, stack.Conn) {
+	t.Helper()
+	conns := make(chan stack.Conn, 1)
+	e := setup(t, handlerFuncs{tcp: func(ctx context.Context, r *stack.TCPRequest) {
+		c, err := r.Accept()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		conns <- c
+		<-ctx.Done()
+	}}, nil)
+	app, err := e.app.DialTCP(e.ctx, netip.MustParseAddrPort("198.18.0.1:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	c := <-conns
+	t.Cleanup(func() { c.Close() })
+	return app, c
 }
