@@ -97,18 +97,7 @@ func TestUDPWaitReadThenRead(t *testing.T) {
 // read fails with "association ended". Close with the watch armed ends it
 // too.
 func TestUDPPolledWatch(t *testing.T) {
-	p, err := relay.NewPoller()
-	if err != nil {
-		testenv.Unavailable(t, "relay poller: "+err.Error())
-	}
-	defer p.Close()
-	s := newFakeUDPServer(t)
-	c, _ := Parse("socks5://"+s.ln.Addr().String(), nil)
-	pc, err := c.ListenPacketPolled(context.Background(), p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
+	p, s, pc := polledAssociation(t)
 	if n := goroutinesIn("(*UDPConn).watch"); n != 0 {
 		t.Errorf("%d goroutines watch the control connection, want 0 (the Poller does)", n)
 	}
@@ -161,18 +150,7 @@ func goroutinesIn(fn string) int {
 // server ended the association (at once for a later call); reads fail
 // then with "association ended".
 func TestUDPTryReadFromAndNotifyEnd(t *testing.T) {
-	p, err := relay.NewPoller()
-	if err != nil {
-		testenv.Unavailable(t, "relay poller: "+err.Error())
-	}
-	defer p.Close()
-	s := newFakeUDPServer(t)
-	c, _ := Parse("socks5://"+s.ln.Addr().String(), nil)
-	pc, err := c.ListenPacketPolled(context.Background(), p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pc.Close()
+	_, s, pc := polledAssociation(t)
 	if _, err := pc.WriteTo([]byte("hello"), &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 7}); err != nil {
 		t.Fatal(err)
 	}
@@ -198,6 +176,7 @@ func TestUDPTryReadFromAndNotifyEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	var n int
+	var err error
 	var from socks.Addr
 	ok := false
 	for range 1000 { // the malformed one first; the reply is queued behind it
@@ -228,4 +207,24 @@ func TestUDPTryReadFromAndNotifyEnd(t *testing.T) {
 	default:
 		t.Fatal("NotifyEnd after the end did not call back at once")
 	}
+}
+
+// polledAssociation opens a UDP association with a fake SOCKS server
+// whose control connection a new Poller watches; all are closed when
+// the test ends.
+func polledAssociation(t *testing.T) (*relay.Poller, *fakeUDPServer, *UDPConn) {
+	t.Helper()
+	s := newFakeUDPServer(t)
+	p, err := relay.NewPoller()
+	if err != nil {
+		testenv.Unavailable(t, "relay poller: "+err.Error())
+	}
+	t.Cleanup(func() { p.Close() })
+	c, _ := Parse("socks5://"+s.ln.Addr().String(), nil)
+	pc, err := c.ListenPacketPolled(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return p, s, pc
 }
