@@ -37,6 +37,7 @@ type config struct {
 	rttRounds   int             // interleaved rounds of them (0: each column in its own phase)
 	rttProcs    int             // runs of each TUN program taking the rounds' turns in turn
 	rttAA       bool            // a second tunsocks column in the round-trip rows
+	aaTunsocks  string          // the binary of that second column, when not tunsocks (an A/B)
 	idle        int             // idle connections held open for the first memory row
 	idleMax     int             // and for the second (0: no second row)
 	bulk        time.Duration   // bulk transfer before the after-bulk RSS row (0: no row)

@@ -50,6 +50,7 @@ func run(ctx context.Context, args []string) int {
 	fs.IntVar(&cfg.rtts, "rtts", 2000, "1-byte round trips for the latency percentiles (100..100000)")
 	fs.IntVar(&cfg.rttRounds, "rtt-rounds", 40, "interleaved rounds of the round-trip rows: in each round every column takes a turn of rtts/rounds round trips, the order rotating; percentiles over all of a column's turns (1..50; 0: the old way, each column's round trips in its own phase, minutes apart)")
 	fs.IntVar(&cfg.rttProcs, "rtt-procs", 1, "runs of each TUN program side by side for the interleaved round trips, each in its own app namespace with one connection, taking its column's turns in rotation: on a loaded machine a run can stay for seconds in a state that doubles its round trip, which several runs could average out (1..4; 3 did not steady the A/A ratio on the loaded development VM)")
+	fs.StringVar(&cfg.aaTunsocks, "aa-tunsocks", "", "with -rtt-aa or -iperf-aa: the tunsocks-aa column runs this binary instead of -tunsocks's, so two builds are compared in one interleaved run (an A/B; the A/A table then reads as their ratio)")
 	fs.BoolVar(&cfg.rttAA, "rtt-aa", false, "an A/A check of the round-trip rows: a second tunsocks run (gVisor stack), the same binary and settings, in a column of its own (tunsocks-aa) measured like any other; its ratio to the tunsocks column shows how far the run's noise moves a comparison")
 	fs.IntVar(&cfg.idle, "idle-conns", 1000, "idle TCP connections held through each TUN program for the first memory rows (1..9000)")
 	fs.IntVar(&cfg.idleMax, "idle-max", 8000, "idle TCP connections for the second memory rows, and poked afterwards (0: none; at most 9000: benchtool holds both ends of each under the 20,000 open-file limit)")
@@ -114,6 +115,7 @@ func run(ctx context.Context, args []string) int {
 		b.tab.omit[p] = !slices.Contains(cfg.tunPaths, p)
 	}
 	b.tab.omit[aaPath] = !cfg.rttAA && !cfg.iperfAA
+	b.tab.aaOther = cfg.aaTunsocks
 	started := time.Now()
 	err := b.run(ctx)
 	fmt.Printf("\n## tunsocks benchmark\n\n%s\n\n", environment(cfg))
@@ -225,6 +227,8 @@ func (c *config) parse(mtus, workers, stacks, copyServer, streams string) error 
 		return fmt.Errorf("-iperf-aa with -skip-iperf: there are no iperf3 rows to check; drop one of them")
 	case c.rttAA && !slices.Contains(c.tunPaths, tunPath):
 		return fmt.Errorf("-rtt-aa: the A/A column repeats the gVisor stack's; want -tcp-stacks with gvisor")
+	case c.aaTunsocks != "" && !c.rttAA && !c.iperfAA:
+		return fmt.Errorf("-aa-tunsocks %s: it runs in the tunsocks-aa column; want -rtt-aa or -iperf-aa with it", c.aaTunsocks)
 	case c.idle < 1 || c.idle > 9000:
 		return fmt.Errorf("-idle-conns %d: want 1 to 9000", c.idle)
 	case c.idleMax < 0 || c.idleMax > 9000:

@@ -68,4 +68,17 @@ func TestParseIperfFlags(t *testing.T) {
 				bad.rounds, bad.aa, bad.skip, bad.stacks, err, bad.want)
 		}
 	}
+	// -aa-tunsocks puts another binary in the A/A column: without an
+	// A/A column it would be ignored, so it is refused.
+	parseAB := func(rttAA bool) error {
+		c := config{tunsocks: exe, aaTunsocks: exe, rttAA: rttAA, iperfTime: 5e9, rateTime: 3e9, rateReps: 3, rtts: 2000, rttRounds: 40, rttProcs: 1,
+			idle: 1000, udpRate: 5000, iperfRounds: 5}
+		return c.parse("1500", "8", "gvisor", "none", "1")
+	}
+	if err := parseAB(false); err == nil || !strings.Contains(err.Error(), "-aa-tunsocks") {
+		t.Errorf("-aa-tunsocks without -rtt-aa or -iperf-aa: %v, want an error naming -aa-tunsocks", err)
+	}
+	if err := parseAB(true); err != nil {
+		t.Errorf("-aa-tunsocks with -rtt-aa: %v", err)
+	}
 }

@@ -62,7 +62,11 @@ func (b *bench) tunCommand(p path, mtu int, socks netip.AddrPort, dir, tag strin
 		if b.cfg.heapDir != "" {
 			args = append(args, "--pprof", pprofAddr)
 		}
-		return b.cfg.tunsocks, append(args, tagOutputs(strings.Fields(b.cfg.runArgs), tag)...), nil
+		bin := b.cfg.tunsocks
+		if p == aaPath && b.cfg.aaTunsocks != "" {
+			bin = b.cfg.aaTunsocks
+		}
+		return bin, append(args, tagOutputs(strings.Fields(b.cfg.runArgs), tag)...), nil
 	case t2sPath:
 		// tun2socks creates the device and leaves it down, without an
 		// address; benchtool brings it up (see upAndRoute).

@@ -143,6 +143,9 @@ type table struct {
 	rows []*row
 	// omit leaves paths out of the printed table (those not measured).
 	omit [numPaths]bool
+	// aaOther, when not "", is the binary the A/A column ran instead of
+	// tunsocks' own (-aa-tunsocks): the A/A table is then an A/B.
+	aaOther string
 }
 
 // declare adds a row (or returns the one already declared with this name).
@@ -296,7 +299,11 @@ func (t *table) write(w io.Writer) {
 // how far this ratio strays from 1 is how far the run's noise alone moves
 // a comparison between two columns.
 func (t *table) writeAA(w io.Writer) {
-	fmt.Fprintf(w, "\n| A/A: %s / %s (the same program twice) | ratio |\n", aaPath, tunPath)
+	what := "the same program twice"
+	if t.aaOther != "" {
+		what = "A/B: the A/A column ran " + t.aaOther
+	}
+	fmt.Fprintf(w, "\n| A/A: %s / %s (%s) | ratio |\n", aaPath, tunPath, what)
 	fmt.Fprintln(w, "|---|---:|")
 	for _, r := range t.rows {
 		a, z := r.cells[tunPath], r.cells[aaPath]
