@@ -4,6 +4,8 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+
+	"github.com/tunsocks/tunsocks/internal/growstack"
 )
 
 // workers are goroutines that run the notified directions of Streams
@@ -20,6 +22,7 @@ type workers struct {
 	quit    chan struct{}      // closed by stop: waiting workers return
 	started atomic.Int32       // workers running or waiting
 	max     int32
+	grows   atomic.Uint64 // stack growths (growstack.Grow) the workers made, for tests
 
 	mu      sync.Mutex
 	stopped bool
@@ -60,10 +63,13 @@ func (w *workers) run(h *notifiedHalf) bool {
 }
 
 // work runs h, then each direction handed to it, until the workers stop.
+// It grows its stack once, for all of them (see notifiedHalf.runGrown).
 func (w *workers) work(h *notifiedHalf) {
 	defer w.started.Add(-1)
+	growstack.Grow()
+	w.grows.Add(1)
 	for {
-		h.run()
+		h.runGrown()
 		h = nil
 		select {
 		case h = <-w.jobs:
