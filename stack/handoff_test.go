@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -107,7 +108,9 @@ func (d loggingDispatcher) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *gs
 func (loggingDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *gstack.PacketBuffer) {}
 
 // The reader hands a lone packet to gVisor without waking an idle
-// processor (hold ... release around its delivery), and wakes one after
+// processor (hold ... release around its delivery), lets what that
+// readied run before its next read (yield) when the packet's read had
+// waited (the process was idle: not under load), and wakes one after
 // all when its next read returns at once instead of waiting (the
 // processor's goroutine would otherwise wait behind the reader); a
 // batch of several packets, and a lone pure ACK, are delivered with the
@@ -122,12 +125,12 @@ func TestLinkHoldsLonePacketsHandOff(t *testing.T) {
 		want  string
 	}{
 		{"waited", []waitingRead{{[][]byte{pkt(1)}, true}, {[][]byte{pkt(2)}, true}},
-			"read1 hold deliver release read1 hold deliver release closed wake"},
+			"read1 hold deliver yield release read1 hold deliver yield release closed wake"},
 		{"not waited", []waitingRead{{[][]byte{pkt(1)}, true}, {[][]byte{pkt(2)}, false}, {[][]byte{pkt(3)}, true}},
-			"read1 hold deliver release read1 wake hold deliver release read1 hold deliver release closed wake"},
+			"read1 hold deliver yield release read1 wake hold deliver release read1 hold deliver yield release closed wake"},
 		// A pure ACK, the returning ACK of a bulk download, is not held.
 		{"pure ACK", []waitingRead{{[][]byte{pureACKSegment()}, true}, {[][]byte{pkt(1)}, true}},
-			"read1 deliver read1 hold deliver release closed wake"},
+			"read1 deliver read1 hold deliver yield release closed wake"},
 		// Not one flow's consecutive segments, which GRO would join.
 		{"batch", []waitingRead{{[][]byte{pkt(1), pkt(100), pkt(200)}, false}, {[][]byte{pkt(300)}, false}, {[][]byte{pkt(400), pkt(500)}, false}},
 			"read3 deliver deliver deliver read1 hold deliver release read2 wake deliver deliver closed"},
@@ -199,7 +202,7 @@ func runLoggedLink(t *testing.T, dev Device, l *eventLog, counting bool) string 
 	if counting && e.cdev == nil {
 		t.Fatal("the link does not use the device's count of reads that waited")
 	}
-	e.handoff = handoffOps{hold: func() { l.add("hold") }, release: func() { l.add("release") }, wake: func() { l.add("wake") }}
+	e.handoff = handoffOps{hold: func() { l.add("hold") }, release: func() { l.add("release") }, yield: func() { l.add("yield") }, wake: func() { l.add("wake") }}
 	e.Attach(loggingDispatcher{l})
 	e.start()
 	select {
@@ -268,5 +271,42 @@ func TestLinkHoldsWholeSegmentsHandOff(t *testing.T) {
 	dev := &wholeWaitingDevice{waitingDevice{reads: reads, log: l}}
 	if got := runLoggedLink(t, dev, l, true); got != strings.Join(want, " ") {
 		t.Errorf("events:\n got %s\nwant %s", got, strings.Join(want, " "))
+	}
+}
+
+// readyingDispatcher starts a goroutine for every packet, as gVisor's
+// dispatcher readies the TCP processor of the packet's flow, and logs
+// when it runs.
+type readyingDispatcher struct{ log *eventLog }
+
+func (d readyingDispatcher) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *gstack.PacketBuffer) {
+	d.log.add("deliver")
+	go d.log.add("ran")
+}
+func (readyingDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *gstack.PacketBuffer) {}
+
+// The goroutine a lone packet readies, after a read that waited, runs
+// before the reader's next read, on the reader's processor: the
+// request's way to the upstream does not wait for a read that finds
+// nothing. With one processor the order is the scheduler's alone.
+// Without the yield the reads came first: "read1 deliver read1 deliver
+// closed" (the fake device's reads never block, so nothing else ran
+// until the reader had stopped).
+func TestLinkLonePacketRunsBeforeNextRead(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	l := &eventLog{}
+	dev := &waitingDevice{reads: []waitingRead{{[][]byte{validSegment(1)}, true}, {[][]byte{validSegment(2)}, true}}, log: l}
+	e := newLinkEndpoint(linkConfig{dev: dev, mtu: 1500, readBufSize: 1500, queueLen: 64, log: slog.New(slog.DiscardHandler)})
+	e.Attach(readyingDispatcher{l})
+	e.start()
+	select {
+	case <-e.failed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the read loop did not stop")
+	}
+	e.Close()
+	e.wg.Wait()
+	if got, want := l.String(), "read1 deliver ran read1 deliver ran closed"; got != want {
+		t.Errorf("events:\n got %s\nwant %s", got, want)
 	}
 }

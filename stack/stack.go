@@ -67,9 +67,10 @@ type ReadInterrupter interface {
 // to gVisor's TCP processors without waking an idle processor of the
 // runtime for them (handoff.Hold): the reader is about to wait in its
 // next read, and the processor's goroutine runs on its thread then, two
-// context switches fewer per packet of a request/response exchange. When
-// the next read did not wait after all, the reader wakes one then
-// (handoff.Wake).
+// context switches fewer per packet of a request/response exchange; a
+// lone packet whose read waited has it run before that read
+// (handoff.Yield). When the next read did not wait after all, the reader
+// wakes one then (handoff.Wake).
 type WaitCountingDevice interface {
 	ReadWaits() (n uint64, ok bool)
 }

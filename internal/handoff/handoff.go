@@ -23,6 +23,7 @@
 package handoff
 
 import (
+	"runtime"
 	_ "unsafe" // go:linkname
 
 	gsync "gvisor.dev/gvisor/pkg/sync"
@@ -42,6 +43,15 @@ func Hold() { preGoReadyWakeSuppression() }
 //
 //go:nosplit
 func Release() { postGoReadyWakeSuppression() }
+
+// Yield runs the goroutines the caller readied under Hold now, on the
+// caller's processor, before the caller goes on: the caller goes to the
+// back of the run queue (runtime.Gosched) and resumes once they have
+// run or blocked. Call it between Hold and Release, which keeps the
+// scheduler from waking an idle processor for the caller meanwhile, and
+// only when the queue is short (the process was idle): the caller waits
+// behind everything queued.
+func Yield() { runtime.Gosched() }
 
 // Wake wakes an idle processor if there is one and no thread is looking
 // for work already (runtime.wakep): for a goroutine that held a hand-off
