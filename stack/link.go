@@ -680,6 +680,43 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 	return e.send(pkts.AsSlice())
 }
 
+// linkQDisc is the NIC's queueing discipline (gstack.NICOptions.QDisc):
+// gVisor's NIC hands it each outgoing packet, and it hands the packet to
+// the link as WritePackets would. gVisor's default discipline wraps every
+// packet in a PacketBufferList of its own to call WritePackets, and that
+// list's backing array escapes to the heap through the interface call:
+// one allocation per packet, two per 1-byte round trip (the request's
+// ACK, held, and the reply). The link's own queue and writer are the
+// discipline; Close does nothing (the stack closes the link).
+type linkQDisc struct{ e *linkEndpoint }
+
+// WritePacket implements gstack.QueueingDiscipline.
+func (q linkQDisc) WritePacket(pkt *gstack.PacketBuffer) tcpip.Error {
+	e := q.e
+	if d := e.acks; d != nil {
+		held, first := d.out(pkt, true)
+		if held {
+			return nil
+		}
+		if first != nil {
+			// A held ACK of this flow goes out before it.
+			e.sendOne(first)
+			first.DecRef()
+		}
+	}
+	_, err := e.sendOne(pkt)
+	return err
+}
+
+// Close implements gstack.QueueingDiscipline.
+func (linkQDisc) Close() {}
+
+// sendOne is send of one packet.
+func (e *linkEndpoint) sendOne(pkt *gstack.PacketBuffer) (int, tcpip.Error) {
+	one := [1]*gstack.PacketBuffer{pkt}
+	return e.send(one[:])
+}
+
 // writeHeld writes ACKs the delayer held back whose time has come and
 // releases its references.
 func (e *linkEndpoint) writeHeld(pkts []*gstack.PacketBuffer) {
@@ -1159,6 +1196,7 @@ func (e *linkEndpoint) String() string {
 }
 
 var (
-	_ gstack.LinkEndpoint = (*linkEndpoint)(nil)
-	_ gstack.GSOEndpoint  = (*linkEndpoint)(nil)
+	_ gstack.LinkEndpoint       = (*linkEndpoint)(nil)
+	_ gstack.GSOEndpoint        = (*linkEndpoint)(nil)
+	_ gstack.QueueingDiscipline = linkQDisc{}
 )

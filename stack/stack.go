@@ -464,7 +464,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		gs.Destroy()
 		return nil, fmt.Errorf("stack: %s: %w", what, convertError(terr))
 	}
-	if terr := gs.CreateNICWithOptions(nicID, s.link, gstack.NICOptions{Name: "tun"}); terr != nil {
+	if terr := gs.CreateNICWithOptions(nicID, s.link, gstack.NICOptions{Name: "tun", QDisc: linkQDisc{s.link}}); terr != nil {
 		return fail("create NIC", terr)
 	}
 	// Promiscuous: accept packets for every destination address, not just
