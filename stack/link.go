@@ -404,7 +404,7 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 						continue
 					}
 				}
-				e.deliver(pkt)
+				e.deliver(pkt, n == 1)
 			}
 			if len(back) > 0 {
 				// One write for the batch: the Linux device's GRO joins
@@ -555,7 +555,11 @@ func netProto(pkt []byte) tcpip.NetworkProtocolNumber {
 	return 0
 }
 
-func (e *linkEndpoint) deliver(pkt []byte) {
+// deliver hands pkt to gVisor, through GRO unless alone says it is the
+// only packet of its read: GRO joins a flow's consecutive segments of one
+// read, and a lone one (a request of a round trip) would only be parsed,
+// hashed into a bucket and flushed again at the end of the read.
+func (e *linkEndpoint) deliver(pkt []byte, alone bool) {
 	proto := netProto(pkt)
 	if proto == 0 || e.gro.Dispatcher == nil {
 		e.rxDrops.Add(1)
@@ -568,7 +572,11 @@ func (e *linkEndpoint) deliver(pkt []byte) {
 	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 	pb.NetworkProtocolNumber = proto
 	pb.RXChecksumValidated = true // see Capabilities
-	e.gro.Enqueue(pb)
+	if alone {
+		e.gro.Dispatcher.DeliverNetworkPacket(proto, pb)
+	} else {
+		e.gro.Enqueue(pb)
+	}
 	pb.DecRef()
 }
 
