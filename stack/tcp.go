@@ -392,9 +392,12 @@ type tcpConn struct {
 	// unmoderated: bytes ReadTo took that ModerateRecvBuf was not told
 	// of yet (see moderateMin); the reader's only.
 	unmoderated int
-	nmu         sync.Mutex
-	notify      *readNotify // NotifyRead's registration
-	stop        func()      // a detached flow's (TCPRequest.Detach), under s.mu
+	// wr is writeNow's reader, under wrMu.
+	wrMu   sync.Mutex
+	wr     bytes.Reader
+	nmu    sync.Mutex
+	notify *readNotify // NotifyRead's registration
+	stop   func()      // a detached flow's (TCPRequest.Detach), under s.mu
 }
 
 // SetLinger is net.TCPConn's SetLinger: with 0, Close resets the
@@ -439,12 +442,24 @@ const directWriteMax = 16 << 10
 // again and report). gonet's Write allocates a bytes.Reader and a
 // waiter.Entry on every call (both escape), and checks its deadline
 // under a mutex: on a 1-byte round trip's reply, on its way to the app.
+//
+// The reader is the connection's own (a sync.Pool's Get and Put cost
+// more than the rest of this function); a concurrent Write, which
+// finds it taken, uses one of the pool's.
 func (c *tcpConn) writeNow(p []byte) int {
-	r := byteReaders.Get().(*bytes.Reader)
+	r := &c.wr
+	own := c.wrMu.TryLock()
+	if !own {
+		r = byteReaders.Get().(*bytes.Reader)
+	}
 	r.Reset(p)
 	res, _ := c.ep.Write(r, tcpip.WriteOptions{})
 	r.Reset(nil)
-	byteReaders.Put(r)
+	if own {
+		c.wrMu.Unlock()
+	} else {
+		byteReaders.Put(r)
+	}
 	return int(res)
 }
 
