@@ -14,6 +14,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // rtDevice is an in-memory Device for round-trip benchmarks and tests
@@ -242,20 +243,53 @@ func (a *rtApp) roundTrip(ctx context.Context, b byte) error {
 	return nil
 }
 
+// exchange sends payload in full segments (rtMSS less the timestamp
+// option), all at once, and waits until all of it came back.
+func (a *rtApp) exchange(ctx context.Context, payload []byte) error {
+	for rest := payload; len(rest) > 0; {
+		k := min(len(rest), rtMSS-12)
+		if err := a.send(ctx, append([]byte(nil), a.build(header.TCPFlagAck, rest[:k])...)); err != nil {
+			return err
+		}
+		a.seq += uint32(k)
+		rest = rest[k:]
+	}
+	var got []byte
+	for len(got) < len(payload) {
+		tcp, err := a.next(ctx)
+		if err != nil {
+			return err
+		}
+		if tcp.SequenceNumber() != a.ack {
+			return fmt.Errorf("reply segment at %d, want %d", tcp.SequenceNumber(), a.ack)
+		}
+		got = append(got, tcp.Payload()...)
+		a.ack += uint32(len(tcp.Payload()))
+	}
+	if string(got) != string(payload) {
+		return fmt.Errorf("echoed %d bytes differ from the %d sent", len(got), len(payload))
+	}
+	return nil
+}
+
 // rtEcho is a Handler that echoes each connection's bytes as the router's
 // relay forwards them: a notified reader (NotifyRead) that takes what is
 // waiting with ReadTo and writes it back with one Write.
-type rtEcho struct{}
+// conns, if not nil, gets each accepted connection.
+type rtEcho struct{ conns chan<- *tcpConn }
 
 func (rtEcho) HandleUDP(_ context.Context, f *UDPFlow) { f.Close() }
 
-func (rtEcho) HandleTCP(ctx context.Context, r *TCPRequest) {
+func (h rtEcho) HandleTCP(ctx context.Context, r *TCPRequest) {
 	c, err := r.Accept()
 	if err != nil {
 		return
 	}
 	defer c.Close()
 	tc := c.(*tcpConn)
+	if h.conns != nil {
+		h.conns <- tc
+	}
 	ready := make(chan struct{}, 1)
 	notify := func() {
 		select {
@@ -294,11 +328,15 @@ func (w *sliceWriter) Write(p []byte) (int, error) {
 // rtSetup starts a stack on an rtDevice with the echo handler and dials
 // one connection into it.
 func rtSetup(tb testing.TB, tweak func(*Config)) (*Stack, *rtApp, context.Context) {
+	return rtSetupWith(tb, rtEcho{}, tweak)
+}
+
+func rtSetupWith(tb testing.TB, h rtEcho, tweak func(*Config)) (*Stack, *rtApp, context.Context) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	tb.Cleanup(cancel)
 	dev := newRTDevice()
-	cfg := Config{Device: dev, Handler: rtEcho{}}
+	cfg := Config{Device: dev, Handler: h}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -389,5 +427,38 @@ func TestRoundTripAllocatesNothing(t *testing.T) {
 	}
 	if a.pure != 0 {
 		t.Errorf("the stack sent %d lone ACKs in %d round trips, want 0 (the replies carry them)", a.pure, i)
+	}
+}
+
+// TestReadToModeratesInBulk: ReadTo tells the endpoint's receive-buffer
+// moderation of small reads only once they add up to moderateMin bytes,
+// and then of all of them. Before, each 1-byte request's read called
+// ModerateRecvBuf (the endpoint's locks and the clock), and the
+// endpoint had been told of every byte at once.
+func TestReadToModeratesInBulk(t *testing.T) {
+	conns := make(chan *tcpConn, 1)
+	_, a, ctx := rtSetupWith(t, rtEcho{conns: conns}, nil)
+	c := <-conns
+	told := func() int { return c.ep.(*tcp.Endpoint).RcvAutoParams.CopiedBytes }
+	const small = 100
+	for i := range small {
+		if err := a.roundTrip(ctx, byte(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sent := 3 + small // rtSetup's round trips too
+	if got := told(); got != 0 {
+		t.Errorf("after %d 1-byte reads the endpoint was told of %d bytes, want 0 (below %d)", sent, got, moderateMin)
+	}
+	bulk := make([]byte, moderateMin)
+	for i := range bulk {
+		bulk[i] = byte(i)
+	}
+	if err := a.exchange(ctx, bulk); err != nil {
+		t.Fatal(err)
+	}
+	sent += len(bulk)
+	if got := told(); got != sent {
+		t.Errorf("after %d bytes read the endpoint was told of %d, want all", sent, got)
 	}
 }
