@@ -96,6 +96,9 @@ type linkEndpoint struct {
 	// acks holds back the TCP's pure ACKs for a short while (see
 	// ackDelayer); nil when off.
 	acks *ackDelayer
+	// stripTS: the app's SYNs lose their timestamp option before gVisor
+	// sees them (see stripSYNTimestamp).
+	stripTS bool
 
 	qmu    sync.Mutex
 	queue  []*gstack.PacketBuffer
@@ -152,6 +155,7 @@ type linkConfig struct {
 	queueLen    int
 	gso         bool          // use the device's segmentation offload, if any
 	ackDelay    time.Duration // hold pure ACKs this long (0: not at all)
+	stripTS     bool          // strip the timestamp option of the app's SYNs
 	sys         *sysTCP
 	tap         PacketTap
 	log         *slog.Logger
@@ -179,6 +183,7 @@ func newLinkEndpoint(c linkConfig) *linkEndpoint {
 		done:        make(chan struct{}),
 		failed:      make(chan struct{}),
 		readBufSize: c.readBufSize,
+		stripTS:     c.stripTS,
 		handoff:     handoffOps{hold: handoff.Hold, release: handoff.Release, wake: handoff.Wake},
 	}
 	e.vdev, _ = c.dev.(ValidatingDevice)
@@ -403,6 +408,9 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 						}
 						continue
 					}
+				}
+				if e.stripTS {
+					stripSYNTimestamp(pkt)
 				}
 				e.deliver(pkt, n == 1)
 			}

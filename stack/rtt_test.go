@@ -125,6 +125,9 @@ type rtApp struct {
 	// tsVal is the app's timestamp clock, tsEcr the stack's last
 	// timestamp, echoed.
 	tsVal, tsEcr uint32
+	// ts: the stack's SYN-ACK took up the timestamps (the app's later
+	// packets carry one).
+	ts bool
 	// pure counts the stack's packets without payload or SYN/FIN/RST
 	// the app saw (lone ACKs).
 	pure int
@@ -146,7 +149,7 @@ func (a *rtApp) build(flags header.TCPFlags, payload []byte) []byte {
 		opts[no] = header.TCPOptionNOP
 		no++
 		no += header.EncodeWSOption(7, opts[no:])
-	} else {
+	} else if a.ts {
 		opts[0], opts[1] = header.TCPOptionNOP, header.TCPOptionNOP
 		no = 2 + header.EncodeTSOption(a.tsVal, a.tsEcr, opts[2:])
 	}
@@ -218,9 +221,11 @@ func (a *rtApp) dial(ctx context.Context) error {
 	if synack.Flags() != header.TCPFlagSyn|header.TCPFlagAck {
 		return fmt.Errorf("answer to SYN has flags %v", synack.Flags())
 	}
-	if o := header.ParseSynOptions(synack.Options(), true); !o.TS || !o.SACKPermitted || o.WS < 0 {
+	o := header.ParseSynOptions(synack.Options(), true)
+	if !o.SACKPermitted || o.WS < 0 {
 		return fmt.Errorf("the stack's SYN-ACK declines options: %+v", o)
 	}
+	a.ts = o.TS
 	a.seq++
 	a.ack = synack.SequenceNumber() + 1
 	return a.send(ctx, append([]byte(nil), a.build(header.TCPFlagAck, nil)...))
@@ -243,8 +248,8 @@ func (a *rtApp) roundTrip(ctx context.Context, b byte) error {
 	return nil
 }
 
-// exchange sends payload in full segments (rtMSS less the timestamp
-// option), all at once, and waits until all of it came back.
+// exchange sends payload in full segments (rtMSS less room for the
+// timestamp option), all at once, and waits until all of it came back.
 func (a *rtApp) exchange(ctx context.Context, payload []byte) error {
 	for rest := payload; len(rest) > 0; {
 		k := min(len(rest), rtMSS-12)
@@ -460,5 +465,87 @@ func TestReadToModeratesInBulk(t *testing.T) {
 	sent += len(bulk)
 	if got := told(); got != sent {
 		t.Errorf("after %d bytes read the endpoint was told of %d, want all", sent, got)
+	}
+}
+
+// TestSYNTimestampStripped: the app's SYN offers timestamps; by default
+// the stack's SYN-ACK declines them (the link takes the option out of the
+// SYN before gVisor sees it), and with KeepTimestamps it takes them up,
+// as gVisor always did before. Round trips work either way.
+func TestSYNTimestampStripped(t *testing.T) {
+	for _, keep := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keep=%v", keep), func(t *testing.T) {
+			_, a, ctx := rtSetup(t, func(c *Config) { c.TCP.KeepTimestamps = keep })
+			if a.ts != keep {
+				t.Errorf("the stack's SYN-ACK carries timestamps: %v, want %v", a.ts, keep)
+			}
+			for i := range 10 {
+				if err := a.roundTrip(ctx, byte(i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// TestStripSYNTimestamp: only a SYN's timestamp option turns into NOPs,
+// the other options stay, and the checksum stays right.
+func TestStripSYNTimestamp(t *testing.T) {
+	a := &rtApp{src: netip.MustParseAddrPort("10.0.0.2:40000"), dst: netip.MustParseAddrPort("198.18.0.1:7")}
+	syn := append([]byte(nil), a.build(header.TCPFlagSyn, nil)...)
+	if !stripSYNTimestamp(syn) {
+		t.Fatal("the SYN's timestamp was not stripped")
+	}
+	tcp := header.TCP(syn[header.IPv4MinimumSize:])
+	o := header.ParseSynOptions(tcp.Options(), false)
+	if o.TS || o.MSS != rtMSS || !o.SACKPermitted || o.WS != 7 {
+		t.Errorf("options after stripping: %+v, want MSS %d, SACK, WS 7 and no timestamp", o, rtMSS)
+	}
+	if !checksumsOK(syn) {
+		t.Error("the stripped SYN's checksum is wrong")
+	}
+	if stripSYNTimestamp(syn) {
+		t.Error("a SYN without a timestamp was changed")
+	}
+	a.ts = true
+	ack := append([]byte(nil), a.build(header.TCPFlagAck, []byte("x"))...)
+	if stripSYNTimestamp(ack) {
+		t.Error("a data segment's timestamp was stripped")
+	}
+	synack := append([]byte(nil), a.build(header.TCPFlagSyn|header.TCPFlagAck, nil)...)
+	if stripSYNTimestamp(synack) {
+		t.Error("a SYN-ACK's timestamp was stripped")
+	}
+}
+
+// TestStripSYNTimestampIPv6: the same for an IPv6 SYN.
+func TestStripSYNTimestampIPv6(t *testing.T) {
+	var opts [20]byte
+	no := header.EncodeMSSOption(rtMSS, opts[:])
+	no += header.EncodeSACKPermittedOption(opts[no:])
+	no += header.EncodeTSOption(1, 0, opts[no:])
+	opts[no] = header.TCPOptionNOP
+	no++
+	no += header.EncodeWSOption(7, opts[no:])
+	tcpLen := header.TCPMinimumSize + no
+	pkt := make([]byte, header.IPv6MinimumSize+tcpLen)
+	src, dst := tcpip.AddrFrom16(netip.MustParseAddr("fd00::2").As16()), tcpip.AddrFrom16(netip.MustParseAddr("2001:db8::1").As16())
+	header.IPv6(pkt).Encode(&header.IPv6Fields{PayloadLength: uint16(tcpLen), TransportProtocol: header.TCPProtocolNumber,
+		HopLimit: 64, SrcAddr: src, DstAddr: dst})
+	tcp := header.TCP(pkt[header.IPv6MinimumSize:])
+	tcp.Encode(&header.TCPFields{SrcPort: 40000, DstPort: 443, SeqNum: 1, DataOffset: uint8(tcpLen), Flags: header.TCPFlagSyn, WindowSize: 65535})
+	copy(tcp[header.TCPMinimumSize:], opts[:no])
+	tcp.SetChecksum(^checksum.Checksum(tcp, header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(tcpLen))))
+	if !checksumsOK(pkt) {
+		t.Fatal("test SYN built with a wrong checksum")
+	}
+	if !stripSYNTimestamp(pkt) {
+		t.Fatal("the SYN's timestamp was not stripped")
+	}
+	if o := header.ParseSynOptions(tcp.Options(), false); o.TS || o.MSS != rtMSS || !o.SACKPermitted || o.WS != 7 {
+		t.Errorf("options after stripping: %+v", o)
+	}
+	if !checksumsOK(pkt) {
+		t.Error("the stripped SYN's checksum is wrong")
 	}
 }
