@@ -96,6 +96,9 @@ type linkEndpoint struct {
 	// acks holds back the TCP's pure ACKs for a short while (see
 	// ackDelayer); nil when off.
 	acks *ackDelayer
+	// stripTS: the app's SYNs lose their timestamp option before gVisor
+	// sees them (see stripSYNTimestamp).
+	stripTS bool
 
 	qmu    sync.Mutex
 	queue  []*gstack.PacketBuffer
@@ -152,6 +155,7 @@ type linkConfig struct {
 	queueLen    int
 	gso         bool          // use the device's segmentation offload, if any
 	ackDelay    time.Duration // hold pure ACKs this long (0: not at all)
+	stripTS     bool          // strip the timestamp option of the app's SYNs
 	sys         *sysTCP
 	tap         PacketTap
 	log         *slog.Logger
@@ -179,6 +183,7 @@ func newLinkEndpoint(c linkConfig) *linkEndpoint {
 		done:        make(chan struct{}),
 		failed:      make(chan struct{}),
 		readBufSize: c.readBufSize,
+		stripTS:     c.stripTS,
 		handoff:     handoffOps{hold: handoff.Hold, release: handoff.Release, yield: handoff.Yield, wake: handoff.Wake},
 	}
 	e.vdev, _ = c.dev.(ValidatingDevice)
@@ -421,7 +426,10 @@ func (e *linkEndpoint) readLoop(bufSize int) {
 						continue
 					}
 				}
-				e.deliver(pkt)
+				if e.stripTS {
+					stripSYNTimestamp(pkt)
+				}
+				e.deliver(pkt, n == 1)
 			}
 			if len(back) > 0 {
 				// One write for the batch: the Linux device's GRO joins
@@ -575,7 +583,11 @@ func netProto(pkt []byte) tcpip.NetworkProtocolNumber {
 	return 0
 }
 
-func (e *linkEndpoint) deliver(pkt []byte) {
+// deliver hands pkt to gVisor, through GRO unless alone says it is the
+// only packet of its read: GRO joins a flow's consecutive segments of one
+// read, and a lone one (a request of a round trip) would only be parsed,
+// hashed into a bucket and flushed again at the end of the read.
+func (e *linkEndpoint) deliver(pkt []byte, alone bool) {
 	proto := netProto(pkt)
 	if proto == 0 || e.gro.Dispatcher == nil {
 		e.rxDrops.Add(1)
@@ -588,7 +600,11 @@ func (e *linkEndpoint) deliver(pkt []byte) {
 	pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
 	pb.NetworkProtocolNumber = proto
 	pb.RXChecksumValidated = true // see Capabilities
-	e.gro.Enqueue(pb)
+	if alone {
+		e.gro.Dispatcher.DeliverNetworkPacket(proto, pb)
+	} else {
+		e.gro.Enqueue(pb)
+	}
 	pb.DecRef()
 }
 
@@ -698,6 +714,43 @@ func (e *linkEndpoint) WritePackets(pkts gstack.PacketBufferList) (int, tcpip.Er
 		}
 	}
 	return e.send(pkts.AsSlice())
+}
+
+// linkQDisc is the NIC's queueing discipline (gstack.NICOptions.QDisc):
+// gVisor's NIC hands it each outgoing packet, and it hands the packet to
+// the link as WritePackets would. gVisor's default discipline wraps every
+// packet in a PacketBufferList of its own to call WritePackets, and that
+// list's backing array escapes to the heap through the interface call:
+// one allocation per packet, two per 1-byte round trip (the request's
+// ACK, held, and the reply). The link's own queue and writer are the
+// discipline; Close does nothing (the stack closes the link).
+type linkQDisc struct{ e *linkEndpoint }
+
+// WritePacket implements gstack.QueueingDiscipline.
+func (q linkQDisc) WritePacket(pkt *gstack.PacketBuffer) tcpip.Error {
+	e := q.e
+	if d := e.acks; d != nil {
+		held, first := d.out(pkt, true)
+		if held {
+			return nil
+		}
+		if first != nil {
+			// A held ACK of this flow goes out before it.
+			e.sendOne(first)
+			first.DecRef()
+		}
+	}
+	_, err := e.sendOne(pkt)
+	return err
+}
+
+// Close implements gstack.QueueingDiscipline.
+func (linkQDisc) Close() {}
+
+// sendOne is send of one packet.
+func (e *linkEndpoint) sendOne(pkt *gstack.PacketBuffer) (int, tcpip.Error) {
+	one := [1]*gstack.PacketBuffer{pkt}
+	return e.send(one[:])
 }
 
 // writeHeld writes ACKs the delayer held back whose time has come and
@@ -1179,6 +1232,7 @@ func (e *linkEndpoint) String() string {
 }
 
 var (
-	_ gstack.LinkEndpoint = (*linkEndpoint)(nil)
-	_ gstack.GSOEndpoint  = (*linkEndpoint)(nil)
+	_ gstack.LinkEndpoint       = (*linkEndpoint)(nil)
+	_ gstack.GSOEndpoint        = (*linkEndpoint)(nil)
+	_ gstack.QueueingDiscipline = linkQDisc{}
 )

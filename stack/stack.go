@@ -179,6 +179,14 @@ type TCPOptions struct {
 	// updates and SACKs never do. Default DefaultAckDelay; negative: no
 	// delay.
 	AckDelay time.Duration
+	// KeepTimestamps lets the app's TCP and the netstack's use the
+	// timestamp option (RFC 7323) when the app offers it. By default the
+	// option is taken out of the app's SYN before gVisor sees it, so
+	// neither side stamps its segments: between the app and this stack
+	// they buy nothing, and cost every packet a clock read and an option
+	// each way (see stripSYNTimestamp). Not in system TCP mode, where the
+	// kernel terminates the app's TCP.
+	KeepTimestamps bool
 	// MaxInFlight bounds the app's connection attempts in flight: SYNs
 	// held while the Handler decides, and accepted attempts whose app has
 	// not completed its handshake yet. At the bound the OLDEST attempt is
@@ -447,7 +455,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 	s.link = newLinkEndpoint(linkConfig{
 		dev: cfg.Device, mtu: uint32(cfg.MTU), readBufSize: readBufSize, queueLen: cfg.TxQueue,
 		gso: !cfg.TCP.DisableGSO, sys: s.sys, tap: cfg.Tap, log: log,
-		ackDelay: ackDelay(cfg.TCP.AckDelay),
+		ackDelay: ackDelay(cfg.TCP.AckDelay), stripTS: !cfg.TCP.KeepTimestamps,
 	})
 	if s.sys != nil {
 		s.sys.link = s.link
@@ -465,7 +473,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		gs.Destroy()
 		return nil, fmt.Errorf("stack: %s: %w", what, convertError(terr))
 	}
-	if terr := gs.CreateNICWithOptions(nicID, s.link, gstack.NICOptions{Name: "tun"}); terr != nil {
+	if terr := gs.CreateNICWithOptions(nicID, s.link, gstack.NICOptions{Name: "tun", QDisc: linkQDisc{s.link}}); terr != nil {
 		return fail("create NIC", terr)
 	}
 	// Promiscuous: accept packets for every destination address, not just

@@ -389,9 +389,15 @@ type tcpConn struct {
 	// gonet, which keeps it).
 	writeDeadline atomic.Bool
 	waitTimer     *time.Timer // WaitRead's, made on its first timed wait
-	nmu           sync.Mutex
-	notify        *readNotify // NotifyRead's registration
-	stop          func()      // a detached flow's (TCPRequest.Detach), under s.mu
+	// unmoderated: bytes ReadTo took that ModerateRecvBuf was not told
+	// of yet (see moderateMin); the reader's only.
+	unmoderated int
+	// wr is writeNow's reader, under wrMu.
+	wrMu   sync.Mutex
+	wr     bytes.Reader
+	nmu    sync.Mutex
+	notify *readNotify // NotifyRead's registration
+	stop   func()      // a detached flow's (TCPRequest.Detach), under s.mu
 }
 
 // SetLinger is net.TCPConn's SetLinger: with 0, Close resets the
@@ -436,16 +442,38 @@ const directWriteMax = 16 << 10
 // again and report). gonet's Write allocates a bytes.Reader and a
 // waiter.Entry on every call (both escape), and checks its deadline
 // under a mutex: on a 1-byte round trip's reply, on its way to the app.
+//
+// The reader is the connection's own (a sync.Pool's Get and Put cost
+// more than the rest of this function); a concurrent Write, which
+// finds it taken, uses one of the pool's.
 func (c *tcpConn) writeNow(p []byte) int {
-	r := byteReaders.Get().(*bytes.Reader)
+	r := &c.wr
+	own := c.wrMu.TryLock()
+	if !own {
+		r = byteReaders.Get().(*bytes.Reader)
+	}
 	r.Reset(p)
 	res, _ := c.ep.Write(r, tcpip.WriteOptions{})
 	r.Reset(nil)
-	byteReaders.Put(r)
+	if own {
+		c.wrMu.Unlock()
+	} else {
+		byteReaders.Put(r)
+	}
 	return int(res)
 }
 
 var byteReaders = sync.Pool{New: func() any { return new(bytes.Reader) }}
+
+// moderateMin is how many bytes ReadTo's reads add up to before it tells
+// the endpoint (ModerateRecvBuf, which grows the receive buffer with
+// the bytes the reader takes per round trip). Each call takes the
+// endpoint's locks, reads the clock and, when segments came meanwhile,
+// wakes gVisor's processor: for the 1-byte request of a round trip that
+// was half of ReadTo's cost, for a count that only matters at bulk
+// rates, where each read takes a segment or more (up to 64 KiB) and
+// goes on to the endpoint at once.
+const moderateMin = 4 << 10
 
 // ReadTo hands the bytes waiting to be read to w without a buffer of the
 // caller's (relay.DirectReader): w.Write is called with the stack's own
@@ -466,8 +494,13 @@ func (c *tcpConn) ReadTo(w io.Writer) (int, error) {
 	n := res.Count
 	if n > 0 {
 		// As gonet's Read: the receive window grows with what the
-		// reader takes (receive-buffer moderation).
-		c.ep.ModerateRecvBuf(n)
+		// reader takes (receive-buffer moderation). Small reads are
+		// added up and told in one call (see moderateMin).
+		c.unmoderated += n
+		if c.unmoderated >= moderateMin {
+			c.ep.ModerateRecvBuf(c.unmoderated)
+			c.unmoderated = 0
+		}
 		c.s.bytesUp.Add(uint64(n))
 	}
 	switch terr.(type) {

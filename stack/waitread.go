@@ -3,7 +3,7 @@ package stack
 import (
 	"net"
 	"os"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/waiter"
@@ -69,7 +69,7 @@ func (c *tcpConn) NotifyRead(fn func()) {
 		c.notify = n
 		c.wq.EventRegister(&n.e)
 	}
-	n.fn.Store(&fn)
+	n.arm(fn)
 	c.nmu.Unlock()
 	if c.ep.Readiness(waiter.ReadableEvents) != 0 {
 		n.NotifyEvent(waiter.ReadableEvents)
@@ -77,15 +77,29 @@ func (c *tcpConn) NotifyRead(fn func()) {
 }
 
 // readNotify is NotifyRead's registration on the connection's queue: it
-// calls the function it holds once per NotifyRead.
+// calls the function it holds once per NotifyRead. The function is kept
+// under a mutex of its own rather than behind an atomic pointer, which
+// would take its address (an allocation at every park, once per
+// request of a request/response exchange).
 type readNotify struct {
 	e  waiter.Entry
-	fn atomic.Pointer[func()] // armed: the function to call; nil once called
+	mu sync.Mutex
+	fn func() // armed: the function to call; nil once called
+}
+
+func (n *readNotify) arm(fn func()) {
+	n.mu.Lock()
+	n.fn = fn
+	n.mu.Unlock()
 }
 
 func (n *readNotify) NotifyEvent(waiter.EventMask) {
-	if fn := n.fn.Swap(nil); fn != nil {
-		(*fn)()
+	n.mu.Lock()
+	fn := n.fn
+	n.fn = nil
+	n.mu.Unlock()
+	if fn != nil {
+		fn()
 	}
 }
 
