@@ -193,7 +193,10 @@ func TestAPIInLab(t *testing.T) {
 		t.Fatalf("echo: %v", err)
 	}
 	src := c.LocalAddr().(*net.TCPAddr).Port
-	f := a.waitConn(t, src, func(c conn) bool { return c.Download >= int64(len(payload)) })
+	// Both counts, not the download's alone: the relay counts bytes up
+	// after its write to the upstream returns, so the echo can be back
+	// (and counted down) before the last upload write is counted.
+	f := a.waitConn(t, src, func(c conn) bool { return c.Download >= int64(len(payload)) && c.Upload >= int64(len(payload)) })
 	if f.Metadata.Network != "tcp" || f.Metadata.DestinationIP != remote4.String() || f.Metadata.DestinationPort != "7" ||
 		len(f.Chains) != 1 || f.Chains[0] != "corp" || f.Rule != "Match" || f.Metadata.InboundName != "tsk0" ||
 		f.Metadata.UpstreamAddr != socksAddr.String() || !strings.Contains(f.Metadata.TunsocksRule, `"MATCH,corp"`) || f.Upload != int64(len(payload)) {

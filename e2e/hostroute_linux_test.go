@@ -406,7 +406,7 @@ func (hl *hostLab) socksRequests(target string, want int) int {
 }
 
 func countLines(b *testenv.Buffer, s string, want int) int {
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second) // only a failure waits it out
 	for strings.Count(b.String(), s) < want && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}

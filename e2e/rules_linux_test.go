@@ -196,10 +196,11 @@ dns:
 	}
 }
 
-// logged waits up to 3 s for s in p's output: servers log a request when it
-// ends, a moment after the client is done.
+// logged waits (up to 20 s, which only a failure waits out) for s in p's
+// output: servers log a request when it ends, a moment after the client is
+// done, later on a loaded machine.
 func logged(p *proc, s string) bool {
-	for deadline := time.Now().Add(3 * time.Second); ; {
+	for deadline := time.Now().Add(20 * time.Second); ; {
 		if strings.Contains(p.out.String(), s) {
 			return true
 		}

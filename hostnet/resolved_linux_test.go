@@ -107,7 +107,7 @@ func (f *fakeResolved) Calls() []string {
 }
 
 func (f *fakeResolved) waitCalls(n int) []string {
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second) // only a failure waits it out
 	for time.Now().Before(deadline) && len(f.Calls()) < n {
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -109,7 +109,7 @@ func TestGatewayWithForwardDrop(t *testing.T) {
 	tp.in(tp.host, "nft flush chain ip filter FORWARD")
 	tp.in(tp.host, "nft add table ip6 docker2")
 	tp.in(tp.host, "nft add chain ip6 docker2 FORWARD { type filter hook forward priority 0 ; policy drop ; }")
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(20 * time.Second) // the healer looks every 2 s; only a failure waits this out
 	for time.Now().Before(deadline) && (!strings.Contains(tp.in(tp.host, "nft list chain ip filter FORWARD"), `oifname "tsk0" accept`) ||
 		!strings.Contains(tp.in(tp.host, "nft list chain ip6 docker2 FORWARD"), `oifname "tsk0" accept`)) {
 		time.Sleep(50 * time.Millisecond)

@@ -100,6 +100,13 @@ func TestManyHandshakesFromOneClient(t *testing.T) {
 	// client's budget of 128: none has gone stale).
 	echo := mustAP(peerEcho(t, "tcp4", "127.0.0.1:0"))
 	srv := startServer(t, Config{})
+	// What makes a handshake stale is its age (2 s), and opening 300
+	// connections took up to 2.15 s under -race on a loaded 2-core
+	// machine: the first ones could go stale before the last arrived, and
+	// be shed rightly. Here none may go stale, whatever the load.
+	srv.hs.mu.Lock()
+	srv.hs.stale = time.Hour
+	srv.hs.mu.Unlock()
 	const n = 300
 	conns := make([]*net.TCPConn, n)
 	for i := range conns {

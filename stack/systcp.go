@@ -294,8 +294,18 @@ func (t *sysTCP) divert(b []byte) (mine, write bool) {
 	return true, true
 }
 
-// probeTimeout bounds the self-test's wait for the kernel's answer.
-const probeTimeout = 2 * time.Second
+// probeTimeout bounds the self-test's wait for the kernel's answer, and
+// the probe's SYN is sent again every probeResend meanwhile: the app's
+// traffic can start while the test runs (the TUN is up and routed before
+// the stack), and on a busy TUN the probe's SYN or the kernel's SYN-ACK can
+// be dropped with the transfer's packets. One SYN and a 2 s wait failed the
+// test on a loaded machine (e2e TestPipelineSystemStack, 3 of 14 runs under
+// -race): TCP then went to gVisor, and the system TCP connections already
+// open were reset.
+const (
+	probeTimeout = 5 * time.Second
+	probeResend  = 500 * time.Millisecond
+)
 
 // selfTest sends each listener a SYN from a fake peer through the device
 // and waits for the SYN-ACK to come back out of it. When one does not (a
@@ -315,11 +325,22 @@ func (t *sysTCP) selfTest() {
 		err := t.link.writeRaw(segment(fake, listener, isn, 0, tcpSYN, 65535))
 		ok := false
 		if err == nil {
-			select {
-			case <-e.probe:
-				ok = true
-			case <-time.After(probeTimeout):
+			// The kernel answers a repeated SYN with its SYN-ACK again.
+			timeout, resend := time.NewTimer(probeTimeout), time.NewTicker(probeResend)
+		wait:
+			for {
+				select {
+				case <-e.probe:
+					ok = true
+					break wait
+				case <-resend.C:
+					_ = t.link.writeRaw(segment(fake, listener, isn, 0, tcpSYN, 65535))
+				case <-timeout.C:
+					break wait
+				}
 			}
+			timeout.Stop()
+			resend.Stop()
 		}
 		// Whatever the kernel holds for the probe, reset it.
 		_ = t.link.writeRaw(segment(fake, listener, isn+1, 0, tcpRST, 0))

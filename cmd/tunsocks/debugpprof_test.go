@@ -51,8 +51,14 @@ func profiledAllocations(t *testing.T) bool {
 // for heap profiles (each new call stack sampled costs memory no one
 // reads); with it, it samples as before.
 func TestSampleAllocations(t *testing.T) {
-	rate := runtime.MemProfileRate
-	t.Cleanup(func() { runtime.MemProfileRate = rate })
+	saved := runtime.MemProfileRate
+	t.Cleanup(func() { runtime.MemProfileRate = saved })
+	// Start from the runtime's default rate, whatever the tests before
+	// left: a test that runs the run command has set the rate of the
+	// whole test binary to 0 (no --pprof), so with -count=2 or -shuffle
+	// the rate read here was 0 and nothing could be sampled.
+	const rate = 512 * 1024
+	runtime.MemProfileRate = rate
 	sampleAllocations(true)
 	if runtime.MemProfileRate != rate {
 		t.Fatalf("with profiles served the rate is %d, want %d", runtime.MemProfileRate, rate)
