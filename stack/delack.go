@@ -157,22 +157,32 @@ func parseOut(pkt *gstack.PacketBuffer, ti *tcpInfo) bool {
 
 // hasSACK reports whether TCP options carry SACK blocks (kind 5).
 func hasSACK(opts []byte) bool {
+	_, n := tcpOption(opts, header.TCPOptionSACK)
+	return n > 0
+}
+
+// tcpOption finds the first option of the given kind in TCP options:
+// its offset in opts and its length, with n = 0 when there is none
+// before the end-of-options mark or before what cannot be parsed (a
+// length under 2 or past the end).
+func tcpOption(opts []byte, kind byte) (at, n int) {
 	for i := 0; i < len(opts); {
 		switch opts[i] {
 		case header.TCPOptionEOL:
-			return false
+			return 0, 0
 		case header.TCPOptionNOP:
 			i++
 			continue
-		case header.TCPOptionSACK:
-			return true
 		}
-		if i+1 >= len(opts) || opts[i+1] < 2 {
-			return false
+		if i+1 >= len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
+			return 0, 0
+		}
+		if opts[i] == kind {
+			return i, int(opts[i+1])
 		}
 		i += int(opts[i+1])
 	}
-	return false
+	return 0, 0
 }
 
 func (d *ackDelayer) slot(k *tcpKey) *ackSlot {

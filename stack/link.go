@@ -529,30 +529,50 @@ const maxWholeHeld = 16
 // flag but ACK (ECE and CWR aside): the returning ACKs of a bulk
 // download. Anything it cannot parse is not one.
 func pureACK(pkt []byte) bool {
-	var tcp []byte
+	tcp, ok := tcpSegment(pkt)
+	if !ok {
+		return false
+	}
+	t := header.TCP(tcp)
+	return int(t.DataOffset()) == len(tcp) && t.Flags()&^(header.TCPFlagEce|header.TCPFlagCwr) == header.TCPFlagAck
+}
+
+// tcpSegment returns the TCP segment (header and payload) the IP packet
+// pkt carries, with at least a minimal TCP header: IPv4 unfragmented, or
+// IPv6 without extension headers (not worth parsing here); anything else,
+// or a length that does not add up, is not ok.
+func tcpSegment(pkt []byte) (tcp []byte, ok bool) {
 	switch {
 	case len(pkt) >= header.IPv4MinimumSize && header.IPVersion(pkt) == header.IPv4Version:
 		ip := header.IPv4(pkt)
 		hl, total := int(ip.HeaderLength()), int(ip.TotalLength())
-		if ip.TransportProtocol() != header.TCPProtocolNumber || hl < header.IPv4MinimumSize || total > len(pkt) || total < hl {
-			return false
+		if ip.TransportProtocol() != header.TCPProtocolNumber || hl < header.IPv4MinimumSize || total > len(pkt) ||
+			total < hl || ip.FragmentOffset() != 0 || ip.Flags()&header.IPv4FlagMoreFragments != 0 {
+			return nil, false
 		}
 		tcp = pkt[hl:total]
 	case len(pkt) >= header.IPv6MinimumSize && header.IPVersion(pkt) == header.IPv6Version:
 		ip := header.IPv6(pkt)
 		total := header.IPv6MinimumSize + int(ip.PayloadLength())
 		if tcpip.TransportProtocolNumber(ip.NextHeader()) != header.TCPProtocolNumber || total > len(pkt) {
-			return false // extension headers too: not worth parsing here
+			return nil, false
 		}
 		tcp = pkt[header.IPv6MinimumSize:total]
 	default:
-		return false
+		return nil, false
 	}
-	if len(tcp) < header.TCPMinimumSize {
-		return false
+	return tcp, len(tcp) >= header.TCPMinimumSize
+}
+
+// tcpPseudoSum is the checksum of the pseudo-header of a TCP segment of
+// tcpLen bytes in the IP packet pkt (one tcpSegment accepted).
+func tcpPseudoSum(pkt []byte, tcpLen int) uint16 {
+	if header.IPVersion(pkt) == header.IPv4Version {
+		ip := header.IPv4(pkt)
+		return header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(tcpLen))
 	}
-	t := header.TCP(tcp)
-	return int(t.DataOffset()) == len(tcp) && t.Flags()&^(header.TCPFlagEce|header.TCPFlagCwr) == header.TCPFlagAck
+	ip := header.IPv6(pkt)
+	return header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(tcpLen))
 }
 
 // handoffOps is how readLoop hands a packet's goroutine to its own thread

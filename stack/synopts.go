@@ -3,7 +3,6 @@ package stack
 import (
 	"encoding/binary"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -23,30 +22,8 @@ import (
 // Only IPv4 and IPv6 without extension headers are looked at; pkt is a
 // whole IP packet.
 func stripSYNTimestamp(pkt []byte) bool {
-	var tcp []byte
-	var pseudo uint16
-	switch {
-	case len(pkt) >= header.IPv4MinimumSize && header.IPVersion(pkt) == header.IPv4Version:
-		ip := header.IPv4(pkt)
-		hl, total := int(ip.HeaderLength()), int(ip.TotalLength())
-		if ip.TransportProtocol() != header.TCPProtocolNumber || hl < header.IPv4MinimumSize || total > len(pkt) ||
-			total < hl || ip.FragmentOffset() != 0 || ip.Flags()&header.IPv4FlagMoreFragments != 0 {
-			return false
-		}
-		tcp = pkt[hl:total]
-		pseudo = header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
-	case len(pkt) >= header.IPv6MinimumSize && header.IPVersion(pkt) == header.IPv6Version:
-		ip := header.IPv6(pkt)
-		total := header.IPv6MinimumSize + int(ip.PayloadLength())
-		if tcpip.TransportProtocolNumber(ip.NextHeader()) != header.TCPProtocolNumber || total > len(pkt) {
-			return false // extension headers too: not worth parsing here
-		}
-		tcp = pkt[header.IPv6MinimumSize:total]
-		pseudo = header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(tcp)))
-	default:
-		return false
-	}
-	if len(tcp) < header.TCPMinimumSize {
+	tcp, ok := tcpSegment(pkt)
+	if !ok {
 		return false
 	}
 	t := header.TCP(tcp)
@@ -58,27 +35,14 @@ func stripSYNTimestamp(pkt []byte) bool {
 		return false
 	}
 	opts := tcp[header.TCPMinimumSize:off]
-	for i := 0; i < len(opts); {
-		switch opts[i] {
-		case header.TCPOptionEOL:
-			return false
-		case header.TCPOptionNOP:
-			i++
-			continue
-		}
-		if i+1 >= len(opts) || opts[i+1] < 2 || i+int(opts[i+1]) > len(opts) {
-			return false
-		}
-		n := int(opts[i+1])
-		if opts[i] == header.TCPOptionTS && n == header.TCPOptionTSLength {
-			for j := i; j < i+n; j++ {
-				opts[j] = header.TCPOptionNOP
-			}
-			binary.BigEndian.PutUint16(tcp[header.TCPChecksumOffset:], 0)
-			binary.BigEndian.PutUint16(tcp[header.TCPChecksumOffset:], ^checksum.Checksum(tcp, pseudo))
-			return true
-		}
-		i += n
+	at, n := tcpOption(opts, header.TCPOptionTS)
+	if n != header.TCPOptionTSLength {
+		return false
 	}
-	return false
+	for j := at; j < at+n; j++ {
+		opts[j] = header.TCPOptionNOP
+	}
+	binary.BigEndian.PutUint16(tcp[header.TCPChecksumOffset:], 0)
+	binary.BigEndian.PutUint16(tcp[header.TCPChecksumOffset:], ^checksum.Checksum(tcp, tcpPseudoSum(pkt, len(tcp))))
+	return true
 }
