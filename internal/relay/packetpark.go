@@ -232,32 +232,44 @@ func (u *parkedUp) run() {
 	// A run starts on a new goroutine at each wake and goes deep at once
 	// (the rules, the outbound's send): grow its stack in one step.
 	growstack.Grow()
+	if u.r.drain(u.pump, u.count, &u.total, u.wait, u.deadline) {
+		return
+	}
+	// Park. The next run may start at once, on another goroutine; this
+	// one touches nothing of u after.
+	u.notify(u.wakeFn)
+}
+
+// drain is a direction's run up to where it parks: it pumps with a
+// pooled buffer while datagrams come, holds no buffer while it waits,
+// and lingers (wait, bounded through setDeadline, while the flow has
+// been quiet for less than ParkAfter) when the direction has both.
+// It reports whether the direction ended (its error is passed to
+// halfDone); false means drained, so the caller parks.
+func (r *parkedRelay) drain(pump TryPump, count Counter, total *int64, wait func() error, setDeadline func(time.Time) error) bool {
 	var bp *[]byte
 	armed := false
 	for {
 		if bp == nil {
 			bp = PacketBuf()
 		}
-		n, ok, err := u.pump(*bp)
+		n, ok, err := pump(*bp)
 		if err != nil {
 			PutPacketBuf(bp)
-			u.r.halfDone(err)
-			return
+			r.halfDone(err)
+			return true
 		}
 		if ok {
-			u.r.moved(n, &u.total, u.count)
+			r.moved(n, total, count)
 			continue
 		}
 		// Drained: the buffer goes back while the direction waits.
 		PutPacketBuf(bp)
 		bp = nil
-		if u.wait != nil && u.r.linger(u.wait, u.deadline, &armed) {
+		if wait != nil && setDeadline != nil && r.linger(wait, setDeadline, &armed) {
 			continue
 		}
-		// Park. The next run may start at once, on another
-		// goroutine; this one touches nothing of u after.
-		u.notify(u.wakeFn)
-		return
+		return false
 	}
 }
 
@@ -273,27 +285,7 @@ type parkedDown struct {
 }
 
 func (d *parkedDown) run() {
-	var bp *[]byte
-	armed := false
-	for {
-		if bp == nil {
-			bp = PacketBuf()
-		}
-		n, ok, err := d.pump(*bp)
-		if err != nil {
-			PutPacketBuf(bp)
-			d.r.halfDone(err)
-			return
-		}
-		if ok {
-			d.r.moved(n, &d.total, d.count)
-			continue
-		}
-		PutPacketBuf(bp)
-		bp = nil
-		if d.deadline != nil && d.r.linger(d.waitReadable, d.deadline, &armed) {
-			continue
-		}
+	for !d.r.drain(d.pump, d.count, &d.total, d.waitReadable, d.deadline) {
 		if d.park() {
 			return
 		}
