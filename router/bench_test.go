@@ -194,15 +194,7 @@ func BenchmarkFlowSOCKS(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	sctx, scancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(sctx, ln) }()
-	b.Cleanup(func() { scancel(); <-served })
-	sc, err := socksclient.Parse("socks5://"+ln.Addr().String(), nil)
+	sc, err := socksclient.Parse("socks5://"+testenv.Serve(b, srv), nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -95,15 +95,7 @@ func udpEchoOutbound(t *testing.T, kind string, as netip.AddrPort, pl *relay.Pol
 		if err != nil {
 			t.Fatal(err)
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		served := make(chan error, 1)
-		go func() { served <- srv.Serve(ctx, ln) }()
-		t.Cleanup(func() { cancel(); <-served })
-		sc, err := socksclient.Parse("socks5://"+ln.Addr().String(), nil)
+		sc, err := socksclient.Parse("socks5://"+testenv.Serve(t, srv), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
