@@ -204,14 +204,7 @@ func runLoggedLink(t *testing.T, dev Device, l *eventLog, counting bool) string 
 	}
 	e.handoff = handoffOps{hold: func() { l.add("hold") }, release: func() { l.add("release") }, yield: func() { l.add("yield") }, wake: func() { l.add("wake") }}
 	e.Attach(loggingDispatcher{l})
-	e.start()
-	select {
-	case <-e.failed:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the read loop did not stop")
-	}
-	e.Close()
-	e.wg.Wait()
+	runUntilReadsEnd(t, e)
 	return l.String()
 }
 
@@ -298,6 +291,16 @@ func TestLinkLonePacketRunsBeforeNextRead(t *testing.T) {
 	dev := &waitingDevice{reads: []waitingRead{{[][]byte{validSegment(1)}, true}, {[][]byte{validSegment(2)}, true}}, log: l}
 	e := newLinkEndpoint(linkConfig{dev: dev, mtu: 1500, readBufSize: 1500, queueLen: 64, log: slog.New(slog.DiscardHandler)})
 	e.Attach(readyingDispatcher{l})
+	runUntilReadsEnd(t, e)
+	if got, want := l.String(), "read1 deliver ran read1 deliver ran closed"; got != want {
+		t.Errorf("events:\n got %s\nwant %s", got, want)
+	}
+}
+
+// runUntilReadsEnd runs e's read loop until the device's reads run out
+// (the loop fails), then closes e and waits for its goroutines.
+func runUntilReadsEnd(t *testing.T, e *linkEndpoint) {
+	t.Helper()
 	e.start()
 	select {
 	case <-e.failed:
@@ -306,7 +309,4 @@ func TestLinkLonePacketRunsBeforeNextRead(t *testing.T) {
 	}
 	e.Close()
 	e.wg.Wait()
-	if got, want := l.String(), "read1 deliver ran read1 deliver ran closed"; got != want {
-		t.Errorf("events:\n got %s\nwant %s", got, want)
-	}
 }
