@@ -295,10 +295,14 @@ func (s *Stack) handleUDPPacket(id gstack.TransportEndpointID, pkt *gstack.Packe
 	}
 	now := s.clock()
 	f := s.udpFlows.flows[src]
-	if f == nil {
+	opened := f == nil
+	if opened {
 		if f = s.newFlowLocked(src, now); f == nil {
 			s.releaseDgram(d) // counted by newFlowLocked
 			return true
+		}
+		if testFlowOpened != nil {
+			testFlowOpened()
 		}
 	} else {
 		s.udpFlows.touch(f, now)
@@ -307,11 +311,21 @@ func (s *Stack) handleUDPPacket(id gstack.TransportEndpointID, pkt *gstack.Packe
 		s.releaseDgram(d)
 		s.udpDrops.Add(1)
 	}
+	if opened {
+		// Only now: the Handler finds the datagram that opened its flow
+		// queued, even one that reads without waiting (TryReadFrom).
+		s.goHandlerLocked(func() { s.handler.HandleUDP(s.ctx, f) })
+	}
 	return true
 }
 
+// testFlowOpened, when set by a test, runs after a new flow is registered
+// and before the datagram that opened it is queued.
+var testFlowOpened func()
+
 // newFlowLocked registers a flow, evicting the least recently active one
-// when a cap is reached, and starts the Handler for it. nil when the new
+// when a cap is reached; the caller queues its first datagram and then
+// starts its Handler. nil when the new
 // flow rate is exceeded or no flow could be made room for. s.udpMu held.
 func (s *Stack) newFlowLocked(src netip.AddrPort, now int64) *UDPFlow {
 	t := &s.udpFlows
@@ -350,7 +364,6 @@ func (s *Stack) newFlowLocked(src netip.AddrPort, now int64) *UDPFlow {
 	t.add(f, ss, now)
 	s.udpOpen.Add(1)
 	s.udpTotal.Add(1)
-	s.goHandlerLocked(func() { s.handler.HandleUDP(s.ctx, f) })
 	return f
 }
 
