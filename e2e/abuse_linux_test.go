@@ -131,9 +131,11 @@ func (e *env) waitLogSettles(t *testing.T, substr string, n int) {
 }
 
 // TestSYNFlood: 2,000 SYNs from spoofed sources, never completed, written
-// into the TUN; a real HTTP request right after must complete within 3 s,
-// for each TCP stack. Before tunsocks shed the oldest half-open attempts,
-// the default stack let no new connection through for about 128 s.
+// into the TUN; a real HTTP request right after must complete, for each
+// TCP stack. Before tunsocks shed the oldest half-open attempts, the
+// default stack let no new connection through for about 128 s; the bound
+// of 30 s tells that apart and leaves room for a loaded CI host (3 s was
+// once missed there, with the flood's 2,000 attempts still dialing out).
 func TestSYNFlood(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -159,7 +161,7 @@ func TestSYNFlood(t *testing.T) {
 			// (at least the 1,024 attempts that filled gVisor's table
 			// before), and the count has stopped growing.
 			e.waitLogSettles(t, "decision net=tcp in=tsk0 src=10.99.", 1024)
-			e.httpWithin(t, 3*time.Second)
+			e.httpWithin(t, 30*time.Second)
 		})
 	}
 }

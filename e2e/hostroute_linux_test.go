@@ -98,7 +98,7 @@ func newHostLab(t *testing.T) *hostLab {
 		sh(hl.host, c)
 	}
 	for _, c := range []string{"ip addr add 192.0.2.1/24 dev up0", "ip addr add 2001:db8:1::1/64 dev up0 nodad", "ip link set up0 up",
-		"ip addr add 203.0.113.10/32 dev lo", "ip addr add 203.0.113.20/32 dev lo", "ip addr add 2001:db8:2::10/128 dev lo",
+		"ip addr add 203.0.113.10/32 dev lo", "ip addr add 203.0.113.20/32 dev lo", "ip addr add 2001:db8:2::10/128 dev lo nodad",
 		"ip addr add 198.51.100.53/32 dev lo", "ip route add 192.168.50.0/24 via 192.0.2.2"} {
 		sh(hl.wan, c)
 	}

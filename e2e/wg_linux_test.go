@@ -527,7 +527,14 @@ func (x *wgLab) phoneFromQR(zbarimg, wgGo, wgTool, ns, peer, png string, via net
 		{"ip", "link", "set", ifname, "mtu", fmt.Sprint(c.MTU), "up"},
 	}
 	for _, a := range c.Addresses {
-		steps = append(steps, []string{"ip", "addr", "add", a.String(), "dev", ifname})
+		step := []string{"ip", "addr", "add", a.String(), "dev", ifname}
+		if a.Addr().Is6() {
+			// Usable at once: even where no duplicate detection runs
+			// (loopback, NOARP), an address stays tentative until the
+			// kernel's work queue gets to it, later on a loaded host.
+			step = append(step, "nodad")
+		}
+		steps = append(steps, step)
 	}
 	steps = append(steps,
 		[]string{"ip", "route", "add", "default", "dev", ifname},

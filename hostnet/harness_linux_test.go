@@ -372,7 +372,7 @@ func newTopo(t *testing.T) *topo {
 	tp.in(tp.wan, "ip link set up0 up")
 	tp.in(tp.wan, "ip addr add 203.0.113.10/32 dev lo")
 	tp.in(tp.wan, "ip addr add 203.0.113.20/32 dev lo")
-	tp.in(tp.wan, "ip addr add 2001:db8:2::10/128 dev lo")
+	tp.in(tp.wan, "ip addr add 2001:db8:2::10/128 dev lo nodad")
 	tp.in(tp.wan, "ip route add 192.168.50.0/24 via 192.0.2.2")
 	tp.in(tp.device, "ip addr add 192.168.50.2/24 dev eth0")
 	tp.in(tp.device, "ip link set eth0 up")
