@@ -147,7 +147,9 @@ func (s *Server) ServeStream(ctx context.Context, c net.Conn) error {
 // streamErr turns a read error into ServeStream's result: nil for the normal
 // ends (EOF, idle timeout, cancellation).
 func streamErr(ctx context.Context, err error) error {
-	if ctx.Err() != nil || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
+	// io.ErrClosedPipe: a conn such as net.Pipe's reports its peer's close
+	// so, even from SetReadDeadline between two queries.
+	if ctx.Err() != nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrClosedPipe) || errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
 		return nil
 	}
 	return fmt.Errorf("dns: stream: %w", err)

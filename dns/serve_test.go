@@ -472,3 +472,56 @@ func TestServeStreamCancel(t *testing.T) {
 		t.Fatal("ServeStream did not return after cancel")
 	}
 }
+
+// lateDeadlineConn holds ServeStream's second SetReadDeadline until the
+// peer has closed: the interleaving where the peer reads its answer and
+// closes before the server loops round for the next query.
+type lateDeadlineConn struct {
+	net.Conn
+	calls      int
+	peerClosed chan struct{}
+}
+
+func (c *lateDeadlineConn) SetReadDeadline(t time.Time) error {
+	if c.calls++; c.calls == 2 {
+		<-c.peerClosed
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+// A peer that closes between queries ends the stream normally, however
+// its conn reports the close: net.Pipe's SetReadDeadline fails with
+// io.ErrClosedPipe, which ServeStream once returned as an error (seen
+// in CI as TestInterceptClaimsAndAnswers failing now and then).
+func TestServeStreamPeerClosedBetweenQueries(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	e := newEnv(t, false, nil)
+	client, server := net.Pipe()
+	peerClosed := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		done <- e.srv.ServeStream(context.Background(), &lateDeadlineConn{Conn: server, peerClosed: peerClosed})
+	}()
+	client.SetDeadline(time.Now().Add(20 * time.Second))
+	q := query(t, 11, "x.example.", dnsmessage.TypeA, 0)
+	if _, err := client.Write(append([]byte{byte(len(q) >> 8), byte(len(q))}, q...)); err != nil {
+		t.Fatal(err)
+	}
+	var hdr [2]byte
+	if _, err := io.ReadFull(client, hdr[:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(client, make([]byte, binary.BigEndian.Uint16(hdr[:]))); err != nil {
+		t.Fatal(err)
+	}
+	client.Close()
+	close(peerClosed)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("ServeStream after the peer closed between queries: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("ServeStream did not return after the peer closed")
+	}
+}
