@@ -36,13 +36,17 @@ func TestSniff(t *testing.T) {
 }
 
 const (
-	httpsPort       = 443
-	sshPort         = 22   // server-first by default: dialed at once
-	bannerPort      = 2222 // server-first too, but not listed: dialed after sniff-timeout
-	sniffedProxy    = "10.201.0.1:1080"
-	otherProxy      = "10.201.0.1:1081"
-	sshBanner       = "SSH-2.0-lab\r\n"
-	sniffTimeoutArg = "200ms"
+	httpsPort    = 443
+	sshPort      = 22   // server-first by default: dialed at once
+	bannerPort   = 2222 // server-first too, but not listed: dialed after sniff-timeout
+	sniffedProxy = "10.201.0.1:1080"
+	otherProxy   = "10.201.0.1:1081"
+	sshBanner    = "SSH-2.0-lab\r\n"
+	// Long enough that an app's first bytes arrive within it on a loaded
+	// CI host (curl's ClientHello once took more than 200 ms, and the
+	// flow went by address); the server-first flow on bannerPort waits
+	// it out once.
+	sniffTimeoutArg = "2s"
 )
 
 func testSniff(t *testing.T, runArgs ...string) {
@@ -193,7 +197,7 @@ rules:
 			if err != nil {
 				t.Fatalf("port %d: %v", port, err)
 			}
-			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.SetDeadline(time.Now().Add(20 * time.Second))
 			r := bufio.NewReader(c)
 			banner, err := r.ReadString('\n')
 			if err != nil || banner != sshBanner {
