@@ -51,13 +51,13 @@ func parkedStreamConns(t *testing.T, opts StreamOptions) (app, remote, a, b *net
 		started <- &s.pair
 		ch <- <-w
 	}()
-	p := <-started
+	p := testenv.Recv(t, started, "the parked stream's start")
 	if p == nil {
-		t.Fatal(<-ch)
+		t.Fatal(testenv.Recv(t, ch, "why startParking refused"))
 	}
 	t.Cleanup(func() {
 		cancel()
-		<-ended
+		testenv.Recv(t, ended, "the parked stream's return")
 		if err := pl.Close(); err != nil {
 			t.Error(err)
 		}

@@ -59,7 +59,7 @@ func TestStreamHalfCloseBothWays(t *testing.T) {
 	if err != nil || string(back) != "reply after FIN" {
 		t.Fatalf("app read %q, %v", back, err)
 	}
-	r := <-done
+	r := testenv.Recv(t, done, "the relay's return")
 	if r[0].(int64) != int64(len(data)) || r[1].(int64) != 15 || r[2] != nil {
 		t.Fatalf("Stream = %v", r)
 	}
@@ -84,7 +84,7 @@ func TestStreamNonTCPHalfClose(t *testing.T) {
 	if _, err := io.ReadAll(app); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err != nil {
+	if err := testenv.Recv(t, done, "the relay's return"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -107,7 +107,7 @@ func TestStreamIdle(t *testing.T) {
 		t.Fatalf("relay ended while active: %v", r)
 	default:
 	}
-	r := <-done // then idleness ends it
+	r := testenv.Recv(t, done, "the relay's return") // then idleness ends it
 	if !errors.Is(r[2].(error), ErrIdle) {
 		t.Fatalf("Stream error = %v, want ErrIdle", r[2])
 	}
@@ -119,7 +119,7 @@ func TestStreamIdle(t *testing.T) {
 func TestStreamCancel(t *testing.T) {
 	_, _, done, cancel := relayed(t, StreamOptions{})
 	cancel()
-	if r := <-done; r[2] != nil {
+	if r := testenv.Recv(t, done, "the relay's return"); r[2] != nil {
 		t.Fatalf("cancelled Stream error = %v, want nil", r[2])
 	}
 }
@@ -128,7 +128,7 @@ func TestStreamResetEndsBoth(t *testing.T) {
 	app, remote, done, _ := relayed(t, StreamOptions{})
 	remote.SetLinger(0)
 	remote.Close() // RST toward the relay
-	<-done
+	testenv.Recv(t, done, "the relay's return")
 	app.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := app.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("app read after remote reset: %v", err)
@@ -157,10 +157,10 @@ func TestPackets(t *testing.T) {
 	}()
 	for i := 0; i < 4; i++ {
 		in <- []byte("ping")
-		<-out
+		testenv.Recv(t, out, "the datagram relayed up")
 		time.Sleep(40 * time.Millisecond)
 	}
-	r := <-done
+	r := testenv.Recv(t, done, "the relay's return")
 	if r[0].(int64) != 16 || upCount.Load() != 16 || !errors.Is(r[2].(error), ErrIdle) {
 		t.Fatalf("Packets = %v (counter %d)", r, upCount.Load())
 	}
@@ -188,7 +188,7 @@ func TestPacketsActivityClock(t *testing.T) {
 		case <-time.After(30 * time.Millisecond):
 		}
 	}
-	if err := <-done; !errors.Is(err, ErrIdle) {
+	if err := testenv.Recv(t, done, "the relay's return"); !errors.Is(err, ErrIdle) {
 		t.Fatalf("after the activity stopped: %v, want ErrIdle", err)
 	}
 }
@@ -203,7 +203,7 @@ func TestPacketsCancel(t *testing.T) {
 		done <- err
 	}()
 	cancel()
-	if err := <-done; err != nil {
+	if err := testenv.Recv(t, done, "the relay's return"); err != nil {
 		t.Fatalf("cancelled Packets error = %v", err)
 	}
 }
@@ -326,7 +326,7 @@ func TestStreamSplicesKernelConner(t *testing.T) {
 	if back, _ := io.ReadAll(app); string(back) != "back" {
 		t.Fatalf("app read %q", back)
 	}
-	if err := <-done; err != nil {
+	if err := testenv.Recv(t, done, "the relay's return"); err != nil {
 		t.Fatal(err)
 	}
 	if n := w.calls.Load(); n != 0 {
@@ -367,7 +367,7 @@ func BenchmarkStreamShort(b *testing.B) {
 		io.ReadFull(app, resp)
 		app.Close()
 		remote.Close()
-		<-done
+		testenv.Recv(b, done, "the relay's return")
 	}
 }
 
@@ -441,7 +441,7 @@ func TestPacketsWaitBeforeBuffer(t *testing.T) {
 		t.Errorf("a relay of two blocked pumps runs %d goroutines (with its caller's), want 2", n)
 	}
 	cancel()
-	r := <-done
+	r := testenv.Recv(t, done, "the relay's return")
 	if r[0].(int64) != 3 || calls.Load() != 3 {
 		t.Errorf("Packets = %v after %d pump calls, want 3 bytes up from 3 calls", r, calls.Load())
 	}
