@@ -15,6 +15,8 @@ import (
 
 	"go.uber.org/goleak"
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -362,7 +364,7 @@ func TestServePacketLoopback(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ServePacket returned %v after cancel", err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("ServePacket did not return after cancel")
 	}
 }
@@ -468,7 +470,7 @@ func TestServeStreamCancel(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ServeStream after cancel: %v", err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("ServeStream did not return after cancel")
 	}
 }

@@ -169,7 +169,7 @@ func TestTCPHangingDialRejectsAfterDialTimeout(t *testing.T) {
 	cancel()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("cancelling the handler's context did not end a hanging dial")
 	}
 	select {
@@ -362,7 +362,7 @@ func TestUDPFlowAcrossOutbounds(t *testing.T) {
 		if got != "192.0.2.2:2" {
 			t.Fatalf("b sent to %s", got)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("the datagram whose rule names b never left through b")
 	}
 	want := map[string]netip.AddrPort{

@@ -117,7 +117,7 @@ func TestStreamParksIdleUpstreamAndWakes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Stream = %v", err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("Stream did not end after both FINs")
 	}
 }
@@ -128,7 +128,7 @@ func TestStreamParkedEndsOnCancelAndIdle(t *testing.T) {
 	cancel()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("cancel did not end a Stream whose direction was parked")
 	}
 
@@ -166,7 +166,7 @@ func TestPollerCloseWakesParked(t *testing.T) {
 	remote.Close()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("Stream did not end")
 	}
 }
@@ -191,7 +191,7 @@ func TestStreamParkedEndsWhenCallerCloses(t *testing.T) {
 			}
 			select {
 			case <-done:
-			case <-time.After(5 * time.Second):
+			case <-time.After(testenv.Patience):
 				t.Fatal("closing both connections did not end a Stream whose direction was parked")
 			}
 		})

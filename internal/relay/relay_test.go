@@ -90,9 +90,11 @@ func TestStreamNonTCPHalfClose(t *testing.T) {
 }
 
 func TestStreamIdle(t *testing.T) {
-	app, remote, done, _ := relayed(t, StreamOptions{Idle: 150 * time.Millisecond})
+	// The idle period is long against the 60 ms between bytes (a loaded
+	// machine's scheduling delays must not make the pair look idle).
+	app, remote, done, _ := relayed(t, StreamOptions{Idle: 600 * time.Millisecond})
 	// Activity in one direction keeps the pair alive past several idle periods.
-	for i := 0; i < 5; i++ {
+	for i := 0; i < 20; i++ {
 		if _, err := app.Write([]byte("x")); err != nil {
 			t.Fatal(err)
 		}
@@ -152,16 +154,18 @@ func TestPackets(t *testing.T) {
 	var upCount atomic.Int64
 	done := make(chan [3]any, 1)
 	go func() {
-		u, d, err := Packets(context.Background(), PacketOptions{Idle: 100 * time.Millisecond, Up: &upCount}, up, down, func() { close(closed) })
+		u, d, err := Packets(context.Background(), PacketOptions{Idle: 500 * time.Millisecond, Up: &upCount}, up, down, func() { close(closed) })
 		done <- [3]any{u, d, err}
 	}()
-	for i := 0; i < 4; i++ {
+	// 40 ms between datagrams against an idle period of 500 ms: a loaded
+	// machine's scheduling delays must not make the relay look idle.
+	for i := 0; i < 20; i++ {
 		in <- []byte("ping")
 		testenv.Recv(t, out, "the datagram relayed up")
 		time.Sleep(40 * time.Millisecond)
 	}
 	r := testenv.Recv(t, done, "the relay's return")
-	if r[0].(int64) != 16 || upCount.Load() != 16 || !errors.Is(r[2].(error), ErrIdle) {
+	if r[0].(int64) != 80 || upCount.Load() != 80 || !errors.Is(r[2].(error), ErrIdle) {
 		t.Fatalf("Packets = %v (counter %d)", r, upCount.Load())
 	}
 }
@@ -267,12 +271,14 @@ func TestStreamIdleNonSplice(t *testing.T) {
 	p1, p2 := net.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := Stream(context.Background(), a, pipeHalf{p1}, StreamOptions{Idle: 150 * time.Millisecond})
+		_, _, err := Stream(context.Background(), a, pipeHalf{p1}, StreamOptions{Idle: 600 * time.Millisecond})
 		done <- err
 	}()
 	// Bytes only ever flow pipe -> app: the app->pipe direction's deadline
-	// fires again and again, and must read on while the other one is busy.
-	for i := 0; i < 6; i++ {
+	// fires again and again, and must read on while the other one is busy
+	// (60 ms between bytes, long against the idle period for a loaded
+	// machine).
+	for i := 0; i < 20; i++ {
 		if _, err := p2.Write([]byte("y")); err != nil {
 			t.Fatal(err)
 		}
