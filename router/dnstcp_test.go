@@ -76,7 +76,7 @@ func TestDNSOverTCPAnsweredInProcess(t *testing.T) {
 func TestUDPDNSShortPathThenOtherTraffic(t *testing.T) {
 	pc := &fakePC{replies: make(chan dgram, 8), closed: make(chan struct{}), sent: make(chan string, 8)}
 	out := &fakeOutbound{name: "up", listen: func() (PacketConn, error) { return pc, nil }}
-	r, flows := newRouter(t, Static(out), func(c *Config) { c.DNS = fakeDNS{}; c.DNSIdle = 300 * time.Millisecond })
+	r, flows := newRouter(t, Static(out), func(c *Config) { c.DNS = fakeDNS{}; c.DNSIdle = time.Second }) // long against the test's steps
 	f := newFakeFlow()
 	done := make(chan struct{})
 	go func() { r.handleUDP(context.Background(), nil, f); close(done) }()

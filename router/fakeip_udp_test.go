@@ -82,7 +82,7 @@ func TestUDPReplyToFakeIPComesFromFakeIP(t *testing.T) {
 			direct := netip.MustParseAddrPort("192.0.2.7:53")
 			r, flows := newRouter(t, Static(out), func(c *Config) {
 				c.ReverseHost = func(a netip.Addr) (string, bool) { return "example.com", a == fake.Addr() }
-				c.UDPIdle = 200 * time.Millisecond
+				c.UDPIdle = time.Second // long against the test's steps
 			})
 			f := newFakeFlow()
 			done := make(chan struct{})

@@ -347,7 +347,7 @@ func TestUDPFlowAcrossOutbounds(t *testing.T) {
 		}
 		return Decision{Action: Proxy, Outbound: a, Rule: "MATCH,a"}
 	}
-	r, flows := newRouter(t, decide, func(c *Config) { c.UDPIdle = 300 * time.Millisecond })
+	r, flows := newRouter(t, decide, func(c *Config) { c.UDPIdle = time.Second }) // long against the test's steps
 	f := newFakeFlow()
 	done := make(chan struct{})
 	go func() { r.handleUDP(context.Background(), nil, f); close(done) }()
@@ -413,7 +413,7 @@ func (fakeDNS) Handle(ctx context.Context, q []byte) ([]byte, error) {
 
 func TestUDPDNSInterceptAndNoUDP(t *testing.T) {
 	out := &fakeOutbound{name: "tcp-only"} // no UDP
-	r, flows := newRouter(t, Static(out), func(c *Config) { c.DNS = fakeDNS{}; c.DNSIdle = 100 * time.Millisecond })
+	r, flows := newRouter(t, Static(out), func(c *Config) { c.DNS = fakeDNS{}; c.DNSIdle = time.Second })
 	f := newFakeFlow()
 	go r.handleUDP(context.Background(), nil, f)
 	f.in <- dgram{[]byte("q1"), netip.MustParseAddrPort("198.18.0.2:53")}
