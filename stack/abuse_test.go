@@ -16,6 +16,7 @@ import (
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/stack"
 	"github.com/tunsocks/tunsocks/stack/stacktest"
 	"github.com/tunsocks/tunsocks/tun/tuntest"
@@ -404,7 +405,7 @@ func TestUDPFloodKeepsTCP(t *testing.T) {
 		}
 	}
 	echo()
-	if err := <-done; err != nil {
+	if err := testenv.Recv(t, done, "the flood's end"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, e.ctx, "every flood datagram taken in", func() bool {
@@ -650,7 +651,7 @@ func TestMTU576IPv4(t *testing.T) {
 	defer pc.Close()
 	remote := netip.MustParseAddrPort("198.18.0.10:4000")
 	pc.WriteTo([]byte("x"), net.UDPAddrFromAddrPort(remote))
-	f := <-flows
+	f := testenv.Recv(t, flows, "the UDP flow")
 	big := bytes.Repeat([]byte{7}, 1400)
 	if _, err := f.WriteTo(big, remote); err != nil {
 		t.Fatal(err)

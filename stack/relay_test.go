@@ -496,7 +496,7 @@ func TestRelayDirectUploadKeepsEveryByte(t *testing.T) {
 			time.Sleep(time.Millisecond) // slow: the relay's socket fills
 		}
 	}
-	if err := <-werr; err != nil {
+	if err := testenv.Recv(t, werr, "the writer's end"); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, msg) {
@@ -608,7 +608,7 @@ func TestTCPConcurrentSmallWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range writers {
-		if err := <-errs; err != nil {
+		if err := testenv.Recv(t, errs, "a writer's end"); err != nil {
 			t.Fatal(err)
 		}
 	}

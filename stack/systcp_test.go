@@ -364,7 +364,7 @@ func TestSystemTCPSelfTestPerFamily(t *testing.T) {
 	defer func() {
 		s.Close()
 		cancel()
-		<-kernel
+		testenv.Recv(t, kernel, "the fake kernel's end")
 	}()
 	if !s.SystemTCP() {
 		t.Error("system TCP off for both families; only IPv6's probe went unanswered")
