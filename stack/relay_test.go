@@ -255,8 +255,11 @@ func detachedThroughStackWith(t *testing.T, n int, opts relay.StreamOptions, twe
 			t.Error("the Handler's context is live after Detach; a detached flow should hold none")
 		}
 		if !relay.StreamAsync(context.WithoutCancel(ctx), c, up, opts, func(_, _ int64, err error) {
-			done()
+			// The end is recorded before done: Stack.Close returns once
+			// done is called, and TestDetachedFlowEndsWhenParked then
+			// looks for it.
 			ends <- err
+			done()
 		}) {
 			t.Error("StreamAsync did not take a netstack conn to a kernel socket")
 			done()
