@@ -373,7 +373,7 @@ func (f *fixture) serve(t *testing.T) string {
 	go func() { done <- f.srv.Serve(ctx, ln) }()
 	t.Cleanup(func() {
 		cancel()
-		if err := <-done; err != nil {
+		if err := testenv.Recv(t, done, "the server's end"); err != nil {
 			t.Errorf("Serve: %v", err)
 		}
 	})
@@ -492,7 +492,7 @@ func TestStreams(t *testing.T) {
 		log.Warn("wanted", "dst", "example.com:443", "note", "two words")
 		time.Sleep(20 * time.Millisecond)
 	}
-	lines = <-got
+	lines = testenv.Recv(t, got, "the streamed lines")
 	for _, l := range lines {
 		var r logLine
 		if err := json.Unmarshal(l, &r); err != nil {
@@ -519,7 +519,7 @@ func TestLogHub(t *testing.T) {
 		t.Error("debug not enabled for a debug subscriber")
 	}
 	log.Debug("lookup", "name", "example.com")
-	rec := <-ch
+	rec := testenv.Recv(t, ch, "a log record")
 	if p := rec.Payload(); p != "lookup component=dns q.name=example.com" {
 		t.Errorf("payload %q", p)
 	}
@@ -527,7 +527,7 @@ func TestLogHub(t *testing.T) {
 		t.Error("a debug record reached the info-level log")
 	}
 	log.Info("answered")
-	<-ch
+	testenv.Recv(t, ch, "a log record")
 	if !strings.Contains(buf.String(), "answered") {
 		t.Errorf("an info record did not reach the log: %q", buf.String())
 	}
@@ -545,7 +545,7 @@ func TestLogHub(t *testing.T) {
 	// A new subscriber gets the recent records the log wrote first, at
 	// its level: the info ones, not the debug one only a subscriber saw.
 	ch2, cancel2 := hub.Subscribe(slog.LevelDebug, 64)
-	first := <-ch2
+	first := testenv.Recv(t, ch2, "a log record")
 	cancel2()
 	if first.Message != "answered" {
 		t.Errorf("first recent record %q, want the earliest one the log wrote (answered)", first.Message)

@@ -135,7 +135,7 @@ type Settings struct {
 type TUNSettings struct {
 	Enable bool
 	Device string
-	Stack  string // gvisor or system
+	Stack  string // gvisor or system, or which family has which (a family failed the system self-test)
 	FD     int    // an adopted descriptor, else 0
 }
 

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 // TestRealNamesLearnOnlyRealAnswers: forwarded answers (DIRECT, filtered,
@@ -162,7 +164,7 @@ func TestInterceptClaimsAndAnswers(t *testing.T) {
 		t.Fatalf("answer over TCP: %v", err)
 	}
 	client.Close()
-	if err := <-done; err != nil {
+	if err := testenv.Recv(t, done, "the server's end"); err != nil {
 		t.Errorf("ServeStream: %v", err)
 	}
 }

@@ -15,6 +15,8 @@ import (
 
 	"go.uber.org/goleak"
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -229,7 +231,7 @@ func TestUDPResolverTimeoutAndCancel(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	cancel()
-	if err := <-done; !errors.Is(err, context.Canceled) {
+	if err := testenv.Recv(t, done, "the resolver's end"); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
 }
@@ -362,7 +364,7 @@ func TestServePacketLoopback(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ServePacket returned %v after cancel", err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("ServePacket did not return after cancel")
 	}
 }
@@ -433,7 +435,7 @@ func TestServeStream(t *testing.T) {
 		t.Fatalf("answers %v", got)
 	}
 	c.Close() // EOF: a normal end
-	if err := <-results; err != nil {
+	if err := testenv.Recv(t, results, "the stream's result"); err != nil {
 		t.Fatalf("ServeStream after EOF: %v", err)
 	}
 
@@ -445,7 +447,7 @@ func TestServeStream(t *testing.T) {
 	}
 	defer c.Close()
 	c.Write([]byte{0, 0})
-	if err := <-results; err == nil || !strings.Contains(err.Error(), "shorter than a header") {
+	if err := testenv.Recv(t, results, "the stream's result"); err == nil || !strings.Contains(err.Error(), "shorter than a header") {
 		t.Fatalf("ServeStream on a zero-length message: %v", err)
 	}
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -468,7 +470,7 @@ func TestServeStreamCancel(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ServeStream after cancel: %v", err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("ServeStream did not return after cancel")
 	}
 }

@@ -97,7 +97,7 @@ func TestWireGuardPhonesThroughMitmproxy(t *testing.T) {
 			if h != phoneName {
 				t.Errorf("the web server saw Host %q", h)
 			}
-		case <-time.After(5 * time.Second):
+		case <-time.After(testenv.Patience):
 			t.Fatal("the web server saw fewer than 4 requests")
 		}
 	}

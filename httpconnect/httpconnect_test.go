@@ -204,7 +204,7 @@ func TestConnect(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	req := <-p.reqs
+	req := testenv.Recv(t, p.reqs, "the proxy's request")
 	if req.Method != "CONNECT" || req.RequestURI != dst || req.Host != dst || req.Proto != "HTTP/1.1" {
 		t.Fatalf("request %s %s %s Host %s", req.Method, req.RequestURI, req.Proto, req.Host)
 	}
@@ -231,7 +231,7 @@ func TestTargetSentAsGiven(t *testing.T) {
 			t.Fatal(err)
 		}
 		conn.Close()
-		if req := <-p.reqs; req.RequestURI != tt.want || req.Host != tt.want {
+		if req := testenv.Recv(t, p.reqs, "the proxy's request"); req.RequestURI != tt.want || req.Host != tt.want {
 			t.Errorf("dial %s: request target %q, Host %q; want %q", tt.addr, req.RequestURI, req.Host, tt.want)
 		}
 	}
@@ -255,14 +255,14 @@ func TestAuth(t *testing.T) {
 	}
 	roundTrip(t, conn, "authenticated")
 	conn.Close()
-	<-p.reqs
+	testenv.Recv(t, p.reqs, "the proxy's request")
 
 	for _, tt := range []struct{ user, msg string }{
 		{"alice:wrong", "authentication failed"},
 		{"", "authentication required; put the credentials in the URL"},
 	} {
 		_, err := p.client(t, tt.user).DialContext(context.Background(), "tcp", dst)
-		<-p.reqs
+		testenv.Recv(t, p.reqs, "the proxy's request")
 		var se *StatusError
 		var oe *net.OpError
 		switch {
@@ -311,7 +311,7 @@ func TestStatus(t *testing.T) {
 	for _, tt := range tests {
 		p := newProxy(t, answer(tt.resp))
 		conn, err := p.client(t, "").DialContext(context.Background(), "tcp", "example.test:443")
-		<-p.reqs
+		testenv.Recv(t, p.reqs, "the proxy's request")
 		if err == nil {
 			conn.Close()
 			t.Errorf("%q: no error", tt.resp)
@@ -337,7 +337,7 @@ func TestAnyTwoHundred(t *testing.T) {
 	for _, resp := range []string{"HTTP/1.0 200 OK\r\n\r\n", "HTTP/1.1 204 No Content\r\nVia: x\r\n\r\n", "HTTP/1.1 299 Whatever\n\n"} {
 		p := newProxy(t, answer(resp))
 		conn, err := p.client(t, "").DialContext(context.Background(), "tcp", "a.test:1")
-		<-p.reqs
+		testenv.Recv(t, p.reqs, "the proxy's request")
 		if err != nil {
 			t.Errorf("%q: %v", resp, err)
 			continue
@@ -406,7 +406,7 @@ func TestOversizeHeader(t *testing.T) {
 	big := "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("a", MaxHeader) + "\r\n\r\n"
 	p := newProxy(t, answer(big))
 	_, err := p.client(t, "").DialContext(context.Background(), "tcp", "a.test:1")
-	<-p.reqs
+	testenv.Recv(t, p.reqs, "the proxy's request")
 	if err == nil || !strings.Contains(err.Error(), "longer than 16384 bytes") {
 		t.Fatalf("oversize header: %v", err)
 	}
@@ -415,7 +415,7 @@ func TestOversizeHeader(t *testing.T) {
 	ok += strings.Repeat("a", MaxHeader-len(ok)-4) + "\r\n\r\n"
 	p = newProxy(t, answer(ok))
 	conn, err := p.client(t, "").DialContext(context.Background(), "tcp", "a.test:1")
-	<-p.reqs
+	testenv.Recv(t, p.reqs, "the proxy's request")
 	if err != nil {
 		t.Fatalf("header of exactly %d bytes: %v", len(ok), err)
 	}
@@ -426,7 +426,7 @@ func TestProxyHangsUp(t *testing.T) {
 	for _, resp := range []string{"", "HTTP/1.1 200 OK\r\n"} {
 		p := newProxy(t, func(c net.Conn, br *bufio.Reader, req *http.Request) { io.WriteString(c, resp) })
 		_, err := p.client(t, "").DialContext(context.Background(), "tcp", "a.test:1")
-		<-p.reqs
+		testenv.Recv(t, p.reqs, "the proxy's request")
 		if !errors.Is(err, io.ErrUnexpectedEOF) {
 			t.Errorf("proxy sends %q and closes: %v, want ErrUnexpectedEOF", resp, err)
 		}
@@ -447,14 +447,14 @@ func TestCancel(t *testing.T) {
 		_, err := p.client(t, "").DialContext(ctx, "tcp", "a.test:1")
 		errc <- err
 	}()
-	<-p.reqs // the request arrived: the client waits for the answer
+	testenv.Recv(t, p.reqs, "the proxy's request") // the request arrived: the client waits for the answer
 	cancel()
-	err := <-errc
+	err := testenv.Recv(t, errc, "the dial's end")
 	var oe *net.OpError
 	if !errors.Is(err, context.Canceled) || !errors.As(err, &oe) || oe.Op != "proxyconnect" {
 		t.Fatalf("cancelled dial: %v", err)
 	}
-	<-closed // the client closed its connection to the proxy
+	testenv.Recv(t, closed, "the client's close of its proxy connection") // the client closed its connection to the proxy
 	goleak.VerifyNone(t, before)
 }
 
@@ -463,7 +463,7 @@ func TestDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	defer cancel()
 	_, err := p.client(t, "").DialContext(ctx, "tcp", "a.test:1")
-	<-p.reqs
+	testenv.Recv(t, p.reqs, "the proxy's request")
 	var ne net.Error
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
 		t.Fatalf("dial past the deadline: %v", err)

@@ -294,7 +294,7 @@ func TestDirectUDP(t *testing.T) {
 	// An unknown name is looked up; ending the flow ends the lookup.
 	sent := make(chan error, 1)
 	go func() { sent <- pc.Send([]byte("x"), socks.Addr{Name: "slow.test", Port: 9}) }()
-	<-dials
+	testenv.Recv(t, dials, "the lookup's dial")
 	cancel()
 	select {
 	case err := <-sent:
@@ -353,7 +353,7 @@ func TestDirectUDPWaitRead(t *testing.T) {
 	if err := pc.Send([]byte("ping"), to); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-waited; err != nil {
+	if err := testenv.Recv(t, waited, "WaitRead's return"); err != nil {
 		t.Fatalf("WaitRead: %v", err)
 	}
 	if err := w.WaitRead(); err != nil { // not taken: at once again
@@ -366,7 +366,7 @@ func TestDirectUDPWaitRead(t *testing.T) {
 	go func() { waited <- w.WaitRead() }()
 	time.Sleep(20 * time.Millisecond)
 	pc.Close()
-	if err := <-waited; !errors.Is(err, net.ErrClosed) {
+	if err := testenv.Recv(t, waited, "WaitRead's return"); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("WaitRead after Close: %v, want net.ErrClosed", err)
 	}
 }

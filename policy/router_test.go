@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/router"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/stack"
@@ -58,7 +59,7 @@ func TestPolicyDecidesTheRoutersFlows(t *testing.T) {
 		if !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Fatalf("%s: %v, want refused (the fake outbounds never connect)", tc.dst, err)
 		}
-		rec := <-flows
+		rec := testenv.Recv(t, flows, "the flow's record")
 		if rec.Outbound != tc.outbound || rec.InType != "tun" || rec.InName != "tun0" {
 			t.Errorf("%s: flow record %+v, want outbound %s from tun0", tc.dst, rec, tc.outbound)
 		}

@@ -197,7 +197,7 @@ func testTCPDetachedFlowShed(t *testing.T, kind string) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the shed flow never ended")
 	}
-	<-req.done
+	testenv.Recv(t, req.done, "the handler's return")
 	// The app's connection is reset, so the netstack frees it at once
 	// (a FIN would leave it waiting for the app's); the upstream's ends.
 	appRemote.SetReadDeadline(time.Now().Add(10 * time.Second))

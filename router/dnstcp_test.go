@@ -51,6 +51,8 @@ func TestDNSOverTCPAnsweredInProcess(t *testing.T) {
 	case <-req.accepted:
 	case <-req.rejected:
 		t.Fatalf("the connection to the DNS address was refused; outbound dialed %v", out.dialed)
+	case <-time.After(testenv.Patience):
+		t.Fatal("the connection to the DNS address was neither accepted nor refused")
 	}
 	appRemote.Write([]byte{0, 2, 'q', '1'})
 	b := make([]byte, 2+len("answer:q1"))
@@ -58,8 +60,8 @@ func TestDNSOverTCPAnsweredInProcess(t *testing.T) {
 		t.Fatalf("DNS over TCP answer %q, %v", b, err)
 	}
 	appRemote.CloseWrite()
-	<-done
-	if rec := <-flows; rec.Outbound != "DNS" {
+	testenv.Recv(t, done, "the handler's return")
+	if rec := testenv.Recv(t, flows, "the flow's record"); rec.Outbound != "DNS" {
 		t.Errorf("flow record %+v, want outbound DNS", rec)
 	}
 	if len(out.dialed) != 0 {
@@ -74,14 +76,14 @@ func TestDNSOverTCPAnsweredInProcess(t *testing.T) {
 func TestUDPDNSShortPathThenOtherTraffic(t *testing.T) {
 	pc := &fakePC{replies: make(chan dgram, 8), closed: make(chan struct{}), sent: make(chan string, 8)}
 	out := &fakeOutbound{name: "up", listen: func() (PacketConn, error) { return pc, nil }}
-	r, flows := newRouter(t, Static(out), func(c *Config) { c.DNS = fakeDNS{}; c.DNSIdle = 300 * time.Millisecond })
+	r, flows := newRouter(t, Static(out), func(c *Config) { c.DNS = fakeDNS{}; c.DNSIdle = time.Second }) // long against the test's steps
 	f := newFakeFlow()
 	done := make(chan struct{})
 	go func() { r.handleUDP(context.Background(), nil, f); close(done) }()
 	dnsAddr := netip.MustParseAddrPort("198.18.0.2:53")
 	for _, q := range []string{"q1", "q2"} {
 		f.in <- dgram{[]byte(q), dnsAddr}
-		if d := <-f.out; string(d.b) != "answer:"+q || d.addr != dnsAddr {
+		if d := testenv.Recv(t, f.out, "a datagram to the app"); string(d.b) != "answer:"+q || d.addr != dnsAddr {
 			t.Fatalf("DNS answer %q from %v", d.b, d.addr)
 		}
 	}
@@ -91,20 +93,20 @@ func TestUDPDNSShortPathThenOtherTraffic(t *testing.T) {
 	default:
 	}
 	f.in <- dgram{[]byte("x"), netip.MustParseAddrPort("192.0.2.1:7")}
-	if a := <-pc.sent; a != "192.0.2.1:7" {
+	if a := testenv.Recv(t, pc.sent, "a datagram sent upstream"); a != "192.0.2.1:7" {
 		t.Fatalf("sent to %s", a)
 	}
 	for _, want := range []string{"re:x", "other"} {
-		if d := <-f.out; string(d.b) != want {
+		if d := testenv.Recv(t, f.out, "a datagram to the app"); string(d.b) != want {
 			t.Fatalf("reply %q, want %q", d.b, want)
 		}
 	}
 	f.in <- dgram{[]byte("q3"), dnsAddr}
-	if d := <-f.out; string(d.b) != "answer:q3" {
+	if d := testenv.Recv(t, f.out, "a datagram to the app"); string(d.b) != "answer:q3" {
 		t.Fatalf("DNS answer within the session %q", d.b)
 	}
-	<-done
-	rec := <-flows
+	testenv.Recv(t, done, "the handler's return")
+	rec := testenv.Recv(t, flows, "the flow's record")
 	// up: q1 q2 x q3; down: answer:q1 answer:q2 re:x other answer:q3
 	if rec.Outbound != "DNS" || rec.Up != 2+2+1+2 || rec.Down != 9+9+4+5+9 || !errorsIsIdle(rec.Err) {
 		t.Fatalf("flow record %+v", rec)
@@ -118,10 +120,10 @@ func TestUDPDNSShortPathIdle(t *testing.T) {
 	f := newFakeFlow()
 	f.in <- dgram{[]byte("q"), netip.MustParseAddrPort("198.18.0.2:53")}
 	r.handleUDP(context.Background(), nil, f)
-	if d := <-f.out; string(d.b) != "answer:q" {
+	if d := testenv.Recv(t, f.out, "a datagram to the app"); string(d.b) != "answer:q" {
 		t.Fatalf("answer %q", d.b)
 	}
-	rec := <-flows
+	rec := testenv.Recv(t, flows, "the flow's record")
 	if rec.Outbound != "DNS" || rec.Up != 1 || rec.Down != 8 || !errorsIsIdle(rec.Err) {
 		t.Fatalf("flow record %+v", rec)
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
@@ -81,7 +82,7 @@ func TestUDPReplyToFakeIPComesFromFakeIP(t *testing.T) {
 			direct := netip.MustParseAddrPort("192.0.2.7:53")
 			r, flows := newRouter(t, Static(out), func(c *Config) {
 				c.ReverseHost = func(a netip.Addr) (string, bool) { return "example.com", a == fake.Addr() }
-				c.UDPIdle = 200 * time.Millisecond
+				c.UDPIdle = time.Second // long against the test's steps
 			})
 			f := newFakeFlow()
 			done := make(chan struct{})
@@ -92,15 +93,15 @@ func TestUDPReplyToFakeIPComesFromFakeIP(t *testing.T) {
 				if dst == fake {
 					want = "example.com:53"
 				}
-				if a := <-pc.sent; a != want {
+				if a := testenv.Recv(t, pc.sent, "a datagram sent upstream"); a != want {
 					t.Fatalf("sent to %s, want %s", a, want)
 				}
-				if d := <-f.out; string(d.b) != "re:q" || d.addr != dst {
+				if d := testenv.Recv(t, f.out, "a datagram to the app"); string(d.b) != "re:q" || d.addr != dst {
 					t.Fatalf("reply %q from %v, want it from %v, the address the app sent to", d.b, d.addr, dst)
 				}
 			}
-			<-done
-			<-flows
+			testenv.Recv(t, done, "the handler's return")
+			testenv.Recv(t, flows, "the flow's record")
 		})
 	}
 }
@@ -119,14 +120,14 @@ func TestUDPReplyFromUnknownNameDropped(t *testing.T) {
 	done := make(chan struct{})
 	go func() { r.handleUDP(context.Background(), nil, f); close(done) }()
 	f.in <- dgram{[]byte("q"), fake}
-	<-pc.sent
-	<-done
+	testenv.Recv(t, pc.sent, "a datagram sent upstream")
+	testenv.Recv(t, done, "the handler's return")
 	select {
 	case d := <-f.out:
 		t.Fatalf("a reply from an unknown name reached the app from %v", d.addr)
 	default:
 	}
-	if rec := <-flows; rec.Down != 0 {
+	if rec := testenv.Recv(t, flows, "the flow's record"); rec.Down != 0 {
 		t.Errorf("flow record counts %d bytes down for a dropped reply", rec.Down)
 	}
 }

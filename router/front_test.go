@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/rules"
 	"github.com/tunsocks/tunsocks/socks"
 )
@@ -49,13 +50,13 @@ func TestFrontDoorPackets(t *testing.T) {
 	if _, err := p.WriteTo([]byte("x"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("192.0.2.1:7"))); err != nil {
 		t.Fatal(err)
 	}
-	if a := <-pc.sent; a != "192.0.2.1:7" {
+	if a := testenv.Recv(t, pc.sent, "a datagram sent upstream"); a != "192.0.2.1:7" {
 		t.Fatalf("sent to %s", a)
 	}
 	if _, err := p.WriteTo([]byte("y"), socks.Addr{Name: "example.com", Port: 53}); err != nil {
 		t.Fatal(err)
 	}
-	if a := <-named.sent; a != "example.com:53" {
+	if a := testenv.Recv(t, named.sent, "a datagram sent upstream"); a != "example.com:53" {
 		t.Fatalf("sent to %s, want the name unresolved", a)
 	}
 	if _, err := p.WriteTo([]byte("z"), socks.Addr{Name: "blocked.test", Port: 53}); !errors.Is(err, socks.ErrNotAllowed) {

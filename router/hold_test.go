@@ -60,7 +60,9 @@ func holding(h *holdCounter) func(*Config) {
 		c.ReverseHost = func(a netip.Addr) (string, bool) {
 			return "example.com", netip.MustParsePrefix("198.18.0.0/15").Contains(a)
 		}
-		c.UDPIdle = 200 * time.Millisecond
+		// Long against the test's steps between datagrams: a loaded
+		// machine must not expire the flow in the middle.
+		c.UDPIdle = time.Second
 	}
 }
 
@@ -77,7 +79,7 @@ func TestTCPFlowHoldsItsFakeIP(t *testing.T) {
 	req.app = appLocal
 	done := make(chan struct{})
 	go func() { r.handleTCP(context.Background(), nil, req); close(done) }()
-	<-req.accepted
+	testenv.Recv(t, req.accepted, "the app's connection accepted")
 	if got := out.dialed; len(got) != 1 || got[0] != "example.com:443" {
 		t.Fatalf("dialed %v", got)
 	}
@@ -87,15 +89,15 @@ func TestTCPFlowHoldsItsFakeIP(t *testing.T) {
 	appRemote.Close()
 	upRemote.Close()
 	io.Copy(io.Discard, upRemote)
-	<-done
-	<-flows
+	testenv.Recv(t, done, "the handler's return")
+	testenv.Recv(t, flows, "the flow's record")
 	if n := h.count(fake); n != 0 {
 		t.Fatalf("%s still held %d times after the flow ended", fake, n)
 	}
 	// A flow to a real address holds nothing (its dial fails here).
 	out.dial = func(string) (net.Conn, error) { return nil, net.ErrClosed }
 	r.handleTCP(context.Background(), nil, newFakeReq("192.0.2.1:80"))
-	<-flows
+	testenv.Recv(t, flows, "the flow's record")
 	if h.max != 1 {
 		t.Errorf("at most %d holds at once, want 1", h.max)
 	}
@@ -114,14 +116,14 @@ func TestUDPFlowHoldsItsFakeIPs(t *testing.T) {
 	a, b := netip.MustParseAddrPort("198.18.0.9:53"), netip.MustParseAddrPort("198.18.0.10:443")
 	for _, dst := range []netip.AddrPort{a, a, b, a, netip.MustParseAddrPort("192.0.2.7:53")} {
 		f.in <- dgram{[]byte("q"), dst}
-		<-pc.sent
-		<-f.out
+		testenv.Recv(t, pc.sent, "a datagram sent upstream")
+		testenv.Recv(t, f.out, "a datagram to the app")
 	}
 	if h.count(a.Addr()) != 1 || h.count(b.Addr()) != 1 {
 		t.Fatalf("held %d and %d times during the flow, want once each", h.count(a.Addr()), h.count(b.Addr()))
 	}
-	<-done
-	<-flows
+	testenv.Recv(t, done, "the handler's return")
+	testenv.Recv(t, flows, "the flow's record")
 	if h.count(a.Addr()) != 0 || h.count(b.Addr()) != 0 {
 		t.Fatalf("still held after the flow: %d, %d", h.count(a.Addr()), h.count(b.Addr()))
 	}

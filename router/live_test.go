@@ -24,7 +24,7 @@ func tcpFlow(t *testing.T, r *Router, out *fakeOutbound) (app, remote *net.TCPCo
 	req.app = appLocal
 	done = make(chan struct{})
 	go func() { r.handleTCP(context.Background(), nil, req); close(done) }()
-	<-req.accepted
+	testenv.Recv(t, req.accepted, "the app's connection accepted")
 	return appRemote, upRemote, done
 }
 
@@ -59,8 +59,8 @@ func TestShedIdle(t *testing.T) {
 	udpDone := make(chan struct{})
 	go func() { r.handleUDP(context.Background(), nil, f); close(udpDone) }()
 	f.in <- dgram{[]byte("q"), netip.MustParseAddrPort("192.0.2.7:9")}
-	<-pc.sent
-	<-f.out
+	testenv.Recv(t, pc.sent, "a datagram sent upstream")
+	testenv.Recv(t, f.out, "a datagram to the app")
 	time.Sleep(20 * time.Millisecond)
 	newApp, newRemote, newDone := tcpFlow(t, r, out)
 	// Activity on the first TCP flow makes it the most recent.
@@ -85,15 +85,15 @@ func TestShedIdle(t *testing.T) {
 	if n := r.ShedIdle(0.34); n != 1 {
 		t.Fatalf("ShedIdle(0.34) of 3 closed %d", n)
 	}
-	<-udpDone
-	if rec := <-flows; rec.Network != "udp" || !errors.Is(rec.Err, ErrShed) {
+	testenv.Recv(t, udpDone, "the UDP handler's return")
+	if rec := testenv.Recv(t, flows, "the flow's record"); rec.Network != "udp" || !errors.Is(rec.Err, ErrShed) {
 		t.Fatalf("first shed: %+v, want the UDP flow, shed", rec)
 	}
 	if n := r.ShedIdle(0.1); n != 1 { // at least one
 		t.Fatalf("ShedIdle(0.1) of 2 closed %d", n)
 	}
-	<-newDone
-	if rec := <-flows; rec.Network != "tcp" || rec.Dst.String() != "192.0.2.1:80" || !errors.Is(rec.Err, ErrShed) {
+	testenv.Recv(t, newDone, "the new TCP flow's handler's return")
+	if rec := testenv.Recv(t, flows, "the flow's record"); rec.Network != "tcp" || rec.Dst.String() != "192.0.2.1:80" || !errors.Is(rec.Err, ErrShed) {
 		t.Fatalf("second shed: %+v", rec)
 	}
 	io.ReadAll(newApp)
@@ -108,8 +108,8 @@ func TestShedIdle(t *testing.T) {
 	}
 	oldApp.Close()
 	oldRemote.Close()
-	<-oldDone
-	<-flows
+	testenv.Recv(t, oldDone, "the old TCP flow's handler's return")
+	testenv.Recv(t, flows, "the flow's record")
 	if n := r.ShedIdle(1); n != 0 {
 		t.Errorf("ShedIdle with no flow closed %d", n)
 	}

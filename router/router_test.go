@@ -93,7 +93,7 @@ func TestTCPRelayAndFakeIP(t *testing.T) {
 	req.app = appLocal
 	done := make(chan struct{})
 	go func() { r.handleTCP(context.Background(), nil, req); close(done) }()
-	<-req.accepted
+	testenv.Recv(t, req.accepted, "the app's connection accepted")
 	if got := out.dialed; len(got) != 1 || got[0] != "example.com:443" {
 		t.Fatalf("dialed %v, want the fake IP's domain example.com:443", got)
 	}
@@ -109,8 +109,8 @@ func TestTCPRelayAndFakeIP(t *testing.T) {
 	if string(b) != "world" {
 		t.Fatalf("app got %q", b)
 	}
-	<-done
-	rec := <-flows
+	testenv.Recv(t, done, "the handler's return")
+	rec := testenv.Recv(t, flows, "the flow's record")
 	if rec.Up != 5 || rec.Down != 5 || rec.Host != "example.com" || rec.Outbound != "up" || rec.Err != nil {
 		t.Fatalf("flow record %+v", rec)
 	}
@@ -130,7 +130,7 @@ func TestTCPDialFailureRejects(t *testing.T) {
 	default:
 		t.Fatal("a failed dial did not reset the app's connection")
 	}
-	if rec := <-flows; !errors.Is(rec.Err, syscall.ECONNREFUSED) {
+	if rec := testenv.Recv(t, flows, "the flow's record"); !errors.Is(rec.Err, syscall.ECONNREFUSED) {
 		t.Fatalf("flow error %v", rec.Err)
 	}
 }
@@ -157,7 +157,7 @@ func TestTCPHangingDialRejectsAfterDialTimeout(t *testing.T) {
 	default:
 		t.Fatal("a dial that timed out did not reset the app's connection")
 	}
-	if rec := <-flows; !errors.Is(rec.Err, context.DeadlineExceeded) {
+	if rec := testenv.Recv(t, flows, "the flow's record"); !errors.Is(rec.Err, context.DeadlineExceeded) {
 		t.Fatalf("flow error %v, want the dial deadline", rec.Err)
 	}
 
@@ -169,7 +169,7 @@ func TestTCPHangingDialRejectsAfterDialTimeout(t *testing.T) {
 	cancel()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("cancelling the handler's context did not end a hanging dial")
 	}
 	select {
@@ -177,7 +177,7 @@ func TestTCPHangingDialRejectsAfterDialTimeout(t *testing.T) {
 	default:
 		t.Fatal("the app was not reset after the cancelled dial")
 	}
-	<-flows2
+	testenv.Recv(t, flows2, "the flow's record")
 }
 
 func TestTCPRejectRuleNeverDials(t *testing.T) {
@@ -309,17 +309,17 @@ func TestUDPFullConeAndIdle(t *testing.T) {
 	done := make(chan struct{})
 	go func() { r.handleUDP(context.Background(), nil, f); close(done) }()
 	f.in <- dgram{[]byte("q"), netip.MustParseAddrPort("192.0.2.1:7")}
-	if a := <-pc.sent; a != "192.0.2.1:7" {
+	if a := testenv.Recv(t, pc.sent, "a datagram sent upstream"); a != "192.0.2.1:7" {
 		t.Fatalf("sent to %s", a)
 	}
-	if d := <-f.out; string(d.b) != "re:q" || d.addr != netip.MustParseAddrPort("192.0.2.1:7") {
+	if d := testenv.Recv(t, f.out, "a datagram to the app"); string(d.b) != "re:q" || d.addr != netip.MustParseAddrPort("192.0.2.1:7") {
 		t.Fatalf("reply %q from %v", d.b, d.addr)
 	}
-	if d := <-f.out; string(d.b) != "other" || d.addr != netip.MustParseAddrPort("192.0.2.99:9999") {
+	if d := testenv.Recv(t, f.out, "a datagram to the app"); string(d.b) != "other" || d.addr != netip.MustParseAddrPort("192.0.2.99:9999") {
 		t.Fatalf("full-cone reply %q from %v", d.b, d.addr)
 	}
-	<-done // idle expiry ends the flow
-	rec := <-flows
+	testenv.Recv(t, done, "the handler's return") // idle expiry ends the flow
+	rec := testenv.Recv(t, flows, "the flow's record")
 	if rec.Up != 1 || rec.Down != 9 || !errorsIsIdle(rec.Err) {
 		t.Fatalf("flow record %+v", rec)
 	}
@@ -347,13 +347,13 @@ func TestUDPFlowAcrossOutbounds(t *testing.T) {
 		}
 		return Decision{Action: Proxy, Outbound: a, Rule: "MATCH,a"}
 	}
-	r, flows := newRouter(t, decide, func(c *Config) { c.UDPIdle = 300 * time.Millisecond })
+	r, flows := newRouter(t, decide, func(c *Config) { c.UDPIdle = time.Second }) // long against the test's steps
 	f := newFakeFlow()
 	done := make(chan struct{})
 	go func() { r.handleUDP(context.Background(), nil, f); close(done) }()
 
 	f.in <- dgram{[]byte("x"), netip.MustParseAddrPort("192.0.2.1:1")}
-	if got := <-pcA.sent; got != "192.0.2.1:1" {
+	if got := testenv.Recv(t, pcA.sent, "a datagram sent upstream"); got != "192.0.2.1:1" {
 		t.Fatalf("a sent to %s", got)
 	}
 	f.in <- dgram{[]byte("y"), netip.MustParseAddrPort("192.0.2.2:2")}
@@ -362,7 +362,7 @@ func TestUDPFlowAcrossOutbounds(t *testing.T) {
 		if got != "192.0.2.2:2" {
 			t.Fatalf("b sent to %s", got)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("the datagram whose rule names b never left through b")
 	}
 	want := map[string]netip.AddrPort{
@@ -371,13 +371,13 @@ func TestUDPFlowAcrossOutbounds(t *testing.T) {
 		"other": netip.MustParseAddrPort("192.0.2.99:9999"),
 	}
 	for range 4 { // re:x, other, re:y, other, in some order
-		d := <-f.out
+		d := testenv.Recv(t, f.out, "a datagram to the app")
 		if w, ok := want[string(d.b)]; !ok || w != d.addr {
 			t.Fatalf("reply %q from %v", d.b, d.addr)
 		}
 	}
-	<-done // idle expiry ends the flow
-	rec := <-flows
+	testenv.Recv(t, done, "the handler's return") // idle expiry ends the flow
+	rec := testenv.Recv(t, flows, "the flow's record")
 	if rec.Outbound != "a" || rec.Up != 2 || rec.Down != 2*(4+5) || !errorsIsIdle(rec.Err) {
 		t.Fatalf("flow record %+v", rec)
 	}
@@ -413,26 +413,26 @@ func (fakeDNS) Handle(ctx context.Context, q []byte) ([]byte, error) {
 
 func TestUDPDNSInterceptAndNoUDP(t *testing.T) {
 	out := &fakeOutbound{name: "tcp-only"} // no UDP
-	r, flows := newRouter(t, Static(out), func(c *Config) { c.DNS = fakeDNS{}; c.DNSIdle = 100 * time.Millisecond })
+	r, flows := newRouter(t, Static(out), func(c *Config) { c.DNS = fakeDNS{}; c.DNSIdle = time.Second })
 	f := newFakeFlow()
 	go r.handleUDP(context.Background(), nil, f)
 	f.in <- dgram{[]byte("q1"), netip.MustParseAddrPort("198.18.0.2:53")}
-	if d := <-f.out; string(d.b) != "answer:q1" || d.addr.Port() != 53 {
+	if d := testenv.Recv(t, f.out, "a datagram to the app"); string(d.b) != "answer:q1" || d.addr.Port() != 53 {
 		t.Fatalf("DNS answer %q from %v", d.b, d.addr)
 	}
 	// A failure that comes with an answer (SERVFAIL) is still answered,
 	// so the app does not wait for its timeout.
 	f.in <- dgram{[]byte("upstream-down"), netip.MustParseAddrPort("198.18.0.2:53")}
-	if d := <-f.out; string(d.b) != "servfail" {
+	if d := testenv.Recv(t, f.out, "a datagram to the app"); string(d.b) != "servfail" {
 		t.Fatalf("DNS answer %q, want the SERVFAIL sent along with the error", d.b)
 	}
-	<-flows
+	testenv.Recv(t, flows, "the flow's record")
 
 	// An outbound without UDP: the flow ends at once with ErrUDPUnsupported.
 	f2 := newFakeFlow()
 	f2.in <- dgram{[]byte("x"), netip.MustParseAddrPort("192.0.2.1:7")}
 	r.handleUDP(context.Background(), nil, f2)
-	if rec := <-flows; !errors.Is(rec.Err, ErrUDPUnsupported) {
+	if rec := testenv.Recv(t, flows, "the flow's record"); !errors.Is(rec.Err, ErrUDPUnsupported) {
 		t.Fatalf("flow without UDP: %+v", rec)
 	}
 }
@@ -458,7 +458,7 @@ func TestTCPRejectDropDropsSilently(t *testing.T) {
 		t.Fatal("REJECT-DROP sent a reset")
 	default:
 	}
-	if rec := <-flows; rec.Outbound != "REJECT-DROP" {
+	if rec := testenv.Recv(t, flows, "the flow's record"); rec.Outbound != "REJECT-DROP" {
 		t.Fatalf("flow record %+v", rec)
 	}
 }

@@ -69,14 +69,14 @@ func TestSniffTLSDialsByName(t *testing.T) {
 	if d := named.addrs(); len(d) != 1 || d[0] != "tls.example:443" {
 		t.Fatalf("dialed %v, want tls.example:443", d)
 	}
-	if m := <-seen; m.Host != "tls.example" || !m.RealDst || m.Dst != req.dst {
+	if m := testenv.Recv(t, seen, "the metadata the rules saw"); m.Host != "tls.example" || !m.RealDst || m.Dst != req.dst {
 		t.Fatalf("rules saw %+v; want the name, the real address and RealDst", m)
 	}
 	upRemote.Close()
-	<-hello
+	testenv.Recv(t, hello, "the app's TLS handshake's end")
 	appRemote.Close()
-	<-done
-	rec := <-flows
+	testenv.Recv(t, done, "the handler's return")
+	rec := testenv.Recv(t, flows, "the flow's record")
 	if rec.Host != "tls.example" || rec.SniffHost != "tls.example" || rec.Outbound != "named" || rec.Up < int64(len(got)) {
 		t.Fatalf("flow record %+v", rec)
 	}
@@ -116,8 +116,8 @@ func TestSniffHTTPDialsByAddress(t *testing.T) {
 				t.Fatalf("dialed %v, want the address", d)
 			}
 			upRemote.Close()
-			<-done
-			if rec := <-flows; rec.SniffHost != "web.example" || rec.Outbound != "named" {
+			testenv.Recv(t, done, "the handler's return")
+			if rec := testenv.Recv(t, flows, "the flow's record"); rec.SniffHost != "web.example" || rec.Outbound != "named" {
 				t.Fatalf("flow record %+v", rec)
 			}
 		})
@@ -160,8 +160,8 @@ func TestSniffServerFirstDialsAfterTimeout(t *testing.T) {
 		t.Fatalf("server got %q", b)
 	}
 	upRemote.Close()
-	<-done
-	if rec := <-flows; rec.SniffHost != "" || rec.Err != nil {
+	testenv.Recv(t, done, "the handler's return")
+	if rec := testenv.Recv(t, flows, "the flow's record"); rec.SniffHost != "" || rec.Err != nil {
 		t.Fatalf("flow record %+v", rec)
 	}
 }
@@ -187,7 +187,7 @@ func TestSniffUnwantedKeepsDialBeforeAccept(t *testing.T) {
 		t.Fatal("accepted a flow that needed no name")
 	default:
 	}
-	if rec := <-flows; !errors.Is(rec.Err, syscall.ECONNREFUSED) || asked != 1 {
+	if rec := testenv.Recv(t, flows, "the flow's record"); !errors.Is(rec.Err, syscall.ECONNREFUSED) || asked != 1 {
 		t.Fatalf("flow %+v, Want asked %d times", rec, asked)
 	}
 	// A fake IP has its name already: Want is not even asked.
@@ -197,8 +197,8 @@ func TestSniffUnwantedKeepsDialBeforeAccept(t *testing.T) {
 	})
 	req = newFakeReq("198.18.0.9:443")
 	r2.handleTCP(t.Context(), nil, req)
-	<-req.rejected
-	<-flows2
+	testenv.Recv(t, req.rejected, "the app's connection reset")
+	testenv.Recv(t, flows2, "the flow's record")
 	if asked != 1 {
 		t.Fatal("Want asked for a fake IP's flow")
 	}
@@ -227,8 +227,8 @@ func TestSniffedFlowResetOnRefusalAndReject(t *testing.T) {
 			if !errors.Is(err, syscall.ECONNRESET) {
 				t.Fatalf("app read %v, want a reset", err)
 			}
-			<-done
-			rec := <-flows
+			testenv.Recv(t, done, "the handler's return")
+			rec := testenv.Recv(t, flows, "the flow's record")
 			if rec.SniffHost != "x.example" || (tc.out != nil) != errors.Is(rec.Err, syscall.ECONNREFUSED) {
 				t.Fatalf("flow record %+v", rec)
 			}
@@ -267,14 +267,14 @@ func TestSniffQUICRoutesFlowByName(t *testing.T) {
 			// datagram is sent and the app closes.
 			if !tc.reject {
 				for range initials {
-					if a := <-pc.sent; a != dst.String() {
+					if a := testenv.Recv(t, pc.sent, "a datagram sent upstream"); a != dst.String() {
 						t.Fatalf("sent to %s, want the address %s", a, dst)
 					}
 				}
 				f.Close()
 			}
-			<-done
-			rec := <-flows
+			testenv.Recv(t, done, "the handler's return")
+			rec := testenv.Recv(t, flows, "the flow's record")
 			want := "named"
 			if tc.reject {
 				want = "REJECT"
@@ -369,8 +369,8 @@ func TestSniffMaxBytes(t *testing.T) {
 		t.Fatalf("dialed %v, want the address", d)
 	}
 	upRemote.Close()
-	<-done
-	if rec := <-flows; rec.SniffHost != "" || rec.Up != int64(len(long)) {
+	testenv.Recv(t, done, "the handler's return")
+	if rec := testenv.Recv(t, flows, "the flow's record"); rec.SniffHost != "" || rec.Up != int64(len(long)) {
 		t.Fatalf("flow record %+v", rec)
 	}
 }

@@ -101,8 +101,8 @@ func TestTableTCP(t *testing.T) {
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("the app read %v after CloseFlow, want connection reset", err)
 	}
-	<-done
-	rec := <-flows
+	testenv.Recv(t, done, "the handler's return")
+	rec := testenv.Recv(t, flows, "the flow's record")
 	if rec.ID != f.ID || !errors.Is(rec.Err, ErrClosedByRequest) || rec.Up != 5 || rec.Down != 6 {
 		t.Errorf("record %+v", rec)
 	}
@@ -156,9 +156,9 @@ func TestTableUDP(t *testing.T) {
 	dst := netip.MustParseAddrPort("192.0.2.1:7")
 	for range 3 {
 		f.in <- dgram{[]byte("q"), dst}
-		<-pc.sent
-		<-f.out
-		<-f.out
+		testenv.Recv(t, pc.sent, "a datagram sent upstream")
+		testenv.Recv(t, f.out, "a datagram to the app")
+		testenv.Recv(t, f.out, "a datagram to the app")
 	}
 	if lookups.Load() != 0 {
 		t.Error("the process was looked up before anyone asked for the flows")
@@ -177,8 +177,8 @@ func TestTableUDP(t *testing.T) {
 	if n := r.CloseAll(); n != 1 {
 		t.Errorf("CloseAll closed %d flows", n)
 	}
-	<-done
-	rec := <-flows
+	testenv.Recv(t, done, "the handler's return")
+	rec := testenv.Recv(t, flows, "the flow's record")
 	if !errors.Is(rec.Err, ErrClosedByRequest) || rec.ID != fs[0].ID || rec.Up != 3 || rec.Down != 3*(4+5) {
 		t.Errorf("record %+v", rec)
 	}
@@ -192,14 +192,14 @@ func TestTableDNSFlow(t *testing.T) {
 	done := make(chan struct{})
 	go func() { r.handleUDP(context.Background(), nil, f); close(done) }()
 	f.in <- dgram{[]byte("query"), netip.MustParseAddrPort("198.18.0.2:53")}
-	<-f.out
+	testenv.Recv(t, f.out, "a datagram to the app")
 	fs := waitFlows(t, r, func(fs []FlowInfo) bool { return len(fs) == 1 })
 	if fs[0].Outbound != "DNS" || fs[0].Rule != "dns" {
 		t.Errorf("DNS flow %+v", fs[0])
 	}
 	r.CloseFlow(fs[0].ID)
-	<-done
-	if rec := <-flows; rec.Outbound != "DNS" || !errors.Is(rec.Err, ErrClosedByRequest) {
+	testenv.Recv(t, done, "the handler's return")
+	if rec := testenv.Recv(t, flows, "the flow's record"); rec.Outbound != "DNS" || !errors.Is(rec.Err, ErrClosedByRequest) {
 		t.Errorf("record %+v", rec)
 	}
 }
@@ -267,7 +267,7 @@ func TestTableConcurrent(t *testing.T) {
 	r.CloseAll()
 	wg.Wait()
 	close(stop)
-	<-scraped
+	testenv.Recv(t, scraped, "the scraper's return")
 	mu.Lock()
 	for _, c := range remotes {
 		c.Close()

@@ -459,7 +459,7 @@ func TestConnectReturnsTCPConn(t *testing.T) {
 		t.Fatalf("conn is %T, want *net.TCPConn", conn)
 	}
 	checkHalfClose(t, conn, tc)
-	<-done
+	testenv.Recv(t, done, "the server's end")
 }
 
 // TestDataRightBehindReply: a target that speaks first (a banner) can have
@@ -494,7 +494,7 @@ func TestDataRightBehindReply(t *testing.T) {
 		t.Fatalf("conn is %T, without CloseWrite", conn)
 	}
 	checkHalfClose(t, conn, cw)
-	<-done
+	testenv.Recv(t, done, "the server's end")
 
 	// Over a forward connection that cannot half-close, the wrapper does
 	// not pretend to.

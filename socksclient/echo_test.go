@@ -47,7 +47,7 @@ func checkConnect(t *testing.T, c *Client, target string, halfClose bool) {
 	if err != nil {
 		t.Fatalf("read: %v", err)
 	}
-	if err := <-errc; err != nil {
+	if err := testenv.Recv(t, errc, "the writer's end"); err != nil {
 		t.Fatalf("write: %v", err)
 	}
 	if !bytes.Equal(got, msg) {

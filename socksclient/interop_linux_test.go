@@ -42,7 +42,7 @@ func startPeer(t testing.TB, addr, path string, args ...string) {
 	pid := cmd.Process.Pid
 	t.Cleanup(func() {
 		syscall.Kill(-pid, syscall.SIGKILL) // the group we created: pid and its children
-		<-exited
+		testenv.Recv(t, exited, "the peer's exit")
 		if t.Failed() {
 			t.Logf("%s output:\n%s", filepath.Base(path), out)
 		}

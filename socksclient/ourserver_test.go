@@ -37,7 +37,7 @@ func ourServer(t testing.TB, cfg socksserver.Config) string {
 		defer scancel()
 		srv.Shutdown(sctx)
 		cancel()
-		<-done
+		testenv.Recv(t, done, "the server's end")
 	})
 	return ln.Addr().String()
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
@@ -50,7 +51,7 @@ func newFakeUDPServer(t *testing.T) *fakeUDPServer {
 	t.Cleanup(func() {
 		ln.Close()
 		relay.Close()
-		<-done
+		testenv.Recv(t, done, "the server's end")
 		select {
 		case c := <-s.ctrl:
 			c.Close()
@@ -164,7 +165,7 @@ func TestUDPAssociate(t *testing.T) {
 		readErr <- err
 	}()
 	(<-s.ctrl).Close()
-	err = <-readErr
+	err = testenv.Recv(t, readErr, "the blocked read's end")
 	if !errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "association ended") {
 		t.Errorf("read after the control connection closed: %v, want net.ErrClosed and 'association ended'", err)
 	}
@@ -188,10 +189,10 @@ func TestUDPCloseUnblocksRead(t *testing.T) {
 		_, _, err := pc.ReadFrom(make([]byte, 10))
 		readErr <- err
 	}()
-	ctrl := <-s.ctrl
+	ctrl := testenv.Recv(t, s.ctrl, "the control connection")
 	defer ctrl.Close()
 	pc.Close()
-	if err := <-readErr; !errors.Is(err, net.ErrClosed) {
+	if err := testenv.Recv(t, readErr, "the blocked read's end"); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("read after Close: %v, want net.ErrClosed", err)
 	}
 	// The server sees the control connection end.
@@ -345,7 +346,7 @@ func TestBindCloseAndCancelAbortAccept(t *testing.T) {
 	// Close may come before or during Accept; either way Accept ends with
 	// net.ErrClosed.
 	ln.Close()
-	if err := <-acceptErr; !errors.Is(err, net.ErrClosed) {
+	if err := testenv.Recv(t, acceptErr, "the blocked accept's end"); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("Accept after Close: %v, want net.ErrClosed", err)
 	}
 

@@ -66,7 +66,7 @@ func TestUDPWaitReadThenRead(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := <-waited; err != nil {
+	if err := testenv.Recv(t, waited, "WaitRead's return"); err != nil {
 		t.Fatalf("WaitRead: %v", err)
 	}
 	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -87,7 +87,7 @@ func TestUDPWaitReadThenRead(t *testing.T) {
 	go func() { waited <- pc.WaitRead() }()
 	time.Sleep(20 * time.Millisecond)
 	pc.Close()
-	if err := <-waited; !errors.Is(err, net.ErrClosed) {
+	if err := testenv.Recv(t, waited, "WaitRead's return"); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("WaitRead after Close: %v, want net.ErrClosed", err)
 	}
 }
@@ -106,7 +106,7 @@ func TestUDPPolledWatch(t *testing.T) {
 		_, _, err := pc.ReadFrom(make([]byte, 100))
 		readErr <- err
 	}()
-	ctrl := <-s.ctrl
+	ctrl := testenv.Recv(t, s.ctrl, "the control connection")
 	// Stray bytes from the server are dropped; the watch goes on.
 	ctrl.Write([]byte("stray"))
 	select {
@@ -115,7 +115,7 @@ func TestUDPPolledWatch(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 	ctrl.Close()
-	if err := <-readErr; !errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "association ended") {
+	if err := testenv.Recv(t, readErr, "the blocked read's end"); !errors.Is(err, net.ErrClosed) || !strings.Contains(err.Error(), "association ended") {
 		t.Errorf("read after the control connection closed: %v, want net.ErrClosed and 'association ended'", err)
 	}
 	if err := pc.Close(); err != nil {
@@ -129,7 +129,7 @@ func TestUDPPolledWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctrl2 := <-s2.ctrl
+	ctrl2 := testenv.Recv(t, s2.ctrl, "the control connection")
 	defer ctrl2.Close()
 	if err := pc2.Close(); err != nil {
 		t.Errorf("Close with the watch armed: %v", err)
@@ -191,7 +191,7 @@ func TestUDPTryReadFromAndNotifyEnd(t *testing.T) {
 
 	ended := make(chan struct{}, 2)
 	pc.NotifyEnd(func() { ended <- struct{}{} })
-	ctrl := <-s.ctrl
+	ctrl := testenv.Recv(t, s.ctrl, "the control connection")
 	ctrl.Close()
 	select {
 	case <-ended:

@@ -108,7 +108,7 @@ func startServer(t testing.TB, cfg Config, listen ...string) *testServer {
 		s.Shutdown(sctx)
 		scancel()
 		cancel()
-		if err := <-done; err != nil {
+		if err := testenv.Recv(t, done, "Serve's return"); err != nil {
 			t.Errorf("Serve: %v", err)
 		}
 		if t.Failed() {

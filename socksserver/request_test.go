@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/socks"
 )
 
@@ -135,7 +136,7 @@ func TestUDPNamesPassedOn(t *testing.T) {
 	}
 	for _, name := range []string{"example.com", string(long) + ".test"} {
 		sendUDP(t, client, relayAt, 0, socks.Addr{Name: name, Port: 53}, "q")
-		if to := <-pc.sent; to != (socks.Addr{Name: name, Port: 53}) {
+		if to := testenv.Recv(t, pc.sent, "the datagram's destination"); to != (socks.Addr{Name: name, Port: 53}) {
 			t.Fatalf("sent to %#v, want the name %s:53", to, name)
 		}
 		b := make([]byte, 65535)

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 // TestShutdownForceClosesOpenRelays: relays still open when the grace
@@ -84,7 +86,7 @@ func TestShutdownForceClosesOpenRelays(t *testing.T) {
 	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Shutdown with open relays: %v, want the context's error", err)
 	}
-	if err := <-served; err != nil {
+	if err := testenv.Recv(t, served, "Serve's return"); err != nil {
 		t.Errorf("Serve: %v", err)
 	}
 	for _, c := range append(clients, hs) {
@@ -97,7 +99,7 @@ func TestShutdownForceClosesOpenRelays(t *testing.T) {
 		t.Errorf("still accepting after Shutdown")
 	}
 	echoLn.Close()
-	<-echoDone
+	testenv.Recv(t, echoDone, "the echo server's end")
 }
 
 // TestShutdownLetsTransferFinish: a transfer in flight when Shutdown starts
@@ -155,10 +157,10 @@ func TestShutdownLetsTransferFinish(t *testing.T) {
 		t.Fatalf("transfer during shutdown: %d of %d bytes, %v", len(got), len(payload), err)
 	}
 	c.Close()
-	if err := <-shut; err != nil {
+	if err := testenv.Recv(t, shut, "Shutdown's return"); err != nil {
 		t.Errorf("Shutdown: %v, want nil after the relay finished", err)
 	}
-	<-srcDone
+	testenv.Recv(t, srcDone, "the source's end")
 }
 
 // TestServeContextCancel: cancelling Serve's context closes everything and
@@ -186,7 +188,7 @@ func TestServeContextCancel(t *testing.T) {
 	// it may or may not have crossed before the relay closed.
 	readLine(t, c)
 	cancel()
-	if err := <-served; err != nil {
+	if err := testenv.Recv(t, served, "Serve's return"); err != nil {
 		t.Errorf("Serve: %v", err)
 	}
 	expectClosed(t, c)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/stack"
 	"github.com/tunsocks/tunsocks/tun/tuntest"
 )
@@ -94,7 +95,7 @@ func TestTCPDownloadGSO(t *testing.T) {
 			if err != nil || n != size {
 				t.Fatalf("app read %d bytes, %v; want %d", n, err, size)
 			}
-			want := <-sum
+			want := testenv.Recv(t, sum, "the receiver's checksum")
 			var got [32]byte
 			copy(got[:], h.Sum(nil))
 			if got != want {

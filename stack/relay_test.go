@@ -255,8 +255,11 @@ func detachedThroughStackWith(t *testing.T, n int, opts relay.StreamOptions, twe
 			t.Error("the Handler's context is live after Detach; a detached flow should hold none")
 		}
 		if !relay.StreamAsync(context.WithoutCancel(ctx), c, up, opts, func(_, _ int64, err error) {
-			done()
+			// The end is recorded before done: Stack.Close returns once
+			// done is called, and TestDetachedFlowEndsWhenParked then
+			// looks for it.
 			ends <- err
+			done()
 		}) {
 			t.Error("StreamAsync did not take a netstack conn to a kernel socket")
 			done()
@@ -496,7 +499,7 @@ func TestRelayDirectUploadKeepsEveryByte(t *testing.T) {
 			time.Sleep(time.Millisecond) // slow: the relay's socket fills
 		}
 	}
-	if err := <-werr; err != nil {
+	if err := testenv.Recv(t, werr, "the writer's end"); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, msg) {
@@ -608,7 +611,7 @@ func TestTCPConcurrentSmallWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	for range writers {
-		if err := <-errs; err != nil {
+		if err := testenv.Recv(t, errs, "a writer's end"); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -15,6 +15,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 // rtDevice is an in-memory Device for round-trip benchmarks and tests
@@ -443,7 +445,7 @@ func TestRoundTripAllocatesNothing(t *testing.T) {
 func TestReadToModeratesInBulk(t *testing.T) {
 	conns := make(chan *tcpConn, 1)
 	_, a, ctx := rtSetupWith(t, rtEcho{conns: conns}, nil)
-	c := <-conns
+	c := testenv.Recv(t, conns, "the accepted connection")
 	told := func() int { return c.ep.(*tcp.Endpoint).RcvAutoParams.CopiedBytes }
 	const small = 100
 	for i := range small {

@@ -685,9 +685,33 @@ func (s *Stack) Stats() Stats {
 	return st
 }
 
-// SystemTCP reports whether the kernel terminates the app's TCP: the
-// stack was configured with SystemTCP and its self-test passed.
-func (s *Stack) SystemTCP() bool { return s.sys != nil && !s.sys.off.Load() }
+// SystemTCP reports whether the kernel terminates the app's TCP, of
+// either family: the stack was configured with SystemTCP and the
+// self-test of at least one family passed (SystemTCPFamilies says which).
+func (s *Stack) SystemTCP() bool {
+	v4, v6 := s.SystemTCPFamilies()
+	return v4 || v6
+}
+
+// SystemTCPFamilies reports, for IPv4 and for IPv6, whether the kernel
+// terminates the app's TCP of that family: SystemTCP gave the stack an
+// address of the family and the family's self-test passed. A family
+// whose test failed (a firewall dropping its new inbound TCP on the TUN)
+// has its TCP terminated by gVisor.
+func (s *Stack) SystemTCPFamilies() (v4, v6 bool) {
+	if s.sys == nil {
+		return false, false
+	}
+	for _, f := range s.sys.fams {
+		on := !f.off.Load()
+		if f.self.Is4() {
+			v4 = on
+		} else {
+			v6 = on
+		}
+	}
+	return v4, v6
+}
 
 // Failed is closed when the stack stops moving packets on its own: the
 // device was closed or its interface deleted under the stack, or reads

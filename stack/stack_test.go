@@ -161,7 +161,7 @@ func TestTCPEcho(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			got := <-seen
+			got := testenv.Recv(t, seen, "the addresses the handler saw")
 			if got[1] != d {
 				t.Errorf("Dst = %v, want %v", got[1], d)
 			}
@@ -255,7 +255,7 @@ func TestTCPHalfCloseBothWays(t *testing.T) {
 	if err != nil || string(got) != "answer" {
 		t.Fatalf("app read %q, %v; want \"answer\" then EOF", got, err)
 	}
-	if err := <-done; err != nil {
+	if err := testenv.Recv(t, done, "the handler's end"); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -288,7 +288,7 @@ func TestUDPFullCone(t *testing.T) {
 			if _, err := pc.WriteTo([]byte("to A"), net.UDPAddrFromAddrPort(a)); err != nil {
 				t.Fatal(err)
 			}
-			f := <-flows
+			f := testenv.Recv(t, flows, "the UDP flow")
 			if f.Src() != netip.MustParseAddrPort(fam.local) {
 				t.Fatalf("flow Src = %v", f.Src())
 			}
@@ -339,7 +339,7 @@ func TestUDPFragmentedReply(t *testing.T) {
 	defer pc.Close()
 	remote := netip.MustParseAddrPort("198.18.0.10:4000")
 	pc.WriteTo([]byte("x"), net.UDPAddrFromAddrPort(remote))
-	f := <-flows
+	f := testenv.Recv(t, flows, "the UDP flow")
 	big := make([]byte, 9000)
 	for i := range big {
 		big[i] = byte(i)
@@ -380,7 +380,7 @@ func TestUDPFlowClosedByHandler(t *testing.T) {
 	defer pc.Close()
 	dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.0.10:53"))
 	pc.WriteTo([]byte("one"), dst)
-	f1 := <-flows
+	f1 := testenv.Recv(t, flows, "the UDP flow")
 	for e.s.Stats().UDPOpen != 0 {
 		select {
 		case <-e.ctx.Done():
@@ -393,7 +393,7 @@ func TestUDPFlowClosedByHandler(t *testing.T) {
 	}
 	// The same source again: a fresh flow.
 	pc.WriteTo([]byte("two"), dst)
-	f2 := <-flows
+	f2 := testenv.Recv(t, flows, "the UDP flow")
 	if f2 == f1 || f2.Src() != f1.Src() {
 		t.Fatalf("new flow %p (%v), old %p", f2, f2.Src(), f1)
 	}
@@ -408,7 +408,7 @@ func TestUDPReadDeadlineAndClose(t *testing.T) {
 	}
 	defer pc.Close()
 	pc.WriteTo([]byte("0123456789"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.0.10:53")))
-	f := <-flows
+	f := testenv.Recv(t, flows, "the UDP flow")
 	small := make([]byte, 4)
 	n, _, err := f.ReadFrom(small)
 	if n != 4 || !errors.Is(err, io.ErrShortBuffer) {
@@ -425,7 +425,7 @@ func TestUDPReadDeadlineAndClose(t *testing.T) {
 		errc <- err
 	}()
 	f.Close()
-	if err := <-errc; !errors.Is(err, net.ErrClosed) {
+	if err := testenv.Recv(t, errc, "the blocked read's end"); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("ReadFrom after Close = %v", err)
 	}
 }
@@ -699,7 +699,7 @@ func TestUDPWaitRead(t *testing.T) {
 	defer pc.Close()
 	dst := net.UDPAddrFromAddrPort(netip.MustParseAddrPort("198.18.0.10:5004"))
 	pc.WriteTo([]byte("one"), dst)
-	f := <-flows
+	f := testenv.Recv(t, flows, "the UDP flow")
 	buf := make([]byte, 16)
 	for _, want := range []string{"one", "two"} {
 		if err := f.WaitRead(); err != nil {
@@ -720,7 +720,7 @@ func TestUDPWaitRead(t *testing.T) {
 			case <-time.After(50 * time.Millisecond):
 			}
 			pc.WriteTo([]byte("two"), dst)
-			if err := <-waited; err != nil {
+			if err := testenv.Recv(t, waited, "WaitRead's return"); err != nil {
 				t.Fatalf("WaitRead: %v", err)
 			}
 		}
@@ -733,7 +733,7 @@ func TestUDPWaitRead(t *testing.T) {
 	waited := make(chan error, 1)
 	go func() { waited <- f.WaitRead() }()
 	f.Close()
-	if err := <-waited; !errors.Is(err, net.ErrClosed) {
+	if err := testenv.Recv(t, waited, "WaitRead's return"); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("WaitRead after Close = %v", err)
 	}
 }
@@ -761,9 +761,9 @@ func TestUDPNotifyReadAndDetach(t *testing.T) {
 	defer pc.Close()
 	dst := netip.MustParseAddrPort("198.18.0.10:5005")
 	pc.WriteTo([]byte("one"), net.UDPAddrFromAddrPort(dst))
-	d := <-flows
+	d := testenv.Recv(t, flows, "the UDP flow")
 	f := d.f
-	<-returned
+	testenv.Recv(t, returned, "the handler's return")
 	buf := make([]byte, 64)
 	if n, to, ok, err := f.TryReadFrom(buf); !ok || err != nil || string(buf[:n]) != "one" || to != dst {
 		t.Fatalf("TryReadFrom with one queued = %q to %v, %v, %v; want \"one\" to %v", buf[:n], to, ok, err, dst)
@@ -816,7 +816,7 @@ func TestUDPNotifyReadAndDetach(t *testing.T) {
 	}
 	d.done()
 	d.done() // once only
-	if err := <-closed; err != nil {
+	if err := testenv.Recv(t, closed, "Stack.Close's return"); err != nil {
 		t.Fatalf("Stack.Close: %v", err)
 	}
 }

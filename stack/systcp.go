@@ -89,6 +89,18 @@ type sysFamily struct {
 	lport uint16
 	ln    net.Listener
 	fakes []netip.Addr // the fake peers, in order
+	// off is set when the self-test found that the kernel does not take
+	// this family's translated packets (a firewall): its TCP goes to
+	// gVisor. The other family keeps the kernel when its test passed.
+	off atomic.Bool
+}
+
+// name is the family's name in logs and status: IPv4 or IPv6.
+func (f *sysFamily) name() string {
+	if f.self.Is4() {
+		return "IPv4"
+	}
+	return "IPv6"
 }
 
 func newSysFamily(self netip.Addr, lport uint16, ln net.Listener) *sysFamily {
@@ -110,10 +122,6 @@ type sysTCP struct {
 	// probes) to the device; set by New before any packet moves.
 	link *linkEndpoint
 	log  *slog.Logger
-
-	// off is set when the self-test found that the kernel does not take
-	// the translated packets (a firewall): every packet goes to gVisor.
-	off atomic.Bool
 
 	mu     sync.Mutex
 	byApp  map[[2]netip.AddrPort]*natEntry
@@ -184,7 +192,7 @@ func (t *sysTCP) inner(pkt []byte) bool {
 	}
 	for _, f := range t.fams {
 		l := netip.AddrPortFrom(f.self, f.lport)
-		if p.src == l || p.dst == l {
+		if !f.off.Load() && (p.src == l || p.dst == l) {
 			return true
 		}
 	}
@@ -221,15 +229,12 @@ func (f *sysFamily) isFake(a netip.Addr) bool {
 // It reports whether the packet is the system stack's (false: give it to
 // gVisor) and whether it is to be written back to the device.
 func (t *sysTCP) divert(b []byte) (mine, write bool) {
-	if t.off.Load() {
-		return false, false
-	}
 	p, ok := parseTCP(b)
 	if !ok {
 		return false, false
 	}
 	f := t.family(p.src.Addr())
-	if f == nil {
+	if f == nil || f.off.Load() {
 		return false, false
 	}
 	if p.src.Addr() == f.self && p.src.Port() == f.lport && f.isFake(p.dst.Addr()) {
@@ -308,57 +313,70 @@ const (
 )
 
 // selfTest sends each listener a SYN from a fake peer through the device
-// and waits for the SYN-ACK to come back out of it. When one does not (a
-// firewall on the host drops new connections arriving on the TUN), the
-// system TCP mode turns itself off, says so, and gVisor terminates TCP
-// instead (off). The read loop must run.
+// and waits for the SYN-ACK to come back out of it, for both families at
+// once. A family whose SYN-ACK does not come (a firewall on the host
+// drops new connections arriving on the TUN, perhaps for one family
+// only) turns its system TCP off and says so: gVisor terminates that
+// family's TCP instead (sysFamily.off), while a family whose test passed
+// keeps the kernel. The read loop must run.
 func (t *sysTCP) selfTest() {
-	for _, f := range t.fams {
-		// Port 1 of the last fake peer: the allocator never hands it out.
-		fake := netip.AddrPortFrom(f.fakes[len(f.fakes)-1], 1)
-		e := &natEntry{probe: make(chan struct{}, 1), fake: fake}
-		t.mu.Lock()
-		t.byFake[fake] = e
-		t.mu.Unlock()
-		const isn = 0x74736b30
-		listener := netip.AddrPortFrom(f.self, f.lport)
-		err := t.link.writeRaw(segment(fake, listener, isn, 0, tcpSYN, 65535))
-		ok := false
-		if err == nil {
-			// The kernel answers a repeated SYN with its SYN-ACK again.
-			timeout, resend := time.NewTimer(probeTimeout), time.NewTicker(probeResend)
-		wait:
-			for {
-				select {
-				case <-e.probe:
-					ok = true
-					break wait
-				case <-resend.C:
-					_ = t.link.writeRaw(segment(fake, listener, isn, 0, tcpSYN, 65535))
-				case <-timeout.C:
-					break wait
-				}
-			}
-			timeout.Stop()
-			resend.Stop()
-		}
-		// Whatever the kernel holds for the probe, reset it.
-		_ = t.link.writeRaw(segment(fake, listener, isn+1, 0, tcpRST, 0))
-		t.mu.Lock()
-		delete(t.byFake, fake)
-		t.mu.Unlock()
-		if !ok {
-			t.off.Store(true)
-			t.closeListeners()
-			why := "no SYN-ACK came back"
-			if err != nil {
-				why = err.Error()
-			}
-			t.log.Warn("system TCP: the kernel does not take connections arriving on the TUN (a firewall dropping new inbound TCP on it?); TCP goes through gVisor instead",
-				"listener", listener.String(), "test", why, "waited", probeTimeout)
-			return
-		}
+	errs := make([]error, len(t.fams))
+	var wg sync.WaitGroup
+	for i, f := range t.fams {
+		wg.Go(func() { errs[i] = t.probe(f) })
 	}
+	wg.Wait()
+	for i, f := range t.fams {
+		if errs[i] == nil {
+			continue
+		}
+		f.off.Store(true)
+		f.ln.Close()
+		t.log.Warn("system TCP: the kernel does not take connections arriving on the TUN (a firewall dropping new inbound TCP on it?); TCP goes through gVisor instead for this family",
+			"family", f.name(), "listener", netip.AddrPortFrom(f.self, f.lport).String(), "test", errs[i].Error(), "waited", probeTimeout)
+	}
+}
+
+// errNoSYNACK is a failed self-test's probe: nothing came back.
+var errNoSYNACK = errors.New("no SYN-ACK came back")
+
+// probe is one family's self-test: nil when the listener's SYN-ACK to
+// the probe's SYN came back out of the device.
+func (t *sysTCP) probe(f *sysFamily) error {
+	// Port 1 of the last fake peer: the allocator never hands it out.
+	fake := netip.AddrPortFrom(f.fakes[len(f.fakes)-1], 1)
+	e := &natEntry{probe: make(chan struct{}, 1), fake: fake}
+	t.mu.Lock()
+	t.byFake[fake] = e
+	t.mu.Unlock()
+	const isn = 0x74736b30
+	listener := netip.AddrPortFrom(f.self, f.lport)
+	err := t.link.writeRaw(segment(fake, listener, isn, 0, tcpSYN, 65535))
+	if err == nil {
+		err = errNoSYNACK
+		// The kernel answers a repeated SYN with its SYN-ACK again.
+		timeout, resend := time.NewTimer(probeTimeout), time.NewTicker(probeResend)
+	wait:
+		for {
+			select {
+			case <-e.probe:
+				err = nil
+				break wait
+			case <-resend.C:
+				_ = t.link.writeRaw(segment(fake, listener, isn, 0, tcpSYN, 65535))
+			case <-timeout.C:
+				break wait
+			}
+		}
+		timeout.Stop()
+		resend.Stop()
+	}
+	// Whatever the kernel holds for the probe, reset it.
+	_ = t.link.writeRaw(segment(fake, listener, isn+1, 0, tcpRST, 0))
+	t.mu.Lock()
+	delete(t.byFake, fake)
+	t.mu.Unlock()
+	return err
 }
 
 // allocLocked picks a fake peer address and port no entry uses.

@@ -1,15 +1,20 @@
 package stack
 
 import (
+	"context"
 	"log/slog"
 	"net"
 	"net/netip"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
+	"github.com/tunsocks/tunsocks/tun/tuntest"
 )
 
 // testSys is a sysTCP without listeners: held SYNs are recorded, and
@@ -256,7 +261,7 @@ func TestSystemTCPSelfTestPackets(t *testing.T) {
 		t.Fatal("probe not signalled")
 	}
 	// Switched off, the stack leaves every packet to gVisor.
-	ts.off.Store(true)
+	f.off.Store(true)
 	if mine, _ := ts.divert(tcpSeg(t, netip.AddrPortFrom(self, 5), netip.MustParseAddrPort("10.0.0.1:80"), 1, 0, true, false, false, false, "")); mine {
 		t.Error("a switched-off system stack took a packet")
 	}
@@ -311,4 +316,80 @@ func TestSystemTCPSweepShrinksTables(t *testing.T) {
 		t.Errorf("peak %d after the tables were made anew, want 3", tb.peak)
 	}
 	runtime.KeepAlive(keep)
+}
+
+// rejectAll is a Handler that refuses every flow.
+type rejectAll struct{}
+
+func (rejectAll) HandleTCP(_ context.Context, r *TCPRequest) { r.Reject() }
+func (rejectAll) HandleUDP(_ context.Context, f *UDPFlow)    { f.Close() }
+
+// TestSystemTCPSelfTestPerFamily: when the kernel answers the probe of
+// the IPv4 listener but not that of the IPv6 one (a firewall dropping new
+// inbound TCP over IPv6 only), only IPv6's TCP goes through gVisor: IPv4's
+// stays with the kernel, and the warning names the family that failed.
+func TestSystemTCPSelfTestPerFamily(t *testing.T) {
+	dev, peer := tuntest.NewPipe(1500)
+	ctx, cancel := context.WithCancel(t.Context())
+	// The test plays the kernel: it answers every IPv4 SYN the device
+	// writes (the probe) with a SYN-ACK and drops the IPv6 ones.
+	kernel := make(chan struct{})
+	go func() {
+		defer close(kernel)
+		for {
+			pkt, err := peer.Next(ctx)
+			if err != nil {
+				return
+			}
+			p, ok := parseTCP(pkt)
+			if !ok || p.v6 || p.flags != tcpSYN {
+				continue
+			}
+			if peer.InjectContext(ctx, segment(p.dst, p.src, 77, p.seq()+1, tcpSYN|tcpACK, 65535)) != nil {
+				return
+			}
+		}
+	}()
+	var logs testenv.Buffer
+	s, err := New(ctx, Config{Device: dev, Handler: rejectAll{}, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		SystemTCP: &SystemTCP{
+			Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/15"), netip.MustParsePrefix("fc00::1/18")},
+			// The packets never reach these: the test answers for the kernel.
+			Listen: func(string, string) (net.Listener, error) { return net.Listen("tcp4", "127.0.0.1:0") },
+		}})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	defer func() {
+		s.Close()
+		cancel()
+		testenv.Recv(t, kernel, "the fake kernel's end")
+	}()
+	if !s.SystemTCP() {
+		t.Error("system TCP off for both families; only IPv6's probe went unanswered")
+	}
+	if v4, v6 := s.SystemTCPFamilies(); !v4 || v6 {
+		t.Errorf("SystemTCPFamilies() = %v, %v; want true, false", v4, v6)
+	}
+	// A stray ACK from the app (no such connection): the system stack
+	// answers it with a RST itself (mine); gVisor gets it otherwise.
+	stray := func(src, dst string) []byte {
+		return segment(netip.MustParseAddrPort(src), netip.MustParseAddrPort(dst), 1, 1, tcpACK, 65535)
+	}
+	if mine, _ := s.sys.divert(stray("198.18.0.5:40000", "192.0.2.1:80")); !mine {
+		t.Error("IPv4 TCP went to gVisor though IPv4's self-test passed")
+	}
+	if mine, _ := s.sys.divert(stray("[fc00::5]:40000", "[2001:db8::1]:80")); mine {
+		t.Error("IPv6 TCP stayed with the kernel though IPv6's self-test failed")
+	}
+	var warns []string
+	for _, l := range strings.Split(logs.String(), "\n") {
+		if strings.Contains(l, "level=WARN") {
+			warns = append(warns, l)
+		}
+	}
+	if len(warns) != 1 || !strings.Contains(warns[0], "family=IPv6") {
+		t.Errorf("want one warning, for family=IPv6; logged:\n%s", logs.String())
+	}
 }

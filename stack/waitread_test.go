@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/stack"
 	"github.com/tunsocks/tunsocks/stack/stacktest"
 )
@@ -102,7 +103,7 @@ func acceptedConn(t *testing.T) (stacktest.Conn, stack.Conn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { app.Close() })
-	c := <-conns
+	c := testenv.Recv(t, conns, "the accepted connection")
 	t.Cleanup(func() { c.Close() })
 	return app, c
 }

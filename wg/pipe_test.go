@@ -5,6 +5,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/tunsocks/tunsocks/internal/testenv"
 )
 
 func pkt(n int, fill byte) []byte {
@@ -108,7 +110,7 @@ func TestPipeOversizeIsDroppedNotAnError(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 	a.Write([][]byte{pkt(70, 4)}, 16)
-	if n := <-got; n != 1 || sizes[0] != 70 {
+	if n := testenv.Recv(t, got, "the blocked Read's return"); n != 1 || sizes[0] != 70 {
 		t.Fatalf("read %d, size %d", n, sizes[0])
 	}
 }
@@ -125,7 +127,7 @@ func TestPipeCloseUnblocksAndRefuses(t *testing.T) {
 	if err := b.Close(); err != nil { // either end closes the pipe
 		t.Fatal(err)
 	}
-	if err := <-errc; !errors.Is(err, os.ErrClosed) {
+	if err := testenv.Recv(t, errc, "the blocked Read's end"); !errors.Is(err, os.ErrClosed) {
 		t.Fatalf("blocked Read after Close: %v, want os.ErrClosed", err)
 	}
 	if _, err := a.Write([][]byte{pkt(10, 1)}, 16); !errors.Is(err, os.ErrClosed) {

@@ -845,15 +845,31 @@ func startRecording(flag, path string, start func(io.Writer) error, end func()) 
 	}, nil
 }
 
-// tcpStackName is the TCP stack in use, for the startup line.
-func tcpStackName(cfg *config.Config, st *stack.Stack) string {
-	switch {
-	case st.SystemTCP():
-		return "system"
-	case cfg.TCP.Stack == "system":
-		return "gvisor (system failed its self-test)"
+// tcpStackName is the TCP stack in use, for the startup line and the
+// API's settings. With the system stack asked for, a family whose
+// self-test failed is named with gVisor, which terminates its TCP.
+func tcpStackName(cfg *config.Config, st interface{ SystemTCPFamilies() (v4, v6 bool) }) string {
+	if cfg.TCP.Stack != "system" {
+		return "gvisor"
 	}
-	return "gvisor"
+	on4, on6 := st.SystemTCPFamilies()
+	var has4, has6 bool
+	for _, p := range cfg.Tun.Addrs {
+		if p.Addr().Unmap().Is4() {
+			has4 = true
+		} else {
+			has6 = true
+		}
+	}
+	switch {
+	case !on4 && !on6:
+		return "gvisor (system failed its self-test)"
+	case has4 && !on4:
+		return "system for IPv6, gvisor for IPv4 (system failed its IPv4 self-test)"
+	case has6 && !on6:
+		return "system for IPv4, gvisor for IPv6 (system failed its IPv6 self-test)"
+	}
+	return "system"
 }
 
 // memoryName is a memory ceiling for the startup line.

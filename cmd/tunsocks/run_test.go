@@ -140,3 +140,35 @@ func registeredExe(t *testing.T) int {
 	}
 	return n
 }
+
+type systemFamilies [2]bool
+
+func (f systemFamilies) SystemTCPFamilies() (v4, v6 bool) { return f[0], f[1] }
+
+// TestTCPStackName: the startup line and the API's settings name the TCP
+// stack of each family: a family whose system TCP self-test failed is
+// named with gVisor, and the other keeps "system".
+func TestTCPStackName(t *testing.T) {
+	both := []netip.Prefix{netip.MustParsePrefix("198.18.0.1/15"), netip.MustParsePrefix("fc00::1/18")}
+	only4 := both[:1]
+	for _, tc := range []struct {
+		stack string
+		addrs []netip.Prefix
+		on    systemFamilies
+		want  string
+	}{
+		{"gvisor", both, systemFamilies{}, "gvisor"},
+		{"system", both, systemFamilies{true, true}, "system"},
+		{"system", only4, systemFamilies{true, false}, "system"},
+		{"system", both, systemFamilies{true, false}, "system for IPv4, gvisor for IPv6 (system failed its IPv6 self-test)"},
+		{"system", both, systemFamilies{false, true}, "system for IPv6, gvisor for IPv4 (system failed its IPv4 self-test)"},
+		{"system", both, systemFamilies{}, "gvisor (system failed its self-test)"},
+		{"system", only4, systemFamilies{}, "gvisor (system failed its self-test)"},
+	} {
+		cfg := config.Default()
+		cfg.TCP.Stack, cfg.Tun.Addrs = tc.stack, tc.addrs
+		if got := tcpStackName(cfg, tc.on); got != tc.want {
+			t.Errorf("tcp-stack %s, addrs %v, system TCP on (IPv4, IPv6) %v: %q, want %q", tc.stack, tc.addrs, tc.on, got, tc.want)
+		}
+	}
+}

@@ -120,7 +120,7 @@ func TestBulkReadsTakeBigBuffers(t *testing.T) {
 			if !bytes.Equal(got, msg) {
 				t.Fatalf("app got %d bytes, not the %d sent in order", len(got), len(msg))
 			}
-			if err := <-wrote; err != nil {
+			if err := testenv.Recv(t, wrote, "the remote's write's end"); err != nil {
 				t.Fatal(err)
 			}
 			if m := sc.maxWrite(); m <= bufSize {
@@ -128,7 +128,7 @@ func TestBulkReadsTakeBigBuffers(t *testing.T) {
 			}
 			app.Close()
 			cancel()
-			<-done
+			testenv.Recv(t, done, "the relay's return")
 		})
 	}
 }

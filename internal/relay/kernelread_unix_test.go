@@ -55,7 +55,7 @@ func TestStreamIdleHoldsNoBuffers(t *testing.T) {
 	defer func() {
 		cancel()
 		for range n {
-			<-done
+			testenv.Recv(t, done, "a relay's return")
 		}
 	}()
 	runtime.GC()
@@ -355,7 +355,7 @@ func TestKernelReaderSinkSkipsEmptyReads(t *testing.T) {
 			}
 		}
 		s.Close()
-		if err := <-done; err != io.EOF {
+		if err := testenv.Recv(t, done, "the reader's end"); err != io.EOF {
 			t.Errorf("read ended with %v, want io.EOF", err)
 		}
 		switch {

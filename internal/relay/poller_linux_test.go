@@ -51,13 +51,13 @@ func parkedStreamConns(t *testing.T, opts StreamOptions) (app, remote, a, b *net
 		started <- &s.pair
 		ch <- <-w
 	}()
-	p := <-started
+	p := testenv.Recv(t, started, "the parked stream's start")
 	if p == nil {
-		t.Fatal(<-ch)
+		t.Fatal(testenv.Recv(t, ch, "why startParking refused"))
 	}
 	t.Cleanup(func() {
 		cancel()
-		<-ended
+		testenv.Recv(t, ended, "the parked stream's return")
 		if err := pl.Close(); err != nil {
 			t.Error(err)
 		}
@@ -117,7 +117,7 @@ func TestStreamParksIdleUpstreamAndWakes(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Stream = %v", err)
 		}
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("Stream did not end after both FINs")
 	}
 }
@@ -128,7 +128,7 @@ func TestStreamParkedEndsOnCancelAndIdle(t *testing.T) {
 	cancel()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("cancel did not end a Stream whose direction was parked")
 	}
 
@@ -166,7 +166,7 @@ func TestPollerCloseWakesParked(t *testing.T) {
 	remote.Close()
 	select {
 	case <-done:
-	case <-time.After(5 * time.Second):
+	case <-time.After(testenv.Patience):
 		t.Fatal("Stream did not end")
 	}
 }
@@ -191,7 +191,7 @@ func TestStreamParkedEndsWhenCallerCloses(t *testing.T) {
 			}
 			select {
 			case <-done:
-			case <-time.After(5 * time.Second):
+			case <-time.After(testenv.Patience):
 				t.Fatal("closing both connections did not end a Stream whose direction was parked")
 			}
 		})

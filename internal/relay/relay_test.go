@@ -59,7 +59,7 @@ func TestStreamHalfCloseBothWays(t *testing.T) {
 	if err != nil || string(back) != "reply after FIN" {
 		t.Fatalf("app read %q, %v", back, err)
 	}
-	r := <-done
+	r := testenv.Recv(t, done, "the relay's return")
 	if r[0].(int64) != int64(len(data)) || r[1].(int64) != 15 || r[2] != nil {
 		t.Fatalf("Stream = %v", r)
 	}
@@ -84,15 +84,17 @@ func TestStreamNonTCPHalfClose(t *testing.T) {
 	if _, err := io.ReadAll(app); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err != nil {
+	if err := testenv.Recv(t, done, "the relay's return"); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func TestStreamIdle(t *testing.T) {
-	app, remote, done, _ := relayed(t, StreamOptions{Idle: 150 * time.Millisecond})
+	// The idle period is long against the 60 ms between bytes (a loaded
+	// machine's scheduling delays must not make the pair look idle).
+	app, remote, done, _ := relayed(t, StreamOptions{Idle: 600 * time.Millisecond})
 	// Activity in one direction keeps the pair alive past several idle periods.
-	for i := 0; i < 5; i++ {
+	for i := 0; i < 20; i++ {
 		if _, err := app.Write([]byte("x")); err != nil {
 			t.Fatal(err)
 		}
@@ -107,7 +109,7 @@ func TestStreamIdle(t *testing.T) {
 		t.Fatalf("relay ended while active: %v", r)
 	default:
 	}
-	r := <-done // then idleness ends it
+	r := testenv.Recv(t, done, "the relay's return") // then idleness ends it
 	if !errors.Is(r[2].(error), ErrIdle) {
 		t.Fatalf("Stream error = %v, want ErrIdle", r[2])
 	}
@@ -119,7 +121,7 @@ func TestStreamIdle(t *testing.T) {
 func TestStreamCancel(t *testing.T) {
 	_, _, done, cancel := relayed(t, StreamOptions{})
 	cancel()
-	if r := <-done; r[2] != nil {
+	if r := testenv.Recv(t, done, "the relay's return"); r[2] != nil {
 		t.Fatalf("cancelled Stream error = %v, want nil", r[2])
 	}
 }
@@ -128,7 +130,7 @@ func TestStreamResetEndsBoth(t *testing.T) {
 	app, remote, done, _ := relayed(t, StreamOptions{})
 	remote.SetLinger(0)
 	remote.Close() // RST toward the relay
-	<-done
+	testenv.Recv(t, done, "the relay's return")
 	app.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := app.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("app read after remote reset: %v", err)
@@ -152,16 +154,18 @@ func TestPackets(t *testing.T) {
 	var upCount atomic.Int64
 	done := make(chan [3]any, 1)
 	go func() {
-		u, d, err := Packets(context.Background(), PacketOptions{Idle: 100 * time.Millisecond, Up: &upCount}, up, down, func() { close(closed) })
+		u, d, err := Packets(context.Background(), PacketOptions{Idle: 500 * time.Millisecond, Up: &upCount}, up, down, func() { close(closed) })
 		done <- [3]any{u, d, err}
 	}()
-	for i := 0; i < 4; i++ {
+	// 40 ms between datagrams against an idle period of 500 ms: a loaded
+	// machine's scheduling delays must not make the relay look idle.
+	for i := 0; i < 20; i++ {
 		in <- []byte("ping")
-		<-out
+		testenv.Recv(t, out, "the datagram relayed up")
 		time.Sleep(40 * time.Millisecond)
 	}
-	r := <-done
-	if r[0].(int64) != 16 || upCount.Load() != 16 || !errors.Is(r[2].(error), ErrIdle) {
+	r := testenv.Recv(t, done, "the relay's return")
+	if r[0].(int64) != 80 || upCount.Load() != 80 || !errors.Is(r[2].(error), ErrIdle) {
 		t.Fatalf("Packets = %v (counter %d)", r, upCount.Load())
 	}
 }
@@ -188,7 +192,7 @@ func TestPacketsActivityClock(t *testing.T) {
 		case <-time.After(30 * time.Millisecond):
 		}
 	}
-	if err := <-done; !errors.Is(err, ErrIdle) {
+	if err := testenv.Recv(t, done, "the relay's return"); !errors.Is(err, ErrIdle) {
 		t.Fatalf("after the activity stopped: %v, want ErrIdle", err)
 	}
 }
@@ -203,7 +207,7 @@ func TestPacketsCancel(t *testing.T) {
 		done <- err
 	}()
 	cancel()
-	if err := <-done; err != nil {
+	if err := testenv.Recv(t, done, "the relay's return"); err != nil {
 		t.Fatalf("cancelled Packets error = %v", err)
 	}
 }
@@ -267,12 +271,14 @@ func TestStreamIdleNonSplice(t *testing.T) {
 	p1, p2 := net.Pipe()
 	done := make(chan error, 1)
 	go func() {
-		_, _, err := Stream(context.Background(), a, pipeHalf{p1}, StreamOptions{Idle: 150 * time.Millisecond})
+		_, _, err := Stream(context.Background(), a, pipeHalf{p1}, StreamOptions{Idle: 600 * time.Millisecond})
 		done <- err
 	}()
 	// Bytes only ever flow pipe -> app: the app->pipe direction's deadline
-	// fires again and again, and must read on while the other one is busy.
-	for i := 0; i < 6; i++ {
+	// fires again and again, and must read on while the other one is busy
+	// (60 ms between bytes, long against the idle period for a loaded
+	// machine).
+	for i := 0; i < 20; i++ {
 		if _, err := p2.Write([]byte("y")); err != nil {
 			t.Fatal(err)
 		}
@@ -326,7 +332,7 @@ func TestStreamSplicesKernelConner(t *testing.T) {
 	if back, _ := io.ReadAll(app); string(back) != "back" {
 		t.Fatalf("app read %q", back)
 	}
-	if err := <-done; err != nil {
+	if err := testenv.Recv(t, done, "the relay's return"); err != nil {
 		t.Fatal(err)
 	}
 	if n := w.calls.Load(); n != 0 {
@@ -367,7 +373,7 @@ func BenchmarkStreamShort(b *testing.B) {
 		io.ReadFull(app, resp)
 		app.Close()
 		remote.Close()
-		<-done
+		testenv.Recv(b, done, "the relay's return")
 	}
 }
 
@@ -441,7 +447,7 @@ func TestPacketsWaitBeforeBuffer(t *testing.T) {
 		t.Errorf("a relay of two blocked pumps runs %d goroutines (with its caller's), want 2", n)
 	}
 	cancel()
-	r := <-done
+	r := testenv.Recv(t, done, "the relay's return")
 	if r[0].(int64) != 3 || calls.Load() != 3 {
 		t.Errorf("Packets = %v after %d pump calls, want 3 bytes up from 3 calls", r, calls.Load())
 	}
