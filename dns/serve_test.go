@@ -518,12 +518,7 @@ func TestServeStreamPeerClosedBetweenQueries(t *testing.T) {
 	}
 	client.Close()
 	close(peerClosed)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("ServeStream after the peer closed between queries: %v", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("ServeStream did not return after the peer closed")
+	if err := testenv.Recv(t, done, "ServeStream's end after the peer closed"); err != nil {
+		t.Fatalf("ServeStream after the peer closed between queries: %v", err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunsocks/tunsocks/internal/testenv"
 	"github.com/tunsocks/tunsocks/stack/stacktest"
 	"github.com/tunsocks/tunsocks/tun/tuntest"
 )
@@ -57,12 +58,7 @@ func TestUDPFirstDatagramQueuedBeforeHandler(t *testing.T) {
 	if _, err := pc.WriteTo([]byte("first"), net.UDPAddrFromAddrPort(dst)); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case read := <-got:
-		if read != "first" {
-			t.Fatalf("the new flow's Handler read %q; want the datagram that opened the flow", read)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("no Handler for the flow")
+	if read := testenv.Recv(t, got, "the new flow's Handler"); read != "first" {
+		t.Fatalf("the new flow's Handler read %q; want the datagram that opened the flow", read)
 	}
 }
