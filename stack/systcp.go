@@ -142,11 +142,14 @@ func newSysTCP(ctx context.Context, s *Stack, cfg SystemTCP) (*sysTCP, error) {
 		}
 	}
 	t := &sysTCP{cfg: cfg, start: s.startSystemRequest, log: s.log, byApp: map[[2]netip.AddrPort]*natEntry{}, byFake: map[netip.AddrPort]*natEntry{}, done: make(chan struct{})}
+	var listenErr error      // the first family's whose listener failed
+	tried := map[bool]bool{} // by Is6: the families whose first address was tried
 	for _, p := range cfg.Addrs {
 		a := p.Addr().Unmap()
-		if t.family(a) != nil {
+		if tried[a.Is6()] {
 			continue // one listener per family: the first address of each
 		}
+		tried[a.Is6()] = true
 		fam := newSysFamily(a, 0, nil)
 		if !p.Contains(fam.fakes[fakePeers-1]) {
 			t.closeListeners()
@@ -158,14 +161,25 @@ func newSysTCP(ctx context.Context, s *Stack, cfg SystemTCP) (*sysTCP, error) {
 		}
 		ln, err := cfg.Listen(network, netip.AddrPortFrom(a, 0).String())
 		if err != nil {
-			t.closeListeners()
-			return nil, fmt.Errorf("stack: system TCP listener on %v: %w", a, err)
+			// That family's TCP goes through gVisor, as when its self-test
+			// fails (IPv6 disabled on the host, say); the other keeps the
+			// kernel.
+			err = fmt.Errorf("stack: system TCP listener on %v: %w", a, err)
+			if listenErr == nil {
+				listenErr = err
+			}
+			t.log.Warn("system TCP: no listener for this family; its TCP goes through gVisor instead",
+				"family", fam.name(), "err", err)
+			continue
 		}
 		fam.ln, fam.lport = ln, uint16(ln.Addr().(*net.TCPAddr).Port)
 		t.fams = append(t.fams, fam)
 		t.log.Debug("system TCP listener", "addr", ln.Addr().String(), "fake peers", fmt.Sprintf("%v-%v", fam.fakes[0], fam.fakes[fakePeers-1]))
 	}
 	if len(t.fams) == 0 {
+		if listenErr != nil {
+			return nil, listenErr
+		}
 		return nil, errors.New("stack: system TCP needs the TUN's addresses")
 	}
 	return t, nil

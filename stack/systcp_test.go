@@ -2,6 +2,7 @@ package stack
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -329,10 +330,42 @@ func (rejectAll) HandleUDP(_ context.Context, f *UDPFlow)    { f.Close() }
 // inbound TCP over IPv6 only), only IPv6's TCP goes through gVisor: IPv4's
 // stays with the kernel, and the warning names the family that failed.
 func TestSystemTCPSelfTestPerFamily(t *testing.T) {
+	listen := func(string, string) (net.Listener, error) { return net.Listen("tcp4", "127.0.0.1:0") }
+	s, logs := familyStack(t, listen)
+	if !s.SystemTCP() {
+		t.Error("system TCP off for both families; only IPv6's probe went unanswered")
+	}
+	checkIPv4OnlySystem(t, s, logs)
+}
+
+// A family whose listener cannot be opened (IPv6 disabled on the host,
+// say) goes through gVisor and the other keeps the kernel, as when one
+// self-test fails; only when no family has a listener is system TCP off.
+// Both families used to go through gVisor when either listener failed.
+func TestSystemTCPListenerPerFamily(t *testing.T) {
+	listen := func(network, _ string) (net.Listener, error) {
+		if network == "tcp6" {
+			return nil, errors.New("address family not supported by protocol")
+		}
+		return net.Listen("tcp4", "127.0.0.1:0")
+	}
+	s, logs := familyStack(t, listen)
+	checkIPv4OnlySystem(t, s, logs)
+
+	none, _ := familyStack(t, func(string, string) (net.Listener, error) { return nil, errors.New("no listeners here") })
+	if none.SystemTCP() {
+		t.Error("system TCP on with no listener for either family")
+	}
+}
+
+// familyStack starts a system-TCP stack with an IPv4 and an IPv6 address
+// whose listeners come from listen, while the test plays the kernel: it
+// answers every IPv4 SYN the device writes (the self-test's probe) with a
+// SYN-ACK and drops the IPv6 ones. The stack closes when the test ends.
+func familyStack(t *testing.T, listen func(network, address string) (net.Listener, error)) (*Stack, *testenv.Buffer) {
+	t.Helper()
 	dev, peer := tuntest.NewPipe(1500)
 	ctx, cancel := context.WithCancel(t.Context())
-	// The test plays the kernel: it answers every IPv4 SYN the device
-	// writes (the probe) with a SYN-ACK and drops the IPv6 ones.
 	kernel := make(chan struct{})
 	go func() {
 		defer close(kernel)
@@ -350,27 +383,31 @@ func TestSystemTCPSelfTestPerFamily(t *testing.T) {
 			}
 		}
 	}()
-	var logs testenv.Buffer
-	s, err := New(ctx, Config{Device: dev, Handler: rejectAll{}, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+	logs := &testenv.Buffer{}
+	s, err := New(ctx, Config{Device: dev, Handler: rejectAll{}, Logger: slog.New(slog.NewTextHandler(logs, nil)),
 		SystemTCP: &SystemTCP{
 			Addrs: []netip.Prefix{netip.MustParsePrefix("198.18.0.1/15"), netip.MustParsePrefix("fc00::1/18")},
 			// The packets never reach these: the test answers for the kernel.
-			Listen: func(string, string) (net.Listener, error) { return net.Listen("tcp4", "127.0.0.1:0") },
+			Listen: listen,
 		}})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
-	defer func() {
+	t.Cleanup(func() {
 		s.Close()
 		cancel()
 		testenv.Recv(t, kernel, "the fake kernel's end")
-	}()
-	if !s.SystemTCP() {
-		t.Error("system TCP off for both families; only IPv6's probe went unanswered")
-	}
+	})
+	return s, logs
+}
+
+// checkIPv4OnlySystem wants IPv4's TCP with the kernel, IPv6's with gVisor,
+// and one warning, naming IPv6.
+func checkIPv4OnlySystem(t *testing.T, s *Stack, logs *testenv.Buffer) {
+	t.Helper()
 	if v4, v6 := s.SystemTCPFamilies(); !v4 || v6 {
-		t.Errorf("SystemTCPFamilies() = %v, %v; want true, false", v4, v6)
+		t.Fatalf("SystemTCPFamilies() = %v, %v; want true, false", v4, v6)
 	}
 	// A stray ACK from the app (no such connection): the system stack
 	// answers it with a RST itself (mine); gVisor gets it otherwise.
@@ -378,10 +415,10 @@ func TestSystemTCPSelfTestPerFamily(t *testing.T) {
 		return segment(netip.MustParseAddrPort(src), netip.MustParseAddrPort(dst), 1, 1, tcpACK, 65535)
 	}
 	if mine, _ := s.sys.divert(stray("198.18.0.5:40000", "192.0.2.1:80")); !mine {
-		t.Error("IPv4 TCP went to gVisor though IPv4's self-test passed")
+		t.Error("IPv4 TCP went to gVisor though IPv4's system TCP is up")
 	}
 	if mine, _ := s.sys.divert(stray("[fc00::5]:40000", "[2001:db8::1]:80")); mine {
-		t.Error("IPv6 TCP stayed with the kernel though IPv6's self-test failed")
+		t.Error("IPv6 TCP stayed with the kernel though IPv6's system TCP is not up")
 	}
 	var warns []string
 	for _, l := range strings.Split(logs.String(), "\n") {

@@ -863,11 +863,11 @@ func tcpStackName(cfg *config.Config, st interface{ SystemTCPFamilies() (v4, v6 
 	}
 	switch {
 	case !on4 && !on6:
-		return "gvisor (system failed its self-test)"
+		return "gvisor (system TCP unavailable)"
 	case has4 && !on4:
-		return "system for IPv6, gvisor for IPv4 (system failed its IPv4 self-test)"
+		return "system for IPv6, gvisor for IPv4 (system TCP unavailable for IPv4)"
 	case has6 && !on6:
-		return "system for IPv4, gvisor for IPv6 (system failed its IPv6 self-test)"
+		return "system for IPv4, gvisor for IPv6 (system TCP unavailable for IPv6)"
 	}
 	return "system"
 }

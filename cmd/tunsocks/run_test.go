@@ -160,10 +160,10 @@ func TestTCPStackName(t *testing.T) {
 		{"gvisor", both, systemFamilies{}, "gvisor"},
 		{"system", both, systemFamilies{true, true}, "system"},
 		{"system", only4, systemFamilies{true, false}, "system"},
-		{"system", both, systemFamilies{true, false}, "system for IPv4, gvisor for IPv6 (system failed its IPv6 self-test)"},
-		{"system", both, systemFamilies{false, true}, "system for IPv6, gvisor for IPv4 (system failed its IPv4 self-test)"},
-		{"system", both, systemFamilies{}, "gvisor (system failed its self-test)"},
-		{"system", only4, systemFamilies{}, "gvisor (system failed its self-test)"},
+		{"system", both, systemFamilies{true, false}, "system for IPv4, gvisor for IPv6 (system TCP unavailable for IPv6)"},
+		{"system", both, systemFamilies{false, true}, "system for IPv6, gvisor for IPv4 (system TCP unavailable for IPv4)"},
+		{"system", both, systemFamilies{}, "gvisor (system TCP unavailable)"},
+		{"system", only4, systemFamilies{}, "gvisor (system TCP unavailable)"},
 	} {
 		cfg := config.Default()
 		cfg.TCP.Stack, cfg.Tun.Addrs = tc.stack, tc.addrs
