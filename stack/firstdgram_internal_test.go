@@ -31,10 +31,8 @@ func (h firstReader) HandleUDP(_ context.Context, f *UDPFlow) {
 // queued, so a Handler that reads without waiting (TryReadFrom) gets it.
 // The Handler was once started before that datagram was queued, and now
 // and then read nothing (a CI failure of TestUDPNotifyReadAndDetach); the
-// hook widens that window to make it certain.
+// hook widens that window (Stack.flowOpened) to make it certain.
 func TestUDPFirstDatagramQueuedBeforeHandler(t *testing.T) {
-	testFlowOpened = func() { time.Sleep(20 * time.Millisecond) }
-	t.Cleanup(func() { testFlowOpened = nil })
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	got := make(firstReader, 1)
@@ -44,6 +42,9 @@ func TestUDPFirstDatagramQueuedBeforeHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	s.udpMu.Lock()
+	s.flowOpened = func() { time.Sleep(20 * time.Millisecond) }
+	s.udpMu.Unlock()
 	app, err := stacktest.NewApp(peer, netip.MustParsePrefix("10.0.0.2/24"), netip.MustParsePrefix("fd00::2/64"))
 	if err != nil {
 		t.Fatal(err)

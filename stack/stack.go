@@ -324,6 +324,9 @@ type Stack struct {
 	udpFlows  udpTable
 	udpClosed bool
 	udpQueued atomic.Int64 // payload bytes in all flows' queues
+	// flowOpened, set by a test (under udpMu), runs after a new UDP flow
+	// is registered and before the datagram that opened it is queued.
+	flowOpened func()
 
 	sys *sysTCP // nil unless Config.SystemTCP
 

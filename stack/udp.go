@@ -301,8 +301,8 @@ func (s *Stack) handleUDPPacket(id gstack.TransportEndpointID, pkt *gstack.Packe
 			s.releaseDgram(d) // counted by newFlowLocked
 			return true
 		}
-		if testFlowOpened != nil {
-			testFlowOpened()
+		if s.flowOpened != nil {
+			s.flowOpened()
 		}
 	} else {
 		s.udpFlows.touch(f, now)
@@ -318,10 +318,6 @@ func (s *Stack) handleUDPPacket(id gstack.TransportEndpointID, pkt *gstack.Packe
 	}
 	return true
 }
-
-// testFlowOpened, when set by a test, runs after a new flow is registered
-// and before the datagram that opened it is queued.
-var testFlowOpened func()
 
 // newFlowLocked registers a flow, evicting the least recently active one
 // when a cap is reached; the caller queues its first datagram and then
